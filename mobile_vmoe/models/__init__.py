@@ -1,0 +1,3 @@
+from .vmoe import MobileVMoE, ModelOutput, MoEMlp
+
+__all__ = ["MobileVMoE", "ModelOutput", "MoEMlp"]

@@ -1,0 +1,84 @@
+"""Dispatch: route inputs to experts and combine their outputs.
+
+Per-image routing (index and gates of shape (B, k)), three paths with the same numbers:
+
+- ``gather``: index the stacked weights with the top-k (static shape: (B*k, D, H) whatever the
+  choice), then one batched matmul. The export default: no data-dependent shapes or control flow.
+- ``dense``: run every expert on every image and combine with the sparse gate vector. E times the
+  MLP work; the fallback for backends that cannot gather.
+- ``grouped``: for each expert, the images that chose it, through plain matmuls. Data-dependent
+  shapes, so for training and eager evaluation only; fastest at large batch since no per-image
+  weight copies are made.
+
+Per-token routing (V-MoE) has one path, ``token_dispatch``: slots of a fixed capacity per expert,
+filled by index gathers, so it exports too.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .experts import ExpertBank
+from .routing import TokenRoute
+
+
+def gather_dispatch(bank: ExpertBank, x: torch.Tensor, index: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """x (B, T, D), index (B, k), gates (B, k) -> (B, T, D)."""
+    B, T, D = x.shape
+    k = index.shape[1]
+    w1, b1, w2, b2 = bank.select(index.reshape(B * k))  # (B*k, D, H) ...
+    xk = x.unsqueeze(1).expand(B, k, T, D).reshape(B * k, T, D)  # (B*k, T, D)
+    y = bank.batched_mlp(xk, w1, b1, w2, b2).view(B, k, T, D)
+    return (y * gates.view(B, k, 1, 1).to(y.dtype)).sum(dim=1)
+
+
+def sparse_gate_vector(index: torch.Tensor, gates: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """(B, k) index and gates -> (B, E) with gates at the chosen experts and zeros elsewhere."""
+    experts = torch.arange(num_experts, device=index.device)
+    onehot = (index.unsqueeze(-1) == experts).to(gates.dtype)  # (B, k, E)
+    return (onehot * gates.unsqueeze(-1)).sum(dim=1)  # (B, E)
+
+
+def dense_dispatch(bank: ExpertBank, x: torch.Tensor, index: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """Every expert on every image, x (B, T, D) -> (B, T, D)."""
+    B, T, D = x.shape
+    E = bank.num_experts
+    xe = x.reshape(1, B * T, D).expand(E, B * T, D)  # (E, B*T, D)
+    y = bank.all_experts(xe).view(E, B, T, D)
+    combine = sparse_gate_vector(index, gates, E).to(y.dtype)  # (B, E)
+    return torch.einsum("ebtd,be->btd", y, combine)
+
+
+def grouped_dispatch(bank: ExpertBank, x: torch.Tensor, index: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """Loop over experts; each runs once on the images that picked it. x (B, T, D) -> (B, T, D)."""
+    out = torch.zeros_like(x)
+    for e in range(bank.num_experts):
+        b, j = (index == e).nonzero(as_tuple=True)  # images (and which of their k) that chose e
+        if b.numel() == 0:
+            continue
+        y = bank.expert(e, x.index_select(0, b))  # (n, T, D)
+        out.index_add_(0, b, y * gates[b, j].view(-1, 1, 1).to(y.dtype))
+    return out
+
+
+IMAGE_DISPATCH = {"gather": gather_dispatch, "dense": dense_dispatch, "grouped": grouped_dispatch}
+
+
+def token_dispatch(bank: ExpertBank, x: torch.Tensor, route: TokenRoute) -> torch.Tensor:
+    """Per-token routing with capacity. x (B, T, D) -> (B, T, D); dropped tokens give zeros."""
+    B, T, D = x.shape
+    E, C = bank.num_experts, route.capacity
+    k = route.slot.shape[-1]
+    slot = route.slot.reshape(B, T * k)  # (B, T*k) in [0, E*C]; E*C = dropped
+    # Which token fills each slot; empty slots point at the zero row T.
+    token = torch.arange(T, device=x.device).view(1, T, 1).expand(B, T, k).reshape(B, T * k)
+    token_of_slot = torch.full((B, E * C + 1), T, dtype=torch.long, device=x.device)
+    token_of_slot = token_of_slot.scatter(1, slot, token)[:, : E * C]  # (B, E*C)
+    x_pad = torch.cat([x, x.new_zeros(B, 1, D)], dim=1)  # (B, T+1, D)
+    buf = x_pad.gather(1, token_of_slot.unsqueeze(-1).expand(B, E * C, D))  # (B, E*C, D)
+    buf = buf.view(B, E, C, D).transpose(0, 1).reshape(E, B * C, D)
+    y = bank.all_experts(buf)  # (E, B*C, D)
+    y = y.view(E, B, C, D).transpose(0, 1).reshape(B, E * C, D)
+    y_pad = torch.cat([y, y.new_zeros(B, 1, D)], dim=1)  # (B, E*C+1, D)
+    out = y_pad.gather(1, slot.unsqueeze(-1).expand(B, T * k, D)).view(B, T, k, D)
+    return (out * route.gates.unsqueeze(-1).to(out.dtype)).sum(dim=2)

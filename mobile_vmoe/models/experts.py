@@ -1,0 +1,54 @@
+"""Expert bank: the MLPs of all E experts of one MoE block, stored stacked.
+
+Stacked weights ([E, D, H], [E, H], [E, H, D], [E, D]) are what makes the static-shape gather
+possible: indexing the stack with the router's top-k gives per-image weights of a fixed shape, and
+one batched matmul applies them. Which rows get computed is the job of ``dispatch.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ExpertBank(nn.Module):
+    """E two-layer GELU MLPs, D -> H -> D."""
+
+    def __init__(self, num_experts: int, dim: int, hidden: int):
+        super().__init__()
+        self.num_experts, self.dim, self.hidden = num_experts, dim, hidden
+        self.w1 = nn.Parameter(torch.empty(num_experts, dim, hidden))  # (E, D, H)
+        self.b1 = nn.Parameter(torch.zeros(num_experts, hidden))  # (E, H)
+        self.w2 = nn.Parameter(torch.empty(num_experts, hidden, dim))  # (E, H, D)
+        self.b2 = nn.Parameter(torch.zeros(num_experts, dim))  # (E, D)
+        nn.init.trunc_normal_(self.w1, std=0.02)
+        nn.init.trunc_normal_(self.w2, std=0.02)
+
+    def params_per_expert(self) -> int:
+        return 2 * self.dim * self.hidden + self.hidden + self.dim
+
+    def select(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Weights of the experts in ``index`` (N,): (N, D, H), (N, H), (N, H, D), (N, D).
+
+        index_select keeps the output shape static (N rows whatever the values), so this is the
+        whole 'gather' that an exported graph contains.
+        """
+        return (self.w1.index_select(0, index), self.b1.index_select(0, index),
+                self.w2.index_select(0, index), self.b2.index_select(0, index))
+
+    @staticmethod
+    def batched_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                    b2: torch.Tensor) -> torch.Tensor:
+        """x (N, T, D) with per-row weights (N, D, H), (N, H), (N, H, D), (N, D) -> (N, T, D)."""
+        h = F.gelu(torch.baddbmm(b1.unsqueeze(1), x, w1))  # (N, T, H)
+        return torch.baddbmm(b2.unsqueeze(1), h, w2)  # (N, T, D)
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert ``e`` on x (..., D) -> (..., D), with plain matmuls."""
+        h = F.gelu(x @ self.w1[e] + self.b1[e])
+        return h @ self.w2[e] + self.b2[e]
+
+    def all_experts(self, x: torch.Tensor) -> torch.Tensor:
+        """Every expert on its own rows: x (E, N, D) -> (E, N, D)."""
+        return self.batched_mlp(x, self.w1, self.b1, self.w2, self.b2)

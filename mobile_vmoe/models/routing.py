@@ -1,0 +1,162 @@
+"""Routers: which experts see which input.
+
+PerImageRouter (Mobile V-MoE): one decision per image, made once on the representation after the
+last dense block and shared by every MoE block.
+
+PerTokenRouter (V-MoE, Riquelme et al. 2021): one decision per token in every MoE block, with a fixed
+expert capacity and batch-priority routing (BPR); tokens that do not fit are dropped (their MoE
+output is zero, so only the residual carries them on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ImageRoute:
+    """Output of the per-image router for a batch of B images and top-k of E experts."""
+
+    logits: torch.Tensor  # (B, E) router logits, trained against superclass labels
+    index: torch.Tensor  # (B, k) int64 chosen experts, best first
+    gates: torch.Tensor  # (B, k) combine weights
+
+
+def topk_gates(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k experts of ``probs`` (..., E) and their gates (..., k).
+
+    k > 1: gates renormalised to sum to 1. k == 1: the raw probability is kept as the gate (as in
+    V-MoE and Switch), so the classification loss still sends a gradient to the router; with a
+    renormalised k=1 gate (always 1.0) an end-to-end router could not learn.
+    """
+    gates, index = probs.topk(k, dim=-1)
+    if k > 1:
+        gates = gates / gates.sum(dim=-1, keepdim=True)
+    return gates, index
+
+
+class PerImageRouter(nn.Module):
+    """LayerNorm -> Linear(D, E) on one vector per image, softmax, top-k."""
+
+    def __init__(self, dim: int, num_experts: int, top_k: int, router_input: str = "cls"):
+        super().__init__()
+        self.top_k = top_k
+        self.router_input = router_input
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.proj = nn.Linear(dim, num_experts)
+
+    def forward(self, x: torch.Tensor) -> ImageRoute:
+        """x: (B, T, D) tokens after the last dense block; token 0 is the class token."""
+        v = x[:, 0] if self.router_input == "cls" else x[:, 1:].mean(dim=1)  # (B, D)
+        logits = self.proj(self.norm(v))  # (B, E)
+        gates, index = topk_gates(logits.softmax(dim=-1), self.top_k)  # (B, k), (B, k)
+        return ImageRoute(logits=logits, index=index, gates=gates)
+
+
+@dataclass
+class TokenRoute:
+    """Output of the per-token router for B images of T tokens, E experts with C slots each."""
+
+    logits: torch.Tensor  # (B, T, E) clean router logits
+    index: torch.Tensor  # (B, T, k) chosen experts per token, best first
+    gates: torch.Tensor  # (B, T, k) combine weights (0 where the token was dropped)
+    slot: torch.Tensor  # (B, T, k) flat buffer slot e*C + position, or E*C where dropped
+    kept: torch.Tensor  # (B, T, k) bool: the choice fit in the expert's buffer
+    capacity: int  # C
+    aux_loss: torch.Tensor  # () importance + load balancing loss
+
+
+def importance_loss(probs: torch.Tensor) -> torch.Tensor:
+    """Squared coefficient of variation of per-expert importance (sum of gate probabilities).
+
+    probs: (N, E) router softmax over N tokens.
+    """
+    imp = probs.sum(dim=0)  # (E,)
+    return (imp.std(unbiased=False) / imp.mean().clamp_min(1e-9)) ** 2
+
+
+def load_loss(logits: torch.Tensor, noisy_logits: torch.Tensor, noise_std: float, k: int) -> torch.Tensor:
+    """V-MoE load loss: squared CV of each expert's probability of being selected under the noise.
+
+    logits, noisy_logits: (N, E). For each token the selection threshold is its k-th largest noisy
+    logit; expert e is selected when its clean logit plus fresh noise beats that threshold.
+    """
+    threshold = noisy_logits.topk(k, dim=-1).values[:, -1:]  # (N, 1)
+    z = (threshold - logits) / noise_std  # (N, E) noise needed to win
+    p = 1.0 - torch.special.ndtr(z)  # (N, E)
+    load = p.mean(dim=0)  # (E,)
+    return (load.std(unbiased=False) / load.mean().clamp_min(1e-9)) ** 2
+
+
+class PerTokenRouter(nn.Module):
+    """Linear(D, E) per token, noisy top-k, fixed capacity per expert, batch-priority routing.
+
+    Static shapes throughout: capacity C = ceil(capacity_ratio * k * T / E) per image, positions by
+    cumulative sums, so the layer exports like the rest of the model.
+    """
+
+    def __init__(self, dim: int, num_experts: int, top_k: int, capacity_ratio: float,
+                 batch_priority: bool = True, noise: float = 1.0):
+        super().__init__()
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.capacity_ratio = capacity_ratio
+        self.batch_priority = batch_priority
+        self.noise_std = noise / num_experts
+        self.proj = nn.Linear(dim, num_experts, bias=False)
+
+    def capacity(self, tokens: int) -> int:
+        import math
+
+        return max(1, math.ceil(self.capacity_ratio * self.top_k * tokens / self.num_experts))
+
+    def forward(self, x: torch.Tensor) -> TokenRoute:
+        """x: (B, T, D) normalised tokens."""
+        B, T, _ = x.shape
+        E, k = self.num_experts, self.top_k
+        logits = self.proj(x)  # (B, T, E)
+        noisy = logits
+        if self.training and self.noise_std > 0:
+            noisy = logits + self.noise_std * torch.randn_like(logits)
+        probs = noisy.softmax(dim=-1)  # (B, T, E)
+        gates, index = probs.topk(k, dim=-1)  # (B, T, k) raw probabilities, as in V-MoE
+        C = self.capacity(T)
+        slot, kept = assign_slots(index, gates[..., 0], E, C, self.batch_priority)
+        gates = gates * kept.to(gates.dtype)
+        flat_logits = logits.reshape(B * T, E)
+        aux = importance_loss(probs.reshape(B * T, E))
+        if self.training and self.noise_std > 0:
+            aux = 0.5 * (aux + load_loss(flat_logits, noisy.reshape(B * T, E), self.noise_std, k))
+        return TokenRoute(logits=logits, index=index, gates=gates, slot=slot, kept=kept, capacity=C, aux_loss=aux)
+
+
+def assign_slots(index: torch.Tensor, priority: torch.Tensor, num_experts: int, capacity: int,
+                 batch_priority: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Give each (token, choice) a slot in its expert's buffer of ``capacity`` per image.
+
+    index: (B, T, k) chosen experts; priority: (B, T), higher goes first when ``batch_priority``,
+    otherwise tokens go in their natural order. All first choices are placed before any second
+    choice (V-MoE). Returns slot (B, T, k) = e * C + position, or E * C where the buffer was full,
+    and kept (B, T, k) bool.
+    """
+    B, T, k = index.shape
+    E, C = num_experts, capacity
+    if batch_priority:
+        order = priority.argsort(dim=1, descending=True, stable=True)  # (B, T)
+    else:
+        order = torch.arange(T, device=index.device).expand(B, T)
+    sorted_index = index.gather(1, order.unsqueeze(-1).expand(B, T, k))  # (B, T, k)
+    onehot = F.one_hot(sorted_index, E).to(torch.int64)  # (B, T, k, E)
+    onehot = onehot.transpose(1, 2).reshape(B, k * T, E)  # choice-major: all 1st choices first
+    position = onehot.cumsum(dim=1) - 1  # (B, k*T, E) rank within the expert
+    position = (position * onehot).sum(dim=-1)  # (B, k*T)
+    position = position.reshape(B, k, T).transpose(1, 2)  # (B, T, k) in priority order
+    inverse = order.argsort(dim=1)  # (B, T)
+    position = position.gather(1, inverse.unsqueeze(-1).expand(B, T, k))  # natural token order
+    kept = position < C
+    slot = torch.where(kept, index * C + position, torch.full_like(position, E * C))
+    return slot, kept

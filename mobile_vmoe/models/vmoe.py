@@ -1,0 +1,171 @@
+"""MobileVMoE: dense blocks -> (per-image router) -> MoE blocks -> head.
+
+One class covers the whole family: ``num_experts == 0`` is a plain ViT, ``routing == "image"`` is
+Mobile V-MoE (Daxberger et al. 2023), ``routing == "token"`` is V-MoE (Riquelme et al. 2021).
+
+``forward(x)`` returns logits only (what gets exported); ``forward_with_routing(x)`` returns a
+``ModelOutput`` with the router logits, chosen experts, gates and auxiliary losses for training
+and analysis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from ..config import ModelConfig
+from .dispatch import IMAGE_DISPATCH, token_dispatch
+from .experts import ExpertBank
+from .routing import ImageRoute, PerImageRouter, PerTokenRouter, TokenRoute
+from .vit import Block, Mlp, PatchEmbed
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, num_classes)
+    router_logits: torch.Tensor | None = None  # (B, E) per-image router
+    expert_index: torch.Tensor | None = None  # (B, k) per-image choice
+    gates: torch.Tensor | None = None  # (B, k)
+    aux_loss: torch.Tensor | None = None  # () per-token balancing losses, summed over MoE blocks
+    token_routes: list[TokenRoute] = field(default_factory=list)  # per-token routing, one per MoE block
+
+
+class MoEMlp(nn.Module):
+    """The MLP of one MoE block: an ExpertBank plus how to dispatch to it.
+
+    Per-image routing receives the route from the model; per-token routing owns its router.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.routing = cfg.routing
+        self.dispatch = cfg.dispatch
+        self.experts = ExpertBank(cfg.num_experts, cfg.width, cfg.expert_hidden)
+        self.router = None
+        if cfg.routing == "token":
+            self.router = PerTokenRouter(cfg.width, cfg.num_experts, cfg.top_k, cfg.capacity_ratio,
+                                         cfg.batch_priority, cfg.router_noise)
+        self.last_route: TokenRoute | None = None
+
+    def resolve_dispatch(self, batch: int, k: int) -> str:
+        """``auto``: gather when exporting/tracing or for small batches, grouped otherwise."""
+        if self.dispatch != "auto":
+            return self.dispatch
+        if torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return "gather"
+        return "grouped" if batch * k > 2 * self.experts.num_experts else "gather"
+
+    def forward(self, x: torch.Tensor, route: ImageRoute | None = None) -> torch.Tensor:
+        """x: (B, T, D) normalised tokens -> (B, T, D)."""
+        if self.router is not None:
+            self.last_route = self.router(x)
+            return token_dispatch(self.experts, x, self.last_route)
+        assert route is not None, "per-image MoE block called without a route"
+        mode = self.resolve_dispatch(x.shape[0], route.index.shape[1])
+        return IMAGE_DISPATCH[mode](self.experts, x, route.index, route.gates)
+
+
+class MobileVMoE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.width
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, D)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, D))
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList(
+            Block(D, cfg.heads, MoEMlp(cfg) if cfg.is_moe_block(i) else Mlp(D, cfg.mlp_hidden),
+                  cfg.qkv_bias, rates[i])
+            for i in range(cfg.depth)
+        )
+        self.router = None
+        if cfg.is_moe and cfg.routing == "image":
+            self.router = PerImageRouter(D, cfg.num_experts, cfg.top_k, cfg.router_input)
+        self.norm = nn.LayerNorm(D, eps=1e-6)
+        self.head_drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(D, cfg.num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ forward
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> tokens (B, T, D) with class token and position embedding."""
+        x = self.patch_embed(x)  # (B, g*g, D)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x], dim=1) + self.pos_embed
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ImageRoute | None]:
+        """Images -> final normalised tokens (B, T, D) and the per-image route (None if not used)."""
+        x = self.embed(x)
+        route = None
+        for i, block in enumerate(self.blocks):
+            if self.router is not None and i == self.cfg.first_moe_block:
+                route = self.router(x)  # once per image, on the output of the last dense block
+            x = block(x, route=route) if self.cfg.is_moe_block(i) else block(x)
+        return self.norm(x), route
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, T, D) -> logits (B, num_classes) from the class token."""
+        return self.head(self.head_drop(x[:, 0]))
+
+    def forward_with_routing(self, x: torch.Tensor) -> ModelOutput:
+        feats, route = self.forward_features(x)
+        out = ModelOutput(logits=self.forward_head(feats))
+        if route is not None:
+            out.router_logits, out.expert_index, out.gates = route.logits, route.index, route.gates
+        if self.cfg.is_moe and self.cfg.routing == "token":
+            out.token_routes = [b.mlp.last_route for b in self.blocks if isinstance(b.mlp, MoEMlp)]
+            out.aux_loss = torch.stack([r.aux_loss for r in out.token_routes]).sum()
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats, _ = self.forward_features(x)
+        return self.forward_head(feats)
+
+    # ------------------------------------------------------------ adjustments
+    def set_dispatch(self, mode: str) -> "MobileVMoE":
+        """Dispatch for every per-image MoE block: auto | gather | dense | grouped."""
+        if mode not in ("auto", *IMAGE_DISPATCH):
+            raise ValueError(f"dispatch={mode!r} must be one of auto, {', '.join(IMAGE_DISPATCH)}")
+        for m in self.modules():
+            if isinstance(m, MoEMlp):
+                m.dispatch = mode
+        return self
+
+    def set_fused_attention(self, fused: bool) -> "MobileVMoE":
+        from .vit import Attention
+
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.fused = fused
+        return self
+
+    # ------------------------------------------------------------------ counts
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def num_active_params(self) -> int:
+        """Parameters one image uses. Per-image MoE: k of E experts per MoE block. Per-token
+        routing: every expert can receive tokens of one image, so all parameters count."""
+        total = self.num_params()
+        if not self.cfg.is_moe or self.cfg.routing == "token":
+            return total
+        unused = 0
+        for m in self.modules():
+            if isinstance(m, MoEMlp):
+                unused += (self.cfg.num_experts - self.cfg.top_k) * m.experts.params_per_expert()
+        return total - unused

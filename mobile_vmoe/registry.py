@@ -1,0 +1,79 @@
+"""Model registry: preset name -> ModelConfig, and ``create_model(name, **overrides)``.
+
+Presets (ImageNet-1k shapes: 224 px, 1000 classes):
+
+- ``vit-<depth>x<width>-p<patch>``  dense ViT, the paper grid depth 12/9/6 x width 384/192/96/64 x
+  patch 32/16.
+- ``vmoe-<depth>x<width>-p<patch>`` Mobile V-MoE twin: E=10 experts, top-1, per-image routing, the
+  last 2 blocks MoE (the paper's best setting).
+- ``deit-tiny`` (12 x 192, 3 heads, p16) and ``deit-small`` (12 x 384, 6 heads, p16), dense
+  references.
+
+Heads: width 384 -> 6, 192 -> 3 (head dim 64, as DeiT); width 96 -> 3, 64 -> 2 (head dim 32).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import ModelConfig
+from .models import MobileVMoE
+
+DEPTHS = (12, 9, 6)
+WIDTHS = (384, 192, 96, 64)
+PATCHES = (32, 16)
+HEADS = {384: 6, 192: 3, 96: 3, 64: 2}
+
+_PRESETS: dict[str, ModelConfig] = {}
+
+
+def register(cfg: ModelConfig) -> ModelConfig:
+    if cfg.name in _PRESETS:
+        raise ValueError(f"preset {cfg.name!r} is already registered")
+    _PRESETS[cfg.name] = cfg
+    return cfg
+
+
+for _d in DEPTHS:
+    for _w in WIDTHS:
+        for _p in PATCHES:
+            _base = dict(depth=_d, width=_w, heads=HEADS[_w], patch_size=_p, img_size=224, num_classes=1000)
+            register(ModelConfig(name=f"vit-{_d}x{_w}-p{_p}", **_base))
+            register(ModelConfig(name=f"vmoe-{_d}x{_w}-p{_p}", num_experts=10, top_k=1, moe_blocks=2,
+                                 routing="image", **_base))
+register(ModelConfig(name="deit-tiny", depth=12, width=192, heads=3, patch_size=16))
+register(ModelConfig(name="deit-small", depth=12, width=384, heads=6, patch_size=16))
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    import fnmatch
+
+    names = list(_PRESETS)
+    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+
+def get_config(name: str, **overrides: Any) -> ModelConfig:
+    if name not in _PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(name, _PRESETS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `mvmoe models`"
+        raise ValueError(f"unknown model {name!r}{hint}")
+    cfg = _PRESETS[name]
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def dense_twin(cfg: ModelConfig) -> ModelConfig:
+    """The dense model with the same backbone: equal active MACs to a top-1 per-image MoE
+    (up to the router), the baseline the paper compares against."""
+    name = cfg.name.replace("vmoe-", "vit-", 1) if cfg.name.startswith("vmoe-") else f"{cfg.name}-dense"
+    return cfg.replace(name=name, num_experts=0, mlp_ratio=cfg.expert_mlp_ratio or cfg.mlp_ratio, expert_mlp_ratio=0.0)
+
+
+def create_model(name_or_cfg: str | ModelConfig, **overrides: Any) -> MobileVMoE:
+    """timm-style factory: ``create_model("vmoe-12x192-p32", num_classes=10, img_size=32)``."""
+    if isinstance(name_or_cfg, ModelConfig):
+        cfg = name_or_cfg.replace(**overrides) if overrides else name_or_cfg
+    else:
+        cfg = get_config(name_or_cfg, **overrides)
+    return MobileVMoE(cfg)
