@@ -1,0 +1,82 @@
+"""Eager CPU cost of the MoE layer: inference latency and training throughput, as ratios.
+
+    uv run python bench/bench_moe.py [--model vmoe-12x192-p32] [--runs 50] [--threads 2]
+
+Inference (batch 1): MoE with gather dispatch (k=1) vs its dense twin (equal active MACs) vs the
+all-experts ("dense") dispatch fallback. Training (forward + backward, batch --train-batch):
+gather vs grouped vs dense dispatch vs the dense twin. The variants are timed interleaved, round
+by round, so machine noise hits all of them alike; medians and ratios are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from mobile_vmoe.registry import create_model, dense_twin, get_config
+
+
+def interleaved(fns: dict, runs: int, warmup: int = 3) -> dict[str, float]:
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="vmoe-12x192-p32")
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--train-runs", type=int, default=8)
+    ap.add_argument("--train-batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    cfg = get_config(args.model)
+    moe = create_model(cfg).eval()
+    dense = create_model(dense_twin(cfg)).eval()
+    fallback = create_model(cfg).eval()
+    fallback.load_state_dict(moe.state_dict())
+    moe.set_dispatch("gather")
+    fallback.set_dispatch("dense")
+    x = torch.randn(1, 3, cfg.img_size, cfg.img_size)
+
+    print(f"# {cfg.name}: E={cfg.num_experts} k={cfg.top_k}, {args.threads} threads, torch {torch.__version__}")
+    with torch.inference_mode():
+        ms = interleaved({"dense twin": lambda: dense(x), "moe gather": lambda: moe(x),
+                          "moe all-experts": lambda: fallback(x)}, args.runs)
+    print(f"\ninference, batch 1, median of {args.runs} (ms)")
+    for k, v in ms.items():
+        print(f"  {k:16s} {v:8.2f} ms   {v / ms['dense twin']:.2f}x dense twin")
+
+    xb = torch.randn(args.train_batch, 3, cfg.img_size, cfg.img_size)
+    train_models = {"dense twin": create_model(dense_twin(cfg)).train()}
+    for mode in ("gather", "grouped", "dense"):
+        m = create_model(cfg).train().set_dispatch(mode)
+        train_models[f"moe {mode}"] = m
+
+    def step(m):
+        def run():
+            m.zero_grad(set_to_none=True)
+            m.forward_with_routing(xb).logits.sum().backward()
+        return run
+
+    ms = interleaved({k: step(m) for k, m in train_models.items()}, args.train_runs, warmup=1)
+    print(f"\ntraining step (forward + backward), batch {args.train_batch}, median of {args.train_runs}")
+    for k, v in ms.items():
+        print(f"  {k:16s} {v:8.1f} ms  {args.train_batch / v * 1e3:7.1f} img/s   {v / ms['dense twin']:.2f}x dense twin")
+
+
+if __name__ == "__main__":
+    main()
