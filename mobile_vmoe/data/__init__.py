@@ -1,0 +1,53 @@
+"""Datasets, transforms, MixUp/CutMix and superclasses.
+
+``build_data(spec)`` is the one entry point the trainer uses::
+
+    "digits"                      scikit-learn's digits (embedded, the default)
+    "synthetic"                   generated, 20 classes in 4 planted superclasses
+    "synthetic:<N>:<S>"           generated, N classes in S planted superclasses
+    PATH                          ImageFolder: PATH/train/<class>/*, PATH/val/<class>/*
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import MvmoeError
+from .bundle import DataBundle, TensorImageDataset
+from .mixup import MixupCutmix, superclass_targets
+
+__all__ = ["DataBundle", "TensorImageDataset", "build_data", "MixupCutmix", "superclass_targets"]
+
+
+def build_data(spec: str, img_size: int | None = None, *, augment: str = "default", seed: int = 0,
+               max_bad_fraction: float = 0.01) -> DataBundle:
+    """Build the DataBundle named by ``spec``.
+
+    img_size None -> the dataset's natural size (digits 32, synthetic 32, folder 224).
+    augment: "none" | "light" | "default" (digits/synthetic: light, folder: deit) | "deit".
+    seed: the generation seed of ``synthetic`` (digits' split and folder contents never depend on it).
+    max_bad_fraction: ImageFolder only; more unreadable images than this fraction is an error.
+    """
+    from .transforms import check_augment
+
+    check_augment(augment)
+    if img_size is not None and (not isinstance(img_size, int) or img_size < 4):
+        raise MvmoeError(f"img_size must be an integer >= 4, got {img_size!r}")
+    spec = str(spec)
+    if spec == "digits":
+        from .digits import build_digits
+
+        return build_digits(img_size, augment)
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        from .synthetic import build_synthetic, parse_synthetic_spec
+
+        num_classes, num_superclasses = parse_synthetic_spec(spec)
+        return build_synthetic(num_classes, num_superclasses, img_size, augment, seed=seed)
+    path = Path(os.path.expanduser(spec))
+    if path.exists() or os.sep in spec or spec.startswith("."):
+        from .imagefolder import build_imagefolder
+
+        return build_imagefolder(path, img_size, augment, max_bad_fraction=max_bad_fraction)
+    raise MvmoeError(f"unknown dataset {spec!r}: use digits, synthetic, synthetic:<classes>:<superclasses>, "
+                     "or the path of a folder with train/<class>/ and val/<class>/ subfolders")

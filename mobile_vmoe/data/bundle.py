@@ -1,0 +1,62 @@
+"""DataBundle: what every dataset builder returns (train/val datasets plus what a model needs to know)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass
+class DataBundle:
+    """A dataset ready for training and evaluation.
+
+    Items of ``train`` and ``val`` are ``(image, label)``: image float32 (C, H, W) already
+    normalised with ``mean``/``std`` (applied to pixels scaled to [0, 1]), label an int.
+    ``val`` uses the deterministic eval transform only.
+    """
+
+    name: str
+    train: Dataset
+    val: Dataset
+    class_names: list[str]
+    img_size: int
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    planted_superclasses: list[int] | None = None  # synthetic only: class id -> true superclass id
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def checkpoint_info(self) -> dict:
+        """The checkpoint's ``data`` entry: what an exported model must be fed."""
+        return {"name": self.name, "img_size": self.img_size, "in_chans": self.in_chans,
+                "mean": list(self.mean), "std": list(self.std)}
+
+
+class TensorImageDataset(Dataset):
+    """Images held in memory as one float tensor in [0, 1], transformed on access.
+
+    images: (N, C, H, W) float32 in [0, 1]; labels: (N,) int64. ``transform`` maps one
+    (C, H, W) image in [0, 1] to the normalised model input.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None):
+        if images.ndim != 4 or images.shape[0] != labels.shape[0]:
+            raise ValueError(f"images {tuple(images.shape)} and labels {tuple(labels.shape)} do not match")
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int):
+        x = self.images[i]  # (C, H, W)
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, int(self.labels[i])
