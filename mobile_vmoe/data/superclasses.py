@@ -1,0 +1,198 @@
+"""Superclasses from a trained dense model's confusions (the Mobile V-MoE recipe).
+
+1. ``confusion_matrix``: counts (N, N) on held-out data, rows = true class.
+2. ``cluster_superclasses``: row-normalise (so big classes do not dominate), drop the diagonal
+   (correct predictions say nothing about which classes are alike), symmetrise
+   A = (C + C.T) / 2, add a small uniform affinity so the graph is connected even when a class
+   is never confused, then sklearn SpectralClustering(affinity="precomputed", fixed random_state).
+   Cluster ids are renumbered by their smallest class id, so the result is canonical.
+3. ``superclass_names``: "sc0: 3/5/8", the members most confused with the rest of their group.
+4. ``save_superclasses`` / ``load_superclasses``: the JSON file the trainer and exporter read::
+
+    {"num_superclasses": S, "classes": [...], "class_to_superclass": [...], "names": [...],
+     "members": [[...], ...], "source": "..."}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import atomic_write_text
+from ..errors import MvmoeError
+
+UNIFORM_AFFINITY = 1e-3  # relative to the mean off-diagonal affinity; keeps the graph connected
+
+
+@torch.no_grad()
+def confusion_matrix(model: torch.nn.Module, loader, num_classes: int, device: str | torch.device = "cpu") -> np.ndarray:
+    """Counts (N, N) int64: entry [t, p] = images of true class t predicted as p."""
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.int64)
+    for images, labels in loader:
+        logits = model(images.to(device))  # (B, N)
+        pred = logits.argmax(dim=-1).cpu()
+        labels = torch.as_tensor(labels).long().cpu()
+        counts += torch.bincount(labels * num_classes + pred, minlength=num_classes * num_classes)
+    model.train(was_training)
+    return counts.view(num_classes, num_classes).numpy()
+
+
+def confusion_affinity(confusion: np.ndarray) -> np.ndarray:
+    """Symmetric affinity (N, N) from a confusion matrix: see the module docstring."""
+    c = np.asarray(confusion, dtype=np.float64)
+    if c.ndim != 2 or c.shape[0] != c.shape[1]:
+        raise MvmoeError(f"confusion matrix must be square, got shape {c.shape}")
+    if (c < 0).any():
+        raise MvmoeError("confusion matrix has negative entries")
+    rows = c.sum(axis=1, keepdims=True)
+    c = np.divide(c, rows, out=np.zeros_like(c), where=rows > 0)  # row-normalised
+    np.fill_diagonal(c, 0.0)
+    a = (c + c.T) / 2.0
+    n = a.shape[0]
+    off = a.sum() / max(1, n * (n - 1))
+    eps = UNIFORM_AFFINITY * (off if off > 0 else 1.0)
+    a = a + eps
+    np.fill_diagonal(a, 1.0 if a.max() <= 1.0 else a.max())  # self affinity (ignored by the Laplacian)
+    return a
+
+
+def _canonical(labels: np.ndarray) -> np.ndarray:
+    """Renumber clusters in order of their smallest member, so equal partitions give equal arrays."""
+    order = {}
+    for lab in labels.tolist():
+        order.setdefault(lab, len(order))
+    return np.array([order[lab] for lab in labels.tolist()], dtype=np.int64)
+
+
+def cluster_superclasses(confusion: np.ndarray, num_superclasses: int, seed: int = 0) -> np.ndarray:
+    """Class -> superclass ids (N,) int64 in [0, S), every superclass non-empty."""
+    confusion = np.asarray(confusion)
+    n = confusion.shape[0] if confusion.ndim == 2 else -1
+    if not isinstance(num_superclasses, (int, np.integer)) or not 1 <= num_superclasses <= n:
+        raise MvmoeError(f"num_superclasses must be between 1 and the number of classes ({n}), got {num_superclasses!r}")
+    affinity = confusion_affinity(confusion)
+    if num_superclasses == 1:
+        return np.zeros(n, dtype=np.int64)
+    if num_superclasses == n:
+        return np.arange(n, dtype=np.int64)
+    from sklearn.cluster import SpectralClustering
+
+    sc = SpectralClustering(n_clusters=num_superclasses, affinity="precomputed", random_state=seed,
+                            assign_labels="kmeans", n_init=10)
+    labels = _canonical(sc.fit_predict(affinity))
+    # k-means can leave a cluster empty on degenerate graphs: split the largest cluster by moving
+    # out its member least attached to the rest, until every superclass has a member.
+    while labels.max() + 1 < num_superclasses:
+        big = np.bincount(labels).argmax()
+        members = np.flatnonzero(labels == big)
+        inside = affinity[np.ix_(members, members)].sum(axis=1) - np.diag(affinity)[members]
+        labels[members[inside.argmin()]] = labels.max() + 1
+        labels = _canonical(labels)
+    return labels
+
+
+def superclass_names(class_names: list[str], class_to_superclass, confusion: np.ndarray | None = None,
+                     top: int = 3) -> list[str]:
+    """Readable names: "sc<i>: a/b/c" with the ``top`` members most confused within the group
+    (by class order without a confusion matrix), "+k" when more members are left out."""
+    c2s = np.asarray(class_to_superclass, dtype=np.int64)
+    affinity = confusion_affinity(confusion) if confusion is not None else None
+    names = []
+    for s in range(int(c2s.max()) + 1):
+        members = np.flatnonzero(c2s == s)
+        if affinity is not None and len(members) > 1:
+            inside = affinity[np.ix_(members, members)].sum(axis=1) - np.diag(affinity)[members]
+            members = members[np.argsort(-inside, kind="stable")]
+        shown = "/".join(class_names[i] for i in members[:top])
+        more = f" +{len(members) - top}" if len(members) > top else ""
+        names.append(f"sc{s}: {shown}{more}")
+    return names
+
+
+def superclasses_from_model(model: torch.nn.Module, loader, class_names: list[str], num_superclasses: int, *,
+                            seed: int = 0, device: str | torch.device = "cpu", source: str = "") -> dict:
+    """Confusion -> clustering -> names, as the dict that ``save_superclasses`` writes."""
+    conf = confusion_matrix(model, loader, len(class_names), device)
+    c2s = cluster_superclasses(conf, num_superclasses, seed)
+    return make_superclasses(class_names, c2s, superclass_names(class_names, c2s, conf), source,
+                             confusion=conf)
+
+
+def make_superclasses(class_names: list[str], class_to_superclass, names: list[str] | None = None,
+                      source: str = "", confusion: np.ndarray | None = None) -> dict:
+    c2s = [int(v) for v in np.asarray(class_to_superclass).tolist()]
+    s = max(c2s) + 1 if c2s else 0
+    out = {
+        "num_superclasses": s,
+        "classes": list(class_names),
+        "class_to_superclass": c2s,
+        "names": list(names) if names is not None else superclass_names(list(class_names), c2s),
+        "members": [[class_names[i] for i, v in enumerate(c2s) if v == k] for k in range(s)],
+        "source": source,
+    }
+    if confusion is not None:
+        out["confusion"] = np.asarray(confusion).astype(int).tolist()
+    return _validate(out, None, "<superclasses>")
+
+
+def save_superclasses(path: str | os.PathLike, class_names: list[str], class_to_superclass, names: list[str] | None = None,
+                      source: str = "", confusion: np.ndarray | None = None) -> dict:
+    """Validate and write the superclasses JSON atomically; returns what was written."""
+    data = make_superclasses(class_names, class_to_superclass, names, source, confusion)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    return data
+
+
+def load_superclasses(path: str | os.PathLike, class_names: list[str] | None = None) -> dict:
+    """Read and validate a superclasses JSON; with ``class_names``, check it is for these classes."""
+    path = Path(path)
+    if not path.is_file():
+        raise MvmoeError(f"superclasses file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MvmoeError(f"{path} is not valid JSON ({e})") from None
+    return _validate(data, class_names, str(path))
+
+
+def _validate(data, class_names: list[str] | None, where: str) -> dict:
+    def bad(msg: str):
+        raise MvmoeError(f"{where}: {msg}")
+
+    if not isinstance(data, dict):
+        bad("expected a JSON object with num_superclasses, classes, class_to_superclass, names")
+    for key in ("num_superclasses", "classes", "class_to_superclass", "names"):
+        if key not in data:
+            bad(f"missing key {key!r}")
+    s, classes, c2s, names = data["num_superclasses"], data["classes"], data["class_to_superclass"], data["names"]
+    if not isinstance(s, int) or isinstance(s, bool) or s < 1:
+        bad(f"num_superclasses must be a positive integer, got {s!r}")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        bad("classes must be a list of class names")
+    if not isinstance(c2s, list) or len(c2s) != len(classes):
+        bad(f"class_to_superclass must list one superclass per class ({len(classes)}), got "
+            f"{len(c2s) if isinstance(c2s, list) else type(c2s).__name__}")
+    for name, v in zip(classes, c2s):
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < s:
+            bad(f"class {name!r} has superclass {v!r}, expected an integer in [0, {s})")
+    empty = sorted(set(range(s)) - set(c2s))
+    if empty:
+        bad(f"superclass(es) {empty} have no classes")
+    if not isinstance(names, list) or len(names) != s or not all(isinstance(n, str) for n in names):
+        bad(f"names must be a list of {s} strings")
+    if class_names is not None and list(class_names) != classes:
+        missing = [c for c in class_names if c not in classes]
+        extra = [c for c in classes if c not in class_names]
+        detail = (f"missing {missing[:5]}" if missing else "") + (f" extra {extra[:5]}" if extra else "")
+        bad(f"made for other classes than this dataset's {len(class_names)} "
+            f"({detail.strip() or 'same names, different order'})")
+    data = dict(data)
+    data["members"] = [[classes[i] for i, v in enumerate(c2s) if v == k] for k in range(s)]
+    data.setdefault("source", "")
+    return data
