@@ -1,0 +1,296 @@
+"""Latency of an exported artifact: local runners per format, plus the dispatch to Android / iOS.
+
+One timed run = one `forward` of a batch-1 input, timed with `time.perf_counter_ns` around the
+runtime's own execute call (input already in the runtime's memory, output read back). The first
+`warmup` runs are dropped. Statistics follow DESIGN.md's contract (`mvmoe profile latency --json`):
+
+    {"artifact", "device", "runtime", "runs", "min_ms", "median_ms", "p90_ms", "mean_ms"}
+    + extras: "threads", "warmup", "input_shape", "per_op" (ExecuTorch ETDump), ...
+
+Runners (all run here, on Linux):
+- .pte     executorch.runtime (the pybind runtime shipped with the executorch wheel; XNNPACK and
+           portable kernels). `per_op=True` loads the program with ETDump event tracing and
+           summarises it with executorch.devtools.Inspector. The thread count of XNNPACK is the
+           runtime's own (threadpool = cores); it cannot be set from Python, so `threads` is
+           reported as null for .pte.
+- .tflite  ai_edge_litert.interpreter.Interpreter(num_threads=threads) (XNNPACK delegate by default).
+- .onnx    onnxruntime.InferenceSession, CPUExecutionProvider, intra_op_num_threads=threads.
+- .mlpackage  coremltools MLModel.predict: macOS only (see ios.py).
+
+The input comes from the artifact's metadata .json (contract C: input.shape, layout, dtype) when
+it sits beside the artifact, else from the runtime's own input signature.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import MvmoeError
+
+RUNTIMES = {".pte": "executorch", ".tflite": "litert", ".onnx": "onnxruntime", ".mlpackage": "coreml"}
+
+
+# ---------------------------------------------------------------------------------------- stats
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), q in [0, 100]."""
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def summarize(runs_ms: list[float]) -> dict:
+    """min / median / p90 / mean of per-run times in ms (the contract's keys)."""
+    if not runs_ms:
+        raise MvmoeError("no timed runs to summarise (runs must be >= 1)")
+    bad = [r for r in runs_ms if not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0)]
+    if bad:
+        raise MvmoeError(f"run times must be finite and >= 0 ms, got {bad[:3]}")
+    return {"runs": len(runs_ms), "min_ms": float(min(runs_ms)), "median_ms": percentile(runs_ms, 50),
+            "p90_ms": percentile(runs_ms, 90), "mean_ms": float(sum(runs_ms) / len(runs_ms))}
+
+
+@dataclass
+class LatencyResult:
+    """One latency measurement: where, with what, and the per-run times."""
+
+    artifact: str  # file name
+    device: str  # "local (Linux x86_64)", "Pixel 8 (Android 15)", ...
+    runtime: str  # executorch | litert | onnxruntime | coreml | <binary name>
+    runs_ms: list[float]
+    threads: int | None = None
+    warmup: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = {"artifact": self.artifact, "device": self.device, "runtime": self.runtime}
+        d.update(summarize(self.runs_ms))
+        d.update({"threads": self.threads, "warmup": self.warmup, "runs_ms": [round(r, 4) for r in self.runs_ms]})
+        d.update(self.extra)
+        return d
+
+
+def time_calls(fn: Callable[[], object], warmup: int, runs: int) -> list[float]:
+    """Call `fn` warmup + runs times; return the timed runs in ms."""
+    if warmup < 0 or runs < 1:
+        raise MvmoeError(f"need warmup >= 0 and runs >= 1, got warmup={warmup} runs={runs}")
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        fn()
+        out.append((time.perf_counter_ns() - t0) / 1e6)
+    return out
+
+
+# ------------------------------------------------------------------------------------ artifacts
+
+def artifact_meta(path: Path) -> dict | None:
+    """The contract-C metadata `<stem>.json` beside the artifact, or None if there is none."""
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MvmoeError(f"{meta_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise MvmoeError(f"{meta_path}: expected a JSON object")
+    return meta
+
+
+def check_artifact(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise MvmoeError(f"artifact not found: {path}")
+    if path.suffix not in RUNTIMES:
+        raise MvmoeError(f"{path.name}: unknown artifact type {path.suffix!r}; expected one of {', '.join(RUNTIMES)}")
+    return path
+
+
+def example_input(shape, dtype: str = "float32", seed: int = 0) -> np.ndarray:
+    """A deterministic normal-distributed input (what normalised pixels look like)."""
+    if any((not isinstance(s, int)) or s <= 0 for s in shape):
+        raise MvmoeError(f"input shape must be positive integers, got {list(shape)}")
+    x = np.random.default_rng(seed).standard_normal(tuple(shape))
+    return x.astype(np.dtype(dtype))
+
+
+def _meta_shape(meta: dict | None) -> tuple[list[int] | None, str]:
+    if not meta or "input" not in meta:
+        return None, "float32"
+    inp = meta["input"]
+    return list(inp.get("shape") or []) or None, inp.get("dtype", "float32")
+
+
+# -------------------------------------------------------------------------------------- runners
+
+def run_onnx(path: Path, warmup: int, runs: int, threads: int | None, shape=None) -> LatencyResult:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise MvmoeError(f"{path.name}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+    inp = sess.get_inputs()[0]
+    shape = shape or [d if isinstance(d, int) else 1 for d in inp.shape]
+    x = example_input(shape)
+    feed = {inp.name: x}
+    times = time_calls(lambda: sess.run(None, feed), warmup, runs)
+    return LatencyResult(path.name, local_device(), "onnxruntime", times, threads, warmup,
+                         {"input_shape": list(shape), "providers": sess.get_providers()})
+
+
+def run_tflite(path: Path, warmup: int, runs: int, threads: int | None, shape=None) -> LatencyResult:
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        it = Interpreter(model_path=str(path), num_threads=threads or None)
+        it.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise MvmoeError(f"{path.name}: LiteRT cannot load it ({str(e).splitlines()[0]})") from None
+    det = it.get_input_details()[0]
+    native = [int(s) for s in det["shape"]]
+    if shape and list(shape) != native:
+        # the metadata may say NCHW while the converted graph takes NHWC (or the reverse): trust
+        # the interpreter, but only when it is the same tensor in another layout
+        if sorted(shape) != sorted(native):
+            raise MvmoeError(f"{path.name}: metadata input shape {list(shape)} does not match the model's {native}")
+    x = example_input(native, np.dtype(det["dtype"]).name)
+    out_idx = it.get_output_details()[0]["index"]
+
+    def step():
+        it.set_tensor(det["index"], x)
+        it.invoke()
+        return it.get_tensor(out_idx)
+
+    times = time_calls(step, warmup, runs)
+    return LatencyResult(path.name, local_device(), "litert", times, threads, warmup, {"input_shape": native})
+
+
+def run_pte(path: Path, warmup: int, runs: int, threads: int | None, shape=None,
+            per_op: bool = False, etdump_dir: Path | None = None) -> LatencyResult:
+    import torch
+    from executorch.runtime import Runtime
+
+    rt = Runtime.get()
+    kw = {"enable_etdump": True, "debug_buffer_size": 0} if per_op else {}
+    try:
+        program = rt.load_program(path, **kw)
+        method = program.load_method("forward")
+    except (RuntimeError, ValueError) as e:
+        raise MvmoeError(f"{path.name}: the ExecuTorch runtime cannot load it ({str(e).splitlines()[0]})") from None
+    if method is None:
+        raise MvmoeError(f"{path.name}: no 'forward' method (methods: {sorted(program.method_names)})")
+    info = method.metadata.input_tensor_meta(0)
+    native = [int(s) for s in info.sizes()]
+    if shape and sorted(shape) != sorted(native):
+        raise MvmoeError(f"{path.name}: metadata input shape {list(shape)} does not match the program's {native}")
+    x = torch.from_numpy(example_input(native))
+    times = time_calls(lambda: method.execute((x,)), warmup, runs)
+    extra: dict = {"input_shape": native}
+    if per_op:
+        extra["per_op"] = etdump_per_op(program, path, etdump_dir)
+    return LatencyResult(path.name, local_device(), "executorch", times, None, warmup, extra)
+
+
+def etdump_per_op(program, path: Path, out_dir: Path | None = None, top: int = 25) -> list[dict]:
+    """Per-op mean time per inference from the program's ETDump, largest first.
+
+    The ETDump holds one event per op call per execute (warmup included: every run of the same op
+    averages the same). Delegated ops (XNNPACK's own names, e.g. "Fully Connected (NC, F32) GEMM")
+    come with `delegated: true`; "DELEGATE_CALL" / "OPERATOR_CALL" wrappers and the whole-method
+    "Method::execute" event are dropped because they contain the ops listed. `ms` = sum over the op's calls in one inference of their mean time.
+    """
+    import re
+    import tempfile
+    import warnings
+
+    from executorch.devtools import Inspector
+
+    out_dir = Path(out_dir or tempfile.mkdtemp(prefix="mvmoe-etdump-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    etdp = out_dir / (path.stem + ".etdp")
+    program.write_etdump_result_to_file(str(etdp), str(out_dir / (path.stem + ".debug.bin")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inspector = Inspector(etdump_path=str(etdp))
+    agg: dict[str, dict] = {}
+    for block in inspector.event_blocks:
+        if block.name != "Execute":
+            continue
+        for ev in block.events:
+            if ev.name in ("DELEGATE_CALL", "OPERATOR_CALL") or ev.name.startswith("Method::") or ev.perf_data is None:
+                continue
+            name = re.sub(r" #\d+$", "", ev.name).removeprefix("native_call_")
+            a = agg.setdefault(name, {"op": name, "delegated": bool(ev.is_delegated_op), "calls": 0, "ms": 0.0})
+            a["calls"] += 1
+            a["ms"] += float(np.mean(ev.perf_data.raw))
+    rows = sorted(agg.values(), key=lambda r: -r["ms"])[:top]
+    for r in rows:
+        r["ms"] = round(r["ms"], 5)
+    return rows
+
+
+# --------------------------------------------------------------------------------------- device
+
+def local_device() -> str:
+    return f"local ({platform.system()} {platform.machine()})"
+
+
+def parse_device(device: str) -> tuple[str, str | None]:
+    """'local' | 'android[:SERIAL]' | 'ios[:UDID]' -> (kind, id)."""
+    kind, _, ident = device.partition(":")
+    if kind not in ("local", "android", "ios") or (kind == "local" and ident):
+        raise MvmoeError(f"--device {device!r}: expected local, android[:SERIAL] or ios[:UDID]")
+    return kind, ident or None
+
+
+def profile_latency(artifact: str | Path, device: str = "local", *, warmup: int = 10, runs: int = 50,
+                    threads: int | None = None, per_op: bool = False, binary: str | Path | None = None,
+                    adb_host: str = "127.0.0.1", adb_port: int = 5037) -> dict:
+    """Measure `artifact` on `device`; returns the contract's JSON dict (+ extras)."""
+    path = check_artifact(artifact)
+    if warmup < 0 or runs < 1:
+        raise MvmoeError(f"need --warmup >= 0 and --runs >= 1, got {warmup} and {runs}")
+    if threads is not None and threads < 1:
+        raise MvmoeError(f"--threads must be >= 1, got {threads}")
+    kind, ident = parse_device(device)
+    meta = artifact_meta(path) if path.is_file() or path.suffix == ".mlpackage" else None
+    shape, _ = _meta_shape(meta)
+    if kind == "android":
+        from .android import profile_android
+
+        return profile_android(path, binary=binary, serial=ident, warmup=warmup, runs=runs, threads=threads,
+                               host=adb_host, port=adb_port).to_dict()
+    if kind == "ios":
+        from .ios import profile_ios
+
+        return profile_ios(path, udid=ident, warmup=warmup, runs=runs).to_dict()
+    if path.suffix == ".onnx":
+        res = run_onnx(path, warmup, runs, threads, shape)
+    elif path.suffix == ".tflite":
+        res = run_tflite(path, warmup, runs, threads, shape)
+    elif path.suffix == ".pte":
+        res = run_pte(path, warmup, runs, threads, shape, per_op=per_op)
+    else:  # .mlpackage
+        from .ios import run_coreml_local
+
+        res = run_coreml_local(path, warmup, runs, shape)
+    if per_op and path.suffix != ".pte":
+        res.extra["per_op"] = None
+        res.extra["per_op_note"] = "per-op times come from ExecuTorch ETDump: .pte only"
+    if meta:
+        res.extra.update({k: meta.get(k) for k in ("model", "target", "backend", "precision", "dispatch", "macs") if k in meta})
+    return res.to_dict()
