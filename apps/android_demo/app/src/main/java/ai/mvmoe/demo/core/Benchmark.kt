@@ -1,0 +1,82 @@
+package ai.mvmoe.demo.core
+
+import kotlin.math.ceil
+import kotlin.math.floor
+
+/** min / median / p90 / mean in ms, the definitions of `mvmoe profile latency` (numpy's linear percentile). */
+data class BenchStats(val runs: Int, val minMs: Double, val medianMs: Double, val p90Ms: Double, val meanMs: Double) {
+    companion object {
+        fun of(runsMs: List<Double>): BenchStats {
+            require(runsMs.isNotEmpty()) { "no timed runs" }
+            val s = runsMs.sorted()
+            return BenchStats(s.size, s[0], percentile(s, 50.0), percentile(s, 90.0), runsMs.sum() / runsMs.size)
+        }
+
+        /** numpy.percentile(method="linear") on sorted values: rank q/100 * (n - 1), interpolated. */
+        fun percentile(sorted: List<Double>, q: Double): Double {
+            val rank = q / 100.0 * (sorted.size - 1)
+            val lo = floor(rank).toInt()
+            val hi = ceil(rank).toInt()
+            return sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo)
+        }
+    }
+}
+
+/** The median of the last [capacity] latencies, shown under each live prediction. */
+class RollingMedian(private val capacity: Int = 20) {
+    private val window = ArrayDeque<Double>()
+
+    fun add(ms: Double): Double {
+        window.addLast(ms)
+        if (window.size > capacity) window.removeFirst()
+        return median
+    }
+
+    val median: Double get() = if (window.isEmpty()) Double.NaN else BenchStats.percentile(window.sorted(), 50.0)
+    val size: Int get() = window.size
+}
+
+/**
+ * The benchmark file the app shares (contract D); `mvmoe profile ingest FILE` reads it.
+ * [created] is an ISO-8601 string, made by the caller (java.time is not on every minSdk 26 path we test).
+ */
+data class BenchmarkReport(
+    val artifact: String,
+    val app: String,
+    val device: String,
+    val runtime: String,
+    val computeUnits: String,
+    val threads: Int?,
+    val warmup: Int,
+    val runsMs: List<Double>,
+    val created: String,
+) {
+    init {
+        require(app == "ios_demo" || app == "android_demo") { "app must be ios_demo or android_demo, got '$app'" }
+        require(runtime in setOf("coreml", "litert", "executorch")) { "unknown runtime '$runtime'" }
+        require(computeUnits in setOf("cpu", "gpu", "ane", "nnapi", "all")) { "unknown compute units '$computeUnits'" }
+        require(runsMs.isNotEmpty()) { "no timed runs" }
+    }
+
+    val stats: BenchStats get() = BenchStats.of(runsMs)
+
+    fun toJson(): String = Json.write(
+        linkedMapOf(
+            "format" to "mvmoe-app-benchmark",
+            "version" to 1,
+            "artifact" to artifact,
+            "app" to app,
+            "device" to device,
+            "runtime" to runtime,
+            "compute_units" to computeUnits,
+            "threads" to threads,
+            "warmup" to warmup,
+            "runs_ms" to runsMs,
+            "created" to created,
+        ),
+        indent = 2,
+    ) + "\n"
+
+    /** File name for the share sheet: bench_<artifact stem>_<runtime>_<units>.json */
+    fun fileName(): String = "bench_${artifact.substringBeforeLast('.')}_${runtime}_$computeUnits.json"
+}

@@ -1,0 +1,189 @@
+"""Write the golden vectors the demo apps' platform-free logic is tested against.
+
+    uv run python apps/golden/make_golden.py          # rewrites apps/golden/golden.json
+    uv run python apps/golden/make_golden.py --check  # exit 1 if the committed file is stale
+
+The numpy code below is the reference of the app preprocessing in contract C (docs/apps.md):
+center-crop the largest square, bilinear resize with half-pixel centres and no antialias (what
+torch's F.interpolate(mode="bilinear", align_corners=False, antialias=False) computes), RGB / scale,
+(x - mean) / std, then the declared layout; with ``preprocessing_baked_in`` the app stops after the
+resize and hands raw [0, 255] floats to the model. tests/test_apps.py checks this reference
+against torch, and the Kotlin JUnit tests (apps/android_demo) and the XCTest target
+(apps/ios_demo) reproduce every vector in golden.json within 1e-5.
+
+Images are small synthetic RGB arrays (row-major H x W x 3 bytes) so the app tests need no image
+decoder. Benchmark statistics use numpy's default linear percentile, the definition
+`mvmoe profile latency` and `mvmoe profile ingest` use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+GOLDEN = HERE / "golden.json"
+
+MEAN = [0.485, 0.456, 0.406]
+STD = [0.229, 0.224, 0.225]
+
+
+# ----------------------------------------------------------------------------- reference logic
+def center_crop_box(h: int, w: int) -> tuple[int, int, int]:
+    """(top, left, side) of the largest centred square; odd remainders drop the extra row/column at the end."""
+    side = min(h, w)
+    return (h - side) // 2, (w - side) // 2, side
+
+
+def resize_bilinear(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """(H, W, C) -> (out_h, out_w, C) float64; half-pixel centres, source clamped at 0, no antialias."""
+    in_h, in_w = img.shape[:2]
+
+    def axis(n_out: int, n_in: int):
+        src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        src = np.maximum(src, 0.0)
+        i0 = np.floor(src).astype(np.int64)
+        i0 = np.minimum(i0, n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, src - i0
+
+    y0, y1, fy = axis(out_h, in_h)
+    x0, x1, fx = axis(out_w, in_w)
+    img = img.astype(np.float64)
+    top = img[y0][:, x0] * (1 - fx)[None, :, None] + img[y0][:, x1] * fx[None, :, None]
+    bot = img[y1][:, x0] * (1 - fx)[None, :, None] + img[y1][:, x1] * fx[None, :, None]
+    return top * (1 - fy)[:, None, None] + bot * fy[:, None, None]
+
+
+def preprocess(rgb: np.ndarray, out_h: int, out_w: int, mean, std, scale: float, layout: str,
+               baked: bool) -> np.ndarray:
+    """(H, W, 3) uint8 -> flat float32 model input (1, 3, H, W) or (1, H, W, 3) per `layout`."""
+    top, left, side = center_crop_box(*rgb.shape[:2])
+    x = resize_bilinear(rgb[top:top + side, left:left + side], out_h, out_w)  # (h, w, 3) in [0, 255]
+    if not baked:
+        x = (x / scale - np.asarray(mean)) / np.asarray(std)
+    if layout == "NCHW":
+        x = x.transpose(2, 0, 1)
+    return x.astype(np.float32).reshape(-1)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def topk(probs: np.ndarray, k: int) -> list[int]:
+    """Indices of the k largest, ties broken by the lower index (a stable sort on -p)."""
+    return [int(i) for i in np.argsort(-np.asarray(probs), kind="stable")[:k]]
+
+
+def bench_stats(runs: list[float]) -> dict:
+    a = np.asarray(runs, dtype=np.float64)
+    return {"min_ms": float(a.min()), "median_ms": float(np.percentile(a, 50)),
+            "p90_ms": float(np.percentile(a, 90)), "mean_ms": float(a.mean())}
+
+
+# ----------------------------------------------------------------------------- fixtures
+def metadata(model: str, target: str, backend, precision: str, ext: str, *, size: int, layout: str,
+             baked: bool, labels: list[str], experts: int, superclasses) -> dict:
+    """A contract-C metadata dict as `mvmoe export` writes it (the apps parse exactly these keys)."""
+    stem = f"{model}_{target}{'-' + backend if backend else ''}_{precision}"
+    shape = [1, 3, size, size] if layout == "NCHW" else [1, size, size, 3]
+    outputs = [{"name": "logits", "shape": [1, len(labels)]}]
+    if experts:
+        outputs.append({"name": "expert_probs", "shape": [1, experts]})
+    return {
+        "model": model, "target": target, "backend": backend, "precision": precision, "artifact": f"{stem}.{ext}",
+        "input": {"name": "image", "shape": shape, "layout": layout, "dtype": "float32", "mean": MEAN, "std": STD,
+                  "scale": 255.0, "preprocessing_baked_in": baked, "resize": "center-crop-then-bilinear"},
+        "outputs": outputs, "labels": labels, "superclasses": superclasses, "experts": experts, "k": 1 if experts else 0,
+        "dispatch": "gather", "macs": 1234567,
+        "parity": {"ran": True, "max_abs_diff": 3.1e-06, "top1_agreement": 1.0, "images": 64, "reason": None},
+        "ops": {"total": 10, "delegated": 9}, "versions": {"mvmoe": "0.1.0", "torch": "2.14.0"},
+    }
+
+
+def build() -> dict:
+    rng = np.random.default_rng(20231104)
+    labels = [f"class_{i}" for i in range(10)]
+    labels[3] = "quote \"three\" \\ \u00e9"  # the JSON parsers must handle escapes and non-ASCII
+    sc = {"names": ["sc0: 0/1/3", "sc1: 2/5/7", "sc2: 4/6/8/9"], "class_to_superclass": [0, 0, 1, 0, 2, 1, 2, 1, 2, 2]}
+    metas = [
+        metadata("vmoe-6x64-p4", "tflite", None, "fp32", "tflite", size=8, layout="NHWC", baked=False,
+                 labels=labels, experts=3, superclasses=sc),
+        metadata("vmoe-6x64-p4", "coreml", None, "fp16", "mlpackage", size=8, layout="NCHW", baked=True,
+                 labels=labels, experts=3, superclasses=sc),
+        metadata("vit-6x64-p4", "executorch", "xnnpack", "fp32", "pte", size=8, layout="NCHW", baked=False,
+                 labels=labels, experts=0, superclasses=None),
+    ]
+
+    images = []
+    for name, (h, w) in [("wide_13x20", (13, 20)), ("tall_21x9", (21, 9)), ("upsample_5x6", (5, 6)),
+                         ("square_16", (16, 16))]:
+        images.append({"name": name, "height": h, "width": w,
+                       "rgb": rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8).reshape(-1).tolist()})
+
+    cases = []
+    for m_i, m in enumerate(metas):
+        inp = m["input"]
+        layout = inp["layout"]
+        out_h, out_w = (inp["shape"][2], inp["shape"][3]) if layout == "NCHW" else (inp["shape"][1], inp["shape"][2])
+        for img in images:
+            rgb = np.asarray(img["rgb"], dtype=np.uint8).reshape(img["height"], img["width"], 3)
+            x = preprocess(rgb, out_h, out_w, inp["mean"], inp["std"], inp["scale"], layout, inp["preprocessing_baked_in"])
+            cases.append({"metadata": m_i, "image": img["name"], "crop": list(center_crop_box(img["height"], img["width"])),
+                          "expected": [float(v) for v in x]})
+
+    outputs = []
+    for logits, experts in [
+        (rng.normal(0, 3, 10), rng.dirichlet(np.ones(3))),
+        ([1000.0, 1001.0, 999.0, 0, 0, 0, 0, 0, 0, 0], [0.2, 0.2, 0.6]),   # large logits: softmax must subtract the max
+        ([0.5, 2.0, 2.0, -1.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.4, 0.4, 0.2]),  # ties: lower index first
+    ]:
+        p = softmax(logits)
+        top = topk(p, 5)
+        top_e = topk(np.asarray(experts), 1)[0]
+        outputs.append({"logits": [float(v) for v in logits], "probs": [float(v) for v in p], "top5": top,
+                        "top5_probs": [float(p[i]) for i in top], "expert_probs": [float(v) for v in experts],
+                        "top_expert": top_e, "superclass": sc["names"][top_e]})
+
+    bench = []
+    for runs in [[5.0], [3.0, 1.0, 2.0, 4.0], [float(v) for v in np.round(rng.gamma(4, 2, 37), 4)],
+                 [2.5, 2.5, 2.5, 9.0, 1.25, 3.75, 2.0, 2.0, 2.0, 2.0]]:
+        bench.append({"runs_ms": runs, **bench_stats(runs)})
+
+    return {"format": "mvmoe-app-golden", "version": 1, "tolerance": 1e-5, "metadata": metas, "images": images,
+            "preprocess": cases, "outputs": outputs, "bench": bench}
+
+
+def dumps(golden: dict) -> str:
+    return json.dumps(golden, indent=1, ensure_ascii=False) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="compare with the committed file instead of writing")
+    ap.add_argument("--out", type=Path, default=GOLDEN)
+    args = ap.parse_args(argv)
+    text = dumps(build())
+    if args.check:
+        same = args.out.is_file() and args.out.read_text(encoding="utf-8") == text
+        print(f"{args.out}: {'up to date' if same else 'STALE, rerun make_golden.py'}")
+        return 0 if same else 1
+    fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=".golden.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out} ({len(text.encode()) // 1024} KB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
