@@ -1,0 +1,232 @@
+"""Datasets (digits, synthetic, ImageFolder with bad layouts and corrupt files), transforms, MixUp/CutMix."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mobile_vmoe.data import MixupCutmix, build_data, superclass_targets
+from mobile_vmoe.data.synthetic import write_imagefolder
+from mobile_vmoe.errors import MvmoeError
+
+
+# --- digits ---------------------------------------------------------------------------------------
+
+def test_digits_split_is_fixed_stratified_and_pixels_are_scaled():
+    b = build_data("digits", img_size=8, augment="none")
+    assert (len(b.train), len(b.val)) == (1437, 360)  # 80/20 of 1,797
+    assert b.class_names == [str(i) for i in range(10)] and b.in_chans == 3
+    # stratified: each class has 35..37 of its ~179 images in val (20%)
+    counts = torch.bincount(b.val.labels, minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37
+    # image 0 of load_digits (a "0", first row 0 0 5 13 9 1 0 0) is the first training image
+    assert int(b.train.labels[0]) == 0
+    assert b.train.images[0, :, 0].mul(16).tolist() == [[0, 0, 5, 13, 9, 1, 0, 0]] * 3  # 3 equal channels
+    # eval transform = (x - mean) / std with mean/std of the train split
+    x, y = b.train[0]
+    assert y == 0
+    expected = (13 / 16 - b.mean[0]) / b.std[0]
+    assert x[1, 0, 3].item() == pytest.approx(expected, abs=1e-5)
+    assert b.mean[0] == pytest.approx(b.train.images.mean().item(), abs=1e-4)
+    # the split does not depend on the seed or on the build
+    b2 = build_data("digits", img_size=8, augment="none", seed=5)
+    assert torch.equal(b2.val.labels, b.val.labels) and torch.equal(b2.val.images, b.val.images)
+
+
+def test_digits_default_size_and_light_augment_shifts_without_flipping():
+    b = build_data("digits")  # default img_size 32, augment light
+    assert b.img_size == 32 and b.train.images.shape[1:] == (3, 32, 32)
+    # a left-heavy test pattern: light augment shifts it by at most 4 px and never mirrors it
+    img = torch.zeros(3, 32, 32)
+    img[:, :, :8] = 1.0
+    flipped = 0
+    for _ in range(40):
+        out = b.train.transform(img) * b.std[0] + b.mean[0]  # back to [0, 1]
+        left, right = out[0, :, :16].mean(), out[0, :, 16:].mean()
+        flipped += int(right > left)
+    assert flipped == 0
+
+
+# --- synthetic ------------------------------------------------------------------------------------
+
+def test_synthetic_is_deterministic_and_has_the_planted_hierarchy():
+    a = build_data("synthetic:8:2", augment="none")
+    b = build_data("synthetic:8:2", augment="none")
+    c = build_data("synthetic:8:2", augment="none", seed=1)
+    assert torch.equal(a.train.images, b.train.images)
+    assert not torch.equal(a.train.images, c.train.images)
+    assert a.planted_superclasses == [0, 1, 0, 1, 0, 1, 0, 1]  # class c -> c % S
+    assert len(a.train) == 8 * 100 and len(a.val) == 8 * 25 and a.name == "synthetic:8:2"
+    # superclasses are clearly different: the mean colour alone separates them on val ...
+    def colour(ds):
+        return ds.images.mean(dim=(2, 3))  # (N, 3)
+    sc = torch.tensor(a.planted_superclasses)
+    tr_c, va_c = colour(a.train), colour(a.val)
+    sc_means = torch.stack([tr_c[sc[a.train.labels] == s].mean(0) for s in range(2)])  # (2, 3)
+    sc_pred = torch.cdist(va_c, sc_means).argmin(1)
+    assert (sc_pred == sc[a.val.labels]).float().mean().item() == 1.0
+    # ... while classes inside a superclass share it: nearest class colour is near chance (1/4)
+    cls_means = torch.stack([tr_c[a.train.labels == k].mean(0) for k in range(8)])
+    cls_pred = torch.cdist(va_c, cls_means).argmin(1)
+    assert (cls_pred == a.val.labels).float().mean().item() < 0.5
+
+
+def test_synthetic_spec_errors():
+    for spec in ("synthetic:3", "synthetic:2:3", "synthetic:a:b", "synthetic:4:0"):
+        with pytest.raises(MvmoeError, match="synthetic"):
+            build_data(spec)
+    assert build_data("synthetic").planted_superclasses == [c % 4 for c in range(20)]
+
+
+def test_build_data_rejects_unknown_spec_and_augment():
+    with pytest.raises(MvmoeError, match="unknown dataset"):
+        build_data("cifar-ten")
+    with pytest.raises(MvmoeError, match="augment"):
+        build_data("digits", augment="heavy")
+
+
+def test_deit_augment_on_tensors_keeps_shape_and_varies():
+    b = build_data("synthetic:4:2", augment="deit")
+    x1, _ = b.train[0]
+    x2, _ = b.train[0]
+    assert x1.shape == (3, 32, 32) and x1.dtype == torch.float32
+    assert not torch.equal(x1, x2)
+    v1, _ = b.val[0]
+    v2, _ = b.val[0]
+    assert torch.equal(v1, v2)  # eval transform is deterministic
+
+
+# --- ImageFolder ----------------------------------------------------------------------------------
+
+@pytest.fixture()
+def tree(tmp_path):
+    return write_imagefolder(tmp_path / "tiny", num_classes=4, num_superclasses=2, img_size=16,
+                             train_per_class=3, val_per_class=2)
+
+
+def _jpeg_bytes(size=48) -> bytes:
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_imagefolder_reads_classes_labels_and_eval_crop(tree):
+    b = build_data(str(tree), img_size=16)
+    assert b.name == "tiny" and b.class_names == ["c00", "c01", "c02", "c03"]
+    assert (len(b.train), len(b.val)) == (12, 8) and b.stats["skipped_images"] == 0
+    assert b.mean == (0.485, 0.456, 0.406)
+    assert sorted(torch.bincount(b.train.labels).tolist()) == [3, 3, 3, 3]
+    assert b.train.paths[0].endswith("train/c00/00000.png") and int(b.train.labels[0]) == 0
+    # eval = resize to int(16 / 0.875) = 18, centre crop 16; a flat colour stays flat
+    Image.new("RGB", (40, 30), (255, 0, 51)).save(tree / "val" / "c01" / "flat.png")
+    b = build_data(str(tree), img_size=16)
+    i = next(k for k, p in enumerate(b.val.paths) if p.endswith("flat.png"))
+    x, y = b.val[i]
+    assert y == 1 and x.shape == (3, 16, 16)
+    expect = [(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (0.2 - 0.406) / 0.225]
+    assert x.mean(dim=(1, 2)).tolist() == pytest.approx(expect, abs=1e-4)
+
+
+def test_imagefolder_layout_errors(tmp_path, tree):
+    with pytest.raises(MvmoeError, match="not found"):
+        build_data(str(tmp_path / "nope"))
+    # missing split
+    import shutil
+    no_val = tmp_path / "noval"
+    shutil.copytree(tree / "train", no_val / "train")
+    with pytest.raises(MvmoeError, match="no val/ folder"):
+        build_data(str(no_val))
+    # flat val: the raw ImageNet layout, the message says how to fix it
+    flat = tmp_path / "flat"
+    shutil.copytree(tree / "train", flat / "train")
+    (flat / "val").mkdir()
+    for k in range(3):
+        (flat / "val" / f"ILSVRC2012_val_{k:08d}.JPEG").write_bytes(_jpeg_bytes(8))
+    with pytest.raises(MvmoeError, match="valprep.sh"):
+        build_data(str(flat))
+    # an empty class folder
+    (tree / "train" / "c09").mkdir()
+    with pytest.raises(MvmoeError, match="c09 has no images"):
+        build_data(str(tree))
+    (tree / "train" / "c09").rmdir()
+    # val classes that train does not have
+    (tree / "val" / "zebra").mkdir()
+    (tree / "val" / "zebra" / "z.jpg").write_bytes(_jpeg_bytes(8))
+    with pytest.raises(MvmoeError, match="not in train/: zebra"):
+        build_data(str(tree))
+
+
+@pytest.mark.filterwarnings("ignore:skipping")
+def test_imagefolder_corrupt_images_skipped_counted_and_limited(tree):
+    jpeg = _jpeg_bytes()
+    # random bytes with an image name: caught by the header check at scan
+    (tree / "train" / "c02" / "random.jpg").write_bytes(np.random.default_rng(1).bytes(500))
+    # a truncated JPEG: valid header, fails only when decoded
+    (tree / "train" / "c01" / "00000_trunc.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    with pytest.warns(UserWarning, match="random.jpg"):
+        b = build_data(str(tree), img_size=16, augment="none", max_bad_fraction=0.2)
+    assert b.stats["skipped_images"] == 1 and len(b.train) == 13  # 12 good + the truncated one
+    i = b.train.paths.index(str(tree / "train" / "c01" / "00000_trunc.jpg"))
+    with pytest.warns(UserWarning, match="00000_trunc.jpg"):
+        x, y = b.train[i]
+    # replaced by the next sample in the list (c01/00001.png), label 1
+    assert y == 1 and b.train.load_failures == 1
+    assert torch.equal(x, b.train[i + 1][0])
+    # 2 bad of 14 files is 14%: over a 10% limit at load time ...
+    b = build_data(str(tree), img_size=16, augment="none", max_bad_fraction=0.1)
+    with pytest.raises(MvmoeError, match="2 of 14 images"):
+        b.train[i]
+    # ... and over a 5% limit already at scan (1 of 14)
+    with pytest.raises(MvmoeError, match="1 of 14 images .* max_bad_fraction"):
+        build_data(str(tree), max_bad_fraction=0.05)
+
+
+# --- MixUp / CutMix and superclass targets --------------------------------------------------------
+
+def test_superclass_targets_of_a_mix_are_exact():
+    c2s = torch.tensor([0, 0, 0, 1, 1])  # classes 0-2 in superclass 0, 3-4 in superclass 1
+    soft = torch.tensor([[0.0, 0.3, 0.0, 0.0, 0.7],   # 0.3 x class 1 (sc 0) + 0.7 x class 4 (sc 1)
+                         [0.6, 0.0, 0.4, 0.0, 0.0]])  # both in sc 0 -> hard superclass target
+    torch.testing.assert_close(superclass_targets(soft, c2s, 2), torch.tensor([[0.3, 0.7], [1.0, 0.0]]))
+    assert superclass_targets(torch.tensor([4, 1]), c2s, 2).tolist() == [[0.0, 1.0], [1.0, 0.0]]
+
+
+def test_mixup_mixes_images_and_targets_with_the_same_lambda():
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 8, 8).clone()  # image i is constant i
+    y = torch.tensor([0, 1, 3, 4])
+    mixed, t = MixupCutmix(5, mixup_alpha=0.8, cutmix_alpha=0.0)(x, y)
+    lam = t[0, 0].item()  # image 0 keeps weight lam of class 0, gets 1 - lam of its roll partner
+    partner = torch.roll(torch.arange(4), 1)  # torchvision mixes with the batch rolled by one
+    for i in range(4):
+        assert mixed[i, 0, 0, 0].item() == pytest.approx(lam * i + (1 - lam) * partner[i].item(), abs=1e-5)
+        assert t[i, y[i]].item() == pytest.approx(lam) and t[i].sum().item() == pytest.approx(1.0)
+    c2s = torch.tensor([0, 0, 0, 1, 1])
+    s = superclass_targets(t, c2s, 2)
+    # image 1 = lam x class 1 (sc 0) + (1 - lam) x class 0 (sc 0): all superclass 0
+    assert s[1].tolist() == pytest.approx([1.0, 0.0])
+    # image 2 = lam x class 3 (sc 1) + (1 - lam) x class 1 (sc 0)
+    assert s[2].tolist() == pytest.approx([1 - lam, lam])
+
+
+def test_cutmix_target_weight_is_the_pasted_area():
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 16, 16).clone()
+    y = torch.tensor([0, 1, 2, 3])
+    for _ in range(5):
+        mixed, t = MixupCutmix(4, mixup_alpha=0.0, cutmix_alpha=1.0)(x, y)
+        kept = (mixed[0, 0] == 0).float().mean().item()  # pixels still from image 0
+        assert t[0, 0].item() == pytest.approx(kept, abs=1e-6)
+        assert t[0, 3].item() == pytest.approx(1 - kept, abs=1e-6)  # pasted from image 3 (roll by one)
+
+
+def test_mixup_off_returns_one_hot():
+    x = torch.randn(2, 3, 4, 4)
+    out, t = MixupCutmix(3, prob=0.0)(x, torch.tensor([2, 0]))
+    assert torch.equal(out, x) and t.tolist() == [[0, 0, 1], [1, 0, 0]]
+    with pytest.raises(ValueError):
+        MixupCutmix(3, mixup_alpha=-1)
