@@ -1,0 +1,130 @@
+import CoreML
+import Foundation
+
+/// One exported model found in the app bundle: its metadata and where the compiled model lives.
+struct BundledModel: Identifiable, Hashable {
+    let meta: ModelMetadata
+    let modelURL: URL  // .mlmodelc (compiled by Xcode) or .mlpackage (compiled on first load)
+    var id: String { meta.artifact }
+}
+
+/// Core ML inference for one artifact: preprocessing per its metadata, prediction, decoding.
+final class ModelRunner {
+    let model: BundledModel
+    let mlModel: MLModel
+    private let logitsName: String
+    private let expertName: String?
+
+    /// `computeUnits`: .cpuOnly, .cpuAndGPU, .cpuAndNeuralEngine or .all (MLModelConfiguration).
+    init(_ model: BundledModel, computeUnits: MLComputeUnits = .all) throws {
+        let config = MLModelConfiguration()
+        config.computeUnits = computeUnits
+        self.model = model
+        mlModel = try MLModel(contentsOf: try ModelRunner.compiledURL(for: model.modelURL), configuration: config)
+        // Output names as exported ("logits", "expert_probs"); fall back to matching shapes if a converter renamed them.
+        let outs = mlModel.modelDescription.outputDescriptionsByName
+        let n = model.meta.labels.count, e = model.meta.experts
+        func byLength(_ len: Int) -> String? {
+            outs.first { $0.value.multiArrayConstraint?.shape.last?.intValue == len }?.key
+        }
+        guard let logits = outs["logits"] != nil ? "logits" : byLength(n) else {
+            throw ModelMetadata.Invalid(message: "\(model.meta.artifact): no output with \(n) logits (outputs: \(outs.keys.sorted()))")
+        }
+        logitsName = logits
+        expertName = model.meta.hasExpertProbs ? (outs["expert_probs"] != nil ? "expert_probs" : byLength(e)) : nil
+    }
+
+    /// Xcode compiles a bundled .mlpackage to .mlmodelc; a package copied as a plain resource is compiled once here.
+    static func compiledURL(for url: URL) throws -> URL {
+        if url.pathExtension == "mlmodelc" { return url }
+        let cache = try FileManager.default.url(for: .cachesDirectory, in: .userDomainMask, appropriateFor: nil, create: true)
+        let dest = cache.appendingPathComponent(url.deletingPathExtension().lastPathComponent + ".mlmodelc")
+        if FileManager.default.fileExists(atPath: dest.path) { return dest }
+        let tmp = try MLModel.compileModel(at: url)
+        try FileManager.default.moveItem(at: tmp, to: dest)
+        return dest
+    }
+
+    /// Flat float input (contract-C layout) -> MLMultiArray of input.shape.
+    func makeInput(_ values: [Float]) throws -> MLFeatureProvider {
+        let shape = model.meta.input.shape.map { NSNumber(value: $0) }
+        let arr = try MLMultiArray(shape: shape, dataType: .float32)
+        precondition(arr.count == values.count, "input has \(arr.count) elements, preprocessing made \(values.count)")
+        arr.withUnsafeMutableBufferPointer(ofType: Float.self) { ptr, _ in
+            for i in 0..<values.count { ptr[i] = values[i] }
+        }
+        return try MLDictionaryFeatureProvider(dictionary: [model.meta.input.name: MLFeatureValue(multiArray: arr)])
+    }
+
+    /// Run the model on an already-built input; returns the raw outputs.
+    func predict(_ input: MLFeatureProvider) throws -> (logits: [Float], expertProbs: [Float]?) {
+        let out = try mlModel.prediction(from: input)
+        func floats(_ name: String) -> [Float]? {
+            guard let a = out.featureValue(for: name)?.multiArrayValue else { return nil }
+            return (0..<a.count).map { a[$0].floatValue }  // handles fp16 and fp32 outputs alike
+        }
+        guard let logits = floats(logitsName) else {
+            throw ModelMetadata.Invalid(message: "model returned no '\(logitsName)' output")
+        }
+        return (logits, expertName.flatMap(floats))
+    }
+
+    /// Image -> prediction and the time of the prediction call alone (ms).
+    func classify(_ image: RGBImage) throws -> (Prediction, Double) {
+        let input = try makeInput(Preprocess.toInput(image, model.meta.input))
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        let (logits, experts) = try predict(input)
+        let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+        return (Postprocess.decode(model.meta, logits: logits, expertProbs: experts), ms)
+    }
+}
+
+/// Finds the exported models in the bundle and holds the one in use.
+@MainActor
+final class ModelStore: ObservableObject {
+    @Published var models: [BundledModel] = []
+    @Published var selected: BundledModel?
+    @Published var error: String?
+
+    /// Every `<stem>.json` with a matching `<stem>.mlmodelc` or `<stem>.mlpackage` in the bundle
+    /// (MobileVMoEDemo/Models/, filled by `mvmoe export --target coreml --app ios`).
+    func loadBundledModels() {
+        let fm = FileManager.default
+        var roots = [Bundle.main.bundleURL]
+        let modelsDir = Bundle.main.bundleURL.appendingPathComponent("Models")
+        if fm.fileExists(atPath: modelsDir.path) { roots.append(modelsDir) }
+        var found: [BundledModel] = []
+        var problems: [String] = []
+        for root in roots {
+            let files = (try? fm.contentsOfDirectory(at: root, includingPropertiesForKeys: nil)) ?? []
+            for json in files where json.pathExtension == "json" {
+                guard let data = try? Data(contentsOf: json),
+                      let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                      obj["artifact"] != nil else { continue }  // not an mvmoe metadata file
+                let meta: ModelMetadata
+                do {
+                    meta = try ModelMetadata.parse(data)
+                } catch {
+                    problems.append("\(json.lastPathComponent): \(error.localizedDescription)")
+                    continue
+                }
+                guard meta.target == "coreml" else { continue }
+                let stem = json.deletingPathExtension().lastPathComponent
+                let candidates = [root.appendingPathComponent(stem + ".mlmodelc"), root.appendingPathComponent(stem + ".mlpackage")]
+                if let url = candidates.first(where: { fm.fileExists(atPath: $0.path) }) {
+                    found.append(BundledModel(meta: meta, modelURL: url))
+                } else {
+                    problems.append("\(json.lastPathComponent): no \(stem).mlpackage beside it")
+                }
+            }
+        }
+        models = found.sorted { $0.meta.artifact < $1.meta.artifact }
+        selected = selected ?? models.first
+        if models.isEmpty {
+            error = (problems + ["No Core ML model in the app. Run `mvmoe export CHECKPOINT --target coreml --app ios`, then rebuild."])
+                .joined(separator: "\n")
+        } else {
+            error = problems.isEmpty ? nil : problems.joined(separator: "\n")
+        }
+    }
+}

@@ -1,0 +1,237 @@
+"""Demo apps: golden vectors, the Kotlin logic under JUnit, and a syntax check of every Swift file.
+
+The Kotlin toolchain is provisioned on first use (kotlinc from npm into .cache/kotlin, JUnit 4 from
+apt) and the Kotlin sources are compiled once per session. Nothing here is skipped: a machine that
+cannot provision the toolchain fails with a message that says what to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+APPS = ROOT / "apps"
+GOLDEN = APPS / "golden" / "golden.json"
+KOTLIN_MAIN = APPS / "android_demo/app/src/main/java/ai/mvmoe/demo/core"
+KOTLIN_TEST = APPS / "android_demo/app/src/test/java/ai/mvmoe/demo/core"
+KOTLIN_CACHE = ROOT / ".cache" / "kotlin"
+JUNIT = Path("/usr/share/java/junit4.jar")
+HAMCREST = Path("/usr/share/java/hamcrest-core.jar")
+
+
+def _load_make_golden():
+    spec = importlib.util.spec_from_file_location("make_golden", APPS / "golden" / "make_golden.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+mg = _load_make_golden()
+
+
+# ----------------------------------------------------------------------------- golden vectors
+def test_golden_file_is_what_make_golden_writes_now():
+    assert GOLDEN.read_text(encoding="utf-8") == mg.dumps(mg.build()), "rerun: uv run python apps/golden/make_golden.py"
+    assert GOLDEN.stat().st_size < 300_000
+
+
+def _torch_preprocess(rgb: np.ndarray, meta: dict) -> np.ndarray:
+    """The same contract-C steps written with torch ops, independent of the numpy reference."""
+    inp = meta["input"]
+    nchw = inp["layout"] == "NCHW"
+    h, w = (inp["shape"][2], inp["shape"][3]) if nchw else (inp["shape"][1], inp["shape"][2])
+    side = min(rgb.shape[:2])
+    top, left = (rgb.shape[0] - side) // 2, (rgb.shape[1] - side) // 2
+    x = torch.from_numpy(rgb[top:top + side, left:left + side].astype(np.float64)).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=False)[0]  # (3, h, w)
+    if not inp["preprocessing_baked_in"]:
+        mean = torch.tensor(inp["mean"], dtype=torch.float64)[:, None, None]
+        std = torch.tensor(inp["std"], dtype=torch.float64)[:, None, None]
+        x = (x / inp["scale"] - mean) / std
+    return (x if nchw else x.permute(1, 2, 0)).reshape(-1).numpy()
+
+
+def test_golden_preprocessing_agrees_with_torch_interpolate():
+    g = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    images = {im["name"]: np.asarray(im["rgb"], dtype=np.uint8).reshape(im["height"], im["width"], 3) for im in g["images"]}
+    assert len(g["preprocess"]) == len(g["metadata"]) * len(images)
+    for case in g["preprocess"]:
+        want = _torch_preprocess(images[case["image"]], g["metadata"][case["metadata"]])
+        np.testing.assert_allclose(case["expected"], want, atol=1e-5, rtol=0)
+
+
+def test_golden_reference_by_hand():
+    # 2x2 red channel [[0, 100], [200, 40]] resized to 4x4: output (1, 1) samples source (0.25, 0.25)
+    # = (0*0.75 + 100*0.25) * 0.75 + (200*0.75 + 40*0.25) * 0.25 = 18.75 + 40 = 58.75.
+    img = np.zeros((2, 2, 3), np.uint8)
+    img[..., 0] = [[0, 100], [200, 40]]
+    out = mg.resize_bilinear(img, 4, 4)
+    assert out[1, 1, 0] == pytest.approx(58.75)
+    assert out[0, :, 0].tolist() == pytest.approx([0, 25, 75, 100])
+    assert mg.center_crop_box(13, 20) == (0, 3, 13)
+    assert mg.center_crop_box(21, 9) == (6, 0, 9)
+    # numpy linear percentile on [1, 2, 3, 4]: p90 rank 2.7 -> 3.7; ties in top-k keep the lower index.
+    assert mg.bench_stats([4.0, 1.0, 3.0, 2.0])["p90_ms"] == pytest.approx(3.7)
+    assert mg.topk(np.array([0.1, 0.4, 0.0, 0.4]), 3) == [1, 3, 0]
+
+
+def test_golden_stats_match_profile_latency_definitions():
+    from mobile_vmoe.profile.latency import summarize
+
+    for b in json.loads(GOLDEN.read_text(encoding="utf-8"))["bench"]:
+        s = summarize(b["runs_ms"])
+        for key in ("min_ms", "median_ms", "p90_ms", "mean_ms"):
+            assert s[key] == pytest.approx(b[key], abs=1e-12), key
+
+
+# ----------------------------------------------------------------------------- Kotlin toolchain
+def _run(cmd, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def _find_kotlinc() -> Path | None:
+    for cand in (os.environ.get("KOTLINC"), KOTLIN_CACHE / "node_modules/kotlin-compiler/bin/kotlinc", shutil.which("kotlinc")):
+        if cand and Path(cand).is_file():
+            return Path(cand).resolve()
+    return None
+
+
+def _provision_kotlinc() -> Path:
+    kotlinc = _find_kotlinc()
+    if kotlinc is None:
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("kotlinc not found and npm is missing: install Node.js, or set KOTLINC=/path/to/kotlinc")
+        r = _run([npm, "install", "--prefix", str(KOTLIN_CACHE), "kotlin-compiler"], timeout=600)
+        kotlinc = _find_kotlinc()
+        if kotlinc is None:
+            pytest.fail(f"`npm install --prefix {KOTLIN_CACHE} kotlin-compiler` failed:\n{r.stderr[-2000:]}")
+    return kotlinc
+
+
+def _provision_junit() -> None:
+    if JUNIT.is_file() and HAMCREST.is_file():
+        return
+    apt = shutil.which("apt-get")
+    if apt is None:
+        pytest.fail(f"{JUNIT} missing and no apt-get: install JUnit 4 + hamcrest-core (Debian package junit4)")
+    r = _run([apt, "install", "-y", "junit4"], timeout=600)
+    if r.returncode != 0:
+        _run([apt, "update"], timeout=600)
+        r = _run([apt, "install", "-y", "junit4"], timeout=600)
+    if not JUNIT.is_file():
+        pytest.fail(f"`apt-get install -y junit4` failed (run as root?):\n{r.stderr[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def kotlin_build(tmp_path_factory) -> dict:
+    """Compile the app's core logic and its JUnit tests once; return the classpath to run them."""
+    kotlinc = _provision_kotlinc()
+    _provision_junit()
+    if shutil.which("java") is None:
+        pytest.fail("java not found: install a JDK 17 (kotlinc and JUnit need it)")
+    stdlib = kotlinc.parent.parent / "lib" / "kotlin-stdlib.jar"
+    assert stdlib.is_file(), f"kotlin-stdlib.jar not beside {kotlinc}"
+    out = tmp_path_factory.mktemp("kotlin") / "apps.jar"
+    sources = sorted(map(str, [*KOTLIN_MAIN.glob("*.kt"), *KOTLIN_TEST.glob("*.kt")]))
+    r = _run([str(kotlinc), *sources, "-cp", str(JUNIT), "-d", str(out)], timeout=900)
+    errors = [ln for ln in (r.stdout + r.stderr).splitlines() if "error:" in ln]
+    assert r.returncode == 0 and out.is_file(), "kotlinc failed:\n" + "\n".join(errors or [r.stderr[-3000:]])
+    return {"cp": os.pathsep.join(map(str, [out, JUNIT, HAMCREST, stdlib]))}
+
+
+def test_kotlin_core_has_no_platform_imports():
+    for f in KOTLIN_MAIN.glob("*.kt"):
+        imports = re.findall(r"^import\s+([\w.]+)", f.read_text(), flags=re.M)
+        bad = [i for i in imports if i.startswith(("android.", "androidx.", "org.json", "com.google", "org.pytorch"))]
+        assert not bad, f"{f.name} imports platform code: {bad}"
+
+
+def test_kotlin_junit_reproduces_golden(kotlin_build):
+    classes = sorted(f"ai.mvmoe.demo.core.{p.stem}" for p in KOTLIN_TEST.glob("*Test.kt"))
+    assert len(classes) >= 2
+    r = _run(["java", f"-Dmvmoe.golden={GOLDEN}", "-cp", kotlin_build["cp"], "org.junit.runner.JUnitCore", *classes],
+             timeout=300)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    m = re.search(r"OK \((\d+) tests\)", r.stdout)
+    assert m and int(m.group(1)) >= 10, r.stdout[-2000:]
+
+
+def test_kotlin_benchmark_json_is_read_by_profile_ingest(kotlin_build, tmp_path):
+    from mobile_vmoe.profile.ingest import ingest_app_benchmark
+
+    out = tmp_path / "bench.json"
+    runs = [3.0, 1.5, 2.25, 10.0, 2.0]
+    r = _run(["java", "-cp", kotlin_build["cp"], "ai.mvmoe.demo.core.WriteBenchmarkJsonKt", str(out), *map(str, runs)],
+             timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    raw = json.loads(out.read_text())
+    assert raw["format"] == "mvmoe-app-benchmark" and raw["version"] == 1 and raw["runs_ms"] == runs
+    assert raw["device"] == 'JVM test ("desktop")'
+    got = ingest_app_benchmark(out)
+    # sorted [1.5, 2, 2.25, 3, 10]: median 2.25; p90 rank 3.6 -> 3 + 0.6 * 7 = 7.2; mean 18.75 / 5 = 3.75.
+    assert (got["runs"], got["min_ms"], got["median_ms"], got["mean_ms"]) == (5, 1.5, 2.25, 3.75)
+    assert got["p90_ms"] == pytest.approx(7.2)
+    assert (got["runtime"], got["compute_units"], got["threads"]) == ("litert", "cpu", 2)
+
+
+# ----------------------------------------------------------------------------- Swift
+SWIFT_FILES = sorted((APPS / "ios_demo").rglob("*.swift"))
+
+
+def _swift_errors(path: Path) -> list[str]:
+    import tree_sitter_swift
+    from tree_sitter import Language, Parser
+
+    parser = Parser(Language(tree_sitter_swift.language()))
+    tree = parser.parse(path.read_bytes())
+    bad, stack = [], [tree.root_node]
+    while stack:
+        n = stack.pop()
+        if n.is_error or n.is_missing:
+            bad.append(f"{path.name}:{n.start_point[0] + 1}:{n.start_point[1] + 1} {'MISSING' if n.is_missing else 'ERROR'} {n.type}")
+        stack.extend(n.children)
+    return bad
+
+
+def test_swift_sources_parse():
+    assert len(SWIFT_FILES) >= 8, SWIFT_FILES
+    errors = [e for f in SWIFT_FILES for e in _swift_errors(f)]
+    assert not errors, "\n".join(errors[:20])
+
+
+def test_swift_syntax_check_catches_errors(tmp_path):
+    bad = tmp_path / "Bad.swift"
+    bad.write_text("func f( -> Int { return 1 }\nlet x = [1, 2\n")
+    assert _swift_errors(bad)
+
+
+def test_swift_core_has_no_platform_imports():
+    for f in (APPS / "ios_demo" / "MobileVMoEDemo" / "Core").glob("*.swift"):
+        imports = set(re.findall(r"^import\s+(\w+)", f.read_text(), flags=re.M))
+        assert imports <= {"Foundation"}, f"{f.name} imports {imports}"
+
+
+def test_xcode_project_wires_sources_tests_and_golden():
+    pbx = (APPS / "ios_demo" / "MobileVMoEDemo.xcodeproj" / "project.pbxproj").read_text()
+    assert pbx.count("{") == pbx.count("}") and pbx.count("(") == pbx.count(")")
+    ids = re.findall(r"\b([0-9A-F]{24})\b", pbx)
+    defined = set(re.findall(r"^\t\t([0-9A-F]{24}) (?:/\*.*?\*/ )?= \{", pbx, flags=re.M))
+    assert set(ids) <= defined, f"undefined object ids: {sorted(set(ids) - defined)[:5]}"
+    for needle in ("IPHONEOS_DEPLOYMENT_TARGET = 17.0", "com.apple.product-type.application",
+                   "com.apple.product-type.bundle.unit-test", "golden.json", "path = MobileVMoEDemo;",
+                   "path = MobileVMoEDemoTests;"):
+        assert needle in pbx, needle
+    assert (APPS / "ios_demo" / "MobileVMoEDemo" / "Models" / ".gitkeep").is_file()
+    assert (APPS / "android_demo" / "app" / "src" / "main" / "assets" / "mvmoe" / ".gitkeep").is_file()
