@@ -1,0 +1,269 @@
+"""Everything the four converters share: the export wrapper, the static-shape audit, example and
+calibration images, parity and the metadata .json (contract C).
+
+``prepare_for_export`` never touches the training model: it deep-copies it, puts the copy in eval
+mode, picks the dispatch (``gather``: the top-k index selects k expert weight stacks of a fixed
+shape; ``dense``: every expert runs, for backends that cannot gather) and the attention form, and
+wraps it so the graph has the app's interface::
+
+    image (1, 3, H, W) float32  ->  logits (1, N) [, expert_probs (1, E)]
+
+With ``bake_preprocessing`` the input is raw RGB in [0, 255] and ``(x / 255 - mean) / std`` runs
+inside the graph, so an app only resizes.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from mobile_vmoe.errors import MvmoeError
+
+SCALE = 255.0
+RESIZE = "center-crop-then-bilinear"
+
+
+class ExportWrapper(nn.Module):
+    """The exported interface: image -> (logits, expert_probs) for per-image MoE, else (logits,).
+
+    ``expert_probs`` is the softmax of the router logits: expert i <-> superclass i, so the app can
+    show an image's superclass without a second model.
+    """
+
+    def __init__(self, model: nn.Module, mean=None, std=None, bake_preprocessing: bool = False):
+        super().__init__()
+        self.model = model
+        self.bake_preprocessing = bake_preprocessing
+        self.per_image_moe = model.router is not None
+        if bake_preprocessing:
+            mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)  # (1, C, 1, 1)
+            std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+            # (x / 255 - mean) / std == x * a + b: one mul and one add in the graph.
+            self.register_buffer("pre_scale", 1.0 / (SCALE * std), persistent=False)
+            self.register_buffer("pre_shift", -mean / std, persistent=False)
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["logits", "expert_probs"] if self.per_image_moe else ["logits"]
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = image * self.pre_scale + self.pre_shift if self.bake_preprocessing else image  # (1, C, H, W)
+        feats, route = self.model.forward_features(x)  # (1, T, D)
+        logits = self.model.forward_head(feats)  # (1, N)
+        if route is None:
+            return (logits,)
+        return logits, route.logits.softmax(dim=-1)  # (1, N), (1, E)
+
+
+def prepare_for_export(model: nn.Module, *, dispatch: str = "gather", fused_attention: bool = False,
+                       bake_preprocessing: bool = False, mean=None, std=None) -> ExportWrapper:
+    """A deep copy of ``model`` in eval mode, ready for torch.export. The original is untouched.
+
+    fused_attention=False spells attention as matmul-softmax-matmul, which XNNPACK, LiteRT and
+    Core ML take whole (see docs/export.md for the measurements behind the default).
+    """
+    if dispatch not in ("gather", "dense"):
+        raise MvmoeError(f"export dispatch {dispatch!r}: expected gather (static top-k) or dense (all experts)")
+    m = copy.deepcopy(model).eval()
+    if m.cfg.is_moe and m.cfg.routing == "image":
+        m.set_dispatch(dispatch)
+    m.set_fused_attention(fused_attention)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    if bake_preprocessing and (mean is None or std is None):
+        raise MvmoeError("bake_preprocessing needs the dataset mean and std")
+    return ExportWrapper(m, mean, std, bake_preprocessing).eval()
+
+
+# ---------------------------------------------------------------------------- static-shape audit
+# Higher-order ops that mean data-dependent control flow, and ops whose output shape depends on
+# values. The per-image router's topk is fine: its output shape is (B, k) whatever the values.
+CONTROL_FLOW_OPS = ("cond", "while_loop", "map_impl", "scan")
+DATA_DEPENDENT_OPS = ("nonzero", "masked_select", "unique", "_unique2", "item", "_local_scalar_dense",
+                      "repeat_interleave")
+
+
+def _is_symbolic(val: Any) -> bool:
+    if isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        return True
+    if isinstance(val, torch.Tensor):
+        return any(isinstance(s, torch.SymInt) for s in val.shape)
+    if isinstance(val, (list, tuple)):
+        return any(_is_symbolic(v) for v in val)
+    return False
+
+
+def audit_static(ep: torch.export.ExportedProgram) -> dict:
+    """Check that an ExportedProgram has fixed shapes and no data-dependent control flow.
+
+    Raises MvmoeError naming the offending nodes; returns {"nodes", "aten_ops": {op: count}}.
+    """
+    problems, ops = [], {}
+    for node in ep.graph.nodes:
+        if _is_symbolic(node.meta.get("val")):
+            problems.append(f"{node.name} has a symbolic shape {node.meta['val'].shape if isinstance(node.meta['val'], torch.Tensor) else node.meta['val']}")
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "__name__", str(node.target))
+        base = name.split(".")[0]
+        if base in CONTROL_FLOW_OPS:
+            problems.append(f"{node.name} is data-dependent control flow ({name})")
+        elif base in DATA_DEPENDENT_OPS:
+            problems.append(f"{node.name} has a value-dependent output shape ({name})")
+        ops[name] = ops.get(name, 0) + 1
+    if ep.range_constraints:
+        problems.append(f"symbolic shape ranges {sorted(map(str, ep.range_constraints))}")
+    if problems:
+        raise MvmoeError("exported graph is not static: " + "; ".join(problems[:4])
+                         + (f" (+{len(problems) - 4} more)" if len(problems) > 4 else ""))
+    return {"nodes": sum(ops.values()), "aten_ops": dict(sorted(ops.items()))}
+
+
+def export_static(wrapper: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """torch.export with a fixed input shape, then ``audit_static``."""
+    with torch.no_grad():
+        ep = torch.export.export(wrapper, (example,), strict=False)
+    audit_static(ep)
+    return ep
+
+
+# --------------------------------------------------------------------------------- eval images
+@dataclass
+class EvalImages:
+    """Images for parity, calibration and the int8 accuracy check.
+
+    ``normalised`` (N, C, H, W) is what the model sees; ``raw`` the same images as RGB in [0, 255]
+    (what a baked-in-preprocessing artifact takes); ``labels`` (N,) or None for random images.
+    """
+
+    normalised: torch.Tensor
+    raw: torch.Tensor
+    labels: torch.Tensor | None
+    source: str  # "digits val split", "random (no dataset: ...)"
+
+    def inputs(self, baked: bool) -> torch.Tensor:
+        return self.raw if baked else self.normalised
+
+
+def eval_images(ckpt: dict, count: int = 64, seed: int = 0) -> EvalImages:
+    """The first ``count`` images of the checkpoint's eval split, else seeded random pixels.
+
+    The dataset is rebuilt with build_data(data.name, img_size) from the checkpoint's ``data``
+    entry; a dataset that cannot be rebuilt here (an ImageFolder that moved) falls back to random
+    images, and ``source`` says so.
+    """
+    from mobile_vmoe.checkpoint import config_from_checkpoint
+
+    cfg = config_from_checkpoint(ckpt)
+    data = ckpt.get("data") or {}
+    mean = torch.tensor(data.get("mean", [0.5] * cfg.in_chans)).view(1, -1, 1, 1)
+    std = torch.tensor(data.get("std", [0.5] * cfg.in_chans)).view(1, -1, 1, 1)
+    reason = "checkpoint names no dataset"
+    if data.get("name"):
+        try:
+            from mobile_vmoe.data import build_data
+
+            bundle = build_data(data["name"], cfg.img_size, augment="none")
+            n = min(count, len(bundle.val))
+            xs, ys = zip(*(bundle.val[i] for i in range(n)))
+            x = torch.stack(xs).float()  # (n, C, H, W) normalised
+            raw = ((x * std + mean) * SCALE).clamp(0, SCALE)
+            return EvalImages(x, raw, torch.tensor(ys), f"{data['name']} val split ({n} images)")
+        except Exception as e:  # noqa: BLE001 - any failure to rebuild the data means: use random images
+            reason = f"cannot rebuild dataset {data['name']!r}: {str(e).splitlines()[0][:120]}"
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.randint(0, 256, (count, cfg.in_chans, cfg.img_size, cfg.img_size), generator=g).float()
+    return EvalImages((raw / SCALE - mean) / std, raw, None, f"random pixels ({reason})")
+
+
+# ---------------------------------------------------------------------------------------- parity
+Runner = Callable[[np.ndarray], list[np.ndarray]]  # one image (1, C, H, W) -> outputs in wrapper order
+
+
+def run_all(run: Runner, images: torch.Tensor) -> np.ndarray:
+    """Logits (N, classes) of ``run`` over images fed one at a time (artifacts have batch 1)."""
+    return np.concatenate([np.asarray(run(images[i : i + 1].numpy())[0], dtype=np.float32) for i in range(len(images))])
+
+
+def reference_logits(wrapper: nn.Module, images: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([wrapper(images[i : i + 1])[0] for i in range(len(images))]).numpy()
+
+
+def parity(ref: np.ndarray, got: np.ndarray, labels: torch.Tensor | None = None) -> dict:
+    """max |diff| of logits and top-1 agreement; with labels also both accuracies."""
+    out = {"ran": True, "max_abs_diff": float(np.abs(ref - got).max()),
+           "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()), "images": int(len(ref)), "reason": None}
+    if labels is not None:
+        y = labels.numpy()
+        out["reference_top1"] = float((ref.argmax(1) == y).mean())
+        out["artifact_top1"] = float((got.argmax(1) == y).mean())
+        out["top1_change"] = out["artifact_top1"] - out["reference_top1"]
+    return out
+
+
+def not_run(reason: str, images: int = 0) -> dict:
+    return {"ran": False, "max_abs_diff": None, "top1_agreement": None, "images": images, "reason": reason}
+
+
+def check_parity(p: dict, precision: str, fp32_tol: float = 1e-4, max_top1_drop: float = 0.02) -> str | None:
+    """None if parity passes, else why not. fp32: logits within ``fp32_tol``; fp16/int8: top-1
+    agreement with PyTorch at least 1 - ``max_top1_drop``. A run that could not happen passes."""
+    if not p.get("ran"):
+        return None
+    if precision == "fp32" and p["max_abs_diff"] > fp32_tol:
+        return f"fp32 logits differ from PyTorch by {p['max_abs_diff']:.2e} > {fp32_tol:g}"
+    if precision != "fp32" and p["top1_agreement"] < 1.0 - max_top1_drop:
+        return (f"{precision} top-1 agrees with PyTorch on {100 * p['top1_agreement']:.1f}% of images, "
+                f"below {100 * (1 - max_top1_drop):.1f}%")
+    return None
+
+
+# -------------------------------------------------------------------------------------- metadata
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("mvmoe", "torch", "executorch", "coremltools", "litert-torch", "ai-edge-litert", "onnx",
+                 "onnxruntime", "onnxscript"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def artifact_stem(model_name: str, target: str, backend: str | None, precision: str) -> str:
+    """``<model>_<target>[-<backend>]_<precision>`` (contract C)."""
+    return f"{model_name}_{target}{'-' + backend if backend else ''}_{precision}"
+
+
+def build_metadata(ckpt: dict, wrapper: ExportWrapper, *, target: str, backend: str | None, precision: str,
+                   artifact: str, dispatch: str, macs: int, parity_result: dict, ops: dict) -> dict:
+    """The .json beside an artifact (contract C): everything an app needs to feed and read it."""
+    from mobile_vmoe.checkpoint import config_from_checkpoint
+
+    cfg = config_from_checkpoint(ckpt)
+    data = ckpt.get("data") or {}
+    labels = ckpt.get("class_names") or [str(i) for i in range(cfg.num_classes)]
+    sc = ckpt.get("superclasses")
+    outputs = [{"name": "logits", "shape": [1, cfg.num_classes]}]
+    if wrapper.per_image_moe:
+        outputs.append({"name": "expert_probs", "shape": [1, cfg.num_experts]})
+    return {
+        "model": cfg.name, "target": target, "backend": backend, "precision": precision, "artifact": artifact,
+        "input": {"name": "image", "shape": [1, cfg.in_chans, cfg.img_size, cfg.img_size], "layout": "NCHW",
+                  "dtype": "float32", "mean": [float(v) for v in data.get("mean", [0.5] * cfg.in_chans)],
+                  "std": [float(v) for v in data.get("std", [0.5] * cfg.in_chans)], "scale": SCALE,
+                  "preprocessing_baked_in": bool(wrapper.bake_preprocessing), "resize": RESIZE},
+        "outputs": outputs, "labels": list(labels),
+        "superclasses": ({"names": list(sc["names"]), "class_to_superclass": [int(c) for c in sc["class_to_superclass"]]}
+                         if sc else None),
+        "experts": cfg.num_experts, "k": cfg.top_k if cfg.is_moe else 0, "dispatch": dispatch if cfg.is_moe else "dense",
+        "macs": int(macs), "parity": parity_result, "ops": ops, "versions": versions(),
+    }
