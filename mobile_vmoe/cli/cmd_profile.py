@@ -1,0 +1,78 @@
+"""`mvmoe profile latency` and `mvmoe profile ingest`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import profile_app
+
+
+def _print_latency(d: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(d))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    def ms(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    t = Table(title=f"{d['artifact']} on {d['device']} ({d['runtime']}, threads {d.get('threads') or 'default'})")
+    for col in ("runs", "min ms", "median ms", "p90 ms", "mean ms"):
+        t.add_column(col, justify="right")
+    t.add_row(str(d["runs"]), ms(d["min_ms"]), ms(d["median_ms"]), ms(d["p90_ms"]), ms(d["mean_ms"]))
+    con = Console(width=120)
+    con.print(t)
+    if d.get("per_op"):
+        po = Table(title="per op (ETDump), ms per inference")
+        for col in ("op", "delegated", "calls", "ms"):
+            po.add_column(col, justify="left" if col == "op" else "right")
+        for r in d["per_op"]:
+            po.add_row(r["op"], "yes" if r["delegated"] else "no", str(r["calls"]), f"{r['ms']:.4f}")
+        con.print(po)
+    elif d.get("per_op_note"):
+        con.print(d["per_op_note"])
+
+
+@profile_app.command("latency")
+def latency_cmd(
+    artifact: Path = typer.Argument(..., help="an exported .pte / .tflite / .onnx / .mlpackage"),
+    device: str = typer.Option("local", "--device", "-d", help="local | android[:SERIAL] | ios[:UDID]"),
+    warmup: int = typer.Option(10, help="untimed runs first"),
+    runs: int = typer.Option(50, help="timed runs"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (LiteRT num_threads, ONNX Runtime intra-op)"),
+    per_op: bool = typer.Option(False, "--per-op", help="per-op times from ExecuTorch ETDump (.pte, local)"),
+    binary: Optional[Path] = typer.Option(None, help="android: benchmark_model (.tflite) or executor_runner (.pte) built for the phone"),
+    adb_port: int = typer.Option(5037, help="android: adb server port on 127.0.0.1"),
+    out: Optional[Path] = typer.Option(None, help="also write the JSON here (for `mvmoe report --latency`)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Latency of one artifact: min / median / p90 / mean over timed runs, batch 1."""
+    from ..checkpoint import atomic_write_text
+    from ..profile.latency import profile_latency
+
+    d = profile_latency(artifact, device, warmup=warmup, runs=runs, threads=threads, per_op=per_op,
+                        binary=binary, adb_port=adb_port)
+    if out is not None:
+        atomic_write_text(out, json.dumps(d, indent=1))
+    _print_latency(d, as_json)
+
+
+@profile_app.command("ingest")
+def ingest_cmd(
+    file: Path = typer.Argument(..., help="benchmark JSON written by a demo app (format mvmoe-app-benchmark)"),
+    out: Optional[Path] = typer.Option(None, help="also write the JSON here (for `mvmoe report --latency`)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """A demo app's benchmark screen result -> the same keys as `profile latency`."""
+    from ..checkpoint import atomic_write_text
+    from ..profile.ingest import ingest_app_benchmark
+
+    d = ingest_app_benchmark(file)
+    if out is not None:
+        atomic_write_text(out, json.dumps(d, indent=1))
+    _print_latency(d, as_json)
