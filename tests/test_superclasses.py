@@ -1,0 +1,129 @@
+"""Superclasses: confusion counts, affinity, spectral clustering, names, JSON; recovery of the
+planted superclasses of `synthetic` by a tiny ViT trained here."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from mobile_vmoe.data import build_data
+from mobile_vmoe.data.superclasses import (cluster_superclasses, confusion_affinity, confusion_matrix,
+                                           load_superclasses, save_superclasses, superclass_names,
+                                           superclasses_from_model)
+from mobile_vmoe.errors import MvmoeError
+
+
+class LookupModel(torch.nn.Module):
+    """Predicts class int(x[i, 0, 0, 0]): the input carries the prediction."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), self.num_classes).float()
+
+
+def test_confusion_matrix_counts_true_by_predicted():
+    preds = torch.tensor([0, 1, 1, 2, 0, 2])
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    images = preds.float().view(6, 1, 1, 1).expand(6, 3, 2, 2)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=4)
+    c = confusion_matrix(LookupModel(3), loader, 3)
+    assert c.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def test_affinity_is_row_normalised_symmetrised_off_diagonal():
+    c = np.array([[8, 2, 0], [1, 9, 0], [0, 0, 10]])
+    a = confusion_affinity(c)
+    # rows -> [.8 .2 0], [.1 .9 0], [0 0 1]; off-diagonal (0.2 + 0.1) / 2 = 0.15;
+    # mean off-diagonal 0.3 / 6 = 0.05 -> uniform affinity 1e-3 * 0.05 = 5e-5 everywhere
+    assert a[0, 1] == pytest.approx(0.15 + 5e-5) and a[1, 0] == a[0, 1]
+    assert a[0, 2] == pytest.approx(5e-5) and a[2, 1] == pytest.approx(5e-5)
+    with pytest.raises(MvmoeError, match="square"):
+        confusion_affinity(np.ones((2, 3)))
+
+
+def test_clustering_recovers_hand_built_blocks():
+    # 6 classes: {0, 2, 4} confuse each other, {1, 3, 5} confuse each other, class 5 only weakly
+    c = np.diag([50] * 6)
+    for group in ((0, 2, 4), (1, 3, 5)):
+        for i in group:
+            for j in group:
+                if i != j:
+                    c[i, j] = 6
+    c[5, 3] = c[5, 1] = 1
+    c[3, 5] = c[1, 5] = 0
+    c[0, 1] = 1  # a little cross-group noise
+    labels = cluster_superclasses(c, 2, seed=0)
+    assert labels.tolist() == [0, 1, 0, 1, 0, 1]  # canonical ids: class 0's cluster is 0
+    assert cluster_superclasses(c, 1).tolist() == [0] * 6
+    assert cluster_superclasses(c, 6).tolist() == list(range(6))
+    with pytest.raises(MvmoeError, match="between 1 and"):
+        cluster_superclasses(c, 7)
+    # names list the members most confused inside their group: a sends 1 of 63 images outside
+    # (row 63 vs 62 for c, e), so a's share is smallest and c/e (tied, class order) come first;
+    # f confuses weakly (1/52), so b/d lead superclass 1
+    names = superclass_names(["a", "b", "c", "d", "e", "f"], labels, c, top=2)
+    assert names == ["sc0: c/e +1", "sc1: b/d +1"]
+
+
+def test_superclasses_json_roundtrip_and_validation(tmp_path):
+    classes = ["cat", "dog", "car", "bus"]
+    p = tmp_path / "sc.json"
+    save_superclasses(p, classes, [0, 0, 1, 1], source="test")
+    d = load_superclasses(p, classes)
+    assert d["class_to_superclass"] == [0, 0, 1, 1] and d["num_superclasses"] == 2
+    assert d["names"] == ["sc0: cat/dog", "sc1: car/bus"] and d["members"] == [["cat", "dog"], ["car", "bus"]]
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
+    with pytest.raises(MvmoeError, match="other classes .*missing \\['truck'\\]"):
+        load_superclasses(p, ["cat", "dog", "car", "truck"])
+    raw = json.loads(p.read_text())
+    for key, value, msg in (("class_to_superclass", [0, 0, 2, 1], "superclass 2, expected"),
+                            ("class_to_superclass", [0, 0, 0], "one superclass per class"),
+                            ("names", ["x"], "list of 2 strings"),
+                            ("num_superclasses", 3, "\\[2\\] have no classes")):
+        bad = dict(raw, **{key: value})
+        p.write_text(json.dumps(bad))
+        with pytest.raises(MvmoeError, match=msg):
+            load_superclasses(p)
+    p.write_text("{not json")
+    with pytest.raises(MvmoeError, match="not valid JSON"):
+        load_superclasses(p)
+    with pytest.raises(MvmoeError, match="not found"):
+        load_superclasses(tmp_path / "missing.json")
+
+
+@pytest.fixture()
+def one_thread():
+    """On a busy shared 2-core machine, 2 intra-op threads per process can be 20x slower than 1."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_tiny_vit_confusions_recover_planted_superclasses_of_synthetic(one_thread):
+    from mobile_vmoe.registry import create_model
+
+    torch.manual_seed(0)
+    data = build_data("synthetic", augment="none")  # 20 classes in 4 superclasses, 2,000 train images
+    model = create_model("vit-6x64-p32", img_size=32, patch_size=8, num_classes=20, depth=2, width=48, heads=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
+    loader = torch.utils.data.DataLoader(data.train, batch_size=64, shuffle=True)
+    model.train()
+    for _ in range(3):  # ~5 s on one core; superclasses are learnt first, classes later
+        for x, y in loader:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    val = torch.utils.data.DataLoader(data.val, batch_size=250)
+    sc = superclasses_from_model(model, val, data.class_names, 4, seed=0, source="test")
+    ari = adjusted_rand_score(data.planted_superclasses, sc["class_to_superclass"])
+    assert ari >= 0.9, (ari, sc["class_to_superclass"])
+    assert sc["names"][0].startswith("sc0: ") and len(sc["members"]) == 4
