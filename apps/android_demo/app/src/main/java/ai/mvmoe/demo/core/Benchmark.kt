@@ -38,7 +38,7 @@ class RollingMedian(private val capacity: Int = 20) {
 
 /**
  * The benchmark file the app shares (contract D); `mvmoe profile ingest FILE` reads it.
- * [created] is an ISO-8601 string, made by the caller (java.time is not on every minSdk 26 path we test).
+ * [created] is an ISO-8601 string made by the caller (java.time.Instant.now() on Android), so tests stay deterministic.
  */
 data class BenchmarkReport(
     val artifact: String,

@@ -1,0 +1,124 @@
+package ai.mvmoe.demo
+
+import ai.mvmoe.demo.core.BenchmarkReport
+import ai.mvmoe.demo.core.Preprocess
+import ai.mvmoe.demo.core.RgbImage
+import android.content.Context
+import android.content.Intent
+import android.os.Build
+import androidx.compose.foundation.clickable
+import androidx.compose.foundation.interaction.MutableInteractionSource
+import androidx.compose.foundation.layout.Arrangement
+import androidx.compose.foundation.layout.Column
+import androidx.compose.foundation.layout.Row
+import androidx.compose.foundation.layout.padding
+import androidx.compose.material3.Button
+import androidx.compose.material3.FilterChip
+import androidx.compose.material3.MaterialTheme
+import androidx.compose.material3.OutlinedTextField
+import androidx.compose.material3.Text
+import androidx.compose.runtime.Composable
+import androidx.compose.runtime.getValue
+import androidx.compose.runtime.mutableStateOf
+import androidx.compose.runtime.remember
+import androidx.compose.runtime.setValue
+import androidx.compose.ui.Modifier
+import androidx.compose.ui.composed
+import androidx.compose.ui.platform.LocalContext
+import androidx.compose.ui.unit.dp
+import androidx.core.content.ContextCompat
+import androidx.core.content.FileProvider
+import java.io.File
+import java.time.Instant
+import kotlin.concurrent.thread
+
+/**
+ * Benchmark screen: N timed runs after warm-up on CPU or GPU (LiteRT) / CPU (ExecuTorch), the statistics
+ * `mvmoe profile latency` prints, and a contract-D JSON file shared with the share sheet
+ * (read it on the desktop with `mvmoe profile ingest FILE`).
+ */
+@Composable
+fun BenchmarkScreen(models: List<ModelAsset>) {
+    val context = LocalContext.current
+    var asset by remember { mutableStateOf(models.first()) }
+    var units by remember { mutableStateOf("cpu") }
+    var runs by remember { mutableStateOf("50") }
+    var warmup by remember { mutableStateOf("10") }
+    var running by remember { mutableStateOf(false) }
+    var report by remember { mutableStateOf<BenchmarkReport?>(null) }
+    var file by remember { mutableStateOf<File?>(null) }
+    var error by remember { mutableStateOf<String?>(null) }
+
+    Column(Modifier.padding(12.dp), verticalArrangement = Arrangement.spacedBy(8.dp)) {
+        ModelPicker(models, asset) { asset = it; if (it.runtime == "executorch") units = "cpu" }
+        Row(horizontalArrangement = Arrangement.spacedBy(8.dp)) {
+            val choices = if (asset.runtime == "litert") listOf("cpu", "gpu") else listOf("cpu")
+            choices.forEach { u -> FilterChip(selected = units == u, onClick = { units = u }, label = { Text(u.uppercase()) }) }
+        }
+        OutlinedTextField(runs, { runs = it.filter(Char::isDigit) }, label = { Text("Runs") })
+        OutlinedTextField(warmup, { warmup = it.filter(Char::isDigit) }, label = { Text("Warm-up") })
+        Button(enabled = !running, onClick = {
+            running = true
+            error = null
+            val a = asset
+            val u = units
+            val n = maxOf(1, runs.toIntOrNull() ?: 50)
+            val w = warmup.toIntOrNull() ?: 10
+            thread(name = "benchmark") {
+                val result = runCatching { measure(context, a, u, n, w) }
+                ContextCompat.getMainExecutor(context).execute {
+                    running = false
+                    result.onSuccess { report = it.first; file = it.second }.onFailure { error = it.message }
+                }
+            }
+        }) { Text(if (running) "Running…" else "Run benchmark") }
+        error?.let { Text(it, color = MaterialTheme.colorScheme.error) }
+        report?.let { r ->
+            val s = r.stats
+            Text("${r.runtime} / ${r.computeUnits} on ${r.device}")
+            Text("min %.3f  median %.3f  p90 %.3f  mean %.3f ms (%d runs)".format(s.minMs, s.medianMs, s.p90Ms, s.meanMs, s.runs))
+            file?.let { f -> Button(onClick = { share(context, f) }) { Text("Share JSON") } }
+        }
+    }
+}
+
+/** Times `run` on a fixed input (a mid-grey image through the app preprocessing); writes the JSON atomically. */
+private fun measure(context: Context, asset: ModelAsset, units: String, runs: Int, warmup: Int): Pair<BenchmarkReport, File> {
+    Runner.create(context, asset, units).use { runner ->
+        val grey = RgbImage(8, 8, ByteArray(8 * 8 * 3) { 128.toByte() })
+        val input = Preprocess.toInput(grey, asset.meta.input)
+        repeat(warmup) { runner.run(input) }
+        val times = List(runs) {
+            val t0 = System.nanoTime()
+            runner.run(input)
+            (System.nanoTime() - t0) / 1e6
+        }
+        val report = BenchmarkReport(
+            artifact = asset.meta.artifact, app = "android_demo",
+            device = "${Build.MANUFACTURER} ${Build.MODEL} (Android ${Build.VERSION.RELEASE})",
+            runtime = runner.runtime, computeUnits = runner.computeUnits, threads = runner.threads,
+            warmup = warmup, runsMs = times, created = Instant.now().toString(),
+        )
+        val dir = File(context.cacheDir, "bench").apply { mkdirs() }
+        val out = File(dir, report.fileName())
+        val tmp = File(dir, report.fileName() + ".tmp")
+        tmp.writeText(report.toJson())
+        check(tmp.renameTo(out)) { "cannot write $out" }
+        return report to out
+    }
+}
+
+private fun share(context: Context, file: File) {
+    val uri = FileProvider.getUriForFile(context, "${context.packageName}.files", file)
+    val send = Intent(Intent.ACTION_SEND).apply {
+        type = "application/json"
+        putExtra(Intent.EXTRA_STREAM, uri)
+        addFlags(Intent.FLAG_GRANT_READ_URI_PERMISSION)
+    }
+    context.startActivity(Intent.createChooser(send, file.name))
+}
+
+/** A click target without the ripple (used for the plain-text model list). */
+fun Modifier.clickableNoRipple(onClick: () -> Unit): Modifier = composed {
+    clickable(interactionSource = remember { MutableInteractionSource() }, indication = null, onClick = onClick)
+}
