@@ -230,3 +230,16 @@ def test_mixup_off_returns_one_hot():
     assert torch.equal(out, x) and t.tolist() == [[0, 0, 1], [1, 0, 0]]
     with pytest.raises(ValueError):
         MixupCutmix(3, mixup_alpha=-1)
+
+
+@pytest.mark.filterwarnings("ignore:skipping")
+def test_load_failures_are_counted_across_dataloader_workers(tree):
+    jpeg = _jpeg_bytes()
+    (tree / "train" / "c03" / "00000_trunc.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    b = build_data(str(tree), img_size=16, augment="none", max_bad_fraction=0.5)
+    loader = torch.utils.data.DataLoader(b.train, batch_size=4, num_workers=2)
+    for _ in range(2):  # two epochs: the file is flagged once, not counted again
+        labels = torch.cat([y for _, y in loader])
+    assert len(labels) == 13 and b.train.load_failures == 1
+    # the truncated c03 image was replaced by the next sample (also c03)
+    assert torch.bincount(labels).tolist() == [3, 3, 3, 4]
