@@ -205,3 +205,121 @@ def parse_overrides(items: list[str] | None, cls: type = ModelConfig) -> dict[st
 
 
 __all__ = ["ModelConfig", "parse_overrides", "field_names", "field", "ROUTINGS", "DISPATCHES"]
+
+
+# ====================================================================== training settings
+AMP_MODES = ("auto", "bf16", "none")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; ``--set KEY=VALUE`` reaches these as well as ModelConfig's fields.
+
+    The defaults suit the small embedded datasets (digits, synthetic) on a CPU; the named ImageNet
+    recipes in ``mobile_vmoe/train/recipes.py`` set the DeiT values. ``batch_size`` is the GLOBAL
+    batch (split evenly over DDP processes) and ``lr`` the peak learning rate for that batch.
+    """
+
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 2e-3
+    min_lr: float = 1e-5  # end of the cosine
+    warmup_epochs: float = 3.0  # linear warmup, per step
+    weight_decay: float = 0.05  # AdamW; not applied to norms, biases, position embedding, class token
+    betas1: float = 0.9
+    betas2: float = 0.999
+    label_smoothing: float = 0.1
+    clip_grad: float = 1.0  # max global grad norm; 0 = off
+    ema_decay: float = 0.99  # EMA of the weights (0 = off); model.pt's "ema" holds them
+    router_weight: float = 0.3  # loss = CE + router_weight * CE(router logits, superclass target)
+    aux_weight: float = 0.01  # per-token routing: + aux_weight * (importance + load) losses
+    mixup: float = 0.0  # MixUp alpha (0 = off)
+    cutmix: float = 0.0  # CutMix alpha (0 = off)
+    mix_prob: float = 1.0  # probability that a batch is mixed when mixup/cutmix is on
+    augment: str = "default"  # none | light | default | deit (see mobile_vmoe/data/transforms.py)
+    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | none
+    seed: int = 0
+    workers: int = 0  # DataLoader workers per process
+    dense_epochs: int = 0  # --superclasses auto: epochs of the dense stage (0 = same as epochs)
+    eval_every: int = 1  # evaluate every N epochs (and always after the last)
+    log_every: int = 10  # steps between "step" lines in metrics.jsonl
+    stop_after_steps: int = 0  # save last.pt and stop after N steps of this invocation (0 = off)
+
+    def __post_init__(self) -> None:
+        errors = self.problems()
+        if errors:
+            raise ValueError("invalid train config: " + "; ".join(errors))
+
+    def problems(self) -> list[str]:
+        p: list[str] = []
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                p.append(f"{name}={v!r} must be a positive integer")
+        for name in ("workers", "dense_epochs", "stop_after_steps", "seed"):
+            if getattr(self, name) < 0:
+                p.append(f"{name}={getattr(self, name)} must be >= 0")
+        if self.eval_every < 1 or self.log_every < 1:
+            p.append(f"eval_every={self.eval_every} and log_every={self.log_every} must be >= 1")
+        if not self.lr > 0:
+            p.append(f"lr={self.lr} must be > 0")
+        if not 0 <= self.min_lr <= self.lr:
+            p.append(f"min_lr={self.min_lr} must be in [0, lr={self.lr}]")
+        for name in ("warmup_epochs", "weight_decay", "clip_grad", "router_weight", "aux_weight", "mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                p.append(f"{name}={getattr(self, name)} must be >= 0")
+        for name in ("label_smoothing", "ema_decay", "betas1", "betas2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                p.append(f"{name}={getattr(self, name)} must be in [0, 1)")
+        if not 0.0 <= self.mix_prob <= 1.0:
+            p.append(f"mix_prob={self.mix_prob} must be in [0, 1]")
+        if self.amp not in AMP_MODES:
+            p.append(f"amp={self.amp!r} must be one of {AMP_MODES}")
+        if self.augment not in ("none", "light", "default", "deit"):
+            p.append(f"augment={self.augment!r} must be one of none, light, default, deit")
+        return p
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        unknown = sorted(set(changes) - set(train_field_names()))
+        if unknown:
+            raise ValueError(f"unknown train config key(s): {', '.join(unknown)}; known: {', '.join(train_field_names())}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        return cls().replace(**d)
+
+
+def train_field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def split_overrides(items: list[str] | dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``--set`` strings (or an already typed dict) -> (ModelConfig overrides, TrainConfig overrides).
+
+    The two dataclasses share no field names, so every key belongs to exactly one of them.
+    """
+    if isinstance(items, dict):
+        model_keys, train_keys = set(field_names()), set(train_field_names())
+        unknown = sorted(set(items) - model_keys - train_keys)
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(unknown)}; model keys: {', '.join(sorted(model_keys))}; "
+                             f"train keys: {', '.join(train_field_names())}")
+        return ({k: v for k, v in items.items() if k in model_keys}, {k: v for k, v in items.items() if k in train_keys})
+    model_items, train_items = [], []
+    for item in items or []:
+        key = item.split("=", 1)[0].strip()
+        if key in train_field_names():
+            train_items.append(item)
+        elif key in field_names() or "=" not in item:
+            model_items.append(item)
+        else:
+            raise ValueError(f"--set {key}: unknown key; model keys: {', '.join(field_names())}; "
+                             f"train keys: {', '.join(train_field_names())}")
+    return parse_overrides(model_items), parse_overrides(train_items, TrainConfig)
+
+
+__all__ += ["TrainConfig", "train_field_names", "split_overrides", "AMP_MODES"]

@@ -1,0 +1,153 @@
+"""Training: schedule, losses, parameter groups, model adaptation, resume == uninterrupted,
+an end-to-end run on a generated ImageFolder tree (all three stages)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from mobile_vmoe.checkpoint import load_checkpoint, model_from_checkpoint
+from mobile_vmoe.config import ModelConfig, TrainConfig, split_overrides
+from mobile_vmoe.data.synthetic import build_synthetic
+from mobile_vmoe.models import MobileVMoE
+from mobile_vmoe.train import adapt_to_data, fit, train
+from mobile_vmoe.train.losses import mvmoe_loss, soft_cross_entropy
+from mobile_vmoe.train.optim import lr_factor, param_groups
+
+TINY = dict(depth=2, width=32, heads=2, mlp_ratio=2.0, patch_size=4)
+
+
+def test_lr_factor_warmup_then_cosine():
+    # warmup 2 of 6 steps: 1/2, 2/2, then cos over 4 steps: (1 + cos(pi t)) / 2 for t = 0, 1/4, 2/4, 3/4
+    got = [lr_factor(s, 6, 2, 0.0) for s in range(6)]
+    assert got == pytest.approx([0.5, 1.0, 1.0, 0.853553, 0.5, 0.146447], abs=1e-6)
+    # min_ratio lifts the floor: 0.1 + 0.9 * 0.5 at the middle of the cosine
+    assert lr_factor(4, 6, 2, 0.1) == pytest.approx(0.55)
+    assert lr_factor(10, 6, 2, 0.1) == pytest.approx(0.1)  # past the end: stays at the floor
+
+
+def test_soft_cross_entropy_by_hand():
+    logits = torch.tensor([[0.0, math.log(3.0)]])  # softmax = [0.25, 0.75]
+    hard = torch.tensor([[1.0, 0.0]])
+    assert float(soft_cross_entropy(logits, hard)) == pytest.approx(math.log(4.0))  # -ln 0.25
+    # smoothing 0.2 over 2 classes: target [0.9, 0.1] -> 0.9 * ln 4 + 0.1 * ln(4/3)
+    want = 0.9 * math.log(4.0) + 0.1 * math.log(4.0 / 3.0)
+    assert float(soft_cross_entropy(logits, hard, 0.2)) == pytest.approx(want)
+    ref = torch.nn.functional.cross_entropy(logits, torch.tensor([0]), label_smoothing=0.2)
+    assert float(ref) == pytest.approx(want)
+
+
+def test_router_loss_enters_with_its_weight():
+    class Out:  # a per-image MoE output: 2 classes, 2 experts
+        logits = torch.tensor([[0.0, math.log(3.0)]])
+        router_logits = torch.tensor([[math.log(3.0), 0.0]])  # softmax = [0.75, 0.25]
+        aux_loss = None
+
+    cls_t = torch.tensor([[1.0, 0.0]])
+    sc_t = torch.tensor([[0.5, 0.5]])  # a mixed image: half superclass 0, half superclass 1
+    router = 0.5 * math.log(4 / 3) + 0.5 * math.log(4.0)
+    parts = mvmoe_loss(Out, cls_t, sc_t, label_smoothing=0.0, router_weight=0.3, aux_weight=0.01)
+    assert float(parts.router) == pytest.approx(router)
+    assert float(parts.total) == pytest.approx(math.log(4.0) + 0.3 * router)
+    end_to_end = mvmoe_loss(Out, cls_t, sc_t, label_smoothing=0.0, router_weight=0.0, aux_weight=0.01)
+    assert float(end_to_end.total) == pytest.approx(math.log(4.0))  # logged, not trained
+
+
+def test_no_weight_decay_on_norms_biases_embeddings():
+    model = MobileVMoE(ModelConfig(img_size=16, num_classes=4, num_experts=2, moe_blocks=1, **TINY))
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no = {names[id(p)] for p in no_decay["params"]}
+    yes = {names[id(p)] for p in decay["params"]}
+    assert {"pos_embed", "cls_token", "norm.weight", "head.bias", "blocks.1.mlp.experts.b1",
+            "blocks.1.mlp.experts.b2", "blocks.0.attn.qkv.bias"} <= no
+    assert {"blocks.1.mlp.experts.w1", "blocks.0.attn.qkv.weight", "head.weight", "patch_embed.proj.weight",
+            "router.proj.weight"} <= yes
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert len(no) + len(yes) == len(list(model.parameters()))
+
+
+def test_overrides_split_between_model_and_train():
+    assert split_overrides(["depth=3", "lr=0.01", "router_weight=0"]) == ({"depth": 3}, {"lr": 0.01, "router_weight": 0.0})
+    with pytest.raises(ValueError, match="unknown key"):
+        split_overrides(["lrr=1"])
+    with pytest.raises(ValueError, match="label_smoothing=1.5"):
+        TrainConfig(label_smoothing=1.5)
+
+
+def test_adapt_to_data_sets_size_classes_patch_and_name():
+    bundle = build_synthetic(6, 3, 32, train_per_class=1, val_per_class=1)
+    from mobile_vmoe.registry import get_config
+
+    cfg = adapt_to_data(get_config("vmoe-6x64-p32"), bundle, {"num_experts": 3})
+    assert (cfg.img_size, cfg.num_classes, cfg.patch_size, cfg.num_tokens) == (32, 6, 8, 17)
+    assert cfg.name == "vmoe-6x64-p8-e3"
+    kept = adapt_to_data(get_config("vit-6x64-p32"), bundle, {"patch_size": 4})
+    assert (kept.patch_size, kept.name) == (4, "vit-6x64-p4")
+
+
+def _tiny_bundle():
+    # 4 classes in 2 planted superclasses, 24 train images per class -> 6 steps of 16 per epoch
+    return build_synthetic(4, 2, 16, train_per_class=24, val_per_class=4, seed=0)
+
+
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
+    """4 epochs straight vs stopped at step 9 (inside epoch 2) + resumed: identical weights.
+
+    MixUp/CutMix, drop path, augmentation and EMA all draw random numbers or carry state, so any
+    lost RNG state, sampler position or optimizer moment would show up as a difference.
+    """
+    bundle = _tiny_bundle()
+    cfg = ModelConfig(name="tiny", img_size=16, num_classes=4, num_experts=2, moe_blocks=1, drop_path=0.1, **TINY)
+    sc = {"num_superclasses": 2, "class_to_superclass": bundle.planted_superclasses, "names": ["a", "b"]}
+    tcfg = TrainConfig(epochs=4, batch_size=16, lr=1e-3, warmup_epochs=1, mixup=0.8, cutmix=1.0, ema_decay=0.9,
+                       log_every=1)
+    full = fit(cfg, bundle, tcfg, tmp_path / "full", superclasses=sc, quiet=True)
+    part = fit(cfg, bundle, tcfg.replace(stop_after_steps=9), tmp_path / "split", superclasses=sc, quiet=True)
+    assert part["stopped"] and (part["epoch"], part["step"]) == (1, 9)
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["epoch_step"] == 3
+    again = fit(cfg, bundle, tcfg, tmp_path / "split", superclasses=sc, resume=True, quiet=True)
+    a, b = load_checkpoint(tmp_path / "full" / "model.pt"), load_checkpoint(tmp_path / "split" / "model.pt")
+    assert a["step"] == b["step"] == 24
+    for key in ("model", "ema"):
+        for name, t in a[key].items():
+            assert torch.equal(t, b[key][name]), f"{key}.{name} differs after resume"
+    assert again["top1"] == full["top1"]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "step"]
+    assert steps == list(range(1, 25))  # one line per step, none lost or repeated across the resume
+
+
+def test_end_to_end_imagefolder_all_stages(tmp_path):
+    """Dense twin -> superclasses.json -> MoE on a PNG tree; the summary's numbers are the model's."""
+    from mobile_vmoe.data import build_data
+    from mobile_vmoe.data.synthetic import write_imagefolder
+    from mobile_vmoe.train.evaluate import evaluate
+
+    root = write_imagefolder(tmp_path / "data", 4, 2, 16, train_per_class=16, val_per_class=6)
+    out = tmp_path / "run"
+    s = train("vmoe-6x64-p32", str(root), out, epochs=2, quiet=True,
+              overrides={**TINY, "num_experts": 2, "moe_blocks": 1, "batch_size": 16, "img_size": 16})
+    for f in ("run.json", "last.pt", "model.pt", "metrics.jsonl", "summary.json", "superclasses.json",
+              "dense/model.pt", "dense/summary.json"):
+        assert (out / f).exists(), f
+    assert json.loads((out / "summary.json").read_text()) == s
+    assert (s["model"], s["dataset"], s["routing"], s["num_experts"], s["epochs"]) == ("vmoe-2x32-p4-e2", "data", "image", 2, 2)
+    assert s["dense"]["model"] == "vit-2x32-p4" and s["router_weight"] == 0.3
+    sc = json.loads((out / "superclasses.json").read_text())
+    assert sc["classes"] == ["c00_s0", "c01_s1", "c02_s0", "c03_s1"] or len(sc["classes"]) == 4
+    assert s["superclass_names"] == sc["names"] and sorted(set(sc["class_to_superclass"])) == [0, 1]
+    # recompute the metrics from the checkpoint on the folder's val split: they must match exactly
+    model, ck = model_from_checkpoint(out / "model.pt")
+    bundle = build_data(str(root), 16, augment="none")
+    ev = evaluate(model, torch.utils.data.DataLoader(bundle.val, batch_size=7),
+                  class_to_superclass=torch.tensor(ck["superclasses"]["class_to_superclass"]))
+    assert ev["top1"] == pytest.approx(s["top1"]) and ev["router_superclass_top1"] == pytest.approx(s["router_superclass_top1"])
+    assert ev["expert_usage"] == s["expert_usage"] and sum(map(sum, s["expert_usage"])) == 24
+    assert ck["class_names"] == bundle.class_names and ck["data"]["img_size"] == 16
+    assert s["active_params"] < s["params"] and s["macs"] > 0 and s["images_per_sec"] > 0
+    kinds = {json.loads(line)["kind"] for line in (out / "metrics.jsonl").read_text().splitlines()}
+    assert kinds == {"epoch", "eval"} | ({"step"} if s["epochs"] * 4 >= 10 else set())
