@@ -168,14 +168,17 @@ def test_kotlin_junit_reproduces_golden(kotlin_build):
     assert m and int(m.group(1)) >= 10, r.stdout[-2000:]
 
 
+def _app_cli(kotlin_build, *args) -> None:
+    r = _run(["java", "-cp", kotlin_build["cp"], "ai.mvmoe.demo.core.AppCliKt", *map(str, args)], timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 def test_kotlin_benchmark_json_is_read_by_profile_ingest(kotlin_build, tmp_path):
     from mobile_vmoe.profile.ingest import ingest_app_benchmark
 
     out = tmp_path / "bench.json"
     runs = [3.0, 1.5, 2.25, 10.0, 2.0]
-    r = _run(["java", "-cp", kotlin_build["cp"], "ai.mvmoe.demo.core.WriteBenchmarkJsonKt", str(out), *map(str, runs)],
-             timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
+    _app_cli(kotlin_build, "bench", out, *runs)
     raw = json.loads(out.read_text())
     assert raw["format"] == "mvmoe-app-benchmark" and raw["version"] == 1 and raw["runs_ms"] == runs
     assert raw["device"] == 'JVM test ("desktop")'
@@ -184,6 +187,48 @@ def test_kotlin_benchmark_json_is_read_by_profile_ingest(kotlin_build, tmp_path)
     assert (got["runs"], got["min_ms"], got["median_ms"], got["mean_ms"]) == (5, 1.5, 2.25, 3.75)
     assert got["p90_ms"] == pytest.approx(7.2)
     assert (got["runtime"], got["compute_units"], got["threads"]) == ("litert", "cpu", 2)
+
+
+def test_kotlin_pipeline_on_a_real_model_and_export_metadata(kotlin_build, tmp_path):
+    """Metadata from the converter's build_metadata -> Kotlin preprocessing -> the exported interface
+    (ExportWrapper, in torch) -> Kotlin decoding: what the app shows is what the model says."""
+    from converters.prepare import build_metadata, not_run, prepare_for_export
+    from mobile_vmoe.registry import create_model
+
+    model = create_model("vmoe-6x64-p32", img_size=32, num_classes=10, num_experts=3, patch_size=8, depth=3,
+                         width=32, heads=2).eval()
+    labels = [f"digit {i}" for i in range(10)]
+    sc = {"names": ["sc0: 0/1/2", "sc1: 3/4/5", "sc2: 6/7/8/9"], "class_to_superclass": [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]}
+    ckpt = {"model_config": model.cfg.to_dict(), "class_names": labels, "superclasses": sc,
+            "data": {"name": "digits", "img_size": 32, "in_chans": 3, "mean": mg.MEAN, "std": mg.STD}}
+    rgb = np.random.default_rng(7).integers(0, 256, size=(37, 50, 3), dtype=np.uint8)
+    (tmp_path / "image.json").write_text(json.dumps({"width": 50, "height": 37, "rgb": rgb.reshape(-1).tolist()}))
+
+    logits_by_mode = {}
+    for baked in (False, True):
+        wrapper = prepare_for_export(model, bake_preprocessing=baked, mean=mg.MEAN, std=mg.STD)
+        meta = build_metadata(ckpt, wrapper, target="tflite", backend=None, precision="fp32", artifact="m.tflite",
+                              dispatch="gather", macs=0, parity_result=not_run("test"), ops={})
+        meta_path = tmp_path / f"meta_{baked}.json"
+        meta_path.write_text(json.dumps(meta))
+        _app_cli(kotlin_build, "preprocess", meta_path, tmp_path / "image.json", tmp_path / "input.json")
+        x = np.asarray(json.loads((tmp_path / "input.json").read_text())["input"], dtype=np.float32)
+        np.testing.assert_allclose(x, _torch_preprocess(rgb, meta), atol=1e-5, rtol=0)
+
+        with torch.no_grad():
+            logits, probs = wrapper(torch.from_numpy(x).view(meta["input"]["shape"]))  # (1, 10), (1, 3)
+        logits_by_mode[baked] = logits
+        (tmp_path / "out.json").write_text(json.dumps({"logits": logits[0].tolist(), "expert_probs": probs[0].tolist()}))
+        _app_cli(kotlin_build, "decode", meta_path, tmp_path / "out.json", tmp_path / "pred.json")
+        pred = json.loads((tmp_path / "pred.json").read_text())
+        want = torch.topk(logits[0].softmax(-1), 5)
+        assert pred["top"] == want.indices.tolist()
+        assert pred["labels"] == [labels[i] for i in want.indices.tolist()]
+        np.testing.assert_allclose(pred["probs"], want.values.numpy(), atol=1e-6)
+        expert = int(probs[0].argmax())
+        assert (pred["expert"], pred["superclass"]) == (expert, sc["names"][expert])
+    # raw pixels into the baked-in model == normalised pixels into the plain one
+    torch.testing.assert_close(logits_by_mode[True], logits_by_mode[False], atol=1e-4, rtol=0)
 
 
 # ----------------------------------------------------------------------------- Swift
