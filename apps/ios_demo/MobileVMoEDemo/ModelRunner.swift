@@ -6,6 +6,10 @@ struct BundledModel: Identifiable, Hashable {
     let meta: ModelMetadata
     let modelURL: URL  // .mlmodelc (compiled by Xcode) or .mlpackage (compiled on first load)
     var id: String { meta.artifact }
+
+    // Identity is the artifact name (ModelMetadata itself is only Equatable).
+    static func == (a: BundledModel, b: BundledModel) -> Bool { a.id == b.id && a.modelURL == b.modelURL }
+    func hash(into hasher: inout Hasher) { hasher.combine(id) }
 }
 
 /// Core ML inference for one artifact: preprocessing per its metadata, prediction, decoding.
