@@ -120,6 +120,7 @@ def test_imagefolder_reads_classes_labels_and_eval_crop(tree):
     b = build_data(str(tree), img_size=16)
     assert b.name == "tiny" and b.class_names == ["c00", "c01", "c02", "c03"]
     assert (len(b.train), len(b.val)) == (12, 8) and b.stats["skipped_images"] == 0
+    assert b.stats["root"] == str(tree.resolve())
     assert b.mean == (0.485, 0.456, 0.406)
     assert sorted(torch.bincount(b.train.labels).tolist()) == [3, 3, 3, 3]
     assert b.train.paths[0].endswith("train/c00/00000.png") and int(b.train.labels[0]) == 0

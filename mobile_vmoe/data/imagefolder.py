@@ -206,7 +206,7 @@ def build_imagefolder(path: str | os.PathLike, img_size: int | None = None, augm
         mean=mean,
         std=std,
         planted_superclasses=None,
-        stats={"train_images": len(train_good), "val_images": len(val_good),
+        stats={"root": str(root.resolve()), "train_images": len(train_good), "val_images": len(val_good),
                "skipped_images": len(train_bad) + len(val_bad),
                "skipped_train": len(train_bad), "skipped_val": len(val_bad)},
     )
