@@ -83,7 +83,7 @@ def scan_split(root: Path, split: str, classes: list[str] | None = None):
     dirs, loose = _subdirs_and_images(folder)
     if not dirs:
         if loose:
-            raise MvmoeError(f"{folder} holds {len(loose)} images directly instead of one folder per class "
+            raise MvmoeError(f"{folder} holds {len(loose)} image file(s) directly instead of one folder per class "
                              f"(the raw ImageNet val layout): {VALPREP_HINT}")
         raise MvmoeError(f"{folder} has no class folders: expected {folder}/<class>/<image files>")
     if loose:
