@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -48,6 +49,8 @@ def train_cmd(
     overrides.update(train_over)
     summary = train(model, data, out, epochs=epochs, overrides=overrides, superclasses=superclasses, seed=seed,
                     resume=resume, quiet=quiet, recipe=recipe)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # torchrun: rank 0 reports
     if summary.get("stopped"):
         typer.echo(f"stopped at epoch {summary['epoch']} (step {summary['step']}); continue with: "
                    f"mvmoe train --out {Path(summary['last']).parent} --resume")

@@ -1,0 +1,97 @@
+"""Training throughput: a Mobile V-MoE preset against its dense twin at equal active MACs, and the
+MoE's grouped against its gather dispatch, measured side by side in one run.
+
+One "step" = forward_with_routing + CE (+ 0.3 x router CE for the MoE) + backward + AdamW step on a
+random batch, exactly the work of mobile_vmoe/train/loop.py without data loading. The variants
+run interleaved (A B C, A B C, ...) so machine load hits them alike; the median step time of each
+gives images/s, and the ratios are what to read (absolute numbers depend on the machine).
+
+    uv run python bench/bench_train.py                              # vmoe-6x64-p32 at 32 px, patch 8, batch 128
+    uv run python bench/bench_train.py --model vmoe-12x192-p32 --img-size 224 --patch 32 --batch 64 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from mobile_vmoe.profile.flops import analytic_macs
+from mobile_vmoe.registry import create_model, dense_twin, get_config
+from mobile_vmoe.train.optim import build_optimizer
+
+
+def make_step(model, batch: int, device: torch.device, num_classes: int):
+    opt = build_optimizer(model, 1e-4, 0.05)
+    cfg = model.cfg
+    x = torch.randn(batch, 3, cfg.img_size, cfg.img_size, device=device)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    sc = torch.randint(0, max(cfg.num_experts, 1), (batch,), device=device)
+
+    def step() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = model.forward_with_routing(x)
+        loss = F.cross_entropy(out.logits, y)
+        if out.router_logits is not None:
+            loss = loss + 0.3 * F.cross_entropy(out.router_logits, sc)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="vmoe-6x64-p32")
+    ap.add_argument("--img-size", type=int, default=32)
+    ap.add_argument("--patch", type=int, default=8)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--experts", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    moe_cfg = get_config(args.model, img_size=args.img_size, patch_size=args.patch, num_classes=args.classes,
+                         num_experts=args.experts)
+    dense_cfg = dense_twin(moe_cfg)
+    torch.manual_seed(0)
+    variants = {
+        f"dense twin ({dense_cfg.name})": create_model(dense_cfg).to(device),
+        "MoE, grouped dispatch": create_model(moe_cfg, dispatch="grouped").to(device),
+        "MoE, gather dispatch": create_model(moe_cfg, dispatch="gather").to(device),
+    }
+    steps = {name: make_step(m.train(), args.batch, device, args.classes) for name, m in variants.items()}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for r in range(args.warmup + args.repeats):
+        for name, step in steps.items():
+            t = step()
+            if r >= args.warmup:
+                times[name].append(t)
+    print(f"{args.model} at {args.img_size} px, patch {args.patch}, E={args.experts}, k=1, batch {args.batch}, "
+          f"{args.device}, {torch.get_num_threads()} threads, median of {args.repeats} interleaved steps")
+    print(f"active MACs per image: dense {analytic_macs(dense_cfg) / 1e6:.2f}M, MoE {analytic_macs(moe_cfg) / 1e6:.2f}M")
+    base = statistics.median(times[next(iter(times))])
+    print(f"{'variant':34s} {'ms/step':>9s} {'images/s':>9s} {'vs dense':>9s}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{name:34s} {1000 * med:9.1f} {args.batch / med:9.0f} {base / med:8.2f}x")
+    g, a = statistics.median(times["MoE, grouped dispatch"]), statistics.median(times["MoE, gather dispatch"])
+    print(f"grouped / gather throughput: {a / g:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""`mvmoe train` / `mvmoe superclasses` errors: one line, exit 1, no traceback; and a 2-process
+gloo DDP run through torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mobile_vmoe.cli import main
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    old = sys.argv
+    sys.argv = ["mvmoe", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = old
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 1, err
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_bad_set_key(capsys, tmp_path):
+    code, _, err = run_cli(["train", "--set", "learning_rate=1", "--out", str(tmp_path / "r")], capsys)
+    assert_one_line_error(code, err, "learning_rate", "unknown key")
+    code, _, err = run_cli(["train", "--set", "lr=fast", "--out", str(tmp_path / "r")], capsys)
+    assert_one_line_error(code, err, "lr=fast", "expected float")
+
+
+def test_missing_data_path(capsys, tmp_path):
+    code, _, err = run_cli(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")], capsys)
+    assert_one_line_error(code, err, "nowhere")
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_without_last_pt(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(["train", "--resume", "--out", str(tmp_path / "empty")], capsys)
+    assert_one_line_error(code, err, "nothing to resume", "last.pt")
+
+
+def test_resume_truncated_and_foreign_checkpoints(capsys, tmp_path):
+    from mobile_vmoe.checkpoint import save_checkpoint
+    from mobile_vmoe.config import ModelConfig, TrainConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = ModelConfig(name="t", img_size=16, patch_size=4, num_classes=4, depth=1, width=16, heads=2)
+    (run / "run.json").write_text(json.dumps({"model_config": cfg.to_dict(), "superclasses": "none",
+                                              "train_config": TrainConfig(batch_size=16).to_dict(), "data": "synthetic:4:2"}))
+    save_checkpoint(run / "last.pt", {"model_config": cfg.to_dict(), "model": {}})
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[: len(data) // 2])  # a copy cut short
+    code, _, err = run_cli(["train", "--resume", "--out", str(run)], capsys)
+    assert_one_line_error(code, err, "last.pt", "not")
+    torch.save({"weights": torch.zeros(2)}, run / "last.pt")  # someone else's file
+    code, _, err = run_cli(["train", "--resume", "--out", str(run)], capsys)
+    assert_one_line_error(code, err, "not an mvmoe checkpoint")
+    code, _, err = run_cli(["superclasses", "--checkpoint", str(run / "last.pt"), "--data", "digits", "--num", "2",
+                            "--out", str(tmp_path / "sc.json")], capsys)
+    assert_one_line_error(code, err, "not an mvmoe checkpoint")
+
+
+def test_resume_refuses_changed_settings_and_existing_run(capsys, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"model_config": {}, "train_config": {"epochs": 3}, "data": "digits",
+                                              "superclasses": "none"}))
+    code, _, err = run_cli(["train", "--resume", "--out", str(run), "--set", "lr=1"], capsys)
+    assert_one_line_error(code, err, "cannot change lr")
+    (run / "last.pt").write_bytes(b"x")
+    code, _, err = run_cli(["train", "--data", "synthetic:4:2", "--out", str(run)], capsys)
+    assert_one_line_error(code, err, "already holds a run", "--resume")
+
+
+def test_unknown_recipe_and_superclasses_file(capsys, tmp_path):
+    code, _, err = run_cli(["train", "--recipe", "imagenet-vmoe-12x192-p16"], capsys)
+    assert_one_line_error(code, err, "unknown recipe", "imagenet-vmoe-12x192-p32")
+    code, _, err = run_cli(["train", "--superclasses", str(tmp_path / "none.json"), "--data", "synthetic:4:2",
+                            "--out", str(tmp_path / "r")], capsys)
+    assert_one_line_error(code, err, "--superclasses", "none.json")
+
+
+def test_recipes_listed_with_paper_numbers(capsys):
+    code, out, _ = run_cli(["train", "--list-recipes"], capsys)
+    assert code == 0
+    line = next(l for l in out.splitlines() if l.startswith("imagenet-vmoe-12x192-p32 "))
+    assert "62.90%" in line and "300 epochs" in line
+    from mobile_vmoe.train.recipes import get_recipe
+
+    r = get_recipe("imagenet-vit-6x96-p32")
+    assert r.paper_top1 == 36.64 and r.train["lr"] == pytest.approx(1e-3)  # 5e-4 x 1024 / 512
+    assert "torchrun" in r.doc
+
+
+def test_ddp_two_gloo_processes(tmp_path):
+    """torchrun --nproc_per_node 2 (gloo on CPU): both ranks train, rank 0 writes the run."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "mobile_vmoe.train", "--model", "vmoe-6x64-p32", "--data", "synthetic:4:2", "--epochs", "2",
+           "--superclasses", "none", "--out", str(out), "-q",
+           "--set", "depth=2", "--set", "width=32", "--set", "heads=2", "--set", "num_experts=2",
+           "--set", "moe_blocks=1", "--set", "img_size=16", "--set", "batch_size=64"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["epochs"] == 2
+    from mobile_vmoe.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(out / "last.pt")
+    # 400 images / 2 ranks = 200 each, 32 per rank per step -> 6 steps per epoch, 12 in all
+    assert (ck["epoch"], ck["step"], ck["steps_per_epoch"]) == (2, 12, 6)
+    assert len(ck["rng_per_rank"]) == 2
+    assert not torch.equal(ck["rng_per_rank"][0]["torch"], ck["rng_per_rank"][1]["torch"])  # ranks draw differently
