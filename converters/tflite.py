@@ -1,0 +1,109 @@
+"""TFLite / LiteRT: litert_torch.convert at fp32, fp16 (weights stored as fp16) or int8 (pt2e static
+quantization calibrated on real eval images), run with ai_edge_litert's Interpreter.
+
+The op audit lists the builtin ops of the flatbuffer and fails on Flex (select-TF) or custom ops:
+the stock LiteRT runtime on a phone has neither.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TARGET, EXT = "tflite", ".tflite"
+BACKENDS = (None,)
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class FlexOpsError(RuntimeError):
+    pass
+
+
+def quant_config(precision: str, wrapper, example: torch.Tensor, calibration: torch.Tensor | None,
+                 dynamic: bool = False):
+    """-> (module to convert, litert QuantConfig or None). int8 static: weights and activations,
+    activation ranges calibrated on ``calibration``; ``dynamic``: int8 weights, activations
+    quantized at run time."""
+    if precision == "fp32":
+        return wrapper, None
+    if precision == "fp16":
+        from litert_torch.generative.quantize.quant_recipes import full_fp16_recipe
+
+        return wrapper, full_fp16_recipe()
+    if calibration is None:
+        raise ValueError("int8 needs calibration images")
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
+    prepared = prepare_pt2e(torch.export.export(wrapper, (example,), strict=False).module(), quantizer)
+    with torch.no_grad():
+        for i in range(len(calibration)):
+            prepared(calibration[i : i + 1])
+    return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
+
+
+def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, backend: str | None = None,
+            calibration: torch.Tensor | None = None) -> dict:
+    import litert_torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"tflite supports {', '.join(PRECISIONS)}, not {precision}")
+    module, qcfg = quant_config(precision, wrapper, example, calibration)
+    content = bytes(litert_torch.convert(module, (example,), quant_config=qcfg).model_content())
+    scheme = None
+    if precision == "int8":
+        scheme = "static (int8 weights and activations, calibrated)"
+        try:
+            _allocate(content)
+        except RuntimeError as e:
+            # LiteRT's int8 SOFTMAX kernel insists on an output scale of 1/256, which pt2e's
+            # calibrated observer does not give: fall back to dynamic-range int8 and say so.
+            scheme = f"dynamic (int8 weights; static failed in LiteRT: {str(e).splitlines()[0][:120]})"
+            module, qcfg = quant_config(precision, wrapper, example, calibration, dynamic=True)
+            content = bytes(litert_torch.convert(module, (example,), quant_config=qcfg).model_content())
+    ops = audit(content)
+    if scheme:
+        ops["int8_scheme"] = scheme
+    Path(path).write_bytes(content)
+    return ops
+
+
+def _allocate(content: bytes) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    Interpreter(model_content=content).allocate_tensors()
+
+
+def audit(content: bytes) -> dict:
+    """Builtin op names with counts; raises FlexOpsError on Flex / custom ops."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=content)
+    ops: dict[str, int] = {}
+    for d in interp._get_ops_details():  # the only public-ish listing of a flatbuffer's ops
+        ops[d["op_name"]] = ops.get(d["op_name"], 0) + 1
+    bad = sorted(o for o in ops if o.startswith("Flex") or o in ("CUSTOM", "DELEGATE") or not o.isupper())
+    if bad:
+        raise FlexOpsError(f"TFLite model needs ops the stock LiteRT runtime lacks: {', '.join(bad)}")
+    return {"kind": "tflite builtin ops", "nodes": sum(ops.values()), "ops": dict(sorted(ops.items())),
+            "flex_ops": [], "inputs": [d["dtype"].__name__ for d in interp.get_input_details()]}
+
+
+def load_runner(path: Path, threads: int | None = None):
+    """-> (run, None); outputs are reordered to the wrapper's order (logits first) by shape name."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=threads)
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]["index"]
+    outs = sorted(interp.get_output_details(), key=lambda d: d["name"])  # output_0 (logits), output_1 (expert_probs)
+
+    def run(x):
+        interp.set_tensor(inp, x)
+        interp.invoke()
+        return [interp.get_tensor(d["index"]) for d in outs]
+
+    return run, None
