@@ -1,0 +1,25 @@
+"""`mvmoe report`: table.md, table.csv, flops_vs_accuracy.png, routing.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import app
+
+
+@app.command("report")
+def report_cmd(
+    run_dirs: list[Path] = typer.Argument(None, help="training run directories (with summary.json)", show_default=False),
+    latency: list[Path] = typer.Option([], "--latency", "-l", help="JSON from `profile latency --out` / `profile ingest --out` (repeatable)"),
+    out: Path = typer.Option(..., "--out", "-o", help="output directory"),
+    published: bool = typer.Option(True, "--published/--no-published", help="add the papers' ImageNet numbers as marked reference rows"),
+) -> None:
+    """One table (accuracy, MACs, params, latency per target and device) and two plots."""
+    from ..profile.report import make_report
+
+    paths = make_report(run_dirs or [], latency, out, published=published)
+    typer.echo((out / "table.md").read_text())
+    for name, p in paths.items():
+        typer.echo(f"wrote {p}")

@@ -1,0 +1,339 @@
+"""`mvmoe report`: one table (markdown + CSV) and two plots from training runs and latency files.
+
+Inputs
+- run directories (contract B): DIR/summary.json; a per-image MoE trained with `--superclasses auto`
+  also holds its dense stage in DIR/dense/summary.json, which becomes a row of its own (the dense
+  twin at equal MACs, the paper's comparison).
+- latency JSON files (`mvmoe profile latency --out F`, `mvmoe profile ingest --out F`): matched to a
+  row by the artifact name `<model>_<target>[-<backend>]_<precision>.<ext>` (contract C); each
+  distinct (target, precision, device) becomes one column holding the median in ms.
+- published reference numbers (DESIGN.md, arXiv 2309.04354), ImageNet-1k: rows marked "published",
+  MACs computed from our presets at 224 px with the same counting convention, drawn in a separate
+  panel (another dataset, not comparable to small-data runs).
+
+Outputs: OUT/table.md, OUT/table.csv, OUT/flops_vs_accuracy.png, OUT/routing.png (all atomic).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..checkpoint import atomic_write_bytes, atomic_write_text
+from ..errors import MvmoeError
+
+# (name, kind, preset for MACs or None, MACs if no preset, top-1, note) -- DESIGN.md "Published reference numbers"
+PUBLISHED = [
+    ("ViT 12x192 p32 (dense)", "dense", "vit-12x192-p32", None, 59.51, "Mobile V-MoE paper, dense baseline"),
+    ("Mobile V-MoE 12x192 p32 (E=10, k=1)", "moe", "vmoe-12x192-p32", None, 62.90, "Mobile V-MoE paper"),
+    ("DeiT-Tiny", "dense", "deit-tiny", 1.26e9, 72.2, "DeiT paper"),
+    ("MobileNetV3-Small", "dense", None, 56e6, 67.7, "MobileNetV3 paper"),
+]
+
+
+@dataclass
+class Row:
+    model: str
+    dataset: str
+    routing: str  # none | image | token
+    macs: int | None
+    params: int | None
+    active_params: int | None
+    top1: float | None
+    top5: float | None
+    router_top1: float | None
+    source: str  # run dir, or "published: ..."
+    published: bool = False
+    latency: dict = field(default_factory=dict)  # column -> median ms
+    expert_usage: list | None = None
+    superclass_names: list | None = None
+
+    @property
+    def kind(self) -> str:
+        return "dense" if self.routing in (None, "none") else "moe"
+
+
+# ------------------------------------------------------------------------------------- loading
+
+def _read_json(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MvmoeError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise MvmoeError(f"{path}: expected a JSON object")
+    return d
+
+
+def _row_from_summary(s: dict, source: str) -> Row:
+    missing = [k for k in ("model", "top1", "macs") if k not in s]
+    if missing:
+        raise MvmoeError(f"{source}/summary.json: missing key(s) {', '.join(missing)} (not a `mvmoe train` run?)")
+    routing = s.get("routing") or ("image" if s.get("num_experts") else "none")
+    return Row(str(s["model"]), str(s.get("dataset", "?")), routing, s.get("macs"), s.get("params"),
+               s.get("active_params"), s.get("top1"), s.get("top5"), s.get("router_superclass_top1"), source,
+               expert_usage=s.get("expert_usage"), superclass_names=s.get("superclass_names"))
+
+
+def load_runs(run_dirs: list[str | Path]) -> list[Row]:
+    """One row per run, plus one per dense stage (DIR/dense) not already given as a run."""
+    rows: list[Row] = []
+    seen: set[Path] = set()
+    for d in run_dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise MvmoeError(f"run directory not found: {d}")
+        if not (d / "summary.json").is_file():
+            raise MvmoeError(f"{d}: no summary.json (unfinished run? finish it with `mvmoe train --resume --out {d}`)")
+        for sub in (d, d / "dense"):
+            if (sub / "summary.json").is_file() and sub.resolve() not in seen:
+                seen.add(sub.resolve())
+                rows.append(_row_from_summary(_read_json(sub / "summary.json"), str(sub)))
+    return rows
+
+
+def parse_artifact_name(name: str) -> dict:
+    """'vmoe-6x64-p8-e5_executorch-xnnpack_fp32.pte' -> model, target, backend, precision."""
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    parts = stem.split("_")
+    if len(parts) < 3:
+        return {"model": stem, "target": "?", "backend": None, "precision": "?"}
+    target, _, backend = parts[-2].partition("-")
+    return {"model": "_".join(parts[:-2]), "target": target, "backend": backend or None, "precision": parts[-1]}
+
+
+def load_latency(files: list[str | Path]) -> list[dict]:
+    out = []
+    for f in files:
+        f = Path(f)
+        if not f.is_file():
+            raise MvmoeError(f"latency file not found: {f}")
+        d = _read_json(f)
+        missing = [k for k in ("artifact", "device", "median_ms") if k not in d]
+        if missing:
+            raise MvmoeError(f"{f}: missing key(s) {', '.join(missing)}; expected the JSON of "
+                             "`mvmoe profile latency --out` or `mvmoe profile ingest --out`")
+        out.append(d)
+    return out
+
+
+def latency_column(lat: dict) -> str:
+    a = parse_artifact_name(lat["artifact"])
+    target = a["target"] + (f"-{a['backend']}" if a["backend"] else "")
+    return f"{target} {a['precision']} @ {lat['device']} (ms)"
+
+
+def attach_latency(rows: list[Row], lats: list[dict]) -> list[str]:
+    """Put each latency median on the row of its model (by artifact name). Returns the columns.
+    A latency whose model matches no row gets a row of its own (model known only by name)."""
+    cols: list[str] = []
+    for lat in lats:
+        model = lat.get("model") or parse_artifact_name(lat["artifact"])["model"]
+        col = latency_column(lat)
+        if col not in cols:
+            cols.append(col)
+        match = [r for r in rows if r.model == model and not r.published]
+        if not match:
+            match = [Row(model, "?", "?", lat.get("macs"), None, None, None, None, None, lat["artifact"])]
+            rows.append(match[0])
+        for r in match:
+            r.latency[col] = lat["median_ms"]
+    return cols
+
+
+def published_rows() -> list[Row]:
+    import torch
+
+    from ..models import MobileVMoE
+    from ..profile.flops import analytic_macs
+    from ..registry import get_config
+
+    rows = []
+    for name, kind, preset, macs, top1, note in PUBLISHED:
+        params = active = None
+        if preset is not None:
+            cfg = get_config(preset)
+            macs = analytic_macs(cfg) if macs is None else macs
+            with torch.device("meta"):
+                m = MobileVMoE(cfg)
+            params, active = m.num_params(), m.num_active_params()
+        rows.append(Row(name, "ImageNet-1k", "image" if kind == "moe" else "none", int(macs), params, active,
+                        top1, None, None, f"published: {note}", published=True))
+    return rows
+
+
+# --------------------------------------------------------------------------------------- table
+
+def _fmt(v, kind: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if kind == "count":
+        for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+            if abs(v) >= div:
+                return f"{v / div:.2f}{unit}"
+        return str(int(v))
+    if kind == "pct":
+        return f"{v:.2f}"
+    if kind == "ms":
+        return f"{v:.3f}"
+    return str(v)
+
+
+HEAD = ["model", "dataset", "routing", "active MACs", "params", "active params", "top-1 (%)", "top-5 (%)",
+        "router superclass top-1 (%)"]
+
+
+def table_rows(rows: list[Row], cols: list[str]) -> list[list]:
+    """Raw values (for CSV) in HEAD + latency column order."""
+    return [[r.model + (" [published]" if r.published else ""), r.dataset, r.routing, r.macs, r.params,
+             r.active_params, r.top1, r.top5, r.router_top1] + [r.latency.get(c) for c in cols] for r in rows]
+
+
+def render_markdown(rows: list[Row], cols: list[str]) -> str:
+    kinds = ["", "", "", "count", "count", "count", "pct", "pct", "pct"] + ["ms"] * len(cols)
+    head = HEAD + [f"latency {c}" for c in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for vals in table_rows(rows, cols):
+        lines.append("| " + " | ".join(_fmt(v, k) for v, k in zip(vals, kinds)) + " |")
+    note = ("\nActive MACs: multiply-accumulates per image of what runs (gather path: the chosen experts only); "
+            "latency: median over timed runs, batch 1.")
+    if any(r.published for r in rows):
+        note += (" Rows marked [published] are ImageNet-1k numbers quoted from the papers "
+                 "(Mobile V-MoE arXiv 2309.04354, DeiT, MobileNetV3), not measured here.")
+    return "\n".join(lines) + "\n" + note + "\n"
+
+
+def render_csv(rows: list[Row], cols: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["model", "dataset", "routing", "active_macs", "params", "active_params", "top1", "top5",
+                "router_superclass_top1"] + [f"latency_ms {c}" for c in cols] + ["published", "source"])
+    for r, vals in zip(rows, table_rows(rows, cols)):
+        w.writerow([r.model] + ["" if v is None else v for v in vals[1:]] + [int(r.published), r.source])
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------- plots
+
+def _save_fig(fig, path: Path) -> None:
+    def write(f):
+        fig.savefig(f, format="png", dpi=130, bbox_inches="tight")
+
+    atomic_write_bytes(path, write)
+
+
+def plot_flops_vs_accuracy(rows: list[Row], path: Path) -> None:
+    """Top-1 against active MACs, one dense and one MoE curve per dataset (the paper's Fig. 1 form);
+    published ImageNet numbers in a panel of their own."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    ours = [r for r in rows if not r.published and r.top1 is not None and r.macs]
+    pub = [r for r in rows if r.published]
+    panels = [("measured here", ours)] + ([("published, ImageNet-1k (not measured here)", pub)] if pub else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), squeeze=False)
+    styles = {"dense": dict(marker="o", ls="--", color="tab:gray"), "moe": dict(marker="s", ls="-", color="tab:blue")}
+    for ax, (title, rs) in zip(axes[0], panels):
+        datasets = list(dict.fromkeys(r.dataset for r in rs))
+        for di, ds in enumerate(datasets):
+            for kind in ("dense", "moe"):
+                pts = sorted((r for r in rs if r.dataset == ds and r.kind == kind), key=lambda r: r.macs)
+                if not pts:
+                    continue
+                st = dict(styles[kind])
+                if di:
+                    st["color"] = {"dense": "tab:brown", "moe": "tab:orange"}[kind] if di == 1 else None
+                label = ("Mobile V-MoE" if kind == "moe" else "dense") + (f" ({ds})" if len(datasets) > 1 or ds != "ImageNet-1k" else "")
+                if title.startswith("published"):
+                    st["ls"] = "none"  # different families (CNN, ViT): points, not a curve
+                ax.plot([r.macs / 1e6 for r in pts], [r.top1 for r in pts], label=label, **st)
+                for r in pts:
+                    ax.annotate(r.model if len(r.model) < 28 else r.model[:26] + "…", (r.macs / 1e6, r.top1),
+                                textcoords="offset points", xytext=(4, 4) if kind == "dense" else (4, -11), fontsize=7)
+        xs = [r.macs / 1e6 for r in rs]
+        wide = bool(xs) and max(xs) / min(xs) > 3
+        if wide:
+            ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        if xs and not wide:  # all at (nearly) equal MACs: a linear axis with some room
+            lo, hi = min(xs), max(xs)
+            pad = max(hi - lo, 0.05 * hi)
+            ax.set_xlim(lo - pad, hi + pad)
+        ax.set_xlabel("active MACs per image (M" + (", log scale)" if wide else ")"))
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        if rs:
+            ax.legend(fontsize=8, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no runs with accuracy", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle("Accuracy vs. compute: dense vs. Mobile V-MoE", fontsize=11)
+    _save_fig(fig, path)
+    plt.close(fig)
+
+
+def plot_routing(rows: list[Row], path: Path, max_runs: int = 6) -> None:
+    """Superclass x expert usage heat maps (share of each superclass's val images per expert)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rs = [r for r in rows if r.expert_usage][:max_runs]
+    n = max(1, len(rs))
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.2), squeeze=False)
+    if not rs:
+        ax = axes[0][0]
+        ax.text(0.5, 0.5, "no per-image MoE run with expert_usage", ha="center", va="center")
+        ax.set_axis_off()
+    for ax, r in zip(axes[0], rs):
+        counts = np.asarray(r.expert_usage, dtype=float)  # (S, E)
+        if counts.ndim != 2:
+            raise MvmoeError(f"{r.source}: expert_usage must be a superclass x expert list of lists")
+        share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        S, E = share.shape
+        for i in range(S):
+            for j in range(E):
+                ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8,
+                        color="white" if share[i, j] > 0.6 else "black")
+        names = r.superclass_names if r.superclass_names and len(r.superclass_names) == S else [f"sc{i}" for i in range(S)]
+        ax.set_yticks(range(S), [s if len(s) < 22 else s[:20] + "…" for s in names], fontsize=8)
+        ax.set_xticks(range(E), [f"e{j}" for j in range(E)], fontsize=8)
+        ax.set_xlabel("expert chosen (top-1)")
+        ax.set_ylabel("superclass of the true class")
+        ax.set_title(f"{r.model}\n{r.dataset}, diagonal = router follows superclasses", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, label="share of the superclass's val images")
+    _save_fig(fig, path)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------- main
+
+def make_report(run_dirs: list[str | Path], latency_files: list[str | Path] = (), out: str | Path = "report",
+                published: bool = True) -> dict:
+    """Write the four report files into `out`; returns {name: path}."""
+    if not run_dirs and not latency_files:
+        raise MvmoeError("give at least one RUN_DIR (or --latency FILE)")
+    rows = load_runs(list(run_dirs))
+    cols = attach_latency(rows, load_latency(list(latency_files)))
+    if published:
+        rows += published_rows()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"table.md": out / "table.md", "table.csv": out / "table.csv",
+             "flops_vs_accuracy.png": out / "flops_vs_accuracy.png", "routing.png": out / "routing.png"}
+    atomic_write_text(paths["table.md"], render_markdown(rows, cols))
+    atomic_write_text(paths["table.csv"], render_csv(rows, cols))
+    plot_flops_vs_accuracy(rows, paths["flops_vs_accuracy.png"])
+    plot_routing(rows, paths["routing.png"])
+    return paths

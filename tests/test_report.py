@@ -1,0 +1,135 @@
+"""`mvmoe report` from fixture run directories (contract B) and latency files (contract D keys)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from mobile_vmoe.errors import MvmoeError
+from mobile_vmoe.profile.report import latency_column, make_report, parse_artifact_name
+
+
+def _summary(**kw):
+    d = {"model": "vmoe-6x64-p8-e5", "dataset": "digits", "top1": 91.25, "top5": 99.5, "router_superclass_top1": 88.0,
+         "macs": 5433024, "params": 579343, "active_params": 314639, "epochs": 8, "images_per_sec": 180.0,
+         "routing": "image", "num_experts": 5, "top_k": 1, "router_weight": 0.3, "seed": 0,
+         "superclass_names": ["sc0: 0/6", "sc1: 1/7", "sc2: 2/3", "sc3: 4/9", "sc4: 5/8"],
+         "expert_usage": [[70, 2, 0, 0, 0], [1, 69, 2, 0, 0], [0, 0, 72, 0, 0], [0, 3, 0, 68, 1], [0, 0, 0, 0, 72]],
+         "checkpoint": "model.pt"}
+    d.update(kw)
+    return d
+
+
+@pytest.fixture
+def runs(tmp_path):
+    moe = tmp_path / "run_moe"
+    (moe / "dense").mkdir(parents=True)
+    (moe / "summary.json").write_text(json.dumps(_summary()))
+    (moe / "dense" / "summary.json").write_text(json.dumps(_summary(
+        model="vit-6x64-p8", top1=89.5, top5=99.0, router_superclass_top1=None, macs=5432704, params=314186,
+        active_params=314186, routing="none", num_experts=0, expert_usage=None, superclass_names=None)))
+    tok = tmp_path / "run_token"
+    tok.mkdir()
+    (tok / "summary.json").write_text(json.dumps(_summary(model="vmoe-6x64-p8-e5-token", top1=90.0, routing="token",
+                                                          router_superclass_top1=None, expert_usage=None)))
+    lat = tmp_path / "lat_pte.json"
+    lat.write_text(json.dumps({"artifact": "vmoe-6x64-p8-e5_executorch-xnnpack_fp32.pte", "device": "local (Linux x86_64)",
+                               "runtime": "executorch", "runs": 50, "min_ms": 0.5, "median_ms": 0.61234, "p90_ms": 0.7,
+                               "mean_ms": 0.62}))
+    lat2 = tmp_path / "lat_app.json"
+    lat2.write_text(json.dumps({"artifact": "vit-6x64-p8_tflite_int8.tflite", "device": "Pixel 8 (Android 15)",
+                                "runtime": "litert", "runs": 30, "min_ms": 1.0, "median_ms": 1.25, "p90_ms": 1.5,
+                                "mean_ms": 1.3}))
+    return [moe, tok], [lat, lat2]
+
+
+def test_artifact_names():
+    assert parse_artifact_name("vmoe-6x64-p32_executorch-xnnpack_fp32.pte") == {
+        "model": "vmoe-6x64-p32", "target": "executorch", "backend": "xnnpack", "precision": "fp32"}
+    assert parse_artifact_name("vit-6x64-p8_tflite_int8.tflite") == {
+        "model": "vit-6x64-p8", "target": "tflite", "backend": None, "precision": "int8"}
+    assert latency_column({"artifact": "m_onnx_fp32.onnx", "device": "local"}) == "onnx fp32 @ local (ms)"
+
+
+def test_report_files(runs, tmp_path):
+    run_dirs, lats = runs
+    out = tmp_path / "rep"
+    paths = make_report(run_dirs, lats, out)
+    md = paths["table.md"].read_text()
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    head, body = lines[0], {ln.split(" | ")[0][2:]: ln for ln in lines[1:]}
+    assert "latency executorch-xnnpack fp32 @ local (Linux x86_64) (ms)" in head
+    assert "latency tflite int8 @ Pixel 8 (Android 15) (ms)" in head
+    # the MoE run, its dense stage (found in DIR/dense), the token run, 4 published rows
+    assert list(body)[:3] == ["vmoe-6x64-p8-e5", "vit-6x64-p8", "vmoe-6x64-p8-e5-token"]
+    assert sum("[published]" in k for k in body) == 4
+    moe = body["vmoe-6x64-p8-e5"].split(" | ")
+    # model dataset routing MACs params active top1 top5 router | pte latency | tflite latency
+    assert moe[1:9] == ["digits", "image", "5.43M", "579.34K", "314.64K", "91.25", "99.50", "88.00"]
+    assert moe[9] == "0.612" and moe[10] == "- |"
+    dense = body["vit-6x64-p8"].split(" | ")
+    assert dense[2] == "none" and dense[9] == "-" and dense[10] == "1.250 |"
+    assert "not measured here" in md
+
+    rows = list(csv.DictReader(paths["table.csv"].open()))
+    by = {r["model"]: r for r in rows}
+    assert int(by["vmoe-6x64-p8-e5"]["active_macs"]) == 5433024
+    assert float(by["vmoe-6x64-p8-e5"]["latency_ms executorch-xnnpack fp32 @ local (Linux x86_64) (ms)"]) == 0.61234
+    assert by["vit-6x64-p8"]["source"].endswith("run_moe/dense")
+    pub = by["Mobile V-MoE 12x192 p32 (E=10, k=1)"]
+    assert pub["published"] == "1" and float(pub["top1"]) == 62.90 and pub["dataset"] == "ImageNet-1k"
+    # 12 blocks x (4*192^2*50 attn proj + 2*50^2*192 attn + 8*192^2*50 MLP) + patch + head, the gather path
+    assert 300e6 < int(pub["active_macs"]) < 312e6
+
+
+def test_plots_are_pngs(runs, tmp_path):
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    paths = make_report(*runs, tmp_path / "rep")
+    for name in ("flops_vs_accuracy.png", "routing.png"):
+        p = paths[name]
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = mpimg.imread(p)
+        assert img.shape[0] > 300 and img.shape[1] > 400
+        assert np.std(img[..., :3]) > 0.05  # something was drawn, not a blank canvas
+
+
+def test_routing_plot_without_moe_runs(runs, tmp_path):
+    run_dirs, _ = runs
+    paths = make_report([run_dirs[1]], [], tmp_path / "rep", published=False)
+    md = paths["table.md"].read_text()
+    assert "published" not in md and paths["routing.png"].stat().st_size > 1000
+
+
+def test_report_errors(runs, tmp_path):
+    run_dirs, lats = runs
+    with pytest.raises(MvmoeError, match="run directory not found"):
+        make_report([tmp_path / "nope"], [], tmp_path / "o")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MvmoeError, match="no summary.json"):
+        make_report([tmp_path / "empty"], [], tmp_path / "o")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"artifact": "x.pte"}))
+    with pytest.raises(MvmoeError, match="missing key.*device, median_ms"):
+        make_report(run_dirs, [bad], tmp_path / "o")
+    bad.write_text("{not json")
+    with pytest.raises(MvmoeError, match="not valid JSON"):
+        make_report(run_dirs, [bad], tmp_path / "o")
+    with pytest.raises(MvmoeError, match="at least one RUN_DIR"):
+        make_report([], [], tmp_path / "o")
+
+
+def test_cli_report(runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from mobile_vmoe.cli import app
+
+    run_dirs, lats = runs
+    out = tmp_path / "rep"
+    r = CliRunner().invoke(app, ["report", *map(str, run_dirs), "--latency", str(lats[0]), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "| vmoe-6x64-p8-e5 | digits |" in r.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["flops_vs_accuracy.png", "routing.png", "table.csv", "table.md"]
