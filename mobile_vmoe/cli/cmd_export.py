@@ -1,0 +1,67 @@
+"""`mvmoe export`: checkpoint -> Core ML / ExecuTorch / TFLite / ONNX artifacts with parity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import app
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., help="a checkpoint written by `mvmoe train` (model.pt)"),
+    target: str = typer.Option(..., "--target", "-t", help="coreml | executorch | tflite | onnx | all"),
+    backend: Optional[str] = typer.Option(None, help="executorch only: xnnpack (default) | coreml | portable"),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (int8 calibrated on eval images)"),
+    out: Path = typer.Option(Path("exports"), "--out", "-o", help="output folder"),
+    app_: Optional[str] = typer.Option(None, "--app", help="also copy into a demo app: ios | android"),
+    dispatch: str = typer.Option("gather", help="gather (static top-k expert gather) | dense (all experts)"),
+    bake_preprocessing: bool = typer.Option(False, help="input raw RGB [0,255]; normalisation inside the model"),
+    fused_attention: bool = typer.Option(False, help="export attention as one SDPA op instead of matmul-softmax-matmul"),
+    parity_images: int = typer.Option(64, help="eval images for parity"),
+    fp32_tol: float = typer.Option(1e-4, help="max |logit diff| allowed for fp32"),
+    max_top1_drop: float = typer.Option(0.02, help="fp16/int8: largest allowed loss of top-1 agreement"),
+) -> None:
+    """Export a checkpoint, check each artifact against PyTorch, write <stem>.json beside it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from converters.pipeline import copy_to_app, export_checkpoint, plan
+    from ..errors import MvmoeError
+
+    if app_ is not None and app_ not in ("ios", "android"):
+        raise MvmoeError(f"--app {app_!r}: expected ios or android")
+    plan(target, backend, precision)  # bad combinations fail before the checkpoint is read
+    console = Console(stderr=True, width=140)
+    results = export_checkpoint(checkpoint, target, backend, precision, out, dispatch=dispatch,
+                                fused_attention=fused_attention, bake_preprocessing=bake_preprocessing,
+                                parity_images=parity_images, fp32_tol=fp32_tol, max_top1_drop=max_top1_drop,
+                                progress=lambda s: console.print(f"[dim]{s}[/dim]"))
+    t = Table(title=f"mvmoe export -> {out}")
+    for col in ("artifact", "parity", "max |diff|", "top-1 agree", "int8/fp16 acc change", "ops (delegated)"):
+        t.add_column(col)
+    for r in results:
+        if not r.ok:
+            t.add_row(f"{r.job.target}{'-' + r.job.backend if r.job.backend else ''} {r.job.precision}",
+                      "[red]FAILED[/red]", "-", "-", "-", r.error)
+            continue
+        p, ops = r.metadata["parity"], r.metadata["ops"]
+        if ops.get("kind") == "executorch delegation":
+            op_text = f"{ops['delegated_nodes']} delegated / {ops['portable_nodes']} portable"
+        else:
+            op_text = f"{ops.get('nodes')} nodes, {len(ops.get('ops', {}))} op types"
+        change = f"{100 * p['top1_change']:+.1f} pt" if p.get("top1_change") is not None and r.job.precision != "fp32" else "-"
+        t.add_row(r.artifact.name, "ok" if p["ran"] else f"not run: {p['reason']}",
+                  f"{p['max_abs_diff']:.2e}" if p["ran"] else "-",
+                  f"{100 * p['top1_agreement']:.1f}%" if p["ran"] else "-", change, op_text)
+        if app_:
+            copy_to_app(r.artifact, app_)
+    Console(width=160).print(t)
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        typer.echo(f"error: {r.job.target} {r.job.precision}: {r.error}", err=True)
+    if failed:
+        raise typer.Exit(1)
