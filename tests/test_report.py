@@ -88,7 +88,7 @@ def test_plots_are_pngs(runs, tmp_path):
     import matplotlib.image as mpimg
     import numpy as np
 
-    paths = make_report(*runs, tmp_path / "rep")
+    paths = make_report(*runs, tmp_path / "rep", published=False)
     for name in ("flops_vs_accuracy.png", "routing.png"):
         p = paths[name]
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -129,7 +129,8 @@ def test_cli_report(runs, tmp_path):
 
     run_dirs, lats = runs
     out = tmp_path / "rep"
-    r = CliRunner().invoke(app, ["report", *map(str, run_dirs), "--latency", str(lats[0]), "--out", str(out)])
+    r = CliRunner().invoke(app, ["report", *map(str, run_dirs), "--latency", str(lats[0]), "--out", str(out),
+                                 "--no-published"])
     assert r.exit_code == 0, r.output
     assert "| vmoe-6x64-p8-e5 | digits |" in r.stdout
     assert sorted(p.name for p in out.iterdir()) == ["flops_vs_accuracy.png", "routing.png", "table.csv", "table.md"]
