@@ -1,0 +1,216 @@
+"""Export: static audit, preprocessing, parity maths, and a tiny trained MoE through every target.
+
+The converters are slow (tens of seconds each on 2 cores), so one module-scoped fixture exports
+the tiny checkpoint to all four targets once and the tests read its results.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from converters import prepare as P
+from converters.pipeline import export_checkpoint, plan
+from mobile_vmoe import create_model
+from mobile_vmoe.checkpoint import save_checkpoint
+from mobile_vmoe.errors import MvmoeError
+
+SUPERCLASS = [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]  # class c -> superclass c % 5
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    """A tiny per-image MoE (E=5, k=1) trained 40 steps on digits with CE + 0.3 router CE."""
+    from mobile_vmoe.data import build_data
+
+    torch.manual_seed(0)
+    data = build_data("digits", 32, augment="none")
+    model = create_model("vmoe-6x64-p32", img_size=32, patch_size=4, num_classes=10, num_experts=5)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    c2s = torch.tensor(SUPERCLASS)
+    loader = torch.utils.data.DataLoader(data.train, batch_size=64, shuffle=True)
+    model.train()
+    for step, (x, y) in enumerate(loader):
+        out = model.forward_with_routing(x)
+        loss = nn.functional.cross_entropy(out.logits, y) + 0.3 * nn.functional.cross_entropy(out.router_logits, c2s[y])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step == 19:
+            break
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    save_checkpoint(path, {"model_config": model.cfg, "model": model.state_dict(), "class_names": data.class_names,
+                           "superclasses": {"names": [f"sc{i}" for i in range(5)], "class_to_superclass": SUPERCLASS},
+                           "data": data.checkpoint_info()})
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_ckpt, tmp_path_factory):
+    """Every target once: ONNX fp32, ExecuTorch-XNNPACK fp32, TFLite fp32, Core ML fp16."""
+    out = tmp_path_factory.mktemp("exports")
+    results = export_checkpoint(tiny_ckpt, "all", None, "fp32", out, parity_images=16, calibration_images=8)
+    results += export_checkpoint(tiny_ckpt, "coreml", None, "fp16", out, parity_images=16)
+    return out, {(r.job.target, r.job.precision): r for r in results}
+
+
+# ------------------------------------------------------------------------------ no export needed
+def small_moe(experts: int):
+    """3 blocks (last 2 MoE), width 32, 16 px images in 2x2 patches of 8: fast to export."""
+    return create_model("vmoe-6x64-p32", depth=3, width=32, heads=2, img_size=16, patch_size=8, num_classes=3,
+                        num_experts=experts)
+
+
+def test_baked_preprocessing_hand_numbers():
+    """mean 0.5, std 0.25: pixel 255 -> (1 - 0.5) / 0.25 = 2, pixel 0 -> -2, pixel 51 -> (0.2-0.5)/0.25 = -1.2."""
+    model = small_moe(2)
+    w = P.prepare_for_export(model, bake_preprocessing=True, mean=[0.5] * 3, std=[0.25] * 3)
+    raw = torch.tensor([255.0, 0.0, 51.0]).view(1, 3, 1, 1)
+    got = raw * w.pre_scale + w.pre_shift
+    assert torch.allclose(got.flatten(), torch.tensor([2.0, -2.0, -1.2]), atol=1e-6)
+    # The wrapped copy gives the model's numbers; the original keeps its dispatch and attention.
+    x = torch.rand(1, 3, 16, 16) * 255
+    plain = P.prepare_for_export(model)
+    with torch.no_grad():
+        assert torch.allclose(w(x)[0], plain((x / 255 - 0.5) / 0.25)[0], atol=1e-5)
+        assert torch.allclose(plain((x / 255 - 0.5) / 0.25)[0], model.eval()((x / 255 - 0.5) / 0.25), atol=1e-5)
+    assert all(m.fused for m in model.modules() if type(m).__name__ == "Attention")
+    assert not any(m.fused for m in w.modules() if type(m).__name__ == "Attention")
+
+
+def test_expert_probs_are_router_softmax():
+    model = small_moe(4).eval()
+    w = P.prepare_for_export(model)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        logits, probs = w(x)
+        ref = model.forward_with_routing(x)
+    assert torch.allclose(probs, ref.router_logits.softmax(-1), atol=1e-6)
+    assert probs.argmax().item() == ref.expert_index[0, 0].item()
+    assert w.output_names == ["logits", "expert_probs"]
+
+
+class _Branchy(nn.Module):
+    def forward(self, x):
+        return torch.cond(x.sum() > 0, lambda v: v * 2, lambda v: v - 1, (x,))
+
+
+def test_audit_rejects_data_dependent_control_flow():
+    ep = torch.export.export(_Branchy(), (torch.randn(1, 4),), strict=False)
+    with pytest.raises(MvmoeError, match="data-dependent control flow"):
+        P.audit_static(ep)
+
+
+def test_audit_rejects_symbolic_batch_and_accepts_the_moe():
+    model = small_moe(2)
+    w = P.prepare_for_export(model)
+    x = torch.randn(2, 3, 16, 16)
+    dyn = torch.export.export(w, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=8)},), strict=False)
+    with pytest.raises(MvmoeError, match="symbolic shape"):
+        P.audit_static(dyn)
+    audit = P.audit_static(torch.export.export(w, (x[:1],), strict=False))
+    assert audit["aten_ops"]["topk.default"] == 1  # the router, once per image
+    assert audit["aten_ops"]["index_select.default"] == 8  # 4 stacked tensors x 2 MoE blocks
+
+
+def test_parity_hand_numbers():
+    ref = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 2.0]], dtype=np.float32)
+    got = np.array([[0.5, 0.0], [1.0, 0.9], [3.0, 2.0]], dtype=np.float32)
+    p = P.parity(ref, got, torch.tensor([0, 0, 1]))
+    assert p["max_abs_diff"] == 1.0
+    assert p["top1_agreement"] == pytest.approx(2 / 3)
+    assert p["reference_top1"] == pytest.approx(1 / 3) and p["artifact_top1"] == pytest.approx(2 / 3)
+    assert P.check_parity(p, "fp32") is not None  # 1.0 > 1e-4
+    assert P.check_parity(p, "int8", max_top1_drop=0.34) is None  # 66.7% >= 66%
+    assert "66.7%" in P.check_parity(p, "int8", max_top1_drop=0.2)
+    assert P.check_parity(P.not_run("no macOS"), "fp32") is None
+
+
+def test_plan_names_and_bad_combinations():
+    jobs, skipped = plan("all", None, "int8")
+    assert [(j.target, j.backend) for j in jobs] == [("executorch", "xnnpack"), ("tflite", None)]
+    assert any("coreml has no int8" in s for s in skipped)
+    assert P.artifact_stem("vmoe-6x64-p32", "executorch", "xnnpack", "fp32") == "vmoe-6x64-p32_executorch-xnnpack_fp32"
+    with pytest.raises(MvmoeError, match="--backend applies to --target executorch"):
+        plan("onnx", "xnnpack", "fp32")
+    with pytest.raises(MvmoeError, match="not int8"):
+        plan("coreml", None, "int8")
+
+
+def test_cli_missing_and_foreign_checkpoint(tmp_path, monkeypatch, capsys):
+    from mobile_vmoe.cli import main
+
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    for path, msg in ((tmp_path / "nope.pt", "checkpoint not found"), (foreign, "not an mvmoe checkpoint")):
+        monkeypatch.setattr(sys, "argv", ["mvmoe", "export", str(path), "--target", "onnx", "--out", str(tmp_path / "o")])
+        with pytest.raises(SystemExit) as e:
+            main()
+        assert e.value.code == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and msg in err[0]
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+# --------------------------------------------------------------------------- the real exports
+def test_every_target_exports_with_parity(exported):
+    out, res = exported
+    assert set(res) == {("coreml", "fp32"), ("executorch", "fp32"), ("tflite", "fp32"), ("onnx", "fp32"), ("coreml", "fp16")}
+    for key, r in res.items():
+        assert r.ok, (key, r.error, r.notes)
+        p = r.metadata["parity"]
+        if key[0] == "coreml":
+            assert p == {**P.not_run("Core ML prediction needs macOS"), "images_source": p["images_source"]}
+        else:
+            assert p["ran"] and p["images"] == 16 and p["max_abs_diff"] < 1e-4 and p["top1_agreement"] == 1.0
+            assert p["images_source"].startswith("digits val split")
+    assert sorted(x.name for x in out.iterdir()) == sorted(
+        f"vmoe-6x64-p32_{s}" for s in ("coreml_fp16.json", "coreml_fp16.mlpackage", "coreml_fp32.json", "coreml_fp32.mlpackage",
+                                       "executorch-xnnpack_fp32.json", "executorch-xnnpack_fp32.pte", "onnx_fp32.json",
+                                       "onnx_fp32.onnx", "tflite_fp32.json", "tflite_fp32.tflite"))
+
+
+def test_metadata_round_trip(exported, tiny_ckpt):
+    out, res = exported
+    meta = json.loads((out / "vmoe-6x64-p32_tflite_fp32.json").read_text())
+    assert meta == json.loads(json.dumps(res[("tflite", "fp32")].metadata))
+    assert meta["artifact"] == "vmoe-6x64-p32_tflite_fp32.tflite" and meta["backend"] is None
+    assert meta["labels"] == [str(i) for i in range(10)]
+    assert meta["superclasses"] == {"names": [f"sc{i}" for i in range(5)], "class_to_superclass": SUPERCLASS}
+    assert (meta["experts"], meta["k"], meta["dispatch"]) == (5, 1, "gather")
+    assert meta["input"]["shape"] == [1, 3, 32, 32] and meta["input"]["scale"] == 255.0
+    assert meta["outputs"] == [{"name": "logits", "shape": [1, 10]}, {"name": "expert_probs", "shape": [1, 5]}]
+    from mobile_vmoe.checkpoint import model_from_checkpoint
+    from mobile_vmoe.profile.flops import profile_flops
+
+    assert meta["macs"] == profile_flops(model_from_checkpoint(tiny_ckpt)[0], dispatch="gather").macs
+    from converters.coreml import read_metadata
+
+    ud = read_metadata(out / "vmoe-6x64-p32_coreml_fp16.mlpackage")
+    assert json.loads(ud["labels"]) == meta["labels"]
+    assert json.loads(ud["mvmoe"])["superclasses"] == meta["superclasses"]
+
+
+def test_op_audits(exported):
+    _, res = exported
+    et = res[("executorch", "fp32")].metadata["ops"]
+    assert et["ops"]["aten_linear_default"]["portable"] == 0  # every linear on XNNPACK
+    assert et["ops"]["aten_topk_default"] == {"delegated": 0, "portable": 1}  # the router's top-k stays portable
+    tfl = res[("tflite", "fp32")].metadata["ops"]
+    assert tfl["flex_ops"] == [] and tfl["ops"]["TOPK_V2"] == 1 and "BATCH_MATMUL" in tfl["ops"]
+    onnx = res[("onnx", "fp32")].metadata["ops"]
+    assert onnx["checker"] == "passed" and onnx["ops"]["TopK"] == 1
+    ml = res[("coreml", "fp16")].metadata["ops"]
+    assert ml["ops"]["topk"] == 1 and ml["ops"]["gather"] == 8 and ml["compute_precision"] == "fp16"
+
+
+def test_failed_parity_leaves_nothing_behind(tiny_ckpt, tmp_path):
+    """fp32_tol=0: ONNX differs by ~1e-7, so the gate fails and no file is installed."""
+    [r] = export_checkpoint(tiny_ckpt, "onnx", None, "fp32", tmp_path, parity_images=4, fp32_tol=0.0)
+    assert not r.ok and "parity failed: fp32 logits differ" in r.error
+    assert list(tmp_path.iterdir()) == []
