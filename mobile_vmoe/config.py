@@ -220,11 +220,11 @@ class TrainConfig:
     batch (split evenly over DDP processes) and ``lr`` the peak learning rate for that batch.
     """
 
-    epochs: int = 40
-    batch_size: int = 128
-    lr: float = 2e-3
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 3e-3
     min_lr: float = 1e-5  # end of the cosine
-    warmup_epochs: float = 3.0  # linear warmup, per step
+    warmup_epochs: float = 2.0  # linear warmup, per step
     weight_decay: float = 0.05  # AdamW; not applied to norms, biases, position embedding, class token
     betas1: float = 0.9
     betas2: float = 0.999
@@ -240,6 +240,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | none
     seed: int = 0
     workers: int = 0  # DataLoader workers per process
+    threads: int = 0  # CPU: torch intra-op threads (0 = torch's default); 1 is robust on busy machines
     dense_epochs: int = 0  # --superclasses auto: epochs of the dense stage (0 = same as epochs)
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
     log_every: int = 10  # steps between "step" lines in metrics.jsonl
@@ -256,7 +257,7 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
                 p.append(f"{name}={v!r} must be a positive integer")
-        for name in ("workers", "dense_epochs", "stop_after_steps", "seed"):
+        for name in ("workers", "threads", "dense_epochs", "stop_after_steps", "seed"):
             if getattr(self, name) < 0:
                 p.append(f"{name}={getattr(self, name)} must be >= 0")
         if self.eval_every < 1 or self.log_every < 1:

@@ -90,12 +90,12 @@ def test_adapt_to_data_sets_size_classes_patch_and_name():
 
 
 def _tiny_bundle():
-    # 4 classes in 2 planted superclasses, 24 train images per class -> 6 steps of 16 per epoch
-    return build_synthetic(4, 2, 16, train_per_class=24, val_per_class=4, seed=0)
+    # 4 classes in 2 planted superclasses, 16 train images per class -> 4 steps of 16 per epoch
+    return build_synthetic(4, 2, 16, train_per_class=16, val_per_class=4, seed=0)
 
 
 def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
-    """4 epochs straight vs stopped at step 9 (inside epoch 2) + resumed: identical weights.
+    """3 epochs straight vs stopped at step 6 (inside epoch 2) + resumed: identical weights.
 
     MixUp/CutMix, drop path, augmentation and EMA all draw random numbers or carry state, so any
     lost RNG state, sampler position or optimizer moment would show up as a difference.
@@ -103,22 +103,22 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
     bundle = _tiny_bundle()
     cfg = ModelConfig(name="tiny", img_size=16, num_classes=4, num_experts=2, moe_blocks=1, drop_path=0.1, **TINY)
     sc = {"num_superclasses": 2, "class_to_superclass": bundle.planted_superclasses, "names": ["a", "b"]}
-    tcfg = TrainConfig(epochs=4, batch_size=16, lr=1e-3, warmup_epochs=1, mixup=0.8, cutmix=1.0, ema_decay=0.9,
+    tcfg = TrainConfig(epochs=3, batch_size=16, lr=1e-3, warmup_epochs=1, mixup=0.8, cutmix=1.0, ema_decay=0.9,
                        log_every=1)
     full = fit(cfg, bundle, tcfg, tmp_path / "full", superclasses=sc, quiet=True)
-    part = fit(cfg, bundle, tcfg.replace(stop_after_steps=9), tmp_path / "split", superclasses=sc, quiet=True)
-    assert part["stopped"] and (part["epoch"], part["step"]) == (1, 9)
-    assert load_checkpoint(tmp_path / "split" / "last.pt")["epoch_step"] == 3
+    part = fit(cfg, bundle, tcfg.replace(stop_after_steps=6), tmp_path / "split", superclasses=sc, quiet=True)
+    assert part["stopped"] and (part["epoch"], part["step"]) == (1, 6)
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["epoch_step"] == 2
     again = fit(cfg, bundle, tcfg, tmp_path / "split", superclasses=sc, resume=True, quiet=True)
     a, b = load_checkpoint(tmp_path / "full" / "model.pt"), load_checkpoint(tmp_path / "split" / "model.pt")
-    assert a["step"] == b["step"] == 24
+    assert a["step"] == b["step"] == 12
     for key in ("model", "ema"):
         for name, t in a[key].items():
             assert torch.equal(t, b[key][name]), f"{key}.{name} differs after resume"
     assert again["top1"] == full["top1"]
     steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "step"]
-    assert steps == list(range(1, 25))  # one line per step, none lost or repeated across the resume
+    assert steps == list(range(1, 13))  # one line per step, none lost or repeated across the resume
 
 
 def test_end_to_end_imagefolder_all_stages(tmp_path):
@@ -130,7 +130,7 @@ def test_end_to_end_imagefolder_all_stages(tmp_path):
     root = write_imagefolder(tmp_path / "data", 4, 2, 16, train_per_class=16, val_per_class=6)
     out = tmp_path / "run"
     s = train("vmoe-6x64-p32", str(root), out, epochs=2, quiet=True,
-              overrides={**TINY, "num_experts": 2, "moe_blocks": 1, "batch_size": 16, "img_size": 16})
+              overrides={**TINY, "num_experts": 2, "moe_blocks": 1, "batch_size": 16, "img_size": 16, "log_every": 1})
     for f in ("run.json", "last.pt", "model.pt", "metrics.jsonl", "summary.json", "superclasses.json",
               "dense/model.pt", "dense/summary.json"):
         assert (out / f).exists(), f
@@ -138,7 +138,6 @@ def test_end_to_end_imagefolder_all_stages(tmp_path):
     assert (s["model"], s["dataset"], s["routing"], s["num_experts"], s["epochs"]) == ("vmoe-2x32-p4-e2", "data", "image", 2, 2)
     assert s["dense"]["model"] == "vit-2x32-p4" and s["router_weight"] == 0.3
     sc = json.loads((out / "superclasses.json").read_text())
-    assert sc["classes"] == ["c00_s0", "c01_s1", "c02_s0", "c03_s1"] or len(sc["classes"]) == 4
     assert s["superclass_names"] == sc["names"] and sorted(set(sc["class_to_superclass"])) == [0, 1]
     # recompute the metrics from the checkpoint on the folder's val split: they must match exactly
     model, ck = model_from_checkpoint(out / "model.pt")
@@ -149,5 +148,6 @@ def test_end_to_end_imagefolder_all_stages(tmp_path):
     assert ev["expert_usage"] == s["expert_usage"] and sum(map(sum, s["expert_usage"])) == 24
     assert ck["class_names"] == bundle.class_names and ck["data"]["img_size"] == 16
     assert s["active_params"] < s["params"] and s["macs"] > 0 and s["images_per_sec"] > 0
-    kinds = {json.loads(line)["kind"] for line in (out / "metrics.jsonl").read_text().splitlines()}
-    assert kinds == {"epoch", "eval"} | ({"step"} if s["epochs"] * 4 >= 10 else set())
+    assert sc["classes"] == bundle.class_names
+    kinds = [json.loads(line)["kind"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert kinds == (["step"] * 4 + ["epoch", "eval"]) * 2  # 64 images / 16 = 4 steps per epoch, log_every=1

@@ -131,6 +131,9 @@ def fit(cfg: ModelConfig, bundle, tcfg: TrainConfig, out_dir: str | Path, *, sup
     warmup_steps = round(tcfg.warmup_epochs * steps_per_epoch)
     val_loader = DataLoader(bundle.val, batch_size=max(local_bs, 64), shuffle=False, num_workers=tcfg.workers)
 
+    if tcfg.threads and device.type == "cpu":
+        torch.set_num_threads(tcfg.threads)
+
     # ------------------------------------------------------------------ model
     seed_everything(tcfg.seed)
     model = MobileVMoE(cfg).to(device)
