@@ -64,8 +64,8 @@ def save_results(path: Path, results: list[dict]) -> None:
 
 def summarize(results: list[dict]) -> str:
     """Markdown table: per dataset and arm, mean +- sample std over seeds (n shown)."""
-    lines = ["| data | arm | n | top-1 (%) | top-5 (%) | router superclass top-1 (%) | MACs | active params |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| data | arm | n | top-1 (%) | top-5 (%) | router superclass top-1 (%) | superclass ARI | MACs | active params |",
+             "|---|---|---|---|---|---|---|---|---|"]
 
     def ms(vals):
         vals = [v for v in vals if v is not None]
@@ -74,13 +74,18 @@ def summarize(results: list[dict]) -> str:
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
         return f"{statistics.mean(vals):.1f} ± {sd:.1f}"
 
+    def ms2(vals):  # adjusted Rand index of found vs planted superclasses: 2 decimals
+        vals = [v for v in vals if v is not None]
+        return f"{statistics.mean(vals):.2f} (min {min(vals):.2f})" if vals else "-"
+
     for data in dict.fromkeys(r["data"] for r in results):
         for arm in ARMS:
             rs = [r for r in results if r["data"] == data and r["arm"] == arm]
             if not rs:
                 continue
             lines.append(f"| {data} | {arm} | {len(rs)} | {ms([r['top1'] for r in rs])} | {ms([r['top5'] for r in rs])} | "
-                         f"{ms([r.get('router_superclass_top1') for r in rs])} | {rs[0]['macs'] / 1e6:.2f}M | "
+                         f"{ms([r.get('router_superclass_top1') for r in rs])} | {ms2([r.get('superclass_ari') for r in rs])} | "
+                         f"{rs[0]['macs'] / 1e6:.2f}M | "
                          f"{rs[0]['active_params'] / 1e3:.0f}K |")
     return "\n".join(lines)
 
@@ -91,15 +96,20 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path("runs/study"))
+    ap.add_argument("--out", type=Path, nargs="+", default=[Path("runs/study")],
+                    help="output dir (several only with --summarize: their results are merged)")
     ap.add_argument("--set", nargs="*", default=[], help="extra KEY=VALUE train/model overrides for every arm")
     ap.add_argument("--summarize", action="store_true", help="only print the table from OUT/results.json")
     a = ap.parse_args(argv)
-    res_path = a.out / "results.json"
-    results = json.loads(res_path.read_text()) if res_path.exists() else []
     if a.summarize:
-        print(summarize(results))
+        merged = [r for d in a.out if (d / "results.json").exists() for r in json.loads((d / "results.json").read_text())]
+        print(summarize(merged))
         return 0
+    if len(a.out) != 1:
+        ap.error("give one --out DIR to train into")
+    out = a.out[0]
+    res_path = out / "results.json"
+    results = json.loads(res_path.read_text()) if res_path.exists() else []
     import torch
 
     from mobile_vmoe.config import parse_overrides
@@ -113,7 +123,7 @@ def main(argv=None) -> int:
                 if (data, seed, arm) in done:
                     continue
                 t0 = time.time()
-                s = run_arm(arm, data, seed, a.epochs, a.out / data / f"seed{seed}", extra)
+                s = run_arm(arm, data, seed, a.epochs, out / data / f"seed{seed}", extra)
                 row = {"data": data, "seed": seed, "arm": arm, "model": s.get("model"), "epochs": a.epochs,
                        **{k: s.get(k) for k in KEYS}, "superclass_ari": s.get("superclass_ari"),
                        "wall_seconds": round(time.time() - t0, 1)}
