@@ -151,3 +151,35 @@ def test_end_to_end_imagefolder_all_stages(tmp_path):
     assert sc["classes"] == bundle.class_names
     kinds = [json.loads(line)["kind"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert kinds == (["step"] * 4 + ["epoch", "eval"]) * 2  # 64 images / 16 = 4 steps per epoch, log_every=1
+
+
+@pytest.mark.parametrize("routing, weight_key, part", [("token", "aux_weight", "loss_aux"), ("image", "router_weight", "loss_router")])
+def test_logged_loss_is_ce_plus_weighted_routing_term(tmp_path, routing, weight_key, part):
+    """Every step line obeys loss = loss_cls + weight * (router CE | per-token aux loss)."""
+    bundle = _tiny_bundle()
+    cfg = ModelConfig(name="t", img_size=16, num_classes=4, num_experts=2, moe_blocks=1, routing=routing, **TINY)
+    sc = {"num_superclasses": 2, "class_to_superclass": bundle.planted_superclasses, "names": ["a", "b"]}
+    tcfg = TrainConfig(epochs=1, batch_size=16, log_every=1, ema_decay=0.0, **{weight_key: 0.25})
+    s = fit(cfg, bundle, tcfg, tmp_path, superclasses=sc, quiet=True)
+    steps = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"step"' in l[:20]]
+    assert len(steps) == 4
+    for rec in steps:
+        assert rec["loss"] == pytest.approx(rec["loss_cls"] + 0.25 * rec[part], rel=1e-5)
+    assert s["routing"] == routing and s["eval_weights"] == "model"
+    if routing == "token":  # no per-image router: no superclass metrics
+        assert s["router_superclass_top1"] is None and s["expert_usage"] is None and s["superclass_names"] is None
+    else:
+        assert sum(map(sum, s["expert_usage"])) == 16 and s["superclass_names"] == ["a", "b"]
+
+
+def test_sigterm_sets_the_stop_flag_and_restores_the_handler():
+    import signal
+
+    from mobile_vmoe.train.loop import StopRequest
+
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        assert not stop.flag
+        signal.raise_signal(signal.SIGTERM)  # handled: sets the flag, does not kill the process
+        assert stop.flag
+    assert signal.getsignal(signal.SIGTERM) is before
