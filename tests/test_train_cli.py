@@ -129,3 +129,19 @@ def test_ddp_two_gloo_processes(tmp_path):
     assert (ck["epoch"], ck["step"], ck["steps_per_epoch"]) == (2, 12, 6)
     assert len(ck["rng_per_rank"]) == 2
     assert not torch.equal(ck["rng_per_rank"][0]["torch"], ck["rng_per_rank"][1]["torch"])  # ranks draw differently
+
+
+def test_default_model_wiring_and_stop_message(capsys, tmp_path):
+    """No --model: the embedded default (vmoe-6x64 with 5 experts, 1 thread), adapted to the data;
+    stop_after_steps stops inside the dense stage and says how to continue."""
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["train", "--data", "synthetic:10:5", "--out", str(out), "-q", "--set", "img_size=16",
+                                 "--set", "stop_after_steps=1"], capsys)
+    assert code == 0, err
+    assert "stopped at epoch 0 (step 1)" in stdout and "--resume" in stdout
+    run = json.loads((out / "run.json").read_text())
+    m, t = run["model_config"], run["train_config"]
+    assert (m["name"], m["num_experts"], m["patch_size"], m["num_classes"], m["depth"], m["width"]) == \
+        ("vmoe-6x64-p4-e5", 5, 4, 10, 6, 64)
+    assert (t["threads"], t["stop_after_steps"], run["superclasses"]) == (1, 1, "auto")
+    assert (out / "dense" / "last.pt").exists() and not (out / "superclasses.json").exists()

@@ -30,7 +30,7 @@ def train_cmd(
     twin -> superclasses -> MoE, in a few minutes on a laptop CPU."""
     from ..config import split_overrides
     from ..errors import MvmoeError
-    from ..train import DEFAULT_MODEL, DEFAULT_MODEL_OVERRIDES, train
+    from ..train import train
     from ..train.recipes import get_recipe, list_recipes as names
 
     if list_recipes:
@@ -41,12 +41,8 @@ def train_cmd(
         return
     if epochs is not None and epochs <= 0:
         raise MvmoeError(f"--epochs {epochs}: must be a positive integer")
-    overrides: dict = {}
     model_over, train_over = split_overrides(set_)
-    if model is None and recipe is None and not resume:
-        model, overrides = DEFAULT_MODEL, dict(DEFAULT_MODEL_OVERRIDES)
-    overrides.update(model_over)
-    overrides.update(train_over)
+    overrides = {**model_over, **train_over}  # no --model and no --recipe: train() adds the default's
     summary = train(model, data, out, epochs=epochs, overrides=overrides, superclasses=superclasses, seed=seed,
                     resume=resume, quiet=quiet, recipe=recipe)
     if int(os.environ.get("RANK", "0")) != 0:

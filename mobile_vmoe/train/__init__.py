@@ -5,6 +5,6 @@ one stage; ``recipes`` holds the named ImageNet-1k recipes.
 """
 
 from .loop import fit
-from .run import DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_MODEL_OVERRIDES, adapt_to_data, train
+from .run import DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_OVERRIDES, adapt_to_data, train
 
-__all__ = ["train", "fit", "adapt_to_data", "DEFAULT_MODEL", "DEFAULT_DATA", "DEFAULT_MODEL_OVERRIDES"]
+__all__ = ["train", "fit", "adapt_to_data", "DEFAULT_MODEL", "DEFAULT_DATA", "DEFAULT_OVERRIDES"]

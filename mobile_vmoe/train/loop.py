@@ -96,9 +96,18 @@ def superclass_info(superclasses: dict | None) -> dict | None:
     return {"names": list(superclasses["names"]), "class_to_superclass": list(superclasses["class_to_superclass"])}
 
 
-def fit(cfg: ModelConfig, bundle, tcfg: TrainConfig, out_dir: str | Path, *, superclasses: dict | None = None,
-        dist_info: DistInfo | None = None, resume: bool = False, quiet: bool = False, stage: str = "train",
-        extra_summary: dict | None = None) -> dict:
+def fit(cfg: ModelConfig, bundle, tcfg: TrainConfig, out_dir: str | Path, **kwargs) -> dict:
+    """Train one stage (see ``_fit``); torch's thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    try:
+        return _fit(cfg, bundle, tcfg, out_dir, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(cfg: ModelConfig, bundle, tcfg: TrainConfig, out_dir: str | Path, *, superclasses: dict | None = None,
+         dist_info: DistInfo | None = None, resume: bool = False, quiet: bool = False, stage: str = "train",
+         extra_summary: dict | None = None) -> dict:
     """Train ``cfg`` on ``bundle`` for ``tcfg.epochs`` epochs; returns the summary dict.
 
     superclasses: the dict of a superclasses JSON (``class_to_superclass`` with S == num_experts)

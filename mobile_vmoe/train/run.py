@@ -30,7 +30,7 @@ from .loop import fit
 # The embedded default: `mvmoe train` with no arguments (see docs/training.md for why).
 DEFAULT_MODEL = "vmoe-6x64-p32"
 DEFAULT_DATA = "digits"
-DEFAULT_MODEL_OVERRIDES: dict[str, Any] = {"num_experts": 5, "threads": 1}
+DEFAULT_OVERRIDES: dict[str, Any] = {"num_experts": 5, "threads": 1}
 # Settings that may change on --resume without changing what is computed.
 RESUMABLE_KEYS = ("stop_after_steps", "workers", "log_every")
 
@@ -66,12 +66,13 @@ def default_out_dir(model_name: str, data: str) -> Path:
     return Path("runs") / f"{model_name}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def train(model_cfg: ModelConfig | str = DEFAULT_MODEL, data: str = DEFAULT_DATA, out_dir: str | Path | None = None, *,
+def train(model_cfg: ModelConfig | str | None = None, data: str = DEFAULT_DATA, out_dir: str | Path | None = None, *,
           epochs: int | None = None, overrides: dict[str, Any] | None = None, superclasses: str = "auto",
           seed: int | None = None, resume: bool = False, quiet: bool = False, recipe: str | None = None) -> dict:
     """Train a model on ``data`` into ``out_dir``; returns the summary (also DIR/summary.json).
 
-    model_cfg: a preset name or a ModelConfig (adapted to the data, see ``adapt_to_data``).
+    model_cfg: a preset name or a ModelConfig (adapted to the data, see ``adapt_to_data``); None =
+    the recipe's model, or without a recipe the embedded default (DEFAULT_MODEL + DEFAULT_OVERRIDES).
     overrides: ModelConfig and/or TrainConfig keys, e.g. {"router_weight": 0.0}, {"routing": "token"},
     {"num_experts": 0}, {"lr": 1e-3}. superclasses: "auto" | path of a superclasses JSON | "none".
     recipe: a name from ``recipes.list_recipes()``: its model and TrainConfig values are the base
@@ -88,6 +89,8 @@ def train(model_cfg: ModelConfig | str = DEFAULT_MODEL, data: str = DEFAULT_DATA
 def _train(model_cfg, data, out_dir, epochs, overrides, superclasses, seed, resume, quiet, recipe, info: DistInfo) -> dict:
     from ..data import build_data
 
+    if model_cfg is None and recipe is None and not resume:
+        model_cfg, overrides = DEFAULT_MODEL, {**DEFAULT_OVERRIDES, **overrides}
     model_over, train_over = split_overrides(dict(overrides))
     if resume:
         if out_dir is None:
