@@ -52,10 +52,9 @@ def tiny_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(tiny_ckpt, tmp_path_factory):
-    """Every target once: ONNX fp32, ExecuTorch-XNNPACK fp32, TFLite fp32, Core ML fp16."""
+    """Every target once at fp32: Core ML, ExecuTorch-XNNPACK, TFLite, ONNX (about 3 minutes here)."""
     out = tmp_path_factory.mktemp("exports")
     results = export_checkpoint(tiny_ckpt, "all", None, "fp32", out, parity_images=16, calibration_images=8)
-    results += export_checkpoint(tiny_ckpt, "coreml", None, "fp16", out, parity_images=16)
     return out, {(r.job.target, r.job.precision): r for r in results}
 
 
@@ -160,7 +159,7 @@ def test_cli_missing_and_foreign_checkpoint(tmp_path, monkeypatch, capsys):
 # --------------------------------------------------------------------------- the real exports
 def test_every_target_exports_with_parity(exported):
     out, res = exported
-    assert set(res) == {("coreml", "fp32"), ("executorch", "fp32"), ("tflite", "fp32"), ("onnx", "fp32"), ("coreml", "fp16")}
+    assert set(res) == {("coreml", "fp32"), ("executorch", "fp32"), ("tflite", "fp32"), ("onnx", "fp32")}
     for key, r in res.items():
         assert r.ok, (key, r.error, r.notes)
         p = r.metadata["parity"]
@@ -170,7 +169,7 @@ def test_every_target_exports_with_parity(exported):
             assert p["ran"] and p["images"] == 16 and p["max_abs_diff"] < 1e-4 and p["top1_agreement"] == 1.0
             assert p["images_source"].startswith("digits val split")
     assert sorted(x.name for x in out.iterdir()) == sorted(
-        f"vmoe-6x64-p32_{s}" for s in ("coreml_fp16.json", "coreml_fp16.mlpackage", "coreml_fp32.json", "coreml_fp32.mlpackage",
+        f"vmoe-6x64-p32_{s}" for s in ("coreml_fp32.json", "coreml_fp32.mlpackage",
                                        "executorch-xnnpack_fp32.json", "executorch-xnnpack_fp32.pte", "onnx_fp32.json",
                                        "onnx_fp32.onnx", "tflite_fp32.json", "tflite_fp32.tflite"))
 
@@ -191,7 +190,7 @@ def test_metadata_round_trip(exported, tiny_ckpt):
     assert meta["macs"] == profile_flops(model_from_checkpoint(tiny_ckpt)[0], dispatch="gather").macs
     from converters.coreml import read_metadata
 
-    ud = read_metadata(out / "vmoe-6x64-p32_coreml_fp16.mlpackage")
+    ud = read_metadata(out / "vmoe-6x64-p32_coreml_fp32.mlpackage")
     assert json.loads(ud["labels"]) == meta["labels"]
     assert json.loads(ud["mvmoe"])["superclasses"] == meta["superclasses"]
 
@@ -205,8 +204,8 @@ def test_op_audits(exported):
     assert tfl["flex_ops"] == [] and tfl["ops"]["TOPK_V2"] == 1 and "BATCH_MATMUL" in tfl["ops"]
     onnx = res[("onnx", "fp32")].metadata["ops"]
     assert onnx["checker"] == "passed" and onnx["ops"]["TopK"] == 1
-    ml = res[("coreml", "fp16")].metadata["ops"]
-    assert ml["ops"]["topk"] == 1 and ml["ops"]["gather"] == 8 and ml["compute_precision"] == "fp16"
+    ml = res[("coreml", "fp32")].metadata["ops"]
+    assert ml["ops"]["topk"] == 1 and ml["ops"]["gather"] == 8 and ml["compute_precision"] == "fp32"
 
 
 def test_failed_parity_leaves_nothing_behind(tiny_ckpt, tmp_path):

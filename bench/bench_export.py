@@ -1,0 +1,106 @@
+"""Latency of exported models: per-image MoE (gather, k=1) vs its dense twin (equal active MACs)
+vs the all-experts fallback (dense dispatch), on ExecuTorch XNNPACK, LiteRT and onnxruntime, and
+each runtime against eager PyTorch on the same CPU.
+
+Everything is measured in one run, interleaved: each round times every (model, runtime) pair once
+in turn, so load from other processes hits all of them alike; the report is the median over
+rounds and ratios of medians. Random weights (latency does not depend on training).
+
+    uv run python bench/bench_export.py --model vmoe-12x192-p32 --rounds 15 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from converters import executorch as et
+from converters import onnx_export, tflite
+from converters.prepare import export_static, prepare_for_export
+from mobile_vmoe import create_model, dense_twin
+from mobile_vmoe.profile.flops import profile_flops
+
+
+def build(variants: dict, runtimes: list[str], workdir: Path, threads: int, fused: bool) -> dict:
+    """-> {(variant, runtime): run(x ndarray)} plus the XNNPACK delegation audits."""
+    runs, audits = {}, {}
+    for vname, (model, dispatch) in variants.items():
+        w = prepare_for_export(model, dispatch=dispatch, fused_attention=fused)
+        x = torch.randn(1, 3, model.cfg.img_size, model.cfg.img_size)
+        ep = export_static(w, x)
+        eager = w
+
+        def run_eager(a, m=eager):
+            with torch.inference_mode():
+                return m(torch.from_numpy(a))
+
+        if "eager" in runtimes:
+            runs[(vname, "eager")] = run_eager
+        for rt, mod, kw in (("xnnpack", et, {"backend": "xnnpack"}), ("litert", tflite, {}), ("onnxruntime", onnx_export, {})):
+            if rt not in runtimes:
+                continue
+            path = workdir / f"{vname}_{rt}{mod.EXT}"
+            t0 = time.perf_counter()
+            ops = mod.convert(w, ep, x, path, precision="fp32", **kw)
+            print(f"  converted {vname} for {rt} in {time.perf_counter() - t0:.0f} s", flush=True)
+            if rt == "xnnpack":
+                audits[vname] = ops
+            runs[(vname, rt)], _ = mod.load_runner(path, threads=threads)
+    return runs, audits
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="vmoe-12x192-p32")
+    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--inner", type=int, default=5, help="calls per timing sample")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runtimes", default="eager,xnnpack,litert,onnxruntime")
+    ap.add_argument("--fused-attention", action="store_true", help="SDPA instead of matmul-softmax-matmul")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    runtimes = args.runtimes.split(",")
+
+    moe = create_model(args.model, img_size=args.img_size).eval()
+    dense = create_model(dense_twin(moe.cfg)).eval()
+    variants = {"moe-gather": (moe, "gather"), "dense-twin": (dense, "gather"), "moe-all-experts": (moe, "dense")}
+    for name, (m, d) in variants.items():
+        print(f"{name}: {profile_flops(m, dispatch=d).macs / 1e6:.1f}M MACs", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runs, audits = build(variants, runtimes, Path(tmp), args.threads, args.fused_attention)
+        x = np.random.default_rng(0).standard_normal((1, 3, args.img_size, args.img_size)).astype(np.float32)
+        for run in runs.values():  # warm up
+            for _ in range(3):
+                run(x)
+        times = {k: [] for k in runs}
+        for _ in range(args.rounds):
+            for key, run in runs.items():  # interleaved: every pair once per round
+                t0 = time.perf_counter()
+                for _ in range(args.inner):
+                    run(x)
+                times[key].append(1e3 * (time.perf_counter() - t0) / args.inner)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n{args.model} @ {args.img_size} px, batch 1, {args.threads} threads, median of {args.rounds} rounds x {args.inner}")
+    print("| runtime | MoE gather (ms) | dense twin (ms) | all experts (ms) | MoE / dense | all-experts / dense | MoE / eager MoE |")
+    print("|---|---|---|---|---|---|---|")
+    for rt in runtimes:
+        g, d, a = (med.get((v, rt)) for v in ("moe-gather", "dense-twin", "moe-all-experts"))
+        e = med.get(("moe-gather", "eager"))
+        print(f"| {rt} | {g:.2f} | {d:.2f} | {a:.2f} | {g / d:.2f}x | {a / d:.2f}x | {g / e:.2f}x |")
+    for v, ops in audits.items():
+        print(f"\nXNNPACK {v}: {ops['delegated_nodes']} nodes delegated, {ops['portable_nodes']} portable; "
+              f"off the delegate: " + ", ".join(f"{k} x{o['portable']}" for k, o in ops["ops"].items() if o["portable"]))
+
+
+if __name__ == "__main__":
+    main()
