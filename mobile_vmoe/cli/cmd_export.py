@@ -42,7 +42,7 @@ def export_cmd(
                                 progress=lambda s: console.print(f"[dim]{s}[/dim]"))
     t = Table(title=f"mvmoe export -> {out}")
     for col in ("artifact", "parity", "max |diff|", "top-1 agree", "int8/fp16 acc change", "ops (delegated)"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     for r in results:
         if not r.ok:
             t.add_row(f"{r.job.target}{'-' + r.job.backend if r.job.backend else ''} {r.job.precision}",
