@@ -68,9 +68,9 @@ def test_report_files(runs, tmp_path):
     moe = body["vmoe-6x64-p8-e5"].split(" | ")
     # model dataset routing MACs params active top1 top5 router | pte latency | tflite latency
     assert moe[1:9] == ["digits", "image", "5.43M", "579.34K", "314.64K", "91.25", "99.50", "88.00"]
-    assert moe[9] == "0.612" and moe[10] == "- |"
+    assert moe[9] == "0.612" and moe[10] == "-" and moe[11] == "tmp0/run_moe |".replace("tmp0", tmp_path.name)
     dense = body["vit-6x64-p8"].split(" | ")
-    assert dense[2] == "none" and dense[9] == "-" and dense[10] == "1.250 |"
+    assert dense[2] == "none" and dense[9] == "-" and dense[10] == "1.250" and dense[11] == "run_moe/dense |"
     assert "not measured here" in md
 
     rows = list(csv.DictReader(paths["table.csv"].open()))

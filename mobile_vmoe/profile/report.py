@@ -195,10 +195,11 @@ def table_rows(rows: list[Row], cols: list[str]) -> list[list]:
 
 def render_markdown(rows: list[Row], cols: list[str]) -> str:
     kinds = ["", "", "", "count", "count", "count", "pct", "pct", "pct"] + ["ms"] * len(cols)
-    head = HEAD + [f"latency {c}" for c in cols]
+    head = HEAD + [f"latency {c}" for c in cols] + ["run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for vals in table_rows(rows, cols):
-        lines.append("| " + " | ".join(_fmt(v, k) for v, k in zip(vals, kinds)) + " |")
+    for r, vals in zip(rows, table_rows(rows, cols)):
+        run = "published" if r.published else "/".join(Path(r.source).parts[-2:])  # tells same-named runs apart
+        lines.append("| " + " | ".join([_fmt(v, k) for v, k in zip(vals, kinds)] + [run]) + " |")
     note = ("\nActive MACs: multiply-accumulates per image of what runs (gather path: the chosen experts only); "
             "latency: median over timed runs, batch 1.")
     if any(r.published for r in rows):
