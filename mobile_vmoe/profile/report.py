@@ -291,7 +291,7 @@ def plot_routing(rows: list[Row], path: Path, max_runs: int = 6) -> None:
 
     rs = [r for r in rows if r.expert_usage][:max_runs]
     n = max(1, len(rs))
-    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(5.8 * n, 4.4), squeeze=False)
     if not rs:
         ax = axes[0][0]
         ax.text(0.5, 0.5, "no per-image MoE run with expert_usage", ha="center", va="center")
@@ -308,12 +308,13 @@ def plot_routing(rows: list[Row], path: Path, max_runs: int = 6) -> None:
                 ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8,
                         color="white" if share[i, j] > 0.6 else "black")
         names = r.superclass_names if r.superclass_names and len(r.superclass_names) == S else [f"sc{i}" for i in range(S)]
-        ax.set_yticks(range(S), [s if len(s) < 22 else s[:20] + "…" for s in names], fontsize=8)
+        ax.set_yticks(range(S), [s if len(s) < 16 else s[:14] + "…" for s in names], fontsize=8)
         ax.set_xticks(range(E), [f"e{j}" for j in range(E)], fontsize=8)
         ax.set_xlabel("expert chosen (top-1)")
         ax.set_ylabel("superclass of the true class")
         ax.set_title(f"{r.model}\n{r.dataset}, diagonal = router follows superclasses", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, label="share of the superclass's val images")
+    fig.tight_layout()
     _save_fig(fig, path)
     plt.close(fig)
 
