@@ -129,8 +129,9 @@ def test_cli_report(runs, tmp_path):
 
     run_dirs, lats = runs
     out = tmp_path / "rep"
-    r = CliRunner().invoke(app, ["report", *map(str, run_dirs), "--latency", str(lats[0]), "--out", str(out),
-                                 "--no-published"])
+    r = CliRunner().invoke(app, ["report", *map(str, run_dirs), "--latency", str(lats[0]), str(lats[1]),
+                                 "--out", str(out), "--no-published"])  # a positional .json is a latency file
     assert r.exit_code == 0, r.output
     assert "| vmoe-6x64-p8-e5 | digits |" in r.stdout
+    assert "tflite int8 @ Pixel 8 (Android 15)" in r.stdout and "executorch-xnnpack fp32 @ local" in r.stdout
     assert sorted(p.name for p in out.iterdir()) == ["flops_vs_accuracy.png", "routing.png", "table.csv", "table.md"]

@@ -11,7 +11,8 @@ from . import app
 
 @app.command("report")
 def report_cmd(
-    run_dirs: list[Path] = typer.Argument(None, help="training run directories (with summary.json)", show_default=False),
+    run_dirs: list[Path] = typer.Argument(None, help="training run directories (with summary.json); *.json files "
+                                          "given here count as --latency files (so a shell glob works)", show_default=False),
     latency: list[Path] = typer.Option([], "--latency", "-l", help="JSON from `profile latency --out` / `profile ingest --out` (repeatable)"),
     out: Path = typer.Option(..., "--out", "-o", help="output directory"),
     published: bool = typer.Option(True, "--published/--no-published", help="add the papers' ImageNet numbers as marked reference rows"),
@@ -19,7 +20,10 @@ def report_cmd(
     """One table (accuracy, MACs, params, latency per target and device) and two plots."""
     from ..profile.report import make_report
 
-    paths = make_report(run_dirs or [], latency, out, published=published)
+    # typer options take one value each: let `mvmoe report RUN lat/*.json` work too
+    files = [p for p in run_dirs or [] if p.suffix == ".json" and p.is_file()]
+    dirs = [p for p in run_dirs or [] if p not in files]
+    paths = make_report(dirs, [*latency, *files], out, published=published)
     typer.echo((out / "table.md").read_text())
     for name, p in paths.items():
         typer.echo(f"wrote {p}")
