@@ -30,7 +30,7 @@ from .loop import fit
 # The embedded default: `mvmoe train` with no arguments (see docs/training.md for why).
 DEFAULT_MODEL = "vmoe-6x64-p32"
 DEFAULT_DATA = "digits"
-DEFAULT_OVERRIDES: dict[str, Any] = {"num_experts": 5, "threads": 1}
+DEFAULT_OVERRIDES: dict[str, Any] = {"num_experts": 5, "threads": 1, "epochs": 45, "dense_epochs": 20}
 # Settings that may change on --resume without changing what is computed.
 RESUMABLE_KEYS = ("stop_after_steps", "workers", "log_every")
 
