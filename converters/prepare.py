@@ -153,9 +153,9 @@ class EvalImages:
 def eval_images(ckpt: dict, count: int = 64, seed: int = 0) -> EvalImages:
     """The first ``count`` images of the checkpoint's eval split, else seeded random pixels.
 
-    The dataset is rebuilt with build_data(data.name, img_size) from the checkpoint's ``data``
-    entry; a dataset that cannot be rebuilt here (an ImageFolder that moved) falls back to random
-    images, and ``source`` says so.
+    The dataset is rebuilt with build_data(data.spec, img_size, seed=data.seed) from the
+    checkpoint's ``data`` entry (older checkpoints: data.name, seed 0); a dataset that cannot be
+    rebuilt here (an ImageFolder that moved) falls back to random images, and ``source`` says so.
     """
     from mobile_vmoe.checkpoint import config_from_checkpoint
 
@@ -168,7 +168,7 @@ def eval_images(ckpt: dict, count: int = 64, seed: int = 0) -> EvalImages:
         try:
             from mobile_vmoe.data import build_data
 
-            bundle = build_data(data["name"], cfg.img_size, augment="none")
+            bundle = build_data(data.get("spec") or data["name"], cfg.img_size, augment="none", seed=int(data.get("seed", 0)))
             n = min(count, len(bundle.val))
             xs, ys = zip(*(bundle.val[i] for i in range(n)))
             x = torch.stack(xs).float()  # (n, C, H, W) normalised
@@ -266,4 +266,5 @@ def build_metadata(ckpt: dict, wrapper: ExportWrapper, *, target: str, backend: 
                          if sc else None),
         "experts": cfg.num_experts, "k": cfg.top_k if cfg.is_moe else 0, "dispatch": dispatch if cfg.is_moe else "dense",
         "macs": int(macs), "parity": parity_result, "ops": ops, "versions": versions(),
+        "model_config": cfg.to_dict(),  # lets `mvmoe profile flops ARTIFACT` count what the artifact runs
     }

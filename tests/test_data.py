@@ -76,6 +76,18 @@ def test_synthetic_is_deterministic_and_has_the_planted_hierarchy():
     assert (cls_pred == a.val.labels).float().mean().item() < 0.5
 
 
+def test_checkpoint_info_rebuilds_the_same_data():
+    # an export rebuilds the eval split from the checkpoint's data entry: spec + generation seed
+    c = build_data("synthetic:8:2", augment="none", seed=1)
+    info = c.checkpoint_info()
+    assert (info["name"], info["spec"], info["seed"]) == ("synthetic:8:2", "synthetic:8:2", 1)
+    again = build_data(info["spec"], info["img_size"], augment="none", seed=info["seed"])
+    assert torch.equal(again.val.images, c.val.images)
+    d = build_data("synthetic", augment="none").checkpoint_info()
+    assert (d["name"], d["spec"], d["seed"]) == ("synthetic", "synthetic:20:4", 0)
+    assert build_data("digits").checkpoint_info()["spec"] == "digits"
+
+
 def test_synthetic_spec_errors():
     for spec in ("synthetic:3", "synthetic:2:3", "synthetic:a:b", "synthetic:4:0"):
         with pytest.raises(MvmoeError, match="synthetic"):
@@ -121,6 +133,7 @@ def test_imagefolder_reads_classes_labels_and_eval_crop(tree):
     assert b.name == "tiny" and b.class_names == ["c00", "c01", "c02", "c03"]
     assert (len(b.train), len(b.val)) == (12, 8) and b.stats["skipped_images"] == 0
     assert b.stats["root"] == str(tree.resolve())
+    assert b.checkpoint_info()["spec"] == str(tree.resolve())  # an export finds the data from any cwd
     assert b.mean == (0.485, 0.456, 0.406)
     assert sorted(torch.bincount(b.train.labels).tolist()) == [3, 3, 3, 3]
     assert b.train.paths[0].endswith("train/c00/00000.png") and int(b.train.labels[0]) == 0

@@ -182,6 +182,7 @@ def test_metadata_round_trip(exported, tiny_ckpt):
     assert meta["labels"] == [str(i) for i in range(10)]
     assert meta["superclasses"] == {"names": [f"sc{i}" for i in range(5)], "class_to_superclass": SUPERCLASS}
     assert (meta["experts"], meta["k"], meta["dispatch"]) == (5, 1, "gather")
+    assert meta["model_config"]["num_experts"] == 5 and meta["model_config"]["patch_size"] == 4
     assert meta["input"]["shape"] == [1, 3, 32, 32] and meta["input"]["scale"] == 255.0
     assert meta["outputs"] == [{"name": "logits", "shape": [1, 10]}, {"name": "expert_probs", "shape": [1, 5]}]
     from mobile_vmoe.checkpoint import model_from_checkpoint
@@ -193,6 +194,34 @@ def test_metadata_round_trip(exported, tiny_ckpt):
     ud = read_metadata(out / "vmoe-6x64-p32_coreml_fp32.mlpackage")
     assert json.loads(ud["labels"]) == meta["labels"]
     assert json.loads(ud["mvmoe"])["superclasses"] == meta["superclasses"]
+
+
+def test_profile_flops_counts_what_an_artifact_runs(exported, monkeypatch, capsys):
+    """`mvmoe profile flops ARTIFACT` rebuilds the model from the .json and counts its dispatch."""
+    from mobile_vmoe.cli import main
+
+    out, res = exported
+    art = out / "vmoe-6x64-p32_executorch-xnnpack_fp32.pte"
+
+    def flops(*args):
+        monkeypatch.setattr(sys, "argv", ["mvmoe", "profile", "flops", *args, "--json"])
+        with pytest.raises(SystemExit) as e:
+            main()
+        assert e.value.code in (0, None)
+        return json.loads(capsys.readouterr().out)
+
+    gather = flops(str(art))
+    assert gather["macs"] == res[("executorch", "fp32")].metadata["macs"]
+    assert (gather["dispatch"], gather["target"], gather["backend"]) == ("gather", "executorch", "xnnpack")
+    dense = flops(str(art.with_suffix(".json")), "--dispatch", "dense")
+    # all 5 experts instead of 1 in 2 MoE blocks of width 64 (hidden 256), 8x8 patches + class token = 65 tokens,
+    # plus the combine einsum "ebtd,be->btd" (5 x 64 MACs per token) of the dense path
+    assert dense["macs"] - gather["macs"] == 2 * (4 * 65 * (64 * 256 + 256 * 64) + 65 * 5 * 64)
+    (out / "old.json").write_text(json.dumps({"model": "x"}))
+    monkeypatch.setattr(sys, "argv", ["mvmoe", "profile", "flops", str(out / "old.json")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 1 and "has no model_config" in capsys.readouterr().err
 
 
 def test_op_audits(exported):

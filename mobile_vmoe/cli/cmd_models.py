@@ -57,17 +57,42 @@ def models_cmd(
     Console(width=140).print(t)
 
 
+ARTIFACT_SUFFIXES = (".pte", ".tflite", ".onnx", ".mlpackage", ".json")
+
+
+def artifact_metadata(path: Path) -> dict:
+    """The metadata .json of an exported artifact (the artifact itself or its .json)."""
+    from ..errors import MvmoeError
+
+    meta_path = path if path.suffix == ".json" else path.with_suffix(".json")
+    if not meta_path.is_file():
+        raise MvmoeError(f"{meta_path} not found: `mvmoe export` writes it beside the artifact")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MvmoeError(f"{meta_path} is not readable JSON: {e}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model_config"), dict):
+        raise MvmoeError(f"{meta_path} has no model_config: re-export it with this version of `mvmoe export`")
+    return meta
+
+
 @profile_app.command("flops")
 def flops_cmd(
-    checkpoint: Optional[Path] = typer.Argument(None, help="a checkpoint (model.pt / last.pt)", show_default=False),
+    checkpoint: Optional[Path] = typer.Argument(None, help="a checkpoint (model.pt / last.pt) or an exported artifact "
+                                                "(.pte/.tflite/.onnx/.mlpackage or its .json)", show_default=False),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="a preset name (see `mvmoe models`)"),
     set_: list[str] = typer.Option([], "--set", help="override a ModelConfig field, KEY=VALUE (repeatable)"),
-    dispatch: str = typer.Option("gather", help="gather (export default: active experts only) | dense (all experts)"),
+    dispatch: Optional[str] = typer.Option(None, help="gather (export default: active experts only) | dense (all "
+                                           "experts); default gather, or what an artifact was exported with"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """MACs, FLOPs and parameters per image, counted from the executed ops, with a per-block table."""
+    """MACs, FLOPs and parameters per image, counted from the executed ops, with a per-block table.
+
+    On an exported artifact this counts what the artifact runs: its model at its dispatch (the
+    static gather runs k experts per MoE block, the all-experts fallback runs all E).
+    """
     from ..checkpoint import config_from_checkpoint, load_checkpoint
-    from ..config import parse_overrides
+    from ..config import ModelConfig, parse_overrides
     from ..errors import MvmoeError
     from ..models import MobileVMoE
     from ..profile.flops import profile_flops
@@ -75,23 +100,37 @@ def flops_cmd(
 
     if (checkpoint is None) == (model is None):
         raise MvmoeError("give exactly one of --model NAME or a CHECKPOINT file")
-    if dispatch not in ("gather", "dense"):
+    if dispatch not in (None, "gather", "dense"):
         raise MvmoeError(f"--dispatch {dispatch!r}: expected gather or dense")
     overrides = parse_overrides(set_)
+    artifact = None
     if model is not None:
         cfg = get_config(model, **overrides)
+    elif checkpoint.suffix in ARTIFACT_SUFFIXES:
+        meta = artifact_metadata(checkpoint)
+        try:
+            cfg = ModelConfig.from_dict(meta["model_config"])
+        except (TypeError, ValueError) as e:
+            raise MvmoeError(f"{checkpoint}: invalid model_config in its metadata: {e}") from None
+        cfg = cfg.replace(**overrides) if overrides else cfg
+        dispatch = dispatch or meta.get("dispatch") or "gather"
+        artifact = {"artifact": str(checkpoint), "target": meta.get("target"), "backend": meta.get("backend"),
+                    "precision": meta.get("precision")}
     else:
         cfg = config_from_checkpoint(load_checkpoint(checkpoint))
         cfg = cfg.replace(**overrides) if overrides else cfg
-    report = profile_flops(MobileVMoE(cfg), dispatch=dispatch)
+    report = profile_flops(MobileVMoE(cfg), dispatch=dispatch or "gather")
     d = report.to_dict()
+    if artifact is not None:
+        d.update(artifact)
     if as_json:
         typer.echo(json.dumps(d))
         return
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{cfg.name}: {_human(report.macs)} MACs ({_human(report.flops)} FLOPs) per image, "
+    where = f"{artifact['target']}{'-' + artifact['backend'] if artifact['backend'] else ''} {artifact['precision']}: " if artifact else ""
+    t = Table(title=f"{where}{cfg.name}: {_human(report.macs)} MACs ({_human(report.flops)} FLOPs) per image, "
                     f"params {_human(report.params)} total / {_human(report.active_params)} active, dispatch {report.dispatch}")
     for col in ("block", "kind", "MACs", "share", "params", "active params"):
         t.add_column(col, justify="left" if col in ("block", "kind") else "right")

@@ -80,7 +80,8 @@ def superclasses_cmd(
     from ..errors import MvmoeError
 
     model, ck = model_from_checkpoint(checkpoint)
-    bundle = build_data(data, model.cfg.img_size, augment="none")
+    # synthetic data is generated from the training seed: rebuild the instance the model saw
+    bundle = build_data(data, model.cfg.img_size, augment="none", seed=int((ck.get("data") or {}).get("seed", 0)))
     if ck.get("class_names") and list(ck["class_names"]) != list(bundle.class_names):
         raise MvmoeError(f"{checkpoint} was trained on other classes than {data}'s {bundle.num_classes}")
     if model.cfg.num_classes != bundle.num_classes:

@@ -38,16 +38,22 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
     if spec == "digits":
         from .digits import build_digits
 
-        return build_digits(img_size, augment)
+        bundle = build_digits(img_size, augment)
+        bundle.spec = spec
+        return bundle
     if spec == "synthetic" or spec.startswith("synthetic:"):
         from .synthetic import build_synthetic, parse_synthetic_spec
 
         num_classes, num_superclasses = parse_synthetic_spec(spec)
-        return build_synthetic(num_classes, num_superclasses, img_size, augment, seed=seed)
+        bundle = build_synthetic(num_classes, num_superclasses, img_size, augment, seed=seed)
+        bundle.spec, bundle.seed = f"synthetic:{num_classes}:{num_superclasses}", seed
+        return bundle
     path = Path(os.path.expanduser(spec))
     if path.exists() or os.sep in spec or spec.startswith("."):
         from .imagefolder import build_imagefolder
 
-        return build_imagefolder(path, img_size, augment, max_bad_fraction=max_bad_fraction)
+        bundle = build_imagefolder(path, img_size, augment, max_bad_fraction=max_bad_fraction)
+        bundle.spec = str(path.resolve())
+        return bundle
     raise MvmoeError(f"unknown dataset {spec!r}: use digits, synthetic, synthetic:<classes>:<superclasses>, "
                      "or the path of a folder with train/<class>/ and val/<class>/ subfolders")

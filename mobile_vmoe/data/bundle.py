@@ -27,6 +27,8 @@ class DataBundle:
     std: tuple[float, ...]
     planted_superclasses: list[int] | None = None  # synthetic only: class id -> true superclass id
     stats: dict = field(default_factory=dict)
+    spec: str = ""  # what rebuilds it: build_data(spec, img_size, seed=seed) ("digits", "synthetic:20:4", an absolute path)
+    seed: int = 0  # generation seed (synthetic only; 0 otherwise)
 
     @property
     def num_classes(self) -> int:
@@ -34,8 +36,8 @@ class DataBundle:
 
     def checkpoint_info(self) -> dict:
         """The checkpoint's ``data`` entry: what an exported model must be fed."""
-        return {"name": self.name, "img_size": self.img_size, "in_chans": self.in_chans,
-                "mean": list(self.mean), "std": list(self.std)}
+        return {"name": self.name, "spec": self.spec or self.name, "seed": self.seed, "img_size": self.img_size,
+                "in_chans": self.in_chans, "mean": list(self.mean), "std": list(self.std)}
 
 
 class TensorImageDataset(Dataset):
