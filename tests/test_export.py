@@ -229,6 +229,12 @@ def test_op_audits(exported):
     et = res[("executorch", "fp32")].metadata["ops"]
     assert et["ops"]["aten_linear_default"]["portable"] == 0  # every linear on XNNPACK
     assert et["ops"]["aten_topk_default"] == {"delegated": 0, "portable": 1}  # the router's top-k stays portable
+    # attention, the experts and the k combine are written without select/expand/unsqueeze/sum/split:
+    # what stays off XNNPACK is LayerNorm, the router's top-k and expert gather, int64 index
+    # reshapes and the class-token expand (docs/export.md)
+    assert set(et["not_delegated"]) <= {"aten_native_layer_norm_default", "aten_topk_default", "aten_index_select_default",
+                                        "aten_view_copy_default", "aten_expand_copy_default", "getitem"}, et["not_delegated"]
+    assert et["ops"]["aten_bmm_default"]["portable"] == 0
     tfl = res[("tflite", "fp32")].metadata["ops"]
     assert tfl["flex_ops"] == [] and tfl["ops"]["TOPK_V2"] == 1 and "BATCH_MATMUL" in tfl["ops"]
     onnx = res[("onnx", "fp32")].metadata["ops"]

@@ -31,7 +31,9 @@ def test_tiny_moe_flops_count_only_active_experts_on_gather():
     gather = profile_flops(MobileVMoE(cfg), dispatch="gather")
     assert gather.macs == HAND_DENSE + 8 * 4  # + router Linear(8, 4)
     k2 = profile_flops(MobileVMoE(cfg.replace(top_k=2)), dispatch="gather")
-    assert k2.macs == HAND_DENSE + 32 + 2560  # a second expert MLP on all 5 tokens
+    # a second expert MLP on all 5 tokens, and the gate-weighted sum of the two outputs as a
+    # (1 x k) @ (k x T*D) bmm: 2 * 5 * 8
+    assert k2.macs == HAND_DENSE + 32 + 2560 + 2 * 5 * 8 == analytic_macs(cfg.replace(top_k=2))
     dense = profile_flops(MobileVMoE(cfg), dispatch="dense")
     # all 4 experts run, and combining them with the gate vector is a (T*D) x E matmul: 5*8*4
     assert dense.macs == HAND_DENSE + 32 + 3 * 2560 + 5 * 8 * 4

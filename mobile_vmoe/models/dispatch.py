@@ -27,9 +27,14 @@ def gather_dispatch(bank: ExpertBank, x: torch.Tensor, index: torch.Tensor, gate
     B, T, D = x.shape
     k = index.shape[1]
     w1, b1, w2, b2 = bank.select(index.reshape(B * k))  # (B*k, D, H) ...
-    xk = x.unsqueeze(1).expand(B, k, T, D).reshape(B * k, T, D)  # (B*k, T, D)
-    y = bank.batched_mlp(xk, w1, b1, w2, b2).view(B, k, T, D)
-    return (y * gates.view(B, k, 1, 1).to(y.dtype)).sum(dim=1)
+    # Row b*k + j is image b for its j-th expert. Written with cat, view and bmm (no expand,
+    # unsqueeze or sum) so that all of it but the index_select runs inside an XNNPACK delegate.
+    xk = x if k == 1 else torch.cat([x] * k, dim=1).view(B * k, T, D)  # (B*k, T, D)
+    y = bank.batched_mlp(xk, w1, b1, w2, b2)  # (B*k, T, D)
+    g = gates.to(y.dtype)
+    if k == 1:
+        return y * g.view(B, 1, 1)
+    return torch.bmm(g.view(B, 1, k), y.view(B, k, T * D)).view(B, T, D)  # gate-weighted sum over k
 
 
 def sparse_gate_vector(index: torch.Tensor, gates: torch.Tensor, num_experts: int) -> torch.Tensor:

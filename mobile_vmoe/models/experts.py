@@ -41,8 +41,9 @@ class ExpertBank(nn.Module):
     def batched_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
                     b2: torch.Tensor) -> torch.Tensor:
         """x (N, T, D) with per-row weights (N, D, H), (N, H), (N, H, D), (N, D) -> (N, T, D)."""
-        h = F.gelu(torch.baddbmm(b1.unsqueeze(1), x, w1))  # (N, T, H)
-        return torch.baddbmm(b2.unsqueeze(1), h, w2)  # (N, T, D)
+        N = w1.shape[0]
+        h = F.gelu(torch.baddbmm(b1.view(N, 1, -1), x, w1))  # (N, T, H)
+        return torch.baddbmm(b2.view(N, 1, -1), h, w2)  # (N, T, D)
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert ``e`` on x (..., D) -> (..., D), with plain matmuls."""

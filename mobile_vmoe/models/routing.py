@@ -51,7 +51,7 @@ class PerImageRouter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ImageRoute:
         """x: (B, T, D) tokens after the last dense block; token 0 is the class token."""
-        v = x[:, 0] if self.router_input == "cls" else x[:, 1:].mean(dim=1)  # (B, D)
+        v = x[:, :1].flatten(1) if self.router_input == "cls" else x[:, 1:].mean(dim=1)  # (B, D)
         logits = self.proj(self.norm(v))  # (B, E)
         gates, index = topk_gates(logits.softmax(dim=-1), self.top_k)  # (B, k), (B, k)
         return ImageRoute(logits=logits, index=index, gates=gates)

@@ -27,7 +27,8 @@ class Attention(nn.Module):
     """Multi-head self-attention.
 
     ``fused=True`` calls F.scaled_dot_product_attention; ``fused=False`` spells the same maths as
-    matmul -> softmax -> matmul, which some delegates take whole where they do not take the fused op.
+    slice -> bmm -> softmax -> bmm with only slices, reshapes and permutes in between: no
+    ``select`` or ``expand``, the ops delegates such as XNNPACK do not take (see docs/export.md).
     Both give the same numbers (tested).
     """
 
@@ -42,14 +43,18 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
-        qkv = self.qkv(x).reshape(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, h, T, d)
+        h, d = self.heads, self.head_dim
         if self.fused:
-            x = F.scaled_dot_product_attention(q, k, v)  # (B, h, T, d)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, h, T, T)
-            x = attn.softmax(dim=-1) @ v  # (B, h, T, d)
-        x = x.transpose(1, 2).reshape(B, T, D)
+            qkv = self.qkv(x).reshape(B, T, 3, h, d).permute(2, 0, 3, 1, 4)
+            x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, h, T, d)
+            return self.proj(x.transpose(1, 2).reshape(B, T, D))
+        qkv = self.qkv(x)  # (B, T, 3D)
+        q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]  # each (B, T, D): slices, not split
+        q = (q * self.scale).reshape(B, T, h, d).permute(0, 2, 1, 3).reshape(B * h, T, d)
+        k = k.reshape(B, T, h, d).permute(0, 2, 3, 1).reshape(B * h, d, T)
+        v = v.reshape(B, T, h, d).permute(0, 2, 1, 3).reshape(B * h, T, d)
+        attn = torch.bmm(q, k).softmax(dim=-1)  # (B*h, T, T)
+        x = torch.bmm(attn, v).reshape(B, h, T, d).permute(0, 2, 1, 3).reshape(B, T, D)
         return self.proj(x)
 
 

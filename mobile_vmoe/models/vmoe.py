@@ -120,7 +120,7 @@ class MobileVMoE(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens (B, T, D) -> logits (B, num_classes) from the class token."""
-        return self.head(self.head_drop(x[:, 0]))
+        return self.head(self.head_drop(x[:, :1].flatten(1)))  # class token (a slice: delegates take it)
 
     def forward_with_routing(self, x: torch.Tensor) -> ModelOutput:
         feats, route = self.forward_features(x)

@@ -126,8 +126,8 @@ def profile_flops(model, dispatch: str | None = "gather", batch: int = 1) -> Flo
 def analytic_macs(cfg) -> int:
     """Closed-form MACs per image of the gather path (for tests and quick tables).
 
-    patch embedding + per block [qkv 3TD^2 + attention 2T^2D + proj TD^2 + MLP 2TDH(*k for MoE)]
-    + per-image router D*E + head D*classes. The per-token V-MoE adds its router T*D*E and computes
+    patch embedding + per block [qkv 3TD^2 + attention 2T^2D + proj TD^2 + MLP 2TDH(*k for MoE,
+    + k*T*D for the gate-weighted sum when k > 1)] + per-image router D*E + head D*classes. The per-token V-MoE adds its router T*D*E and computes
     E*C slots instead of T*k tokens.
     """
     T, D = cfg.num_tokens, cfg.width
@@ -136,7 +136,7 @@ def analytic_macs(cfg) -> int:
         macs += 4 * T * D * D + 2 * T * T * D
         if cfg.is_moe_block(i):
             if cfg.routing == "image":
-                macs += cfg.top_k * 2 * T * D * cfg.expert_hidden
+                macs += cfg.top_k * 2 * T * D * cfg.expert_hidden + (cfg.top_k * T * D if cfg.top_k > 1 else 0)
             else:
                 macs += T * D * cfg.num_experts + cfg.num_experts * cfg.expert_capacity() * 2 * D * cfg.expert_hidden
         else:
