@@ -248,3 +248,25 @@ def test_failed_parity_leaves_nothing_behind(tiny_ckpt, tmp_path):
     [r] = export_checkpoint(tiny_ckpt, "onnx", None, "fp32", tmp_path, parity_images=4, fp32_tol=0.0)
     assert not r.ok and "parity failed: fp32 logits differ" in r.error
     assert list(tmp_path.iterdir()) == []
+
+
+def test_copy_to_app_puts_artifact_and_json_where_the_apps_look(tmp_path):
+    from converters.pipeline import APP_DIRS, copy_to_app
+
+    src = tmp_path / "exports"
+    (src / "m_coreml_fp16.mlpackage" / "Data").mkdir(parents=True)
+    (src / "m_coreml_fp16.mlpackage" / "Data" / "w.bin").write_bytes(b"v1")
+    (src / "m_coreml_fp16.json").write_text('{"v": 1}')
+    (src / "m_tflite_fp32.tflite").write_bytes(b"tfl")
+    (src / "m_tflite_fp32.json").write_text("{}")
+    ios = copy_to_app(src / "m_coreml_fp16.mlpackage", "ios", root=tmp_path)
+    android = copy_to_app(src / "m_tflite_fp32.tflite", "android", root=tmp_path)
+    assert ios == tmp_path / APP_DIRS["ios"] and android == tmp_path / APP_DIRS["android"]
+    assert sorted(p.name for p in android.iterdir()) == ["m_tflite_fp32.json", "m_tflite_fp32.tflite"]
+    # a re-export replaces the package whole (no stale files, no temporaries left)
+    (src / "m_coreml_fp16.mlpackage" / "Data" / "w.bin").write_bytes(b"v2")
+    copy_to_app(src / "m_coreml_fp16.mlpackage", "ios", root=tmp_path)
+    assert sorted(p.name for p in ios.iterdir()) == ["m_coreml_fp16.json", "m_coreml_fp16.mlpackage"]
+    assert (ios / "m_coreml_fp16.mlpackage" / "Data" / "w.bin").read_bytes() == b"v2"
+    with pytest.raises(MvmoeError, match="expected ios or android"):
+        copy_to_app(src / "m_tflite_fp32.tflite", "web", root=tmp_path)
