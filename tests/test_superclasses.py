@@ -107,7 +107,8 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def test_tiny_vit_confusions_recover_planted_superclasses_of_synthetic(one_thread):
+def _tiny_dense_on_synthetic():
+    """A 2-block dense ViT trained 3 epochs on synthetic (20 classes, 4 planted superclasses)."""
     from mobile_vmoe.registry import create_model
 
     torch.manual_seed(0)
@@ -122,8 +123,44 @@ def test_tiny_vit_confusions_recover_planted_superclasses_of_synthetic(one_threa
             opt.zero_grad()
             loss.backward()
             opt.step()
+    return model.eval(), data
+
+
+def test_tiny_vit_confusions_recover_planted_superclasses_of_synthetic(one_thread):
+    model, data = _tiny_dense_on_synthetic()
     val = torch.utils.data.DataLoader(data.val, batch_size=250)
     sc = superclasses_from_model(model, val, data.class_names, 4, seed=0, source="test")
     ari = adjusted_rand_score(data.planted_superclasses, sc["class_to_superclass"])
     assert ari >= 0.9, (ari, sc["class_to_superclass"])
     assert sc["names"][0].startswith("sc0: ") and len(sc["members"]) == 4
+
+
+def test_superclasses_cli_on_a_trained_checkpoint(one_thread, tmp_path, monkeypatch, capsys):
+    """`mvmoe superclasses` on a saved dense checkpoint writes what the library finds."""
+    import sys
+
+    from mobile_vmoe.checkpoint import save_checkpoint
+    from mobile_vmoe.cli import main
+
+    model, data = _tiny_dense_on_synthetic()
+    sc = superclasses_from_model(model, torch.utils.data.DataLoader(data.val, batch_size=250), data.class_names, 4,
+                                 seed=0, source="test")
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(ckpt, {"model_config": model.cfg.to_dict(), "model": model.state_dict(),
+                           "class_names": data.class_names, "data": data.checkpoint_info()})
+    out = tmp_path / "sc.json"
+    monkeypatch.setattr(sys, "argv", ["mvmoe", "superclasses", "--checkpoint", str(ckpt), "--data", "synthetic",
+                                      "--num", "4", "--out", str(out)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code in (0, None), capsys.readouterr().err
+    written = json.loads(out.read_text())
+    assert written["class_to_superclass"] == sc["class_to_superclass"] and written["num_superclasses"] == 4
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["out"] == str(out)
+    # the wrong dataset for this model: one-line error, exit 1
+    monkeypatch.setattr(sys, "argv", ["mvmoe", "superclasses", "--checkpoint", str(ckpt), "--data", "digits",
+                                      "--num", "4", "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 1 and "trained on other classes" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
