@@ -7,11 +7,16 @@ in turn, so load from other processes hits all of them alike; the report is the 
 rounds and ratios of medians. Random weights (latency does not depend on training).
 
     uv run python bench/bench_export.py --model vmoe-12x192-p32 --rounds 15 --threads 2
+
+``xnnpack`` lowers the model as written (native LayerNorm, on the portable kernel);
+``--runtimes eager,xnnpack,xnnpack-ln-decomposed`` adds the LayerNorm rewrite of
+`mvmoe export --layer-norm decomposed` (converters.prepare.decompose_layernorm), side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -22,7 +27,7 @@ import torch
 
 from converters import executorch as et
 from converters import onnx_export, tflite
-from converters.prepare import export_static, prepare_for_export
+from converters.prepare import decompose_layernorm, export_static, prepare_for_export
 from mobile_vmoe import create_model, dense_twin
 from mobile_vmoe.profile.flops import profile_flops
 
@@ -42,12 +47,18 @@ def build(variants: dict, runtimes: list[str], workdir: Path, threads: int, fuse
 
         if "eager" in runtimes:
             runs[(vname, "eager")] = run_eager
-        for rt, mod, kw in (("xnnpack", et, {"backend": "xnnpack"}), ("litert", tflite, {}), ("onnxruntime", onnx_export, {})):
+        for rt, mod, kw in (("xnnpack", et, {"backend": "xnnpack"}), ("litert", tflite, {}), ("onnxruntime", onnx_export, {}),
+                            ("xnnpack-ln-decomposed", et, {"backend": "xnnpack"})):
             if rt not in runtimes:
                 continue
             path = workdir / f"{vname}_{rt}{mod.EXT}"
             t0 = time.perf_counter()
-            ops = mod.convert(w, ep, x, path, precision="fp32", **kw)
+            if rt == "xnnpack-ln-decomposed":
+                w_ln = decompose_layernorm(copy.deepcopy(w))
+                ops = mod.convert(w_ln, export_static(w_ln, x), x, path, precision="fp32", **kw)
+                audits[f"{vname} (LayerNorm decomposed)"] = ops
+            else:
+                ops = mod.convert(w, ep, x, path, precision="fp32", **kw)
             print(f"  converted {vname} for {rt} in {time.perf_counter() - t0:.0f} s", flush=True)
             if rt == "xnnpack":
                 audits[vname] = ops
@@ -63,13 +74,16 @@ def main() -> None:
     ap.add_argument("--inner", type=int, default=5, help="calls per timing sample")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runtimes", default="eager,xnnpack,litert,onnxruntime")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig overrides, e.g. patch_size=8")
     ap.add_argument("--fused-attention", action="store_true", help="SDPA instead of matmul-softmax-matmul")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     runtimes = args.runtimes.split(",")
 
-    moe = create_model(args.model, img_size=args.img_size).eval()
+    from mobile_vmoe.config import parse_overrides
+
+    moe = create_model(args.model, **{"img_size": args.img_size, **parse_overrides(args.set)}).eval()
     dense = create_model(dense_twin(moe.cfg)).eval()
     variants = {"moe-gather": (moe, "gather"), "dense-twin": (dense, "gather"), "moe-all-experts": (moe, "dense")}
     for name, (m, d) in variants.items():
@@ -90,7 +104,7 @@ def main() -> None:
                 times[key].append(1e3 * (time.perf_counter() - t0) / args.inner)
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\n{args.model} @ {args.img_size} px, batch 1, {args.threads} threads, median of {args.rounds} rounds x {args.inner}")
+    print(f"\n{moe.cfg.name} {' '.join(args.set)} @ {args.img_size} px, batch 1, {args.threads} threads, median of {args.rounds} rounds x {args.inner}")
     print("| runtime | MoE gather (ms) | dense twin (ms) | all experts (ms) | MoE / dense | all-experts / dense | MoE / eager MoE |")
     print("|---|---|---|---|---|---|---|")
     for rt in runtimes:
@@ -98,7 +112,8 @@ def main() -> None:
         e = med.get(("moe-gather", "eager"))
         print(f"| {rt} | {g:.2f} | {d:.2f} | {a:.2f} | {g / d:.2f}x | {a / d:.2f}x | {g / e:.2f}x |")
     for v, ops in audits.items():
-        print(f"\nXNNPACK {v}: {ops['delegated_nodes']} nodes delegated, {ops['portable_nodes']} portable; "
+        print(f"\nXNNPACK {v}: {ops['delegated_subgraphs']} subgraphs, {ops['delegated_nodes']} nodes delegated, "
+              f"{ops['portable_nodes']} portable; "
               f"off the delegate: " + ", ".join(f"{k} x{o['portable']}" for k, o in ops["ops"].items() if o["portable"]))
 
 

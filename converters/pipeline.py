@@ -11,6 +11,7 @@ Every target module has the same small interface::
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -109,17 +110,21 @@ def copy_to_app(artifact: Path, app: str, root: Path = Path(".")) -> Path:
 
 def export_checkpoint(checkpoint, target: str = "all", backend: str | None = None, precision: str = "fp32",
                       out_dir: str | os.PathLike = "exports", *, dispatch: str = "gather",
-                      fused_attention: bool = False, bake_preprocessing: bool = False, parity_images: int = 64,
-                      calibration_images: int = 32, fp32_tol: float = 1e-4, max_top1_drop: float = 0.02,
-                      progress=None) -> list[ExportResult]:
+                      fused_attention: bool = False, bake_preprocessing: bool = False, parity_images: int = 256,
+                      calibration_images: int = 32, fp32_tol: float = 1e-4, max_top1_drop: float | None = None,
+                      layer_norm: str = "native", progress=None) -> list[ExportResult]:
     """Export one checkpoint to the chosen targets. Keeps going after a target fails; each
-    result carries its error. ``progress(str)`` is called with one line per step if given."""
+    result carries its error. ``progress(str)`` is called with one line per step if given.
+    ``layer_norm="decomposed"`` rewrites LayerNorm for ExecuTorch XNNPACK fp32 jobs (see
+    converters.prepare.decompose_layernorm); other jobs keep the native op."""
     import torch
 
     from mobile_vmoe.checkpoint import load_checkpoint, model_from_checkpoint
     from mobile_vmoe.profile.flops import profile_flops
 
     say = progress or (lambda s: None)
+    if layer_norm not in ("native", "decomposed"):
+        raise MvmoeError(f"layer norm {layer_norm!r}: expected native or decomposed")
     jobs, skipped = plan(target, backend, precision)
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model, ckpt = model_from_checkpoint(ckpt)
@@ -129,6 +134,8 @@ def export_checkpoint(checkpoint, target: str = "all", backend: str | None = Non
     images = P.eval_images(ckpt, count=max(parity_images, calibration_images))
     inputs = images.inputs(bake_preprocessing)  # (N, C, H, W)
     example = inputs[:1].clone()
+    n_cal = min(calibration_images, len(inputs))
+    calibration = inputs[torch.linspace(0, len(inputs) - 1, n_cal).round().long()]  # spread over the split
     say(f"eval images: {images.source}")
     ep = P.export_static(wrapper, example)  # raises MvmoeError if anything is dynamic
     reference = P.reference_logits(wrapper, inputs[:parity_images])
@@ -149,9 +156,15 @@ def export_checkpoint(checkpoint, target: str = "all", backend: str | None = Non
                                     artifact=path.name, dispatch=dispatch, macs=macs,
                                     parity_result=P.not_run("not run yet"), ops={})
             kw = {"metadata": meta} if job.target == "coreml" else {}
+            job_wrapper, job_ep = wrapper, ep
+            if layer_norm == "decomposed" and P.layernorm_option_applies(job.target, job.backend, job.precision):
+                # parity below is still against the native-LayerNorm reference
+                job_wrapper = P.decompose_layernorm(copy.deepcopy(wrapper))
+                job_ep = P.export_static(job_wrapper, example)
+            meta["layer_norm"] = "decomposed" if job_wrapper is not wrapper else "native"
             with torch.no_grad():
-                ops = mod.convert(wrapper, ep, example, path, precision=job.precision, backend=job.backend,
-                                  calibration=inputs[:calibration_images], **kw)
+                ops = mod.convert(job_wrapper, job_ep, example, path, precision=job.precision, backend=job.backend,
+                                  calibration=calibration, **kw)
             run, why = mod.load_runner(path)
             if run is None:
                 par = P.not_run(why, images=0)

@@ -64,7 +64,7 @@ def prepare_for_export(model: nn.Module, *, dispatch: str = "gather", fused_atte
                        bake_preprocessing: bool = False, mean=None, std=None) -> ExportWrapper:
     """A deep copy of ``model`` in eval mode, ready for torch.export. The original is untouched.
 
-    fused_attention=False spells attention as matmul-softmax-matmul, which XNNPACK, LiteRT and
+    fused_attention=False spells attention as slice -> bmm -> softmax -> bmm, which XNNPACK, LiteRT and
     Core ML take whole (see docs/export.md for the measurements behind the default).
     """
     if dispatch not in ("gather", "dense"):
@@ -78,6 +78,49 @@ def prepare_for_export(model: nn.Module, *, dispatch: str = "gather", fused_atte
     if bake_preprocessing and (mean is None or std is None):
         raise MvmoeError("bake_preprocessing needs the dataset mean and std")
     return ExportWrapper(m, mean, std, bake_preprocessing).eval()
+
+
+class DecomposedLayerNorm(nn.Module):
+    """LayerNorm from ops the XNNPACK delegate takes: mean over the last dim as a 4-D mean.dim
+    (XNNPACK global average pooling), then sub, mul, rsqrt, add. Same numbers as nn.LayerNorm
+    (to ~1e-6); shares its weight and bias. x (..., D) -> (..., D)."""
+
+    def __init__(self, ln: nn.LayerNorm):
+        super().__init__()
+        self.eps, self.weight, self.bias = ln.eps, ln.weight, ln.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead, D = x.shape[:-1], x.shape[-1]
+        rows = x.numel() // D
+
+        def mean(t: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., 1)
+            return t.view(1, rows, D, 1).mean(dim=(2, 3), keepdim=True).view(*lead, 1)
+
+        xc = x - mean(x)
+        return xc * torch.rsqrt(mean(xc * xc) + self.eps) * self.weight + self.bias
+
+
+def decompose_layernorm(module: nn.Module) -> nn.Module:
+    """Swap every nn.LayerNorm inside ``module`` for a DecomposedLayerNorm, in place.
+
+    For ExecuTorch XNNPACK (``mvmoe export --layer-norm decomposed``): native_layer_norm has no
+    XNNPACK kernel, so every LayerNorm splits the delegated graph (26 subgraphs for
+    vmoe-12x192-p32). Decomposed, the whole model but the router's top-k and expert gather is one
+    subgraph. Measured here it is a trade, not a free win: 5-9% faster for vmoe-12x192-p32 at
+    224 px, 10-15% slower for the 32-px default model (docs/export.md), so it is opt-in.
+    """
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.LayerNorm):
+            setattr(module, name, DecomposedLayerNorm(child))
+        else:
+            decompose_layernorm(child)
+    return module
+
+
+def layernorm_option_applies(target: str, backend: str | None, precision: str) -> bool:
+    """--layer-norm decomposed is for ExecuTorch XNNPACK at fp32 (int8 keeps the native op, which
+    the pt2e XNNPACK quantizer handles as a unit; other targets have their own LayerNorm)."""
+    return target == "executorch" and (backend or "xnnpack") == "xnnpack" and precision == "fp32"
 
 
 # ---------------------------------------------------------------------------- static-shape audit
@@ -151,7 +194,7 @@ class EvalImages:
 
 
 def eval_images(ckpt: dict, count: int = 64, seed: int = 0) -> EvalImages:
-    """The first ``count`` images of the checkpoint's eval split, else seeded random pixels.
+    """``count`` images evenly spaced over the checkpoint's eval split, else seeded random pixels.
 
     The dataset is rebuilt with build_data(data.spec, img_size, seed=data.seed) from the
     checkpoint's ``data`` entry (older checkpoints: data.name, seed 0); a dataset that cannot be
@@ -170,7 +213,9 @@ def eval_images(ckpt: dict, count: int = 64, seed: int = 0) -> EvalImages:
 
             bundle = build_data(data.get("spec") or data["name"], cfg.img_size, augment="none", seed=int(data.get("seed", 0)))
             n = min(count, len(bundle.val))
-            xs, ys = zip(*(bundle.val[i] for i in range(n)))
+            # evenly spaced over the split: an ImageFolder val split is sorted by class
+            idx = torch.linspace(0, len(bundle.val) - 1, n).round().long().tolist()
+            xs, ys = zip(*(bundle.val[i] for i in idx))
             x = torch.stack(xs).float()  # (n, C, H, W) normalised
             raw = ((x * std + mean) * SCALE).clamp(0, SCALE)
             return EvalImages(x, raw, torch.tensor(ys), f"{data['name']} val split ({n} images)")
@@ -211,16 +256,24 @@ def not_run(reason: str, images: int = 0) -> dict:
     return {"ran": False, "max_abs_diff": None, "top1_agreement": None, "images": images, "reason": reason}
 
 
-def check_parity(p: dict, precision: str, fp32_tol: float = 1e-4, max_top1_drop: float = 0.02) -> str | None:
+# Default largest loss of top-1 agreement with PyTorch. int8 gets more room: static int8 of a small
+# ViT (per-tensor activations) flips 2-3% of digits predictions while its accuracy moves by < 1 point
+# (docs/export.md); a broken quantization lands far lower.
+MAX_TOP1_DROP = {"fp16": 0.02, "int8": 0.05}
+
+
+def check_parity(p: dict, precision: str, fp32_tol: float = 1e-4, max_top1_drop: float | None = None) -> str | None:
     """None if parity passes, else why not. fp32: logits within ``fp32_tol``; fp16/int8: top-1
-    agreement with PyTorch at least 1 - ``max_top1_drop``. A run that could not happen passes."""
+    agreement with PyTorch at least 1 - ``max_top1_drop`` (default MAX_TOP1_DROP[precision]).
+    A run that could not happen passes."""
     if not p.get("ran"):
         return None
     if precision == "fp32" and p["max_abs_diff"] > fp32_tol:
         return f"fp32 logits differ from PyTorch by {p['max_abs_diff']:.2e} > {fp32_tol:g}"
-    if precision != "fp32" and p["top1_agreement"] < 1.0 - max_top1_drop:
+    drop = MAX_TOP1_DROP.get(precision, 0.02) if max_top1_drop is None else max_top1_drop
+    if precision != "fp32" and p["top1_agreement"] < 1.0 - drop:
         return (f"{precision} top-1 agrees with PyTorch on {100 * p['top1_agreement']:.1f}% of images, "
-                f"below {100 * (1 - max_top1_drop):.1f}%")
+                f"below {100 * (1 - drop):.1f}% (--max-top1-drop {drop:g})")
     return None
 
 

@@ -94,6 +94,25 @@ def test_expert_probs_are_router_softmax():
     assert w.output_names == ["logits", "expert_probs"]
 
 
+def test_decomposed_layernorm_hand_numbers_and_equality():
+    """x = [1, 2, 3, 4]: mean 2.5, variance 1.25, so (x - 2.5) / sqrt(1.25) = [-1.3416, -0.4472, 0.4472, 1.3416]."""
+    ln = nn.LayerNorm(4, eps=0.0)
+    d = P.DecomposedLayerNorm(ln)
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    assert torch.allclose(d(x), torch.tensor([[-1.3416, -0.4472, 0.4472, 1.3416]]), atol=1e-4)
+    with torch.no_grad():
+        ln.weight.copy_(torch.tensor([1.0, 2.0, 1.0, 1.0]))
+        ln.bias.fill_(0.5)
+    assert torch.allclose(d(x), torch.tensor([[-0.8416, -0.3944, 0.9472, 1.8416]]), atol=1e-4)
+    model = small_moe(2).eval()
+    w = P.prepare_for_export(model)
+    wd = P.decompose_layernorm(P.prepare_for_export(model))
+    assert not any(isinstance(m, nn.LayerNorm) for m in wd.modules())  # the router's LayerNorm (B, D) too
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(w(x), wd(x)))
+
+
 class _Branchy(nn.Module):
     def forward(self, x):
         return torch.cond(x.sum() > 0, lambda v: v * 2, lambda v: v - 1, (x,))
@@ -235,12 +254,25 @@ def test_op_audits(exported):
     assert set(et["not_delegated"]) <= {"aten_native_layer_norm_default", "aten_topk_default", "aten_index_select_default",
                                         "aten_view_copy_default", "aten_expand_copy_default", "getitem"}, et["not_delegated"]
     assert et["ops"]["aten_bmm_default"]["portable"] == 0
+    assert res[("executorch", "fp32")].metadata["layer_norm"] == "native"
     tfl = res[("tflite", "fp32")].metadata["ops"]
     assert tfl["flex_ops"] == [] and tfl["ops"]["TOPK_V2"] == 1 and "BATCH_MATMUL" in tfl["ops"]
     onnx = res[("onnx", "fp32")].metadata["ops"]
     assert onnx["checker"] == "passed" and onnx["ops"]["TopK"] == 1
     ml = res[("coreml", "fp32")].metadata["ops"]
     assert ml["ops"]["topk"] == 1 and ml["ops"]["gather"] == 8 and ml["compute_precision"] == "fp32"
+
+
+def test_decomposed_layernorm_export_is_one_xnnpack_subgraph_per_side_of_the_gather(tiny_ckpt, tmp_path):
+    """--layer-norm decomposed: LayerNorm delegated too, so one XNNPACK subgraph before the router's
+    top-k and expert gather and one after; parity still against the native-LayerNorm PyTorch model."""
+    [r] = export_checkpoint(tiny_ckpt, "executorch", "xnnpack", "fp32", tmp_path, parity_images=8, layer_norm="decomposed")
+    assert r.ok, r.error
+    ops = r.metadata["ops"]
+    assert r.metadata["layer_norm"] == "decomposed" and r.metadata["parity"]["max_abs_diff"] < 1e-4
+    assert "aten_native_layer_norm_default" not in ops["ops"] and ops["delegated_subgraphs"] == 2
+    with pytest.raises(MvmoeError, match="expected native or decomposed"):
+        export_checkpoint(tiny_ckpt, "onnx", None, "fp32", tmp_path, layer_norm="fused")
 
 
 def test_failed_parity_leaves_nothing_behind(tiny_ckpt, tmp_path):

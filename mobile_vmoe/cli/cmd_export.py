@@ -21,9 +21,12 @@ def export_cmd(
     dispatch: str = typer.Option("gather", help="gather (static top-k expert gather) | dense (all experts)"),
     bake_preprocessing: bool = typer.Option(False, help="input raw RGB [0,255]; normalisation inside the model"),
     fused_attention: bool = typer.Option(False, help="export attention as one SDPA op instead of matmul-softmax-matmul"),
-    parity_images: int = typer.Option(64, help="eval images for parity"),
+    layer_norm: str = typer.Option("native", "--layer-norm", help="executorch xnnpack fp32: native | decomposed "
+                                   "(LayerNorm from delegated ops: one XNNPACK subgraph; measure, see docs/export.md)"),
+    parity_images: int = typer.Option(256, help="eval images for parity (evenly spaced over the eval split)"),
     fp32_tol: float = typer.Option(1e-4, help="max |logit diff| allowed for fp32"),
-    max_top1_drop: float = typer.Option(0.02, help="fp16/int8: largest allowed loss of top-1 agreement"),
+    max_top1_drop: Optional[float] = typer.Option(None, help="fp16/int8: largest allowed loss of top-1 agreement "
+                                                  "(default 0.02 for fp16, 0.05 for int8)"),
 ) -> None:
     """Export a checkpoint, check each artifact against PyTorch, write <stem>.json beside it."""
     from rich.console import Console
@@ -34,11 +37,14 @@ def export_cmd(
 
     if app_ is not None and app_ not in ("ios", "android"):
         raise MvmoeError(f"--app {app_!r}: expected ios or android")
+    if layer_norm not in ("native", "decomposed"):
+        raise MvmoeError(f"--layer-norm {layer_norm!r}: expected native or decomposed")
     plan(target, backend, precision)  # bad combinations fail before the checkpoint is read
     console = Console(stderr=True, width=140)
     results = export_checkpoint(checkpoint, target, backend, precision, out, dispatch=dispatch,
                                 fused_attention=fused_attention, bake_preprocessing=bake_preprocessing,
                                 parity_images=parity_images, fp32_tol=fp32_tol, max_top1_drop=max_top1_drop,
+                                layer_norm=layer_norm,
                                 progress=lambda s: console.print(f"[dim]{s}[/dim]"))
     t = Table(title=f"mvmoe export -> {out}")
     for col in ("artifact", "parity", "max |diff|", "top-1 agree", "int8/fp16 acc change", "ops (delegated)"):
