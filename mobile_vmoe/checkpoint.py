@@ -58,6 +58,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file that must hold one object (metadata, summaries); MvmoeError naming the file if not."""
+    import json
+
+    try:
+        d = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MvmoeError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise MvmoeError(f"{path}: expected a JSON object")
+    return d
+
+
 def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
     ckpt = {"format": FORMAT, "version": VERSION, **ckpt}
     if isinstance(ckpt.get("model_config"), ModelConfig):

@@ -63,16 +63,13 @@ ARTIFACT_SUFFIXES = (".pte", ".tflite", ".onnx", ".mlpackage", ".json")
 def artifact_metadata(path: Path) -> dict:
     """The metadata .json of an exported artifact (the artifact itself or its .json)."""
     from ..errors import MvmoeError
+    from ..profile.latency import artifact_meta
 
-    meta_path = path if path.suffix == ".json" else path.with_suffix(".json")
-    if not meta_path.is_file():
-        raise MvmoeError(f"{meta_path} not found: `mvmoe export` writes it beside the artifact")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MvmoeError(f"{meta_path} is not readable JSON: {e}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("model_config"), dict):
-        raise MvmoeError(f"{meta_path} has no model_config: re-export it with this version of `mvmoe export`")
+    meta = artifact_meta(path)  # reads path.with_suffix(".json"): the .json itself when given it
+    if meta is None:
+        raise MvmoeError(f"{path.with_suffix('.json')} not found: `mvmoe export` writes it beside the artifact")
+    if not isinstance(meta.get("model_config"), dict):
+        raise MvmoeError(f"{path.with_suffix('.json')} has no model_config: re-export it with this version of `mvmoe export`")
     return meta
 
 

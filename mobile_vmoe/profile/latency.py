@@ -23,7 +23,6 @@ it sits beside the artifact, else from the runtime's own input signature.
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
@@ -97,13 +96,9 @@ def artifact_meta(path: Path) -> dict | None:
     meta_path = path.with_suffix(".json")
     if not meta_path.is_file():
         return None
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MvmoeError(f"{meta_path}: not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise MvmoeError(f"{meta_path}: expected a JSON object")
-    return meta
+    from ..checkpoint import read_json_object
+
+    return read_json_object(meta_path)
 
 
 def check_artifact(path: str | Path) -> Path:

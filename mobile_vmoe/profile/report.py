@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkpoint import atomic_write_bytes, atomic_write_text
+from ..checkpoint import atomic_write_bytes, atomic_write_text, read_json_object
 from ..errors import MvmoeError
 
 # (name, kind, preset for MACs or None, MACs if no preset, top-1, note) -- DESIGN.md "Published reference numbers"
@@ -59,16 +58,6 @@ class Row:
 
 # ------------------------------------------------------------------------------------- loading
 
-def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MvmoeError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise MvmoeError(f"{path}: expected a JSON object")
-    return d
-
-
 def _row_from_summary(s: dict, source: str) -> Row:
     missing = [k for k in ("model", "top1", "macs") if k not in s]
     if missing:
@@ -92,7 +81,7 @@ def load_runs(run_dirs: list[str | Path]) -> list[Row]:
         for sub in (d, d / "dense"):
             if (sub / "summary.json").is_file() and sub.resolve() not in seen:
                 seen.add(sub.resolve())
-                rows.append(_row_from_summary(_read_json(sub / "summary.json"), str(sub)))
+                rows.append(_row_from_summary(read_json_object(sub / "summary.json"), str(sub)))
     return rows
 
 
@@ -112,7 +101,7 @@ def load_latency(files: list[str | Path]) -> list[dict]:
         f = Path(f)
         if not f.is_file():
             raise MvmoeError(f"latency file not found: {f}")
-        d = _read_json(f)
+        d = read_json_object(f)
         missing = [k for k in ("artifact", "device", "median_ms") if k not in d]
         if missing:
             raise MvmoeError(f"{f}: missing key(s) {', '.join(missing)}; expected the JSON of "
