@@ -124,7 +124,7 @@ def export_checkpoint(checkpoint, target: str = "all", backend: str | None = Non
 
     say = progress or (lambda s: None)
     if layer_norm not in ("native", "decomposed"):
-        raise MvmoeError(f"layer norm {layer_norm!r}: expected native or decomposed")
+        raise MvmoeError(f"--layer-norm {layer_norm!r}: expected native or decomposed")
     jobs, skipped = plan(target, backend, precision)
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model, ckpt = model_from_checkpoint(ckpt)
@@ -134,8 +134,7 @@ def export_checkpoint(checkpoint, target: str = "all", backend: str | None = Non
     images = P.eval_images(ckpt, count=max(parity_images, calibration_images))
     inputs = images.inputs(bake_preprocessing)  # (N, C, H, W)
     example = inputs[:1].clone()
-    n_cal = min(calibration_images, len(inputs))
-    calibration = inputs[torch.linspace(0, len(inputs) - 1, n_cal).round().long()]  # spread over the split
+    calibration = inputs[P.spread(len(inputs), calibration_images)]  # spread over the split
     say(f"eval images: {images.source}")
     ep = P.export_static(wrapper, example)  # raises MvmoeError if anything is dynamic
     reference = P.reference_logits(wrapper, inputs[:parity_images])

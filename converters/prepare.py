@@ -193,6 +193,12 @@ class EvalImages:
         return self.raw if baked else self.normalised
 
 
+def spread(n: int, count: int) -> torch.Tensor:
+    """``min(count, n)`` indices evenly spaced over ``range(n)``, first and last included; an
+    ImageFolder val split is sorted by class, so its first images would all be one class."""
+    return torch.linspace(0, n - 1, min(count, n)).round().long()
+
+
 def eval_images(ckpt: dict, count: int = 64, seed: int = 0) -> EvalImages:
     """``count`` images evenly spaced over the checkpoint's eval split, else seeded random pixels.
 
@@ -212,9 +218,8 @@ def eval_images(ckpt: dict, count: int = 64, seed: int = 0) -> EvalImages:
             from mobile_vmoe.data import build_data
 
             bundle = build_data(data.get("spec") or data["name"], cfg.img_size, augment="none", seed=int(data.get("seed", 0)))
-            n = min(count, len(bundle.val))
-            # evenly spaced over the split: an ImageFolder val split is sorted by class
-            idx = torch.linspace(0, len(bundle.val) - 1, n).round().long().tolist()
+            idx = spread(len(bundle.val), count).tolist()
+            n = len(idx)
             xs, ys = zip(*(bundle.val[i] for i in idx))
             x = torch.stack(xs).float()  # (n, C, H, W) normalised
             raw = ((x * std + mean) * SCALE).clamp(0, SCALE)

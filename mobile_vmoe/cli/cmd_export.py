@@ -37,8 +37,6 @@ def export_cmd(
 
     if app_ is not None and app_ not in ("ios", "android"):
         raise MvmoeError(f"--app {app_!r}: expected ios or android")
-    if layer_norm not in ("native", "decomposed"):
-        raise MvmoeError(f"--layer-norm {layer_norm!r}: expected native or decomposed")
     plan(target, backend, precision)  # bad combinations fail before the checkpoint is read
     console = Console(stderr=True, width=140)
     results = export_checkpoint(checkpoint, target, backend, precision, out, dispatch=dispatch,
