@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from mobile_vmoe.registry import create_model, dense_twin, get_config
+from mobile_vmoe.models.registry import create_model, dense_twin, get_config
 
 
 def interleaved(fns: dict, runs: int, warmup: int = 3) -> dict[str, float]:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from mobile_vmoe.profile.flops import analytic_macs
-from mobile_vmoe.registry import create_model, dense_twin, get_config
+from mobile_vmoe.models.registry import create_model, dense_twin, get_config
 from mobile_vmoe.train.optim import build_optimizer
 
 

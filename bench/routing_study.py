@@ -57,7 +57,7 @@ def run_arm(arm: str, data: str, seed: int, epochs: int, out: Path, extra: dict)
 
 
 def save_results(path: Path, results: list[dict]) -> None:
-    from mobile_vmoe.checkpoint import atomic_write_text
+    from mobile_vmoe.fileio import atomic_write_text
 
     atomic_write_text(path, json.dumps(results, indent=1) + "\n")
 

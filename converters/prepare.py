@@ -53,7 +53,7 @@ class ExportWrapper(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = image * self.pre_scale + self.pre_shift if self.bake_preprocessing else image  # (1, C, H, W)
-        feats, route = self.model.forward_features(x)  # (1, T, D)
+        feats, route, _ = self.model.forward_features(x)  # (1, T, D)
         logits = self.model.forward_head(feats)  # (1, N)
         if route is None:
             return (logits,)

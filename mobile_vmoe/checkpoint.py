@@ -21,7 +21,6 @@ MvmoeError; torch.load(weights_only=True) means loading never runs code from the
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,46 +28,10 @@ import torch
 
 from .config import ModelConfig
 from .errors import MvmoeError
+from .fileio import atomic_write_bytes, atomic_write_text, read_json_object  # noqa: F401  (TEMP re-export)
 
 FORMAT = "mvmoe-checkpoint"
 VERSION = 1
-
-
-def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync, then os.replace.
-
-    A crash or Ctrl-C leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, lambda f: f.write(text.encode()))
-
-
-def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON file that must hold one object (metadata, summaries); MvmoeError naming the file if not."""
-    import json
-
-    try:
-        d = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MvmoeError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise MvmoeError(f"{path}: expected a JSON object")
-    return d
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import MvmoeError
+
 ROUTINGS = ("image", "token")
 DISPATCHES = ("auto", "gather", "dense", "grouped")
 ROUTER_INPUTS = ("cls", "mean")
@@ -54,7 +56,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         errors = self.problems()
         if errors:
-            raise ValueError("invalid model config: " + "; ".join(errors))
+            raise MvmoeError("invalid model config: " + "; ".join(errors))
 
     # ------------------------------------------------------------------ checks
     def problems(self) -> list[str]:
@@ -109,6 +111,11 @@ class ModelConfig:
         return self.num_experts > 0
 
     @property
+    def is_per_image(self) -> bool:
+        """A Mobile V-MoE: one router per image whose choice every MoE block uses."""
+        return self.is_moe and self.routing == "image"
+
+    @property
     def grid(self) -> int:
         return self.img_size // self.patch_size
 
@@ -144,16 +151,14 @@ class ModelConfig:
 
     def expert_capacity(self, tokens: int | None = None) -> int:
         """Per-token routing: buffer slots per expert per image, ceil(ratio * k * T / E)."""
-        import math
-
         t = self.num_tokens if tokens is None else tokens
-        return max(1, math.ceil(self.capacity_ratio * self.top_k * t / self.num_experts))
+        return expert_capacity(t, self.top_k, self.num_experts, self.capacity_ratio)
 
     # ------------------------------------------------------------- conversion
     def replace(self, **changes: Any) -> "ModelConfig":
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
-            raise ValueError(f"unknown model config key(s): {', '.join(unknown)}; known: {', '.join(field_names())}")
+            raise MvmoeError(f"unknown model config key(s): {', '.join(unknown)}; known: {', '.join(field_names())}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,12 +169,22 @@ class ModelConfig:
         known = set(field_names())
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown model config key(s): {', '.join(unknown)}")
+            raise MvmoeError(f"unknown model config key(s): {', '.join(unknown)}")
         return cls(**d)
 
 
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(ModelConfig)]
+
+
+def expert_capacity(tokens: int, k: int, num_experts: int, ratio: float) -> int:
+    """Slots per expert for ``tokens`` tokens routed top-``k``: ceil(ratio * k * tokens / E), at least 1.
+
+    E.g. 17 tokens, k 1, E 4, ratio 1.05: ceil(4.4625) = 5.
+    """
+    import math
+
+    return max(1, math.ceil(ratio * k * tokens / num_experts))
 
 
 def _coerce(key: str, text: str, kind: type) -> Any:
@@ -179,28 +194,39 @@ def _coerce(key: str, text: str, kind: type) -> Any:
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"--set {key}={text}: expected true or false")
+        raise MvmoeError(f"--set {key}={text}: expected true or false")
     try:
         return kind(text)
     except ValueError:
-        raise ValueError(f"--set {key}={text}: expected {kind.__name__}") from None
+        raise MvmoeError(f"--set {key}={text}: expected {kind.__name__}") from None
 
 
-def parse_overrides(items: list[str] | None, cls: type = ModelConfig) -> dict[str, Any]:
-    """Turn ``["depth=6", "top_k=2"]`` into typed ``{"depth": 6, "top_k": 2}`` for ``cls``'s fields."""
-    types = {f.name: f.type for f in dataclasses.fields(cls)}
+def _field_types(cls: type) -> dict[str, type]:
     pytypes = {"int": int, "float": float, "str": str, "bool": bool}
+    out = {}
+    for f in dataclasses.fields(cls):
+        name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "str")
+        if name in pytypes:  # TrainConfig.model (a ModelConfig) is not a --set key
+            out[f.name] = pytypes[name]
+    return out
+
+
+def parse_overrides(items: list[str] | None, cls: type | None = None) -> dict[str, Any]:
+    """Turn ``["depth=6", "lr=1e-3"]`` into typed ``{"depth": 6, "lr": 0.001}``.
+
+    Keys are ModelConfig or TrainConfig fields (the two share no names); ``cls`` restricts them to
+    one of the two. Unknown keys, missing ``=`` and values of the wrong type raise MvmoeError.
+    """
+    types = _field_types(cls) if cls is not None else {**_field_types(ModelConfig), **_field_types(TrainConfig)}
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        key, text = item.split("=", 1)
-        key = key.strip()
+            raise MvmoeError(f"--set {item!r}: expected KEY=VALUE")
+        key, text = (part.strip() for part in item.split("=", 1))
         if key not in types:
-            raise ValueError(f"--set {key}: unknown key; known: {', '.join(types)}")
-        t = types[key]
-        kind = pytypes.get(t if isinstance(t, str) else getattr(t, "__name__", "str"), str)
-        out[key] = _coerce(key, text.strip(), kind)
+            raise MvmoeError(f"--set {key}: unknown key; model keys: {', '.join(field_names())}"
+                             + (f"; train keys: {', '.join(train_field_names())}" if cls is not ModelConfig else ""))
+        out[key] = _coerce(key, text, types[key])
     return out
 
 
@@ -215,11 +241,14 @@ AMP_MODES = ("auto", "bf16", "none")
 class TrainConfig:
     """Training settings; ``--set KEY=VALUE`` reaches these as well as ModelConfig's fields.
 
-    The defaults suit the small embedded datasets (digits, synthetic) on a CPU; the named ImageNet
-    recipes in ``mobile_vmoe/train/recipes.py`` set the DeiT values. ``batch_size`` is the GLOBAL
-    batch (split evenly over DDP processes) and ``lr`` the peak learning rate for that batch.
+    The one config of a training run: ``model`` is the ModelConfig being trained, the rest are the
+    training settings. The defaults suit the small embedded datasets (digits, synthetic) on a CPU;
+    the named ImageNet recipes in ``mobile_vmoe/train/recipes.py`` set the DeiT values.
+    ``batch_size`` is the GLOBAL batch (split evenly over DDP processes) and ``lr`` the peak
+    learning rate for that batch.
     """
 
+    model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 30
     batch_size: int = 32
     lr: float = 3e-3
@@ -249,10 +278,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         errors = self.problems()
         if errors:
-            raise ValueError("invalid train config: " + "; ".join(errors))
+            raise MvmoeError("invalid train config: " + "; ".join(errors))
 
     def problems(self) -> list[str]:
         p: list[str] = []
+        if not isinstance(self.model, ModelConfig):
+            p.append(f"model={self.model!r} must be a ModelConfig")
         for name in ("epochs", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
@@ -281,46 +312,36 @@ class TrainConfig:
         return p
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        unknown = sorted(set(changes) - set(train_field_names()))
+        unknown = sorted(set(changes) - {"model", *train_field_names()})
         if unknown:
-            raise ValueError(f"unknown train config key(s): {', '.join(unknown)}; known: {', '.join(train_field_names())}")
+            raise MvmoeError(f"unknown train config key(s): {', '.join(unknown)}; known: {', '.join(train_field_names())}")
         return dataclasses.replace(self, **changes)
 
+    def with_settings(self, settings: dict[str, Any]) -> "TrainConfig":
+        """Apply ``--set`` values (see ``parse_overrides``): model keys go to ``model``, the rest here."""
+        model_keys = set(field_names())
+        unknown = sorted(set(settings) - model_keys - set(train_field_names()))
+        if unknown:
+            raise MvmoeError(f"unknown setting(s): {', '.join(unknown)}; model keys: {', '.join(field_names())}; "
+                             f"train keys: {', '.join(train_field_names())}")
+        model = {k: v for k, v in settings.items() if k in model_keys}
+        train = {k: v for k, v in settings.items() if k not in model_keys}
+        return self.replace(model=self.model.replace(**model) if model else self.model, **train)
+
     def to_dict(self) -> dict[str, Any]:
+        """Plain data: the training settings plus ``"model"``: ModelConfig.to_dict()."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        return cls().replace(**d)
+        d = dict(d)
+        model = ModelConfig.from_dict(d.pop("model")) if "model" in d else ModelConfig()
+        return cls(model=model).replace(**d)
 
 
 def train_field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]
+    """The TrainConfig keys ``--set`` accepts (every field but ``model``)."""
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model"]
 
 
-def split_overrides(items: list[str] | dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``--set`` strings (or an already typed dict) -> (ModelConfig overrides, TrainConfig overrides).
-
-    The two dataclasses share no field names, so every key belongs to exactly one of them.
-    """
-    if isinstance(items, dict):
-        model_keys, train_keys = set(field_names()), set(train_field_names())
-        unknown = sorted(set(items) - model_keys - train_keys)
-        if unknown:
-            raise ValueError(f"unknown setting(s): {', '.join(unknown)}; model keys: {', '.join(sorted(model_keys))}; "
-                             f"train keys: {', '.join(train_field_names())}")
-        return ({k: v for k, v in items.items() if k in model_keys}, {k: v for k, v in items.items() if k in train_keys})
-    model_items, train_items = [], []
-    for item in items or []:
-        key = item.split("=", 1)[0].strip()
-        if key in train_field_names():
-            train_items.append(item)
-        elif key in field_names() or "=" not in item:
-            model_items.append(item)
-        else:
-            raise ValueError(f"--set {key}: unknown key; model keys: {', '.join(field_names())}; "
-                             f"train keys: {', '.join(train_field_names())}")
-    return parse_overrides(model_items), parse_overrides(train_items, TrainConfig)
-
-
-__all__ += ["TrainConfig", "train_field_names", "split_overrides", "AMP_MODES"]
+__all__ += ["TrainConfig", "train_field_names", "AMP_MODES"]

@@ -7,7 +7,7 @@ import torch
 
 from mobile_vmoe.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from mobile_vmoe.errors import MvmoeError
-from mobile_vmoe.registry import create_model
+from mobile_vmoe.models.registry import create_model
 
 
 def _ckpt(model, **extra):

@@ -1,7 +1,8 @@
 import pytest
 
 from mobile_vmoe.config import ModelConfig, parse_overrides
-from mobile_vmoe.registry import create_model, dense_twin, get_config
+from mobile_vmoe.errors import MvmoeError
+from mobile_vmoe.models.registry import create_model, dense_twin, get_config
 
 
 @pytest.mark.parametrize(
@@ -20,13 +21,13 @@ from mobile_vmoe.registry import create_model, dense_twin, get_config
     ],
 )
 def test_invalid_config_names_the_bad_value(kwargs, message):
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(MvmoeError) as e:
         ModelConfig(**kwargs)
     assert message in str(e.value)
 
 
 def test_several_problems_are_reported_together():
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(MvmoeError) as e:
         ModelConfig(width=100, heads=3, num_experts=4, top_k=9)
     assert "width=100" in str(e.value) and "top_k=9" in str(e.value)
 
@@ -48,17 +49,17 @@ def test_parse_overrides_types_values():
     ("qkv_bias=maybe", "expected true or false"),
 ])
 def test_parse_overrides_errors(item, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(MvmoeError, match=message):
         parse_overrides([item])
 
 
 def test_replace_rejects_unknown_keys():
-    with pytest.raises(ValueError, match="unknown model config key"):
+    with pytest.raises(MvmoeError, match="unknown model config key"):
         get_config("deit-tiny", nope=1)
 
 
 def test_unknown_preset_suggests_close_names():
-    with pytest.raises(ValueError, match="did you mean vmoe-12x192-p32"):
+    with pytest.raises(MvmoeError, match="did you mean vmoe-12x192-p32"):
         get_config("vmoe-12x192-p23")
 
 

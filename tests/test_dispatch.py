@@ -8,7 +8,7 @@ from mobile_vmoe.models.dispatch import (dense_dispatch, gather_dispatch, groupe
                                          token_dispatch)
 from mobile_vmoe.models.experts import ExpertBank
 from mobile_vmoe.models.routing import TokenRoute
-from mobile_vmoe.registry import create_model
+from mobile_vmoe.models.registry import create_model
 
 
 def hand_bank() -> ExpertBank:

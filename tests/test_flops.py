@@ -8,7 +8,7 @@ import torch
 from mobile_vmoe.config import ModelConfig
 from mobile_vmoe.models import MobileVMoE
 from mobile_vmoe.profile.flops import analytic_macs, count_macs, profile_flops
-from mobile_vmoe.registry import create_model, get_config
+from mobile_vmoe.models.registry import create_model, get_config
 
 # img 8, patch 4 -> 4 patches + cls = T 5; D 8; 2 heads; mlp_ratio 4 -> H 32; depth 2; 3 classes
 TINY = dict(img_size=8, patch_size=4, width=8, heads=2, depth=2, num_classes=3, mlp_ratio=4.0)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mobile_vmoe.registry import create_model, dense_twin, get_config, list_models
+from mobile_vmoe.models.registry import create_model, dense_twin, get_config, list_models
 
 ALL = list_models()
 MOE = [n for n in ALL if n.startswith("vmoe-")]

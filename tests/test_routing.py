@@ -7,7 +7,7 @@ import torch
 
 from mobile_vmoe.models.routing import (PerImageRouter, PerTokenRouter, assign_slots, importance_loss, load_loss,
                                         topk_gates)
-from mobile_vmoe.registry import create_model
+from mobile_vmoe.models.registry import create_model
 
 
 def test_topk_gates_by_hand():
@@ -51,7 +51,7 @@ def test_router_runs_once_per_forward_and_all_moe_blocks_share_its_choice():
 def test_router_input_is_the_output_of_the_last_dense_block():
     model = create_model("vmoe-6x64-p32", img_size=64, num_classes=3).eval()
     captured = {}
-    model.blocks[3].register_forward_hook(lambda m, i, o: captured.update(last_dense=o))
+    model.blocks[3].register_forward_hook(lambda m, i, o: captured.update(last_dense=o[0]))  # (x, token_route)
     model.router.register_forward_hook(lambda m, i, o: captured.update(router_in=i[0]))
     model(torch.randn(2, 3, 64, 64))
     assert torch.equal(captured["last_dense"], captured["router_in"])

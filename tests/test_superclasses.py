@@ -109,7 +109,7 @@ def one_thread():
 
 def _tiny_dense_on_synthetic():
     """A 2-block dense ViT trained 3 epochs on synthetic (20 classes, 4 planted superclasses)."""
-    from mobile_vmoe.registry import create_model
+    from mobile_vmoe.models.registry import create_model
 
     torch.manual_seed(0)
     data = build_data("synthetic", augment="none")  # 20 classes in 4 superclasses, 2,000 train images

@@ -10,49 +10,66 @@ import pytest
 import torch
 
 from mobile_vmoe.checkpoint import load_checkpoint, model_from_checkpoint
-from mobile_vmoe.config import ModelConfig, TrainConfig, split_overrides
+from mobile_vmoe.config import ModelConfig, TrainConfig, parse_overrides
+from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.data.synthetic import build_synthetic
 from mobile_vmoe.models import MobileVMoE
-from mobile_vmoe.train import adapt_to_data, fit, train
-from mobile_vmoe.train.losses import mvmoe_loss, soft_cross_entropy
-from mobile_vmoe.train.optim import lr_factor, param_groups
+from mobile_vmoe.train import adapt_to_data, fit, resolve, train
+from mobile_vmoe.train.losses import mvmoe_loss
+from mobile_vmoe.train.optim import build_scheduler, param_groups
 
 TINY = dict(depth=2, width=32, heads=2, mlp_ratio=2.0, patch_size=4)
 
 
-def test_lr_factor_warmup_then_cosine():
+def _lrs(total: int, warmup: int, min_ratio: float, peak: float = 1.0) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    sched = build_scheduler(opt, total, warmup, min_ratio)
+    out = []
+    for _ in range(total):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_schedule_warmup_then_cosine():
     # warmup 2 of 6 steps: 1/2, 2/2, then cos over 4 steps: (1 + cos(pi t)) / 2 for t = 0, 1/4, 2/4, 3/4
-    got = [lr_factor(s, 6, 2, 0.0) for s in range(6)]
-    assert got == pytest.approx([0.5, 1.0, 1.0, 0.853553, 0.5, 0.146447], abs=1e-6)
-    # min_ratio lifts the floor: 0.1 + 0.9 * 0.5 at the middle of the cosine
-    assert lr_factor(4, 6, 2, 0.1) == pytest.approx(0.55)
-    assert lr_factor(10, 6, 2, 0.1) == pytest.approx(0.1)  # past the end: stays at the floor
+    assert _lrs(6, 2, 0.0) == pytest.approx([0.5, 1.0, 1.0, 0.853553, 0.5, 0.146447], abs=1e-6)
+    # min_ratio lifts the floor: 0.1 + 0.9 * 0.5 at the middle of the cosine (peak 2 -> x 2)
+    assert _lrs(6, 2, 0.1, peak=2.0)[4] == pytest.approx(2 * 0.55)
+    # no warmup (0 or 1 step): the cosine from the first step
+    assert _lrs(4, 0, 0.0) == pytest.approx([1.0, 0.853553, 0.5, 0.146447], abs=1e-6)
+    assert _lrs(4, 1, 0.0)[0] == pytest.approx(1.0)
+    # a long run stays on the closed form (the chained cosine does not drift)
+    long = _lrs(5000, 300, 0.003)
+    assert long[299] == pytest.approx(1.0) and long[0] == pytest.approx(1 / 300)
+    t = (4000 - 300) / 4700
+    assert long[4000] == pytest.approx(0.003 + 0.997 * 0.5 * (1 + math.cos(math.pi * t)), abs=1e-6)
 
 
-def test_soft_cross_entropy_by_hand():
+class _Out:  # a per-image MoE output: 2 classes, 2 experts
     logits = torch.tensor([[0.0, math.log(3.0)]])  # softmax = [0.25, 0.75]
-    hard = torch.tensor([[1.0, 0.0]])
-    assert float(soft_cross_entropy(logits, hard)) == pytest.approx(math.log(4.0))  # -ln 0.25
+    router_logits = torch.tensor([[math.log(3.0), 0.0]])  # softmax = [0.75, 0.25]
+
+
+def _loss(sc_target, **kw):
+    return mvmoe_loss(_Out.logits, _Out.router_logits, None, torch.tensor([[1.0, 0.0]]), sc_target, **kw)
+
+
+def test_class_loss_with_label_smoothing_by_hand():
+    assert float(_loss(None, label_smoothing=0.0, router_weight=0.3, aux_weight=0.0).cls) == pytest.approx(math.log(4.0))
     # smoothing 0.2 over 2 classes: target [0.9, 0.1] -> 0.9 * ln 4 + 0.1 * ln(4/3)
     want = 0.9 * math.log(4.0) + 0.1 * math.log(4.0 / 3.0)
-    assert float(soft_cross_entropy(logits, hard, 0.2)) == pytest.approx(want)
-    ref = torch.nn.functional.cross_entropy(logits, torch.tensor([0]), label_smoothing=0.2)
-    assert float(ref) == pytest.approx(want)
+    assert float(_loss(None, label_smoothing=0.2, router_weight=0.3, aux_weight=0.0).cls) == pytest.approx(want)
 
 
 def test_router_loss_enters_with_its_weight():
-    class Out:  # a per-image MoE output: 2 classes, 2 experts
-        logits = torch.tensor([[0.0, math.log(3.0)]])
-        router_logits = torch.tensor([[math.log(3.0), 0.0]])  # softmax = [0.75, 0.25]
-        aux_loss = None
-
-    cls_t = torch.tensor([[1.0, 0.0]])
     sc_t = torch.tensor([[0.5, 0.5]])  # a mixed image: half superclass 0, half superclass 1
     router = 0.5 * math.log(4 / 3) + 0.5 * math.log(4.0)
-    parts = mvmoe_loss(Out, cls_t, sc_t, label_smoothing=0.0, router_weight=0.3, aux_weight=0.01)
+    parts = _loss(sc_t, label_smoothing=0.0, router_weight=0.3, aux_weight=0.01)
     assert float(parts.router) == pytest.approx(router)
     assert float(parts.total) == pytest.approx(math.log(4.0) + 0.3 * router)
-    end_to_end = mvmoe_loss(Out, cls_t, sc_t, label_smoothing=0.0, router_weight=0.0, aux_weight=0.01)
+    end_to_end = _loss(sc_t, label_smoothing=0.0, router_weight=0.0, aux_weight=0.01)
     assert float(end_to_end.total) == pytest.approx(math.log(4.0))  # logged, not trained
 
 
@@ -70,17 +87,21 @@ def test_no_weight_decay_on_norms_biases_embeddings():
     assert len(no) + len(yes) == len(list(model.parameters()))
 
 
-def test_overrides_split_between_model_and_train():
-    assert split_overrides(["depth=3", "lr=0.01", "router_weight=0"]) == ({"depth": 3}, {"lr": 0.01, "router_weight": 0.0})
-    with pytest.raises(ValueError, match="unknown key"):
-        split_overrides(["lrr=1"])
-    with pytest.raises(ValueError, match="label_smoothing=1.5"):
+def test_settings_reach_model_and_train_config():
+    settings = parse_overrides(["depth=3", "lr=0.01", "router_weight=0"])
+    assert settings == {"depth": 3, "lr": 0.01, "router_weight": 0.0}
+    tcfg = TrainConfig().with_settings(settings)
+    assert (tcfg.model.depth, tcfg.lr, tcfg.router_weight) == (3, 0.01, 0.0)
+    assert TrainConfig.from_dict(tcfg.to_dict()) == tcfg and tcfg.to_dict()["model"]["depth"] == 3
+    with pytest.raises(MvmoeError, match="unknown key"):
+        parse_overrides(["lrr=1"])
+    with pytest.raises(MvmoeError, match="label_smoothing=1.5"):
         TrainConfig(label_smoothing=1.5)
 
 
 def test_adapt_to_data_sets_size_classes_patch_and_name():
     bundle = build_synthetic(6, 3, 32, train_per_class=1, val_per_class=1)
-    from mobile_vmoe.registry import get_config
+    from mobile_vmoe.models.registry import get_config
 
     cfg = adapt_to_data(get_config("vmoe-6x64-p32"), bundle, {"num_experts": 3})
     assert (cfg.img_size, cfg.num_classes, cfg.patch_size, cfg.num_tokens) == (32, 6, 8, 17)
@@ -103,13 +124,13 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
     bundle = _tiny_bundle()
     cfg = ModelConfig(name="tiny", img_size=16, num_classes=4, num_experts=2, moe_blocks=1, drop_path=0.1, **TINY)
     sc = {"num_superclasses": 2, "class_to_superclass": bundle.planted_superclasses, "names": ["a", "b"]}
-    tcfg = TrainConfig(epochs=3, batch_size=16, lr=1e-3, warmup_epochs=1, mixup=0.8, cutmix=1.0, ema_decay=0.9,
-                       log_every=1)
-    full = fit(cfg, bundle, tcfg, tmp_path / "full", superclasses=sc, quiet=True)
-    part = fit(cfg, bundle, tcfg.replace(stop_after_steps=6), tmp_path / "split", superclasses=sc, quiet=True)
+    tcfg = TrainConfig(model=cfg, epochs=3, batch_size=16, lr=1e-3, warmup_epochs=1, mixup=0.8, cutmix=1.0,
+                       ema_decay=0.9, log_every=1)
+    full = fit(tcfg, bundle, tmp_path / "full", superclasses=sc, quiet=True)
+    part = fit(tcfg.replace(stop_after_steps=6), bundle, tmp_path / "split", superclasses=sc, quiet=True)
     assert part["stopped"] and (part["epoch"], part["step"]) == (1, 6)
     assert load_checkpoint(tmp_path / "split" / "last.pt")["epoch_step"] == 2
-    again = fit(cfg, bundle, tcfg, tmp_path / "split", superclasses=sc, resume=True, quiet=True)
+    again = fit(tcfg, bundle, tmp_path / "split", superclasses=sc, resume=True, quiet=True)
     a, b = load_checkpoint(tmp_path / "full" / "model.pt"), load_checkpoint(tmp_path / "split" / "model.pt")
     assert a["step"] == b["step"] == 12
     for key in ("model", "ema"):
@@ -129,8 +150,9 @@ def test_end_to_end_imagefolder_all_stages(tmp_path):
 
     root = write_imagefolder(tmp_path / "data", 4, 2, 16, train_per_class=16, val_per_class=6)
     out = tmp_path / "run"
-    s = train("vmoe-6x64-p32", str(root), out, epochs=1, quiet=True,
-              overrides={**TINY, "num_experts": 2, "moe_blocks": 1, "batch_size": 16, "img_size": 16, "log_every": 1})
+    tcfg, bundle = resolve("vmoe-6x64-p32", str(root), {**TINY, "num_experts": 2, "moe_blocks": 1, "batch_size": 16,
+                                                         "img_size": 16, "log_every": 1}, epochs=1)
+    s = train(tcfg, bundle, out, quiet=True)
     for f in ("run.json", "last.pt", "model.pt", "metrics.jsonl", "summary.json", "superclasses.json",
               "dense/model.pt", "dense/summary.json"):
         assert (out / f).exists(), f
@@ -159,8 +181,8 @@ def test_logged_loss_is_ce_plus_weighted_routing_term(tmp_path, routing, weight_
     bundle = _tiny_bundle()
     cfg = ModelConfig(name="t", img_size=16, num_classes=4, num_experts=2, moe_blocks=1, routing=routing, **TINY)
     sc = {"num_superclasses": 2, "class_to_superclass": bundle.planted_superclasses, "names": ["a", "b"]}
-    tcfg = TrainConfig(epochs=1, batch_size=16, log_every=1, ema_decay=0.0, **{weight_key: 0.25})
-    s = fit(cfg, bundle, tcfg, tmp_path, superclasses=sc, quiet=True)
+    tcfg = TrainConfig(model=cfg, epochs=1, batch_size=16, log_every=1, ema_decay=0.0, **{weight_key: 0.25})
+    s = fit(tcfg, bundle, tmp_path, superclasses=sc, quiet=True)
     steps = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"step"' in l[:20]]
     assert len(steps) == 4
     for rec in steps:
@@ -183,3 +205,51 @@ def test_sigterm_sets_the_stop_flag_and_restores_the_handler():
         signal.raise_signal(signal.SIGTERM)  # handled: sets the flag, does not kill the process
         assert stop.flag
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_resume_after_a_kill_keeps_one_metrics_row_per_step(tmp_path):
+    """A kill after some logged steps but before the next last.pt: the resumed run relogs those
+    steps, and metrics.jsonl must still hold each step once."""
+    import shutil
+
+    bundle = _tiny_bundle()
+    cfg = ModelConfig(name="tiny", img_size=16, num_classes=4, **TINY)
+    tcfg = TrainConfig(model=cfg, epochs=2, batch_size=16, log_every=1, ema_decay=0.0)
+    run = tmp_path / "run"
+    fit(tcfg.replace(stop_after_steps=4), bundle, run, quiet=True)  # last.pt at step 4 (end of epoch 1)
+    epoch1 = load_checkpoint(run / "last.pt")
+    shutil.copy(run / "last.pt", tmp_path / "at4.pt")
+    fit(tcfg.replace(stop_after_steps=3), bundle, run, resume=True, quiet=True)  # logs steps 5-7
+    shutil.copy(tmp_path / "at4.pt", run / "last.pt")  # ... but the kill lost the last.pt of step 7
+    assert epoch1["step"] == 4
+    fit(tcfg, bundle, run, resume=True, quiet=True)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "step"] == list(range(1, 9))
+    assert [r["epoch"] for r in rows if r["kind"] == "eval"] == [1, 2]
+
+
+def test_train_state_round_trip(tmp_path):
+    """TrainState.state_dict -> load_state_dict restores weights, optimizer moments, schedule, position."""
+    from mobile_vmoe.train.loop import Stage, build_state
+
+    bundle = _tiny_bundle()
+    tcfg = TrainConfig(model=ModelConfig(name="t", img_size=16, num_classes=4, num_experts=2, moe_blocks=1, **TINY),
+                       epochs=2, batch_size=16, ema_decay=0.9)
+    stage = Stage(tcfg, bundle, tmp_path)
+    a = build_state(stage)
+    x, y = next(iter(stage.train_loader(0, 0)))
+    from mobile_vmoe.train.loop import RoutingForward, train_step
+
+    train_step(stage, a, RoutingForward(a.model), x, y)
+    a.epoch_step, a.seconds, a.metrics = 1, 2.5, {"top1": 50.0}
+    torch.manual_seed(123)  # a different init for b
+    b = build_state(stage)
+    b.load_state_dict(a.state_dict())
+    assert (b.step, b.epoch_step, b.seconds, b.metrics) == (1, 1, 2.5, {"top1": 50.0})
+    assert b.scheduler.get_last_lr() == pytest.approx(a.scheduler.get_last_lr())
+    for (n, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(p, q), n
+    for n, p in a.eval_model.state_dict().items():
+        assert torch.equal(p, b.eval_model.state_dict()[n]), n
+    sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)

@@ -6,11 +6,29 @@ themselves on ``app`` / ``profile_app`` when imported below.
 
 from __future__ import annotations
 
-import sys
-
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+from ..errors import MvmoeError
+
+
+class OneLineErrors(TyperGroup):
+    """The root command group: a user error (MvmoeError) becomes ``error: <message>`` on stderr and
+    exit 1, Ctrl-C ``interrupted`` and exit 130; any other exception is a bug and keeps its traceback.
+    Done here, inside the click command, so tests through ``typer.testing.CliRunner`` see it too."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MvmoeError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mobile Vision Mixture-of-Experts: train, export, profile, report.")
 profile_app = typer.Typer(no_args_is_help=True, help="FLOPs and latency profilers.")
 app.add_typer(profile_app, name="profile")
@@ -35,15 +53,5 @@ _load_commands()
 
 
 def main() -> None:
-    """Console entry point. Usage errors are click's (exit 2); user errors become one line on
-    stderr and exit 1, never a traceback."""
-    from ..errors import MvmoeError
-
-    try:
-        app()  # standalone mode: click prints usage errors and calls sys.exit itself
-    except (MvmoeError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+    """Console entry point (``mvmoe``). Usage errors are click's (exit 2); user errors one line, exit 1."""
+    app()

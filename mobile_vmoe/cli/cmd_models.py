@@ -30,7 +30,7 @@ def models_cmd(
 
     from ..models import MobileVMoE
     from ..profile.flops import analytic_macs
-    from ..registry import get_config, list_models
+    from ..models.registry import get_config, list_models
 
     rows = []
     for name in list_models(pattern):
@@ -93,7 +93,7 @@ def flops_cmd(
     from ..errors import MvmoeError
     from ..models import MobileVMoE
     from ..profile.flops import profile_flops
-    from ..registry import get_config
+    from ..models.registry import get_config
 
     if (checkpoint is None) == (model is None):
         raise MvmoeError("give exactly one of --model NAME or a CHECKPOINT file")

@@ -15,12 +15,12 @@ from . import app
 @app.command("train")
 def train_cmd(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="preset name (default vmoe-6x64-p32 with 5 experts; see `mvmoe models`)"),
-    data: str = typer.Option("digits", "--data", "-d", help="digits | synthetic | synthetic:<classes>:<superclasses> | PATH (ImageFolder with train/ and val/)"),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="digits (default) | synthetic | synthetic:<classes>:<superclasses> | PATH (ImageFolder with train/ and val/)"),
     set_: list[str] = typer.Option([], "--set", help="ModelConfig or TrainConfig field, KEY=VALUE (repeatable), e.g. lr=1e-3, num_experts=10"),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="training epochs (default: the TrainConfig / recipe value)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default: a new folder under ./runs/)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last.pt"),
-    superclasses: str = typer.Option("auto", "--superclasses", help="auto (dense twin -> confusion -> clustering) | FILE.json | none"),
+    superclasses: Optional[str] = typer.Option(None, "--superclasses", help="auto (default: dense twin -> confusion -> clustering) | FILE.json | none"),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="named ImageNet recipe, e.g. imagenet-vmoe-12x192-p32 (see --list-recipes)"),
     list_recipes: bool = typer.Option(False, "--list-recipes", help="print the named recipes and exit"),
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (same as --set seed=N)"),
@@ -28,39 +28,63 @@ def train_cmd(
 ) -> None:
     """Train a (Mobile V-MoE) model. With no arguments: a small Mobile V-MoE on digits, dense
     twin -> superclasses -> MoE, in a few minutes on a laptop CPU."""
-    from ..config import split_overrides
-    from ..errors import MvmoeError
-    from ..train import train
-    from ..train.recipes import get_recipe, list_recipes as names
+    from ..config import parse_overrides
+    from ..train import DEFAULT_DATA, resolve, resume as resume_run, train
 
     if list_recipes:
-        for name in names():
-            r = get_recipe(name)
-            paper = f"{r.paper_top1:.2f}%" if r.paper_top1 is not None else "-"
-            typer.echo(f"{name:28s} model {r.model:16s} paper top-1 {paper:7s} {r.train['epochs']} epochs, global batch {r.train['batch_size']}")
+        print_recipes()
         return
-    if epochs is not None and epochs <= 0:
-        raise MvmoeError(f"--epochs {epochs}: must be a positive integer")
-    model_over, train_over = split_overrides(set_)
-    overrides = {**model_over, **train_over}  # no --model and no --recipe: train() adds the default's
-    summary = train(model, data, out, epochs=epochs, overrides=overrides, superclasses=superclasses, seed=seed,
-                    resume=resume, quiet=quiet, recipe=recipe)
-    if int(os.environ.get("RANK", "0")) != 0:
-        return  # torchrun: rank 0 reports
+    settings = parse_overrides(set_)  # --set is parsed once, here
+    if resume:
+        refuse_with_resume(out, model=model, data=data, recipe=recipe, epochs=epochs, seed=seed,
+                           superclasses=superclasses)
+        summary = resume_run(out, settings, quiet=quiet)
+    else:
+        tcfg, bundle = resolve(model, data or DEFAULT_DATA, settings, epochs=epochs, seed=seed, recipe=recipe)
+        summary = train(tcfg, bundle, out, superclasses=superclasses or "auto", quiet=quiet)
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 reports
+        print_summary(summary)
+
+
+def refuse_with_resume(out: Optional[Path], **given) -> None:
+    """--resume continues a run with its own settings: options that would change them are refused."""
+    from ..errors import MvmoeError
+
+    if out is None:
+        raise MvmoeError("--resume needs --out DIR (the run to continue)")
+    changed = [k for k, v in given.items() if v is not None]
+    if changed:
+        raise MvmoeError(f"--resume continues {out} with its saved settings; drop "
+                         + ", ".join(f"--{k}" for k in changed))
+
+
+def print_recipes() -> None:
+    from ..train.recipes import get_recipe, list_recipes as names
+
+    for name in names():
+        r = get_recipe(name)
+        paper = f"{r.paper_top1:.2f}%" if r.paper_top1 is not None else "-"
+        typer.echo(f"{name:28s} model {r.model:16s} paper top-1 {paper:7s} {r.train['epochs']} epochs, "
+                   f"global batch {r.train['batch_size']}")
+
+
+def print_summary(summary: dict) -> None:
     if summary.get("stopped"):
         typer.echo(f"stopped at epoch {summary['epoch']} (step {summary['step']}); continue with: "
-                   f"mvmoe train --out {Path(summary['last']).parent} --resume")
+                   f"mvmoe train --out {summary['run_dir']} --resume")
         return
     parts = [f"{summary['model']} on {summary['dataset']}: top-1 {summary['top1']:.2f}%, top-5 {summary['top5']:.2f}%"]
     if summary.get("router_superclass_top1") is not None:
         parts.append(f"router superclass top-1 {summary['router_superclass_top1']:.2f}%")
     if summary.get("dense"):
-        parts.append(f"dense twin top-1 {summary['dense']['top1']:.2f}%")
+        parts.append(f"dense twin ({summary['dense'].get('epochs', '?')} epochs, superclass source) "
+                     f"top-1 {summary['dense']['top1']:.2f}%")
     typer.echo(", ".join(parts))
-    typer.echo(f"{summary['macs'] / 1e6:.2f}M MACs/image, {summary['active_params'] / 1e6:.3f}M of {summary['params'] / 1e6:.3f}M "
-               f"params active, {summary['images_per_sec']:.0f} train images/s")
-    typer.echo(f"checkpoint: {summary['checkpoint']}")
-    typer.echo(f"summary: {Path(summary['checkpoint']).parent / 'summary.json'}")
+    typer.echo(f"{summary['macs'] / 1e6:.2f}M MACs/image, {summary['active_params'] / 1e6:.3f}M of "
+               f"{summary['params'] / 1e6:.3f}M params active, {summary['images_per_sec']:.0f} train images/s")
+    run_dir = Path(summary["checkpoint"]).parent
+    typer.echo(f"checkpoint: {run_dir / 'model.pt'}")
+    typer.echo(f"summary: {run_dir / 'summary.json'}")
 
 
 @app.command("superclasses")

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import expert_capacity
+
 
 @dataclass
 class ImageRoute:
@@ -110,9 +112,7 @@ class PerTokenRouter(nn.Module):
         self.proj = nn.Linear(dim, num_experts, bias=False)
 
     def capacity(self, tokens: int) -> int:
-        import math
-
-        return max(1, math.ceil(self.capacity_ratio * self.top_k * tokens / self.num_experts))
+        return expert_capacity(tokens, self.top_k, self.num_experts, self.capacity_ratio)
 
     def forward(self, x: torch.Tensor) -> TokenRoute:
         """x: (B, T, D) normalised tokens."""

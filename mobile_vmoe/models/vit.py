@@ -1,4 +1,4 @@
-"""ViT building blocks: patch embedding, attention, MLP, pre-norm block, drop-path.
+"""ViT building blocks: patch embedding, attention, MLP, pre-norm block (drop path from torchvision).
 
 Shapes: B images, T tokens (patches + class token), D width, H MLP hidden, h heads, d = D / h.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.ops import StochasticDepth
 
 
 class PatchEmbed(nn.Module):
@@ -71,29 +72,13 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample while training."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
 
-    The MLP is either an ``Mlp`` or an MoE layer; MoE layers take extra routing arguments, which
-    ``forward`` passes through as keyword arguments.
+    The MLP is an ``Mlp`` or an MoE layer. MoE layers take the per-image route as a keyword
+    argument and return ``(y, token_route)``; ``forward`` returns ``(x, token_route)`` for every
+    block, with ``token_route`` None unless the MLP routes tokens (V-MoE), so routing information
+    leaves the model through return values only.
     """
 
     def __init__(self, dim: int, heads: int, mlp: nn.Module, qkv_bias: bool = True, drop_path: float = 0.0):
@@ -102,8 +87,11 @@ class Block(nn.Module):
         self.attn = Attention(dim, heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = mlp
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = StochasticDepth(drop_path, mode="row")  # per sample, scaled by 1 / (1 - p)
 
-    def forward(self, x: torch.Tensor, **route) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, **route):
+        """x (B, T, D) -> ((B, T, D), TokenRoute | None)."""
         x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x), **route))
+        out = self.mlp(self.norm2(x), **route)
+        y, token_route = out if isinstance(out, tuple) else (out, None)
+        return x + self.drop_path(y), token_route

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
+from ..errors import MvmoeError
 from .dispatch import IMAGE_DISPATCH, token_dispatch
 from .experts import ExpertBank
 from .routing import ImageRoute, PerImageRouter, PerTokenRouter, TokenRoute
@@ -47,7 +48,6 @@ class MoEMlp(nn.Module):
         if cfg.routing == "token":
             self.router = PerTokenRouter(cfg.width, cfg.num_experts, cfg.top_k, cfg.capacity_ratio,
                                          cfg.batch_priority, cfg.router_noise)
-        self.last_route: TokenRoute | None = None
 
     def resolve_dispatch(self, batch: int, k: int) -> str:
         """``auto``: gather when exporting/tracing or for small batches, grouped otherwise."""
@@ -57,14 +57,14 @@ class MoEMlp(nn.Module):
             return "gather"
         return "grouped" if batch * k > 2 * self.experts.num_experts else "gather"
 
-    def forward(self, x: torch.Tensor, route: ImageRoute | None = None) -> torch.Tensor:
-        """x: (B, T, D) normalised tokens -> (B, T, D)."""
+    def forward(self, x: torch.Tensor, route: ImageRoute | None = None) -> tuple[torch.Tensor, TokenRoute | None]:
+        """x: (B, T, D) normalised tokens -> ((B, T, D), the token route or None for per-image routing)."""
         if self.router is not None:
-            self.last_route = self.router(x)
-            return token_dispatch(self.experts, x, self.last_route)
+            token_route = self.router(x)
+            return token_dispatch(self.experts, x, token_route), token_route
         assert route is not None, "per-image MoE block called without a route"
         mode = self.resolve_dispatch(x.shape[0], route.index.shape[1])
-        return IMAGE_DISPATCH[mode](self.experts, x, route.index, route.gates)
+        return IMAGE_DISPATCH[mode](self.experts, x, route.index, route.gates), None
 
 
 class MobileVMoE(nn.Module):
@@ -82,7 +82,7 @@ class MobileVMoE(nn.Module):
             for i in range(cfg.depth)
         )
         self.router = None
-        if cfg.is_moe and cfg.routing == "image":
+        if cfg.is_per_image:
             self.router = PerImageRouter(D, cfg.num_experts, cfg.top_k, cfg.router_input)
         self.norm = nn.LayerNorm(D, eps=1e-6)
         self.head_drop = nn.Dropout(cfg.dropout)
@@ -108,39 +108,43 @@ class MobileVMoE(nn.Module):
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         return torch.cat([cls, x], dim=1) + self.pos_embed
 
-    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ImageRoute | None]:
-        """Images -> final normalised tokens (B, T, D) and the per-image route (None if not used)."""
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ImageRoute | None, list[TokenRoute]]:
+        """Images -> final normalised tokens (B, T, D), the per-image route (None if not used) and
+        the token routes of the per-token MoE blocks (empty unless routing == "token")."""
         x = self.embed(x)
         route = None
+        token_routes: list[TokenRoute] = []
         for i, block in enumerate(self.blocks):
             if self.router is not None and i == self.cfg.first_moe_block:
                 route = self.router(x)  # once per image, on the output of the last dense block
-            x = block(x, route=route) if self.cfg.is_moe_block(i) else block(x)
-        return self.norm(x), route
+            x, token_route = block(x, route=route) if route is not None and self.cfg.is_moe_block(i) else block(x)
+            if token_route is not None:
+                token_routes.append(token_route)
+        return self.norm(x), route, token_routes
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens (B, T, D) -> logits (B, num_classes) from the class token."""
         return self.head(self.head_drop(x[:, :1].flatten(1)))  # class token (a slice: delegates take it)
 
     def forward_with_routing(self, x: torch.Tensor) -> ModelOutput:
-        feats, route = self.forward_features(x)
-        out = ModelOutput(logits=self.forward_head(feats))
+        feats, route, token_routes = self.forward_features(x)
+        out = ModelOutput(logits=self.forward_head(feats), token_routes=token_routes)
         if route is not None:
             out.router_logits, out.expert_index, out.gates = route.logits, route.index, route.gates
-        if self.cfg.is_moe and self.cfg.routing == "token":
-            out.token_routes = [b.mlp.last_route for b in self.blocks if isinstance(b.mlp, MoEMlp)]
-            out.aux_loss = torch.stack([r.aux_loss for r in out.token_routes]).sum()
+        if token_routes:
+            out.aux_loss = torch.stack([r.aux_loss for r in token_routes]).sum()
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats, _ = self.forward_features(x)
+        feats, _, _ = self.forward_features(x)
         return self.forward_head(feats)
 
     # ------------------------------------------------------------ adjustments
     def set_dispatch(self, mode: str) -> "MobileVMoE":
         """Dispatch for every per-image MoE block: auto | gather | dense | grouped."""
         if mode not in ("auto", *IMAGE_DISPATCH):
-            raise ValueError(f"dispatch={mode!r} must be one of auto, {', '.join(IMAGE_DISPATCH)}")
+            raise MvmoeError(f"dispatch={mode!r} must be one of auto, {', '.join(IMAGE_DISPATCH)}")
+        self.cfg = self.cfg.replace(dispatch=mode)  # the config keeps describing the model
         for m in self.modules():
             if isinstance(m, MoEMlp):
                 m.dispatch = mode

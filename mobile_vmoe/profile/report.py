@@ -139,7 +139,7 @@ def published_rows() -> list[Row]:
 
     from ..models import MobileVMoE
     from ..profile.flops import analytic_macs
-    from ..registry import get_config
+    from ..models.registry import get_config
 
     rows = []
     for name, kind, preset, macs, top1, note in PUBLISHED:

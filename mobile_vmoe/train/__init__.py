@@ -1,10 +1,11 @@
 """Training: the Mobile V-MoE recipe (dense twin -> superclasses -> MoE), loop, losses, EMA, DDP.
 
-``train(model, data, out_dir, ...)`` is the entry point (``mvmoe train`` calls it); ``fit`` trains
-one stage; ``recipes`` holds the named ImageNet-1k recipes.
+``resolve`` builds the TrainConfig and data of a run, ``train`` runs it, ``resume`` continues one
+(``mvmoe train`` calls these); ``fit`` trains one stage; ``recipes`` holds the named ImageNet-1k recipes.
 """
 
-from .loop import fit
-from .run import DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_OVERRIDES, adapt_to_data, train
+from .loop import TrainState, fit, train_one_epoch
+from .run import DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_SETTINGS, adapt_to_data, resolve, resume, train
 
-__all__ = ["train", "fit", "adapt_to_data", "DEFAULT_MODEL", "DEFAULT_DATA", "DEFAULT_OVERRIDES"]
+__all__ = ["resolve", "train", "resume", "fit", "TrainState", "train_one_epoch", "adapt_to_data",
+           "DEFAULT_MODEL", "DEFAULT_DATA", "DEFAULT_SETTINGS"]

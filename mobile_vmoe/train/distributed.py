@@ -1,6 +1,6 @@
 """torch.distributed for torchrun: set up from the environment, rank-0 helpers.
 
-``torchrun --nproc_per_node N -m mobile_vmoe.cli train ...`` sets RANK, WORLD_SIZE, LOCAL_RANK and
+``torchrun --nproc_per_node N --no-python mvmoe train ...`` sets RANK, WORLD_SIZE, LOCAL_RANK and
 MASTER_ADDR/PORT; without them everything runs as a single process (world size 1). NCCL on CUDA,
 gloo on CPU.
 """

@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from ..errors import MvmoeError
+
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, *, class_to_superclass: torch.Tensor | None = None,
@@ -21,7 +23,7 @@ def evaluate(model: torch.nn.Module, loader, *, class_to_superclass: torch.Tenso
     was_training = model.training
     model.eval()
     cfg = model.cfg
-    per_image = cfg.is_moe and cfg.routing == "image"
+    per_image = cfg.is_per_image
     k5 = min(5, cfg.num_classes)
     n = correct1 = correct5 = router_correct = 0
     usage = None
@@ -46,7 +48,7 @@ def evaluate(model: torch.nn.Module, loader, *, class_to_superclass: torch.Tenso
             usage += torch.bincount(sc * cfg.num_experts + expert, minlength=usage.numel()).view_as(usage)
     model.train(was_training)
     if n == 0:
-        raise ValueError("evaluation set is empty")
+        raise MvmoeError("evaluation set is empty")
     return {
         "top1": 100.0 * correct1 / n,
         "top5": 100.0 * correct5 / n,

@@ -1,11 +1,15 @@
-"""One training stage: a model, a dataset, a TrainConfig -> a run directory.
+"""One training stage: a TrainConfig and a dataset -> a run directory.
 
 ``fit`` trains one model (the dense baseline or the MoE) and writes, on rank 0::
 
-    DIR/last.pt        everything needed to resume (weights, EMA, optimizer, scheduler, RNG, position)
+    DIR/last.pt        everything needed to resume (TrainState.state_dict(): weights, EMA, optimizer,
+                       scheduler, RNG, position)
     DIR/model.pt       the final model (EMA weights under "ema" when EMA is on), no optimizer
     DIR/metrics.jsonl  {"kind": "step" | "epoch" | "eval", "epoch", "step", ...} per line
-    DIR/summary.json   the contract keys (see ``summary``)
+    DIR/summary.json   see ``make_summary`` and docs/formats.md
+
+The pieces, as in timm's train.py: ``TrainState`` (what changes), ``Stage`` (what does not),
+``train_step`` / ``train_one_epoch`` / ``evaluate`` (plain functions) and ``fit`` (the epoch loop).
 
 Determinism (what makes resume == uninterrupted on CPU): the data order of epoch e is
 DistributedSampler(seed).set_epoch(e) (seed + e); the global RNG (augmentation, MixUp, drop path,
@@ -18,26 +22,155 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from ..config import ModelConfig, TrainConfig
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import TrainConfig
 from ..errors import MvmoeError
+from ..fileio import atomic_write_json
 from ..models import MobileVMoE
 from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_flag
 from .ema import build_ema, ema_state, load_ema_state
 from .evaluate import evaluate
-from .losses import mvmoe_loss
+from .losses import LossParts, mvmoe_loss
+from .metrics import MetricsLog, Progress
 from .optim import build_optimizer, build_scheduler
 from .state import capture_rng, epoch_seed, restore_rng, seed_everything
+
+
+# ----------------------------------------------------------------------------------- state
+@dataclass
+class TrainState:
+    """Everything that changes while a stage trains; ``state_dict`` is what last.pt resumes from."""
+
+    model: MobileVMoE
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+    epoch: int = 0  # finished epochs
+    step: int = 0  # optimizer steps so far
+    epoch_step: int = 0  # batches of the current epoch already done (after a mid-epoch stop)
+    seconds: float = 0.0  # training time so far, all invocations
+    images_seen: int = 0
+    metrics: dict = field(default_factory=dict)  # the last evaluation
+    rng_per_rank: list | None = None  # RNG state of every rank at a mid-epoch stop
+
+    @property
+    def eval_model(self) -> MobileVMoE:
+        return self.ema.module if self.ema is not None else self.model
+
+    def state_dict(self) -> dict:
+        ema, n = ema_state(self.ema) if self.ema is not None else (None, 0)
+        return {"model": self.model.state_dict(), "ema": ema, "ema_n_averaged": n,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "epoch": self.epoch, "step": self.step, "epoch_step": self.epoch_step,
+                "train_seconds": self.seconds, "images_seen": self.images_seen, "metrics": self.metrics,
+                "rng_per_rank": self.rng_per_rank}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.model.load_state_dict(d["model"])
+        if self.ema is not None and d.get("ema") is not None:
+            load_ema_state(self.ema, d["ema"], d.get("ema_n_averaged", 0))
+        self.optimizer.load_state_dict(d["optimizer"])
+        self.scheduler.load_state_dict(d["scheduler"])
+        self.epoch, self.step, self.epoch_step = d["epoch"], d["step"], d.get("epoch_step", 0)
+        self.seconds, self.images_seen = d.get("train_seconds", 0.0), d.get("images_seen", 0)
+        self.metrics = d.get("metrics") or {}
+        self.rng_per_rank = d.get("rng_per_rank")
+
+
+def build_state(stage: "Stage") -> TrainState:
+    """A fresh model (seeded), its EMA, AdamW and the warmup + cosine schedule."""
+    tcfg = stage.tcfg
+    seed_everything(tcfg.seed)
+    model = MobileVMoE(tcfg.model).to(stage.device)
+    optimizer = build_optimizer(model, tcfg.lr, tcfg.weight_decay, (tcfg.betas1, tcfg.betas2))
+    total = stage.steps_per_epoch * tcfg.epochs
+    scheduler = build_scheduler(optimizer, total, round(tcfg.warmup_epochs * stage.steps_per_epoch),
+                                tcfg.min_lr / tcfg.lr)
+    return TrainState(model, optimizer, scheduler, build_ema(model, tcfg.ema_decay))
+
+
+# ----------------------------------------------------------------------------------- stage
+@dataclass
+class Stage:
+    """What stays fixed while one stage trains: settings, data, where it writes, which process."""
+
+    tcfg: TrainConfig
+    bundle: object  # mobile_vmoe.data.DataBundle
+    out: Path
+    name: str = "train"  # "dense" | "moe": shown in logs
+    info: DistInfo = field(default_factory=DistInfo)
+    superclasses: dict | None = None  # router targets of a per-image MoE (a superclasses.json dict)
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        cfg, info = self.tcfg.model, self.info
+        if not cfg.is_per_image:
+            self.superclasses = None  # dense and per-token models have no router target
+        if self.superclasses is not None and self.superclasses["num_superclasses"] != cfg.num_experts:
+            raise MvmoeError(f"{self.superclasses['num_superclasses']} superclasses for {cfg.num_experts} experts: "
+                             "the router learns superclass i as expert i, so they must be equal")
+        if self.tcfg.batch_size % info.world_size:
+            raise MvmoeError(f"batch_size={self.tcfg.batch_size} is not divisible by the {info.world_size} processes")
+        self.local_batch = self.tcfg.batch_size // info.world_size
+        self.sampler = DistributedSampler(self.bundle.train, num_replicas=info.world_size, rank=info.rank,
+                                          shuffle=True, seed=self.tcfg.seed, drop_last=True)
+        self.steps_per_epoch = len(self.sampler) // self.local_batch
+        if self.steps_per_epoch == 0:
+            raise MvmoeError(f"{len(self.bundle.train)} training images are fewer than one batch of "
+                             f"{self.tcfg.batch_size}: lower it with --set batch_size=N")
+        self.c2s = (torch.tensor(self.superclasses["class_to_superclass"], dtype=torch.long, device=self.device)
+                    if self.superclasses else None)  # (N,) class -> superclass
+        self.amp_dtype = amp_dtype_for(self.tcfg.amp, self.device)
+        self.mixer = None
+        if self.tcfg.mixup > 0 or self.tcfg.cutmix > 0:
+            from ..data import MixupCutmix
+
+            self.mixer = MixupCutmix(cfg.num_classes, self.tcfg.mixup, self.tcfg.cutmix, self.tcfg.mix_prob)
+        self.log = MetricsLog(self.out / "metrics.jsonl", enabled=info.is_main)
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+    def say(self, text: str) -> None:
+        if self.info.is_main and not self.quiet:
+            print(text)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_loader(self, epoch: int, skip_batches: int) -> DataLoader:
+        """Epoch ``epoch``'s batches of this rank, the first ``skip_batches`` left out (resume)."""
+        self.sampler.set_epoch(epoch)
+        indices = list(self.sampler)[skip_batches * self.local_batch:]
+        gen = torch.Generator().manual_seed(epoch_seed(self.tcfg.seed, epoch, self.info.rank))
+        return DataLoader(self.bundle.train, batch_size=self.local_batch, sampler=indices, drop_last=True,
+                          num_workers=self.tcfg.workers, generator=gen, pin_memory=self.device.type == "cuda")
+
+    def val_loader(self) -> DataLoader:
+        return DataLoader(self.bundle.val, batch_size=max(self.local_batch, 64), shuffle=False,
+                          num_workers=self.tcfg.workers)
+
+
+def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA for amp=auto; fp32 on CPU unless amp=bf16 asks for it."""
+    if amp == "none":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
 
 
 class RoutingForward(nn.Module):
@@ -81,301 +214,256 @@ class StopRequest:
         return False
 
 
-def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA for amp=auto; fp32 on CPU unless amp=bf16 asks for it."""
-    if amp == "none":
+# ------------------------------------------------------------------------------- one step
+def targets(stage: Stage, images: torch.Tensor, labels: torch.Tensor):
+    """-> (images, class target (B, N) soft, superclass target (B, E) soft or None)."""
+    cfg = stage.tcfg.model
+    if stage.mixer is not None:
+        images, target = stage.mixer(images, labels)
+    else:
+        target = F.one_hot(labels, cfg.num_classes).float()  # (B, N)
+    sc_target = None
+    if stage.c2s is not None:
+        from ..data import superclass_targets
+
+        sc_target = superclass_targets(target, stage.c2s, cfg.num_experts)  # (B, E)
+    return images, target, sc_target
+
+
+def train_step(stage: Stage, state: TrainState, module: nn.Module, images: torch.Tensor,
+               labels: torch.Tensor) -> LossParts:
+    """One optimizer step on one batch; returns the loss parts (detached use only)."""
+    tcfg = stage.tcfg
+    images, target, sc_target = targets(stage, images, labels)
+    with stage.autocast():
+        logits, router_logits, aux = module(images)
+    parts = mvmoe_loss(logits, router_logits, aux, target, sc_target, label_smoothing=tcfg.label_smoothing,
+                       router_weight=tcfg.router_weight, aux_weight=tcfg.aux_weight)
+    if not torch.isfinite(parts.total):
+        raise MvmoeError(f"{stage.name}: loss is {float(parts.total)} at step {state.step}; lower lr (now {tcfg.lr})")
+    state.optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    if tcfg.clip_grad > 0:
+        nn.utils.clip_grad_norm_(state.model.parameters(), tcfg.clip_grad)
+    state.optimizer.step()
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update_parameters(state.model)
+    state.step += 1
+    state.epoch_step += 1
+    return parts
+
+
+@dataclass
+class EpochResult:
+    steps: int = 0
+    images: int = 0  # over all ranks
+    seconds: float = 0.0
+    mean_loss: float = float("nan")
+    stopped: bool = False
+
+
+def train_one_epoch(stage: Stage, state: TrainState, module: nn.Module, stop_requested, progress: Progress,
+                    max_steps: int = 0) -> EpochResult:
+    """Train the rest of epoch ``state.epoch``; stops early (result.stopped) when ``stop_requested()``
+    is true on any rank or after ``max_steps`` steps (0 = no limit)."""
+    info = stage.info
+    if state.epoch_step == 0:
+        seed_everything(epoch_seed(stage.tcfg.seed, state.epoch, info.rank))
+    elif state.rng_per_rank is not None:
+        restore_rng(state.rng_per_rank[info.rank])
+    state.rng_per_rank = None
+    result = EpochResult()
+    loss_sum = torch.zeros((), device=stage.device)
+    module.train()
+    t0 = time.perf_counter()
+    for images, labels in stage.train_loader(state.epoch, state.epoch_step):
+        images = images.to(stage.device, non_blocking=True)
+        labels = labels.to(stage.device, non_blocking=True)
+        parts = train_step(stage, state, module, images, labels)
+        result.steps += 1
+        result.images += images.shape[0] * info.world_size
+        loss_sum += parts.total.detach()
+        ips = result.images / max(time.perf_counter() - t0, 1e-9)
+        progress.update(state.step, float(parts.total.detach()) if progress.enabled else 0.0, ips)
+        if state.step % stage.tcfg.log_every == 0:
+            stage.log.write({"kind": "step", "epoch": state.epoch, "step": state.step,
+                             "lr": state.scheduler.get_last_lr()[0], **parts.as_floats(), "images_per_sec": ips})
+        if broadcast_flag(bool(stop_requested() or (max_steps and result.steps >= max_steps)), info):
+            result.stopped = True
+            break
+    result.seconds = time.perf_counter() - t0
+    result.mean_loss = float(all_reduce_mean(loss_sum / max(result.steps, 1), info))
+    return result
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def save_state(stage: Stage, state: TrainState, path: Path, *, final: bool = False) -> None:
+    """last.pt (``final=False``: resumable, RNG of every rank) or model.pt (weights and metadata).
+
+    Every rank must call it (the RNG states are gathered); rank 0 writes."""
+    rng = capture_rng()
+    per_rank = [rng]
+    if stage.info.enabled:
+        per_rank = [None] * stage.info.world_size
+        torch.distributed.all_gather_object(per_rank, rng)
+    if not stage.info.is_main:
+        return
+    sc = stage.superclasses
+    ck = {"model_config": stage.tcfg.model.to_dict(), "class_names": list(stage.bundle.class_names),
+          "superclasses": {"names": list(sc["names"]), "class_to_superclass": list(sc["class_to_superclass"])}
+          if sc else None,
+          "data": stage.bundle.checkpoint_info(), "train_config": stage.tcfg.to_dict()}
+    full = state.state_dict()
+    if final:
+        ck.update({k: full[k] for k in ("model", "ema", "ema_n_averaged", "metrics", "epoch", "step")})
+    else:
+        ck.update(full, rng=rng, rng_per_rank=per_rank, steps_per_epoch=stage.steps_per_epoch,
+                  finished=state.epoch >= stage.tcfg.epochs)
+    save_checkpoint(path, ck)
+
+
+def resume_state(stage: Stage, state: TrainState, path: Path) -> dict | None:
+    """Load ``path`` into ``state``; returns the checkpoint dict (None when there is none yet)."""
+    if not path.exists():
+        stage.say(f"{stage.name}: no {path} yet, starting from scratch")
         return None
-    if amp == "bf16":
-        return torch.bfloat16
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    ck = load_checkpoint(path, map_location=stage.device)
+    if ck["model_config"] != stage.tcfg.model.to_dict():
+        raise MvmoeError(f"{path} was written for another model config; use a new --out or drop --resume")
+    if ck.get("steps_per_epoch") != stage.steps_per_epoch:
+        raise MvmoeError(f"{path}: {ck.get('steps_per_epoch')} steps per epoch there, {stage.steps_per_epoch} now "
+                         "(different data or batch size); cannot resume exactly")
+    state.load_state_dict(ck)
+    return ck
 
 
-def superclass_info(superclasses: dict | None) -> dict | None:
-    if superclasses is None:
-        return None
-    return {"names": list(superclasses["names"]), "class_to_superclass": list(superclasses["class_to_superclass"])}
+# ------------------------------------------------------------------------------------- fit
+def fit(tcfg: TrainConfig, bundle, out_dir: str | Path, *, superclasses: dict | None = None,
+        dist_info: DistInfo | None = None, resume: bool = False, quiet: bool = False, stage: str = "train",
+        extra_summary: dict | None = None) -> dict:
+    """Train ``tcfg.model`` on ``bundle`` for ``tcfg.epochs`` epochs into ``out_dir``; returns the summary.
 
-
-def fit(cfg: ModelConfig, bundle, tcfg: TrainConfig, out_dir: str | Path, **kwargs) -> dict:
-    """Train one stage (see ``_fit``); torch's thread count is restored afterwards."""
+    superclasses: a superclasses.json dict (``class_to_superclass``, S == num_experts) for a
+    per-image MoE: its router is trained towards it with ``router_weight`` and evaluated on it.
+    resume: continue from DIR/last.pt (a finished stage just returns its summary). The summary is
+    ``{"stopped": True, ...}`` when SIGTERM/Ctrl-C or ``stop_after_steps`` ended it early.
+    torch's thread count is restored afterwards.
+    """
     threads = torch.get_num_threads()
+    st = Stage(tcfg, bundle, Path(out_dir), stage, dist_info or DistInfo(), superclasses, quiet)
+    if tcfg.threads and st.device.type == "cpu":
+        torch.set_num_threads(tcfg.threads)
     try:
-        return _fit(cfg, bundle, tcfg, out_dir, **kwargs)
+        state = build_state(st)
+        ck = resume_state(st, state, st.out / "last.pt") if resume else None
+        if ck is not None and state.epoch >= tcfg.epochs and (st.out / "summary.json").exists():
+            st.say(f"{stage}: already finished in {st.out}")
+            return finished_summary(st.out)
+        if ck is not None:
+            st.log.trim(state.step)  # rows a killed run logged after its last.pt
+            st.say(f"{stage}: resuming {st.out / 'last.pt'} at epoch {state.epoch}, step {state.step}")
+        stopped = run_epochs(st, state)
+        return finish(st, state, stopped, extra_summary)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit(cfg: ModelConfig, bundle, tcfg: TrainConfig, out_dir: str | Path, *, superclasses: dict | None = None,
-         dist_info: DistInfo | None = None, resume: bool = False, quiet: bool = False, stage: str = "train",
-         extra_summary: dict | None = None) -> dict:
-    """Train ``cfg`` on ``bundle`` for ``tcfg.epochs`` epochs; returns the summary dict.
-
-    superclasses: the dict of a superclasses JSON (``class_to_superclass`` with S == num_experts)
-    for a per-image MoE: its router is trained towards it with ``router_weight`` and evaluated on
-    it. resume: continue from DIR/last.pt (a finished stage just returns its summary).
-    The summary has ``"stopped": True`` when SIGTERM/Ctrl-C or ``stop_after_steps`` ended it early.
-    """
-    info = dist_info or DistInfo()
-    out = Path(out_dir)
-    device = info.device
-    per_image = cfg.is_moe and cfg.routing == "image"
-    if superclasses is not None and per_image and superclasses["num_superclasses"] != cfg.num_experts:
-        raise MvmoeError(f"{superclasses['num_superclasses']} superclasses for {cfg.num_experts} experts: the router "
-                         "learns superclass i as expert i, so they must be equal")
-    if not per_image:
-        superclasses = None  # dense and per-token models have no router target
-    c2s = torch.tensor(superclasses["class_to_superclass"], dtype=torch.long) if superclasses else None
-
-    # ---------------------------------------------------------------- batches
-    if tcfg.batch_size % info.world_size:
-        raise MvmoeError(f"batch_size={tcfg.batch_size} is not divisible by the {info.world_size} processes")
-    local_bs = tcfg.batch_size // info.world_size
-    sampler = DistributedSampler(bundle.train, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=tcfg.seed, drop_last=True)
-    steps_per_epoch = len(sampler) // local_bs
-    if steps_per_epoch == 0:
-        raise MvmoeError(f"{len(bundle.train)} training images are fewer than one batch of {tcfg.batch_size}: "
-                         f"lower it with --set batch_size=N")
-    total_steps = steps_per_epoch * tcfg.epochs
-    warmup_steps = round(tcfg.warmup_epochs * steps_per_epoch)
-    val_loader = DataLoader(bundle.val, batch_size=max(local_bs, 64), shuffle=False, num_workers=tcfg.workers)
-
-    if tcfg.threads and device.type == "cpu":
-        torch.set_num_threads(tcfg.threads)
-
-    # ------------------------------------------------------------------ model
-    seed_everything(tcfg.seed)
-    model = MobileVMoE(cfg).to(device)
-    ema = build_ema(model, tcfg.ema_decay)
-    optimizer = build_optimizer(model, tcfg.lr, tcfg.weight_decay, (tcfg.betas1, tcfg.betas2))
-    scheduler = build_scheduler(optimizer, total_steps, warmup_steps, tcfg.min_lr / tcfg.lr)
-    amp_dtype = amp_dtype_for(tcfg.amp, device)
-
-    epoch, step, epoch_step, seconds, images_seen = 0, 0, 0, 0.0, 0
-    rng_per_rank = None
-    last_eval: dict = {}
-    last_path = out / "last.pt"
-    if resume and last_path.exists():
-        ck = load_checkpoint(last_path, map_location=device)
-        if ck["model_config"] != cfg.to_dict():
-            raise MvmoeError(f"{last_path} was written for another model config; use a new --out or drop --resume")
-        if ck.get("steps_per_epoch") != steps_per_epoch:
-            raise MvmoeError(f"{last_path}: {ck.get('steps_per_epoch')} steps per epoch there, {steps_per_epoch} now "
-                             "(different data or batch size); cannot resume exactly")
-        if ck.get("finished") and (out / "summary.json").exists() and ck["epoch"] >= tcfg.epochs:
-            if info.is_main and not quiet:
-                print(f"{stage}: already finished in {out}")
-            return json.loads((out / "summary.json").read_text())
-        model.load_state_dict(ck["model"])
-        if ema is not None and ck.get("ema") is not None:
-            load_ema_state(ema, ck["ema"], ck.get("ema_n_averaged", 0))
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        epoch, step, epoch_step = ck["epoch"], ck["step"], ck.get("epoch_step", 0)
-        seconds, images_seen = ck.get("train_seconds", 0.0), ck.get("images_seen", 0)
-        last_eval = ck.get("metrics") or {}
-        rng_per_rank = ck.get("rng_per_rank")
-        if info.is_main and not quiet:
-            print(f"{stage}: resuming {last_path} at epoch {epoch}, step {step}")
-    elif resume and info.is_main and not quiet:
-        print(f"{stage}: no {last_path} yet, starting from scratch")
-    train_module: nn.Module = RoutingForward(model)
+def run_epochs(stage: Stage, state: TrainState) -> bool:
+    """The epoch loop, with evaluation and last.pt after every epoch; True if stopped early."""
+    tcfg, info = stage.tcfg, stage.info
+    module: nn.Module = RoutingForward(state.model)
     if info.enabled:
-        train_module = nn.parallel.DistributedDataParallel(
-            train_module, device_ids=[device.index] if device.type == "cuda" else None)
-    mixer = None
-    if tcfg.mixup > 0 or tcfg.cutmix > 0:
-        from ..data import MixupCutmix
-
-        mixer = MixupCutmix(cfg.num_classes, tcfg.mixup, tcfg.cutmix, tcfg.mix_prob)
-
-    def checkpoint(path: Path, *, final: bool = False) -> None:
-        rng = capture_rng()
-        per_rank = [rng]
-        if info.enabled:
-            per_rank = [None] * info.world_size
-            torch.distributed.all_gather_object(per_rank, rng)
-        if not info.is_main:
-            return
-        ck = {
-            "model_config": cfg.to_dict(), "model": model.state_dict(),
-            "ema": ema_state(ema)[0] if ema is not None else None,
-            "ema_n_averaged": ema_state(ema)[1] if ema is not None else 0,
-            "class_names": list(bundle.class_names), "superclasses": superclass_info(superclasses),
-            "data": bundle.checkpoint_info(), "train_config": tcfg.to_dict(), "metrics": last_eval,
-            "epoch": epoch, "step": step,
-        }
-        if not final:
-            ck.update(epoch_step=epoch_step, steps_per_epoch=steps_per_epoch, optimizer=optimizer.state_dict(),
-                      scheduler=scheduler.state_dict(), rng=rng, rng_per_rank=per_rank,
-                      train_seconds=seconds, images_seen=images_seen, finished=epoch >= tcfg.epochs)
-        save_checkpoint(path, ck)
-
-    metrics_file = out / "metrics.jsonl"
+        module = nn.parallel.DistributedDataParallel(
+            module, device_ids=[stage.device.index] if stage.device.type == "cuda" else None)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-
-    def log(record: dict) -> None:
-        if info.is_main:
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    progress = _Progress(total_steps, step, stage, enabled=info.is_main and not quiet)
-    loader_gen = torch.Generator()
-    stopped = False
-    steps_this_run = 0
+        stage.out.mkdir(parents=True, exist_ok=True)
+    last = stage.out / "last.pt"
+    progress = Progress(stage.steps_per_epoch * tcfg.epochs, state.step, stage.name,
+                        enabled=info.is_main and not stage.quiet)
+    steps_left = tcfg.stop_after_steps
     with StopRequest() as stop, progress:
-        while epoch < tcfg.epochs and not stopped:
-            if epoch_step == 0:
-                seed_everything(epoch_seed(tcfg.seed, epoch, info.rank))
-            elif rng_per_rank is not None:
-                restore_rng(rng_per_rank[info.rank])
-            rng_per_rank = None
-            sampler.set_epoch(epoch)
-            indices = list(sampler)[epoch_step * local_bs:]
-            loader_gen.manual_seed(epoch_seed(tcfg.seed, epoch, info.rank))
-            loader = DataLoader(bundle.train, batch_size=local_bs, sampler=indices, drop_last=True,
-                                num_workers=tcfg.workers, generator=loader_gen, pin_memory=device.type == "cuda")
-            train_module.train()
-            t0, n0, loss_sum, loss_n = time.perf_counter(), 0, torch.zeros((), device=device), 0
-            for images, labels in loader:
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                if mixer is not None:
-                    images, target = mixer(images, labels)
-                else:
-                    target = torch.nn.functional.one_hot(labels, cfg.num_classes).float()  # (B, N)
-                sc_target = None
-                if c2s is not None:
-                    from ..data import superclass_targets
+        while state.epoch < tcfg.epochs:
+            r = train_one_epoch(stage, state, module, lambda: stop.flag, progress, max_steps=steps_left)
+            state.seconds += r.seconds
+            state.images_seen += r.images
+            steps_left = max(steps_left - r.steps, 1) if steps_left else 0
+            if r.stopped and state.epoch_step < stage.steps_per_epoch:
+                save_state(stage, state, last)  # mid-epoch: keeps epoch and epoch_step
+                return True
+            end_epoch(stage, state, r, progress)
+            save_state(stage, state, last)
+            if r.stopped:
+                return state.epoch < tcfg.epochs
+    return False
 
-                    sc_target = superclass_targets(target, c2s.to(device), cfg.num_experts)  # (B, E)
-                autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
-                            else contextlib.nullcontext())
-                with autocast:
-                    logits, router_logits, aux = train_module(images)
-                parts = mvmoe_loss(SimpleNamespace(logits=logits, router_logits=router_logits, aux_loss=aux),
-                                   target, sc_target, label_smoothing=tcfg.label_smoothing,
-                                   router_weight=tcfg.router_weight, aux_weight=tcfg.aux_weight)
-                if not torch.isfinite(parts.total):
-                    raise MvmoeError(f"{stage}: loss is {float(parts.total)} at step {step}; lower lr (now {tcfg.lr})")
-                optimizer.zero_grad(set_to_none=True)
-                parts.total.backward()
-                if tcfg.clip_grad > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_grad)
-                optimizer.step()
-                scheduler.step()
-                if ema is not None:
-                    ema.update_parameters(model)
-                step += 1
-                epoch_step += 1
-                steps_this_run += 1
-                n0 += images.shape[0] * info.world_size
-                loss_sum += parts.total.detach()
-                loss_n += 1
-                elapsed = time.perf_counter() - t0
-                ips = n0 / max(elapsed, 1e-9)
-                progress.update(step, float(parts.total.detach()) if progress.enabled else 0.0, ips, epoch)
-                if step % tcfg.log_every == 0:
-                    log({"kind": "step", "epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0],
-                         **parts.as_floats(), "images_per_sec": ips})
-                want_stop = stop.flag or (tcfg.stop_after_steps and steps_this_run >= tcfg.stop_after_steps)
-                if broadcast_flag(bool(want_stop), info):
-                    stopped = True
-                    break
-            epoch_seconds = time.perf_counter() - t0
-            seconds += epoch_seconds
-            images_seen += n0
-            if stopped and epoch_step < steps_per_epoch:
-                break  # mid-epoch: last.pt below keeps epoch and epoch_step
-            epoch, epoch_step = epoch + 1, 0
-            mean_loss = float(all_reduce_mean(loss_sum / max(loss_n, 1), info))
-            log({"kind": "epoch", "epoch": epoch, "step": step, "train_loss": mean_loss,
-                 "images_per_sec": n0 / max(epoch_seconds, 1e-9), "seconds": epoch_seconds,
-                 "lr": scheduler.get_last_lr()[0]})
-            if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
-                if info.is_main:
-                    last_eval = evaluate(ema.module if ema is not None else model, val_loader,
-                                         class_to_superclass=c2s, device=device, amp_dtype=amp_dtype)
-                    last_eval["weights"] = "ema" if ema is not None else "model"
-                    log({"kind": "eval", "epoch": epoch, "step": step,
-                         **{k: v for k, v in last_eval.items() if k != "expert_usage"}})
-                    progress.note(f"{stage} epoch {epoch}/{tcfg.epochs}: loss {mean_loss:.3f}, "
-                                  f"val top-1 {last_eval['top1']:.2f}%"
-                                  + (f", router superclass top-1 {last_eval['router_superclass_top1']:.1f}%"
-                                     if last_eval.get("router_superclass_top1") is not None else ""))
-                barrier(info)
-            checkpoint(last_path)
-        if stopped:
-            checkpoint(last_path)
-    barrier(info)
-    images_per_sec = images_seen / max(seconds, 1e-9)
-    if stopped and epoch < tcfg.epochs:
-        if info.is_main and not quiet:
-            print(f"{stage}: stopped at epoch {epoch}, step {step}; saved {last_path} (continue with --resume)")
-        return {"stopped": True, "epoch": epoch, "step": step, "last": str(last_path)}
-    checkpoint(out / "model.pt", final=True)
-    summary = make_summary(cfg, bundle, tcfg, superclasses, last_eval, images_per_sec, out, seconds)
-    summary["world_size"] = info.world_size
+
+def end_epoch(stage: Stage, state: TrainState, r: EpochResult, progress: Progress) -> None:
+    """Count the epoch, log it, and evaluate when due (rank 0; the others wait)."""
+    tcfg = stage.tcfg
+    state.epoch, state.epoch_step = state.epoch + 1, 0
+    stage.log.write({"kind": "epoch", "epoch": state.epoch, "step": state.step, "train_loss": r.mean_loss,
+                     "images_per_sec": r.images / max(r.seconds, 1e-9), "seconds": r.seconds,
+                     "lr": state.scheduler.get_last_lr()[0]})
+    if state.epoch % tcfg.eval_every and state.epoch != tcfg.epochs:
+        return
+    if stage.info.is_main:
+        ev = evaluate(state.eval_model, stage.val_loader(), class_to_superclass=stage.c2s, device=stage.device,
+                      amp_dtype=stage.amp_dtype)
+        ev["weights"] = "ema" if state.ema is not None else "model"
+        state.metrics = ev
+        stage.log.write({"kind": "eval", "epoch": state.epoch, "step": state.step,
+                         **{k: v for k, v in ev.items() if k != "expert_usage"}})
+        router = ev.get("router_superclass_top1")
+        progress.note(f"{stage.name} epoch {state.epoch}/{tcfg.epochs}: loss {r.mean_loss:.3f}, "
+                      f"val top-1 {ev['top1']:.2f}%"
+                      + (f", router superclass top-1 {router:.1f}%" if router is not None else ""))
+    barrier(stage.info)
+
+
+def finish(stage: Stage, state: TrainState, stopped: bool, extra_summary: dict | None) -> dict:
+    """model.pt and summary.json of a finished stage, or the ``stopped`` record of an early stop."""
+    barrier(stage.info)
+    last = stage.out / "last.pt"
+    if stopped:
+        stage.say(f"{stage.name}: stopped at epoch {state.epoch}, step {state.step}; saved {last}")
+        return {"stopped": True, "epoch": state.epoch, "step": state.step, "last": str(last)}
+    save_state(stage, state, stage.out / "model.pt", final=True)
+    summary = make_summary(stage, state)
     summary.update(extra_summary or {})
-    if info.is_main:
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    barrier(info)
+    if stage.info.is_main:
+        atomic_write_json(stage.out / "summary.json", summary)
+    barrier(stage.info)
     return summary
 
 
-def make_summary(cfg: ModelConfig, bundle, tcfg: TrainConfig, superclasses: dict | None, ev: dict,
-                 images_per_sec: float, out: Path, seconds: float) -> dict:
-    """The summary.json of a stage: the contract keys first, then details."""
+def finished_summary(out: Path) -> dict:
+    """The summary.json of a finished stage, its paths made to point where the run is now."""
+    summary = json.loads((out / "summary.json").read_text())
+    summary["checkpoint"] = str(out / "model.pt")
+    return summary
+
+
+def make_summary(stage: Stage, state: TrainState) -> dict:
+    """summary.json of a stage: the documented keys first, then details (docs/formats.md)."""
     from ..profile.flops import profile_flops
 
+    cfg, tcfg, ev, sc = stage.tcfg.model, stage.tcfg, state.metrics, stage.superclasses
     report = profile_flops(MobileVMoE(cfg), dispatch="gather")
     routing = "none" if not cfg.is_moe else cfg.routing
     return {
-        "model": cfg.name, "dataset": bundle.name,
+        "model": cfg.name, "dataset": stage.bundle.name,
         "top1": ev.get("top1"), "top5": ev.get("top5"),
-        "router_superclass_top1": ev.get("router_superclass_top1") if routing == "image" else None,
+        "router_superclass_top1": ev.get("router_superclass_top1") if cfg.is_per_image else None,
         "macs": report.macs, "params": report.params, "active_params": report.active_params,
-        "epochs": tcfg.epochs, "images_per_sec": round(images_per_sec, 2),
+        "epochs": tcfg.epochs, "images_per_sec": round(state.images_seen / max(state.seconds, 1e-9), 2),
         "routing": routing, "num_experts": cfg.num_experts, "top_k": cfg.top_k if cfg.is_moe else 0,
-        "router_weight": tcfg.router_weight if routing == "image" else None,
-        "seed": tcfg.seed,
-        "superclass_names": list(superclasses["names"]) if superclasses else None,
-        "expert_usage": ev.get("expert_usage") if routing == "image" else None,
-        "checkpoint": str(out / "model.pt"),
+        "router_weight": tcfg.router_weight if cfg.is_per_image else None,
+        "seed": tcfg.seed, "stage": stage.name,
+        "superclass_names": list(sc["names"]) if sc else None,
+        "expert_usage": ev.get("expert_usage") if cfg.is_per_image else None,
+        "checkpoint": str(stage.out / "model.pt"),
         "eval_weights": ev.get("weights"), "val_images": ev.get("images"),
-        "train_seconds": round(seconds, 2), "model_config": cfg.to_dict(), "train_config": tcfg.to_dict(),
+        "train_seconds": round(state.seconds, 2), "world_size": stage.info.world_size,
+        "model_config": cfg.to_dict(), "train_config": tcfg.to_dict(),
     }
-
-
-class _Progress:
-    """A rich progress bar (loss, images/s, ETA) on rank 0; silent when disabled."""
-
-    def __init__(self, total: int, done: int, stage: str, enabled: bool):
-        self.enabled = enabled
-        self._bar = None
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
-                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-        self._task = self._bar.add_task(stage, total=total, completed=done, loss=math.nan, ips=0.0)
-
-    def __enter__(self):
-        if self._bar is not None:
-            self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-        return False
-
-    def update(self, step: int, loss: float, ips: float, epoch: int) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, completed=step, loss=loss, ips=ips)
-
-    def note(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.console.print(text)

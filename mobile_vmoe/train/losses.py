@@ -6,7 +6,8 @@ total = CE(logits, smoothed soft class target)
 
 Targets are always soft (B, N) rows that sum to 1: hard labels become one-hot, MixUp/CutMix give
 mixtures, and the superclass target of a mixed image is exactly ``soft @ onehot(class_to_superclass)``
-(mobile_vmoe.data.superclass_targets), so one cross-entropy covers every case.
+(mobile_vmoe.data.superclass_targets), so ``F.cross_entropy`` with probability targets covers every
+case. Logits are cast to fp32 first, so the loss is fp32 under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -15,20 +16,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
-    """Mean over the batch of -sum_c t_c log softmax(logits)_c.
-
-    logits (B, N); target (B, N) rows summing to 1. ``smoothing`` eps mixes the target with the
-    uniform distribution, t <- (1 - eps) t + eps / N (the same as F.cross_entropy's label_smoothing
-    for one-hot targets).
-    """
-    n = logits.shape[-1]
-    if smoothing > 0:
-        target = target * (1.0 - smoothing) + smoothing / n
-    logp = F.log_softmax(logits.float(), dim=-1)  # (B, N), fp32 even under autocast
-    return -(target * logp).sum(dim=-1).mean()
 
 
 @dataclass
@@ -47,23 +34,25 @@ class LossParts:
         return out
 
 
-def mvmoe_loss(out, class_target: torch.Tensor, superclass_target: torch.Tensor | None, *,
+def mvmoe_loss(logits: torch.Tensor, router_logits: torch.Tensor | None, aux_loss: torch.Tensor | None,
+               class_target: torch.Tensor, superclass_target: torch.Tensor | None, *,
                label_smoothing: float, router_weight: float, aux_weight: float) -> LossParts:
-    """The training loss of one batch from a ``ModelOutput``.
+    """The training loss of one batch from the model's outputs (see ``ModelOutput``).
 
-    class_target (B, N) soft; superclass_target (B, S) soft with S == E, or None (dense model,
+    logits (B, N); router_logits (B, E) or None; aux_loss () or None. class_target (B, N) soft; superclass_target (B, S) soft with S == E, or None (dense model,
     no superclasses, or per-token routing). The router term is computed (and logged) whenever a
     target exists, and enters the total with ``router_weight`` (0 = end-to-end router).
     """
-    cls = soft_cross_entropy(out.logits, class_target, label_smoothing)
+    # probability targets (B, N); label_smoothing mixes them with uniform: (1 - eps) t + eps / N
+    cls = F.cross_entropy(logits.float(), class_target, label_smoothing=label_smoothing)
     total = cls
     router = aux = None
-    if out.router_logits is not None and superclass_target is not None:
-        router = soft_cross_entropy(out.router_logits, superclass_target)
+    if router_logits is not None and superclass_target is not None:
+        router = F.cross_entropy(router_logits.float(), superclass_target)
         if router_weight > 0:
             total = total + router_weight * router
-    if out.aux_loss is not None:
-        aux = out.aux_loss.float()
+    if aux_loss is not None:
+        aux = aux_loss.float()
         if aux_weight > 0:
             total = total + aux_weight * aux
     return LossParts(total=total, cls=cls, router=router, aux=aux)

@@ -1,4 +1,5 @@
-"""AdamW with the usual ViT parameter groups, and a per-step warmup + cosine learning rate.
+"""AdamW with the usual ViT parameter groups, and a per-step warmup + cosine learning rate
+(torch's LinearLR then CosineAnnealingLR).
 
 No weight decay on 1-D parameters (LayerNorm weights and biases, linear biases), on the experts'
 stacked biases b1/b2 (2-D only because they are stacked per expert), on the position embedding
@@ -6,8 +7,6 @@ and on the class token (DeiT / timm ``no_weight_decay``).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -32,22 +31,20 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, beta
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused or None)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """Multiplier of the peak lr at optimizer step ``step`` (0-based).
-
-    Linear warmup from 1/warmup to 1 over ``warmup_steps`` steps, then a cosine from 1 down to
-    ``min_ratio`` at ``total_steps``. E.g. warmup 2, total 6: steps 0..5 -> 0.5, 1.0, then the
-    cosine over 4 steps 1.0, 0.854, 0.5, 0.146 (min_ratio 0).
-    """
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    t = min(1.0, (step - warmup_steps) / span)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                    min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR stepped once per optimizer step; its state_dict is only the step counter."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup_steps, min_ratio))
+                    min_ratio: float) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: linear warmup then cosine, stepped once per optimizer step.
+
+    Warmup multiplies the peak lr by (s + 1) / warmup_steps at steps s = 0 .. warmup_steps - 1
+    (LinearLR from 1 / warmup_steps to 1); the cosine then runs from the peak lr at step
+    warmup_steps down to ``min_ratio`` x peak at ``total_steps`` (CosineAnnealingLR). E.g. peak 1,
+    warmup 2, total 6, min_ratio 0: 0.5, 1.0, then 1.0, 0.854, 0.5, 0.146.
+    """
+    peak = optimizer.param_groups[0]["lr"]
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps),
+                                                        eta_min=peak * min_ratio)
+    if warmup_steps < 2:  # warmup of one step starts at the peak: nothing to warm up
+        return cosine
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0,
+                                               total_iters=warmup_steps - 1)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])

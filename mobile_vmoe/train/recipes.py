@@ -12,19 +12,19 @@ MixUp 0.8 / CutMix 1.0, random erasing 0.25, drop path (0.1 for the 12x192 model
 small ones, which underfit rather than overfit), gradient clipping off, EMA 0.99996 per step.
 The MoE recipes add the router loss weight 0.3 and the superclass stage (dense twin first).
 
-Launch (each recipe's docstring has its own line)::
+Launch (``--no-python`` runs the ``mvmoe`` console script on every process)::
 
     # one node, 8 GPUs
-    torchrun --standalone --nproc_per_node 8 -m mobile_vmoe.train --recipe NAME --data /data/imagenet
+    torchrun --standalone --nproc_per_node 8 --no-python mvmoe train --recipe NAME --data /data/imagenet
     # two nodes, 8 GPUs each: run on every node, NODE_RANK = 0 and 1
     torchrun --nnodes 2 --nproc_per_node 8 --node_rank $NODE_RANK --rdzv_backend c10d \
-        --rdzv_endpoint $HEAD_NODE:29500 -m mobile_vmoe.train --recipe NAME --data /data/imagenet --out runs/NAME
+        --rdzv_endpoint $HEAD_NODE:29500 --no-python mvmoe train --recipe NAME --data /data/imagenet --out runs/NAME
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import MvmoeError
 
@@ -39,14 +39,6 @@ class Recipe:
     doc: str = ""
 
 
-_RECIPES: dict[str, Callable[[], Recipe]] = {}
-
-
-def recipe(fn: Callable[[], Recipe]) -> Callable[[], Recipe]:
-    _RECIPES[fn.__name__.replace("_", "-")] = fn
-    return fn
-
-
 def deit(global_batch: int = 1024, drop_path: float = 0.0, moe: bool = False) -> tuple[dict, dict]:
     """The DeiT training values for ``global_batch`` (lr scaled linearly from 5e-4 at 512)."""
     train = dict(epochs=300, batch_size=global_batch, lr=5e-4 * global_batch / 512, min_lr=1e-5, warmup_epochs=5.0,
@@ -57,70 +49,33 @@ def deit(global_batch: int = 1024, drop_path: float = 0.0, moe: bool = False) ->
     return train, {"drop_path": drop_path}
 
 
-@recipe
-def imagenet_vmoe_12x192_p32() -> Recipe:
-    """Mobile V-MoE 12x192 patch 32, E=10, k=1, last 2 blocks MoE ("ViT-Tiny" scale, 0.31 GMACs).
-
-    torchrun --standalone --nproc_per_node 8 -m mobile_vmoe.train --recipe imagenet-vmoe-12x192-p32 --data /data/imagenet
-    Paper: 62.90% top-1 (dense twin 59.51%, +3.39). Runs the dense twin, clustering and MoE stages.
-    """
-    train, model = deit(1024, drop_path=0.1, moe=True)
-    return Recipe("imagenet-vmoe-12x192-p32", "vmoe-12x192-p32", train, model, 62.90, imagenet_vmoe_12x192_p32.__doc__)
-
-
-@recipe
-def imagenet_vit_12x192_p32() -> Recipe:
-    """Dense ViT 12x192 patch 32, the twin of imagenet-vmoe-12x192-p32 (0.31 GMACs).
-
-    torchrun --standalone --nproc_per_node 8 -m mobile_vmoe.train --recipe imagenet-vit-12x192-p32 --data /data/imagenet
-    Paper: 59.51% top-1.
-    """
-    train, model = deit(1024, drop_path=0.1)
-    return Recipe("imagenet-vit-12x192-p32", "vit-12x192-p32", train, model, 59.51, imagenet_vit_12x192_p32.__doc__)
+# (depth x width, drop path, paper top-1 of the dense twin, of the MoE, what the paper says).
+# 12x192 is the "ViT-Tiny" scale (0.31 GMACs); 6x96 the ~54M-FLOP model (51M MACs here); 6x64 a
+# point read off the paper's figure only (26M MACs), so no number is claimed for it.
+_TABLE = (
+    ("12x192", 0.1, 59.51, 62.90, "+3.39 for the MoE"),
+    ("6x96", 0.0, 36.64, 41.30, "+4.66 for the MoE"),
+    ("6x64", 0.0, None, None, "figure only, no table entry: no number claimed"),
+)
 
 
-@recipe
-def imagenet_vmoe_6x96_p32() -> Recipe:
-    """Mobile V-MoE 6x96 patch 32, E=10, k=1: the paper's smallest (~54M FLOPs) model (51M MACs here).
-
-    torchrun --standalone --nproc_per_node 8 -m mobile_vmoe.train --recipe imagenet-vmoe-6x96-p32 --data /data/imagenet
-    Paper: 41.30% top-1 (dense twin 36.64%, +4.66).
-    """
-    train, model = deit(1024, moe=True)
-    return Recipe("imagenet-vmoe-6x96-p32", "vmoe-6x96-p32", train, model, 41.30, imagenet_vmoe_6x96_p32.__doc__)
-
-
-@recipe
-def imagenet_vit_6x96_p32() -> Recipe:
-    """Dense ViT 6x96 patch 32, the twin of imagenet-vmoe-6x96-p32 (51M MACs).
-
-    torchrun --standalone --nproc_per_node 8 -m mobile_vmoe.train --recipe imagenet-vit-6x96-p32 --data /data/imagenet
-    Paper: 36.64% top-1.
-    """
-    train, model = deit(1024)
-    return Recipe("imagenet-vit-6x96-p32", "vit-6x96-p32", train, model, 36.64, imagenet_vit_6x96_p32.__doc__)
+def _build_recipes() -> dict[str, Recipe]:
+    recipes = {}
+    for size, drop_path, dense_top1, moe_top1, note in _TABLE:
+        for moe in (True, False):
+            kind = "vmoe" if moe else "vit"
+            name = f"imagenet-{kind}-{size}-p32"
+            train, model = deit(1024, drop_path=drop_path, moe=moe)
+            what = "Mobile V-MoE (E=10, k=1, last 2 blocks MoE; runs dense twin, clustering, MoE)" if moe else "dense ViT"
+            paper = moe_top1 if moe else dense_top1
+            doc = (f"{what} {size} patch 32.\n\n"
+                   f"torchrun --standalone --nproc_per_node 8 --no-python mvmoe train --recipe {name} --data /data/imagenet\n"
+                   f"Paper: {f'{paper:.2f}% top-1' if paper is not None else 'no number'} ({note}).")
+            recipes[name] = Recipe(name, f"{kind}-{size}-p32", train, model, paper, doc)
+    return recipes
 
 
-@recipe
-def imagenet_vmoe_6x64_p32() -> Recipe:
-    """Mobile V-MoE 6x64 patch 32, E=10, k=1 (26M MACs), a point on the paper's FLOPs-vs-accuracy curve.
-
-    torchrun --standalone --nproc_per_node 8 -m mobile_vmoe.train --recipe imagenet-vmoe-6x64-p32 --data /data/imagenet
-    Paper: read off its figure only (no table entry), so no number is claimed here.
-    """
-    train, model = deit(1024, moe=True)
-    return Recipe("imagenet-vmoe-6x64-p32", "vmoe-6x64-p32", train, model, None, imagenet_vmoe_6x64_p32.__doc__)
-
-
-@recipe
-def imagenet_vit_6x64_p32() -> Recipe:
-    """Dense ViT 6x64 patch 32, the twin of imagenet-vmoe-6x64-p32 (26M MACs).
-
-    torchrun --standalone --nproc_per_node 8 -m mobile_vmoe.train --recipe imagenet-vit-6x64-p32 --data /data/imagenet
-    Paper: figure only, no number claimed here.
-    """
-    train, model = deit(1024)
-    return Recipe("imagenet-vit-6x64-p32", "vit-6x64-p32", train, model, None, imagenet_vit_6x64_p32.__doc__)
+_RECIPES = _build_recipes()
 
 
 def list_recipes() -> list[str]:
@@ -134,4 +89,4 @@ def get_recipe(name: str) -> Recipe:
         close = difflib.get_close_matches(name, _RECIPES, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(_RECIPES)}"
         raise MvmoeError(f"unknown recipe {name!r}{hint}")
-    return _RECIPES[name]()
+    return _RECIPES[name]

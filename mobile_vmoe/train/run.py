@@ -1,38 +1,85 @@
-"""``train(...)``: the whole Mobile V-MoE recipe as stages, the library entry point of ``mvmoe train``.
+"""The Mobile V-MoE recipe as stages: the library behind ``mvmoe train``.
+
+Three calls, in order::
+
+    tcfg, bundle = resolve(model, data, settings, epochs=..., seed=..., recipe=...)   # config + data, checked
+    summary = train(tcfg, bundle, out_dir, superclasses="auto")                       # a new run
+    summary = resume(out_dir)                                                         # or continue one
 
 With ``superclasses="auto"`` and a per-image MoE (the paper's recipe)::
 
-    DIR/dense/            stage 1: the dense twin (registry.dense_twin), its own summary.json + model.pt
+    DIR/dense/            stage 1: the dense twin (models.registry.dense_twin), its own summary.json + model.pt
     DIR/superclasses.json stage 2: confusion matrix of the dense model on the held-out split, clustered
                           into num_experts superclasses (mobile_vmoe.data.superclasses)
     DIR/                  stage 3: the MoE, loss CE + router_weight * CE(router logits, superclass)
 
-``superclasses=FILE`` skips stages 1-2; ``"none"`` trains the router end to end (with router_weight
-ignored, since there is no target). Dense and per-token models have a single stage.
-DIR/run.json records the resolved settings, so ``resume=True`` needs nothing but the directory.
+``superclasses=FILE`` skips stages 1-2; ``"none"`` trains the router end to end (router_weight
+unused, since there is no target). Dense and per-token models have a single stage.
+DIR/run.json records the resolved TrainConfig, data and superclasses, so ``resume`` needs nothing
+but the directory.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write_text
-from ..config import ModelConfig, TrainConfig, split_overrides
+from ..config import ModelConfig, TrainConfig
 from ..errors import MvmoeError
-from ..registry import dense_twin, get_config
+from ..fileio import atomic_write_json, read_json_object
+from ..models.registry import dense_twin, get_config
 from .distributed import DistInfo, barrier, cleanup, setup_distributed
 from .loop import fit
 
 # The embedded default: `mvmoe train` with no arguments (see docs/training.md for why).
 DEFAULT_MODEL = "vmoe-6x64-p32"
 DEFAULT_DATA = "digits"
-DEFAULT_OVERRIDES: dict[str, Any] = {"num_experts": 5, "threads": 1, "epochs": 45, "dense_epochs": 20}
-# Settings that may change on --resume without changing what is computed.
+DEFAULT_SETTINGS: dict[str, Any] = {"num_experts": 5, "threads": 1, "epochs": 45, "dense_epochs": 20}
+# Settings that may change on resume without changing what is computed.
 RESUMABLE_KEYS = ("stop_after_steps", "workers", "log_every")
+
+
+# --------------------------------------------------------------------------------- config
+def base_config(model: str | ModelConfig | None, recipe: str | None) -> TrainConfig:
+    """The starting TrainConfig: a recipe's, a preset's, or the embedded default's."""
+    if recipe is not None:
+        from .recipes import get_recipe
+
+        r = get_recipe(recipe)
+        tcfg = TrainConfig(model=get_config(r.model).replace(**r.model_overrides), **r.train)
+    elif model is None:
+        return TrainConfig(model=get_config(DEFAULT_MODEL)).with_settings(DEFAULT_SETTINGS)
+    else:
+        tcfg = TrainConfig()
+    if model is not None:
+        tcfg = tcfg.replace(model=get_config(model) if isinstance(model, str) else model)
+    return tcfg
+
+
+def resolve(model: str | ModelConfig | None = None, data: str = DEFAULT_DATA, settings: dict[str, Any] | None = None,
+            *, epochs: int | None = None, seed: int | None = None, recipe: str | None = None):
+    """The TrainConfig of a new run and its data, resolved once: -> (TrainConfig, DataBundle).
+
+    model: preset name or ModelConfig (None = the recipe's, or the embedded default). settings:
+    typed ``--set`` values (``config.parse_overrides``), ModelConfig and TrainConfig keys alike.
+    epochs: sets ``epochs`` and, unless ``dense_epochs`` is in settings, the dense stage's too. The
+    model is then fitted to the data (``adapt_to_data``).
+    """
+    from ..data import build_data
+
+    settings = dict(settings or {})
+    if epochs is not None:
+        if epochs <= 0:
+            raise MvmoeError(f"--epochs {epochs}: must be a positive integer")
+        settings = {"dense_epochs": epochs, **settings, "epochs": epochs}
+    if seed is not None:
+        settings["seed"] = seed
+    model_keys = {k: v for k, v in settings.items() if k in ModelConfig.__dataclass_fields__}
+    tcfg = base_config(model, recipe).with_settings({k: v for k, v in settings.items() if k not in model_keys})
+    bundle = build_data(data, model_keys.get("img_size"), augment=tcfg.augment, seed=tcfg.seed)
+    return tcfg.replace(model=adapt_to_data(tcfg.model, bundle, model_keys)), bundle
 
 
 def adapt_to_data(cfg: ModelConfig, bundle, model_overrides: dict[str, Any]) -> ModelConfig:
@@ -61,130 +108,138 @@ def adapt_to_data(cfg: ModelConfig, bundle, model_overrides: dict[str, Any]) -> 
     return new
 
 
+def check_run(tcfg: TrainConfig, bundle, superclasses: str, out: Path) -> None:
+    """Every check that needs only the config and the data, before anything trains or is written."""
+    cfg = tcfg.model
+    if superclasses not in ("auto", "none") and not Path(superclasses).is_file():
+        raise MvmoeError(f"--superclasses {superclasses}: not auto, none, or an existing JSON file")
+    if cfg.is_per_image and superclasses == "auto" and cfg.num_experts > bundle.num_classes:
+        raise MvmoeError(f"{cfg.num_experts} experts but {bundle.name} has {bundle.num_classes} classes: superclasses "
+                         "cluster classes, one per expert; lower num_experts or use --superclasses none")
+    if cfg.is_per_image and superclasses not in ("auto", "none"):
+        from ..data.superclasses import load_superclasses
+
+        n = load_superclasses(superclasses, bundle.class_names)["num_superclasses"]
+        if n != cfg.num_experts:
+            raise MvmoeError(f"{superclasses} has {n} superclasses for {cfg.num_experts} experts: they must be equal")
+    if tcfg.batch_size > len(bundle.train):
+        raise MvmoeError(f"{len(bundle.train)} training images are fewer than one batch of {tcfg.batch_size}: "
+                         "lower it with --set batch_size=N")
+    if out.exists() and not out.is_dir():
+        raise MvmoeError(f"--out {out} is a file, not a directory")
+
+
 def default_out_dir(model_name: str, data: str) -> Path:
     tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(data)).name or str(data)).strip("-") or "data"
     return Path("runs") / f"{model_name}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def train(model_cfg: ModelConfig | str | None = None, data: str = DEFAULT_DATA, out_dir: str | Path | None = None, *,
-          epochs: int | None = None, overrides: dict[str, Any] | None = None, superclasses: str = "auto",
-          seed: int | None = None, resume: bool = False, quiet: bool = False, recipe: str | None = None) -> dict:
-    """Train a model on ``data`` into ``out_dir``; returns the summary (also DIR/summary.json).
+# ------------------------------------------------------------------------------ new / resume
+def train(tcfg: TrainConfig, bundle, out_dir: str | Path | None = None, *, superclasses: str = "auto",
+          quiet: bool = False) -> dict:
+    """Train a new run into ``out_dir`` (default: a new folder under ./runs/); returns the summary.
 
-    model_cfg: a preset name or a ModelConfig (adapted to the data, see ``adapt_to_data``); None =
-    the recipe's model, or without a recipe the embedded default (DEFAULT_MODEL + DEFAULT_OVERRIDES).
-    overrides: ModelConfig and/or TrainConfig keys, e.g. {"router_weight": 0.0}, {"routing": "token"},
-    {"num_experts": 0}, {"lr": 1e-3}. superclasses: "auto" | path of a superclasses JSON | "none".
-    recipe: a name from ``recipes.list_recipes()``: its model and TrainConfig values are the base
-    that ``model_cfg``-free calls and ``overrides`` start from. resume: continue DIR from run.json
-    and last.pt; the settings come from run.json (only stop_after_steps, workers, log_every may change).
+    The summary (also DIR/summary.json) has ``"stopped": True`` and ``run_dir`` when an interrupt
+    or ``stop_after_steps`` ended it early: continue with ``resume(run_dir)``.
     """
+    out = Path(out_dir) if out_dir is not None else default_out_dir(tcfg.model.name, bundle.spec or bundle.name)
+    check_run(tcfg, bundle, str(superclasses), out)
     info = setup_distributed()
     try:
-        return _train(model_cfg, data, out_dir, epochs, overrides or {}, superclasses, seed, resume, quiet, recipe, info)
+        if info.is_main:
+            if (out / "last.pt").exists() or (out / "dense" / "last.pt").exists():
+                raise MvmoeError(f"{out} already holds a run: continue it with --resume or pick another --out")
+            run = {"train_config": tcfg.replace(stop_after_steps=0).to_dict(), "data": bundle.spec or bundle.name,
+                   "superclasses": str(superclasses)}
+            atomic_write_json(out / "run.json", run)
+        barrier(info)
+        return run_stages(tcfg, bundle, out, str(superclasses), info, resume=False, quiet=quiet)
     finally:
         cleanup(info)
 
 
-def _train(model_cfg, data, out_dir, epochs, overrides, superclasses, seed, resume, quiet, recipe, info: DistInfo) -> dict:
+def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet: bool = False) -> dict:
+    """Continue the run in ``out_dir`` from its run.json and last.pt files; only RESUMABLE_KEYS may
+    change (``settings``)."""
     from ..data import build_data
 
-    if model_cfg is None and recipe is None and not resume:
-        model_cfg, overrides = DEFAULT_MODEL, {**DEFAULT_OVERRIDES, **overrides}
-    model_over, train_over = split_overrides(dict(overrides))
-    if resume:
-        if out_dir is None:
-            raise MvmoeError("--resume needs --out DIR (the run to continue)")
-        out = Path(out_dir)
-        run_file = out / "run.json"
-        if not run_file.exists():
-            raise MvmoeError(f"nothing to resume in {out}: no last.pt (and no run.json) there")
-        run = json.loads(run_file.read_text())
-        blocked = sorted(set(train_over) - set(RESUMABLE_KEYS)) + sorted(model_over)
-        if blocked or epochs is not None and epochs != run["train_config"]["epochs"]:
-            raise MvmoeError(f"--resume keeps the run's settings; cannot change {', '.join(blocked) or 'epochs'} "
-                             f"(only {', '.join(RESUMABLE_KEYS)} may change)")
-        cfg = ModelConfig.from_dict(run["model_config"])
-        tcfg = TrainConfig.from_dict(run["train_config"]).replace(**train_over)
-        data, superclasses = run["data"], run["superclasses"]
-        bundle = build_data(data, cfg.img_size, augment=tcfg.augment, seed=tcfg.seed)
-    else:
-        base_train: dict[str, Any] = {}
-        if recipe is not None:
-            from .recipes import get_recipe
+    out = Path(out_dir)
+    if not (out / "run.json").is_file():
+        raise MvmoeError(f"nothing to resume in {out}: no run.json there (is it the run's top folder?)")
+    run = read_json_object(out / "run.json")
+    blocked = sorted(set(settings or {}) - set(RESUMABLE_KEYS))
+    if blocked:
+        raise MvmoeError(f"--resume keeps the run's settings; cannot change {', '.join(blocked)} "
+                         f"(only {', '.join(RESUMABLE_KEYS)} may change)")
+    saved = dict(run["train_config"])
+    saved.setdefault("model", run.get("model_config"))  # run.json of older versions kept it apart
+    # stop_after_steps is a limit of one invocation, not of the run
+    tcfg = TrainConfig.from_dict(saved).replace(**{"stop_after_steps": 0, **(settings or {})})
+    bundle = build_data(run["data"], tcfg.model.img_size, augment=tcfg.augment, seed=tcfg.seed)
+    info = setup_distributed()
+    try:
+        return run_stages(tcfg, bundle, out, run["superclasses"], info, resume=True, quiet=quiet)
+    finally:
+        cleanup(info)
 
-            r = get_recipe(recipe)
-            base_train = dict(r.train)
-            model_over = {**r.model_overrides, **model_over}
-            if model_cfg is None:
-                model_cfg = r.model
-        tcfg = TrainConfig(**base_train).replace(**train_over)
-        if epochs is not None:
-            tcfg = tcfg.replace(epochs=epochs)
-        if seed is not None:
-            tcfg = tcfg.replace(seed=seed)
-        base = get_config(model_cfg) if isinstance(model_cfg, str) else model_cfg
-        bundle = build_data(data, model_over.get("img_size"), augment=tcfg.augment, seed=tcfg.seed)
-        cfg = adapt_to_data(base, bundle, model_over)
-        if superclasses not in ("auto", "none") and not Path(superclasses).is_file():
-            raise MvmoeError(f"--superclasses {superclasses}: not auto, none, or an existing JSON file")
-        out = Path(out_dir) if out_dir is not None else default_out_dir(cfg.name, data)
-        if info.is_main:
-            if (out / "last.pt").exists() or (out / "dense" / "last.pt").exists():
-                raise MvmoeError(f"{out} already holds a run: continue it with --resume or pick another --out")
-            run = {"model_config": cfg.to_dict(), "train_config": tcfg.to_dict(), "data": str(data),
-                   "superclasses": str(superclasses), "recipe": recipe}
-            atomic_write_text(out / "run.json", json.dumps(run, indent=1) + "\n")
-        barrier(info)
 
-    per_image = cfg.is_moe and cfg.routing == "image"
+def run_stages(tcfg: TrainConfig, bundle, out: Path, superclasses: str, info: DistInfo, *, resume: bool,
+               quiet: bool) -> dict:
+    """Stages 1-2 when the run needs them, then the model itself."""
     extra: dict[str, Any] = {}
     sc = None
-    if per_image and superclasses != "none":
-        sc, extra = _superclass_stage(cfg, bundle, tcfg, out, superclasses, info, resume, quiet)
+    if tcfg.model.is_per_image and superclasses != "none":
+        sc, extra = superclass_stage(tcfg, bundle, out, superclasses, info, resume, quiet)
         if sc is None:  # the dense stage was stopped early
-            return extra
-    summary = fit(cfg, bundle, tcfg, out, superclasses=sc, dist_info=info, resume=resume, quiet=quiet,
-                  stage="moe" if cfg.is_moe else "dense", extra_summary=extra)
-    return summary
+            return {**extra, "run_dir": str(out)}
+    summary = fit(tcfg, bundle, out, superclasses=sc, dist_info=info, resume=resume, quiet=quiet,
+                  stage="moe" if tcfg.model.is_moe else "dense", extra_summary=extra)
+    return {**summary, "run_dir": str(out)} if summary.get("stopped") else summary
 
 
-def _superclass_stage(cfg: ModelConfig, bundle, tcfg: TrainConfig, out: Path, superclasses: str, info: DistInfo,
-                      resume: bool, quiet: bool) -> tuple[dict | None, dict]:
+def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, info: DistInfo, resume: bool,
+                     quiet: bool) -> tuple[dict | None, dict]:
     """Stages 1-2 (or a given file): -> (superclasses dict, extra summary keys)."""
-    from ..checkpoint import model_from_checkpoint
-    from ..data.superclasses import load_superclasses, save_superclasses, superclasses_from_model
+    from ..data.superclasses import load_superclasses
 
     if superclasses != "auto":
-        sc = load_superclasses(superclasses, bundle.class_names)
-        return sc, {"superclasses_file": str(superclasses)}
+        return load_superclasses(superclasses, bundle.class_names), {"superclasses_file": str(superclasses)}
     path = out / "superclasses.json"
-    dense_cfg = dense_twin(cfg)
-    dense_cfg = dense_cfg.replace(name=re.sub(r"-(e\d+|k\d+|token)", "", dense_cfg.name))
-    dense_tcfg = tcfg.replace(epochs=tcfg.dense_epochs or tcfg.epochs)
-    dense = fit(dense_cfg, bundle, dense_tcfg, out / "dense", dist_info=info, resume=resume, quiet=quiet, stage="dense")
+    dense_model = dense_twin(tcfg.model)
+    dense_model = dense_model.replace(name=re.sub(r"-(e\d+|k\d+|token)", "", dense_model.name))
+    dense_tcfg = tcfg.replace(model=dense_model, epochs=tcfg.dense_epochs or tcfg.epochs)
+    dense = fit(dense_tcfg, bundle, out / "dense", dist_info=info, resume=resume, quiet=quiet, stage="dense")
     if dense.get("stopped"):
         return None, dense
     if not (resume and path.exists()):
         if info.is_main:
-            import numpy as np
-            from torch.utils.data import DataLoader
-
-            model, _ = model_from_checkpoint(out / "dense" / "model.pt")
-            loader = DataLoader(bundle.val, batch_size=256, shuffle=False)
-            found = superclasses_from_model(model.to(info.device), loader, bundle.class_names, cfg.num_experts,
-                                            seed=tcfg.seed, device=info.device,
-                                            source=f"confusion of {dense_cfg.name} ({out / 'dense' / 'model.pt'}) on {bundle.name} val")
-            save_superclasses(path, found["classes"], found["class_to_superclass"], found["names"], found["source"],
-                              confusion=np.asarray(found["confusion"]))
-            if not quiet:
-                print("superclasses: " + "; ".join(found["names"]) + f" -> {path}")
+            fit_superclasses(out, bundle, tcfg, path, info, quiet)
         barrier(info)
     sc = load_superclasses(path, bundle.class_names)
     extra = {"superclasses_file": str(path), "dense": {k: dense.get(k) for k in
-                                                     ("model", "top1", "top5", "macs", "params", "checkpoint")}}
+                                                     ("model", "top1", "top5", "macs", "params", "epochs", "checkpoint")}}
     if bundle.planted_superclasses is not None:
         from sklearn.metrics import adjusted_rand_score
 
         extra["superclass_ari"] = float(adjusted_rand_score(bundle.planted_superclasses, sc["class_to_superclass"]))
     return sc, extra
+
+
+def fit_superclasses(out: Path, bundle, tcfg: TrainConfig, path: Path, info: DistInfo, quiet: bool) -> None:
+    """Stage 2: the dense model's confusion matrix on the held-out split, clustered, -> ``path``."""
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from ..checkpoint import model_from_checkpoint
+    from ..data.superclasses import save_superclasses, superclasses_from_model
+
+    dense_path = out / "dense" / "model.pt"
+    model, _ = model_from_checkpoint(dense_path)
+    loader = DataLoader(bundle.val, batch_size=256, shuffle=False)
+    found = superclasses_from_model(model.to(info.device), loader, bundle.class_names, tcfg.model.num_experts,
+                                    seed=tcfg.seed, device=info.device,
+                                    source=f"confusion of {model.cfg.name} ({dense_path}) on {bundle.name} val")
+    save_superclasses(path, found["classes"], found["class_to_superclass"], found["names"], found["source"],
+                      confusion=np.asarray(found["confusion"]))
+    if not quiet:
+        print("superclasses: " + "; ".join(found["names"]) + f" -> {path}")

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import ModelConfig
-from .models import MobileVMoE
+from ..config import ModelConfig
+from ..errors import MvmoeError
+from .vmoe import MobileVMoE
 
 DEPTHS = (12, 9, 6)
 WIDTHS = (384, 192, 96, 64)
@@ -29,7 +30,7 @@ _PRESETS: dict[str, ModelConfig] = {}
 
 def register(cfg: ModelConfig) -> ModelConfig:
     if cfg.name in _PRESETS:
-        raise ValueError(f"preset {cfg.name!r} is already registered")
+        raise MvmoeError(f"preset {cfg.name!r} is already registered")
     _PRESETS[cfg.name] = cfg
     return cfg
 
@@ -58,7 +59,7 @@ def get_config(name: str, **overrides: Any) -> ModelConfig:
 
         close = difflib.get_close_matches(name, _PRESETS, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `mvmoe models`"
-        raise ValueError(f"unknown model {name!r}{hint}")
+        raise MvmoeError(f"unknown model {name!r}{hint}")
     cfg = _PRESETS[name]
     return cfg.replace(**overrides) if overrides else cfg
 

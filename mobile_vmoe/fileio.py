@@ -1,0 +1,64 @@
+"""Files written so that nothing is lost: atomic replace, and readers with one-line errors.
+
+Every file the tool writes (checkpoints, JSON, reports, artifacts' metadata) goes through
+``atomic_write_bytes``: a temporary file beside the target, fsync, then ``os.replace``. A crash or
+Ctrl-C leaves the old file or the new one, never half of one. A write that the filesystem refuses
+(the path is a file's child, read-only, full) is an MvmoeError naming the path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import MvmoeError
+
+
+def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
+    """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync, then os.replace.
+
+    A crash or Ctrl-C leaves either the old file or the new one, never half of one. An OSError of
+    the filesystem (not a directory, read-only, no space) becomes one MvmoeError naming ``path``.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise MvmoeError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise MvmoeError(f"cannot write {path}: {e.strerror or e}") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file that must hold one object (metadata, summaries); MvmoeError naming the file if not."""
+    try:
+        d = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MvmoeError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise MvmoeError(f"{path}: expected a JSON object")
+    return d
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """``obj`` as indented JSON with a final newline, atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
