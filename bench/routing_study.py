@@ -1,4 +1,4 @@
-"""Routing study (issue 6, item 4): at equal active MACs, which routing helps a small ViT?
+"""Routing study: at equal active MACs, which routing helps a small ViT?
 
     uv run python bench/routing_study.py --data digits synthetic --seeds 3 --epochs 8 --out runs/study
 
@@ -34,26 +34,20 @@ KEYS = ("top1", "top5", "router_superclass_top1", "macs", "active_params", "para
 
 
 def run_arm(arm: str, data: str, seed: int, epochs: int, out: Path, extra: dict) -> dict:
-    from mobile_vmoe.train import train
+    from mobile_vmoe.train import resolve, train
 
     e = EXPERTS.get(data, 5)
-    base = {"num_experts": e, "warmup_epochs": 1.0, **extra}
-    if arm == "moe-sc":
-        s = train("vmoe-6x64-p32", data, out / "moe-sc", epochs=epochs, overrides=base, superclasses="auto",
-                  seed=seed, quiet=True)
-        return s
+    settings = {"num_experts": e, "warmup_epochs": 1.0, **extra}
     if arm == "dense":  # stage 1 of moe-sc: already trained
         p = out / "moe-sc" / "dense" / "summary.json"
         if not p.exists():
             raise SystemExit(f"{p} missing: the dense arm is moe-sc's stage 1; run moe-sc first")
         return json.loads(p.read_text())
-    if arm == "moe-e2e":
-        return train("vmoe-6x64-p32", data, out / "moe-e2e", epochs=epochs, overrides=base, superclasses="none",
-                     seed=seed, quiet=True)
+    superclasses = {"moe-sc": "auto", "moe-e2e": "none", "token": "none"}[arm]
     if arm == "token":
-        return train("vmoe-6x64-p32", data, out / "token", epochs=epochs, overrides={**base, "routing": "token"},
-                     superclasses="none", seed=seed, quiet=True)
-    raise ValueError(arm)
+        settings["routing"] = "token"
+    tcfg, bundle = resolve("vmoe-6x64-p32", data, settings, epochs=epochs, seed=seed)
+    return train(tcfg, bundle, out / arm, superclasses=superclasses, quiet=True)
 
 
 def save_results(path: Path, results: list[dict]) -> None:
@@ -98,7 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, nargs="+", default=[Path("runs/study")],
                     help="output dir (several only with --summarize: their results are merged)")
-    ap.add_argument("--set", nargs="*", default=[], help="extra KEY=VALUE train/model overrides for every arm")
+    ap.add_argument("--set", nargs="*", default=[], help="extra KEY=VALUE ModelConfig/TrainConfig settings for every arm, e.g. lr=1e-3")
     ap.add_argument("--summarize", action="store_true", help="only print the table from OUT/results.json")
     a = ap.parse_args(argv)
     if a.summarize:

@@ -100,3 +100,26 @@ def test_cli_models_lists_presets():
     r = rows["vmoe-12x192-p32"]
     assert (r["experts"], r["k"], r["moe_blocks"], r["macs"]) == (10, 1, 2, 306036096)
     assert r["active_params"] < r["params"]
+
+
+def test_importing_flops_leaves_torchs_formula_registry_alone():
+    import subprocess
+    import sys
+
+    code = ("from torch.utils import flop_counter as fc; n = len(fc.flop_registry); "
+            "import mobile_vmoe.profile.flops; print(n, len(fc.flop_registry))")
+    before, after = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                   check=True).stdout.split()
+    assert before == after
+
+
+def test_attention_macs_counted_inside_our_counter_only():
+    """SDPA on CPU: our counter sees the 2*T*T*D attention MACs, a plain FlopCounterMode may not."""
+    import torch.nn.functional as F
+
+    from mobile_vmoe.profile.flops import flop_counter
+
+    q = torch.randn(1, 2, 5, 4)  # (B, h, T, d): QK^T and AV are 2 * (h * T * T * d) = 2 * 200 MACs
+    with torch.no_grad(), flop_counter() as mode:
+        F.scaled_dot_product_attention(q, q, q)
+    assert mode.get_total_flops() // 2 == 2 * 2 * 5 * 5 * 4

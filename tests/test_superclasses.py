@@ -135,12 +135,12 @@ def test_tiny_vit_confusions_recover_planted_superclasses_of_synthetic(one_threa
     assert sc["names"][0].startswith("sc0: ") and len(sc["members"]) == 4
 
 
-def test_superclasses_cli_on_a_trained_checkpoint(one_thread, tmp_path, monkeypatch, capsys):
+def test_superclasses_cli_on_a_trained_checkpoint(one_thread, tmp_path):
     """`mvmoe superclasses` on a saved dense checkpoint writes what the library finds."""
-    import sys
+    from typer.testing import CliRunner
 
     from mobile_vmoe.checkpoint import save_checkpoint
-    from mobile_vmoe.cli import main
+    from mobile_vmoe.cli import app
 
     model, data = _tiny_dense_on_synthetic()
     sc = superclasses_from_model(model, torch.utils.data.DataLoader(data.val, batch_size=250), data.class_names, 4,
@@ -149,18 +149,14 @@ def test_superclasses_cli_on_a_trained_checkpoint(one_thread, tmp_path, monkeypa
     save_checkpoint(ckpt, {"model_config": model.cfg.to_dict(), "model": model.state_dict(),
                            "class_names": data.class_names, "data": data.checkpoint_info()})
     out = tmp_path / "sc.json"
-    monkeypatch.setattr(sys, "argv", ["mvmoe", "superclasses", "--checkpoint", str(ckpt), "--data", "synthetic",
-                                      "--num", "4", "--out", str(out)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    assert e.value.code in (0, None), capsys.readouterr().err
+    res = CliRunner().invoke(app, ["superclasses", "--checkpoint", str(ckpt), "--data", "synthetic", "--num", "4",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.stderr
     written = json.loads(out.read_text())
     assert written["class_to_superclass"] == sc["class_to_superclass"] and written["num_superclasses"] == 4
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["out"] == str(out)
+    assert json.loads(res.stdout.strip().splitlines()[-1])["out"] == str(out)
     # the wrong dataset for this model: one-line error, exit 1
-    monkeypatch.setattr(sys, "argv", ["mvmoe", "superclasses", "--checkpoint", str(ckpt), "--data", "digits",
-                                      "--num", "4", "--out", str(tmp_path / "x.json")])
-    with pytest.raises(SystemExit) as e:
-        main()
-    assert e.value.code == 1 and "trained on other classes" in capsys.readouterr().err
+    res = CliRunner().invoke(app, ["superclasses", "--checkpoint", str(ckpt), "--data", "digits", "--num", "4",
+                                   "--out", str(tmp_path / "x.json")])
+    assert res.exit_code == 1 and "trained on other classes" in res.stderr
     assert not (tmp_path / "x.json").exists()

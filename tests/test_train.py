@@ -142,6 +142,7 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
     assert steps == list(range(1, 13))  # one line per step, none lost or repeated across the resume
 
 
+@pytest.mark.slow
 def test_end_to_end_imagefolder_all_stages(tmp_path):
     """Dense twin -> superclasses.json -> MoE on a PNG tree; the summary's numbers are the model's."""
     from mobile_vmoe.data import build_data

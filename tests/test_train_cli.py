@@ -106,6 +106,7 @@ def test_recipes_listed_with_paper_numbers():
     assert "torchrun" in r.doc
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes(tmp_path):
     """torchrun --nproc_per_node 2 (gloo on CPU): both ranks train, rank 0 writes the run."""
     out = tmp_path / "ddp"

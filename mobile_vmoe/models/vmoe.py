@@ -163,13 +163,18 @@ class MobileVMoE(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def num_active_params(self) -> int:
-        """Parameters one image uses. Per-image MoE: k of E experts per MoE block. Per-token
-        routing: every expert can receive tokens of one image, so all parameters count."""
-        total = self.num_params()
-        if not self.cfg.is_moe or self.cfg.routing == "token":
-            return total
-        unused = 0
-        for m in self.modules():
-            if isinstance(m, MoEMlp):
-                unused += (self.cfg.num_experts - self.cfg.top_k) * m.experts.params_per_expert()
-        return total - unused
+        """Parameters one image uses (see ``count_active_params``)."""
+        return count_active_params(self, self.cfg)
+
+
+def count_active_params(module: nn.Module, cfg: ModelConfig) -> int:
+    """Parameters of ``module`` (the model or a part of it) that one image uses. Per-image MoE:
+    k of the E experts of each MoE block. Per-token routing: every expert can receive tokens of
+    one image, so all parameters count."""
+    total = sum(p.numel() for p in module.parameters())
+    if not cfg.is_per_image:
+        return total
+    for m in module.modules():
+        if isinstance(m, MoEMlp):
+            total -= (cfg.num_experts - cfg.top_k) * m.experts.params_per_expert()
+    return total

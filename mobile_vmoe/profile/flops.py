@@ -7,10 +7,10 @@ matmul). Two consequences worth knowing:
   image come out of the count directly. On the dense (all-experts) path all E are counted, which
   is the real work a backend that cannot gather does.
 - In torch 2.14 the CPU kernel of F.scaled_dot_product_attention
-  (aten._scaled_dot_product_flash_attention_for_cpu) has no formula; we register the standard
-  one here, otherwise the 2*T*T*D attention MACs per block are silently missed.
+  (aten._scaled_dot_product_flash_attention_for_cpu) has no formula; ``flop_counter`` adds the
+  standard one to the counters it opens, otherwise the 2*T*T*D attention MACs per block are missed.
 
-Convention (DESIGN.md): MACs = multiply-accumulates (what papers and fvcore call "FLOPs"); FLOPs =
+Convention: MACs = multiply-accumulates (what papers and fvcore call "FLOPs"); FLOPs =
 2 x MACs. Elementwise ops, softmax and norms are not counted.
 """
 
@@ -21,21 +21,25 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch.utils import flop_counter as fc
 
+from ..models.vmoe import count_active_params
+
 aten = torch.ops.aten
 
 
-def _register_cpu_sdpa() -> None:
-    fwd = aten._scaled_dot_product_flash_attention_for_cpu
-    bwd = aten._scaled_dot_product_flash_attention_for_cpu_backward
-    if fwd not in fc.flop_registry:
-        fc.register_flop_formula(fwd)(
-            lambda q, k, v, *args, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v))
-    if bwd not in fc.flop_registry:
-        fc.register_flop_formula(bwd)(
-            lambda g, q, k, v, *args, out_shape=None, **kw: fc.sdpa_backward_flop_count(g, q, k, v))
+# The CPU SDPA kernels have no formula in torch 2.14: these are the standard ones, passed to each
+# FlopCounterMode we open (``custom_mapping``), so importing this module changes nothing global.
+EXTRA_FORMULAS = {
+    aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda q, k, v, *args, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v),
+    aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda g, q, k, v, *args, out_shape=None, **kw: fc.sdpa_backward_flop_count(g, q, k, v),
+}
 
 
-_register_cpu_sdpa()
+def flop_counter() -> fc.FlopCounterMode:
+    """A FlopCounterMode that also counts the CPU attention kernels."""
+    missing = {op: f for op, f in EXTRA_FORMULAS.items() if op not in fc.flop_registry}
+    return fc.FlopCounterMode(display=False, custom_mapping=missing)
 
 
 @dataclass
@@ -65,21 +69,9 @@ def _params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _active_params(module: torch.nn.Module, cfg) -> int:
-    from ..models.vmoe import MoEMlp
-
-    total = _params(module)
-    if not cfg.is_moe or cfg.routing == "token":
-        return total
-    for m in module.modules():
-        if isinstance(m, MoEMlp):
-            total -= (cfg.num_experts - cfg.top_k) * m.experts.params_per_expert()
-    return total
-
-
 def count_macs(model: torch.nn.Module, inputs: torch.Tensor) -> tuple[int, dict[str, int]]:
     """Total MACs of ``model(inputs)`` and MACs per module name (FlopCounterMode's hierarchy)."""
-    mode = fc.FlopCounterMode(display=False)
+    mode = flop_counter()
     with torch.no_grad(), mode:
         model(inputs)
     per_module = {name: sum(ops.values()) // 2 for name, ops in mode.get_flop_counts().items()}
@@ -96,7 +88,7 @@ def profile_flops(model, dispatch: str | None = "gather", batch: int = 1) -> Flo
 
     cfg = model.cfg
     m = copy.deepcopy(model).eval()
-    if dispatch is not None and cfg.is_moe and cfg.routing == "image":
+    if dispatch is not None and cfg.is_per_image:
         m.set_dispatch(dispatch)
     x = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size)
     total, per_module = count_macs(m, x)
@@ -111,7 +103,7 @@ def profile_flops(model, dispatch: str | None = "gather", batch: int = 1) -> Flo
         if cfg.first_moe_block == i and m.router is not None:
             rows.append(BlockCount("router", "router", macs_of("router"), _params(m.router), _params(m.router)))
         rows.append(BlockCount(f"blocks.{i}", "moe" if cfg.is_moe_block(i) else "dense", macs_of(f"blocks.{i}"),
-                               _params(blk), _active_params(blk, cfg)))
+                               _params(blk), count_active_params(blk, cfg)))
     head_params = _params(m.head) + _params(m.norm)
     rows.append(BlockCount("head", "head", macs_of("head"), head_params, head_params))
     mode_name = dispatch or getattr(cfg, "dispatch", "auto")
@@ -141,6 +133,6 @@ def analytic_macs(cfg) -> int:
                 macs += T * D * cfg.num_experts + cfg.num_experts * cfg.expert_capacity() * 2 * D * cfg.expert_hidden
         else:
             macs += 2 * T * D * cfg.mlp_hidden
-    if cfg.is_moe and cfg.routing == "image":
+    if cfg.is_per_image:
         macs += D * cfg.num_experts
     return macs + D * cfg.num_classes
