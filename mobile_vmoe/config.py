@@ -271,6 +271,8 @@ class TrainConfig:
     workers: int = 0  # DataLoader workers per process
     threads: int = 0  # CPU: torch intra-op threads (0 = torch's default); 1 is robust on busy machines
     dense_epochs: int = 0  # --superclasses auto: epochs of the dense stage (0 = same as epochs)
+    superclass_holdout: float = 0.1  # --superclasses auto: stratified share of train the confusion is fit on
+    superclass_clustering: str = "balanced"  # balanced (equal-size superclasses) | spectral
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
     log_every: int = 10  # steps between "step" lines in metrics.jsonl
     stop_after_steps: int = 0  # save last.pt and stop after N steps of this invocation (0 = off)
@@ -307,6 +309,10 @@ class TrainConfig:
             p.append(f"mix_prob={self.mix_prob} must be in [0, 1]")
         if self.amp not in AMP_MODES:
             p.append(f"amp={self.amp!r} must be one of {AMP_MODES}")
+        if not 0.0 < self.superclass_holdout < 1.0:
+            p.append(f"superclass_holdout={self.superclass_holdout} must be in (0, 1)")
+        if self.superclass_clustering not in ("balanced", "spectral"):
+            p.append(f"superclass_clustering={self.superclass_clustering!r} must be balanced or spectral")
         if self.augment not in ("none", "light", "default", "deit"):
             p.append(f"augment={self.augment!r} must be one of none, light, default, deit")
         return p

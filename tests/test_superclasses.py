@@ -10,10 +10,12 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
+from mobile_vmoe.checkpoint import load_checkpoint
 from mobile_vmoe.data import build_data
+from mobile_vmoe.data.synthetic import build_synthetic
 from mobile_vmoe.data.superclasses import (cluster_superclasses, confusion_affinity, confusion_matrix,
-                                           load_superclasses, save_superclasses, superclass_names,
-                                           superclasses_from_model)
+                                           load_superclasses, make_superclasses, save_superclasses,
+                                           superclass_names, superclasses_from_model)
 from mobile_vmoe.errors import MvmoeError
 
 
@@ -75,10 +77,12 @@ def test_clustering_recovers_hand_built_blocks():
 def test_superclasses_json_roundtrip_and_validation(tmp_path):
     classes = ["cat", "dog", "car", "bus"]
     p = tmp_path / "sc.json"
-    save_superclasses(p, classes, [0, 0, 1, 1], source="test")
+    save_superclasses(p, make_superclasses(classes, [0, 0, 1, 1], source="test", fit_on={"split": "train-holdout",
+                                                                                      "images": 8}))
     d = load_superclasses(p, classes)
     assert d["class_to_superclass"] == [0, 0, 1, 1] and d["num_superclasses"] == 2
     assert d["names"] == ["sc0: cat/dog", "sc1: car/bus"] and d["members"] == [["cat", "dog"], ["car", "bus"]]
+    assert d["sizes"] == [2, 2] and d["fit_on"] == {"split": "train-holdout", "images": 8}
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
     with pytest.raises(MvmoeError, match="other classes .*missing \\['truck'\\]"):
         load_superclasses(p, ["cat", "dog", "car", "truck"])
@@ -160,3 +164,66 @@ def test_superclasses_cli_on_a_trained_checkpoint(one_thread, tmp_path):
                                    "--out", str(tmp_path / "x.json")])
     assert res.exit_code == 1 and "trained on other classes" in res.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_balanced_assignment_by_hand():
+    """Points 0, 1, 2, 10 on a line, centres at 1 and 10, sizes 2 + 2: the unbalanced nearest-centre
+    answer is [0, 0, 0, 1]; with two slots each, point 2 (cost (2-10)^2 = 64 vs point 1's 81) moves."""
+    from mobile_vmoe.data.superclasses import balanced_assignment, balanced_sizes
+
+    pts = np.array([[0.0], [1.0], [2.0], [10.0]])
+    assert balanced_assignment(pts, np.array([[1.0], [10.0]]), np.array([2, 2])).tolist() == [0, 0, 1, 1]
+    assert balanced_sizes(10, np.array([2, 5, 3])).tolist() == [3, 4, 3]  # the naturally biggest gets the extra
+    assert balanced_sizes(7, np.array([4, 3])).tolist() == [4, 3]
+
+
+def test_balanced_clustering_equalises_sizes_where_spectral_does_not():
+    """Two confusion blocks of 6 and 2 classes: plain spectral finds 6 + 2, balanced returns 4 + 4
+    and keeps the 2-class block whole."""
+    c = np.zeros((8, 8))
+    for group in ([0, 1, 2, 3, 4, 5], [6, 7]):
+        for i in group:
+            for j in group:
+                c[i, j] = 10 if i == j else 5
+    spectral = cluster_superclasses(c, 2, seed=0, method="spectral")
+    assert sorted(np.bincount(spectral).tolist()) == [2, 6]
+    balanced = cluster_superclasses(c, 2, seed=0, method="balanced")
+    assert np.bincount(balanced).tolist() == [4, 4]
+    assert balanced[6] == balanced[7]
+    with pytest.raises(MvmoeError, match="clustering 'kmeans'"):
+        cluster_superclasses(c, 2, method="kmeans")
+
+
+def test_superclass_holdout_is_stratified_from_train_and_never_the_eval_split():
+    from mobile_vmoe.data.holdout import split_for_superclasses
+
+    data = build_synthetic(6, 3, 16, train_per_class=20, val_per_class=5, seed=0)
+    rest, held = split_for_superclasses(data, 0.1, seed=3)
+    hold_idx, rest_idx = set(held.indices), set(rest.train.indices)
+    assert len(held) == 12 and hold_idx.isdisjoint(rest_idx) and len(hold_idx | rest_idx) == 120
+    assert np.bincount(data.train.labels[held.indices].numpy()).tolist() == [2] * 6  # stratified
+    # the holdout's images are training images, read with the eval transform; none is an eval image
+    train_imgs, val_imgs = data.train.images, data.val.images
+    for i in held.indices:
+        x, _ = held.dataset[i]
+        assert torch.allclose(x, data.val.transform(train_imgs[i]))
+        assert not any(torch.equal(train_imgs[i], v) for v in val_imgs)
+    assert rest.val is data.val and held.dataset.images is train_imgs
+    again, _ = split_for_superclasses(data, 0.1, seed=3)
+    assert again.train.indices == rest.train.indices  # seeded
+
+
+def test_superclass_stage_fits_on_the_train_holdout(tmp_path, one_thread):
+    """The auto stage: dense twin on train less holdout, confusion on the holdout, fit_on recorded."""
+    from mobile_vmoe.train import resolve, train
+
+    tcfg, bundle = resolve("vmoe-6x64-p32", "synthetic:4:2", {"depth": 2, "width": 32, "heads": 2, "num_experts": 2,
+                                                              "moe_blocks": 1, "img_size": 16}, epochs=1)
+    s = train(tcfg, bundle, tmp_path / "run", quiet=True)
+    sc = json.loads((tmp_path / "run" / "superclasses.json").read_text())
+    n_hold = int(np.ceil(0.1 * len(bundle.train)))
+    assert sc["fit_on"]["split"] == "train-holdout" and sc["fit_on"]["images"] == n_hold
+    assert sum(map(sum, sc["confusion"])) == n_hold  # the matrix counts exactly the holdout images
+    assert sc["sizes"] == [2, 2] and sc["method"] == "balanced" and s["superclass_sizes"] == [2, 2]
+    dense = load_checkpoint(tmp_path / "run" / "dense" / "last.pt")
+    assert dense["steps_per_epoch"] == (len(bundle.train) - n_hold) // tcfg.batch_size

@@ -89,31 +89,37 @@ def print_summary(summary: dict) -> None:
 
 @app.command("superclasses")
 def superclasses_cmd(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="a trained (dense) model: model.pt"),
-    data: str = typer.Option(..., "--data", "-d", help="the dataset the model was trained on (its val split is used)"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="a trained dense model: model.pt"),
+    data: str = typer.Option(..., "--data", "-d", help="the dataset the model was trained on"),
     num: int = typer.Option(..., "--num", "-n", help="number of superclasses (= experts of the MoE to train)"),
     out: Path = typer.Option(..., "--out", "-o", help="superclasses JSON to write"),
-    seed: int = typer.Option(0, "--seed", help="spectral clustering seed"),
+    holdout: Optional[float] = typer.Option(None, "--holdout", help="share of the training split held out for the "
+                                            "confusion matrix (default: the checkpoint's superclass_holdout, else 0.1)"),
+    clustering: str = typer.Option("balanced", "--clustering", help="balanced (equal sizes) | spectral"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="holdout and clustering seed (default: the checkpoint's)"),
 ) -> None:
-    """Cluster classes into superclasses from a model's confusion matrix on held-out data."""
-    from torch.utils.data import DataLoader
-
+    """Cluster classes into superclasses from a dense model's confusion matrix on a stratified
+    holdout of the training split (the model must not have trained on it: `mvmoe train`'s dense
+    stage leaves it out). The evaluation split is never used."""
     from ..checkpoint import model_from_checkpoint
+    from ..config import TrainConfig
     from ..data import build_data
-    from ..data.superclasses import save_superclasses, superclasses_from_model
+    from ..data.holdout import split_for_superclasses
     from ..errors import MvmoeError
+    from ..train.run import fit_superclasses
 
     model, ck = model_from_checkpoint(checkpoint)
+    trained = ck.get("train_config") or {}
+    seed = seed if seed is not None else int(trained.get("seed", 0))
+    holdout = holdout if holdout is not None else float(trained.get("superclass_holdout", 0.1))
     # synthetic data is generated from the training seed: rebuild the instance the model saw
     bundle = build_data(data, model.cfg.img_size, augment="none", seed=int((ck.get("data") or {}).get("seed", 0)))
     if ck.get("class_names") and list(ck["class_names"]) != list(bundle.class_names):
         raise MvmoeError(f"{checkpoint} was trained on other classes than {data}'s {bundle.num_classes}")
     if model.cfg.num_classes != bundle.num_classes:
         raise MvmoeError(f"{checkpoint} has {model.cfg.num_classes} outputs, {data} has {bundle.num_classes} classes")
-    found = superclasses_from_model(model, DataLoader(bundle.val, batch_size=256), bundle.class_names, num, seed=seed,
-                                    source=f"confusion of {checkpoint} on {bundle.name} val")
-    import numpy as np
-
-    save_superclasses(out, found["classes"], found["class_to_superclass"], found["names"], found["source"],
-                      confusion=np.asarray(found["confusion"]))
-    typer.echo(json.dumps({"num_superclasses": found["num_superclasses"], "names": found["names"], "out": str(out)}))
+    tcfg = TrainConfig(model=model.cfg, seed=seed, superclass_holdout=holdout, superclass_clustering=clustering)
+    _, held = split_for_superclasses(bundle, holdout, seed)
+    found = fit_superclasses(Path(checkpoint), held, bundle, tcfg, out, "cpu", quiet=True, num=num)
+    typer.echo(json.dumps({"num_superclasses": found["num_superclasses"], "names": found["names"],
+                           "sizes": found["sizes"], "fit_on": found["fit_on"], "out": str(out)}))

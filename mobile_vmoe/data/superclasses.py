@@ -4,13 +4,18 @@
 2. ``cluster_superclasses``: row-normalise (so big classes do not dominate), drop the diagonal
    (correct predictions say nothing about which classes are alike), symmetrise
    A = (C + C.T) / 2, add a small uniform affinity so the graph is connected even when a class
-   is never confused, then sklearn SpectralClustering(affinity="precomputed", fixed random_state).
+   is never confused. Then, by default (``method="balanced"``), the spectral embedding of that
+   graph (sklearn's spectral_embedding, as SpectralClustering uses), k-means centres in it, and a
+   size-balanced assignment of classes to centres (scipy's linear_sum_assignment): superclass
+   sizes differ by at most one, so the experts they train get balanced load. ``method="spectral"``
+   is plain SpectralClustering(affinity="precomputed"), whose clusters may be of any size.
    Cluster ids are renumbered by their smallest class id, so the result is canonical.
 3. ``superclass_names``: "sc0: 3/5/8", the members most confused with the rest of their group.
 4. ``save_superclasses`` / ``load_superclasses``: the JSON file the trainer and exporter read::
 
     {"num_superclasses": S, "classes": [...], "class_to_superclass": [...], "names": [...],
-     "members": [[...], ...], "source": "..."}
+     "members": [[...], ...], "sizes": [...], "method": "balanced", "source": "...",
+     "fit_on": {"split": "train-holdout", "images": N}}
 """
 
 from __future__ import annotations
@@ -70,31 +75,78 @@ def _canonical(labels: np.ndarray) -> np.ndarray:
     return np.array([order[lab] for lab in labels.tolist()], dtype=np.int64)
 
 
-def cluster_superclasses(confusion: np.ndarray, num_superclasses: int, seed: int = 0) -> np.ndarray:
-    """Class -> superclass ids (N,) int64 in [0, S), every superclass non-empty."""
+CLUSTERINGS = ("balanced", "spectral")
+
+
+def cluster_superclasses(confusion: np.ndarray, num_superclasses: int, seed: int = 0,
+                         method: str = "balanced") -> np.ndarray:
+    """Class -> superclass ids (N,) int64 in [0, S), every superclass non-empty; ``method`` is
+    "balanced" (sizes differ by at most one) or "spectral" (see the module docstring)."""
     confusion = np.asarray(confusion)
     n = confusion.shape[0] if confusion.ndim == 2 else -1
     if not isinstance(num_superclasses, (int, np.integer)) or not 1 <= num_superclasses <= n:
         raise MvmoeError(f"num_superclasses must be between 1 and the number of classes ({n}), got {num_superclasses!r}")
+    if method not in CLUSTERINGS:
+        raise MvmoeError(f"superclass clustering {method!r}: use one of {', '.join(CLUSTERINGS)}")
     affinity = confusion_affinity(confusion)
     if num_superclasses == 1:
         return np.zeros(n, dtype=np.int64)
     if num_superclasses == n:
         return np.arange(n, dtype=np.int64)
+    if method == "balanced":
+        return _canonical(_balanced_spectral(affinity, num_superclasses, seed))
+    return _fill_empty(_spectral(affinity, num_superclasses, seed), affinity, num_superclasses)
+
+
+def _spectral(affinity: np.ndarray, s: int, seed: int) -> np.ndarray:
     from sklearn.cluster import SpectralClustering
 
-    sc = SpectralClustering(n_clusters=num_superclasses, affinity="precomputed", random_state=seed,
-                            assign_labels="kmeans", n_init=10)
-    labels = _canonical(sc.fit_predict(affinity))
-    # k-means can leave a cluster empty on degenerate graphs: split the largest cluster by moving
-    # out its member least attached to the rest, until every superclass has a member.
-    while labels.max() + 1 < num_superclasses:
+    sc = SpectralClustering(n_clusters=s, affinity="precomputed", random_state=seed, assign_labels="kmeans", n_init=10)
+    return _canonical(sc.fit_predict(affinity))
+
+
+def _fill_empty(labels: np.ndarray, affinity: np.ndarray, s: int) -> np.ndarray:
+    """k-means can leave a cluster empty on degenerate graphs: split the largest cluster by moving
+    out its member least attached to the rest, until every superclass has a member."""
+    while labels.max() + 1 < s:
         big = np.bincount(labels).argmax()
         members = np.flatnonzero(labels == big)
         inside = affinity[np.ix_(members, members)].sum(axis=1) - np.diag(affinity)[members]
         labels[members[inside.argmin()]] = labels.max() + 1
         labels = _canonical(labels)
     return labels
+
+
+def balanced_sizes(n: int, natural: np.ndarray) -> np.ndarray:
+    """Sizes (S,) summing to n that differ by at most one; the clusters that are naturally the
+    largest (``natural`` counts, ties to the lower id) get the extra members."""
+    s = len(natural)
+    sizes = np.full(s, n // s)
+    sizes[np.argsort(-natural, kind="stable")[: n % s]] += 1
+    return sizes
+
+
+def balanced_assignment(points: np.ndarray, centers: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Assign N points to S centres, exactly ``sizes[s]`` to centre s, minimising the summed
+    squared distance (an N x N assignment problem: centre s repeated sizes[s] times)."""
+    from scipy.optimize import linear_sum_assignment
+
+    slots = np.repeat(np.arange(len(centers)), sizes)  # (N,) centre of each slot
+    cost = ((points[:, None, :] - centers[slots][None, :, :]) ** 2).sum(-1)  # (N, N)
+    rows, cols = linear_sum_assignment(cost)
+    labels = np.empty(len(points), dtype=np.int64)
+    labels[rows] = slots[cols]
+    return labels
+
+
+def _balanced_spectral(affinity: np.ndarray, s: int, seed: int) -> np.ndarray:
+    from sklearn.cluster import KMeans
+    from sklearn.manifold import spectral_embedding
+
+    emb = spectral_embedding(affinity, n_components=s, random_state=seed, drop_first=False)  # (N, S)
+    km = KMeans(n_clusters=s, n_init=10, random_state=seed).fit(emb)
+    sizes = balanced_sizes(len(emb), np.bincount(km.labels_, minlength=s))
+    return balanced_assignment(emb, km.cluster_centers_, sizes)
 
 
 def superclass_names(class_names: list[str], class_to_superclass, confusion: np.ndarray | None = None,
@@ -116,16 +168,20 @@ def superclass_names(class_names: list[str], class_to_superclass, confusion: np.
 
 
 def superclasses_from_model(model: torch.nn.Module, loader, class_names: list[str], num_superclasses: int, *,
-                            seed: int = 0, device: str | torch.device = "cpu", source: str = "") -> dict:
-    """Confusion -> clustering -> names, as the dict that ``save_superclasses`` writes."""
+                            seed: int = 0, device: str | torch.device = "cpu", source: str = "",
+                            method: str = "balanced", fit_on: dict | None = None) -> dict:
+    """Confusion on ``loader`` (held-out data) -> clustering -> names, as the dict that
+    ``save_superclasses`` writes. ``fit_on``: what the loader holds, e.g. {"split": "train-holdout",
+    "images": 144}."""
     conf = confusion_matrix(model, loader, len(class_names), device)
-    c2s = cluster_superclasses(conf, num_superclasses, seed)
+    c2s = cluster_superclasses(conf, num_superclasses, seed, method)
     return make_superclasses(class_names, c2s, superclass_names(class_names, c2s, conf), source,
-                             confusion=conf)
+                             confusion=conf, method=method, fit_on=fit_on)
 
 
 def make_superclasses(class_names: list[str], class_to_superclass, names: list[str] | None = None,
-                      source: str = "", confusion: np.ndarray | None = None) -> dict:
+                      source: str = "", confusion: np.ndarray | None = None, method: str | None = None,
+                      fit_on: dict | None = None) -> dict:
     c2s = [int(v) for v in np.asarray(class_to_superclass).tolist()]
     s = max(c2s) + 1 if c2s else 0
     out = {
@@ -134,17 +190,19 @@ def make_superclasses(class_names: list[str], class_to_superclass, names: list[s
         "class_to_superclass": c2s,
         "names": list(names) if names is not None else superclass_names(list(class_names), c2s),
         "members": [[class_names[i] for i, v in enumerate(c2s) if v == k] for k in range(s)],
+        "sizes": [c2s.count(k) for k in range(s)],
+        "method": method,
         "source": source,
+        "fit_on": fit_on,
     }
     if confusion is not None:
         out["confusion"] = np.asarray(confusion).astype(int).tolist()
     return _validate(out, None, "<superclasses>")
 
 
-def save_superclasses(path: str | os.PathLike, class_names: list[str], class_to_superclass, names: list[str] | None = None,
-                      source: str = "", confusion: np.ndarray | None = None) -> dict:
-    """Validate and write the superclasses JSON atomically; returns what was written."""
-    data = make_superclasses(class_names, class_to_superclass, names, source, confusion)
+def save_superclasses(path: str | os.PathLike, data: dict) -> dict:
+    """Validate and write a superclasses dict (``make_superclasses``) atomically; returns it."""
+    data = _validate(data, None, str(path))
     atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     return data
 

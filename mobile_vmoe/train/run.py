@@ -8,9 +8,11 @@ Three calls, in order::
 
 With ``superclasses="auto"`` and a per-image MoE (the paper's recipe)::
 
-    DIR/dense/            stage 1: the dense twin (models.registry.dense_twin), its own summary.json + model.pt
-    DIR/superclasses.json stage 2: confusion matrix of the dense model on the held-out split, clustered
-                          into num_experts superclasses (mobile_vmoe.data.superclasses)
+    DIR/dense/            stage 1: the dense twin (models.registry.dense_twin), trained on the training
+                          split less a stratified holdout (superclass_holdout, default 10 %)
+    DIR/superclasses.json stage 2: confusion matrix of the dense model on that holdout (never on the
+                          evaluation split), clustered into num_experts superclasses of equal size
+                          (mobile_vmoe.data.superclasses)
     DIR/                  stage 3: the MoE, loss CE + router_weight * CE(router logits, superclass)
 
 ``superclasses=FILE`` skips stages 1-2; ``"none"`` trains the router end to end (router_weight
@@ -204,19 +206,22 @@ def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, in
 
     if superclasses != "auto":
         return load_superclasses(superclasses, bundle.class_names), {"superclasses_file": str(superclasses)}
+    from ..data.holdout import split_for_superclasses
+
     path = out / "superclasses.json"
     dense_model = dense_twin(tcfg.model)
     dense_model = dense_model.replace(name=re.sub(r"-(e\d+|k\d+|token)", "", dense_model.name))
     dense_tcfg = tcfg.replace(model=dense_model, epochs=tcfg.dense_epochs or tcfg.epochs)
-    dense = fit(dense_tcfg, bundle, out / "dense", dist_info=info, resume=resume, quiet=quiet, stage="dense")
+    rest, holdout = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
+    dense = fit(dense_tcfg, rest, out / "dense", dist_info=info, resume=resume, quiet=quiet, stage="dense")
     if dense.get("stopped"):
         return None, dense
     if not (resume and path.exists()):
         if info.is_main:
-            fit_superclasses(out, bundle, tcfg, path, info, quiet)
+            fit_superclasses(out / "dense" / "model.pt", holdout, bundle, tcfg, path, info.device, quiet)
         barrier(info)
     sc = load_superclasses(path, bundle.class_names)
-    extra = {"superclasses_file": str(path), "dense": {k: dense.get(k) for k in
+    extra = {"superclasses_file": str(path), "superclass_sizes": sc.get("sizes"), "dense": {k: dense.get(k) for k in
                                                      ("model", "top1", "top5", "macs", "params", "epochs", "checkpoint")}}
     if bundle.planted_superclasses is not None:
         from sklearn.metrics import adjusted_rand_score
@@ -225,21 +230,24 @@ def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, in
     return sc, extra
 
 
-def fit_superclasses(out: Path, bundle, tcfg: TrainConfig, path: Path, info: DistInfo, quiet: bool) -> None:
-    """Stage 2: the dense model's confusion matrix on the held-out split, clustered, -> ``path``."""
-    import numpy as np
+def fit_superclasses(dense_path: Path, holdout, bundle, tcfg: TrainConfig, path: Path, device, quiet: bool,
+                     num: int | None = None) -> dict:
+    """Stage 2: the dense model's confusion matrix on the train holdout, clustered into ``num``
+    (default num_experts) superclasses, -> ``path``."""
     from torch.utils.data import DataLoader
 
     from ..checkpoint import model_from_checkpoint
+    from ..data.holdout import HOLDOUT_SPLIT
     from ..data.superclasses import save_superclasses, superclasses_from_model
 
-    dense_path = out / "dense" / "model.pt"
     model, _ = model_from_checkpoint(dense_path)
-    loader = DataLoader(bundle.val, batch_size=256, shuffle=False)
-    found = superclasses_from_model(model.to(info.device), loader, bundle.class_names, tcfg.model.num_experts,
-                                    seed=tcfg.seed, device=info.device,
-                                    source=f"confusion of {model.cfg.name} ({dense_path}) on {bundle.name} val")
-    save_superclasses(path, found["classes"], found["class_to_superclass"], found["names"], found["source"],
-                      confusion=np.asarray(found["confusion"]))
+    found = superclasses_from_model(model.to(device), DataLoader(holdout, batch_size=256, shuffle=False),
+                                    bundle.class_names, num or tcfg.model.num_experts, seed=tcfg.seed, device=device,
+                                    source=f"confusion of {model.cfg.name} ({dense_path}) on a {bundle.name} train holdout",
+                                    method=tcfg.superclass_clustering,
+                                    fit_on={"split": HOLDOUT_SPLIT, "images": len(holdout),
+                                            "fraction": tcfg.superclass_holdout, "seed": tcfg.seed})
+    save_superclasses(path, found)
     if not quiet:
-        print("superclasses: " + "; ".join(found["names"]) + f" -> {path}")
+        print("superclasses: " + "; ".join(found["names"]) + f" (sizes {found['sizes']}) -> {path}")
+    return found
