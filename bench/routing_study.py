@@ -34,6 +34,7 @@ KEYS = ("top1", "top5", "router_superclass_top1", "macs", "active_params", "para
 
 
 def run_arm(arm: str, data: str, seed: int, epochs: int, out: Path, extra: dict) -> dict:
+    from mobile_vmoe.errors import MvmoeError
     from mobile_vmoe.train import train
 
     e = EXPERTS.get(data, 5)
@@ -45,7 +46,7 @@ def run_arm(arm: str, data: str, seed: int, epochs: int, out: Path, extra: dict)
     if arm == "dense":  # stage 1 of moe-sc: already trained
         p = out / "moe-sc" / "dense" / "summary.json"
         if not p.exists():
-            raise SystemExit(f"{p} missing: the dense arm is moe-sc's stage 1; run moe-sc first")
+            raise MvmoeError(f"{p} missing: the dense arm is moe-sc's stage 1; run moe-sc first")
         return json.loads(p.read_text())
     if arm == "moe-e2e":
         return train("vmoe-6x64-p32", data, out / "moe-e2e", epochs=epochs, overrides=base, superclasses="none",
@@ -53,7 +54,7 @@ def run_arm(arm: str, data: str, seed: int, epochs: int, out: Path, extra: dict)
     if arm == "token":
         return train("vmoe-6x64-p32", data, out / "token", epochs=epochs, overrides={**base, "routing": "token"},
                      superclasses="none", seed=seed, quiet=True)
-    raise ValueError(arm)
+    raise MvmoeError(f"unknown arm {arm!r}: expected one of {', '.join(ARMS)}")
 
 
 def save_results(path: Path, results: list[dict]) -> None:

@@ -34,15 +34,24 @@ FORMAT = "mvmoe-checkpoint"
 VERSION = 1
 
 
+def default_file_mode() -> int:
+    """What ``open(path, "w")`` would give a new file: 0o666 less the process umask (0o644 usually)."""
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
     """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync, then os.replace.
 
-    A crash or Ctrl-C leaves either the old file or the new one, never half of one.
+    A crash or Ctrl-C leaves either the old file or the new one, never half of one. The file gets
+    the usual permissions (0o666 less the umask), not mkstemp's private 0o600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
