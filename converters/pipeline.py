@@ -25,7 +25,7 @@ from mobile_vmoe.errors import MvmoeError
 
 from . import prepare as P
 from .interrupt import check, held, sigint_guard
-from .quiet import quiet
+from .quiet import loud, quiet
 
 TARGET_NAMES = ("coreml", "executorch", "tflite", "onnx")
 
@@ -269,7 +269,11 @@ def export_checkpoint(checkpoint, target: str = "all", backend: str | None = Non
     dataset for parity and calibration (build_data spec) instead of the checkpoint's own.
     An existing artifact from another checkpoint is replaced only with ``force``. Libraries'
     own output is hidden unless ``verbose``. Ctrl-C raises KeyboardInterrupt and leaves no files."""
-    say = progress or (lambda s: None)
+    def say(line: str) -> None:
+        if progress:
+            with loud():
+                progress(line)
+
     check_options(parity_images, calibration_images, fp32_tol, max_top1_drop, layer_norm)
     jobs, skipped = plan(target, backend, precision)
     out_dir = Path(out_dir)

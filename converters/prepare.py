@@ -370,16 +370,15 @@ def tree_sha256(path: str | Path) -> tuple[int, str]:
     paths and contents in sorted order."""
     import hashlib
 
+    from mobile_vmoe.checkpoint import file_sha256
+
     path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if not path.is_dir():
+        return path.stat().st_size, file_sha256(path)
     h, size = hashlib.sha256(), 0
-    for f in files:
-        if path.is_dir():
-            h.update(f.relative_to(path).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-                size += len(block)
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + file_sha256(f).encode())
+        size += f.stat().st_size
     return size, h.hexdigest()
 
 
@@ -388,7 +387,9 @@ def checkpoint_identity(checkpoint) -> dict:
     checkpoint given as a dict)."""
     if isinstance(checkpoint, dict):
         return {"checkpoint": None, "checkpoint_sha256": None}
-    return {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": tree_sha256(checkpoint)[1]}
+    from mobile_vmoe.checkpoint import file_sha256
+
+    return {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": file_sha256(checkpoint)}
 
 
 def build_metadata(ckpt: dict, wrapper: ExportWrapper, *, target: str, backend: str | None, precision: str,

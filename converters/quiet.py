@@ -3,10 +3,10 @@ absl / oneDNN / XNNPACK INFO lines), so `mvmoe export` shows its own lines only;
 shows everything.
 
 Native libraries write straight to file descriptors 1 and 2, so those are pointed at a log file
-(or /dev/null) for the duration; Python's ``sys.stderr`` keeps writing to the real terminal, so
-our own progress lines still show. Python-level noise is held back with ``logging.disable``, a
-warnings filter and TQDM_DISABLE; the log level variables of TensorFlow / glog are set as well
-(read when those libraries load).
+(or /dev/null) for the duration, which also takes Python-level prints and progress bars. Our own
+progress lines go out inside ``loud()``, which points ``sys.stderr`` at the real terminal for one
+call. Logging is held back with ``logging.disable`` and warnings with a filter; the log level
+variables of TensorFlow / glog are set as well (read when those libraries load).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+_terminals: list = []  # the real stderr of each active redirect, innermost last
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "GLOG_minloglevel": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
 
 
@@ -40,9 +41,7 @@ def _redirect_fds(target: Path | None):
             pass
     sink = os.open(str(target) if target else os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     saved = {fd: os.dup(fd) for fd in (1, 2)}
-    real_stderr = sys.stderr
-    if _fileno(sys.stderr) == 2:  # our own progress lines still reach the terminal
-        sys.stderr = os.fdopen(os.dup(saved[2]), "w", buffering=1, encoding="utf-8", errors="replace")
+    _terminals.append(os.fdopen(os.dup(saved[2]), "w", buffering=1, encoding="utf-8", errors="replace"))
     try:
         for fd in (1, 2):
             os.dup2(sink, fd)
@@ -53,13 +52,26 @@ def _redirect_fds(target: Path | None):
                 s.flush()
             except (AttributeError, ValueError):
                 pass
-        if sys.stderr is not real_stderr:
-            sys.stderr.close()
-            sys.stderr = real_stderr
+        _terminals.pop().close()
         for fd, copy in saved.items():
             os.dup2(copy, fd)
             os.close(copy)
         os.close(sink)
+
+
+@contextmanager
+def loud():
+    """Inside ``quiet()``: let this block's writes to sys.stderr reach the real terminal."""
+    if not _terminals or _fileno(sys.stderr) != 2:  # not redirected (or captured by a test runner)
+        yield
+        return
+    real = sys.stderr
+    sys.stderr = _terminals[-1]
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr = real
 
 
 @contextmanager

@@ -67,6 +67,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON file that must hold one object (metadata, summaries); MvmoeError naming the file if not."""
     import json

@@ -48,7 +48,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summarize(runs_ms: list[float]) -> dict:
-    """min / median / p90 / mean of per-run times in ms (the contract's keys)."""
+    """min / median / p90 / mean of per-run times in ms (the latency JSON's keys)."""
     if not runs_ms:
         raise MvmoeError("no timed runs to summarise (runs must be >= 1)")
     bad = [r for r in runs_ms if not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0)]
@@ -86,13 +86,39 @@ def time_calls(fn: Callable[[], object], warmup: int, runs: int) -> list[float]:
 # ------------------------------------------------------------------------------------ artifacts
 
 def artifact_meta(path: Path) -> dict | None:
-    """The contract-C metadata `<stem>.json` beside the artifact, or None if there is none."""
+    """The metadata `<stem>.json` beside the artifact (docs/formats.md), or None if there is none."""
     meta_path = path.with_suffix(".json")
     if not meta_path.is_file():
         return None
     from ..checkpoint import read_json_object
 
     return read_json_object(meta_path)
+
+
+VERIFIED = "the artifact's .json (model_config), which matches the artifact's size and sha256 recorded at export"
+
+
+def verified_metadata(path: str | Path) -> dict:
+    """The .json of an exported artifact (given the artifact or the .json), after checking that it
+    belongs to the artifact: size and sha256 as recorded at export. MvmoeError otherwise."""
+    from converters.prepare import tree_sha256
+
+    meta_path = Path(path).with_suffix(".json")
+    meta = artifact_meta(Path(path))
+    if meta is None:
+        raise MvmoeError(f"{meta_path} not found: `mvmoe export` writes it beside the artifact")
+    if not isinstance(meta.get("model_config"), dict):
+        raise MvmoeError(f"{meta_path} has no model_config: re-export it with this version of `mvmoe export`")
+    if not meta.get("artifact_sha256") or not meta.get("artifact"):
+        raise MvmoeError(f"{meta_path} records no artifact sha256, so it cannot be checked against the artifact: "
+                         "re-export it with this version of `mvmoe export`")
+    artifact = meta_path.parent / str(meta["artifact"])
+    if not artifact.exists():
+        raise MvmoeError(f"{artifact} not found: {meta_path.name} describes it")
+    size, digest = tree_sha256(artifact)
+    if (size, digest) != (meta.get("artifact_size"), meta["artifact_sha256"]):
+        raise MvmoeError(f"{artifact.name} is not the file {meta_path.name} was written for (size or sha256 differ)")
+    return meta
 
 
 def check_artifact(path: str | Path) -> Path:
@@ -217,7 +243,7 @@ def parse_device(device: str) -> tuple[str, str | None]:
 def profile_latency(artifact: str | Path, device: str = "local", *, warmup: int = 10, runs: int = 50,
                     threads: int | None = None, per_op: bool = False, binary: str | Path | None = None,
                     adb_host: str = "127.0.0.1", adb_port: int = 5037) -> dict:
-    """Measure `artifact` on `device`; returns the contract's JSON dict (+ extras)."""
+    """Measure `artifact` on `device`; returns the latency JSON dict (docs/formats.md)."""
     path = check_artifact(artifact)
     if warmup < 0 or runs < 1:
         raise MvmoeError(f"need --warmup >= 0 and --runs >= 1, got {warmup} and {runs}")
