@@ -83,6 +83,44 @@ def test_local_runner(artifacts, kind, runtime):
     assert sorted(d["input_shape"]) == [1, 3, 16, 16]
 
 
+def test_pte_threads_are_honoured_and_recorded(artifacts):
+    """The ExecuTorch threadpool is sized by --threads; the JSON records the count in effect."""
+    assert profile_latency(artifacts["pte"], warmup=0, runs=2, threads=1)["threads"] == 1
+    assert profile_latency(artifacts["pte"], warmup=0, runs=2, threads=2)["threads"] == 2
+    assert profile_latency(artifacts["pte"], warmup=0, runs=2)["threads"] == 2  # as left, never null
+
+
+def test_latency_opens_artifacts_with_the_converters_runner(artifacts, monkeypatch):
+    """One place opens each runtime: profile latency uses converters' load_runner (as parity does)."""
+    import numpy as np
+
+    from converters import onnx_export
+    from converters.runner import Runner
+
+    opened = []
+
+    def load_runner(path, threads=None):
+        opened.append((path.name, threads))
+        return Runner(lambda x: [np.zeros((1, 5), np.float32)], "fake-ort", [1, 3, 16, 16], "float32", threads), None
+
+    monkeypatch.setattr(onnx_export, "load_runner", load_runner)
+    d = profile_latency(artifacts["onnx"], warmup=1, runs=3, threads=3)
+    assert opened == [("tiny_onnx_fp32.onnx", 3)] and d["runtime"] == "fake-ort" and d["threads"] == 3
+
+
+def test_timing_helper_interleaves_and_warms_up():
+    from mobile_vmoe.profile.timing import time_interleaved, time_ms
+
+    calls = []
+    times = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=2, inner=2)
+    assert calls == ["a", "a", "b", "b"] + ["a", "a", "b", "b"] * 3
+    assert [len(v) for v in times.values()] == [3, 3] and all(t >= 0 for v in times.values() for t in v)
+    syncs = []
+    assert len(time_ms(lambda: None, runs=4, sync=lambda: syncs.append(1))) == 4 and len(syncs) == 8
+    with pytest.raises(MvmoeError, match="runs >= 1"):
+        time_ms(lambda: None, runs=0)
+
+
 def test_pte_per_op_from_etdump(artifacts):
     d = profile_latency(artifacts["pte"], warmup=1, runs=5, per_op=True)
     ops = {r["op"]: r for r in d["per_op"]}
