@@ -1,4 +1,4 @@
-"""`mvmoe report` from fixture run directories (contract B) and latency files (contract D keys)."""
+"""`mvmoe report` from fixture run directories (summary.json) and latency files (docs/formats.md)."""
 
 from __future__ import annotations
 

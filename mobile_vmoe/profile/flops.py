@@ -10,7 +10,7 @@ matmul). Two consequences worth knowing:
   (aten._scaled_dot_product_flash_attention_for_cpu) has no formula; we register the standard
   one here, otherwise the 2*T*T*D attention MACs per block are silently missed.
 
-Convention (DESIGN.md): MACs = multiply-accumulates (what papers and fvcore call "FLOPs"); FLOPs =
+Convention: MACs = multiply-accumulates (what papers and fvcore call "FLOPs"); FLOPs =
 2 x MACs. Elementwise ops, softmax and norms are not counted.
 """
 

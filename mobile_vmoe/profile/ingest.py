@@ -1,4 +1,4 @@
-"""Read the demo apps' benchmark JSON (contract D) into `profile latency`'s keys.
+"""Read the demo apps' benchmark JSON (format: docs/formats.md) into `profile latency`'s keys.
 
 Input  {"format": "mvmoe-app-benchmark", "version": 1, "artifact", "app", "device", "runtime",
         "compute_units", "threads", "warmup", "runs_ms": [...], "created"}
