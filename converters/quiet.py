@@ -19,7 +19,7 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-_terminals: list = []  # the real stderr of each active redirect, innermost last
+_terminals: list = []  # the stderr each active redirect replaced, outermost (the terminal) first
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "GLOG_minloglevel": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
 
 
@@ -66,7 +66,7 @@ def loud():
         yield
         return
     real = sys.stderr
-    sys.stderr = _terminals[-1]
+    sys.stderr = _terminals[0]  # the outermost redirect saved the real terminal
     try:
         yield
     finally:
