@@ -345,7 +345,9 @@ def copy_to_app(artifact: Path, app: str, root: Path | None = None) -> Path:
     meta_path = artifact.with_suffix(".json")
     if not meta_path.is_file():
         raise MvmoeError(f"{meta_path} not found: an app needs the .json beside {artifact.name}")
-    meta = json.loads(meta_path.read_text())
+    from mobile_vmoe.checkpoint import read_json_object
+
+    meta = read_json_object(meta_path)
     if not app_runs(app, meta.get("target"), meta.get("backend")):
         raise MvmoeError(f"not copying {artifact.name}: {APP_RUNS_TEXT[app]}")
     dest = (root if root is not None else project_root()) / APP_DIRS[app]

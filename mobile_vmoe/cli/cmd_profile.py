@@ -44,7 +44,8 @@ def latency_cmd(
     device: str = typer.Option("local", "--device", "-d", help="local | android[:SERIAL] | ios[:UDID]"),
     warmup: int = typer.Option(10, help="untimed runs first"),
     runs: int = typer.Option(50, help="timed runs"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (LiteRT num_threads, ONNX Runtime intra-op)"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (LiteRT num_threads, ONNX Runtime intra-op, "
+                                           "ExecuTorch threadpool size)"),
     per_op: bool = typer.Option(False, "--per-op", help="per-op times from ExecuTorch ETDump (.pte, local)"),
     binary: Optional[Path] = typer.Option(None, help="android: benchmark_model (.tflite) or executor_runner (.pte) built for the phone"),
     adb_port: int = typer.Option(5037, help="android: adb server port on 127.0.0.1"),

@@ -27,7 +27,6 @@ import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -76,11 +75,6 @@ class LatencyResult:
         d.update({"threads": self.threads, "warmup": self.warmup, "runs_ms": [round(r, 4) for r in self.runs_ms]})
         d.update(self.extra)
         return d
-
-
-def time_calls(fn: Callable[[], object], warmup: int, runs: int) -> list[float]:
-    """Call `fn` warmup + runs times; return the timed runs in ms (one call per sample)."""
-    return time_ms(fn, runs, warmup)
 
 
 # ------------------------------------------------------------------------------------ artifacts
@@ -180,7 +174,7 @@ def run_local(path: Path, warmup: int, runs: int, threads: int | None, shape=Non
     runner = open_runner(path, threads, per_op=per_op and path.suffix == ".pte")
     check_shape(path, shape, runner.input_shape)
     x = example_input(runner.input_shape, runner.input_dtype)
-    times = time_calls(lambda: runner(x), warmup, runs)
+    times = time_ms(lambda: runner(x), runs, warmup)
     device = local_device() if runner.runtime != "coreml" else f"local ({platform.platform()})"
     extra: dict = {"input_shape": runner.input_shape, **runner.extra}
     if per_op and path.suffix == ".pte":
