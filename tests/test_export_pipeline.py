@@ -190,6 +190,22 @@ def test_cli_app_refuses_a_target_the_app_cannot_run(tmp_path, monkeypatch, caps
     assert e.value.code == 1 and len(err) == 1 and "runs Core ML .mlpackage files only" in err[0]
 
 
+def test_cli_app_copies_what_the_app_runs_and_says_where(fake, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mobile_vmoe.cli import app
+
+    monkeypatch.setattr(pipeline, "target_module", lambda name: fake)  # tflite through the fake converter
+    monkeypatch.setattr(pipeline, "project_root", lambda: tmp_path / "checkout")
+    ckpt = tiny_checkpoint(tmp_path / "a.pt")
+    r = CliRunner().invoke(app, ["export", str(ckpt), "--target", "tflite", "--out", str(tmp_path / "out"),
+                                 "--parity-images", "4", "--app", "android"])
+    assert r.exit_code == 0, r.output
+    dest = tmp_path / "checkout" / pipeline.APP_DIRS["android"]
+    assert f"copied vmoe-6x64-p32_tflite_fp32.onnx and vmoe-6x64-p32_tflite_fp32.json to {dest}" in r.stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["vmoe-6x64-p32_tflite_fp32.json", "vmoe-6x64-p32_tflite_fp32.onnx"]
+
+
 # ---------------------------------------------------------------------------------- interrupts
 def _ctrl_c_swallowed():
     """What coremltools does with Ctrl-C: catches the KeyboardInterrupt and carries on."""
