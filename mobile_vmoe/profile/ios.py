@@ -1,14 +1,16 @@
 """Core ML latency: what coremltools can run, and where it cannot.
 
-- On macOS, `profile latency` loads the .mlpackage with converters.coreml.load_runner
-  (`coremltools.models.MLModel(path, compute_units=ComputeUnit.ALL)`) and times `MLModel.predict({input: array})` on the Mac itself
-  (Core ML on the Mac's CPU/GPU/Neural Engine; it says nothing about a phone). Not run here: this
-  machine is Linux, where coremltools can convert but cannot predict.
+- On macOS, `profile latency` opens the .mlpackage with converters.coreml.load_runner
+  (`coremltools.models.MLModel(path, compute_units=ComputeUnit.ALL)`) and times
+  `MLModel.predict({input: array})` on the Mac itself (Core ML on the Mac's CPU/GPU/Neural Engine;
+  it says nothing about a phone). Not run here: this machine is Linux, where coremltools can
+  convert but cannot predict.
 - An iPhone (`--device ios[:UDID]`) cannot be driven from coremltools: it has no device runner.
   Apple's tool for on-device numbers is Xcode's Core ML performance report (Xcode > Open Developer
   Tool > Core ML model > Performance, on a connected device). Our route is the iOS demo app's
-  benchmark screen, which writes the app benchmark JSON (docs/formats.md); `mvmoe profile ingest FILE.json` turns it into
-  the same keys as `profile latency`. So `profile_ios` raises a clear MvmoeError saying so.
+  benchmark screen, which writes the app benchmark JSON (docs/formats.md); `mvmoe profile ingest
+  FILE.json` turns it into the same keys as `profile latency`. So `profile_ios` raises a clear
+  MvmoeError saying so.
 """
 
 from __future__ import annotations
