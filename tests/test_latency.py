@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -172,6 +173,10 @@ def test_bad_inputs(artifacts, tmp_path):
     with pytest.raises(MvmoeError, match="needs Xcode"):
         profile_latency(artifacts["onnx"], device="ios:00008110-000A")
     assert parse_device("android:R58M") == ("android", "R58M") and parse_device("ios") == ("ios", None)
+    if sys.platform != "darwin":
+        (tmp_path / "m.mlpackage").mkdir()
+        with pytest.raises(MvmoeError, match="Core ML models run only on macOS/iOS"):
+            profile_latency(tmp_path / "m.mlpackage", runs=1)
 
 
 def _app_json(tmp_path, **over):
