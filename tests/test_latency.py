@@ -195,6 +195,8 @@ def test_ingest_app_benchmark(tmp_path):
     assert (d["artifact"], d["device"], d["runtime"], d["runs"]) == ("vmoe_coreml_fp16.mlpackage", "iPhone 15 Pro (iOS 18.1)", "coreml", 4)
     assert (d["min_ms"], d["median_ms"], d["mean_ms"]) == (1.0, 2.5, 2.5)
     assert d["p90_ms"] == pytest.approx(3.7) and d["compute_units"] == "all" and d["app"] == "ios_demo"
+    assert "checkpoint_sha256" not in d
+    assert ingest_app_benchmark(_app_json(tmp_path, checkpoint_sha256="ab" * 32))["checkpoint_sha256"] == "ab" * 32
 
 
 @pytest.mark.parametrize("over, message", [
