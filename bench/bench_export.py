@@ -30,6 +30,7 @@ from converters import onnx_export, tflite
 from converters.prepare import decompose_layernorm, export_static, prepare_for_export
 from mobile_vmoe import create_model, dense_twin
 from mobile_vmoe.profile.flops import profile_flops
+from mobile_vmoe.profile.timing import time_interleaved
 
 
 def build(variants: dict, runtimes: list[str], workdir: Path, threads: int, fused: bool) -> dict:
@@ -92,16 +93,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs, audits = build(variants, runtimes, Path(tmp), args.threads, args.fused_attention)
         x = np.random.default_rng(0).standard_normal((1, 3, args.img_size, args.img_size)).astype(np.float32)
-        for run in runs.values():  # warm up
-            for _ in range(3):
-                run(x)
-        times = {k: [] for k in runs}
-        for _ in range(args.rounds):
-            for key, run in runs.items():  # interleaved: every pair once per round
-                t0 = time.perf_counter()
-                for _ in range(args.inner):
-                    run(x)
-                times[key].append(1e3 * (time.perf_counter() - t0) / args.inner)
+        # interleaved: every (variant, runtime) pair once per round, after 3 warm-up calls each
+        times = time_interleaved({k: (lambda run=run: run(x)) for k, run in runs.items()}, args.rounds, warmup=3,
+                                 inner=args.inner)
 
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n{moe.cfg.name} {' '.join(args.set)} @ {args.img_size} px, batch 1, {args.threads} threads, median of {args.rounds} rounds x {args.inner}")

@@ -12,24 +12,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from mobile_vmoe.profile.timing import time_interleaved
 from mobile_vmoe.models.registry import create_model, dense_twin, get_config
 
 
 def interleaved(fns: dict, runs: int, warmup: int = 3) -> dict[str, float]:
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(runs):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    """Median ms per call of each function, timed interleaved."""
+    return {k: statistics.median(v) for k, v in time_interleaved(fns, runs, warmup).items()}
 
 
 def main() -> None:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
 from mobile_vmoe.profile.flops import analytic_macs
+from mobile_vmoe.profile.timing import time_interleaved
 from mobile_vmoe.models.registry import create_model, dense_twin, get_config
 from mobile_vmoe.train.optim import build_optimizer
 
@@ -31,10 +31,7 @@ def make_step(model, batch: int, device: torch.device, num_classes: int):
     y = torch.randint(0, num_classes, (batch,), device=device)
     sc = torch.randint(0, max(cfg.num_experts, 1), (batch,), device=device)
 
-    def step() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+    def step() -> None:
         out = model.forward_with_routing(x)
         loss = F.cross_entropy(out.logits, y)
         if out.router_logits is not None:
@@ -42,9 +39,6 @@ def make_step(model, batch: int, device: torch.device, num_classes: int):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
 
     return step
 
@@ -75,12 +69,9 @@ def main() -> None:
         "MoE, gather dispatch": create_model(moe_cfg, dispatch="gather").to(device),
     }
     steps = {name: make_step(m.train(), args.batch, device, args.classes) for name, m in variants.items()}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for r in range(args.warmup + args.repeats):
-        for name, step in steps.items():
-            t = step()
-            if r >= args.warmup:
-                times[name].append(t)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    times = {name: [t / 1e3 for t in ts]  # seconds per step
+             for name, ts in time_interleaved(steps, args.repeats, args.warmup, sync=sync).items()}
     print(f"{args.model} at {args.img_size} px, patch {args.patch}, E={args.experts}, k=1, batch {args.batch}, "
           f"{args.device}, {torch.get_num_threads()} threads, median of {args.repeats} interleaved steps")
     print(f"active MACs per image: dense {analytic_macs(dense_cfg) / 1e6:.2f}M, MoE {analytic_macs(moe_cfg) / 1e6:.2f}M")

@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from mobile_vmoe.errors import MvmoeError
+
 ARMS = ("dense", "moe-e2e", "moe-sc", "token")
 EXPERTS = {"digits": 5, "synthetic": 4}
 KEYS = ("top1", "top5", "router_superclass_top1", "macs", "active_params", "params", "train_seconds")
@@ -41,7 +43,7 @@ def run_arm(arm: str, data: str, seed: int, epochs: int, out: Path, extra: dict)
     if arm == "dense":  # stage 1 of moe-sc: already trained
         p = out / "moe-sc" / "dense" / "summary.json"
         if not p.exists():
-            raise SystemExit(f"{p} missing: the dense arm is moe-sc's stage 1; run moe-sc first")
+            raise MvmoeError(f"{p} missing: the dense arm is moe-sc's stage 1; run moe-sc first")
         return json.loads(p.read_text())
     superclasses = {"moe-sc": "auto", "moe-e2e": "none", "token": "none"}[arm]
     if arm == "token":

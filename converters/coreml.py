@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from mobile_vmoe.errors import MvmoeError
+
 TARGET, EXT = "coreml", ".mlpackage"
 BACKENDS = (None,)
 PRECISIONS = ("fp32", "fp16")
@@ -23,7 +25,7 @@ def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, b
     import coremltools as ct
 
     if precision not in PRECISIONS:
-        raise ValueError(f"coreml supports {', '.join(PRECISIONS)}, not {precision}")
+        raise MvmoeError(f"coreml supports {', '.join(PRECISIONS)}, not {precision}")
     mlmodel = ct.convert(
         ep.run_decompositions({}),
         convert_to="mlprogram",
@@ -66,16 +68,29 @@ def audit(spec, precision: str) -> dict:
             "compute_precision": precision}
 
 
-def load_runner(path: Path, threads: int | None = None):
+def load_runner(path: Path, threads: int | None = None, compute_units: str = "cpu"):
+    """-> (Runner, None) on macOS, else (None, why). ``compute_units``: cpu (parity: the most
+    reproducible numbers) or all (CPU, GPU and Neural Engine, as an app would run it)."""
     if platform.system() != "Darwin":
         return None, "Core ML prediction needs macOS"
     import coremltools as ct
 
-    m = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
-    names = [o.name for o in m.get_spec().description.output]
+    from .runner import Runner, first_line
+
+    units = {"cpu": ct.ComputeUnit.CPU_ONLY, "all": ct.ComputeUnit.ALL}[compute_units]
+    try:
+        m = ct.models.MLModel(str(path), compute_units=units)
+    except Exception as e:  # noqa: BLE001 - coremltools raises plain Exception on a bad package
+        raise MvmoeError(f"{Path(path).name}: Core ML cannot load it ({first_line(e)})") from None
+    spec = m.get_spec().description
+    if not spec.input:
+        raise MvmoeError(f"{Path(path).name}: the model declares no input")
+    in_name = spec.input[0].name
+    names = [o.name for o in spec.output]
 
     def run(x):
-        out = m.predict({"image": x})
+        out = m.predict({in_name: x})
         return [out[n] for n in names]
 
-    return run, None
+    shape = [int(s) for s in spec.input[0].type.multiArrayType.shape]
+    return Runner(run, "coreml", shape, "float32", None, m, {"compute_units": compute_units}), None

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import torch
 
+from mobile_vmoe.errors import MvmoeError
+
+from .prepare import pt2e_quantize
+
 TARGET, EXT = "executorch", ".pte"
 BACKENDS = ("xnnpack", "coreml", "portable")
 PRECISIONS = {"xnnpack": ("fp32", "int8"), "coreml": ("fp32", "fp16"), "portable": ("fp32",)}
@@ -23,15 +27,9 @@ def quantize_int8_xnnpack(wrapper, example: torch.Tensor, calibration: torch.Ten
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    gm = torch.export.export(wrapper, (example,), strict=False).module()
-    prepared = prepare_pt2e(gm, quantizer)
-    with torch.no_grad():
-        for i in range(len(calibration)):
-            prepared(calibration[i : i + 1])
-    converted = convert_pt2e(prepared)
+    converted = pt2e_quantize(wrapper, example, calibration, quantizer)
     return torch.export.export(converted, (example,), strict=False)
 
 
@@ -58,10 +56,10 @@ def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, b
 
     backend = backend or "xnnpack"
     if precision not in PRECISIONS[backend]:
-        raise ValueError(f"executorch-{backend} supports {', '.join(PRECISIONS[backend])}, not {precision}")
+        raise MvmoeError(f"executorch-{backend} supports {', '.join(PRECISIONS[backend])}, not {precision}")
     if precision == "int8":
         if calibration is None:
-            raise ValueError("int8 needs calibration images")
+            raise MvmoeError("int8 needs calibration images")
         ep = quantize_int8_xnnpack(wrapper, example, calibration)
     edge = to_edge_transform_and_lower(ep, partitioner=partitioners(backend, precision))
     ops = audit(edge.exported_program().graph_module, backend)
@@ -84,15 +82,42 @@ def audit(graph_module, backend: str) -> dict:
             "not_delegated": sorted(k for k, v in by_op.items() if v["portable"])}
 
 
-def load_runner(path: Path, threads: int | None = None):
-    """-> (run, None), or (None, reason) for Core ML-delegated programs (Apple only)."""
+def set_threads(threads: int | None) -> int:
+    """Size the ExecuTorch runtime's threadpool (process-wide: XNNPACK and the threaded portable
+    kernels share it) to ``threads``, or leave it as it is for None. Returns the count in effect.
+
+    A reset replaces the pool under programs loaded before it (running one of those afterwards
+    aborts the process), so it happens only when the count changes, and before a load."""
+    from executorch.extension.pybindings import portable_lib
+
+    if threads and threads != portable_lib._threadpool_get_thread_count():
+        portable_lib._unsafe_reset_threadpool(int(threads))
+    return int(portable_lib._threadpool_get_thread_count())
+
+
+def load_runner(path: Path, threads: int | None = None, per_op: bool = False):
+    """-> (Runner, None), or (None, reason) for Core ML-delegated programs (Apple only).
+    ``per_op`` loads the program with ETDump event tracing (see mobile_vmoe.profile.latency)."""
     if "-coreml_" in Path(path).name:
         return None, "the Core ML delegate runs only on Apple devices (lowered here, not run)"
     from executorch.runtime import Runtime
 
-    method = Runtime.get().load_program(Path(path)).load_method("forward")
+    from .runner import Runner, first_line
+
+    name = Path(path).name
+    kw = {"enable_etdump": True, "debug_buffer_size": 0} if per_op else {}
+    threads = set_threads(threads)  # before loading: a delegate keeps the pool it was loaded with
+    try:
+        program = Runtime.get().load_program(Path(path), **kw)
+        method = program.load_method("forward")
+    except (RuntimeError, ValueError) as e:
+        raise MvmoeError(f"{name}: the ExecuTorch runtime cannot load it ({first_line(e)})") from None
+    if method is None:
+        raise MvmoeError(f"{name}: no 'forward' method (methods: {sorted(program.method_names)})")
+    info = method.metadata.input_tensor_meta(0)
+    shape = [int(s) for s in info.sizes()]
 
     def run(x):
         return [o.numpy() for o in method.execute([torch.from_numpy(x)])]
 
-    return run, None
+    return Runner(run, "executorch", shape, "float32", threads, program), None

@@ -39,13 +39,23 @@ def audit(model) -> dict:
 
 
 def load_runner(path: Path, threads: int | None = None):
-    """-> (run(image ndarray) -> [outputs], None) with onnxruntime on CPU."""
+    """-> (Runner, None) with onnxruntime on CPU; ``threads`` intra-op threads (one inter-op)."""
     import onnxruntime as ort
+
+    from mobile_vmoe.errors import MvmoeError
+
+    from .runner import Runner, first_line
 
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return (lambda x: sess.run(None, {name: x})), None
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
+        raise MvmoeError(f"{Path(path).name}: onnxruntime cannot load it ({first_line(e)})") from None
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) else 1 for d in inp.shape]
+    dtype = {"tensor(float)": "float32", "tensor(float16)": "float16"}.get(inp.type, "float32")
+    return Runner(lambda x: sess.run(None, {inp.name: x}), "onnxruntime", shape, dtype, threads, sess,
+                  {"providers": sess.get_providers()}), None

@@ -1,17 +1,18 @@
 """Checkpoint -> artifacts: prepare once, then for each (target, backend, precision) convert in a
 temporary folder, run the artifact for parity, write the metadata .json, and only then move both
-into place with os.replace. A failed conversion or parity check leaves nothing behind.
+into place with os.replace. A failed conversion or parity check, or Ctrl-C, leaves nothing behind.
 
 Every target module has the same small interface::
 
     TARGET, EXT, BACKENDS, PRECISIONS
     convert(wrapper, ep, example, path, *, precision, backend, calibration) -> op audit dict
-    load_runner(path, threads=None) -> (run(ndarray) -> [outputs], None) or (None, why not)
+    load_runner(path, threads=None) -> (Runner, None) or (None, why not)   (see converters.runner)
 """
 
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import shutil
@@ -23,10 +24,10 @@ from pathlib import Path
 from mobile_vmoe.errors import MvmoeError
 
 from . import prepare as P
+from .interrupt import check, held, sigint_guard
+from .quiet import loud, quiet
 
 TARGET_NAMES = ("coreml", "executorch", "tflite", "onnx")
-APP_DIRS = {"android": Path("apps/android_demo/app/src/main/assets/mvmoe"),
-            "ios": Path("apps/ios_demo/MobileVMoEDemo/Models")}
 
 
 def target_module(name: str):
@@ -84,6 +85,217 @@ def plan(target: str, backend: str | None, precision: str) -> tuple[list[ExportJ
     return jobs, skipped
 
 
+@dataclass
+class Source:
+    """What every job of one export shares: the checkpoint, its model ready for export, the images."""
+
+    ckpt: dict
+    model: object
+    wrapper: P.ExportWrapper
+    ep: object  # the static ExportedProgram of ``wrapper``
+    images: P.EvalImages
+    inputs: object  # (N, C, H, W) what the artifact is fed for parity
+    calibration: object  # (n, C, H, W) int8 calibration images, spread over the split
+    reference: object  # (N, classes) PyTorch logits
+    macs: int
+    identity: dict  # checkpoint path and sha256
+
+
+def check_options(parity_images: int, calibration_images: int, fp32_tol: float, max_top1_drop: float | None,
+                  layer_norm: str) -> None:
+    """Bad numbers fail before anything is read or converted."""
+    if layer_norm not in ("native", "decomposed"):
+        raise MvmoeError(f"--layer-norm {layer_norm!r}: expected native or decomposed")
+    if parity_images < 1:
+        raise MvmoeError(f"--parity-images {parity_images}: must be at least 1")
+    if calibration_images < 1:
+        raise MvmoeError(f"calibration_images {calibration_images}: must be at least 1")
+    if not fp32_tol >= 0:  # also catches nan
+        raise MvmoeError(f"--fp32-tol {fp32_tol}: must be >= 0")
+    if max_top1_drop is not None and not 0 <= max_top1_drop <= 1:
+        raise MvmoeError(f"--max-top1-drop {max_top1_drop}: must be between 0 and 1")
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """--out must be a folder we can write (created if missing)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MvmoeError(f"--out {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".mvmoe-write-test-")
+        probe.close()
+    except OSError as e:
+        raise MvmoeError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from None
+
+
+def require_real_images(images: P.EvalImages, jobs: list[ExportJob]) -> None:
+    """fp16/int8 are judged (and int8 calibrated) on real images only; random pixels would pass
+    any quantization."""
+    lossy = sorted({j.precision for j in jobs if j.precision != "fp32"})
+    if lossy and images.is_random:
+        raise MvmoeError(f"{'/'.join(lossy)} export needs real images for calibration and the agreement check, "
+                         f"but this uses {images.source}; give --parity-data PATH|digits|synthetic")
+
+
+def artifact_path(out_dir: Path, model_name: str, job: ExportJob, dispatch: str) -> Path:
+    return out_dir / (P.artifact_stem(model_name, job.target, job.backend, job.precision, dispatch)
+                      + target_module(job.target).EXT)
+
+
+def check_overwrite(paths: list[Path], identity: dict, force: bool) -> None:
+    """Refuse to replace an artifact made from another checkpoint (or of unknown origin)."""
+    if force:
+        return
+    for path in paths:
+        if not path.exists() and not path.with_suffix(".json").exists():
+            continue
+        meta_path = path.with_suffix(".json")
+        old = None
+        if meta_path.is_file():
+            try:
+                old = json.loads(meta_path.read_text()).get("checkpoint_sha256")
+            except (ValueError, AttributeError, UnicodeDecodeError):
+                old = None
+        if old is None or old != identity.get("checkpoint_sha256"):
+            origin = "another checkpoint" if old else "an unknown checkpoint"
+            raise MvmoeError(f"{path} exists and was exported from {origin}; use --force to replace it, "
+                             "or --out another folder")
+
+
+def load_source(checkpoint, dispatch: str, fused_attention: bool, bake_preprocessing: bool, count: int,
+                parity_images: int, calibration_images: int, parity_data: str | None) -> Source:
+    from mobile_vmoe.checkpoint import load_checkpoint, model_from_checkpoint
+    from mobile_vmoe.profile.flops import profile_flops
+
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    model, ckpt = model_from_checkpoint(ckpt)
+    data = ckpt.get("data") or {}
+    wrapper = P.prepare_for_export(model, dispatch=dispatch, fused_attention=fused_attention,
+                                   bake_preprocessing=bake_preprocessing, mean=data.get("mean"), std=data.get("std"))
+    images = P.eval_images(ckpt, count=count, spec=parity_data)
+    check()
+    inputs = images.inputs(bake_preprocessing)  # (N, C, H, W)
+    ep = P.export_static(wrapper, inputs[:1].clone())  # raises MvmoeError if anything is dynamic
+    check()
+    reference = P.reference_logits(wrapper, inputs[:parity_images])
+    check()
+    return Source(ckpt, model, wrapper, ep, images, inputs[:parity_images], inputs[P.spread(len(inputs), calibration_images)],
+                  reference, profile_flops(model, dispatch=dispatch).macs, P.checkpoint_identity(checkpoint))
+
+
+def convert_and_check(src: Source, job: ExportJob, path: Path, *, dispatch: str, layer_norm: str, fp32_tol: float,
+                      max_top1_drop: float | None, say) -> dict:
+    """Convert one job into ``path`` (inside a temporary folder), run parity; -> the metadata."""
+    import torch
+
+    mod = target_module(job.target)
+    meta = P.build_metadata(src.ckpt, src.wrapper, target=job.target, backend=job.backend, precision=job.precision,
+                            artifact=path.name, dispatch=dispatch, macs=src.macs,
+                            parity_result=P.not_run("not run yet"), ops={}, source=src.identity)
+    kw = {"metadata": meta} if job.target == "coreml" else {}
+    wrapper, ep, example = src.wrapper, src.ep, src.inputs[:1].clone()
+    if layer_norm == "decomposed" and P.layernorm_option_applies(job.target, job.backend, job.precision):
+        # parity below is still against the native-LayerNorm reference
+        wrapper = P.decompose_layernorm(copy.deepcopy(src.wrapper))
+        ep = P.export_static(wrapper, example)
+    meta["layer_norm"] = "decomposed" if wrapper is not src.wrapper else "native"
+    with torch.no_grad():
+        ops = mod.convert(wrapper, ep, example, path, precision=job.precision, backend=job.backend,
+                          calibration=src.calibration, **kw)
+    check()  # a library that swallowed Ctrl-C has returned: stop now
+    run, why = mod.load_runner(path)
+    if run is None:
+        par = P.not_run(why, images=0)
+    else:
+        say(f"{path.stem}: parity on {len(src.reference)} images")
+        labels = src.images.labels[: len(src.reference)] if src.images.labels is not None else None
+        par = P.parity(src.reference, P.run_all(run, src.inputs), labels)
+    par.update(images_source=src.images.source, data=src.images.data)
+    size, digest = P.tree_sha256(path)
+    meta.update(parity=par, ops=ops, artifact_size=size, artifact_sha256=digest)
+    failure = P.check_parity(par, job.precision, fp32_tol, max_top1_drop)
+    if failure:
+        raise MvmoeError(f"parity failed: {failure}")
+    return meta
+
+
+def export_job(src: Source, job: ExportJob, out_dir: Path, path: Path, *, say, verbose: bool, **kw) -> ExportResult:
+    """One target: convert in a temporary folder, check, install; any failure is in the result."""
+    res = ExportResult(job, notes=[f"eval images: {src.images.source}"])
+    say(f"{path.stem}: converting")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=out_dir))
+    log = tmp / "library-output.log"
+    try:
+        with quiet(verbose, log):
+            meta = convert_and_check(src, job, tmp / path.name, say=say, **kw)
+        with held():  # both files or neither
+            (tmp / f"{path.stem}.json").write_text(json.dumps(meta, indent=1))
+            _install(tmp / path.name, path)
+            _install(tmp / f"{path.stem}.json", path.with_suffix(".json"))
+        res.artifact, res.metadata = path, meta
+    except MvmoeError as e:
+        res.error = str(e)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise MvmoeError(f"cannot write to {out_dir}: {e.strerror or e}") from None
+        res.error, res.notes = _failure(e, log, res.notes)
+    except Exception as e:  # noqa: BLE001 - one target's converter failure must not stop the others
+        res.error, res.notes = _failure(e, log, res.notes)
+    finally:
+        with held():
+            shutil.rmtree(tmp, ignore_errors=True)
+    check()
+    return res
+
+
+def _failure(e: Exception, log: Path, notes: list[str]) -> tuple[str, list[str]]:
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    notes = [*notes, traceback.format_exc(limit=3)]
+    if log.is_file() and log.stat().st_size:
+        notes.append("library output (last lines):\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:]))
+    return f"{type(e).__name__}: {first}", notes
+
+
+def export_checkpoint(checkpoint, target: str = "all", backend: str | None = None, precision: str = "fp32",
+                      out_dir: str | os.PathLike = "exports", *, dispatch: str = "gather",
+                      fused_attention: bool = False, bake_preprocessing: bool = False, parity_images: int = 256,
+                      calibration_images: int = 32, fp32_tol: float = 1e-4, max_top1_drop: float | None = None,
+                      layer_norm: str = "native", parity_data: str | None = None, force: bool = False,
+                      verbose: bool = False, progress=None) -> list[ExportResult]:
+    """Export one checkpoint to the chosen targets. Keeps going after a target fails; each
+    result carries its error. ``progress(str)`` is called with one line per step if given.
+    ``layer_norm="decomposed"`` rewrites LayerNorm for ExecuTorch XNNPACK fp32 jobs (see
+    converters.prepare.decompose_layernorm); other jobs keep the native op. ``parity_data``: a
+    dataset for parity and calibration (build_data spec) instead of the checkpoint's own.
+    An existing artifact from another checkpoint is replaced only with ``force``. Libraries'
+    own output is hidden unless ``verbose``. Ctrl-C raises KeyboardInterrupt and leaves no files."""
+    def say(line: str) -> None:
+        if progress:
+            with loud():
+                progress(line)
+
+    check_options(parity_images, calibration_images, fp32_tol, max_top1_drop, layer_norm)
+    jobs, skipped = plan(target, backend, precision)
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
+    with sigint_guard(), quiet(verbose):
+        src = load_source(checkpoint, dispatch, fused_attention, bake_preprocessing, max(parity_images, calibration_images),
+                          parity_images, calibration_images, parity_data)
+        say(f"eval images: {src.images.source}")
+        if src.images.is_random:
+            say("warning: parity runs on random pixels, not real images (give --parity-data to use a dataset)")
+        require_real_images(src.images, jobs)
+        paths = [artifact_path(out_dir, src.model.cfg.name, j, dispatch if src.wrapper.per_image_moe else "gather")
+                 for j in jobs]
+        check_overwrite(paths, src.identity, force)
+        results = [export_job(src, job, out_dir, path, say=say, verbose=verbose, dispatch=dispatch, layer_norm=layer_norm,
+                              fp32_tol=fp32_tol, max_top1_drop=max_top1_drop) for job, path in zip(jobs, paths)]
+    for s in skipped:
+        say(f"skipped: {s}")
+    return results
+
+
+# ------------------------------------------------------------------------------------- install
 def _install(src: Path, dst: Path) -> None:
     """Move ``src`` (file or .mlpackage folder) onto ``dst`` atomically; an old ``dst`` is replaced."""
     if src.is_dir() and dst.exists():
@@ -95,100 +307,53 @@ def _install(src: Path, dst: Path) -> None:
         os.replace(src, dst)
 
 
-def copy_to_app(artifact: Path, app: str, root: Path = Path(".")) -> Path:
-    """Copy an artifact and its .json into a demo app's model folder (contract C), atomically."""
+# -------------------------------------------------------------------------------------- demo apps
+# Where each demo app looks for models, and what it runs (apps/*/README.md): the iOS app runs Core
+# ML packages; the Android app runs LiteRT and ExecuTorch XNNPACK / portable programs.
+APP_DIRS = {"android": Path("apps/android_demo/app/src/main/assets/mvmoe"),
+            "ios": Path("apps/ios_demo/MobileVMoEDemo/Models")}
+APP_RUNS = {"ios": {("coreml", None)},
+            "android": {("tflite", None), ("executorch", "xnnpack"), ("executorch", "portable")}}
+APP_RUNS_TEXT = {"ios": "the iOS demo app runs Core ML .mlpackage files only",
+                 "android": "the Android demo app runs .tflite and ExecuTorch XNNPACK/portable .pte files only"}
+
+
+def check_app(app: str) -> None:
     if app not in APP_DIRS:
         raise MvmoeError(f"--app {app!r}: expected ios or android")
-    dest = root / APP_DIRS[app]
+
+
+def app_runs(app: str, target: str, backend: str | None) -> bool:
+    check_app(app)
+    return (target, backend) in APP_RUNS[app]
+
+
+def project_root() -> Path:
+    """The source checkout this package lives in (the folder holding apps/), whatever the cwd."""
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "apps" / "ios_demo").is_dir() and (parent / "apps" / "android_demo").is_dir():
+            return parent
+    raise MvmoeError(f"--app needs the demo apps of a source checkout; none is around {Path(__file__).resolve().parent}")
+
+
+def copy_to_app(artifact: Path, app: str, root: Path | None = None) -> Path:
+    """Copy an artifact and its .json into a demo app's model folder, atomically; only what the
+    app runs (by the .json's target and backend). ``root``: the project folder (default: the
+    checkout this package lives in). Returns the folder."""
+    check_app(app)
+    artifact = Path(artifact)
+    meta_path = artifact.with_suffix(".json")
+    if not meta_path.is_file():
+        raise MvmoeError(f"{meta_path} not found: an app needs the .json beside {artifact.name}")
+    from mobile_vmoe.fileio import read_json_object
+
+    meta = read_json_object(meta_path)
+    if not app_runs(app, meta.get("target"), meta.get("backend")):
+        raise MvmoeError(f"not copying {artifact.name}: {APP_RUNS_TEXT[app]}")
+    dest = (root if root is not None else project_root()) / APP_DIRS[app]
     dest.mkdir(parents=True, exist_ok=True)
-    for src in (artifact, artifact.with_suffix(".json")):
+    for src in (artifact, meta_path):
         tmp = dest / f".{src.name}.tmp-{os.getpid()}"
         shutil.copytree(src, tmp) if src.is_dir() else shutil.copyfile(src, tmp)
         _install(tmp, dest / src.name)
     return dest
-
-
-def export_checkpoint(checkpoint, target: str = "all", backend: str | None = None, precision: str = "fp32",
-                      out_dir: str | os.PathLike = "exports", *, dispatch: str = "gather",
-                      fused_attention: bool = False, bake_preprocessing: bool = False, parity_images: int = 256,
-                      calibration_images: int = 32, fp32_tol: float = 1e-4, max_top1_drop: float | None = None,
-                      layer_norm: str = "native", progress=None) -> list[ExportResult]:
-    """Export one checkpoint to the chosen targets. Keeps going after a target fails; each
-    result carries its error. ``progress(str)`` is called with one line per step if given.
-    ``layer_norm="decomposed"`` rewrites LayerNorm for ExecuTorch XNNPACK fp32 jobs (see
-    converters.prepare.decompose_layernorm); other jobs keep the native op."""
-    import torch
-
-    from mobile_vmoe.checkpoint import load_checkpoint, model_from_checkpoint
-    from mobile_vmoe.profile.flops import profile_flops
-
-    say = progress or (lambda s: None)
-    if layer_norm not in ("native", "decomposed"):
-        raise MvmoeError(f"--layer-norm {layer_norm!r}: expected native or decomposed")
-    jobs, skipped = plan(target, backend, precision)
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    model, ckpt = model_from_checkpoint(ckpt)
-    data = ckpt.get("data") or {}
-    wrapper = P.prepare_for_export(model, dispatch=dispatch, fused_attention=fused_attention,
-                                   bake_preprocessing=bake_preprocessing, mean=data.get("mean"), std=data.get("std"))
-    images = P.eval_images(ckpt, count=max(parity_images, calibration_images))
-    inputs = images.inputs(bake_preprocessing)  # (N, C, H, W)
-    example = inputs[:1].clone()
-    calibration = inputs[P.spread(len(inputs), calibration_images)]  # spread over the split
-    say(f"eval images: {images.source}")
-    ep = P.export_static(wrapper, example)  # raises MvmoeError if anything is dynamic
-    reference = P.reference_logits(wrapper, inputs[:parity_images])
-    macs = profile_flops(model, dispatch=dispatch).macs
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    results = []
-    for job in jobs:
-        mod = target_module(job.target)
-        stem = P.artifact_stem(model.cfg.name, job.target, job.backend, job.precision)
-        res = ExportResult(job, notes=[f"eval images: {images.source}"])
-        say(f"{stem}: converting")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=out_dir))
-        try:
-            path = tmp / f"{stem}{mod.EXT}"
-            meta = P.build_metadata(ckpt, wrapper, target=job.target, backend=job.backend, precision=job.precision,
-                                    artifact=path.name, dispatch=dispatch, macs=macs,
-                                    parity_result=P.not_run("not run yet"), ops={})
-            kw = {"metadata": meta} if job.target == "coreml" else {}
-            job_wrapper, job_ep = wrapper, ep
-            if layer_norm == "decomposed" and P.layernorm_option_applies(job.target, job.backend, job.precision):
-                # parity below is still against the native-LayerNorm reference
-                job_wrapper = P.decompose_layernorm(copy.deepcopy(wrapper))
-                job_ep = P.export_static(job_wrapper, example)
-            meta["layer_norm"] = "decomposed" if job_wrapper is not wrapper else "native"
-            with torch.no_grad():
-                ops = mod.convert(job_wrapper, job_ep, example, path, precision=job.precision, backend=job.backend,
-                                  calibration=calibration, **kw)
-            run, why = mod.load_runner(path)
-            if run is None:
-                par = P.not_run(why, images=0)
-            else:
-                say(f"{stem}: parity on {len(reference)} images")
-                par = P.parity(reference, P.run_all(run, inputs[:parity_images]), images.labels[:parity_images]
-                               if images.labels is not None else None)
-            par["images_source"] = images.source
-            meta.update(parity=par, ops=ops)
-            failure = P.check_parity(par, job.precision, fp32_tol, max_top1_drop)
-            if failure:
-                raise MvmoeError(f"parity failed: {failure}")
-            (tmp / f"{stem}.json").write_text(json.dumps(meta, indent=1))
-            _install(path, out_dir / path.name)
-            _install(tmp / f"{stem}.json", out_dir / f"{stem}.json")
-            res.artifact, res.metadata = out_dir / path.name, meta
-        except MvmoeError as e:
-            res.error = str(e)
-        except Exception as e:  # noqa: BLE001 - one target's converter failure must not stop the others
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-            res.error = f"{type(e).__name__}: {first}"
-            res.notes.append(traceback.format_exc(limit=3))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        results.append(res)
-    for s in skipped:
-        say(f"skipped: {s}")
-    return results

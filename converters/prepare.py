@@ -1,5 +1,5 @@
 """Everything the four converters share: the export wrapper, the static-shape audit, example and
-calibration images, parity and the metadata .json (contract C).
+calibration images, pt2e quantization, parity and the metadata .json (docs/formats.md).
 
 ``prepare_for_export`` never touches the training model: it deep-copies it, puts the copy in eval
 mode, picks the dispatch (``gather``: the top-k index selects k expert weight stacks of a fixed
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -181,16 +182,23 @@ class EvalImages:
     """Images for parity, calibration and the int8 accuracy check.
 
     ``normalised`` (N, C, H, W) is what the model sees; ``raw`` the same images as RGB in [0, 255]
-    (what a baked-in-preprocessing artifact takes); ``labels`` (N,) or None for random images.
+    (what a baked-in-preprocessing artifact takes); ``labels`` (N,) or None when the images carry
+    no labels of the model's classes. ``data`` is the dataset spec the images came from, or
+    "random" for seeded random pixels (no usable data).
     """
 
     normalised: torch.Tensor
     raw: torch.Tensor
     labels: torch.Tensor | None
-    source: str  # "digits val split", "random (no dataset: ...)"
+    source: str  # "digits val split (256 images)", "random pixels (cannot rebuild dataset ...)"
+    data: str = "random"
 
     def inputs(self, baked: bool) -> torch.Tensor:
         return self.raw if baked else self.normalised
+
+    @property
+    def is_random(self) -> bool:
+        return self.data == "random"
 
 
 def spread(n: int, count: int) -> torch.Tensor:
@@ -199,36 +207,85 @@ def spread(n: int, count: int) -> torch.Tensor:
     return torch.linspace(0, n - 1, min(count, n)).round().long()
 
 
-def eval_images(ckpt: dict, count: int = 64, seed: int = 0) -> EvalImages:
-    """``count`` images evenly spaced over the checkpoint's eval split, else seeded random pixels.
+def dataset_images(spec: str, ckpt: dict, count: int) -> EvalImages:
+    """``count`` images evenly spaced over the val split of dataset ``spec`` (build_data), fed as
+    the checkpoint's model expects them (its mean/std). Labels only when the dataset has the
+    checkpoint's classes."""
+    from mobile_vmoe.checkpoint import config_from_checkpoint
+    from mobile_vmoe.data import build_data
 
-    The dataset is rebuilt with build_data(data.spec, img_size, seed=data.seed) from the
-    checkpoint's ``data`` entry (older checkpoints: data.name, seed 0); a dataset that cannot be
-    rebuilt here (an ImageFolder that moved) falls back to random images, and ``source`` says so.
-    """
+    cfg = config_from_checkpoint(ckpt)
+    data = ckpt.get("data") or {}
+    seed = int(data.get("seed", 0)) if spec == (data.get("spec") or data.get("name")) else 0
+    bundle = build_data(spec, cfg.img_size, augment="none", seed=seed)
+    if bundle.in_chans != cfg.in_chans:
+        raise MvmoeError(f"dataset {spec!r} has {bundle.in_chans} channels, the model takes {cfg.in_chans}")
+    idx = spread(len(bundle.val), count).tolist()
+    xs, ys = zip(*(bundle.val[i] for i in idx))
+    x = torch.stack(xs).float()  # (n, C, H, W), normalised with the dataset's mean/std
+    raw = ((x * _channels(bundle.std) + _channels(bundle.mean)) * SCALE).clamp(0, SCALE)
+    mean, std = _channels(data.get("mean", bundle.mean)), _channels(data.get("std", bundle.std))
+    same_classes = list(bundle.class_names) == list(ckpt.get("class_names") or bundle.class_names)
+    labels = torch.tensor(ys) if same_classes else None
+    return EvalImages((raw / SCALE - mean) / std, raw, labels, f"{bundle.name} val split ({len(idx)} images)",
+                      bundle.spec or spec)
+
+
+def _channels(values) -> torch.Tensor:
+    return torch.tensor([float(v) for v in values]).view(1, -1, 1, 1)  # (1, C, 1, 1)
+
+
+def random_images(ckpt: dict, count: int, reason: str, seed: int = 0) -> EvalImages:
+    """Seeded random pixels: enough to compare fp32 logits, never to calibrate or judge accuracy."""
     from mobile_vmoe.checkpoint import config_from_checkpoint
 
     cfg = config_from_checkpoint(ckpt)
     data = ckpt.get("data") or {}
-    mean = torch.tensor(data.get("mean", [0.5] * cfg.in_chans)).view(1, -1, 1, 1)
-    std = torch.tensor(data.get("std", [0.5] * cfg.in_chans)).view(1, -1, 1, 1)
-    reason = "checkpoint names no dataset"
-    if data.get("name"):
-        try:
-            from mobile_vmoe.data import build_data
-
-            bundle = build_data(data.get("spec") or data["name"], cfg.img_size, augment="none", seed=int(data.get("seed", 0)))
-            idx = spread(len(bundle.val), count).tolist()
-            n = len(idx)
-            xs, ys = zip(*(bundle.val[i] for i in idx))
-            x = torch.stack(xs).float()  # (n, C, H, W) normalised
-            raw = ((x * std + mean) * SCALE).clamp(0, SCALE)
-            return EvalImages(x, raw, torch.tensor(ys), f"{data['name']} val split ({n} images)")
-        except Exception as e:  # noqa: BLE001 - any failure to rebuild the data means: use random images
-            reason = f"cannot rebuild dataset {data['name']!r}: {str(e).splitlines()[0][:120]}"
+    mean = _channels(data.get("mean", [0.5] * cfg.in_chans))
+    std = _channels(data.get("std", [0.5] * cfg.in_chans))
     g = torch.Generator().manual_seed(seed)
     raw = torch.randint(0, 256, (count, cfg.in_chans, cfg.img_size, cfg.img_size), generator=g).float()
-    return EvalImages((raw / SCALE - mean) / std, raw, None, f"random pixels ({reason})")
+    return EvalImages((raw / SCALE - mean) / std, raw, None, f"random pixels ({reason})", "random")
+
+
+def eval_images(ckpt: dict, count: int = 64, seed: int = 0, spec: str | None = None) -> EvalImages:
+    """``count`` images evenly spaced over an eval split.
+
+    ``spec`` (``mvmoe export --parity-data``): a dataset for build_data (PATH, digits, synthetic);
+    it must build. Without it the checkpoint's own dataset is rebuilt (build_data(data.spec,
+    img_size, seed=data.seed)); if that fails (an ImageFolder that moved) the result is random
+    pixels, and ``data == "random"`` says so.
+    """
+    if spec is not None:
+        try:
+            return dataset_images(spec, ckpt, count)
+        except Exception as e:  # noqa: BLE001 - whatever stops the dataset, say which and why
+            raise MvmoeError(f"--parity-data {spec!r}: cannot use it ({str(e).strip().splitlines()[0][:160]})") from None
+    data = ckpt.get("data") or {}
+    if not data.get("name"):
+        return random_images(ckpt, count, "checkpoint names no dataset", seed)
+    try:
+        return dataset_images(data.get("spec") or data["name"], ckpt, count)
+    except Exception as e:  # noqa: BLE001 - any failure to rebuild the data means: random images, said loudly
+        reason = f"cannot rebuild dataset {data['name']!r}: {str(e).strip().splitlines()[0][:120]}"
+        return random_images(ckpt, count, reason, seed)
+
+
+# ---------------------------------------------------------------------------------- quantization
+def pt2e_quantize(wrapper: nn.Module, example: torch.Tensor, calibration: torch.Tensor, quantizer,
+                  **convert_kw) -> torch.fx.GraphModule:
+    """pt2e static quantization: export, insert ``quantizer``'s observers, calibrate one image at a
+    time (artifacts have batch 1), convert. ``convert_kw`` goes to convert_pt2e."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from .interrupt import check
+
+    prepared = prepare_pt2e(torch.export.export(wrapper, (example,), strict=False).module(), quantizer)
+    with torch.no_grad():
+        for i in range(len(calibration)):
+            check()
+            prepared(calibration[i : i + 1])
+    return convert_pt2e(prepared, **convert_kw)
 
 
 # ---------------------------------------------------------------------------------------- parity
@@ -237,7 +294,13 @@ Runner = Callable[[np.ndarray], list[np.ndarray]]  # one image (1, C, H, W) -> o
 
 def run_all(run: Runner, images: torch.Tensor) -> np.ndarray:
     """Logits (N, classes) of ``run`` over images fed one at a time (artifacts have batch 1)."""
-    return np.concatenate([np.asarray(run(images[i : i + 1].numpy())[0], dtype=np.float32) for i in range(len(images))])
+    from .interrupt import check
+
+    logits = []
+    for i in range(len(images)):
+        check()
+        logits.append(np.asarray(run(images[i : i + 1].numpy())[0], dtype=np.float32))
+    return np.concatenate(logits)
 
 
 def reference_logits(wrapper: nn.Module, images: torch.Tensor) -> np.ndarray:
@@ -296,14 +359,44 @@ def versions() -> dict:
     return out
 
 
-def artifact_stem(model_name: str, target: str, backend: str | None, precision: str) -> str:
-    """``<model>_<target>[-<backend>]_<precision>`` (contract C)."""
-    return f"{model_name}_{target}{'-' + backend if backend else ''}_{precision}"
+def artifact_stem(model_name: str, target: str, backend: str | None, precision: str, dispatch: str = "gather") -> str:
+    """``<model>_<target>[-<backend>]_<precision>[-<dispatch>]``: the dispatch only when it is not
+    the default gather, so a ``--dispatch dense`` export never replaces the gather one."""
+    return f"{model_name}_{target}{'-' + backend if backend else ''}_{precision}{'' if dispatch == 'gather' else '-' + dispatch}"
+
+
+def tree_sha256(path: str | Path) -> tuple[int, str]:
+    """(size in bytes, sha256) of a file, or of a folder (.mlpackage) as its files' relative
+    paths and contents in sorted order."""
+    import hashlib
+
+    from mobile_vmoe.fileio import file_sha256
+
+    path = Path(path)
+    if not path.is_dir():
+        return path.stat().st_size, file_sha256(path)
+    h, size = hashlib.sha256(), 0
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + file_sha256(f).encode())
+        size += f.stat().st_size
+    return size, h.hexdigest()
+
+
+def checkpoint_identity(checkpoint) -> dict:
+    """What tells two runs' artifacts apart: the checkpoint's path and sha256 (None for a
+    checkpoint given as a dict)."""
+    if isinstance(checkpoint, dict):
+        return {"checkpoint": None, "checkpoint_sha256": None}
+    from mobile_vmoe.fileio import file_sha256
+
+    return {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": file_sha256(checkpoint)}
 
 
 def build_metadata(ckpt: dict, wrapper: ExportWrapper, *, target: str, backend: str | None, precision: str,
-                   artifact: str, dispatch: str, macs: int, parity_result: dict, ops: dict) -> dict:
-    """The .json beside an artifact (contract C): everything an app needs to feed and read it."""
+                   artifact: str, dispatch: str, macs: int, parity_result: dict, ops: dict,
+                   source: dict | None = None) -> dict:
+    """The .json beside an artifact (format: docs/formats.md): everything an app needs to feed and
+    read it. ``source``: checkpoint_identity() of the checkpoint it came from."""
     from mobile_vmoe.checkpoint import config_from_checkpoint
 
     cfg = config_from_checkpoint(ckpt)
@@ -325,4 +418,5 @@ def build_metadata(ckpt: dict, wrapper: ExportWrapper, *, target: str, backend: 
         "experts": cfg.num_experts, "k": cfg.top_k if cfg.is_moe else 0, "dispatch": dispatch if cfg.is_moe else "dense",
         "macs": int(macs), "parity": parity_result, "ops": ops, "versions": versions(),
         "model_config": cfg.to_dict(),  # lets `mvmoe profile flops ARTIFACT` count what the artifact runs
+        **(source or {"checkpoint": None, "checkpoint_sha256": None}),
     }

@@ -11,13 +11,17 @@ from pathlib import Path
 
 import torch
 
+from mobile_vmoe.errors import MvmoeError
+
+from .prepare import pt2e_quantize
+
 TARGET, EXT = "tflite", ".tflite"
 BACKENDS = (None,)
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-class FlexOpsError(RuntimeError):
-    pass
+class FlexOpsError(MvmoeError):
+    """The converted model needs ops a phone's stock LiteRT runtime does not have."""
 
 
 def quant_config(precision: str, wrapper, example: torch.Tensor, calibration: torch.Tensor | None,
@@ -32,17 +36,13 @@ def quant_config(precision: str, wrapper, example: torch.Tensor, calibration: to
 
         return wrapper, full_fp16_recipe()
     if calibration is None:
-        raise ValueError("int8 needs calibration images")
+        raise MvmoeError("int8 needs calibration images")
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
-    prepared = prepare_pt2e(torch.export.export(wrapper, (example,), strict=False).module(), quantizer)
-    with torch.no_grad():
-        for i in range(len(calibration)):
-            prepared(calibration[i : i + 1])
-    return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
+    module = pt2e_quantize(wrapper, example, calibration, quantizer, fold_quantize=False)
+    return module, QuantConfig(pt2e_quantizer=quantizer)
 
 
 def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, backend: str | None = None,
@@ -50,7 +50,7 @@ def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, b
     import litert_torch
 
     if precision not in PRECISIONS:
-        raise ValueError(f"tflite supports {', '.join(PRECISIONS)}, not {precision}")
+        raise MvmoeError(f"tflite supports {', '.join(PRECISIONS)}, not {precision}")
     module, qcfg = quant_config(precision, wrapper, example, calibration)
     content = bytes(litert_torch.convert(module, (example,), quant_config=qcfg).model_content())
     scheme = None
@@ -93,17 +93,23 @@ def audit(content: bytes) -> dict:
 
 
 def load_runner(path: Path, threads: int | None = None):
-    """-> (run, None); outputs are reordered to the wrapper's order (logits first) by shape name."""
+    """-> (Runner, None); outputs are reordered to the wrapper's order (logits first) by name."""
+    import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
-    interp = Interpreter(model_path=str(path), num_threads=threads)
-    interp.allocate_tensors()
-    inp = interp.get_input_details()[0]["index"]
+    from .runner import Runner, first_line
+
+    try:
+        interp = Interpreter(model_path=str(path), num_threads=threads or None)
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise MvmoeError(f"{Path(path).name}: LiteRT cannot load it ({first_line(e)})") from None
+    det = interp.get_input_details()[0]
     outs = sorted(interp.get_output_details(), key=lambda d: d["name"])  # output_0 (logits), output_1 (expert_probs)
 
     def run(x):
-        interp.set_tensor(inp, x)
+        interp.set_tensor(det["index"], x)
         interp.invoke()
         return [interp.get_tensor(d["index"]) for d in outs]
 
-    return run, None
+    return Runner(run, "litert", [int(s) for s in det["shape"]], np.dtype(det["dtype"]).name, threads, interp), None

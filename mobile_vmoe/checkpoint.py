@@ -28,7 +28,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import MvmoeError
-from .fileio import atomic_write_bytes, atomic_write_text, read_json_object  # noqa: F401  (TEMP re-export)
+from .fileio import atomic_write_bytes
 
 FORMAT = "mvmoe-checkpoint"
 VERSION = 1

@@ -17,11 +17,19 @@ from typing import Any
 from .errors import MvmoeError
 
 
+def default_file_mode() -> int:
+    """What ``open(path, "w")`` would give a new file: 0o666 less the process umask (0o644 usually)."""
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
     """Call ``write(fileobj)`` on a temporary file next to ``path``, fsync, then os.replace.
 
-    A crash or Ctrl-C leaves either the old file or the new one, never half of one. An OSError of
-    the filesystem (not a directory, read-only, no space) becomes one MvmoeError naming ``path``.
+    A crash or Ctrl-C leaves either the old file or the new one, never half of one. The file gets
+    the usual permissions (0o666 less the umask), not mkstemp's private 0o600. An OSError of the
+    filesystem (not a directory, read-only, no space) becomes one MvmoeError naming ``path``.
     """
     path = Path(path)
     try:
@@ -30,6 +38,7 @@ def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
     except OSError as e:
         raise MvmoeError(f"cannot write {path}: {e.strerror or e}") from None
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -46,6 +55,17 @@ def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_json_object(path: str | os.PathLike) -> dict[str, Any]:

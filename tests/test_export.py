@@ -1,7 +1,7 @@
 """Export: static audit, preprocessing, parity maths, and a tiny trained MoE through every target.
 
 The converters are slow (tens of seconds each on 2 cores), so one module-scoped fixture exports
-the tiny checkpoint to all four targets once and the tests read its results.
+the tiny checkpoint to all four targets once and the tests read its results (marked slow).
 """
 
 from __future__ import annotations
@@ -176,6 +176,7 @@ def test_cli_missing_and_foreign_checkpoint(tmp_path, monkeypatch, capsys):
 
 
 # --------------------------------------------------------------------------- the real exports
+@pytest.mark.slow
 def test_every_target_exports_with_parity(exported):
     out, res = exported
     assert set(res) == {("coreml", "fp32"), ("executorch", "fp32"), ("tflite", "fp32"), ("onnx", "fp32")}
@@ -183,16 +184,17 @@ def test_every_target_exports_with_parity(exported):
         assert r.ok, (key, r.error, r.notes)
         p = r.metadata["parity"]
         if key[0] == "coreml":
-            assert p == {**P.not_run("Core ML prediction needs macOS"), "images_source": p["images_source"]}
+            assert p == {**P.not_run("Core ML prediction needs macOS"), "images_source": p["images_source"], "data": "digits"}
         else:
             assert p["ran"] and p["images"] == 16 and p["max_abs_diff"] < 1e-4 and p["top1_agreement"] == 1.0
-            assert p["images_source"].startswith("digits val split")
+            assert p["images_source"].startswith("digits val split") and p["data"] == "digits"
     assert sorted(x.name for x in out.iterdir()) == sorted(
         f"vmoe-6x64-p32_{s}" for s in ("coreml_fp32.json", "coreml_fp32.mlpackage",
                                        "executorch-xnnpack_fp32.json", "executorch-xnnpack_fp32.pte", "onnx_fp32.json",
                                        "onnx_fp32.onnx", "tflite_fp32.json", "tflite_fp32.tflite"))
 
 
+@pytest.mark.slow
 def test_metadata_round_trip(exported, tiny_ckpt):
     out, res = exported
     meta = json.loads((out / "vmoe-6x64-p32_tflite_fp32.json").read_text())
@@ -215,6 +217,7 @@ def test_metadata_round_trip(exported, tiny_ckpt):
     assert json.loads(ud["mvmoe"])["superclasses"] == meta["superclasses"]
 
 
+@pytest.mark.slow
 def test_profile_flops_counts_what_an_artifact_runs(exported, monkeypatch, capsys):
     """`mvmoe profile flops ARTIFACT` rebuilds the model from the .json and counts its dispatch."""
     from mobile_vmoe.cli import main
@@ -243,6 +246,7 @@ def test_profile_flops_counts_what_an_artifact_runs(exported, monkeypatch, capsy
     assert e.value.code == 1 and "has no model_config" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_op_audits(exported):
     _, res = exported
     et = res[("executorch", "fp32")].metadata["ops"]
@@ -263,6 +267,7 @@ def test_op_audits(exported):
     assert ml["ops"]["topk"] == 1 and ml["ops"]["gather"] == 8 and ml["compute_precision"] == "fp32"
 
 
+@pytest.mark.slow
 def test_decomposed_layernorm_export_is_one_xnnpack_subgraph_per_side_of_the_gather(tiny_ckpt, tmp_path):
     """--layer-norm decomposed: LayerNorm delegated too, so one XNNPACK subgraph before the router's
     top-k and expert gather and one after; parity still against the native-LayerNorm PyTorch model."""
@@ -275,6 +280,7 @@ def test_decomposed_layernorm_export_is_one_xnnpack_subgraph_per_side_of_the_gat
         export_checkpoint(tiny_ckpt, "onnx", None, "fp32", tmp_path, layer_norm="fused")
 
 
+@pytest.mark.slow
 def test_failed_parity_leaves_nothing_behind(tiny_ckpt, tmp_path):
     """fp32_tol=0: ONNX differs by ~1e-7, so the gate fails and no file is installed."""
     [r] = export_checkpoint(tiny_ckpt, "onnx", None, "fp32", tmp_path, parity_images=4, fp32_tol=0.0)
@@ -288,9 +294,9 @@ def test_copy_to_app_puts_artifact_and_json_where_the_apps_look(tmp_path):
     src = tmp_path / "exports"
     (src / "m_coreml_fp16.mlpackage" / "Data").mkdir(parents=True)
     (src / "m_coreml_fp16.mlpackage" / "Data" / "w.bin").write_bytes(b"v1")
-    (src / "m_coreml_fp16.json").write_text('{"v": 1}')
+    (src / "m_coreml_fp16.json").write_text('{"target": "coreml", "backend": null}')
     (src / "m_tflite_fp32.tflite").write_bytes(b"tfl")
-    (src / "m_tflite_fp32.json").write_text("{}")
+    (src / "m_tflite_fp32.json").write_text('{"target": "tflite", "backend": null}')
     ios = copy_to_app(src / "m_coreml_fp16.mlpackage", "ios", root=tmp_path)
     android = copy_to_app(src / "m_tflite_fp32.tflite", "android", root=tmp_path)
     assert ios == tmp_path / APP_DIRS["ios"] and android == tmp_path / APP_DIRS["android"]
@@ -302,3 +308,49 @@ def test_copy_to_app_puts_artifact_and_json_where_the_apps_look(tmp_path):
     assert (ios / "m_coreml_fp16.mlpackage" / "Data" / "w.bin").read_bytes() == b"v2"
     with pytest.raises(MvmoeError, match="expected ios or android"):
         copy_to_app(src / "m_tflite_fp32.tflite", "web", root=tmp_path)
+    with pytest.raises(MvmoeError, match="iOS demo app runs Core ML"):
+        copy_to_app(src / "m_tflite_fp32.tflite", "ios", root=tmp_path)
+
+
+def test_artifact_names_tell_the_dispatch_apart():
+    assert P.artifact_stem("m", "onnx", None, "fp32", "dense") == "m_onnx_fp32-dense"
+    assert P.artifact_stem("m", "executorch", "xnnpack", "int8", "gather") == "m_executorch-xnnpack_int8"
+
+
+def test_converters_raise_mvmoe_errors_for_user_errors():
+    from converters import tflite
+
+    with pytest.raises(MvmoeError, match="int8 needs calibration images"):
+        tflite.quant_config("int8", None, torch.zeros(1), None)
+    assert issubclass(tflite.FlexOpsError, MvmoeError)
+
+
+def test_pt2e_quantize_calibrates_one_image_at_a_time(monkeypatch):
+    """The one calibration loop of ExecuTorch and LiteRT int8: the observed model sees every
+    calibration image once, batch 1, and the quantized model stays close to the float one."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    seen = []
+    real_prepare = quantize_pt2e.prepare_pt2e
+
+    def prepare(model, quantizer):
+        prepared = real_prepare(model, quantizer)
+        prepared.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+        return prepared
+
+    monkeypatch.setattr(quantize_pt2e, "prepare_pt2e", prepare)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 4)).eval()
+    calib = torch.randn(6, 8)
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    q = P.pt2e_quantize(net, calib[:1], calib, quantizer)
+    assert seen == [(1, 8)] * 6
+    with torch.no_grad():
+        assert torch.allclose(q(calib[2:3]), net(calib[2:3]), atol=0.05)
+    from converters import executorch, tflite
+
+    assert executorch.pt2e_quantize is P.pt2e_quantize and tflite.pt2e_quantize is P.pt2e_quantize

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -83,6 +84,44 @@ def test_local_runner(artifacts, kind, runtime):
     assert sorted(d["input_shape"]) == [1, 3, 16, 16]
 
 
+def test_pte_threads_are_honoured_and_recorded(artifacts):
+    """The ExecuTorch threadpool is sized by --threads; the JSON records the count in effect."""
+    assert profile_latency(artifacts["pte"], warmup=0, runs=2, threads=1)["threads"] == 1
+    assert profile_latency(artifacts["pte"], warmup=0, runs=2, threads=2)["threads"] == 2
+    assert profile_latency(artifacts["pte"], warmup=0, runs=2)["threads"] == 2  # as left, never null
+
+
+def test_latency_opens_artifacts_with_the_converters_runner(artifacts, monkeypatch):
+    """One place opens each runtime: profile latency uses converters' load_runner (as parity does)."""
+    import numpy as np
+
+    from converters import onnx_export
+    from converters.runner import Runner
+
+    opened = []
+
+    def load_runner(path, threads=None):
+        opened.append((path.name, threads))
+        return Runner(lambda x: [np.zeros((1, 5), np.float32)], "fake-ort", [1, 3, 16, 16], "float32", threads), None
+
+    monkeypatch.setattr(onnx_export, "load_runner", load_runner)
+    d = profile_latency(artifacts["onnx"], warmup=1, runs=3, threads=3)
+    assert opened == [("tiny_onnx_fp32.onnx", 3)] and d["runtime"] == "fake-ort" and d["threads"] == 3
+
+
+def test_timing_helper_interleaves_and_warms_up():
+    from mobile_vmoe.profile.timing import time_interleaved, time_ms
+
+    calls = []
+    times = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=2, inner=2)
+    assert calls == ["a", "a", "b", "b"] + ["a", "a", "b", "b"] * 3
+    assert [len(v) for v in times.values()] == [3, 3] and all(t >= 0 for v in times.values() for t in v)
+    syncs = []
+    assert len(time_ms(lambda: None, runs=4, sync=lambda: syncs.append(1))) == 4 and len(syncs) == 8
+    with pytest.raises(MvmoeError, match="runs >= 1"):
+        time_ms(lambda: None, runs=0)
+
+
 def test_pte_per_op_from_etdump(artifacts):
     d = profile_latency(artifacts["pte"], warmup=1, runs=5, per_op=True)
     ops = {r["op"]: r for r in d["per_op"]}
@@ -134,6 +173,10 @@ def test_bad_inputs(artifacts, tmp_path):
     with pytest.raises(MvmoeError, match="needs Xcode"):
         profile_latency(artifacts["onnx"], device="ios:00008110-000A")
     assert parse_device("android:R58M") == ("android", "R58M") and parse_device("ios") == ("ios", None)
+    if sys.platform != "darwin":
+        (tmp_path / "m.mlpackage").mkdir()
+        with pytest.raises(MvmoeError, match="Core ML models run only on macOS/iOS"):
+            profile_latency(tmp_path / "m.mlpackage", runs=1)
 
 
 def _app_json(tmp_path, **over):
@@ -152,6 +195,8 @@ def test_ingest_app_benchmark(tmp_path):
     assert (d["artifact"], d["device"], d["runtime"], d["runs"]) == ("vmoe_coreml_fp16.mlpackage", "iPhone 15 Pro (iOS 18.1)", "coreml", 4)
     assert (d["min_ms"], d["median_ms"], d["mean_ms"]) == (1.0, 2.5, 2.5)
     assert d["p90_ms"] == pytest.approx(3.7) and d["compute_units"] == "all" and d["app"] == "ios_demo"
+    assert "checkpoint_sha256" not in d
+    assert ingest_app_benchmark(_app_json(tmp_path, checkpoint_sha256="ab" * 32))["checkpoint_sha256"] == "ab" * 32
 
 
 @pytest.mark.parametrize("over, message", [

@@ -1,4 +1,4 @@
-"""`mvmoe report` from fixture run directories (contract B) and latency files (contract D keys)."""
+"""`mvmoe report` from fixture run directories (summary.json) and latency files (docs/formats.md)."""
 
 from __future__ import annotations
 
@@ -47,10 +47,51 @@ def runs(tmp_path):
 
 def test_artifact_names():
     assert parse_artifact_name("vmoe-6x64-p32_executorch-xnnpack_fp32.pte") == {
-        "model": "vmoe-6x64-p32", "target": "executorch", "backend": "xnnpack", "precision": "fp32"}
+        "model": "vmoe-6x64-p32", "target": "executorch", "backend": "xnnpack", "precision": "fp32", "dispatch": "gather"}
     assert parse_artifact_name("vit-6x64-p8_tflite_int8.tflite") == {
-        "model": "vit-6x64-p8", "target": "tflite", "backend": None, "precision": "int8"}
+        "model": "vit-6x64-p8", "target": "tflite", "backend": None, "precision": "int8", "dispatch": "gather"}
+    assert parse_artifact_name("m_onnx_fp32-dense.onnx")["dispatch"] == "dense"
     assert latency_column({"artifact": "m_onnx_fp32.onnx", "device": "local"}) == "onnx fp32 @ local (ms)"
+    assert latency_column({"artifact": "m_onnx_fp32-dense.onnx", "device": "local"}) == "onnx fp32 dense @ local (ms)"
+
+
+def test_latency_goes_to_the_run_whose_checkpoint_made_the_artifact(tmp_path):
+    """Two runs of one preset: each latency file names its checkpoint's sha256, so each row gets
+    its own number, not the last file's."""
+    import hashlib
+
+    rows = {}
+    for name, weights in (("run_a", b"weights A"), ("run_b", b"weights B")):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "model.pt").write_bytes(weights)
+        (d / "summary.json").write_text(json.dumps(_summary(checkpoint=str(d / "model.pt"), expert_usage=None)))
+        lat = tmp_path / f"lat_{name}.json"
+        lat.write_text(json.dumps({"artifact": "vmoe-6x64-p8-e5_onnx_fp32.onnx", "device": "local", "runtime": "onnxruntime",
+                                   "runs": 3, "min_ms": 1.0, "median_ms": {"run_a": 1.5, "run_b": 2.5}[name],
+                                   "p90_ms": 3.0, "mean_ms": 2.0, "checkpoint_sha256": hashlib.sha256(weights).hexdigest()}))
+        rows[name] = (d, lat)
+    stray = tmp_path / "lat_stray.json"
+    stray.write_text(json.dumps({"artifact": "vmoe-6x64-p8-e5_onnx_fp32.onnx", "device": "local", "median_ms": 9.0,
+                                 "checkpoint_sha256": "0" * 64}))
+    paths = make_report([d for d, _ in rows.values()], [lat for _, lat in rows.values()] + [stray], tmp_path / "rep",
+                        published=False)
+    by_run = {r["source"].split("/")[-1]: r for r in csv.DictReader(paths["table.csv"].open())}
+    col = "latency_ms onnx fp32 @ local (ms)"
+    assert float(by_run["run_a"][col]) == 1.5 and float(by_run["run_b"][col]) == 2.5
+    assert float(by_run["vmoe-6x64-p8-e5_onnx_fp32.onnx"][col]) == 9.0  # another checkpoint: a row of its own
+
+
+@pytest.mark.parametrize("value", ["91.2%", None, True])
+def test_non_numeric_top1_names_the_file(tmp_path, value):
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "summary.json").write_text(json.dumps(_summary(top1=value)))
+    if value is None:  # null is allowed (an unfinished metric); only text or booleans are wrong
+        make_report([d], [], tmp_path / "rep", published=False)
+        return
+    with pytest.raises(MvmoeError, match=f"run/summary.json: top1 is {value!r}, expected a number"):
+        make_report([d], [], tmp_path / "rep", published=False)
 
 
 def test_report_files(runs, tmp_path):

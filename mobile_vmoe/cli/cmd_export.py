@@ -24,26 +24,54 @@ def export_cmd(
     layer_norm: str = typer.Option("native", "--layer-norm", help="executorch xnnpack fp32: native | decomposed "
                                    "(LayerNorm from delegated ops: one XNNPACK subgraph; measure, see docs/export.md)"),
     parity_images: int = typer.Option(256, help="eval images for parity (evenly spaced over the eval split)"),
+    parity_data: Optional[str] = typer.Option(None, "--parity-data", help="images for parity and int8 calibration: "
+                                              "PATH (ImageFolder) | digits | synthetic (default: the checkpoint's dataset)"),
     fp32_tol: float = typer.Option(1e-4, help="max |logit diff| allowed for fp32"),
     max_top1_drop: Optional[float] = typer.Option(None, help="fp16/int8: largest allowed loss of top-1 agreement "
                                                   "(default 0.02 for fp16, 0.05 for int8)"),
+    force: bool = typer.Option(False, "--force", help="replace artifacts exported from another checkpoint"),
+    verbose: bool = typer.Option(False, "--verbose", help="show the conversion libraries' own output"),
 ) -> None:
     """Export a checkpoint, check each artifact against PyTorch, write <stem>.json beside it."""
     from rich.console import Console
-    from rich.table import Table
 
-    from converters.pipeline import copy_to_app, export_checkpoint, plan
+    from converters.pipeline import app_runs, check_app, export_checkpoint, plan
     from ..errors import MvmoeError
 
-    if app_ is not None and app_ not in ("ios", "android"):
-        raise MvmoeError(f"--app {app_!r}: expected ios or android")
-    plan(target, backend, precision)  # bad combinations fail before the checkpoint is read
+    jobs, _ = plan(target, backend, precision)  # bad combinations fail before the checkpoint is read
+    if app_ is not None:
+        from converters.pipeline import project_root
+
+        check_app(app_)
+        project_root()  # no demo apps around this installation: say so before converting
+        if not any(app_runs(app_, j.target, j.backend) for j in jobs):
+            from converters.pipeline import APP_RUNS_TEXT
+
+            raise MvmoeError(f"--app {app_}: {APP_RUNS_TEXT[app_]}; nothing of --target {target} to copy")
     console = Console(stderr=True, width=140)
-    results = export_checkpoint(checkpoint, target, backend, precision, out, dispatch=dispatch,
-                                fused_attention=fused_attention, bake_preprocessing=bake_preprocessing,
-                                parity_images=parity_images, fp32_tol=fp32_tol, max_top1_drop=max_top1_drop,
-                                layer_norm=layer_norm,
-                                progress=lambda s: console.print(f"[dim]{s}[/dim]"))
+    try:
+        results = export_checkpoint(checkpoint, target, backend, precision, out, dispatch=dispatch,
+                                    fused_attention=fused_attention, bake_preprocessing=bake_preprocessing,
+                                    parity_images=parity_images, fp32_tol=fp32_tol, max_top1_drop=max_top1_drop,
+                                    layer_norm=layer_norm, parity_data=parity_data, force=force, verbose=verbose,
+                                    progress=lambda s: console.print(f"[dim]{s}[/dim]"))
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted: export stopped, no partial files left", err=True)
+        raise typer.Exit(130) from None
+    Console(width=160).print(results_table(results, out))
+    if app_:
+        copy_results(results, app_)
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        typer.echo(f"error: {r.job.target} {r.job.precision}: {r.error}", err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+def results_table(results, out: Path):
+    """artifact | parity | max |diff| | top-1 agree | accuracy change | ops; random-pixel parity said so."""
+    from rich.table import Table
+
     t = Table(title=f"mvmoe export -> {out}")
     for col in ("artifact", "parity", "max |diff|", "top-1 agree", "int8/fp16 acc change", "ops (delegated)"):
         t.add_column(col, overflow="fold")
@@ -58,14 +86,23 @@ def export_cmd(
         else:
             op_text = f"{ops.get('nodes')} nodes, {len(ops.get('ops', {}))} op types"
         change = f"{100 * p['top1_change']:+.1f} pt" if p.get("top1_change") is not None and r.job.precision != "fp32" else "-"
-        t.add_row(r.artifact.name, "ok" if p["ran"] else f"not run: {p['reason']}",
-                  f"{p['max_abs_diff']:.2e}" if p["ran"] else "-",
+        status = "ok" if p["ran"] else f"not run: {p['reason']}"
+        if p["ran"] and p.get("data") == "random":
+            status = "[yellow]ok on RANDOM pixels (no dataset; --parity-data)[/yellow]"
+        t.add_row(r.artifact.name, status, f"{p['max_abs_diff']:.2e}" if p["ran"] else "-",
                   f"{100 * p['top1_agreement']:.1f}%" if p["ran"] else "-", change, op_text)
-        if app_:
-            copy_to_app(r.artifact, app_)
-    Console(width=160).print(t)
-    failed = [r for r in results if not r.ok]
-    for r in failed:
-        typer.echo(f"error: {r.job.target} {r.job.precision}: {r.error}", err=True)
-    if failed:
-        raise typer.Exit(1)
+    return t
+
+
+def copy_results(results, app: str) -> None:
+    """Copy what the app runs into its folder (in this checkout), say where; name what is not copied."""
+    from converters.pipeline import APP_RUNS_TEXT, app_runs, copy_to_app
+
+    for r in results:
+        if not r.ok:
+            continue
+        if app_runs(app, r.job.target, r.job.backend):
+            dest = copy_to_app(r.artifact, app)
+            typer.echo(f"copied {r.artifact.name} and {r.artifact.with_suffix('.json').name} to {dest}", err=True)
+        else:
+            typer.echo(f"not copied to the {app} app: {r.artifact.name} ({APP_RUNS_TEXT[app]})", err=True)

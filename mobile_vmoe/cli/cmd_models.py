@@ -61,16 +61,11 @@ ARTIFACT_SUFFIXES = (".pte", ".tflite", ".onnx", ".mlpackage", ".json")
 
 
 def artifact_metadata(path: Path) -> dict:
-    """The metadata .json of an exported artifact (the artifact itself or its .json)."""
-    from ..errors import MvmoeError
-    from ..profile.latency import artifact_meta
+    """The metadata .json of an exported artifact (the artifact itself or its .json), checked
+    against the artifact's size and sha256 recorded at export."""
+    from ..profile.latency import verified_metadata
 
-    meta = artifact_meta(path)  # reads path.with_suffix(".json"): the .json itself when given it
-    if meta is None:
-        raise MvmoeError(f"{path.with_suffix('.json')} not found: `mvmoe export` writes it beside the artifact")
-    if not isinstance(meta.get("model_config"), dict):
-        raise MvmoeError(f"{path.with_suffix('.json')} has no model_config: re-export it with this version of `mvmoe export`")
-    return meta
+    return verified_metadata(path)
 
 
 @profile_app.command("flops")
@@ -111,8 +106,10 @@ def flops_cmd(
             raise MvmoeError(f"{checkpoint}: invalid model_config in its metadata: {e}") from None
         cfg = cfg.replace(**overrides) if overrides else cfg
         dispatch = dispatch or meta.get("dispatch") or "gather"
+        from ..profile.latency import VERIFIED
+
         artifact = {"artifact": str(checkpoint), "target": meta.get("target"), "backend": meta.get("backend"),
-                    "precision": meta.get("precision")}
+                    "precision": meta.get("precision"), "counted_from": VERIFIED}
     else:
         cfg = config_from_checkpoint(load_checkpoint(checkpoint))
         cfg = cfg.replace(**overrides) if overrides else cfg
@@ -134,3 +131,5 @@ def flops_cmd(
     for b in report.per_block:
         t.add_row(b.name, b.kind, _human(b.macs), f"{100 * b.macs / max(report.macs, 1):.1f}%", _human(b.params), _human(b.active_params))
     Console(width=120).print(t)
+    if artifact is not None:
+        typer.echo(f"counted from {artifact['counted_from']}")

@@ -44,7 +44,8 @@ def latency_cmd(
     device: str = typer.Option("local", "--device", "-d", help="local | android[:SERIAL] | ios[:UDID]"),
     warmup: int = typer.Option(10, help="untimed runs first"),
     runs: int = typer.Option(50, help="timed runs"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (LiteRT num_threads, ONNX Runtime intra-op)"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (LiteRT num_threads, ONNX Runtime intra-op, "
+                                           "ExecuTorch threadpool size)"),
     per_op: bool = typer.Option(False, "--per-op", help="per-op times from ExecuTorch ETDump (.pte, local)"),
     binary: Optional[Path] = typer.Option(None, help="android: benchmark_model (.tflite) or executor_runner (.pte) built for the phone"),
     adb_port: int = typer.Option(5037, help="android: adb server port on 127.0.0.1"),
@@ -52,7 +53,7 @@ def latency_cmd(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Latency of one artifact: min / median / p90 / mean over timed runs, batch 1."""
-    from ..checkpoint import atomic_write_text
+    from ..fileio import atomic_write_text
     from ..profile.latency import profile_latency
 
     d = profile_latency(artifact, device, warmup=warmup, runs=runs, threads=threads, per_op=per_op,
@@ -69,7 +70,7 @@ def ingest_cmd(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """A demo app's benchmark screen result -> the same keys as `profile latency`."""
-    from ..checkpoint import atomic_write_text
+    from ..fileio import atomic_write_text
     from ..profile.ingest import ingest_app_benchmark
 
     d = ingest_app_benchmark(file)

@@ -1,9 +1,11 @@
-"""Read the demo apps' benchmark JSON (contract D) into `profile latency`'s keys.
+"""Read the demo apps' benchmark JSON (format: docs/formats.md) into `profile latency`'s keys.
 
 Input  {"format": "mvmoe-app-benchmark", "version": 1, "artifact", "app", "device", "runtime",
         "compute_units", "threads", "warmup", "runs_ms": [...], "created"}
 Output {"artifact", "device", "runtime", "runs", "min_ms", "median_ms", "p90_ms", "mean_ms",
         "threads", "warmup", "compute_units", "app", "created", "runs_ms", "source"}
+        + "checkpoint_sha256" when the app copied it from the artifact's .json (then `mvmoe report`
+        puts the number on the run of that checkpoint)
 """
 
 from __future__ import annotations
@@ -44,4 +46,6 @@ def ingest_app_benchmark(path: str | Path) -> dict:
                         d.get("threads"), int(d.get("warmup") or 0),
                         {"compute_units": d.get("compute_units"), "app": d.get("app"), "created": d.get("created"),
                          "source": str(path)})
+    if d.get("checkpoint_sha256"):
+        res.extra["checkpoint_sha256"] = str(d["checkpoint_sha256"])
     return res.to_dict()

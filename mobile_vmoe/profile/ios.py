@@ -1,14 +1,16 @@
 """Core ML latency: what coremltools can run, and where it cannot.
 
-- On macOS, `run_coreml_local` loads the .mlpackage with `coremltools.models.MLModel(path,
-  compute_units=ComputeUnit.ALL)` and times `MLModel.predict({input: array})` on the Mac itself
-  (Core ML on the Mac's CPU/GPU/Neural Engine; it says nothing about a phone). Not run here: this
-  machine is Linux, where coremltools can convert but cannot predict.
+- On macOS, `profile latency` opens the .mlpackage with converters.coreml.load_runner
+  (`coremltools.models.MLModel(path, compute_units=ComputeUnit.ALL)`) and times
+  `MLModel.predict({input: array})` on the Mac itself (Core ML on the Mac's CPU/GPU/Neural Engine;
+  it says nothing about a phone). Not run here: this machine is Linux, where coremltools can
+  convert but cannot predict.
 - An iPhone (`--device ios[:UDID]`) cannot be driven from coremltools: it has no device runner.
   Apple's tool for on-device numbers is Xcode's Core ML performance report (Xcode > Open Developer
   Tool > Core ML model > Performance, on a connected device). Our route is the iOS demo app's
-  benchmark screen, which writes contract-D JSON; `mvmoe profile ingest FILE.json` turns it into
-  the same keys as `profile latency`. So `profile_ios` raises a clear MvmoeError saying so.
+  benchmark screen, which writes the app benchmark JSON (docs/formats.md); `mvmoe profile ingest
+  FILE.json` turns it into the same keys as `profile latency`. So `profile_ios` raises a clear
+  MvmoeError saying so.
 """
 
 from __future__ import annotations
@@ -17,30 +19,17 @@ import platform
 from pathlib import Path
 
 from ..errors import MvmoeError
-from .latency import LatencyResult, example_input, time_calls
+from .latency import LatencyResult
 
 IOS_HOWTO = ("run the iOS demo app's Benchmark screen (apps/ios_demo) on the phone, share its JSON, then "
              "`mvmoe profile ingest FILE.json`; or use Xcode's Core ML performance report")
 
 
-def run_coreml_local(path: Path, warmup: int, runs: int, shape=None) -> LatencyResult:
-    """Time MLModel.predict on this Mac (macOS only)."""
+def check_macos(path: Path) -> None:
+    """Core ML predicts only on Apple systems: a one-line error saying what to do elsewhere."""
     if platform.system() != "Darwin":
         raise MvmoeError(f"{path.name}: Core ML models run only on macOS/iOS (this is {platform.system()}); "
                          f"on a Mac run the same command, for an iPhone {IOS_HOWTO}")
-    import coremltools as ct
-
-    model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.ALL)
-    spec_inputs = model.get_spec().description.input
-    if not spec_inputs:
-        raise MvmoeError(f"{path.name}: the model declares no input")
-    name = spec_inputs[0].name
-    if shape is None:
-        shape = [int(s) for s in spec_inputs[0].type.multiArrayType.shape]
-    feed = {name: example_input(shape)}
-    times = time_calls(lambda: model.predict(feed), warmup, runs)
-    return LatencyResult(path.name, f"local ({platform.platform()})", "coreml", times, None, warmup,
-                         {"compute_units": "all", "input_shape": list(shape)})
 
 
 def profile_ios(path: Path, udid: str | None, warmup: int, runs: int) -> LatencyResult:

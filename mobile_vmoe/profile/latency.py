@@ -1,39 +1,41 @@
 """Latency of an exported artifact: local runners per format, plus the dispatch to Android / iOS.
 
-One timed run = one `forward` of a batch-1 input, timed with `time.perf_counter_ns` around the
-runtime's own execute call (input already in the runtime's memory, output read back). The first
-`warmup` runs are dropped. Statistics follow DESIGN.md's contract (`mvmoe profile latency --json`):
+One timed run = one call of the artifact's runner on a batch-1 input (input already in memory,
+outputs read back), timed by mobile_vmoe.profile.timing. The first `warmup` runs are dropped.
+`mvmoe profile latency --json` prints (format: docs/formats.md)
 
     {"artifact", "device", "runtime", "runs", "min_ms", "median_ms", "p90_ms", "mean_ms"}
-    + extras: "threads", "warmup", "input_shape", "per_op" (ExecuTorch ETDump), ...
+    + "threads", "warmup", "runs_ms", "input_shape", "per_op" (ExecuTorch ETDump), and from the
+    artifact's .json: "model", "target", "backend", "precision", "dispatch", "macs", "checkpoint_sha256"
 
-Runners (all run here, on Linux):
-- .pte     executorch.runtime (the pybind runtime shipped with the executorch wheel; XNNPACK and
-           portable kernels). `per_op=True` loads the program with ETDump event tracing and
-           summarises it with executorch.devtools.Inspector. The thread count of XNNPACK is the
-           runtime's own (threadpool = cores); it cannot be set from Python, so `threads` is
-           reported as null for .pte.
-- .tflite  ai_edge_litert.interpreter.Interpreter(num_threads=threads) (XNNPACK delegate by default).
+Runners: the converters' own ``load_runner`` (the one export's parity check uses), so an artifact
+is opened the same way everywhere:
+- .pte     executorch.runtime (XNNPACK and portable kernels). `threads` sizes the runtime's
+           process-wide threadpool; the JSON records the count in effect. `per_op=True` loads the
+           program with ETDump event tracing and summarises it with executorch.devtools.Inspector.
+- .tflite  ai_edge_litert Interpreter(num_threads=threads) (XNNPACK delegate by default).
 - .onnx    onnxruntime.InferenceSession, CPUExecutionProvider, intra_op_num_threads=threads.
 - .mlpackage  coremltools MLModel.predict: macOS only (see ios.py).
 
-The input comes from the artifact's metadata .json (contract C: input.shape, layout, dtype) when
-it sits beside the artifact, else from the runtime's own input signature.
+The input shape comes from the artifact's metadata .json (input.shape) when it sits beside the
+artifact, checked against the runtime's own input signature.
 """
 
 from __future__ import annotations
 
 import math
 import platform
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..errors import MvmoeError
+from .timing import time_ms
 
+# carried from the artifact's .json into the latency JSON; the checkpoint hash lets `mvmoe report`
+# put the latency on the run that made the artifact, not on every run of the same model name
+META_KEYS = ("model", "target", "backend", "precision", "dispatch", "macs", "checkpoint", "checkpoint_sha256")
 RUNTIMES = {".pte": "executorch", ".tflite": "litert", ".onnx": "onnxruntime", ".mlpackage": "coreml"}
 
 
@@ -45,7 +47,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def summarize(runs_ms: list[float]) -> dict:
-    """min / median / p90 / mean of per-run times in ms (the contract's keys)."""
+    """min / median / p90 / mean of per-run times in ms (the latency JSON's keys)."""
     if not runs_ms:
         raise MvmoeError("no timed runs to summarise (runs must be >= 1)")
     bad = [r for r in runs_ms if not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0)]
@@ -75,30 +77,42 @@ class LatencyResult:
         return d
 
 
-def time_calls(fn: Callable[[], object], warmup: int, runs: int) -> list[float]:
-    """Call `fn` warmup + runs times; return the timed runs in ms."""
-    if warmup < 0 or runs < 1:
-        raise MvmoeError(f"need warmup >= 0 and runs >= 1, got warmup={warmup} runs={runs}")
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        t0 = time.perf_counter_ns()
-        fn()
-        out.append((time.perf_counter_ns() - t0) / 1e6)
-    return out
-
-
 # ------------------------------------------------------------------------------------ artifacts
 
 def artifact_meta(path: Path) -> dict | None:
-    """The contract-C metadata `<stem>.json` beside the artifact, or None if there is none."""
+    """The metadata `<stem>.json` beside the artifact (docs/formats.md), or None if there is none."""
     meta_path = path.with_suffix(".json")
     if not meta_path.is_file():
         return None
-    from ..checkpoint import read_json_object
+    from ..fileio import read_json_object
 
     return read_json_object(meta_path)
+
+
+VERIFIED = "the artifact's .json (model_config), which matches the artifact's size and sha256 recorded at export"
+
+
+def verified_metadata(path: str | Path) -> dict:
+    """The .json of an exported artifact (given the artifact or the .json), after checking that it
+    belongs to the artifact: size and sha256 as recorded at export. MvmoeError otherwise."""
+    from converters.prepare import tree_sha256
+
+    meta_path = Path(path).with_suffix(".json")
+    meta = artifact_meta(Path(path))
+    if meta is None:
+        raise MvmoeError(f"{meta_path} not found: `mvmoe export` writes it beside the artifact")
+    if not isinstance(meta.get("model_config"), dict):
+        raise MvmoeError(f"{meta_path} has no model_config: re-export it with this version of `mvmoe export`")
+    if not meta.get("artifact_sha256") or not meta.get("artifact"):
+        raise MvmoeError(f"{meta_path} records no artifact sha256, so it cannot be checked against the artifact: "
+                         "re-export it with this version of `mvmoe export`")
+    artifact = meta_path.parent / str(meta["artifact"])
+    if not artifact.exists():
+        raise MvmoeError(f"{artifact} not found: {meta_path.name} describes it")
+    size, digest = tree_sha256(artifact)
+    if (size, digest) != (meta.get("artifact_size"), meta["artifact_sha256"]):
+        raise MvmoeError(f"{artifact.name} is not the file {meta_path.name} was written for (size or sha256 differ)")
+    return meta
 
 
 def check_artifact(path: str | Path) -> Path:
@@ -127,77 +141,45 @@ def _meta_shape(meta: dict | None) -> tuple[list[int] | None, str]:
 
 # -------------------------------------------------------------------------------------- runners
 
-def run_onnx(path: Path, warmup: int, runs: int, threads: int | None, shape=None) -> LatencyResult:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    try:
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise MvmoeError(f"{path.name}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
-    inp = sess.get_inputs()[0]
-    shape = shape or [d if isinstance(d, int) else 1 for d in inp.shape]
-    x = example_input(shape)
-    feed = {inp.name: x}
-    times = time_calls(lambda: sess.run(None, feed), warmup, runs)
-    return LatencyResult(path.name, local_device(), "onnxruntime", times, threads, warmup,
-                         {"input_shape": list(shape), "providers": sess.get_providers()})
+TARGETS = {".pte": "executorch", ".tflite": "tflite", ".onnx": "onnx", ".mlpackage": "coreml"}
 
 
-def run_tflite(path: Path, warmup: int, runs: int, threads: int | None, shape=None) -> LatencyResult:
-    from ai_edge_litert.interpreter import Interpreter
+def open_runner(path: Path, threads: int | None, per_op: bool = False):
+    """The artifact opened by its converter's ``load_runner`` (the same runner export's parity
+    uses); MvmoeError where it cannot run here."""
+    from converters.pipeline import target_module
 
-    try:
-        it = Interpreter(model_path=str(path), num_threads=threads or None)
-        it.allocate_tensors()
-    except (ValueError, RuntimeError) as e:
-        raise MvmoeError(f"{path.name}: LiteRT cannot load it ({str(e).splitlines()[0]})") from None
-    det = it.get_input_details()[0]
-    native = [int(s) for s in det["shape"]]
-    if shape and list(shape) != native:
-        # the metadata may say NCHW while the converted graph takes NHWC (or the reverse): trust
-        # the interpreter, but only when it is the same tensor in another layout
-        if sorted(shape) != sorted(native):
-            raise MvmoeError(f"{path.name}: metadata input shape {list(shape)} does not match the model's {native}")
-    x = example_input(native, np.dtype(det["dtype"]).name)
-    out_idx = it.get_output_details()[0]["index"]
+    kw = {"per_op": True} if per_op else {}
+    if path.suffix == ".mlpackage":
+        from .ios import check_macos
 
-    def step():
-        it.set_tensor(det["index"], x)
-        it.invoke()
-        return it.get_tensor(out_idx)
-
-    times = time_calls(step, warmup, runs)
-    return LatencyResult(path.name, local_device(), "litert", times, threads, warmup, {"input_shape": native})
+        check_macos(path)
+        kw = {"compute_units": "all"}
+    runner, why = target_module(TARGETS[path.suffix]).load_runner(path, threads=threads, **kw)
+    if runner is None:
+        raise MvmoeError(f"{path.name}: cannot run here: {why}")
+    return runner
 
 
-def run_pte(path: Path, warmup: int, runs: int, threads: int | None, shape=None,
-            per_op: bool = False, etdump_dir: Path | None = None) -> LatencyResult:
-    import torch
-    from executorch.runtime import Runtime
+def check_shape(path: Path, meta_shape: list[int] | None, native: list[int]) -> None:
+    """The metadata may say NCHW while a converted graph takes NHWC (or the reverse): trust the
+    runtime, but only when it is the same tensor in another layout."""
+    if meta_shape and list(meta_shape) != native and sorted(meta_shape) != sorted(native):
+        raise MvmoeError(f"{path.name}: metadata input shape {list(meta_shape)} does not match the model's {native}")
 
-    rt = Runtime.get()
-    kw = {"enable_etdump": True, "debug_buffer_size": 0} if per_op else {}
-    try:
-        program = rt.load_program(path, **kw)
-        method = program.load_method("forward")
-    except (RuntimeError, ValueError) as e:
-        raise MvmoeError(f"{path.name}: the ExecuTorch runtime cannot load it ({str(e).splitlines()[0]})") from None
-    if method is None:
-        raise MvmoeError(f"{path.name}: no 'forward' method (methods: {sorted(program.method_names)})")
-    info = method.metadata.input_tensor_meta(0)
-    native = [int(s) for s in info.sizes()]
-    if shape and sorted(shape) != sorted(native):
-        raise MvmoeError(f"{path.name}: metadata input shape {list(shape)} does not match the program's {native}")
-    x = torch.from_numpy(example_input(native))
-    times = time_calls(lambda: method.execute((x,)), warmup, runs)
-    extra: dict = {"input_shape": native}
-    if per_op:
-        extra["per_op"] = etdump_per_op(program, path, etdump_dir)
-    return LatencyResult(path.name, local_device(), "executorch", times, None, warmup, extra)
+
+def run_local(path: Path, warmup: int, runs: int, threads: int | None, shape=None,
+              per_op: bool = False) -> LatencyResult:
+    """Time ``runs`` calls of the artifact's runner on this machine, after ``warmup`` untimed ones."""
+    runner = open_runner(path, threads, per_op=per_op and path.suffix == ".pte")
+    check_shape(path, shape, runner.input_shape)
+    x = example_input(runner.input_shape, runner.input_dtype)
+    times = time_ms(lambda: runner(x), runs, warmup)
+    device = local_device() if runner.runtime != "coreml" else f"local ({platform.platform()})"
+    extra: dict = {"input_shape": runner.input_shape, **runner.extra}
+    if per_op and path.suffix == ".pte":
+        extra["per_op"] = etdump_per_op(runner.native, path)
+    return LatencyResult(path.name, device, runner.runtime, times, runner.threads, warmup, extra)
 
 
 def etdump_per_op(program, path: Path, out_dir: Path | None = None, top: int = 25) -> list[dict]:
@@ -255,7 +237,7 @@ def parse_device(device: str) -> tuple[str, str | None]:
 def profile_latency(artifact: str | Path, device: str = "local", *, warmup: int = 10, runs: int = 50,
                     threads: int | None = None, per_op: bool = False, binary: str | Path | None = None,
                     adb_host: str = "127.0.0.1", adb_port: int = 5037) -> dict:
-    """Measure `artifact` on `device`; returns the contract's JSON dict (+ extras)."""
+    """Measure `artifact` on `device`; returns the latency JSON dict (docs/formats.md)."""
     path = check_artifact(artifact)
     if warmup < 0 or runs < 1:
         raise MvmoeError(f"need --warmup >= 0 and --runs >= 1, got {warmup} and {runs}")
@@ -273,19 +255,10 @@ def profile_latency(artifact: str | Path, device: str = "local", *, warmup: int 
         from .ios import profile_ios
 
         return profile_ios(path, udid=ident, warmup=warmup, runs=runs).to_dict()
-    if path.suffix == ".onnx":
-        res = run_onnx(path, warmup, runs, threads, shape)
-    elif path.suffix == ".tflite":
-        res = run_tflite(path, warmup, runs, threads, shape)
-    elif path.suffix == ".pte":
-        res = run_pte(path, warmup, runs, threads, shape, per_op=per_op)
-    else:  # .mlpackage
-        from .ios import run_coreml_local
-
-        res = run_coreml_local(path, warmup, runs, shape)
+    res = run_local(path, warmup, runs, threads, shape, per_op=per_op)
     if per_op and path.suffix != ".pte":
         res.extra["per_op"] = None
         res.extra["per_op_note"] = "per-op times come from ExecuTorch ETDump: .pte only"
     if meta:
-        res.extra.update({k: meta.get(k) for k in ("model", "target", "backend", "precision", "dispatch", "macs") if k in meta})
+        res.extra.update({k: meta.get(k) for k in META_KEYS if k in meta})
     return res.to_dict()

@@ -1,15 +1,17 @@
 """`mvmoe report`: one table (markdown + CSV) and two plots from training runs and latency files.
 
-Inputs
-- run directories (contract B): DIR/summary.json; a per-image MoE trained with `--superclasses auto`
-  also holds its dense stage in DIR/dense/summary.json, which becomes a row of its own (the dense
-  twin at equal MACs, the paper's comparison).
-- latency JSON files (`mvmoe profile latency --out F`, `mvmoe profile ingest --out F`): matched to a
-  row by the artifact name `<model>_<target>[-<backend>]_<precision>.<ext>` (contract C); each
-  distinct (target, precision, device) becomes one column holding the median in ms.
-- published reference numbers (DESIGN.md, arXiv 2309.04354), ImageNet-1k: rows marked "published",
-  MACs computed from our presets at 224 px with the same counting convention, drawn in a separate
-  panel (another dataset, not comparable to small-data runs).
+Inputs (formats: docs/formats.md)
+- run directories: DIR/summary.json; a per-image MoE trained with `--superclasses auto` also holds
+  its dense stage in DIR/dense/summary.json, which becomes a row of its own (the dense twin at
+  equal MACs, the paper's comparison).
+- latency JSON files (`mvmoe profile latency --out F`, `mvmoe profile ingest --out F`): matched to
+  the run whose checkpoint made the artifact (``checkpoint_sha256``, carried from the artifact's
+  .json), else, for files without it, by the model name in the artifact name
+  `<model>_<target>[-<backend>]_<precision>[-<dispatch>].<ext>`; each distinct (target,
+  precision, dispatch, device) becomes one column holding the median in ms.
+- published reference numbers (Mobile V-MoE, arXiv 2309.04354; DeiT; MobileNetV3), ImageNet-1k:
+  rows marked "published", MACs computed from our presets at 224 px with the same counting
+  convention, drawn in a separate panel (another dataset, not comparable to small-data runs).
 
 Outputs: OUT/table.md, OUT/table.csv, OUT/flops_vs_accuracy.png, OUT/routing.png (all atomic).
 """
@@ -22,10 +24,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkpoint import atomic_write_bytes, atomic_write_text, read_json_object
+from ..fileio import atomic_write_bytes, atomic_write_text, file_sha256, read_json_object
 from ..errors import MvmoeError
 
-# (name, kind, preset for MACs or None, MACs if no preset, top-1, note) -- DESIGN.md "Published reference numbers"
+# (name, kind, preset for MACs or None, MACs if no preset, top-1, note): the papers' ImageNet-1k numbers
 PUBLISHED = [
     ("ViT 12x192 p32 (dense)", "dense", "vit-12x192-p32", None, 59.51, "Mobile V-MoE paper, dense baseline"),
     ("Mobile V-MoE 12x192 p32 (E=10, k=1)", "moe", "vmoe-12x192-p32", None, 62.90, "Mobile V-MoE paper"),
@@ -50,6 +52,7 @@ class Row:
     latency: dict = field(default_factory=dict)  # column -> median ms
     expert_usage: list | None = None
     superclass_names: list | None = None
+    checkpoint: Path | None = None  # the run's model.pt, to match latency files by checkpoint_sha256
 
     @property
     def kind(self) -> str:
@@ -58,14 +61,31 @@ class Row:
 
 # ------------------------------------------------------------------------------------- loading
 
+NUMERIC = ("top1", "top5", "router_superclass_top1", "macs", "params", "active_params")
+
+
 def _row_from_summary(s: dict, source: str) -> Row:
     missing = [k for k in ("model", "top1", "macs") if k not in s]
     if missing:
         raise MvmoeError(f"{source}/summary.json: missing key(s) {', '.join(missing)} (not a `mvmoe train` run?)")
+    for key in NUMERIC:
+        v = s.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+            raise MvmoeError(f"{source}/summary.json: {key} is {v!r}, expected a number")
     routing = s.get("routing") or ("image" if s.get("num_experts") else "none")
     return Row(str(s["model"]), str(s.get("dataset", "?")), routing, s.get("macs"), s.get("params"),
                s.get("active_params"), s.get("top1"), s.get("top5"), s.get("router_superclass_top1"), source,
-               expert_usage=s.get("expert_usage"), superclass_names=s.get("superclass_names"))
+               expert_usage=s.get("expert_usage"), superclass_names=s.get("superclass_names"),
+               checkpoint=_run_checkpoint(s, Path(source)))
+
+
+def _run_checkpoint(s: dict, run_dir: Path) -> Path | None:
+    """The run's checkpoint: summary.json's ``checkpoint`` if it exists, else DIR/<its name>."""
+    named = Path(str(s.get("checkpoint") or "model.pt"))
+    for p in (named, run_dir / named.name):
+        if p.is_file():
+            return p
+    return None
 
 
 def load_runs(run_dirs: list[str | Path]) -> list[Row]:
@@ -86,13 +106,16 @@ def load_runs(run_dirs: list[str | Path]) -> list[Row]:
 
 
 def parse_artifact_name(name: str) -> dict:
-    """'vmoe-6x64-p8-e5_executorch-xnnpack_fp32.pte' -> model, target, backend, precision."""
+    """'vmoe-6x64-p8-e5_executorch-xnnpack_fp32.pte' -> model, target, backend, precision, dispatch
+    ('..._fp32-dense.pte': the all-experts dispatch)."""
     stem = name.rsplit(".", 1)[0] if "." in name else name
     parts = stem.split("_")
     if len(parts) < 3:
-        return {"model": stem, "target": "?", "backend": None, "precision": "?"}
+        return {"model": stem, "target": "?", "backend": None, "precision": "?", "dispatch": "gather"}
     target, _, backend = parts[-2].partition("-")
-    return {"model": "_".join(parts[:-2]), "target": target, "backend": backend or None, "precision": parts[-1]}
+    precision, _, dispatch = parts[-1].partition("-")
+    return {"model": "_".join(parts[:-2]), "target": target, "backend": backend or None, "precision": precision,
+            "dispatch": dispatch or "gather"}
 
 
 def load_latency(files: list[str | Path]) -> list[dict]:
@@ -113,22 +136,44 @@ def load_latency(files: list[str | Path]) -> list[dict]:
 def latency_column(lat: dict) -> str:
     a = parse_artifact_name(lat["artifact"])
     target = a["target"] + (f"-{a['backend']}" if a["backend"] else "")
-    return f"{target} {a['precision']} @ {lat['device']} (ms)"
+    dispatch = lat.get("dispatch") or a["dispatch"]
+    return f"{target} {a['precision']}{'' if dispatch == 'gather' else ' ' + dispatch} @ {lat['device']} (ms)"
+
+
+def _rows_of(lat: dict, rows: list[Row], hashes: dict) -> list[Row]:
+    """The runs a latency belongs to: the one whose checkpoint made the artifact when the file says
+    which (checkpoint_sha256), else every run of the model name."""
+    ours = [r for r in rows if not r.published]
+    if lat.get("checkpoint_sha256"):
+        return [r for r in ours if r.checkpoint is not None and _sha256(r.checkpoint, hashes) == lat["checkpoint_sha256"]]
+    model = lat.get("model") or parse_artifact_name(lat["artifact"])["model"]
+    return [r for r in ours if r.model == model]
+
+
+def _sha256(path: Path, cache: dict) -> str:
+    if path not in cache:
+        cache[path] = file_sha256(path)
+    return cache[path]
 
 
 def attach_latency(rows: list[Row], lats: list[dict]) -> list[str]:
-    """Put each latency median on the row of its model (by artifact name). Returns the columns.
-    A latency whose model matches no row gets a row of its own (model known only by name)."""
+    """Put each latency median on the row of the run it measured. Returns the columns. A latency
+    that matches no run gets a row of its own (named by its artifact)."""
     cols: list[str] = []
+    hashes: dict = {}
+    orphans: dict[str, Row] = {}  # one row per unmatched checkpoint (or model name)
     for lat in lats:
         model = lat.get("model") or parse_artifact_name(lat["artifact"])["model"]
         col = latency_column(lat)
         if col not in cols:
             cols.append(col)
-        match = [r for r in rows if r.model == model and not r.published]
+        match = _rows_of(lat, rows, hashes)
         if not match:
-            match = [Row(model, "?", "?", lat.get("macs"), None, None, None, None, None, lat["artifact"])]
-            rows.append(match[0])
+            key = lat.get("checkpoint_sha256") or model
+            if key not in orphans:
+                orphans[key] = Row(model, "?", "?", lat.get("macs"), None, None, None, None, None, lat["artifact"])
+                rows.append(orphans[key])
+            match = [orphans[key]]
         for r in match:
             r.latency[col] = lat["median_ms"]
     return cols
