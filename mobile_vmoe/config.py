@@ -49,7 +49,9 @@ class ModelConfig:
     dispatch: str = "auto"  # auto | gather | dense | grouped (see models/experts.py)
     num_superclasses: int = 0  # router targets; 0 = num_experts (one superclass per expert)
     # per-token (V-MoE) routing only
-    capacity_ratio: float = 1.05  # expert buffer = ceil(ratio * k * tokens / E) per image
+    capacity_ratio: float = 1.05  # expert buffer = ceil(ratio * k * group tokens / E) per group
+    eval_capacity_ratio: float = 0.0  # the ratio in eval mode (0 = capacity_ratio): V-MoE's compute/accuracy knob
+    token_group_size: int = 0  # images whose tokens share the expert buffers (0 = the whole batch)
     batch_priority: bool = True  # fill buffers in order of router confidence (BPR)
     router_noise: float = 1.0  # std of routing noise = router_noise / E during training
 
@@ -101,6 +103,10 @@ class ModelConfig:
                 p.append(f"num_superclasses={self.num_superclasses} must be >= 0")
             if self.capacity_ratio <= 0:
                 p.append(f"capacity_ratio={self.capacity_ratio} must be > 0")
+            if self.eval_capacity_ratio < 0:
+                p.append(f"eval_capacity_ratio={self.eval_capacity_ratio} must be >= 0")
+            if self.token_group_size < 0:
+                p.append(f"token_group_size={self.token_group_size} must be >= 0")
             if self.router_noise < 0:
                 p.append(f"router_noise={self.router_noise} must be >= 0")
         return p

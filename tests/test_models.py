@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.models.registry import create_model, dense_twin, get_config, list_models
 
 ALL = list_models()
@@ -98,9 +99,45 @@ def test_per_token_model_returns_aux_loss_and_routes():
                          capacity_ratio=0.5).train()
     out = model.forward_with_routing(torch.randn(4, 3, 32, 32))
     assert len(out.token_routes) == 2 and out.aux_loss.ndim == 0 and out.aux_loss > 0
-    # 17 tokens, E=10, k=1, ratio 0.5: capacity ceil(0.85) = 1 slot per expert -> at most 10 kept
-    assert all(r.kept.sum(dim=(1, 2)).max() <= 10 for r in out.token_routes)
+    # one group of all 4 images: 68 tokens, E=10, k=1, ratio 0.5: capacity ceil(3.4) = 4 slots per
+    # expert -> at most 40 kept in the group, however they split between the images
+    for r in out.token_routes:
+        assert (r.capacity, tuple(r.kept.shape)) == (4, (1, 68, 1)) and int(r.kept.sum()) <= 40
     out.logits.sum().backward()  # trains end to end
+
+
+def test_token_groups_pool_buffers_across_images():
+    """token_group_size=1 routes each image on its own (capacity ceil(0.5 * 17 / 10) = 1 per expert,
+    the same numbers as running the images one by one); a group of the whole batch lets one image's
+    tokens use buffer room the others leave, so outputs change when capacity binds."""
+    x = torch.randn(4, 3, 32, 32)
+    kw = dict(img_size=32, patch_size=8, num_classes=5, routing="token", capacity_ratio=0.5)
+    torch.manual_seed(0)
+    single = create_model("vmoe-6x64-p32", token_group_size=1, **kw).eval()
+    batch = create_model("vmoe-6x64-p32", **kw).eval()
+    batch.load_state_dict(single.state_dict())
+    out = single.forward_with_routing(x)
+    assert all((r.capacity, tuple(r.kept.shape)) == (1, (4, 17, 1)) for r in out.token_routes)
+    alone = torch.cat([single(x[i:i + 1]) for i in range(4)])
+    assert torch.allclose(out.logits, alone, atol=1e-5)
+    assert not torch.allclose(batch(x), alone, atol=1e-3)
+    assert torch.equal(batch(x[:1]), single(x[:1]))  # a batch of one is a group of one
+    two = create_model("vmoe-6x64-p32", token_group_size=2, **kw).eval()
+    assert tuple(two.forward_with_routing(x).token_routes[0].kept.shape) == (2, 34, 1)
+    three = create_model("vmoe-6x64-p32", token_group_size=3, **kw).eval()  # gcd(4, 3) = 1 image per group
+    assert tuple(three.forward_with_routing(x).token_routes[0].kept.shape) == (4, 17, 1)
+
+
+def test_eval_capacity_ratio_applies_in_eval_mode_only():
+    model = create_model("vmoe-6x64-p32", img_size=32, patch_size=8, num_classes=5, routing="token",
+                         capacity_ratio=0.5, token_group_size=1)
+    x = torch.randn(2, 3, 32, 32)
+    model.set_capacity_ratio(2.0)  # ceil(2.0 * 17 / 10) = 4 slots per expert in eval mode
+    assert model.cfg.eval_capacity_ratio == 2.0
+    assert model.eval().forward_with_routing(x).token_routes[0].capacity == 4
+    assert model.train().forward_with_routing(x).token_routes[0].capacity == 1
+    with pytest.raises(MvmoeError, match="per-token"):
+        create_model("vmoe-6x64-p32").set_capacity_ratio(2.0)
 
 
 def test_dense_model_has_no_router():

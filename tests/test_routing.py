@@ -116,3 +116,26 @@ def test_end_to_end_router_gets_gradient_from_classification_with_k1():
     out = model.forward_with_routing(torch.randn(4, 3, 32, 32))
     out.logits.sum().backward()
     assert model.router.proj.weight.grad.abs().sum() > 0
+
+
+def test_switch_load_loss_by_hand():
+    from mobile_vmoe.models.routing import switch_load_loss
+
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4]])  # both choose expert 0: f = [1, 0], P = [0.75, 0.25]
+    assert float(switch_load_loss(probs, torch.tensor([0, 0]))) == pytest.approx(2 * 0.75)
+    uniform = torch.full((4, 2), 0.5)
+    assert float(switch_load_loss(uniform, torch.tensor([0, 1, 0, 1]))) == pytest.approx(1.0)
+
+
+def test_per_image_router_balancing_loss_in_training_only():
+    from mobile_vmoe.models.routing import PerImageRouter, importance_loss, switch_load_loss
+
+    router = PerImageRouter(8, 4, 1)
+    x = torch.randn(6, 5, 8)
+    r = router.train()(x)
+    probs = r.logits.softmax(-1)
+    want = importance_loss(probs) + switch_load_loss(probs, r.index[:, 0])
+    assert float(r.aux_loss.detach()) == pytest.approx(float(want.detach()))
+    r.aux_loss.backward()
+    assert router.proj.weight.grad.abs().sum() > 0  # it trains the router
+    assert router.eval()(x).aux_loss is None

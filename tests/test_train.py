@@ -254,3 +254,35 @@ def test_train_state_round_trip(tmp_path):
         assert torch.equal(p, b.eval_model.state_dict()[n]), n
     sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
     assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+
+
+def test_end_to_end_router_is_balanced_and_usage_recorded_for_every_moe_run(tmp_path):
+    """No superclasses: the per-image router trains with + aux_weight * (importance + Switch load);
+    with superclasses the balancing term is logged but not added. Both record expert usage on eval."""
+    bundle = _tiny_bundle()
+    cfg = ModelConfig(name="t", img_size=16, num_classes=4, num_experts=2, moe_blocks=1, **TINY)
+    tcfg = TrainConfig(model=cfg, epochs=1, batch_size=16, log_every=1, ema_decay=0.0, aux_weight=0.25)
+    s = fit(tcfg, bundle, tmp_path / "e2e", quiet=True)
+    for rec in (json.loads(l) for l in (tmp_path / "e2e" / "metrics.jsonl").read_text().splitlines()):
+        if rec["kind"] == "step":
+            assert rec["loss"] == pytest.approx(rec["loss_cls"] + 0.25 * rec["loss_aux"], rel=1e-5)
+    assert (s["expert_usage_unit"], sum(s["expert_counts"]), s["expert_usage"]) == ("images", 16, None)
+    p = torch.tensor(s["expert_counts"], dtype=torch.float64) / 16
+    assert s["expert_entropy"] == pytest.approx(float(-(p[p > 0] * p[p > 0].log()).sum()))
+    assert s["expert_entropy_max"] == pytest.approx(math.log(2))
+    sc = {"num_superclasses": 2, "class_to_superclass": bundle.planted_superclasses, "names": ["a", "b"]}
+    fit(tcfg, bundle, tmp_path / "sc", superclasses=sc, quiet=True)
+    for rec in (json.loads(l) for l in (tmp_path / "sc" / "metrics.jsonl").read_text().splitlines()):
+        if rec["kind"] == "step":
+            assert rec["loss"] == pytest.approx(rec["loss_cls"] + 0.3 * rec["loss_router"], rel=1e-5)
+            assert rec["loss_aux"] > 0  # logged only
+
+
+def test_token_run_records_tokens_per_expert(tmp_path):
+    bundle = _tiny_bundle()
+    cfg = ModelConfig(name="t", img_size=16, num_classes=4, num_experts=2, moe_blocks=1, routing="token", **TINY)
+    s = fit(TrainConfig(model=cfg, epochs=1, batch_size=16, ema_decay=0.0), bundle, tmp_path, quiet=True)
+    # 16 val images x 17 tokens x 1 MoE block, k=1: kept + dropped token choices = 272
+    kept = sum(s["expert_counts"])
+    assert s["expert_usage_unit"] == "tokens" and 0 < kept <= 272
+    assert s["token_drop_fraction"] == pytest.approx(1 - kept / 272)

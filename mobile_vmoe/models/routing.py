@@ -4,8 +4,10 @@ PerImageRouter (Mobile V-MoE): one decision per image, made once on the represen
 last dense block and shared by every MoE block.
 
 PerTokenRouter (V-MoE, Riquelme et al. 2021): one decision per token in every MoE block, with a fixed
-expert capacity and batch-priority routing (BPR); tokens that do not fit are dropped (their MoE
-output is zero, so only the residual carries them on).
+expert capacity and batch-priority routing (BPR) over a group of tokens; tokens that do not fit are
+dropped (their MoE output is zero, so only the residual carries them on). As in V-MoE the group
+pools the tokens of several images (``token_group_size``, default the whole batch), so confident
+tokens of one image can take buffer room another image leaves free: compute per image adapts.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class ImageRoute:
     logits: torch.Tensor  # (B, E) router logits, trained against superclass labels
     index: torch.Tensor  # (B, k) int64 chosen experts, best first
     gates: torch.Tensor  # (B, k) combine weights
+    aux_loss: torch.Tensor | None = None  # () balancing loss, used when the router has no superclass target
 
 
 def topk_gates(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,8 +58,12 @@ class PerImageRouter(nn.Module):
         """x: (B, T, D) tokens after the last dense block; token 0 is the class token."""
         v = x[:, :1].flatten(1) if self.router_input == "cls" else x[:, 1:].mean(dim=1)  # (B, D)
         logits = self.proj(self.norm(v))  # (B, E)
-        gates, index = topk_gates(logits.softmax(dim=-1), self.top_k)  # (B, k), (B, k)
-        return ImageRoute(logits=logits, index=index, gates=gates)
+        probs = logits.softmax(dim=-1)  # (B, E)
+        gates, index = topk_gates(probs, self.top_k)  # (B, k), (B, k)
+        aux = None
+        if self.training:
+            aux = importance_loss(probs) + switch_load_loss(probs, index[:, 0])
+        return ImageRoute(logits=logits, index=index, gates=gates, aux_loss=aux)
 
 
 @dataclass
@@ -81,6 +88,18 @@ def importance_loss(probs: torch.Tensor) -> torch.Tensor:
     return (imp.std(unbiased=False) / imp.mean().clamp_min(1e-9)) ** 2
 
 
+def switch_load_loss(probs: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+    """Switch Transformer load balancing: E * sum_e f_e * P_e, with f_e the share of inputs whose
+    top choice is e and P_e their mean router probability for e. 1 when both are uniform; the
+    gradient flows through P_e. probs (N, E), choice (N,) int64.
+
+    E.g. E = 2, probs [[0.9, 0.1], [0.6, 0.4]], both choose 0: f = [1, 0], P = [0.75, 0.25] -> 1.5.
+    """
+    E = probs.shape[-1]
+    f = torch.bincount(choice, minlength=E).to(probs.dtype) / choice.numel()  # (E,)
+    return E * (f * probs.mean(dim=0)).sum()
+
+
 def load_loss(logits: torch.Tensor, noisy_logits: torch.Tensor, noise_std: float, k: int) -> torch.Tensor:
     """V-MoE load loss: squared CV of each expert's probability of being selected under the noise.
 
@@ -97,25 +116,31 @@ def load_loss(logits: torch.Tensor, noisy_logits: torch.Tensor, noise_std: float
 class PerTokenRouter(nn.Module):
     """Linear(D, E) per token, noisy top-k, fixed capacity per expert, batch-priority routing.
 
-    Static shapes throughout: capacity C = ceil(capacity_ratio * k * T / E) per image, positions by
-    cumulative sums, so the layer exports like the rest of the model.
+    Takes groups (G, N, D): N tokens share the expert buffers of their group (the caller reshapes
+    images into groups). Static shapes throughout: capacity C = ceil(ratio * k * N / E) per group,
+    positions by cumulative sums, so the layer exports like the rest of the model. ``ratio`` is
+    ``capacity_ratio`` in training and ``eval_capacity_ratio`` (when > 0) in eval mode.
     """
 
     def __init__(self, dim: int, num_experts: int, top_k: int, capacity_ratio: float,
-                 batch_priority: bool = True, noise: float = 1.0):
+                 batch_priority: bool = True, noise: float = 1.0, eval_capacity_ratio: float = 0.0):
         super().__init__()
         self.num_experts = num_experts
         self.top_k = top_k
         self.capacity_ratio = capacity_ratio
+        self.eval_capacity_ratio = eval_capacity_ratio
         self.batch_priority = batch_priority
         self.noise_std = noise / num_experts
         self.proj = nn.Linear(dim, num_experts, bias=False)
 
     def capacity(self, tokens: int) -> int:
-        return expert_capacity(tokens, self.top_k, self.num_experts, self.capacity_ratio)
+        ratio = self.capacity_ratio
+        if not self.training and self.eval_capacity_ratio > 0:
+            ratio = self.eval_capacity_ratio
+        return expert_capacity(tokens, self.top_k, self.num_experts, ratio)
 
     def forward(self, x: torch.Tensor) -> TokenRoute:
-        """x: (B, T, D) normalised tokens."""
+        """x: (B, T, D) normalised tokens, B groups of T tokens each."""
         B, T, _ = x.shape
         E, k = self.num_experts, self.top_k
         logits = self.proj(x)  # (B, T, E)

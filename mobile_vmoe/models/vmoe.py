@@ -10,6 +10,7 @@ and analysis.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -47,7 +48,8 @@ class MoEMlp(nn.Module):
         self.router = None
         if cfg.routing == "token":
             self.router = PerTokenRouter(cfg.width, cfg.num_experts, cfg.top_k, cfg.capacity_ratio,
-                                         cfg.batch_priority, cfg.router_noise)
+                                         cfg.batch_priority, cfg.router_noise, cfg.eval_capacity_ratio)
+        self.group_size = cfg.token_group_size
 
     def resolve_dispatch(self, batch: int, k: int) -> str:
         """``auto``: gather when exporting/tracing or for small batches, grouped otherwise."""
@@ -58,10 +60,16 @@ class MoEMlp(nn.Module):
         return "grouped" if batch * k > 2 * self.experts.num_experts else "gather"
 
     def forward(self, x: torch.Tensor, route: ImageRoute | None = None) -> tuple[torch.Tensor, TokenRoute | None]:
-        """x: (B, T, D) normalised tokens -> ((B, T, D), the token route or None for per-image routing)."""
+        """x: (B, T, D) normalised tokens -> ((B, T, D), the token route or None for per-image routing).
+
+        Per-token routing routes groups of ``token_group_size`` images (gcd with B; 0 = the whole
+        batch): the route's tensors are (B/g, g*T, ...)."""
         if self.router is not None:
-            token_route = self.router(x)
-            return token_dispatch(self.experts, x, token_route), token_route
+            B, T, D = x.shape
+            g = math.gcd(B, self.group_size) if self.group_size else B  # images per routing group
+            groups = x.reshape(B // g, g * T, D)  # (B/g, g*T, D): a group's tokens share the buffers
+            token_route = self.router(groups)
+            return token_dispatch(self.experts, groups, token_route).reshape(B, T, D), token_route
         assert route is not None, "per-image MoE block called without a route"
         mode = self.resolve_dispatch(x.shape[0], route.index.shape[1])
         return IMAGE_DISPATCH[mode](self.experts, x, route.index, route.gates), None
@@ -133,6 +141,8 @@ class MobileVMoE(nn.Module):
             out.router_logits, out.expert_index, out.gates = route.logits, route.index, route.gates
         if token_routes:
             out.aux_loss = torch.stack([r.aux_loss for r in token_routes]).sum()
+        elif route is not None:
+            out.aux_loss = route.aux_loss  # per-image balancing (training only)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,6 +158,17 @@ class MobileVMoE(nn.Module):
         for m in self.modules():
             if isinstance(m, MoEMlp):
                 m.dispatch = mode
+        return self
+
+    def set_capacity_ratio(self, ratio: float) -> "MobileVMoE":
+        """Per-token routing: the expert capacity ratio used in eval mode (V-MoE's knob that trades
+        compute for accuracy at inference); the config keeps describing the model."""
+        if not self.cfg.is_moe or self.cfg.routing != "token":
+            raise MvmoeError("set_capacity_ratio: only per-token (routing=token) models have an expert capacity")
+        self.cfg = self.cfg.replace(eval_capacity_ratio=ratio)
+        for m in self.modules():
+            if isinstance(m, PerTokenRouter):
+                m.eval_capacity_ratio = ratio
         return self
 
     def set_fused_attention(self, fused: bool) -> "MobileVMoE":

@@ -413,7 +413,7 @@ def end_epoch(stage: Stage, state: TrainState, r: EpochResult, progress: Progres
         ev["weights"] = "ema" if state.ema is not None else "model"
         state.metrics = ev
         stage.log.write({"kind": "eval", "epoch": state.epoch, "step": state.step,
-                         **{k: v for k, v in ev.items() if k != "expert_usage"}})
+                         **{k: v for k, v in ev.items() if not isinstance(v, list)}})
         router = ev.get("router_superclass_top1")
         progress.note(f"{stage.name} epoch {state.epoch}/{tcfg.epochs}: loss {r.mean_loss:.3f}, "
                       f"val top-1 {ev['top1']:.2f}%"
@@ -444,6 +444,10 @@ def finished_summary(out: Path) -> dict:
     return summary
 
 
+# expert usage on the eval split, in every MoE run's summary (see train/evaluate.py ExpertUsage)
+USAGE_KEYS = ("expert_usage_unit", "expert_counts", "expert_entropy", "expert_entropy_max", "token_drop_fraction")
+
+
 def make_summary(stage: Stage, state: TrainState) -> dict:
     """summary.json of a stage: the documented keys first, then details (docs/formats.md)."""
     from ..profile.flops import profile_flops
@@ -462,6 +466,7 @@ def make_summary(stage: Stage, state: TrainState) -> dict:
         "seed": tcfg.seed, "stage": stage.name,
         "superclass_names": list(sc["names"]) if sc else None,
         "expert_usage": ev.get("expert_usage") if cfg.is_per_image else None,
+        **({k: ev.get(k) for k in USAGE_KEYS if k in ev} if cfg.is_moe else {}),
         "checkpoint": str(stage.out / "model.pt"),
         "eval_weights": ev.get("weights"), "val_images": ev.get("images"),
         "train_seconds": round(state.seconds, 2), "world_size": stage.info.world_size,

@@ -2,7 +2,8 @@
 
 total = CE(logits, smoothed soft class target)
       + router_weight * CE(router_logits, superclass target)      per-image MoE with superclasses
-      + aux_weight * (importance + load losses)                      per-token (V-MoE) routing
+      + aux_weight * (importance + load losses)                      per-token (V-MoE) routing, and a
+                                                                     per-image router without superclasses
 
 Targets are always soft (B, N) rows that sum to 1: hard labels become one-hot, MixUp/CutMix give
 mixtures, and the superclass target of a mixed image is exactly ``soft @ onehot(class_to_superclass)``
@@ -51,8 +52,8 @@ def mvmoe_loss(logits: torch.Tensor, router_logits: torch.Tensor | None, aux_los
         router = F.cross_entropy(router_logits.float(), superclass_target)
         if router_weight > 0:
             total = total + router_weight * router
-    if aux_loss is not None:
+    if aux_loss is not None:  # balancing: for routers that have no superclass target
         aux = aux_loss.float()
-        if aux_weight > 0:
+        if aux_weight > 0 and superclass_target is None:
             total = total + aux_weight * aux
     return LossParts(total=total, cls=cls, router=router, aux=aux)
