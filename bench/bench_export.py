@@ -82,9 +82,9 @@ def main() -> None:
     torch.manual_seed(0)
     runtimes = args.runtimes.split(",")
 
-    from mobile_vmoe.config import parse_overrides
+    from mobile_vmoe.config import ModelConfig, parse_overrides
 
-    moe = create_model(args.model, **{"img_size": args.img_size, **parse_overrides(args.set)}).eval()
+    moe = create_model(args.model, **{"img_size": args.img_size, **parse_overrides(args.set, ModelConfig)}).eval()
     dense = create_model(dense_twin(moe.cfg)).eval()
     variants = {"moe-gather": (moe, "gather"), "dense-twin": (dense, "gather"), "moe-all-experts": (moe, "dense")}
     for name, (m, d) in variants.items():
@@ -112,4 +112,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from mobile_vmoe.errors import run_script
+
+    run_script(main)

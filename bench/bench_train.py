@@ -85,4 +85,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from mobile_vmoe.errors import run_script
+
+    run_script(main)

@@ -131,4 +131,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mobile_vmoe.errors import run_script
+
+    run_script(main)

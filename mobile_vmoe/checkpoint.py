@@ -1,18 +1,21 @@
 """Checkpoints: plain data and tensors only, written atomically, read with weights_only=True.
 
-Layout of a checkpoint dict (all keys optional except format, version, model_config, model)::
+Layout of a checkpoint dict (all keys optional except format, version, model_config, model; every
+key with its type is in docs/formats.md)::
 
     format          "mvmoe-checkpoint"
     version         1
     model_config    ModelConfig.to_dict()
     model           state_dict of the model
-    ema             state_dict of the EMA weights (preferred for eval/export when present)
+    ema             state_dict of the EMA weights (preferred for eval/export when present), ema_n_averaged
     class_names     list[str], index = class id
     superclasses    {"names": [...], "class_to_superclass": [int per class]} or None
-    data            {"name", "img_size", "in_chans", "mean", "std"}: what the model expects
-    train_config    dict of the training settings
-    metrics         dict of final / latest metrics
-    epoch, step     progress; optimizer, scheduler, scaler, rng: resume state
+    data            {"name", "spec", "seed", "img_size", "in_chans", "mean", "std"}: what rebuilds the
+                    data and what the model expects
+    train_config    TrainConfig.to_dict() (the training settings, "model" nested)
+    metrics         dict of the last evaluation
+    epoch, step     progress; last.pt adds the resume state of train.loop.TrainState.state_dict()
+                    (optimizer, scheduler, epoch_step, RNG of every rank, steps_per_epoch, finished)
 
 A file that is not such a dict (a stranger's pickle, a truncated download) gives a clear
 MvmoeError; torch.load(weights_only=True) means loading never runs code from the file.

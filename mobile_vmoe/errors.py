@@ -3,3 +3,15 @@
 
 class MvmoeError(Exception):
     """A problem the user can fix (bad input, missing file, wrong layout). The message says how."""
+
+
+def run_script(main) -> None:
+    """Entry point of a bench/ script: ``main()``'s return value is the exit code; an MvmoeError
+    becomes ``error: <message>`` on stderr and exit 1, as in the ``mvmoe`` command."""
+    import sys
+
+    try:
+        sys.exit(main())
+    except MvmoeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -94,7 +94,7 @@ def flops_cmd(
         raise MvmoeError("give exactly one of --model NAME or a CHECKPOINT file")
     if dispatch not in (None, "gather", "dense"):
         raise MvmoeError(f"--dispatch {dispatch!r}: expected gather or dense")
-    overrides = parse_overrides(set_)
+    overrides = parse_overrides(set_, ModelConfig)
     artifact = None
     if model is not None:
         cfg = get_config(model, **overrides)

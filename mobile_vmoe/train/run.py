@@ -139,10 +139,10 @@ def default_out_dir(model_name: str, data: str) -> Path:
 # ------------------------------------------------------------------------------ new / resume
 def train(tcfg: TrainConfig, bundle, out_dir: str | Path | None = None, *, superclasses: str = "auto",
           quiet: bool = False) -> dict:
-    """Train a new run into ``out_dir`` (default: a new folder under ./runs/); returns the summary.
-
-    The summary (also DIR/summary.json) has ``"stopped": True`` and ``run_dir`` when an interrupt
-    or ``stop_after_steps`` ended it early: continue with ``resume(run_dir)``.
+    """Train a new run into ``out_dir`` (default: a new folder under ./runs/); returns the summary
+    (also written to DIR/summary.json). When an interrupt or ``stop_after_steps`` ends it early it
+    returns ``{"stopped": True, "epoch", "step", "last", "run_dir"}`` and writes no summary.json:
+    continue with ``resume(run_dir)``.
     """
     out = Path(out_dir) if out_dir is not None else default_out_dir(tcfg.model.name, bundle.spec or bundle.name)
     check_run(tcfg, bundle, str(superclasses), out)
