@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from converters import executorch as et
-from converters import onnx_export, tflite
-from converters.prepare import decompose_layernorm, export_static, prepare_for_export
+from mobile_vmoe.converters import executorch as et
+from mobile_vmoe.converters import onnx_export, tflite
+from mobile_vmoe.converters.prepare import decompose_layernorm, export_static, prepare_for_export
 from mobile_vmoe import create_model, dense_twin
 from mobile_vmoe.profile.flops import profile_flops
 from mobile_vmoe.profile.timing import time_interleaved

@@ -34,7 +34,7 @@ def target_module(name: str):
     import importlib
 
     mod = {"coreml": "coreml", "executorch": "executorch", "tflite": "tflite", "onnx": "onnx_export"}[name]
-    return importlib.import_module(f"converters.{mod}")
+    return importlib.import_module(f"{__package__}.{mod}")
 
 
 def precisions_of(target: str, backend: str | None) -> tuple[str, ...]:

@@ -192,7 +192,7 @@ def test_kotlin_benchmark_json_is_read_by_profile_ingest(kotlin_build, tmp_path)
 def test_kotlin_pipeline_on_a_real_model_and_export_metadata(kotlin_build, tmp_path):
     """Metadata from the converter's build_metadata -> Kotlin preprocessing -> the exported interface
     (ExportWrapper, in torch) -> Kotlin decoding: what the app shows is what the model says."""
-    from converters.prepare import build_metadata, not_run, prepare_for_export
+    from mobile_vmoe.converters.prepare import build_metadata, not_run, prepare_for_export
     from mobile_vmoe.models.registry import create_model
 
     model = create_model("vmoe-6x64-p32", img_size=32, num_classes=10, num_experts=3, patch_size=8, depth=3,

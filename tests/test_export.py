@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from converters import prepare as P
-from converters.pipeline import export_checkpoint, plan
+from mobile_vmoe.converters import prepare as P
+from mobile_vmoe.converters.pipeline import export_checkpoint, plan
 from mobile_vmoe import create_model
 from mobile_vmoe.checkpoint import save_checkpoint
 from mobile_vmoe.errors import MvmoeError
@@ -210,7 +210,7 @@ def test_metadata_round_trip(exported, tiny_ckpt):
     from mobile_vmoe.profile.flops import profile_flops
 
     assert meta["macs"] == profile_flops(model_from_checkpoint(tiny_ckpt)[0], dispatch="gather").macs
-    from converters.coreml import read_metadata
+    from mobile_vmoe.converters.coreml import read_metadata
 
     ud = read_metadata(out / "vmoe-6x64-p32_coreml_fp32.mlpackage")
     assert json.loads(ud["labels"]) == meta["labels"]
@@ -289,7 +289,7 @@ def test_failed_parity_leaves_nothing_behind(tiny_ckpt, tmp_path):
 
 
 def test_copy_to_app_puts_artifact_and_json_where_the_apps_look(tmp_path):
-    from converters.pipeline import APP_DIRS, copy_to_app
+    from mobile_vmoe.converters.pipeline import APP_DIRS, copy_to_app
 
     src = tmp_path / "exports"
     (src / "m_coreml_fp16.mlpackage" / "Data").mkdir(parents=True)
@@ -318,7 +318,7 @@ def test_artifact_names_tell_the_dispatch_apart():
 
 
 def test_converters_raise_mvmoe_errors_for_user_errors():
-    from converters import tflite
+    from mobile_vmoe.converters import tflite
 
     with pytest.raises(MvmoeError, match="int8 needs calibration images"):
         tflite.quant_config("int8", None, torch.zeros(1), None)
@@ -351,6 +351,6 @@ def test_pt2e_quantize_calibrates_one_image_at_a_time(monkeypatch):
     assert seen == [(1, 8)] * 6
     with torch.no_grad():
         assert torch.allclose(q(calib[2:3]), net(calib[2:3]), atol=0.05)
-    from converters import executorch, tflite
+    from mobile_vmoe.converters import executorch, tflite
 
     assert executorch.pt2e_quantize is P.pt2e_quantize and tflite.pt2e_quantize is P.pt2e_quantize

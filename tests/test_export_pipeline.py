@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from converters import pipeline
-from converters import prepare as P
+from mobile_vmoe.converters import pipeline
+from mobile_vmoe.converters import prepare as P
 from mobile_vmoe import create_model
 from mobile_vmoe.checkpoint import save_checkpoint
 from mobile_vmoe.errors import MvmoeError
@@ -280,7 +280,7 @@ def test_full_filesystem_during_conversion_is_one_line(monkeypatch, tmp_path):
 # ---------------------------------------------------------------------------- library noise
 QUIET_SCRIPT = """
 import logging, os, sys, warnings
-from converters.quiet import loud, quiet
+from mobile_vmoe.converters.quiet import loud, quiet
 verbose = sys.argv[1] == "verbose"
 with quiet(verbose), quiet(verbose, log=sys.argv[2]):  # the pipeline nests them: one per target
     os.write(1, b"cpuinfo: native stdout\\n")

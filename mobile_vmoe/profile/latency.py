@@ -95,7 +95,7 @@ VERIFIED = "the artifact's .json (model_config), which matches the artifact's si
 def verified_metadata(path: str | Path) -> dict:
     """The .json of an exported artifact (given the artifact or the .json), after checking that it
     belongs to the artifact: size and sha256 as recorded at export. MvmoeError otherwise."""
-    from converters.prepare import tree_sha256
+    from mobile_vmoe.converters.prepare import tree_sha256
 
     meta_path = Path(path).with_suffix(".json")
     meta = artifact_meta(Path(path))
@@ -147,7 +147,7 @@ TARGETS = {".pte": "executorch", ".tflite": "tflite", ".onnx": "onnx", ".mlpacka
 def open_runner(path: Path, threads: int | None, per_op: bool = False):
     """The artifact opened by its converter's ``load_runner`` (the same runner export's parity
     uses); MvmoeError where it cannot run here."""
-    from converters.pipeline import target_module
+    from mobile_vmoe.converters.pipeline import target_module
 
     kw = {"per_op": True} if per_op else {}
     if path.suffix == ".mlpackage":
