@@ -71,7 +71,7 @@ def prepare_for_export(model: nn.Module, *, dispatch: str = "gather", fused_atte
     if dispatch not in ("gather", "dense"):
         raise MvmoeError(f"export dispatch {dispatch!r}: expected gather (static top-k) or dense (all experts)")
     m = copy.deepcopy(model).eval()
-    if m.cfg.is_moe and m.cfg.routing == "image":
+    if m.cfg.is_per_image:
         m.set_dispatch(dispatch)
     m.set_fused_attention(fused_attention)
     for p in m.parameters():

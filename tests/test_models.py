@@ -177,3 +177,26 @@ def test_drop_path_only_in_training():
     a = model(x)
     torch.manual_seed(1)
     assert not torch.allclose(a, model(x))
+
+
+def test_drop_path_is_torchvisions_stochastic_depth_per_sample():
+    """Training: each sample's residual branch is kept (scaled by 1 / (1 - p)) or dropped whole;
+    eval: identity."""
+    from mobile_vmoe.models.vit import Block, Mlp
+
+    block = Block(8, 2, Mlp(8, 16), drop_path=0.5)
+    branch = torch.ones(64, 3, 8)
+    torch.manual_seed(0)
+    y = block.drop_path.train()(branch)
+    per_sample = y[:, 0, 0]
+    assert set(per_sample.tolist()) <= {0.0, 2.0} and 0 < int((per_sample == 0).sum()) < 64
+    assert torch.equal(y, per_sample.view(64, 1, 1).expand_as(y))  # whole sample kept or dropped
+    assert torch.equal(block.drop_path.eval()(branch), branch)
+
+
+def test_set_dispatch_keeps_the_config_true():
+    model = create_model("vmoe-6x64-p32", img_size=64, num_classes=3)
+    assert model.set_dispatch("dense").cfg.dispatch == "dense"
+    assert all(m.dispatch == "dense" for m in model.modules() if hasattr(m, "resolve_dispatch"))
+    with pytest.raises(MvmoeError, match="dispatch='scatter'"):
+        model.set_dispatch("scatter")
