@@ -256,3 +256,42 @@ def test_load_failures_are_counted_across_dataloader_workers(tree):
     assert len(labels) == 13 and b.train.load_failures == 1
     # the truncated c03 image was replaced by the next sample (also c03)
     assert torch.bincount(labels).tolist() == [3, 3, 3, 4]
+
+
+# ----------------------------------------------------------------------------------- shapes
+def test_shapes_spec_and_layout():
+    from mobile_vmoe.data.shapes import class_names, parse_shapes_spec
+
+    assert parse_shapes_spec("shapes") == (100, 10) and parse_shapes_spec("shapes:30:3") == (30, 3)
+    for bad in ("shapes:5", "shapes:200:10", "shapes:40:11", "shapes:x:y"):
+        with pytest.raises(MvmoeError, match="bad shapes spec"):
+            parse_shapes_spec(bad)
+    names = class_names(20, 10)
+    # class c: superclass c % S, detail kind (c % S) % 3, variant c // S
+    assert names[0] == "disk.texture0" and names[11] == "square.part1" and names[12] == "triangle.layout1"
+
+
+def test_shapes_is_seeded_sized_and_planted():
+    a = build_data("shapes:20:4", augment="none", seed=1)
+    b = build_data("shapes:20:4", augment="none", seed=1)
+    c = build_data("shapes:20:4", augment="none", seed=2)
+    assert torch.equal(a.train.images, b.train.images) and not torch.equal(a.train.images, c.train.images)
+    assert a.train.images.shape == (20 * 60, 3, 32, 32) and len(a.val) == 20 * 20
+    assert a.planted_superclasses == [i % 4 for i in range(20)] and a.spec == "shapes:20:4"
+    assert 0.0 <= float(a.train.images.min()) and float(a.train.images.max()) <= 1.0
+    assert not torch.equal(a.train.images[:20], a.val.images[:20])  # train and val streams differ
+
+
+def test_shapes_outlines_and_details_by_hand():
+    """Object coordinates: the disk holds (0, 0) but not (0.9, 0.9); the ring not its centre; the
+    part of variant 1 (place 1, light) sits at (0.45, 0.45); the layout split of place 0 is x > 0."""
+    from mobile_vmoe.data.shapes import detail, outline
+
+    x = torch.tensor([[[0.0, 0.9, 0.45, -0.8]]])
+    y = torch.tensor([[[0.0, 0.9, 0.45, 0.0]]])
+    assert outline(0, x, y).tolist() == [[[True, False, True, True]]]  # x^2 + y^2 < 1
+    assert outline(3, x, y).tolist() == [[[False, False, False, True]]]  # 0.45 < x^2 + y^2 < 1
+    where, colour = detail(1, 1, x, y, torch.zeros(1, 1, 1))
+    assert where.tolist() == [[[False, False, True, False]]] and colour == 0
+    where, colour = detail(2, 5, x, y, torch.zeros(1, 1, 1))  # variant 5: place 0, dark
+    assert where.tolist() == [[[False, True, True, False]]] and colour == 1

@@ -5,6 +5,8 @@
     "digits"                      scikit-learn's digits (embedded, the default)
     "synthetic"                   generated, 20 classes in 4 planted superclasses
     "synthetic:<N>:<S>"           generated, N classes in S planted superclasses
+    "shapes", "shapes:<N>:<S>"    generated, 100 classes in 10 superclasses (object outline =
+                                  superclass, a superclass-specific detail = class): capacity binds
     PATH                          ImageFolder: PATH/train/<class>/*, PATH/val/<class>/*
 """
 
@@ -48,6 +50,13 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
         bundle = build_synthetic(num_classes, num_superclasses, img_size, augment, seed=seed)
         bundle.spec, bundle.seed = f"synthetic:{num_classes}:{num_superclasses}", seed
         return bundle
+    if spec == "shapes" or spec.startswith("shapes:"):
+        from .shapes import build_shapes, parse_shapes_spec
+
+        num_classes, num_superclasses = parse_shapes_spec(spec)
+        bundle = build_shapes(num_classes, num_superclasses, img_size, augment, seed=seed)
+        bundle.spec, bundle.seed = f"shapes:{num_classes}:{num_superclasses}", seed
+        return bundle
     path = Path(os.path.expanduser(spec))
     if path.exists() or os.sep in spec or spec.startswith("."):
         from .imagefolder import build_imagefolder
@@ -55,5 +64,5 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
         bundle = build_imagefolder(path, img_size, augment, max_bad_fraction=max_bad_fraction)
         bundle.spec = str(path.resolve())
         return bundle
-    raise MvmoeError(f"unknown dataset {spec!r}: use digits, synthetic, synthetic:<classes>:<superclasses>, "
+    raise MvmoeError(f"unknown dataset {spec!r}: use digits, synthetic, synthetic:<classes>:<superclasses>, shapes, "
                      "or the path of a folder with train/<class>/ and val/<class>/ subfolders")
