@@ -107,12 +107,14 @@ def test_report_files(runs, tmp_path):
     assert list(body)[:3] == ["vmoe-6x64-p8-e5", "vit-6x64-p8", "vmoe-6x64-p8-e5-token"]
     assert sum("[published]" in k for k in body) == 4
     moe = body["vmoe-6x64-p8-e5"].split(" | ")
-    # model dataset routing MACs params active top1 top5 router | pte latency | tflite latency
-    assert moe[1:9] == ["digits", "image", "5.43M", "579.34K", "314.64K", "91.25", "99.50", "88.00"]
-    assert moe[9] == "0.612" and moe[10] == "-" and moe[11] == "tmp0/run_moe |".replace("tmp0", tmp_path.name)
+    # model dataset routing arm epochs MACs params active top1 top5 router | pte latency | tflite latency
+    assert moe[1:11] == ["digits", "image", "moe-sc", "8", "5.43M", "579.34K", "314.64K", "91.25", "99.50", "88.00"]
+    assert moe[11] == "0.612" and moe[12] == "-" and moe[13] == "tmp0/run_moe |".replace("tmp0", tmp_path.name)
     dense = body["vit-6x64-p8"].split(" | ")
-    assert dense[2] == "none" and dense[9] == "-" and dense[10] == "1.250" and dense[11] == "run_moe/dense |"
-    assert "not measured here" in md
+    assert dense[2:4] == ["none", "superclass-source"]  # the dense stage is marked, not the baseline
+    assert dense[11] == "-" and dense[12] == "1.250" and dense[13] == "run_moe/dense |"
+    assert "not the equal-budget dense baseline" in md and "not measured here" in md
+    assert body["vmoe-6x64-p8-e5-token"].split(" | ")[3] == "token"
 
     rows = list(csv.DictReader(paths["table.csv"].open()))
     by = {r["model"]: r for r in rows}
@@ -176,3 +178,27 @@ def test_cli_report(runs, tmp_path):
     assert "| vmoe-6x64-p8-e5 | digits |" in r.stdout
     assert "tflite int8 @ Pixel 8 (Android 15)" in r.stdout and "executorch-xnnpack fp32 @ local" in r.stdout
     assert sorted(p.name for p in out.iterdir()) == ["flops_vs_accuracy.png", "routing.png", "table.csv", "table.md"]
+
+
+def test_seeds_aggregate_into_mean_and_std(tmp_path):
+    """Three seeds of one arm and model: one point, mean and sample std by hand; a different epoch
+    count is another point (never averaged together)."""
+    from mobile_vmoe.profile.report import aggregate, load_runs
+
+    dirs = []
+    for seed, top1 in enumerate((90.0, 92.0, 94.0)):
+        d = tmp_path / f"s{seed}"
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps(_summary(seed=seed, top1=top1, superclass_names=None,
+                                                            expert_usage=None, routing="image")))
+        dirs.append(d)
+    longer = tmp_path / "long"
+    longer.mkdir()
+    (longer / "summary.json").write_text(json.dumps(_summary(epochs=30, top1=95.0, superclass_names=None,
+                                                             expert_usage=None)))
+    points = {(p.arm, p.epochs): p for p in aggregate(load_runs(dirs + [longer]))}
+    p = points[("moe-e2e", 8)]
+    assert p.mean == pytest.approx(92.0) and p.std == pytest.approx(2.0)  # sqrt((4 + 0 + 4) / 2)
+    assert points[("moe-e2e", 30)].top1 == [95.0]
+    md = make_report(dirs + [longer], [], tmp_path / "rep", published=False)["table.md"].read_text()
+    assert "| digits | moe-e2e | vmoe-6x64-p8-e5 | 8 | 5.43M | 3 | 92.00 +- 2.00 |" in md

@@ -2,8 +2,13 @@
 
 Inputs (formats: docs/formats.md)
 - run directories: DIR/summary.json; a per-image MoE trained with `--superclasses auto` also holds
-  its dense stage in DIR/dense/summary.json, which becomes a row of its own (the dense twin at
-  equal MACs, the paper's comparison).
+  its dense stage in DIR/dense/summary.json, which becomes a row of its own marked as the
+  superclass source (trained on the training split less the holdout, for ``dense_epochs``): it is
+  never drawn or tabled as the equal-budget dense baseline. That baseline is a dense run of its own.
+- each run has an arm: dense, moe-sc (per-image router trained on superclasses), moe-e2e
+  (per-image router trained end to end), token (per-token V-MoE), or what summary.json's ``arm``
+  says (e.g. a peer model). Runs of one dataset, arm, model and epochs are seeds of one point:
+  table.md adds their mean +- std, and the plot draws the mean with the std as error bars.
 - latency JSON files (`mvmoe profile latency --out F`, `mvmoe profile ingest --out F`): matched to
   the run whose checkpoint made the artifact (``checkpoint_sha256``, carried from the artifact's
   .json), else, for files without it, by the model name in the artifact name
@@ -53,10 +58,26 @@ class Row:
     expert_usage: list | None = None
     superclass_names: list | None = None
     checkpoint: Path | None = None  # the run's model.pt, to match latency files by checkpoint_sha256
+    epochs: int | None = None
+    arm: str = "dense"  # dense | moe-sc | moe-e2e | token | superclass-source | a peer's name
+    seed: int | None = None
 
-    @property
-    def kind(self) -> str:
-        return "dense" if self.routing in (None, "none") else "moe"
+
+SUPERCLASS_SOURCE = "superclass-source"
+
+
+def arm_of(s: dict, superclass_source: bool = False) -> str:
+    """The comparison arm of a run from its summary.json."""
+    if superclass_source:
+        return SUPERCLASS_SOURCE
+    if s.get("arm"):
+        return str(s["arm"])
+    routing = s.get("routing") or ("image" if s.get("num_experts") else "none")
+    if routing == "none":
+        return "dense"
+    if routing == "token":
+        return "token"
+    return "moe-sc" if s.get("superclass_names") or s.get("superclasses_file") else "moe-e2e"
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -64,7 +85,7 @@ class Row:
 NUMERIC = ("top1", "top5", "router_superclass_top1", "macs", "params", "active_params")
 
 
-def _row_from_summary(s: dict, source: str) -> Row:
+def _row_from_summary(s: dict, source: str, superclass_source: bool = False) -> Row:
     missing = [k for k in ("model", "top1", "macs") if k not in s]
     if missing:
         raise MvmoeError(f"{source}/summary.json: missing key(s) {', '.join(missing)} (not a `mvmoe train` run?)")
@@ -76,7 +97,8 @@ def _row_from_summary(s: dict, source: str) -> Row:
     return Row(str(s["model"]), str(s.get("dataset", "?")), routing, s.get("macs"), s.get("params"),
                s.get("active_params"), s.get("top1"), s.get("top5"), s.get("router_superclass_top1"), source,
                expert_usage=s.get("expert_usage"), superclass_names=s.get("superclass_names"),
-               checkpoint=_run_checkpoint(s, Path(source)))
+               checkpoint=_run_checkpoint(s, Path(source)), epochs=s.get("epochs"),
+               arm=arm_of(s, superclass_source), seed=s.get("seed"))
 
 
 def _run_checkpoint(s: dict, run_dir: Path) -> Path | None:
@@ -101,7 +123,8 @@ def load_runs(run_dirs: list[str | Path]) -> list[Row]:
         for sub in (d, d / "dense"):
             if (sub / "summary.json").is_file() and sub.resolve() not in seen:
                 seen.add(sub.resolve())
-                rows.append(_row_from_summary(read_json_object(sub / "summary.json"), str(sub)))
+                rows.append(_row_from_summary(read_json_object(sub / "summary.json"), str(sub),
+                                              superclass_source=sub != d))
     return rows
 
 
@@ -196,7 +219,8 @@ def published_rows() -> list[Row]:
                 m = MobileVMoE(cfg)
             params, active = m.num_params(), m.num_active_params()
         rows.append(Row(name, "ImageNet-1k", "image" if kind == "moe" else "none", int(macs), params, active,
-                        top1, None, None, f"published: {note}", published=True))
+                        top1, None, None, f"published: {note}", published=True,
+                        arm="moe-sc" if kind == "moe" else "dense"))
     return rows
 
 
@@ -217,18 +241,59 @@ def _fmt(v, kind: str = "") -> str:
     return str(v)
 
 
-HEAD = ["model", "dataset", "routing", "active MACs", "params", "active params", "top-1 (%)", "top-5 (%)",
-        "router superclass top-1 (%)"]
+HEAD = ["model", "dataset", "routing", "arm", "epochs", "active MACs", "params", "active params", "top-1 (%)",
+        "top-5 (%)", "router superclass top-1 (%)"]
 
 
 def table_rows(rows: list[Row], cols: list[str]) -> list[list]:
     """Raw values (for CSV) in HEAD + latency column order."""
-    return [[r.model + (" [published]" if r.published else ""), r.dataset, r.routing, r.macs, r.params,
-             r.active_params, r.top1, r.top5, r.router_top1] + [r.latency.get(c) for c in cols] for r in rows]
+    return [[r.model + (" [published]" if r.published else ""), r.dataset, r.routing, r.arm, r.epochs, r.macs,
+             r.params, r.active_params, r.top1, r.top5, r.router_top1] + [r.latency.get(c) for c in cols]
+            for r in rows]
+
+
+@dataclass
+class Point:
+    """The seeds of one (dataset, arm, model, epochs): mean and sample std of top-1."""
+
+    dataset: str
+    arm: str
+    model: str
+    epochs: int | None
+    macs: int
+    top1: list[float]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.top1) / len(self.top1)
+
+    @property
+    def std(self) -> float:
+        n = len(self.top1)
+        return math.sqrt(sum((v - self.mean) ** 2 for v in self.top1) / (n - 1)) if n > 1 else 0.0
+
+
+def aggregate(rows: list[Row]) -> list[Point]:
+    """Measured rows with an accuracy, grouped over seeds (the published rows are left out)."""
+    points: dict[tuple, Point] = {}
+    for r in rows:
+        if r.published or r.top1 is None or not r.macs:
+            continue
+        key = (r.dataset, r.arm, r.model, r.epochs)
+        points.setdefault(key, Point(r.dataset, r.arm, r.model, r.epochs, r.macs, [])).top1.append(r.top1)
+    return list(points.values())
+
+
+def render_points(points: list[Point]) -> str:
+    lines = ["| dataset | arm | model | epochs | active MACs | seeds | top-1 (%) mean +- std |", "|---|---|---|---|---|---|---|"]
+    for p in sorted(points, key=lambda p: (p.dataset, p.macs, p.arm)):
+        lines.append(f"| {p.dataset} | {p.arm} | {p.model} | {_fmt(p.epochs)} | {_fmt(p.macs, 'count')} | "
+                     f"{len(p.top1)} | {p.mean:.2f} +- {p.std:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def render_markdown(rows: list[Row], cols: list[str]) -> str:
-    kinds = ["", "", "", "count", "count", "count", "pct", "pct", "pct"] + ["ms"] * len(cols)
+    kinds = ["", "", "", "", "", "count", "count", "count", "pct", "pct", "pct"] + ["ms"] * len(cols)
     head = HEAD + [f"latency {c}" for c in cols] + ["run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r, vals in zip(rows, table_rows(rows, cols)):
@@ -236,16 +301,21 @@ def render_markdown(rows: list[Row], cols: list[str]) -> str:
         lines.append("| " + " | ".join([_fmt(v, k) for v, k in zip(vals, kinds)] + [run]) + " |")
     note = ("\nActive MACs: multiply-accumulates per image of what runs (gather path: the chosen experts only); "
             "latency: median over timed runs, batch 1.")
+    if any(r.arm == SUPERCLASS_SOURCE for r in rows):
+        note += (f" Arm {SUPERCLASS_SOURCE}: the dense stage a superclass run clusters its confusions from, "
+                 "trained on the training split less a holdout; not the equal-budget dense baseline.")
     if any(r.published for r in rows):
         note += (" Rows marked [published] are ImageNet-1k numbers quoted from the papers "
                  "(Mobile V-MoE arXiv 2309.04354, DeiT, MobileNetV3), not measured here.")
-    return "\n".join(lines) + "\n" + note + "\n"
+    points = aggregate(rows)
+    seeds = ("\n## Over seeds\n\n" + render_points(points)) if any(len(p.top1) > 1 for p in points) else ""
+    return "\n".join(lines) + "\n" + note + "\n" + seeds
 
 
 def render_csv(rows: list[Row], cols: list[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["model", "dataset", "routing", "active_macs", "params", "active_params", "top1", "top5",
+    w.writerow(["model", "dataset", "routing", "arm", "epochs", "active_macs", "params", "active_params", "top1", "top5",
                 "router_superclass_top1"] + [f"latency_ms {c}" for c in cols] + ["published", "source"])
     for r, vals in zip(rows, table_rows(rows, cols)):
         w.writerow([r.model] + ["" if v is None else v for v in vals[1:]] + [int(r.published), r.source])
@@ -261,8 +331,34 @@ def _save_fig(fig, path: Path) -> None:
     atomic_write_bytes(path, write)
 
 
+ARM_STYLE = {  # label, marker, line, colour
+    "dense": ("dense", "o", "--", "tab:gray"),
+    "moe-sc": ("Mobile V-MoE (superclass router)", "s", "-", "tab:blue"),
+    "moe-e2e": ("per-image MoE (end-to-end router)", "^", "-", "tab:green"),
+    "token": ("per-token V-MoE", "D", "-", "tab:purple"),
+    SUPERCLASS_SOURCE: ("dense stage (superclass source, not a baseline)", "o", "none", "tab:olive"),
+}
+
+
+def _draw_points(ax, points: list[Point], datasets: list[str]) -> None:
+    """One curve per (dataset, arm): seed means with std error bars; epochs in the label when the
+    arms of a dataset were trained for different epochs (never a silent pairing)."""
+    for di, ds in enumerate(datasets):
+        mine = [p for p in points if p.dataset == ds]
+        mixed_epochs = len({p.epochs for p in mine if p.arm != SUPERCLASS_SOURCE}) > 1
+        for arm in dict.fromkeys(p.arm for p in mine):
+            pts = sorted((p for p in mine if p.arm == arm), key=lambda p: p.macs)
+            label, marker, ls, colour = ARM_STYLE.get(arm, (arm, "*", "none", "black"))
+            epochs = sorted({p.epochs for p in pts}, key=lambda e: e or 0)
+            label += f" [{ds}]" if len(datasets) > 1 else ""
+            label += f" ({'/'.join(str(e) for e in epochs)} ep)" if mixed_epochs or arm == SUPERCLASS_SOURCE else ""
+            ax.errorbar([p.macs / 1e6 for p in pts], [p.mean for p in pts], yerr=[p.std for p in pts], label=label,
+                        marker=marker, ls=ls, color=colour, alpha=1.0 if di == 0 else 0.6, capsize=3,
+                        mfc="none" if arm == SUPERCLASS_SOURCE else colour)
+
+
 def plot_flops_vs_accuracy(rows: list[Row], path: Path) -> None:
-    """Top-1 against active MACs, one dense and one MoE curve per dataset (the paper's Fig. 1 form);
+    """Top-1 against active MACs per arm (the paper's Fig. 1 form), mean +- std over seeds;
     published ImageNet numbers in a panel of their own."""
     import matplotlib
 
@@ -270,29 +366,20 @@ def plot_flops_vs_accuracy(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    ours = [r for r in rows if not r.published and r.top1 is not None and r.macs]
+    points = aggregate(rows)
     pub = [r for r in rows if r.published]
-    panels = [("measured here", ours)] + ([("published, ImageNet-1k (not measured here)", pub)] if pub else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), squeeze=False)
-    styles = {"dense": dict(marker="o", ls="--", color="tab:gray"), "moe": dict(marker="s", ls="-", color="tab:blue")}
-    for ax, (title, rs) in zip(axes[0], panels):
-        datasets = list(dict.fromkeys(r.dataset for r in rs))
-        for di, ds in enumerate(datasets):
-            for kind in ("dense", "moe"):
-                pts = sorted((r for r in rs if r.dataset == ds and r.kind == kind), key=lambda r: r.macs)
-                if not pts:
-                    continue
-                st = dict(styles[kind])
-                if di:
-                    st["color"] = {"dense": "tab:brown", "moe": "tab:orange"}[kind] if di == 1 else None
-                label = ("Mobile V-MoE" if kind == "moe" else "dense") + (f" ({ds})" if len(datasets) > 1 or ds != "ImageNet-1k" else "")
-                if title.startswith("published"):
-                    st["ls"] = "none"  # different families (CNN, ViT): points, not a curve
-                ax.plot([r.macs / 1e6 for r in pts], [r.top1 for r in pts], label=label, **st)
-                for r in pts:
-                    ax.annotate(r.model if len(r.model) < 28 else r.model[:26] + "…", (r.macs / 1e6, r.top1),
-                                textcoords="offset points", xytext=(4, 4) if kind == "dense" else (4, -11), fontsize=7)
-        xs = [r.macs / 1e6 for r in rs]
+    panels = [("measured here", points)] + ([("published, ImageNet-1k (not measured here)", pub)] if pub else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.8 * len(panels), 4.8), squeeze=False)
+    for ax, (title, items) in zip(axes[0], panels):
+        if title == "measured here":
+            _draw_points(ax, items, list(dict.fromkeys(p.dataset for p in items)))
+        else:
+            for r in items:
+                label, marker, _, colour = ARM_STYLE[r.arm]
+                ax.plot([r.macs / 1e6], [r.top1], marker=marker, ls="none", color=colour)
+                ax.annotate(r.model if len(r.model) < 28 else r.model[:26] + "…", (r.macs / 1e6, r.top1),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7)
+        xs = [(p.macs / 1e6) for p in items]
         wide = bool(xs) and max(xs) / min(xs) > 3
         if wide:
             ax.set_xscale("log")
@@ -306,11 +393,11 @@ def plot_flops_vs_accuracy(rows: list[Row], path: Path) -> None:
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        if rs:
-            ax.legend(fontsize=8, loc="best")
-        else:
+        if items and title == "measured here":
+            ax.legend(fontsize=7, loc="best")
+        elif not items:
             ax.text(0.5, 0.5, "no runs with accuracy", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle("Accuracy vs. compute: dense vs. Mobile V-MoE", fontsize=11)
+    fig.suptitle("Accuracy vs. compute per arm (error bars: std over seeds)", fontsize=11)
     _save_fig(fig, path)
     plt.close(fig)
 
