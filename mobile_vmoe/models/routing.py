@@ -171,7 +171,7 @@ def assign_slots(index: torch.Tensor, priority: torch.Tensor, num_experts: int, 
     B, T, k = index.shape
     E, C = num_experts, capacity
     if batch_priority:
-        order = priority.argsort(dim=1, descending=True, stable=True)  # (B, T)
+        order = priority.topk(T, dim=1).indices  # (B, T) most confident first (topk: in core ATen, unlike a stable sort)
     else:
         order = torch.arange(T, device=index.device).expand(B, T)
     sorted_index = index.gather(1, order.unsqueeze(-1).expand(B, T, k))  # (B, T, k)
@@ -180,7 +180,8 @@ def assign_slots(index: torch.Tensor, priority: torch.Tensor, num_experts: int, 
     position = onehot.cumsum(dim=1) - 1  # (B, k*T, E) rank within the expert
     position = (position * onehot).sum(dim=-1)  # (B, k*T)
     position = position.reshape(B, k, T).transpose(1, 2)  # (B, T, k) in priority order
-    inverse = order.argsort(dim=1)  # (B, T)
+    ranks = torch.arange(T, device=index.device).expand(B, T)
+    inverse = torch.zeros(B, T, dtype=order.dtype, device=index.device).scatter(1, order, ranks)  # (B, T): where each token sits in ``order``
     position = position.gather(1, inverse.unsqueeze(-1).expand(B, T, k))  # natural token order
     kept = position < C
     slot = torch.where(kept, index * C + position, torch.full_like(position, E * C))
