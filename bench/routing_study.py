@@ -40,6 +40,9 @@ EXPERTS = {"digits": 5, "synthetic": 4, "shapes": 10}
 KEYS = ("model", "top1", "top5", "router_superclass_top1", "macs", "active_params", "params", "train_seconds",
         "expert_counts", "expert_entropy", "expert_entropy_max", "token_drop_fraction", "superclass_ari",
         "superclass_sizes")
+# Fixed before any run was made: batch 64 (a 6,000-image split gives 93 steps per epoch), one
+# warmup epoch, one thread per process; everything else is TrainConfig's default.
+STUDY_SETTINGS = {"batch_size": 64, "warmup_epochs": 1.0, "threads": 1}
 QUICK = dict(data=["shapes"], sizes=["6x32", "6x64"], seeds=1, epochs=10)
 
 
@@ -62,7 +65,7 @@ def run_arm(arm: str, data: str, size: str, seed: int, epochs: int, out: Path, e
 
     torch.set_num_threads(1)
     base = "vit-6x64-p32" if arm == "dense" else "vmoe-6x64-p32"
-    settings = {**size_settings(size), "threads": 1, "warmup_epochs": 1.0, **extra}
+    settings = {**size_settings(size), **STUDY_SETTINGS, **extra}
     if arm != "dense":
         settings["num_experts"] = EXPERTS.get(data.split(":")[0], 5)
     if arm == "token":
@@ -99,8 +102,7 @@ def train_peer(data: str, seed: int, epochs: int, out: Path, extra: dict) -> dic
     from mobile_vmoe.train.state import seed_everything
 
     torch.set_num_threads(1)
-    tcfg, bundle = resolve("vit-6x64-p32", data, {"threads": 1, "warmup_epochs": 1.0, **extra}, epochs=epochs,
-                           seed=seed)
+    tcfg, bundle = resolve("vit-6x64-p32", data, {**STUDY_SETTINGS, **extra}, epochs=epochs, seed=seed)
     stage = Stage(tcfg, bundle, out, name="peer", quiet=True)
     seed_everything(seed)
     model = torchvision.models.mobilenet_v3_small(num_classes=bundle.num_classes)
