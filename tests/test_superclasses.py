@@ -146,8 +146,11 @@ def test_superclasses_cli_on_a_trained_checkpoint(one_thread, tmp_path):
     from mobile_vmoe.checkpoint import save_checkpoint
     from mobile_vmoe.cli import app
 
+    from mobile_vmoe.data.holdout import split_for_superclasses
+
     model, data = _tiny_dense_on_synthetic()
-    sc = superclasses_from_model(model, torch.utils.data.DataLoader(data.val, batch_size=250), data.class_names, 4,
+    _, held = split_for_superclasses(data, 0.1, seed=0)  # the CLI's default: 10 %, the checkpoint's seed (0)
+    sc = superclasses_from_model(model, torch.utils.data.DataLoader(held, batch_size=250), data.class_names, 4,
                                  seed=0, source="test")
     ckpt = tmp_path / "model.pt"
     save_checkpoint(ckpt, {"model_config": model.cfg.to_dict(), "model": model.state_dict(),
@@ -158,6 +161,7 @@ def test_superclasses_cli_on_a_trained_checkpoint(one_thread, tmp_path):
     assert res.exit_code == 0, res.stderr
     written = json.loads(out.read_text())
     assert written["class_to_superclass"] == sc["class_to_superclass"] and written["num_superclasses"] == 4
+    assert written["confusion"] == sc["confusion"] and written["fit_on"]["images"] == len(held) == 200
     assert json.loads(res.stdout.strip().splitlines()[-1])["out"] == str(out)
     # the wrong dataset for this model: one-line error, exit 1
     res = CliRunner().invoke(app, ["superclasses", "--checkpoint", str(ckpt), "--data", "digits", "--num", "4",
