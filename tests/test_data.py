@@ -272,11 +272,12 @@ def test_shapes_spec_and_layout():
 
 
 def test_shapes_is_seeded_sized_and_planted():
+    from mobile_vmoe.data.shapes import build_shapes
+
     a = build_data("shapes:20:4", augment="none", seed=1)
-    b = build_data("shapes:20:4", augment="none", seed=1)
-    c = build_data("shapes:20:4", augment="none", seed=2)
-    assert torch.equal(a.train.images, b.train.images) and not torch.equal(a.train.images, c.train.images)
     assert a.train.images.shape == (20 * 60, 3, 32, 32) and len(a.val) == 20 * 20
+    b, c = (build_shapes(20, 4, augment="none", seed=s, train_per_class=60, val_per_class=1) for s in (1, 2))
+    assert torch.equal(a.train.images, b.train.images) and not torch.equal(a.train.images, c.train.images)
     assert a.planted_superclasses == [i % 4 for i in range(20)] and a.spec == "shapes:20:4"
     assert 0.0 <= float(a.train.images.min()) and float(a.train.images.max()) <= 1.0
     assert not torch.equal(a.train.images[:20], a.val.images[:20])  # train and val streams differ
