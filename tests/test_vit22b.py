@@ -271,12 +271,12 @@ def test_static_export_of_every_option(option):
     assert not [n for n in ep.graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)
                 and any(isinstance(s, torch.SymInt) for s in n.meta["val"].shape)]
     targets = [str(n.target) for n in ep.graph.nodes if n.op == "call_function"]
-    # w1, w2 (and b1, b2 with bias) gathered in the one MoE block; LayerNorms: norm1 (+ norm2)
-    # (+ q_norm, k_norm) per block, the router's and the final one
+    # w1, w2 (and b1, b2 with bias) gathered in the one MoE block; LayerNorm ops: norm1 (+ norm2)
+    # per block, the router's and the final one. QK-norm is written with means (2 per norm, q and k).
     opts = OPTIONS[option]
     assert targets.count("aten.index_select.default") == (4 if opts.get("bias", True) else 2)
-    per_block = 1 + (0 if opts.get("parallel_block") else 1) + (2 if opts.get("qk_norm") else 0)
-    assert targets.count("aten.layer_norm.default") == 2 * per_block + 2
+    assert targets.count("aten.layer_norm.default") == 2 * (1 if opts.get("parallel_block") else 2) + 2
+    assert targets.count("aten.mean.dim") == (2 * 2 * 2 if opts.get("qk_norm") else 0)
 
 
 def test_cli_profile_flops_with_options():
@@ -327,15 +327,18 @@ def test_export_parity(option, target, tmp_path):
     p = r.metadata["parity"]
     assert p["ran"] and p["images"] == 16 and p["max_abs_diff"] < 1e-4 and p["top1_agreement"] == 1.0
     opts = OPTIONS[option]
-    # LayerNorms in the artifact: per block norm1 (+ norm2) (+ q_norm, k_norm), + router + final
-    norms = 3 * (1 + (0 if opts.get("parallel_block") else 1) + (2 if opts.get("qk_norm") else 0)) + 2
+    # LayerNorms in the artifact: norm1 (+ norm2) in 3 blocks, the router's and the final one;
+    # QK-norm (q and k in 3 blocks) as 2 means and 1 rsqrt each
+    norms = 3 * (1 if opts.get("parallel_block") else 2) + 2
+    qk = 3 * 2 if opts.get("qk_norm") else 0
     gathers = 2 * (4 if opts.get("bias", True) else 2)  # stacked expert tensors gathered, 2 MoE blocks
     ops = r.metadata["ops"]["ops"]
     if target == "executorch":
         assert ops["aten_native_layer_norm_default"]["portable"] == norms
+        assert ops.get("aten_mean_dim", {"delegated": 0, "portable": 0}) == {"delegated": 2 * qk, "portable": 0}
         assert ops["aten_index_select_default"]["portable"] == gathers
         assert ops["aten_linear_default"]["portable"] == 0 and ops["aten_bmm_default"]["portable"] == 0
     elif target == "onnx":
-        assert ops["LayerNormalization"] == norms and ops["Gather"] == gathers
+        assert ops["LayerNormalization"] == norms and ops.get("ReduceMean", 0) == 2 * qk and ops["Gather"] == gathers
     else:
-        assert ops["RSQRT"] == norms and ops["GATHER_ND"] == gathers and r.metadata["ops"]["flex_ops"] == []
+        assert ops["RSQRT"] == norms + qk and ops["GATHER_ND"] == gathers and r.metadata["ops"]["flex_ops"] == []

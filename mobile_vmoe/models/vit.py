@@ -23,6 +23,24 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2)  # (B, g*g, D)
 
 
+def layer_norm_by_means(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """``norm`` (a LayerNorm over the last dim) from mean, sub, mul, rsqrt and add only.
+
+    The export form of QK-norm: XNNPACK has no LayerNorm kernel, so a native LayerNorm between
+    the qkv projection and the attention matmuls would split the delegated attention in two. The
+    mean over the last dim is a 4-D mean over dims (2, 3), which XNNPACK takes. x (..., d) -> (..., d).
+    """
+    lead, d = x.shape[:-1], x.shape[-1]
+    rows = x.numel() // d
+
+    def mean(t: torch.Tensor) -> torch.Tensor:  # (..., d) -> (..., 1)
+        return t.reshape(1, rows, d, 1).mean(dim=(2, 3), keepdim=True).reshape(*lead, 1)
+
+    xc = x - mean(x)
+    y = xc * torch.rsqrt(mean(xc * xc) + norm.eps) * norm.weight
+    return y if norm.bias is None else y + norm.bias
+
+
 class Attention(nn.Module):
     """Multi-head self-attention, optionally with QK-norm (ViT-22B).
 
@@ -32,7 +50,8 @@ class Attention(nn.Module):
     Both give the same numbers (tested).
 
     ``qk_norm=True`` puts a LayerNorm over the head dim d on the queries and on the keys (one for
-    q, one for k, shared by the heads) before the dot product. ``qkv_bias`` / ``proj_bias`` /
+    q, one for k, shared by the heads) before the dot product; the export form computes it with
+    ``layer_norm_by_means``, so it stays inside the delegated attention. ``qkv_bias`` / ``proj_bias`` /
     ``norm_bias`` switch the biases of the qkv projection, the output projection and the QK-norms.
     """
 
@@ -40,6 +59,7 @@ class Attention(nn.Module):
                  proj_bias: bool = True, norm_bias: bool = True):
         super().__init__()
         self.heads = heads
+        self.qk_norm = qk_norm
         self.head_dim = dim // heads
         self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
@@ -58,8 +78,9 @@ class Attention(nn.Module):
             return self.proj(x.transpose(1, 2).reshape(B, T, D))
         qkv = self.qkv(x)  # (B, T, 3D)
         q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]  # each (B, T, D): slices, not split
-        q = self.q_norm(q.reshape(B, T, h, d))  # (B, T, h, d)
-        k = self.k_norm(k.reshape(B, T, h, d))
+        q, k = q.reshape(B, T, h, d), k.reshape(B, T, h, d)
+        if self.qk_norm:  # normalised over d, each head on its own
+            q, k = layer_norm_by_means(q, self.q_norm), layer_norm_by_means(k, self.k_norm)
         q = (q * self.scale).permute(0, 2, 1, 3).reshape(B * h, T, d)
         k = k.permute(0, 2, 3, 1).reshape(B * h, d, T)
         v = v.reshape(B, T, h, d).permute(0, 2, 1, 3).reshape(B * h, T, d)
