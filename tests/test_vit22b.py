@@ -279,6 +279,23 @@ def test_static_export_of_every_option(option):
     assert targets.count("aten.mean.dim") == (2 * 2 * 2 if opts.get("qk_norm") else 0)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_decomposed_layernorm_export_form_with_all_options(fused):
+    """`--layer-norm decomposed` swaps every LayerNorm, QK-norm's too (fed a strided slice of qkv
+    when attention is fused), and gives the same numbers."""
+    from converters import prepare as P
+
+    model = randomize(tiny("all_three", "image"), std=0.2).eval()
+    w = P.prepare_for_export(model, fused_attention=fused)
+    wd = P.decompose_layernorm(P.prepare_for_export(model, fused_attention=fused))
+    assert not any(isinstance(m, nn.LayerNorm) for m in wd.modules())
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        for a, b in zip(w(x), wd(x)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    P.export_static(wd, x)  # static shapes with the decomposed norms too
+
+
 def test_cli_profile_flops_with_options():
     import json
 
