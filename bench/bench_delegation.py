@@ -41,7 +41,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     print(f"{args.model}, ExecuTorch XNNPACK fp32, gather dispatch")
-    print("| options | LayerNorm | delegated subgraphs | delegated nodes | portable nodes | off the delegate (portable nodes) |")
+    print("| options | LayerNorm | delegated subgraphs | delegated nodes | portable nodes "
+          "| off the delegate (portable nodes) |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:

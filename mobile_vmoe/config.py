@@ -38,7 +38,7 @@ class ModelConfig:
     # --- ViT-22B options (Dehghani et al. 2023) ---
     qk_norm: bool = False  # LayerNorm over head_dim on queries and keys, per head
     parallel_block: bool = False  # x + attn(norm(x)) + mlp(norm(x)) with one shared norm
-    bias: bool = True  # False: no bias in qkv, attention proj, MLP / expert linears, or any LayerNorm
+    bias: bool = True  # False: no bias in qkv, attention proj, MLP / expert linears and the transformer LayerNorms
     drop_path: float = 0.0  # stochastic depth rate at the last block (linearly increasing)
     dropout: float = 0.0  # dropout before the head
     # --- mixture of experts ---

@@ -92,6 +92,8 @@ def test_qkv_bias_only_when_bias_is_on():
 
     assert qkv_bias() and not qkv_bias(qkv_bias=False) and not qkv_bias(bias=False)
     assert not qkv_bias(bias=False, qkv_bias=True)
+    assert [ModelConfig(bias=b, qkv_bias=q).use_qkv_bias for b in (True, False) for q in (True, False)] == [
+        True, False, False, False]
     # qkv_bias=False alone keeps every other bias
     assert MobileVMoE(ModelConfig(**TINY, qkv_bias=False)).blocks[0].attn.proj.bias is not None
 
@@ -359,3 +361,14 @@ def test_export_parity(option, target, tmp_path):
         assert ops["LayerNormalization"] == norms and ops.get("ReduceMean", 0) == 2 * qk and ops["Gather"] == gathers
     else:
         assert ops["RSQRT"] == norms + qk and ops["GATHER_ND"] == gathers and r.metadata["ops"]["flex_ops"] == []
+
+
+@pytest.mark.slow
+def test_coreml_converts_all_three_options(tmp_path):
+    """Core ML lowers here (its prediction needs macOS, so parity is not run)."""
+    from converters.pipeline import export_checkpoint
+
+    [r] = export_checkpoint(option_checkpoint("all_three"), "coreml", None, "fp32", tmp_path, parity_images=4)
+    assert r.ok, (r.error, r.notes)
+    assert r.metadata["ops"]["ops"]["gather"] == 2 * 2  # w1 and w2 of 2 MoE blocks: no expert biases
+    assert r.metadata["model_config"]["qk_norm"] and not r.metadata["model_config"]["bias"]

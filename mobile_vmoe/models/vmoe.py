@@ -78,7 +78,7 @@ class MobileVMoE(nn.Module):
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(
             Block(D, cfg.heads, MoEMlp(cfg) if cfg.is_moe_block(i) else Mlp(D, cfg.mlp_hidden, bias=cfg.bias),
-                  cfg.qkv_bias, rates[i], qk_norm=cfg.qk_norm, parallel=cfg.parallel_block, bias=cfg.bias)
+                  cfg.use_qkv_bias, rates[i], qk_norm=cfg.qk_norm, parallel=cfg.parallel_block, bias=cfg.bias)
             for i in range(cfg.depth)
         )
         self.router = None
