@@ -117,18 +117,20 @@ def test_macs_unchanged_by_the_options(option, routing):
     assert profile_flops(model).macs == HAND_MACS + extra == analytic_macs(model.cfg)
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_moe_params_equal_hand_count(bias):
+@pytest.mark.parametrize("option", ["none", *OPTIONS])
+def test_moe_params_equal_hand_count(option):
     # The MoE block (block 1) holds 4 experts instead of one Mlp: 2*8*16 = 256 weights each, + 16 + 8
     # biases with bias on (280). The per-image router (LayerNorm 16 + Linear(8, 4) 36 = 52) keeps its
     # biases either way; the per-token router is a bias-free Linear(8, 4) = 32.
-    option = "none" if bias else "no_bias"
-    per_expert = 280 if bias else 256
-    dense = EMBED + 2 * BLOCK[option] + END[option]
+    per_expert = 256 if OPTIONS.get(option, {}).get("bias") is False else 280
+    dense = TOTAL[option]
     image = profile_flops(tiny(option, "image"))
-    assert image.params == dense - per_expert + 4 * per_expert + 52 == (2671 if bias else 2447)
+    assert image.params == dense - per_expert + 4 * per_expert + 52
+    assert image.params == {"none": 2671, "qk_norm": 2703, "parallel_block": 2639, "no_bias": 2447,
+                            "all_three": 2447}[option]
     assert image.active_params == image.params - 3 * per_expert
     assert [b.name for b in image.per_block][2] == "router" and image.per_block[2].params == 52
+    assert image.per_block[3].params == BLOCK[option] - per_expert + 4 * per_expert
     token = profile_flops(tiny(option, "token"))
     assert token.params == token.active_params == dense - per_expert + 4 * per_expert + 32
 
