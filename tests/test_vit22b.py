@@ -173,6 +173,23 @@ def test_attention_matches_per_head_reference(qk_norm, bias, fused):
     assert n_params == 192 + 64 + (32 if bias else 0) + (8 + (8 if bias else 0) if qk_norm else 0)
 
 
+def test_layer_norm_by_means_hand_numbers():
+    """x = [1, 2, 3, 4]: mean 2.5, variance 1.25 -> (x - 2.5) / sqrt(1.25) = [-1.3416, -0.4472, 0.4472, 1.3416];
+    weight [1, 2, 1, 1] and no bias -> [-1.3416, -0.8944, 0.4472, 1.3416]."""
+    from mobile_vmoe.models.vit import layer_norm_by_means
+
+    ln = nn.LayerNorm(4, eps=0.0, bias=False)
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]]).view(1, 1, 1, 4)
+    torch.testing.assert_close(layer_norm_by_means(x, ln).flatten(), torch.tensor([-1.3416, -0.4472, 0.4472, 1.3416]),
+                               rtol=0, atol=1e-4)
+    with torch.no_grad():
+        ln.weight.copy_(torch.tensor([1.0, 2.0, 1.0, 1.0]))
+    torch.testing.assert_close(layer_norm_by_means(x, ln).flatten(), torch.tensor([-1.3416, -0.8944, 0.4472, 1.3416]),
+                               rtol=0, atol=1e-4)
+    strided = torch.randn(2, 5, 12)[..., 4:8].reshape(2, 5, 1, 4)  # a slice, as q is of the qkv output
+    torch.testing.assert_close(layer_norm_by_means(strided, ln), ln(strided), rtol=1e-5, atol=1e-6)
+
+
 def test_qk_norm_makes_attention_blind_to_the_scale_of_q_and_k():
     """LayerNorm(c * q) == LayerNorm(q) (up to eps): scaling the q and k rows of the qkv weight by
     100 changes nothing with QK-norm and saturates the softmax without it."""
