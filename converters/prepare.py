@@ -95,10 +95,12 @@ class DecomposedLayerNorm(nn.Module):
         rows = x.numel() // D
 
         def mean(t: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., 1)
-            return t.view(1, rows, D, 1).mean(dim=(2, 3), keepdim=True).view(*lead, 1)
+            # reshape, not view: QK-norm's input is a strided slice of the qkv output
+            return t.reshape(1, rows, D, 1).mean(dim=(2, 3), keepdim=True).reshape(*lead, 1)
 
         xc = x - mean(x)
-        return xc * torch.rsqrt(mean(xc * xc) + self.eps) * self.weight + self.bias
+        y = xc * torch.rsqrt(mean(xc * xc) + self.eps) * self.weight
+        return y if self.bias is None else y + self.bias  # bias None: a LayerNorm built with bias=False
 
 
 def decompose_layernorm(module: nn.Module) -> nn.Module:

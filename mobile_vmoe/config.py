@@ -36,7 +36,11 @@ class ModelConfig:
     width: int = 192
     heads: int = 3
     mlp_ratio: float = 4.0
-    qkv_bias: bool = True
+    qkv_bias: bool = True  # bias on the qkv projection; only when ``bias`` is True as well
+    # --- ViT-22B options (Dehghani et al. 2023) ---
+    qk_norm: bool = False  # LayerNorm over head_dim on queries and keys, per head
+    parallel_block: bool = False  # x + attn(norm(x)) + mlp(norm(x)) with one shared norm
+    bias: bool = True  # False: no bias in qkv, attention proj, MLP / expert linears and the transformer LayerNorms
     drop_path: float = 0.0  # stochastic depth rate at the last block (linearly increasing)
     dropout: float = 0.0  # dropout before the head
     # --- mixture of experts ---
@@ -79,6 +83,9 @@ class ModelConfig:
             p.append(f"drop_path={self.drop_path} must be in [0, 1)")
         if not 0.0 <= self.dropout < 1.0:
             p.append(f"dropout={self.dropout} must be in [0, 1)")
+        for name in ("qkv_bias", "qk_norm", "parallel_block", "bias"):
+            if not isinstance(getattr(self, name), bool):
+                p.append(f"{name}={getattr(self, name)!r} must be true or false")
         if self.routing not in ROUTINGS:
             p.append(f"routing={self.routing!r} must be one of {ROUTINGS}")
         if self.dispatch not in DISPATCHES:
@@ -133,6 +140,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.width // self.heads
+
+    @property
+    def use_qkv_bias(self) -> bool:
+        """The qkv projection has a bias only if both ``bias`` and ``qkv_bias`` are on."""
+        return self.bias and self.qkv_bias
 
     @property
     def mlp_hidden(self) -> int:

@@ -44,7 +44,7 @@ class MoEMlp(nn.Module):
         super().__init__()
         self.routing = cfg.routing
         self.dispatch = cfg.dispatch
-        self.experts = ExpertBank(cfg.num_experts, cfg.width, cfg.expert_hidden)
+        self.experts = ExpertBank(cfg.num_experts, cfg.width, cfg.expert_hidden, bias=cfg.bias)
         self.router = None
         if cfg.routing == "token":
             self.router = PerTokenRouter(cfg.width, cfg.num_experts, cfg.top_k, cfg.capacity_ratio,
@@ -85,14 +85,14 @@ class MobileVMoE(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, D))
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(
-            Block(D, cfg.heads, MoEMlp(cfg) if cfg.is_moe_block(i) else Mlp(D, cfg.mlp_hidden),
-                  cfg.qkv_bias, rates[i])
+            Block(D, cfg.heads, MoEMlp(cfg) if cfg.is_moe_block(i) else Mlp(D, cfg.mlp_hidden, bias=cfg.bias),
+                  cfg.use_qkv_bias, rates[i], qk_norm=cfg.qk_norm, parallel=cfg.parallel_block, bias=cfg.bias)
             for i in range(cfg.depth)
         )
         self.router = None
         if cfg.is_per_image:
             self.router = PerImageRouter(D, cfg.num_experts, cfg.top_k, cfg.router_input)
-        self.norm = nn.LayerNorm(D, eps=1e-6)
+        self.norm = nn.LayerNorm(D, eps=1e-6, bias=cfg.bias)
         self.head_drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(D, cfg.num_classes)
         self._init_weights()
@@ -107,7 +107,8 @@ class MobileVMoE(nn.Module):
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     # ------------------------------------------------------------------ forward
     def embed(self, x: torch.Tensor) -> torch.Tensor:

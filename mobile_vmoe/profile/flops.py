@@ -120,7 +120,8 @@ def analytic_macs(cfg) -> int:
 
     patch embedding + per block [qkv 3TD^2 + attention 2T^2D + proj TD^2 + MLP 2TDH(*k for MoE,
     + k*T*D for the gate-weighted sum when k > 1)] + per-image router D*E + head D*classes. The per-token V-MoE adds its router T*D*E and computes
-    E*C slots instead of T*k tokens.
+    E*C slots instead of T*k tokens. The ViT-22B options (qk_norm, parallel_block, bias) change no
+    MACs: norms and bias additions are elementwise, and a parallel block runs the same two branches.
     """
     T, D = cfg.num_tokens, cfg.width
     macs = (cfg.grid**2) * cfg.in_chans * cfg.patch_size**2 * D
