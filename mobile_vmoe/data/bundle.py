@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import MvmoeError
+
 
 @dataclass
 class DataBundle:
@@ -38,6 +40,19 @@ class DataBundle:
         """The checkpoint's ``data`` entry: what an exported model must be fed."""
         return {"name": self.name, "spec": self.spec or self.name, "seed": self.seed, "img_size": self.img_size,
                 "in_chans": self.in_chans, "mean": list(self.mean), "std": list(self.std)}
+
+
+def split_class_spec(spec: str, name: str, default: tuple[int, int], example: str) -> tuple[int, int]:
+    """``name`` -> ``default``; ``name:N:S`` -> (N, S) as integers (ranges are the caller's to check)."""
+    if spec == name:
+        return default
+    parts = spec.split(":")
+    try:
+        if len(parts) != 3 or parts[0] != name:
+            raise ValueError
+        return int(parts[1]), int(parts[2])
+    except ValueError:
+        raise MvmoeError(f"bad {name} spec {spec!r}: use {name}:<classes>:<superclasses>, e.g. {example}") from None
 
 
 class TensorImageDataset(Dataset):

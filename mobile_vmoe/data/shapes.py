@@ -28,7 +28,7 @@ import math
 import torch
 
 from ..errors import MvmoeError
-from .bundle import DataBundle, TensorImageDataset
+from .bundle import DataBundle, TensorImageDataset, split_class_spec
 from .transforms import channel_stats, check_augment, tensor_transform
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross", "hbar", "vbar", "diamond", "x", "halfdisk")
@@ -42,15 +42,7 @@ DETAIL_COLOURS = torch.tensor([[0.95, 0.95, 0.95], [0.05, 0.05, 0.05]])  # (2, 3
 
 def parse_shapes_spec(spec: str) -> tuple[int, int]:
     """"shapes" -> (100, 10); "shapes:N:S" -> (N, S) with S <= 10 and N <= 10 S."""
-    if spec == "shapes":
-        return 100, 10
-    parts = spec.split(":")
-    try:
-        if len(parts) != 3:
-            raise ValueError
-        n, s = int(parts[1]), int(parts[2])
-    except ValueError:
-        raise MvmoeError(f"bad shapes spec {spec!r}: use shapes:<classes>:<superclasses>, e.g. shapes:100:10") from None
+    n, s = split_class_spec(spec, "shapes", (100, 10), "shapes:100:10")
     if not 1 <= s <= len(SHAPES) or not max(2, s) <= n <= VARIANTS * s:
         raise MvmoeError(f"bad shapes spec {spec!r}: need 1 <= superclasses <= {len(SHAPES)} and "
                          f"superclasses <= classes <= {VARIANTS} x superclasses (and classes >= 2)")

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MvmoeError
-from .bundle import DataBundle, TensorImageDataset
+from .bundle import DataBundle, TensorImageDataset, split_class_spec
 from .transforms import channel_stats, check_augment, tensor_transform
 
 TRAIN_PER_CLASS = 100
@@ -44,15 +44,7 @@ NOISE_STD = 0.12
 
 def parse_synthetic_spec(spec: str) -> tuple[int, int]:
     """"synthetic" -> (20, 4); "synthetic:N:S" -> (N, S), validated."""
-    if spec == "synthetic":
-        return 20, 4
-    parts = spec.split(":")
-    try:
-        if len(parts) != 3:
-            raise ValueError
-        n, s = int(parts[1]), int(parts[2])
-    except ValueError:
-        raise MvmoeError(f"bad synthetic spec {spec!r}: use synthetic:<classes>:<superclasses>, e.g. synthetic:20:4") from None
+    n, s = split_class_spec(spec, "synthetic", (20, 4), "synthetic:20:4")
     if s < 1 or n < s or n < 2:
         raise MvmoeError(f"bad synthetic spec {spec!r}: need classes >= superclasses >= 1 and classes >= 2")
     return n, s
