@@ -291,6 +291,10 @@ class TrainConfig:
     dense_epochs: int = 0  # --superclasses auto: epochs of the dense stage (0 = same as epochs)
     superclass_holdout: float = 0.1  # --superclasses auto: stratified share of train the confusion is fit on
     superclass_clustering: str = "balanced"  # balanced (equal-size superclasses) | spectral
+    teacher: str = ""  # a checkpoint this project wrote: distill from it (--teacher); "" = no teacher
+    distill: str = "soft"  # soft (KL at distill_tau) | hard (CE on the teacher's argmax, DeiT)
+    distill_weight: float = 0.5  # loss = (1 - w) CE + w distillation
+    distill_tau: float = 1.0  # soft distillation temperature
     eval_every: int = 1  # evaluate every N epochs (and always after the last)
     log_every: int = 10  # steps between "step" lines in metrics.jsonl
     stop_after_steps: int = 0  # save last.pt and stop after N steps of this invocation (0 = off)
@@ -331,6 +335,12 @@ class TrainConfig:
             p.append(f"superclass_holdout={self.superclass_holdout} must be in (0, 1)")
         if self.superclass_clustering not in ("balanced", "spectral"):
             p.append(f"superclass_clustering={self.superclass_clustering!r} must be balanced or spectral")
+        if self.distill not in ("soft", "hard"):
+            p.append(f"distill={self.distill!r} must be soft or hard")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            p.append(f"distill_weight={self.distill_weight} must be in [0, 1]")
+        if not self.distill_tau > 0:
+            p.append(f"distill_tau={self.distill_tau} must be > 0")
         if self.augment not in ("none", "light", "default", "deit"):
             p.append(f"augment={self.augment!r} must be one of none, light, default, deit")
         return p

@@ -286,3 +286,70 @@ def test_token_run_records_tokens_per_expert(tmp_path):
     kept = sum(s["expert_counts"])
     assert s["expert_usage_unit"] == "tokens" and 0 < kept <= 272
     assert s["token_drop_fraction"] == pytest.approx(1 - kept / 272)
+
+
+def test_distillation_loss_by_hand():
+    from mobile_vmoe.train.losses import Distill, distillation_loss
+
+    s = torch.tensor([[0.0, math.log(3.0)]])  # student softmax [0.25, 0.75]
+    t = torch.tensor([[math.log(3.0), 0.0]])  # teacher softmax [0.75, 0.25]
+    # soft, tau 1: KL(q || p) = 0.75 ln(0.75 / 0.25) + 0.25 ln(0.25 / 0.75) = 0.5 ln 3
+    assert float(distillation_loss(s, t, "soft", 1.0)) == pytest.approx(0.5 * math.log(3.0))
+    # tau 2: softmax of halved logits, p = [1, sqrt 3] / (1 + sqrt 3), q reversed; times tau^2 = 4
+    r3 = math.sqrt(3.0)
+    p, q = [1 / (1 + r3), r3 / (1 + r3)], [r3 / (1 + r3), 1 / (1 + r3)]
+    want = 4 * sum(qi * math.log(qi / pi) for pi, qi in zip(p, q))
+    assert float(distillation_loss(s, t, "soft", 2.0)) == pytest.approx(want)
+    assert float(distillation_loss(s, t, "hard", 1.0)) == pytest.approx(math.log(4.0))  # CE on the teacher's class 0
+    parts = mvmoe_loss(s, None, None, torch.tensor([[0.0, 1.0]]), None, label_smoothing=0.0, router_weight=0.3,
+                       aux_weight=0.0, distill=Distill(t, "soft", 0.25, 1.0))
+    cls = -math.log(0.75)
+    assert float(parts.total) == pytest.approx(0.75 * cls + 0.25 * 0.5 * math.log(3.0))
+
+
+def test_training_with_a_teacher(tmp_path):
+    """A dense teacher trained here, then a per-image MoE student: the logged loss obeys
+    (1 - w) CE + w KL + 0.3 router CE, the teacher stays frozen, the summary names it, resume
+    continues with it and refuses a changed one."""
+    import shutil
+
+    from mobile_vmoe.checkpoint import load_checkpoint
+    from mobile_vmoe.train import resume
+
+    small = {"depth": 2, "width": 32, "heads": 2, "img_size": 16, "batch_size": 16, "log_every": 1}
+    tcfg, bundle = resolve("vit-6x64-p32", "synthetic:4:2", small, epochs=1)
+    train(tcfg, bundle, tmp_path / "teacher", quiet=True)
+    teacher = tmp_path / "teacher" / "model.pt"
+    before = load_checkpoint(teacher)["model"]
+    settings = {**small, "num_experts": 2, "moe_blocks": 1, "teacher": str(teacher), "distill_weight": 0.4,
+                "stop_after_steps": 3}
+    tcfg, bundle = resolve("vmoe-6x64-p32", "synthetic:4:2", settings, epochs=1)
+    stopped = train(tcfg, bundle, tmp_path / "student", superclasses="none", quiet=True)
+    assert stopped["stopped"]
+    s = resume(tmp_path / "student", quiet=True)
+    assert s["teacher"]["checkpoint"] == str(teacher.resolve()) and len(s["teacher"]["sha256"]) == 64
+    rows = [json.loads(l) for l in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, len(steps) + 1)) and len(steps) > 3
+    for r in steps:  # no superclasses: + aux_weight (0.01) x balancing
+        assert r["loss"] == pytest.approx(0.6 * r["loss_cls"] + 0.4 * r["loss_distill"] + 0.01 * r["loss_aux"], rel=1e-5)
+    after = load_checkpoint(teacher)["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the file is untouched...
+    # ... and a changed teacher stops a resume
+    shutil.copy(tmp_path / "student" / "model.pt", tmp_path / "student2.pt")
+    tcfg, bundle = resolve("vmoe-6x64-p32", "synthetic:4:2", settings, epochs=1)
+    train(tcfg, bundle, tmp_path / "again", superclasses="none", quiet=True)
+    shutil.copy(tmp_path / "student2.pt", teacher)
+    with pytest.raises(MvmoeError, match="teacher .* changed"):
+        resume(tmp_path / "again", quiet=True)
+
+
+def test_teacher_for_other_data_is_refused_before_training(tmp_path):
+    small = {"depth": 2, "width": 32, "heads": 2, "img_size": 16, "batch_size": 16}
+    tcfg, bundle = resolve("vit-6x64-p32", "synthetic:4:2", small, epochs=1)
+    train(tcfg, bundle, tmp_path / "teacher", quiet=True)
+    tcfg, bundle = resolve("vit-6x64-p32", "synthetic:6:2", {**small, "teacher": str(tmp_path / "teacher" / "model.pt")},
+                           epochs=1)
+    with pytest.raises(MvmoeError, match="other classes"):
+        train(tcfg, bundle, tmp_path / "student", superclasses="none", quiet=True)
+    assert not (tmp_path / "student").exists()

@@ -153,7 +153,7 @@ def test_resume_refuses_options_that_would_change_the_run(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     for extra in (["--model", "vit-6x64-p32"], ["--data", "synthetic"], ["--epochs", "3"], ["--seed", "1"],
-                  ["--superclasses", "none"], ["--recipe", "imagenet-vit-6x64-p32"]):
+                  ["--superclasses", "none"], ["--recipe", "imagenet-vit-6x64-p32"], ["--teacher", "t.pt"]):
         code, _, err = run_cli(["train", "--resume", "--out", str(run), *extra])
         assert_one_line_error(code, err, "--resume", f"drop {extra[0]}")
 
@@ -187,6 +187,13 @@ def test_out_that_is_a_file_or_unwritable(tmp_path, monkeypatch):
     code, _, err = run_cli(["train", *small, "--out", str(tmp_path / "full")])
     assert_one_line_error(code, err, "cannot write", "No space left on device")
     assert not [p for p in (tmp_path / "full").rglob("*.tmp")]  # no temporary file left behind
+
+
+def test_missing_teacher_is_one_line(tmp_path):
+    code, _, err = run_cli(["train", "--data", "synthetic:4:2", "--superclasses", "none", "--teacher",
+                            str(tmp_path / "nope.pt"), "--out", str(tmp_path / "r")])
+    assert_one_line_error(code, err, "checkpoint not found", "nope.pt")
+    assert not (tmp_path / "r").exists()
 
 
 def test_epochs_applies_to_the_dense_stage_too(tmp_path):

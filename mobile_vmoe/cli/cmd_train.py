@@ -24,6 +24,8 @@ def train_cmd(
     recipe: Optional[str] = typer.Option(None, "--recipe", help="named ImageNet recipe, e.g. imagenet-vmoe-12x192-p32 (see --list-recipes)"),
     list_recipes: bool = typer.Option(False, "--list-recipes", help="print the named recipes and exit"),
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (same as --set seed=N)"),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="distill from this checkpoint (any mvmoe model.pt "
+                                           "on the same data); --set distill=soft|hard, distill_weight=W, distill_tau=T"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or per-epoch lines"),
 ) -> None:
     """Train a (Mobile V-MoE) model. With no arguments: a small Mobile V-MoE on digits, dense
@@ -35,9 +37,11 @@ def train_cmd(
         print_recipes()
         return
     settings = parse_overrides(set_)  # --set is parsed once, here
+    if teacher is not None:
+        settings["teacher"] = str(teacher.resolve())
     if resume:
         refuse_with_resume(out, model=model, data=data, recipe=recipe, epochs=epochs, seed=seed,
-                           superclasses=superclasses)
+                           superclasses=superclasses, teacher=teacher)
         summary = resume_run(out, settings, quiet=quiet)
     else:
         tcfg, bundle = resolve(model, data or DEFAULT_DATA, settings, epochs=epochs, seed=seed, recipe=recipe)

@@ -40,7 +40,7 @@ from ..models import MobileVMoE
 from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_flag
 from .ema import build_ema, ema_state, load_ema_state
 from .evaluate import evaluate
-from .losses import LossParts, mvmoe_loss
+from .losses import Distill, LossParts, mvmoe_loss
 from .metrics import MetricsLog, Progress
 from .optim import build_optimizer, build_scheduler
 from .state import capture_rng, epoch_seed, restore_rng, seed_everything
@@ -137,6 +137,11 @@ class Stage:
 
             self.mixer = MixupCutmix(cfg.num_classes, self.tcfg.mixup, self.tcfg.cutmix, self.tcfg.mix_prob)
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=info.is_main)
+        self.teacher, self.teacher_info = None, None
+        if self.tcfg.teacher:
+            from .distill import load_teacher
+
+            self.teacher, self.teacher_info = load_teacher(self.tcfg.teacher, self.bundle, self.device)
 
     @property
     def device(self) -> torch.device:
@@ -235,10 +240,14 @@ def train_step(stage: Stage, state: TrainState, module: nn.Module, images: torch
     """One optimizer step on one batch; returns the loss parts (detached use only)."""
     tcfg = stage.tcfg
     images, target, sc_target = targets(stage, images, labels)
+    distill = None
+    if stage.teacher is not None:  # the same augmented batch, no gradient
+        with torch.no_grad(), stage.autocast():
+            distill = Distill(stage.teacher(images), tcfg.distill, tcfg.distill_weight, tcfg.distill_tau)
     with stage.autocast():
         logits, router_logits, aux = module(images)
     parts = mvmoe_loss(logits, router_logits, aux, target, sc_target, label_smoothing=tcfg.label_smoothing,
-                       router_weight=tcfg.router_weight, aux_weight=tcfg.aux_weight)
+                       router_weight=tcfg.router_weight, aux_weight=tcfg.aux_weight, distill=distill)
     if not torch.isfinite(parts.total):
         raise MvmoeError(f"{stage.name}: loss is {float(parts.total)} at step {state.step}; lower lr (now {tcfg.lr})")
     state.optimizer.zero_grad(set_to_none=True)
@@ -463,7 +472,7 @@ def make_summary(stage: Stage, state: TrainState) -> dict:
         "epochs": tcfg.epochs, "images_per_sec": round(state.images_seen / max(state.seconds, 1e-9), 2),
         "routing": routing, "num_experts": cfg.num_experts, "top_k": cfg.top_k if cfg.is_moe else 0,
         "router_weight": tcfg.router_weight if cfg.is_per_image else None,
-        "seed": tcfg.seed, "stage": stage.name,
+        "seed": tcfg.seed, "stage": stage.name, "teacher": stage.teacher_info,
         "superclass_names": list(sc["names"]) if sc else None,
         "expert_usage": ev.get("expert_usage") if cfg.is_per_image else None,
         **({k: ev.get(k) for k in USAGE_KEYS if k in ev} if cfg.is_moe else {}),

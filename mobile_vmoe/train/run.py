@@ -129,6 +129,10 @@ def check_run(tcfg: TrainConfig, bundle, superclasses: str, out: Path) -> None:
                          "lower it with --set batch_size=N")
     if out.exists() and not out.is_dir():
         raise MvmoeError(f"--out {out} is a file, not a directory")
+    if tcfg.teacher:
+        from .distill import load_teacher
+
+        load_teacher(tcfg.teacher, bundle)  # a missing or unfitting teacher fails before training
 
 
 def default_out_dir(model_name: str, data: str) -> Path:
@@ -153,6 +157,10 @@ def train(tcfg: TrainConfig, bundle, out_dir: str | Path | None = None, *, super
                 raise MvmoeError(f"{out} already holds a run: continue it with --resume or pick another --out")
             run = {"train_config": tcfg.replace(stop_after_steps=0).to_dict(), "data": bundle.spec or bundle.name,
                    "superclasses": str(superclasses)}
+            if tcfg.teacher:
+                from ..fileio import file_sha256
+
+                run["teacher_sha256"] = file_sha256(tcfg.teacher)
             atomic_write_json(out / "run.json", run)
         barrier(info)
         return run_stages(tcfg, bundle, out, str(superclasses), info, resume=False, quiet=quiet)
@@ -178,11 +186,24 @@ def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet
     # stop_after_steps is a limit of one invocation, not of the run
     tcfg = TrainConfig.from_dict(saved).replace(**{"stop_after_steps": 0, **(settings or {})})
     bundle = build_data(run["data"], tcfg.model.img_size, augment=tcfg.augment, seed=tcfg.seed)
+    check_teacher_unchanged(tcfg, run)
     info = setup_distributed()
     try:
         return run_stages(tcfg, bundle, out, run["superclasses"], info, resume=True, quiet=quiet)
     finally:
         cleanup(info)
+
+
+def check_teacher_unchanged(tcfg: TrainConfig, run: dict) -> None:
+    """A resumed run must distill from the very teacher it started with."""
+    if not tcfg.teacher:
+        return
+    from ..fileio import file_sha256
+
+    if not Path(tcfg.teacher).is_file():
+        raise MvmoeError(f"the run's teacher {tcfg.teacher} is gone; it is needed to resume")
+    if run.get("teacher_sha256") and file_sha256(tcfg.teacher) != run["teacher_sha256"]:
+        raise MvmoeError(f"the run's teacher {tcfg.teacher} changed since the run started; cannot resume exactly")
 
 
 def run_stages(tcfg: TrainConfig, bundle, out: Path, superclasses: str, info: DistInfo, *, resume: bool,
@@ -211,7 +232,7 @@ def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, in
     path = out / "superclasses.json"
     dense_model = dense_twin(tcfg.model)
     dense_model = dense_model.replace(name=re.sub(r"-(e\d+|k\d+|token)", "", dense_model.name))
-    dense_tcfg = tcfg.replace(model=dense_model, epochs=tcfg.dense_epochs or tcfg.epochs)
+    dense_tcfg = tcfg.replace(model=dense_model, epochs=tcfg.dense_epochs or tcfg.epochs, teacher="")
     rest, holdout = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
     dense = fit(dense_tcfg, rest, out / "dense", dist_info=info, resume=resume, quiet=quiet, stage="dense")
     if dense.get("stopped"):
