@@ -23,6 +23,7 @@ from pathlib import Path
 from mobile_vmoe.errors import MvmoeError
 
 from . import prepare as P
+from .app_metadata import app_metadata
 
 TARGET_NAMES = ("coreml", "executorch", "tflite", "onnx")
 APP_DIRS = {"android": Path("apps/android_demo/app/src/main/assets/mvmoe"),
@@ -173,6 +174,7 @@ def export_checkpoint(checkpoint, target: str = "all", backend: str | None = Non
                                if images.labels is not None else None)
             par["images_source"] = images.source
             meta.update(parity=par, ops=ops)
+            meta.update(app_metadata(ckpt, wrapper, images, meta, path))  # parity set, preprocessing, runtime
             failure = P.check_parity(par, job.precision, fp32_tol, max_top1_drop)
             if failure:
                 raise MvmoeError(f"parity failed: {failure}")
