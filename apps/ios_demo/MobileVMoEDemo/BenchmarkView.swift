@@ -3,7 +3,7 @@ import SwiftUI
 import UIKit
 
 /// Benchmark screen: N timed predictions (after warm-up) on one compute-unit setting, the statistics
-/// `mvmoe profile latency` prints, and a contract-D JSON file to share (`mvmoe profile ingest FILE`).
+/// `mvmoe profile latency` prints, and a benchmark JSON file (docs/apps.md) to share (`mvmoe profile ingest FILE`).
 struct BenchmarkView: View {
     enum Units: String, CaseIterable, Identifiable {
         case cpu, gpu, ane, all

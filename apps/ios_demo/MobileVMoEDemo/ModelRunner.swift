@@ -49,7 +49,7 @@ final class ModelRunner {
         return dest
     }
 
-    /// Flat float input (contract-C layout) -> MLMultiArray of input.shape.
+    /// Flat float input (layout of docs/apps.md) -> MLMultiArray of input.shape.
     func makeInput(_ values: [Float]) throws -> MLFeatureProvider {
         let shape = model.meta.input.shape.map { NSNumber(value: $0) }
         let arr = try MLMultiArray(shape: shape, dataType: .float32)

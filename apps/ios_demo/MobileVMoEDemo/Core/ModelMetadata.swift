@@ -1,6 +1,6 @@
 import Foundation
 
-/// The metadata .json that `mvmoe export` writes beside every artifact (contract C, docs/apps.md).
+/// The metadata .json that `mvmoe export` writes beside every artifact (docs/apps.md).
 ///
 /// Only the keys the app needs are decoded; unknown keys are ignored so newer exporters stay readable.
 /// `validate()` turns a malformed file into a message the app shows instead of crashing.

@@ -24,7 +24,7 @@ struct CropBox: Equatable {
     let side: Int
 }
 
-/// App preprocessing, identical to apps/golden/make_golden.py and the Kotlin `Preprocess` (contract C):
+/// App preprocessing, identical to apps/golden/make_golden.py and the Kotlin `Preprocess` (docs/apps.md):
 /// center-crop the largest square -> bilinear resize (half-pixel centres, no antialias) ->
 /// RGB / scale -> (x - mean) / std -> the declared layout. With preprocessing baked into the model the
 /// app stops after the resize and feeds raw [0, 255] floats.

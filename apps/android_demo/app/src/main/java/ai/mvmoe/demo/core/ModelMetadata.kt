@@ -53,6 +53,8 @@ data class ModelMetadata(
     val runtime: RuntimeRequirement? = null,
     val paritySet: ParitySet? = null,
     val artifactFile: FileFingerprint? = null,
+    /** (delegated, total) ops from the exporter's audit (`ops`), when it counted them. */
+    val opsDelegated: Pair<Int, Int>? = null,
 ) {
     /** True when the artifact has the router's `expert_probs` output (per-image MoE). */
     val hasExpertProbs: Boolean get() = experts > 0 && "expert_probs" in outputNames
@@ -131,6 +133,11 @@ data class ModelMetadata(
                         (r["platforms"] as? List<*>)?.map { it.toString() } ?: emptyList())
                 },
                 paritySet = (m["parity_set"] as? Map<*, *>)?.let { ParitySet.fromMap(it, labels.size) },
+                opsDelegated = (m["ops"] as? Map<*, *>)?.let { o ->
+                    val d = o["delegated"] as? Double
+                    val t = o["total"] as? Double
+                    if (d != null && t != null) d.toInt() to t.toInt() else null
+                },
                 artifactFile = (m["artifact_file"] as? Map<*, *>)?.let { f ->
                     FileFingerprint(((f["bytes"] as? Double) ?: -1.0).toLong(), str(f, "artifact_file.sha256"))
                 },
