@@ -43,6 +43,7 @@ struct ClassifyView: View {
                     }
                     .pickerStyle(.segmented)
                     PhotosPicker("Choose", selection: $photoItem, matching: .images)
+                    Button("Sample") { loadSample() }
                 }
                 .padding(.horizontal)
 
@@ -148,6 +149,15 @@ struct ClassifyView: View {
             classify(img, gated: true)
         }
         if useCamera { camera.start() }
+    }
+
+    /// The bundled sample (Sample/digit.png: a light-on-dark digit 3, as the digits models expect).
+    private func loadSample() {
+        guard let url = Bundle.main.url(forResource: "digit", withExtension: "png"),
+              let ui = UIImage(contentsOfFile: url.path) else { message = "sample image missing from the bundle"; return }
+        useCamera = false
+        photo = ui
+        if let img = ImageConversion.rgb(from: ui) { classify(img) }
     }
 
     private func loadPhoto(_ item: PhotosPickerItem?) async {
