@@ -67,6 +67,12 @@ def test_assert_json_close_catches_what_matters():
             assert_json_close(got, want)
 
 
+def test_make_golden_check_tolerates_last_digit_only():
+    assert mg.same({"a": [1, 0.30000000000000004, "x", None]}, {"a": [1, 0.3, "x", None]})
+    assert not mg.same([1.0], [1.001]) and not mg.same([True], [1]) and not mg.same({"a": 1, "b": 2}, {"b": 2, "a": 1})
+    assert mg.main(["--check"]) == 0
+
+
 def test_golden_file_is_what_make_golden_writes_now():
     got = json.loads(GOLDEN.read_text(encoding="utf-8"))
     assert_json_close(got, json.loads(mg.dumps(mg.build()))), "rerun: uv run python apps/golden/make_golden.py"

@@ -211,6 +211,19 @@ def build() -> dict:
             "parity": parity}
 
 
+def same(a, b, rel: float = 1e-6, abs_: float = 1e-9) -> bool:
+    """Equal JSON values, floats within rel/abs (numpy's SIMD exp differs in the last digit between CPUs)."""
+    if isinstance(a, float) or isinstance(b, float):
+        num = (int, float)
+        return (isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool) and not isinstance(b, bool)
+                and abs(a - b) <= max(abs_, rel * abs(b)))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(same(a[k], b[k], rel, abs_) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y, rel, abs_) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
 def dumps(golden: dict) -> str:
     return json.dumps(golden, indent=1, ensure_ascii=False) + "\n"
 
@@ -222,9 +235,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     text = dumps(build())
     if args.check:
-        same = args.out.is_file() and args.out.read_text(encoding="utf-8") == text
-        print(f"{args.out}: {'up to date' if same else 'STALE, rerun make_golden.py'}")
-        return 0 if same else 1
+        ok = args.out.is_file() and same(json.loads(args.out.read_text(encoding="utf-8")), json.loads(text))
+        print(f"{args.out}: {'up to date' if ok else 'STALE, rerun make_golden.py'}")
+        return 0 if ok else 1
     fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=".golden.")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
