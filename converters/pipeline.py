@@ -24,6 +24,7 @@ from pathlib import Path
 from mobile_vmoe.errors import MvmoeError
 
 from . import prepare as P
+from .app_metadata import app_metadata
 from .interrupt import check, held, sigint_guard
 from .quiet import loud, quiet
 
@@ -213,6 +214,7 @@ def convert_and_check(src: Source, job: ExportJob, path: Path, *, dispatch: str,
     par.update(images_source=src.images.source, data=src.images.data)
     size, digest = P.tree_sha256(path)
     meta.update(parity=par, ops=ops, artifact_size=size, artifact_sha256=digest)
+    meta.update(app_metadata(src.ckpt, src.wrapper, src.images, meta))  # parity set, preprocessing, runtime
     failure = P.check_parity(par, job.precision, fp32_tol, max_top1_drop)
     if failure:
         raise MvmoeError(f"parity failed: {failure}")

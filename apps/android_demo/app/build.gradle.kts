@@ -14,6 +14,9 @@ android {
         targetSdk = 35
         versionCode = 1
         versionName = "1.0"
+        // The runtimes bundled in the APK: the app refuses artifacts whose .json needs newer ones.
+        buildConfigField("String", "EXECUTORCH_VERSION", "\"${libs.versions.executorch.get()}\"")
+        buildConfigField("String", "LITERT_VERSION", "\"${libs.versions.litert.get()}\"")
     }
 
     buildTypes {
@@ -27,7 +30,7 @@ android {
         targetCompatibility = JavaVersion.VERSION_17
     }
     kotlinOptions { jvmTarget = "17" }
-    buildFeatures { compose = true }
+    buildFeatures { compose = true; buildConfig = true }
     // Models are memory-mapped from the APK by LiteRT: keep them uncompressed.
     androidResources { noCompress += listOf("tflite", "pte") }
 }

@@ -3,7 +3,7 @@ import SwiftUI
 import UIKit
 
 /// Benchmark screen: N timed predictions (after warm-up) on one compute-unit setting, the statistics
-/// `mvmoe profile latency` prints, and a contract-D JSON file to share (`mvmoe profile ingest FILE`).
+/// `mvmoe profile latency` prints, and a benchmark JSON file (docs/apps.md) to share (`mvmoe profile ingest FILE`).
 struct BenchmarkView: View {
     enum Units: String, CaseIterable, Identifiable {
         case cpu, gpu, ane, all
@@ -28,12 +28,15 @@ struct BenchmarkView: View {
     @State private var report: BenchmarkReport?
     @State private var fileURL: URL?
     @State private var message: String?
+    /// The model benchmarked here: its own choice, so picking one never touches the live screen
+    /// (whose camera is stopped while this tab is shown: ClassifyView stops it in onDisappear).
+    @State private var chosen: BundledModel?
 
     var body: some View {
         NavigationStack {
             Form {
                 Section("Model") {
-                    Picker("Artifact", selection: $store.selected) {
+                    Picker("Artifact", selection: $chosen) {
                         ForEach(store.models) { m in Text(m.meta.artifact).tag(Optional(m)) }
                     }
                     Picker("Compute units", selection: $units) {
@@ -42,7 +45,7 @@ struct BenchmarkView: View {
                     Stepper("Runs: \(runs)", value: $runs, in: 5...1000, step: 5)
                     Stepper("Warm-up: \(warmup)", value: $warmup, in: 0...100, step: 1)
                     Button(running ? "Running…" : "Run benchmark") { start() }
-                        .disabled(running || store.selected == nil)
+                        .disabled(running || (chosen ?? store.selected) == nil)
                 }
                 if let message { Text(message).foregroundStyle(.red) }
                 if let r = report {
@@ -68,7 +71,7 @@ struct BenchmarkView: View {
     }
 
     private func start() {
-        guard let model = store.selected else { return }
+        guard let model = chosen ?? store.selected else { return }
         running = true
         message = nil
         let (units, runs, warmup) = (self.units, self.runs, self.warmup)

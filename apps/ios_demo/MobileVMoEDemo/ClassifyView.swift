@@ -16,6 +16,10 @@ struct ClassifyView: View {
     @State private var photo: UIImage?
     @State private var message: String?
     @State private var busy = false
+    @State private var invert = false
+    @State private var status: String?
+    /// Set on the camera queue before any conversion, so frames are dropped while one is in flight.
+    private let gate = FrameGate()
 
     var body: some View {
         NavigationStack {
@@ -39,6 +43,7 @@ struct ClassifyView: View {
                     }
                     .pickerStyle(.segmented)
                     PhotosPicker("Choose", selection: $photoItem, matching: .images)
+                    Button("Sample") { loadSample() }
                 }
                 .padding(.horizontal)
 
@@ -59,6 +64,17 @@ struct ClassifyView: View {
         List {
             if let message = message ?? store.error {
                 Text(message).foregroundStyle(.red).font(.footnote)
+            }
+            if camera.denied && useCamera {
+                Text("Camera access is off: allow it in Settings > Privacy > Camera, or choose a photo.")
+                    .foregroundStyle(.red).font(.footnote)
+            }
+            if let status { Text(status).font(.footnote) }
+            if store.selected?.meta.preprocessing?.polarity == "light-on-dark" {
+                Section {
+                    Text("This model expects light digits on a dark ground.").font(.footnote)
+                    Toggle("Invert colours (dark ink on paper)", isOn: $invert)
+                }
             }
             if let p = prediction {
                 Section("Top 5") {
@@ -96,20 +112,52 @@ struct ClassifyView: View {
         }
     }
 
+    /// Compiles/loads the model off the main thread, then shows load and first-inference time and the parity set.
     private func setUp() {
         guard let model = store.selected else { return }
-        do {
-            runner = try ModelRunner(model, computeUnits: .all)
-            message = nil
-        } catch {
-            message = "Cannot load \(model.meta.artifact): \(error.localizedDescription)"
-        }
+        runner = nil
+        status = "loading \(model.meta.artifact)…"
         rolling = RollingMedian(capacity: 20)
+        DispatchQueue.global(qos: .userInitiated).async {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            let result = Result { try ModelRunner(model, computeUnits: .all) }
+            let loadMs = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+            var line = ""
+            if case .success(let r) = result {
+                let t1 = DispatchTime.now().uptimeNanoseconds
+                let first = (try? r.predict(r.makeInput([Float](repeating: 0, count: model.meta.input.shape.reduce(1, *))))) != nil
+                let firstMs = Double(DispatchTime.now().uptimeNanoseconds - t1) / 1e6
+                line = String(format: "Core ML (compute units: all) · load %.0f ms, first inference %.1f ms%@\n", loadMs, firstMs,
+                              first ? "" : " (failed)") + r.paritySummary()
+            }
+            DispatchQueue.main.async {
+                switch result {
+                case .success(let r):
+                    runner = r
+                    message = nil
+                    status = line
+                case .failure(let error):
+                    message = "Cannot load \(model.meta.artifact): \(error.localizedDescription)"
+                    status = nil
+                }
+            }
+        }
+        let gate = self.gate
         camera.onFrame = { pb in
-            guard let img = ImageConversion.rgb(from: pb) else { return }
-            classify(img)
+            guard gate.enter() else { return }  // drop the frame before converting it
+            guard let img = ImageConversion.rgb(from: pb) else { gate.leave(); return }
+            classify(img, gated: true)
         }
         if useCamera { camera.start() }
+    }
+
+    /// The bundled sample (Sample/digit.png: a light-on-dark digit 3, as the digits models expect).
+    private func loadSample() {
+        guard let url = Bundle.main.url(forResource: "digit", withExtension: "png"),
+              let ui = UIImage(contentsOfFile: url.path) else { message = "sample image missing from the bundle"; return }
+        useCamera = false
+        photo = ui
+        if let img = ImageConversion.rgb(from: ui) { classify(img) }
     }
 
     private func loadPhoto(_ item: PhotosPickerItem?) async {
@@ -120,15 +168,17 @@ struct ClassifyView: View {
     }
 
     /// Runs off the main thread; drops the request if a prediction is still running.
-    private func classify(_ img: RGBImage) {
-        guard let runner else { return }
+    private func classify(_ img: RGBImage, gated: Bool = false) {
+        let gate = self.gate
         DispatchQueue.main.async {
-            guard !busy else { return }
+            guard let runner, !busy else { if gated { gate.leave() }; return }
             busy = true
+            let invert = self.invert
             DispatchQueue.global(qos: .userInitiated).async {
-                let result = Result { try runner.classify(img) }
+                let result = Result { try runner.classify(img, invert: invert) }
                 DispatchQueue.main.async {
                     busy = false
+                    if gated { gate.leave() }
                     switch result {
                     case .success(let (p, ms)):
                         prediction = p
@@ -140,5 +190,22 @@ struct ClassifyView: View {
                 }
             }
         }
+    }
+}
+
+/// A thread-safe "one frame in flight" flag for the camera queue.
+final class FrameGate: @unchecked Sendable {
+    private let lock = NSLock()
+    private var inFlight = false
+
+    func enter() -> Bool {
+        lock.lock(); defer { lock.unlock() }
+        if inFlight { return false }
+        inFlight = true
+        return true
+    }
+
+    func leave() {
+        lock.lock(); inFlight = false; lock.unlock()
     }
 }

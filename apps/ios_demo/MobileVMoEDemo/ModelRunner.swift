@@ -24,7 +24,8 @@ final class ModelRunner {
         let config = MLModelConfiguration()
         config.computeUnits = computeUnits
         self.model = model
-        mlModel = try MLModel(contentsOf: try ModelRunner.compiledURL(for: model.modelURL), configuration: config)
+        mlModel = try MLModel(contentsOf: try ModelRunner.compiledURL(for: model.modelURL, key: model.meta.artifactFile?.sha256),
+                              configuration: config)
         // Output names as exported ("logits", "expert_probs"); fall back to matching shapes if a converter renamed them.
         let outs = mlModel.modelDescription.outputDescriptionsByName
         let n = model.meta.labels.count, e = model.meta.experts
@@ -38,18 +39,33 @@ final class ModelRunner {
         expertName = model.meta.hasExpertProbs ? (outs["expert_probs"] != nil ? "expert_probs" : byLength(e)) : nil
     }
 
-    /// Xcode compiles a bundled .mlpackage to .mlmodelc; a package copied as a plain resource is compiled once here.
-    static func compiledURL(for url: URL) throws -> URL {
+    /// Xcode compiles a bundled .mlpackage to .mlmodelc; a package copied as a plain resource is compiled
+    /// once here. The cache is keyed by content (the .json's artifact_file.sha256, else the package's
+    /// size and modification time), so a re-exported package of the same name is compiled again.
+    static func compiledURL(for url: URL, key: String?) throws -> URL {
         if url.pathExtension == "mlmodelc" { return url }
         let cache = try FileManager.default.url(for: .cachesDirectory, in: .userDomainMask, appropriateFor: nil, create: true)
-        let dest = cache.appendingPathComponent(url.deletingPathExtension().lastPathComponent + ".mlmodelc")
+        let dest = cache.appendingPathComponent(url.deletingPathExtension().lastPathComponent + "-" +
+                                                (key.map { String($0.prefix(16)) } ?? contentStamp(url)) + ".mlmodelc")
         if FileManager.default.fileExists(atPath: dest.path) { return dest }
         let tmp = try MLModel.compileModel(at: url)
         try FileManager.default.moveItem(at: tmp, to: dest)
         return dest
     }
 
-    /// Flat float input (contract-C layout) -> MLMultiArray of input.shape.
+    /// "<bytes>-<mtime>" of a folder's files: the fallback cache key when the .json has no hash.
+    static func contentStamp(_ url: URL) -> String {
+        let keys: [URLResourceKey] = [.fileSizeKey, .contentModificationDateKey]
+        var bytes = 0, newest = 0.0
+        for case let f as URL in FileManager.default.enumerator(at: url, includingPropertiesForKeys: keys) ?? .init() {
+            let v = try? f.resourceValues(forKeys: Set(keys))
+            bytes += v?.fileSize ?? 0
+            newest = max(newest, v?.contentModificationDate?.timeIntervalSince1970 ?? 0)
+        }
+        return "\(bytes)-\(Int(newest))"
+    }
+
+    /// Flat float input (layout of docs/apps.md) -> MLMultiArray of input.shape.
     func makeInput(_ values: [Float]) throws -> MLFeatureProvider {
         let shape = model.meta.input.shape.map { NSNumber(value: $0) }
         let arr = try MLMultiArray(shape: shape, dataType: .float32)
@@ -74,12 +90,24 @@ final class ModelRunner {
     }
 
     /// Image -> prediction and the time of the prediction call alone (ms).
-    func classify(_ image: RGBImage) throws -> (Prediction, Double) {
-        let input = try makeInput(Preprocess.toInput(image, model.meta.input))
+    func classify(_ image: RGBImage, invert: Bool = false) throws -> (Prediction, Double) {
+        let input = try makeInput(Preprocess.toInput(image, model.meta.input, cropFraction: model.meta.cropFraction, invert: invert))
         let t0 = DispatchTime.now().uptimeNanoseconds
         let (logits, experts) = try predict(input)
         let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
         return (Postprocess.decode(model.meta, logits: logits, expertProbs: experts), ms)
+    }
+}
+
+extension ModelRunner {
+    /// The .json's parity set through this model: "parity: max diff X, top-1 agree Y/Z (ok)".
+    func paritySummary() -> String {
+        guard let set = model.meta.paritySet else { return "parity: no parity set in the .json (re-export with this mvmoe)" }
+        do {
+            return try Parity.run(set, model.meta.input) { try predict(makeInput($0)).logits }.summary
+        } catch {
+            return "parity: could not run (\(error.localizedDescription))"
+        }
     }
 }
 

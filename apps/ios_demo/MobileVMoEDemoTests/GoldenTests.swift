@@ -31,15 +31,16 @@ final class GoldenTests: XCTestCase {
             images[try XCTUnwrap(im["name"] as? String)] = RGBImage(width: w, height: h, rgb: rgb)
         }
         let cases = try list("preprocess")
-        XCTAssertEqual(cases.count, 12)
+        XCTAssertEqual(cases.count, 16)  // 3 metadata x 4 images + the light-on-dark one inverted
         for c in cases {
             let meta = metas[try XCTUnwrap(c["metadata"] as? Int)]
             let img = try XCTUnwrap(images[try XCTUnwrap(c["image"] as? String)])
             let crop = try doubles(c, "crop").map { Int($0) }
-            XCTAssertEqual(Preprocess.centerCropBox(height: img.height, width: img.width),
+            XCTAssertEqual(Preprocess.centerCropBox(height: img.height, width: img.width, cropFraction: meta.cropFraction),
                            CropBox(top: crop[0], left: crop[1], side: crop[2]))
             let want = try doubles(c, "expected")
-            let got = Preprocess.toInput(img, meta.input)
+            let got = Preprocess.toInput(img, meta.input, cropFraction: meta.cropFraction,
+                                         invert: try XCTUnwrap(c["invert"] as? Bool))
             XCTAssertEqual(want.count, got.count)
             let worst = zip(want, got).map { abs($0 - Double($1)) }.max() ?? 0
             XCTAssertLessThanOrEqual(worst, tol, "\(meta.artifact) / \(c["image"] ?? "")")

@@ -42,7 +42,7 @@ struct RollingMedian {
     var median: Double { window.isEmpty ? .nan : BenchStats.percentile(window.sorted(), 50) }
 }
 
-/// The benchmark file the app shares (contract D); `mvmoe profile ingest FILE` reads it.
+/// The benchmark file the app shares (docs/apps.md, "Benchmark file"); `mvmoe profile ingest FILE` reads it.
 struct BenchmarkReport: Equatable {
     var artifact: String
     var app: String = "ios_demo"

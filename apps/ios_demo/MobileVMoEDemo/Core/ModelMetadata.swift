@@ -1,6 +1,6 @@
 import Foundation
 
-/// The metadata .json that `mvmoe export` writes beside every artifact (contract C, docs/apps.md).
+/// The metadata .json that `mvmoe export` writes beside every artifact (docs/apps.md).
 ///
 /// Only the keys the app needs are decoded; unknown keys are ignored so newer exporters stay readable.
 /// `validate()` turns a malformed file into a message the app shows instead of crashing.
@@ -69,6 +69,23 @@ struct ModelMetadata: Decodable, Equatable {
     var experts: Int
     var k: Int
     var macs: Int?
+    // Added for the apps (docs/apps.md, "Metadata for the apps"); absent in older .json files.
+    var preprocessing: Preprocessing?
+    var paritySet: ParitySet?
+    var runtime: Runtime?
+    var artifactFile: ArtifactFile?
+
+    enum CodingKeys: String, CodingKey {
+        case model, target, backend, precision, artifact, input, outputs, labels, superclasses, experts, k, macs
+        case preprocessing, runtime
+        case paritySet = "parity_set"
+        case artifactFile = "artifact_file"
+    }
+
+    /// Side of the centred square = round(min(H0, W0) * cropFraction); 1 = the largest square.
+    var cropFraction: Double { preprocessing?.cropFraction ?? 1 }
+    /// Position of the output called `name` in the artifact's output order, or nil.
+    func outputIndex(_ name: String) -> Int? { outputs.firstIndex { $0.name == name } }
 
     /// True when the artifact has the router's `expert_probs` output (per-image MoE).
     var hasExpertProbs: Bool { experts > 0 && outputs.contains { $0.name == "expert_probs" } }
@@ -107,6 +124,19 @@ struct ModelMetadata: Decodable, Equatable {
         guard input.channels == 3 else { throw Invalid(message: "metadata: the app feeds RGB, input has \(input.channels) channels") }
         guard input.dtype == "float32" else { throw Invalid(message: "metadata: input.dtype must be float32, got '\(input.dtype)'") }
         guard input.resize == "center-crop-then-bilinear" else { throw Invalid(message: "metadata: unknown input.resize '\(input.resize)'") }
+        guard cropFraction > 0, cropFraction <= 1 else {
+            throw Invalid(message: "metadata: preprocessing.crop_fraction must be in (0, 1], got \(cropFraction)")
+        }
+        if let ps = paritySet {
+            for (i, im) in ps.images.enumerated() {
+                guard im.bytes?.count == ps.height * ps.width * 3 else {
+                    throw Invalid(message: "metadata: parity_set.images[\(i)] is not \(ps.height)x\(ps.width)x3 base64 bytes")
+                }
+                guard im.logits.count == labels.count else {
+                    throw Invalid(message: "metadata: parity_set.images[\(i)].logits must be \(labels.count) numbers")
+                }
+            }
+        }
         guard input.mean.count == 3, input.std.count == 3, input.std.allSatisfy({ $0 > 0 }) else {
             throw Invalid(message: "metadata: input.mean/std must be 3 numbers with std > 0, got \(input.mean) / \(input.std)")
         }

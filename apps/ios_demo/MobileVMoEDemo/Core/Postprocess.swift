@@ -8,7 +8,7 @@ struct Ranked: Equatable {
 }
 
 /// What the screen shows for one inference: top-k classes, the chosen expert and its superclass.
-/// The superclass of an image is the one of its top expert (expert i <-> superclass i, contract C).
+/// The superclass of an image is the one of its top expert (expert i <-> superclass i, docs/apps.md).
 struct Prediction: Equatable {
     let top: [Ranked]
     let expert: Int?

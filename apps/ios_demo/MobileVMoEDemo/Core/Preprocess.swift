@@ -24,13 +24,15 @@ struct CropBox: Equatable {
     let side: Int
 }
 
-/// App preprocessing, identical to apps/golden/make_golden.py and the Kotlin `Preprocess` (contract C):
-/// center-crop the largest square -> bilinear resize (half-pixel centres, no antialias) ->
+/// App preprocessing, identical to apps/golden/make_golden.py and the Kotlin `Preprocess` (docs/apps.md):
+/// [invert colours] -> center-crop a square of crop_fraction of the short side -> bilinear resize (half-pixel centres, no antialias) ->
 /// RGB / scale -> (x - mean) / std -> the declared layout. With preprocessing baked into the model the
 /// app stops after the resize and feeds raw [0, 255] floats.
 enum Preprocess {
-    static func centerCropBox(height: Int, width: Int) -> CropBox {
-        let side = min(height, width)
+    /// Side round(min(h, w) * cropFraction), halves up, at least 1 pixel.
+    static func centerCropBox(height: Int, width: Int, cropFraction: Double = 1) -> CropBox {
+        let short = min(height, width)
+        let side = cropFraction == 1 ? short : min(short, max(1, Int((Double(short) * cropFraction + 0.5).rounded(.down))))
         return CropBox(top: (height - side) / 2, left: (width - side) / 2, side: side)
     }
 
@@ -50,10 +52,12 @@ enum Preprocess {
         return (i0, i1, frac)
     }
 
-    /// Image -> flat float32 model input of shape input.shape, in input.layout.
-    static func toInput(_ image: RGBImage, _ input: ModelMetadata.Input) -> [Float] {
+    /// Image -> flat float32 model input of shape input.shape, in input.layout. `invert` maps
+    /// v -> 255 - v (dark ink for a light-on-dark model); the parity set passes cropFraction 1.
+    static func toInput(_ image: RGBImage, _ input: ModelMetadata.Input, cropFraction: Double = 1,
+                        invert: Bool = false) -> [Float] {
         let h = input.height, w = input.width
-        let box = centerCropBox(height: image.height, width: image.width)
+        let box = centerCropBox(height: image.height, width: image.width, cropFraction: cropFraction)
         let ty = taps(out: h, in: box.side), tx = taps(out: w, in: box.side)
         var out = [Float](repeating: 0, count: 3 * h * w)
         for y in 0..<h {
@@ -64,6 +68,7 @@ enum Preprocess {
                     let top = image.at(y0, x0, c) * (1 - fx) + image.at(y0, x1, c) * fx
                     let bot = image.at(y1, x0, c) * (1 - fx) + image.at(y1, x1, c) * fx
                     var v = top * (1 - fy) + bot * fy  // in [0, 255]
+                    if invert { v = 255 - v }
                     if !input.preprocessingBakedIn {
                         v = (v / Double(input.scale) - Double(input.mean[c])) / Double(input.std[c])
                     }

@@ -1,6 +1,8 @@
 package ai.mvmoe.demo
 
+import ai.mvmoe.demo.core.BenchStats
 import ai.mvmoe.demo.core.BenchmarkReport
+import ai.mvmoe.demo.core.Postprocess
 import ai.mvmoe.demo.core.Preprocess
 import ai.mvmoe.demo.core.RgbImage
 import android.content.Context
@@ -34,7 +36,7 @@ import kotlin.concurrent.thread
 
 /**
  * Benchmark screen: N timed runs after warm-up on CPU or GPU (LiteRT) / CPU (ExecuTorch), the statistics
- * `mvmoe profile latency` prints, and a contract-D JSON file shared with the share sheet
+ * `mvmoe profile latency` prints, and a benchmark JSON file (docs/apps.md) shared with the share sheet
  * (read it on the desktop with `mvmoe profile ingest FILE`).
  */
 @Composable
@@ -76,28 +78,49 @@ fun BenchmarkScreen(models: List<ModelAsset>) {
         report?.let { r ->
             val s = r.stats
             Text("${r.runtime} / ${r.computeUnits} on ${r.device}")
-            Text("min %.3f  median %.3f  p90 %.3f  mean %.3f ms (%d runs)".format(s.minMs, s.medianMs, s.p90Ms, s.meanMs, s.runs))
+            Text("run: min %.3f  median %.3f  p90 %.3f  mean %.3f ms (%d runs)".format(s.minMs, s.medianMs, s.p90Ms, s.meanMs, s.runs))
+            if (r.preprocessMs.isNotEmpty()) Text("median preprocess %.3f ms, postprocess %.3f ms; load %.0f ms, first %.1f ms".format(
+                BenchStats.of(r.preprocessMs).medianMs, BenchStats.of(r.postprocessMs).medianMs, r.loadMs ?: 0.0, r.firstRunMs ?: 0.0))
+            r.accelerator?.let { Text(it) }
             file?.let { f -> Button(onClick = { share(context, f) }) { Text("Share JSON") } }
         }
     }
 }
 
-/** Times `run` on a fixed input (a mid-grey image through the app preprocessing); writes the JSON atomically. */
+/**
+ * Times the runtime's `run` alone on the bundled sample image, and the preprocessing (image -> input)
+ * and postprocessing (outputs -> top-5) of each run apart; model load and the first inference are
+ * reported too. The live screen's camera is unbound while this tab is shown. Writes the JSON atomically.
+ */
 private fun measure(context: Context, asset: ModelAsset, units: String, runs: Int, warmup: Int): Pair<BenchmarkReport, File> {
+    val image = ImageUtils.rgb(ImageUtils.sample(context, SAMPLE))
+    val t0 = System.nanoTime()
     Runner.create(context, asset, units).use { runner ->
-        val grey = RgbImage(8, 8, ByteArray(8 * 8 * 3) { 128.toByte() })
-        val input = Preprocess.toInput(grey, asset.meta.input)
-        repeat(warmup) { runner.run(input) }
-        val times = List(runs) {
-            val t0 = System.nanoTime()
+        val loadMs = (System.nanoTime() - t0) / 1e6
+        val t1 = System.nanoTime()
+        runner.infer(Preprocess.toInput(image, asset.meta.input))
+        val firstMs = (System.nanoTime() - t1) / 1e6
+        repeat(warmup) { runner.infer(Preprocess.toInput(image, asset.meta.input)) }
+        val pre = ArrayList<Double>(runs)
+        val run = ArrayList<Double>(runs)
+        val post = ArrayList<Double>(runs)
+        repeat(runs) {
+            val a = System.nanoTime()
+            val input = Preprocess.toInput(image, asset.meta.input)
+            val b = System.nanoTime()
             runner.run(input)
-            (System.nanoTime() - t0) / 1e6
+            val c = System.nanoTime()
+            val out = runner.outputs()
+            Postprocess.decode(asset.meta, out.logits, out.expertProbs)
+            val d = System.nanoTime()
+            pre += (b - a) / 1e6; run += (c - b) / 1e6; post += (d - c) / 1e6
         }
         val report = BenchmarkReport(
             artifact = asset.meta.artifact, app = "android_demo",
             device = "${Build.MANUFACTURER} ${Build.MODEL} (Android ${Build.VERSION.RELEASE})",
             runtime = runner.runtime, computeUnits = runner.computeUnits, threads = runner.threads,
-            warmup = warmup, runsMs = times, created = Instant.now().toString(),
+            warmup = warmup, runsMs = run, created = Instant.now().toString(),
+            preprocessMs = pre, postprocessMs = post, loadMs = loadMs, firstRunMs = firstMs, accelerator = runner.accelerator,
         )
         val dir = File(context.cacheDir, "bench").apply { mkdirs() }
         val out = File(dir, report.fileName())

@@ -1,5 +1,6 @@
 package ai.mvmoe.demo
 
+import ai.mvmoe.demo.core.Parity
 import ai.mvmoe.demo.core.Postprocess
 import ai.mvmoe.demo.core.Prediction
 import ai.mvmoe.demo.core.Preprocess
@@ -13,6 +14,7 @@ import androidx.activity.result.PickVisualMediaRequest
 import androidx.activity.result.contract.ActivityResultContracts
 import androidx.camera.core.CameraSelector
 import androidx.camera.core.ImageAnalysis
+import androidx.camera.core.ImageProxy
 import androidx.camera.core.Preview
 import androidx.camera.lifecycle.ProcessCameraProvider
 import androidx.camera.view.PreviewView
@@ -23,7 +25,11 @@ import androidx.compose.foundation.layout.Row
 import androidx.compose.foundation.layout.fillMaxWidth
 import androidx.compose.foundation.layout.height
 import androidx.compose.foundation.layout.padding
+import androidx.compose.foundation.rememberScrollState
+import androidx.compose.foundation.verticalScroll
 import androidx.compose.material3.Button
+import androidx.compose.material3.FilterChip
+import androidx.compose.material3.Switch
 import androidx.compose.material3.MaterialTheme
 import androidx.compose.material3.Text
 import androidx.compose.runtime.Composable
@@ -31,6 +37,7 @@ import androidx.compose.runtime.DisposableEffect
 import androidx.compose.runtime.getValue
 import androidx.compose.runtime.mutableStateOf
 import androidx.compose.runtime.remember
+import androidx.compose.runtime.rememberUpdatedState
 import androidx.compose.runtime.setValue
 import androidx.compose.ui.Modifier
 import androidx.compose.ui.graphics.asImageBitmap
@@ -44,91 +51,124 @@ import java.util.concurrent.Executors
 import java.util.concurrent.atomic.AtomicBoolean
 
 /**
- * Live screen: camera frames (CameraX ImageAnalysis) or a picked photo -> top-5 labels, the chosen expert
- * and its superclass, and the latency of each inference with a rolling median of the last 20.
+ * Live screen: camera frames (CameraX ImageAnalysis), a picked photo or the bundled sample -> top-5
+ * labels, the chosen expert and its superclass, and the latency of each inference with a rolling
+ * median of the last 20. At load it runs the .json's parity set and shows the verdict, and says where
+ * the model runs. The model is loaded off the main thread; the camera is unbound when the screen goes.
  */
 @Composable
 fun ClassifyScreen(models: List<ModelAsset>) {
     val context = LocalContext.current
     val lifecycleOwner = LocalLifecycleOwner.current
     var asset by remember { mutableStateOf(models.first()) }
+    var units by remember { mutableStateOf("cpu") }
+    var invert by remember { mutableStateOf(false) }
     var prediction by remember { mutableStateOf<Prediction?>(null) }
     var lastMs by remember { mutableStateOf<Double?>(null) }
     var medianMs by remember { mutableStateOf<Double?>(null) }
     var error by remember { mutableStateOf<String?>(null) }
+    var status by remember { mutableStateOf("") }
     var photo by remember { mutableStateOf<Bitmap?>(null) }
+    var runner by remember { mutableStateOf<Runner?>(null) }
     var hasCamera by remember {
         mutableStateOf(ContextCompat.checkSelfPermission(context, Manifest.permission.CAMERA) == PackageManager.PERMISSION_GRANTED)
     }
     val executor = remember { Executors.newSingleThreadExecutor() }
     val busy = remember { AtomicBoolean(false) }
-    val rolling = remember(asset) { RollingMedian(20) }
-    val runner = remember(asset) {
-        runCatching { Runner.create(context, asset, "cpu") }.onFailure { error = "cannot load ${asset.meta.artifact}: ${it.message}" }.getOrNull()
-    }
-    DisposableEffect(runner) { onDispose { executor.execute { runner?.close() } } }
+    val rolling = remember(asset, units) { RollingMedian(20) }
+    val main = remember { ContextCompat.getMainExecutor(context) }
 
-    // Runs on `executor`; frames arriving while one is in flight are dropped.
-    fun classify(img: RgbImage) {
-        val r = runner ?: return
+    // Load on `executor` (never the main thread): model, .pte copy, first inference and the parity set.
+    DisposableEffect(asset, units) {
+        val a = asset
+        runner = null
+        status = "loading ${a.meta.artifact}…"
+        var loaded: Runner? = null
+        executor.execute {
+            try {
+                val t0 = System.nanoTime()
+                val r = Runner.create(context, a, units)
+                val loadMs = (System.nanoTime() - t0) / 1e6
+                val t1 = System.nanoTime()
+                r.infer(FloatArray(a.meta.input.shape.fold(1) { x, y -> x * y }))
+                val firstMs = (System.nanoTime() - t1) / 1e6
+                val parity = a.meta.paritySet?.let { set -> Parity.run(set, a.meta.input) { r.infer(it).logits }.summary() }
+                    ?: "parity: no parity set in the .json (re-export with this mvmoe)"
+                loaded = r
+                main.execute {
+                    runner = r
+                    error = null
+                    status = "${r.accelerator} · load %.0f ms, first inference %.1f ms\n$parity".format(loadMs, firstMs)
+                }
+            } catch (e: Exception) {
+                main.execute { error = "cannot load ${a.meta.artifact}: ${e.message}"; status = "" }
+            }
+        }
+        onDispose { executor.execute { loaded?.close() } }
+    }
+    // The camera analyzer and the photo decoder are long-lived callbacks: they read the current state.
+    val currentRunner by rememberUpdatedState(runner)
+    val currentAsset by rememberUpdatedState(asset)
+    val currentInvert by rememberUpdatedState(invert)
+
+    // Runs on `executor`; frames arriving while one is in flight are dropped before any conversion.
+    fun classify(image: () -> RgbImage) {
+        val r = currentRunner ?: return
+        val a = currentAsset
         if (!busy.compareAndSet(false, true)) return
         executor.execute {
             try {
-                val input = Preprocess.toInput(img, asset.meta.input)
+                val input = Preprocess.toInput(image(), a.meta.input, invert = currentInvert)
                 val t0 = System.nanoTime()
-                val out = r.run(input)
+                r.run(input)
                 val ms = (System.nanoTime() - t0) / 1e6
-                val p = Postprocess.decode(asset.meta, out.logits, out.expertProbs)
+                val out = r.outputs()
+                val p = Postprocess.decode(a.meta, out.logits, out.expertProbs)
                 val med = synchronized(rolling) { rolling.add(ms) }
-                ContextCompat.getMainExecutor(context).execute { prediction = p; lastMs = ms; medianMs = med; error = null }
+                main.execute { prediction = p; lastMs = ms; medianMs = med; error = null }
             } catch (e: Exception) {
-                ContextCompat.getMainExecutor(context).execute { error = e.message }
+                main.execute { error = e.message }
             } finally {
                 busy.set(false)
             }
         }
     }
 
-    val permission = rememberLauncherForActivityResult(ActivityResultContracts.RequestPermission()) { hasCamera = it }
-    val picker = rememberLauncherForActivityResult(ActivityResultContracts.PickVisualMedia()) { uri ->
-        if (uri != null) {
-            val bmp = ImageUtils.load(context, uri)
-            photo = bmp
-            classify(ImageUtils.rgb(bmp))
+    fun show(load: () -> Bitmap) {
+        executor.execute {  // decode off the main thread, then classify the same bitmap
+            val bmp = runCatching(load).getOrElse { e -> main.execute { error = "cannot open the image: ${e.message}" }; return@execute }
+            main.execute { photo = bmp; classify { ImageUtils.rgb(bmp) } }
         }
     }
 
-    Column(Modifier.padding(12.dp), verticalArrangement = Arrangement.spacedBy(8.dp)) {
-        ModelPicker(models, asset) { asset = it; prediction = null }
+    val permission = rememberLauncherForActivityResult(ActivityResultContracts.RequestPermission()) { granted ->
+        hasCamera = granted
+        if (!granted) error = "Camera permission denied: use Photo or Sample, or allow the camera in Settings."
+    }
+    val picker = rememberLauncherForActivityResult(ActivityResultContracts.PickVisualMedia()) { uri ->
+        if (uri != null) show { ImageUtils.load(context, uri) }
+    }
+
+    Column(Modifier.padding(12.dp).verticalScroll(rememberScrollState()), verticalArrangement = Arrangement.spacedBy(8.dp)) {
+        ModelPicker(models, asset) { asset = it; prediction = null; if (it.runtime == "executorch") units = "cpu" }
+        if (asset.runtime == "litert") Row(horizontalArrangement = Arrangement.spacedBy(8.dp)) {
+            listOf("cpu", "gpu").forEach { u -> FilterChip(units == u, { units = u }, { Text(u.uppercase()) }) }
+        }
         Row(horizontalArrangement = Arrangement.spacedBy(8.dp)) {
             Button(onClick = { photo = null; if (!hasCamera) permission.launch(Manifest.permission.CAMERA) }) { Text("Camera") }
             Button(onClick = { picker.launch(PickVisualMediaRequest(ActivityResultContracts.PickVisualMedia.ImageOnly)) }) { Text("Photo") }
+            Button(onClick = { show { ImageUtils.sample(context, SAMPLE) } }) { Text("Sample") }
         }
+        if (asset.meta.polarity == "light-on-dark") {
+            Text("This model expects light digits on a dark ground. Dark ink on paper: switch on Invert.")
+            Row { Switch(invert, { invert = it }); Text(" Invert colours") }
+        }
+        if (status.isNotEmpty()) Text(status, style = MaterialTheme.typography.bodySmall)
         val shown = photo
         if (shown != null) {
             Image(shown.asImageBitmap(), null, Modifier.fillMaxWidth().height(280.dp), contentScale = ContentScale.Crop)
         } else if (hasCamera) {
-            AndroidView(
-                modifier = Modifier.fillMaxWidth().height(280.dp),
-                factory = { ctx ->
-                    val view = PreviewView(ctx)
-                    val future = ProcessCameraProvider.getInstance(ctx)
-                    future.addListener({
-                        val provider = future.get()
-                        val preview = Preview.Builder().build().also { it.setSurfaceProvider(view.surfaceProvider) }
-                        val analysis = ImageAnalysis.Builder()
-                            .setBackpressureStrategy(ImageAnalysis.STRATEGY_KEEP_ONLY_LATEST)
-                            .setOutputImageFormat(ImageAnalysis.OUTPUT_IMAGE_FORMAT_RGBA_8888)
-                            .build()
-                        analysis.setAnalyzer(Executors.newSingleThreadExecutor()) { frame ->
-                            frame.use { if (!busy.get()) classify(ImageUtils.rgb(it)) }
-                        }
-                        provider.unbindAll()
-                        provider.bindToLifecycle(lifecycleOwner, CameraSelector.DEFAULT_BACK_CAMERA, preview, analysis)
-                    }, ContextCompat.getMainExecutor(ctx))
-                    view
-                },
-            )
+            CameraPreview(lifecycleOwner) { frame -> if (!busy.get()) classify { ImageUtils.rgb(frame) } }
         }
         error?.let { Text(it, color = MaterialTheme.colorScheme.error) }
         prediction?.let { p ->
@@ -139,8 +179,50 @@ fun ClassifyScreen(models: List<ModelAsset>) {
                 Text("Superclass: ${p.superclass ?: "sc$e"}")
             }
         }
-        lastMs?.let { Text("%.2f ms (median of last %d: %.2f ms)".format(it, rolling.size, medianMs ?: it)) }
+        lastMs?.let { Text("run %.2f ms (median of last %d: %.2f ms)".format(it, rolling.size, medianMs ?: it)) }
     }
+}
+
+/** The bundled sample in assets/sample/ (a light-on-dark digit, as the digits models expect). */
+const val SAMPLE = "digit.png"
+
+/**
+ * CameraX preview + analysis bound to the lifecycle while this composable is shown, and unbound when
+ * it leaves (tab switch, photo, benchmark), so no frame is analysed behind another screen.
+ * [onFrame] is called on the analysis thread with a frame that must be converted before returning.
+ */
+@Composable
+fun CameraPreview(lifecycleOwner: androidx.lifecycle.LifecycleOwner, onFrame: (ImageProxy) -> Unit) {
+    val context = LocalContext.current
+    val currentOnFrame by rememberUpdatedState(onFrame)
+    val analysisExecutor = remember { Executors.newSingleThreadExecutor() }
+    var provider by remember { mutableStateOf<ProcessCameraProvider?>(null) }
+    DisposableEffect(lifecycleOwner) {
+        onDispose {
+            provider?.unbindAll()
+            analysisExecutor.shutdown()
+        }
+    }
+    AndroidView(
+        modifier = Modifier.fillMaxWidth().height(280.dp),
+        factory = { ctx ->
+            val view = PreviewView(ctx)
+            val future = ProcessCameraProvider.getInstance(ctx)
+            future.addListener({
+                val p = future.get()
+                val preview = Preview.Builder().build().also { it.setSurfaceProvider(view.surfaceProvider) }
+                val analysis = ImageAnalysis.Builder()
+                    .setBackpressureStrategy(ImageAnalysis.STRATEGY_KEEP_ONLY_LATEST)
+                    .setOutputImageFormat(ImageAnalysis.OUTPUT_IMAGE_FORMAT_RGBA_8888)
+                    .build()
+                analysis.setAnalyzer(analysisExecutor) { frame -> frame.use { currentOnFrame(it) } }
+                p.unbindAll()
+                p.bindToLifecycle(lifecycleOwner, CameraSelector.DEFAULT_BACK_CAMERA, preview, analysis)
+                provider = p
+            }, ContextCompat.getMainExecutor(context))
+            view
+        },
+    )
 }
 
 @Composable

@@ -28,14 +28,25 @@ object ImageUtils {
         return rgb(Bitmap.createBitmap(bmp, 0, 0, bmp.width, bmp.height, m, true))
     }
 
-    /** A picked photo, decoded to software ARGB_8888 (EXIF orientation applied by ImageDecoder). */
-    fun load(context: Context, uri: Uri): Bitmap =
+    /**
+     * A picked photo, decoded to software ARGB_8888 (EXIF orientation applied by ImageDecoder) and
+     * downsampled so its short side is about [shortSide] pixels: no full-resolution bitmap in memory.
+     * Call off the main thread.
+     */
+    fun load(context: Context, uri: Uri, shortSide: Int = 512): Bitmap =
         if (Build.VERSION.SDK_INT >= 28) {
-            ImageDecoder.decodeBitmap(ImageDecoder.createSource(context.contentResolver, uri)) { d, _, _ ->
+            ImageDecoder.decodeBitmap(ImageDecoder.createSource(context.contentResolver, uri)) { d, info, _ ->
                 d.allocator = ImageDecoder.ALLOCATOR_SOFTWARE
+                val (w, h) = info.size.width to info.size.height
+                val scale = shortSide.toDouble() / minOf(w, h)
+                if (scale < 1.0) d.setTargetSize(maxOf(1, (w * scale).toInt()), maxOf(1, (h * scale).toInt()))
             }
         } else {
             @Suppress("DEPRECATION")
             MediaStore.Images.Media.getBitmap(context.contentResolver, uri)
         }
+
+    /** The bundled sample image (assets/sample/), for a prediction without a camera. */
+    fun sample(context: Context, name: String): Bitmap =
+        context.assets.open("sample/$name").use { android.graphics.BitmapFactory.decodeStream(it) }
 }

@@ -3,6 +3,8 @@ package ai.mvmoe.demo
 import android.os.Bundle
 import androidx.activity.ComponentActivity
 import androidx.activity.compose.setContent
+import androidx.activity.enableEdgeToEdge
+import androidx.compose.foundation.layout.safeDrawingPadding
 import androidx.compose.foundation.layout.Column
 import androidx.compose.foundation.layout.fillMaxSize
 import androidx.compose.foundation.layout.padding
@@ -24,6 +26,7 @@ import androidx.compose.ui.unit.dp
 /** Two tabs: live classification (camera or a picked photo) and the benchmark screen. */
 class MainActivity : ComponentActivity() {
     override fun onCreate(savedInstanceState: Bundle?) {
+        enableEdgeToEdge()  // the default from targetSdk 35 on: pad the content by the system bars instead
         super.onCreate(savedInstanceState)
         setContent { MaterialTheme { Surface(Modifier.fillMaxSize()) { App() } } }
     }
@@ -34,7 +37,7 @@ fun App() {
     val context = LocalContext.current
     val (models, problems) = remember { ModelAssets.list(context) }
     var tab by rememberSaveable { mutableIntStateOf(0) }
-    Column(Modifier.fillMaxSize()) {
+    Column(Modifier.fillMaxSize().safeDrawingPadding()) {
         TabRow(selectedTabIndex = tab) {
             Tab(selected = tab == 0, onClick = { tab = 0 }, text = { Text("Classify") })
             Tab(selected = tab == 1, onClick = { tab = 1 }, text = { Text("Benchmark") })

@@ -1,7 +1,10 @@
 package ai.mvmoe.demo
 
+import ai.mvmoe.demo.core.Artifacts
+import ai.mvmoe.demo.core.FileStamp
 import ai.mvmoe.demo.core.MetadataException
 import ai.mvmoe.demo.core.ModelMetadata
+import ai.mvmoe.demo.core.StaleCopy
 import android.content.Context
 import java.io.File
 
@@ -10,9 +13,12 @@ data class ModelAsset(val meta: ModelMetadata, val assetPath: String) {
     val runtime: String get() = if (meta.target == "executorch") "executorch" else "litert"
 }
 
-/** Lists the .tflite / .pte artifacts that have a metadata .json beside them; problems are returned, not thrown. */
+/** Lists the artifacts Android can run that have a metadata .json beside them; problems are returned, not thrown. */
 object ModelAssets {
     const val DIR = "mvmoe"
+
+    /** The runtimes this APK bundles (gradle/libs.versions.toml, through BuildConfig). */
+    val BUNDLED = mapOf("executorch" to BuildConfig.EXECUTORCH_VERSION, "litert" to BuildConfig.LITERT_VERSION)
 
     fun list(context: Context): Pair<List<ModelAsset>, List<String>> {
         val files = context.assets.list(DIR)?.toSet() ?: emptySet()
@@ -26,23 +32,32 @@ object ModelAssets {
                 problems += "$json: ${e.message}"
                 continue
             }
-            if (meta.target != "tflite" && meta.target != "executorch") continue  // e.g. an .onnx copied by hand
+            if (!Artifacts.runnableOn(meta, "android")) continue  // e.g. an executorch-coreml .pte or an .onnx
             if (meta.artifact !in files) {
                 problems += "$json: ${meta.artifact} is missing beside it"
                 continue
             }
+            Artifacts.runtimeProblem(meta, BUNDLED)?.let { problems += it; continue }
             found += ModelAsset(meta, "$DIR/${meta.artifact}")
         }
         if (found.isEmpty()) problems += "No model in assets/mvmoe/. Run `mvmoe export CHECKPOINT --target tflite --app android` and rebuild."
         return found to problems
     }
 
-    /** ExecuTorch loads from a file path: copy the asset to the app's files dir once (atomically). */
-    fun toFile(context: Context, assetPath: String): File {
-        val out = File(context.filesDir, assetPath.substringAfterLast('/'))
-        if (out.isFile) return out
+    /**
+     * ExecuTorch loads from a file path: copy the asset to the app's files dir, again whenever the copy
+     * is stale (a re-exported .pte of the same name): checked by size + SHA-256 against the .json's
+     * `artifact_file`, else by size + the APK's install time. Call off the main thread.
+     */
+    fun toFile(context: Context, asset: ModelAsset): File {
+        val out = File(context.filesDir, asset.assetPath.substringAfterLast('/'))
+        val installed = context.packageManager.getPackageInfo(context.packageName, 0).lastUpdateTime
+        val sourceBytes = context.assets.openFd(asset.assetPath).use { it.length }  // stored uncompressed (noCompress)
+        val copy = if (out.isFile) FileStamp(out.length(), out.lastModified(),
+            if (asset.meta.artifactFile != null) out.inputStream().use { StaleCopy.sha256Hex(it) } else null) else null
+        if (!StaleCopy.needsCopy(FileStamp(sourceBytes, installed), copy, asset.meta.artifactFile)) return out
         val tmp = File(out.path + ".tmp")
-        context.assets.open(assetPath).use { input -> tmp.outputStream().use { input.copyTo(it) } }
+        context.assets.open(asset.assetPath).use { input -> tmp.outputStream().use { input.copyTo(it) } }
         check(tmp.renameTo(out)) { "cannot write $out" }
         return out
     }

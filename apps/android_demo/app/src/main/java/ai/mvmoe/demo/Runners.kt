@@ -1,6 +1,6 @@
 package ai.mvmoe.demo
 
-import ai.mvmoe.demo.core.ModelMetadata
+import ai.mvmoe.demo.core.Postprocess
 import android.content.Context
 import com.google.ai.edge.litert.Accelerator
 import com.google.ai.edge.litert.CompiledModel
@@ -11,12 +11,21 @@ import org.pytorch.executorch.Tensor
 /** Raw model outputs: logits (N) and, for per-image MoE, the router's expert probabilities (E). */
 class Outputs(val logits: FloatArray, val expertProbs: FloatArray?)
 
-/** One loaded artifact. `run` takes the flat input already in the layout of input.shape. */
+/**
+ * One loaded artifact. [run] feeds the flat input (already in the layout of input.shape) and runs the
+ * model — that call alone is what the benchmark times; [outputs] reads the results of the last run.
+ * Create runners off the main thread (model load, and the .pte copy, take time).
+ */
 interface Runner : AutoCloseable {
-    val runtime: String       // contract D: litert | executorch
-    val computeUnits: String  // contract D: cpu | gpu
+    val runtime: String       // benchmark file: litert | executorch
+    val computeUnits: String  // benchmark file: cpu | gpu
     val threads: Int?
-    fun run(input: FloatArray): Outputs
+    /** Where the model runs, for the screen: accelerator and delegation. */
+    val accelerator: String
+    fun run(input: FloatArray)
+    fun outputs(): Outputs
+
+    fun infer(input: FloatArray): Outputs { run(input); return outputs() }
 
     companion object {
         fun create(context: Context, asset: ModelAsset, computeUnits: String): Runner = when (asset.runtime) {
@@ -24,11 +33,9 @@ interface Runner : AutoCloseable {
             else -> LiteRtRunner(context, asset, computeUnits)
         }
 
-        /** Outputs are told apart by length (N logits, E experts), so output order does not matter. */
-        fun split(meta: ModelMetadata, outs: List<FloatArray>): Outputs {
-            val logits = outs.firstOrNull { it.size == meta.numClasses }
-                ?: error("no output with ${meta.numClasses} logits (got sizes ${outs.map { it.size }})")
-            val experts = if (meta.hasExpertProbs) outs.firstOrNull { it !== logits && it.size == meta.experts } else null
+        /** Outputs are picked by the names and order the .json gives (never by length). */
+        fun split(asset: ModelAsset, outs: List<FloatArray>): Outputs {
+            val (logits, experts) = Postprocess.splitOutputs(asset.meta, outs)
             return Outputs(logits, experts)
         }
     }
@@ -45,11 +52,17 @@ class LiteRtRunner(context: Context, private val asset: ModelAsset, override val
     private val inputs = model.createInputBuffers()
     private val outputs = model.createOutputBuffers()
 
-    override fun run(input: FloatArray): Outputs {
+    // The .json's `ops` block says how much of the graph the exporter saw delegated (XNNPACK on the
+    // desktop); ops the GPU delegate rejects fall back to the CPU, which LiteRT logs to logcat.
+    override val accelerator: String = "LiteRT ${computeUnits.uppercase()}" +
+        (asset.meta.opsDelegated?.let { (d, t) -> ", $d/$t ops delegated at export" } ?: "")
+
+    override fun run(input: FloatArray) {
         inputs[0].writeFloat(input)
         model.run(inputs, outputs)
-        return Runner.split(asset.meta, outputs.map { it.readFloat() })
     }
+
+    override fun outputs(): Outputs = Runner.split(asset, outputs.map { it.readFloat() })
 
     override fun close() {
         inputs.forEach { it.close() }
@@ -58,18 +71,21 @@ class LiteRtRunner(context: Context, private val asset: ModelAsset, override val
     }
 }
 
-/** ExecuTorch Android module (org.pytorch.executorch); XNNPACK-lowered .pte runs on the CPU. */
+/** ExecuTorch Android module (org.pytorch.executorch), memory-mapped; XNNPACK-lowered .pte runs on the CPU. */
 class ExecuTorchRunner(context: Context, private val asset: ModelAsset) : Runner {
     override val runtime = "executorch"
     override val computeUnits = "cpu"
-    override val threads: Int? = null
-    private val module = Module.load(ModelAssets.toFile(context, asset.assetPath).absolutePath)
+    override val threads: Int? = null  // XNNPACK's default thread pool
+    override val accelerator = "ExecuTorch ${asset.meta.backend ?: "portable"} (CPU)"
+    private val module = Module.load(ModelAssets.toFile(context, asset).absolutePath, Module.LOAD_MODE_MMAP)
     private val shape = asset.meta.input.shape.map { it.toLong() }.toLongArray()
+    private var last: Array<EValue> = emptyArray()
 
-    override fun run(input: FloatArray): Outputs {
-        val out = module.forward(EValue.from(Tensor.fromBlob(input, shape)))
-        return Runner.split(asset.meta, out.map { it.toTensor().dataAsFloatArray })
+    override fun run(input: FloatArray) {
+        last = module.forward(EValue.from(Tensor.fromBlob(input, shape)))
     }
+
+    override fun outputs(): Outputs = Runner.split(asset, last.map { it.toTensor().dataAsFloatArray })
 
     override fun close() = module.destroy()
 }

@@ -37,7 +37,10 @@ class RollingMedian(private val capacity: Int = 20) {
 }
 
 /**
- * The benchmark file the app shares (contract D); `mvmoe profile ingest FILE` reads it.
+ * The benchmark file the app shares (docs/apps.md, "Benchmark file"); `mvmoe profile ingest FILE` reads it.
+ * [runsMs] times the runtime's run call alone; [preprocessMs] (image -> input tensor) and
+ * [postprocessMs] (outputs -> top-5) are timed apart, one entry per run, or empty when not measured.
+ * [loadMs] and [firstRunMs] are the model load and the first (untimed-warmup) inference.
  * [created] is an ISO-8601 string made by the caller (java.time.Instant.now() on Android), so tests stay deterministic.
  */
 data class BenchmarkReport(
@@ -50,12 +53,20 @@ data class BenchmarkReport(
     val warmup: Int,
     val runsMs: List<Double>,
     val created: String,
+    val preprocessMs: List<Double> = emptyList(),
+    val postprocessMs: List<Double> = emptyList(),
+    val loadMs: Double? = null,
+    val firstRunMs: Double? = null,
+    /** Where the model ran, e.g. "LiteRT GPU (fully delegated)" or "XNNPACK CPU, 4 threads". */
+    val accelerator: String? = null,
 ) {
     init {
         require(app == "ios_demo" || app == "android_demo") { "app must be ios_demo or android_demo, got '$app'" }
         require(runtime in setOf("coreml", "litert", "executorch")) { "unknown runtime '$runtime'" }
         require(computeUnits in setOf("cpu", "gpu", "ane", "nnapi", "all")) { "unknown compute units '$computeUnits'" }
         require(runsMs.isNotEmpty()) { "no timed runs" }
+        require(preprocessMs.isEmpty() || preprocessMs.size == runsMs.size) { "preprocess_ms needs one entry per run" }
+        require(postprocessMs.isEmpty() || postprocessMs.size == runsMs.size) { "postprocess_ms needs one entry per run" }
     }
 
     val stats: BenchStats get() = BenchStats.of(runsMs)
@@ -73,6 +84,11 @@ data class BenchmarkReport(
             "warmup" to warmup,
             "runs_ms" to runsMs,
             "created" to created,
+            "preprocess_ms" to preprocessMs,
+            "postprocess_ms" to postprocessMs,
+            "load_ms" to loadMs,
+            "first_run_ms" to firstRunMs,
+            "accelerator" to accelerator,
         ),
         indent = 2,
     ) + "\n"

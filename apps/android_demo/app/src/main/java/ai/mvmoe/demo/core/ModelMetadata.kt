@@ -1,7 +1,7 @@
 package ai.mvmoe.demo.core
 
 /**
- * The metadata .json that `mvmoe export` writes beside every artifact (contract C, docs/apps.md).
+ * The metadata .json that `mvmoe export` writes beside every artifact (docs/apps.md, "Metadata").
  *
  * Only what the app needs is kept; unknown keys are ignored so newer exporters stay readable.
  * Errors name the key and the bad value: the app shows them instead of crashing.
@@ -18,6 +18,8 @@ data class InputSpec(
     val std: FloatArray,
     val scale: Float,
     val preprocessingBakedIn: Boolean,
+    /** Side of the centred square = round(min(H0, W0) * cropFraction); 1.0 = the largest square. */
+    val cropFraction: Double = 1.0,
 ) {
     /** Model input height and width, read from the shape in the declared layout. */
     val height: Int get() = if (layout == Layout.NCHW) shape[2] else shape[1]
@@ -26,6 +28,12 @@ data class InputSpec(
 }
 
 data class Superclasses(val names: List<String>, val classToSuperclass: List<Int>)
+
+/** The runtime release an artifact needs (`runtime` in the .json) and the platforms that can run it. */
+data class RuntimeRequirement(val name: String, val minVersion: String?, val backend: String?, val platforms: List<String>)
+
+/** Size and SHA-256 of the artifact file as exported (`artifact_file`). */
+data class FileFingerprint(val bytes: Long, val sha256: String)
 
 data class ModelMetadata(
     val model: String,
@@ -40,10 +48,20 @@ data class ModelMetadata(
     val experts: Int,
     val k: Int,
     val macs: Long?,
+    /** "light-on-dark" for the digits models (bright strokes on a black ground), else null. */
+    val polarity: String? = null,
+    val runtime: RuntimeRequirement? = null,
+    val paritySet: ParitySet? = null,
+    val artifactFile: FileFingerprint? = null,
+    /** (delegated, total) ops from the exporter's audit (`ops`), when it counted them. */
+    val opsDelegated: Pair<Int, Int>? = null,
 ) {
     /** True when the artifact has the router's `expert_probs` output (per-image MoE). */
     val hasExpertProbs: Boolean get() = experts > 0 && "expert_probs" in outputNames
     val numClasses: Int get() = labels.size
+
+    /** Position of the output called [name] in the artifact's output order, or -1. */
+    fun outputIndex(name: String): Int = outputNames.indexOf(name)
 
     companion object {
         fun parse(text: String): ModelMetadata {
@@ -66,6 +84,11 @@ data class ModelMetadata(
             if (dtype != "float32") throw MetadataException("metadata: input.dtype must be float32, got '$dtype'")
             val resize = inp["resize"] ?: "center-crop-then-bilinear"
             if (resize != "center-crop-then-bilinear") throw MetadataException("metadata: unknown input.resize '$resize'")
+            val pre = m["preprocessing"] as? Map<*, *>
+            val cropFraction = (pre?.get("crop_fraction") as? Double) ?: 1.0
+            if (!(cropFraction > 0.0 && cropFraction <= 1.0)) throw MetadataException("metadata: preprocessing.crop_fraction must be in (0, 1], got $cropFraction")
+            if (pre != null && pre["interpolation"] != null && pre["interpolation"] != "bilinear") throw MetadataException(
+                "metadata: preprocessing.interpolation '${pre["interpolation"]}' is not supported (bilinear only)")
             val spec = InputSpec(
                 name = (inp["name"] as? String) ?: "image",
                 shape = shape,
@@ -74,12 +97,14 @@ data class ModelMetadata(
                 std = floats(inp, "input.std", 3),
                 scale = ((inp["scale"] as? Double) ?: 255.0).toFloat(),
                 preprocessingBakedIn = (inp["preprocessing_baked_in"] as? Boolean) ?: false,
+                cropFraction = cropFraction,
             )
             if (spec.channels != 3) throw MetadataException("metadata: the app feeds RGB, input has ${spec.channels} channels")
             if (spec.std.any { it <= 0f }) throw MetadataException("metadata: input.std must be > 0, got ${spec.std.toList()}")
             val labels = (m["labels"] as? List<*>)?.map { it as? String ?: throw MetadataException("metadata: labels must be strings") }
                 ?: throw MetadataException("metadata: missing list 'labels'")
             val outputs = (m["outputs"] as? List<*>)?.map { ((it as? Map<*, *>)?.get("name") as? String) ?: "" } ?: listOf("logits")
+            if ("logits" !in outputs) throw MetadataException("metadata: outputs must name 'logits', got $outputs")
             val sc = (m["superclasses"] as? Map<*, *>)?.let { s ->
                 val names = (s["names"] as? List<*>)?.map { it.toString() } ?: throw MetadataException("metadata: superclasses.names missing")
                 val c2s = ints(s, "superclasses.class_to_superclass")
@@ -102,6 +127,20 @@ data class ModelMetadata(
                 experts = experts,
                 k = ((m["k"] as? Double) ?: 0.0).toInt(),
                 macs = (m["macs"] as? Double)?.toLong(),
+                polarity = pre?.get("polarity") as? String,
+                runtime = (m["runtime"] as? Map<*, *>)?.let { r ->
+                    RuntimeRequirement(str(r, "runtime.name"), r["min_version"] as? String, r["backend"] as? String,
+                        (r["platforms"] as? List<*>)?.map { it.toString() } ?: emptyList())
+                },
+                paritySet = (m["parity_set"] as? Map<*, *>)?.let { ParitySet.fromMap(it, labels.size) },
+                opsDelegated = (m["ops"] as? Map<*, *>)?.let { o ->
+                    val d = o["delegated"] as? Double
+                    val t = o["total"] as? Double
+                    if (d != null && t != null) d.toInt() to t.toInt() else null
+                },
+                artifactFile = (m["artifact_file"] as? Map<*, *>)?.let { f ->
+                    FileFingerprint(((f["bytes"] as? Double) ?: -1.0).toLong(), str(f, "artifact_file.sha256"))
+                },
             )
         }
 

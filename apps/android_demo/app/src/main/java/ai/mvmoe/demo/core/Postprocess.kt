@@ -7,7 +7,7 @@ data class Ranked(val index: Int, val label: String, val prob: Float)
 
 /**
  * What the screen shows for one inference: top-k classes, the chosen expert and its superclass.
- * The superclass of an image is the one of its top expert (expert i <-> superclass i, contract C).
+ * The superclass of an image is the one of its top expert (expert i <-> superclass i, docs/apps.md).
  */
 data class Prediction(val top: List<Ranked>, val expert: Int?, val expertProb: Float?, val superclass: String?)
 
@@ -24,6 +24,17 @@ object Postprocess {
     /** Indices of the k largest values, ties broken by the lower index (like a stable sort). */
     fun topK(values: FloatArray, k: Int): IntArray =
         values.indices.sortedWith(compareByDescending<Int> { values[it] }.thenBy { it }).take(k).toIntArray()
+
+    /**
+     * The runtime's outputs (in the artifact's order) -> (logits, expert_probs or null), picked by the
+     * names in the .json's `outputs`, never by length (classes may equal experts).
+     */
+    fun splitOutputs(meta: ModelMetadata, outs: List<FloatArray>): Pair<FloatArray, FloatArray?> {
+        require(outs.size == meta.outputNames.size) { "model returned ${outs.size} outputs, the .json names ${meta.outputNames}" }
+        val logits = outs[meta.outputIndex("logits")]
+        val e = meta.outputIndex("expert_probs")
+        return logits to (if (e >= 0 && meta.hasExpertProbs) outs[e] else null)
+    }
 
     /**
      * Decode the model outputs. [expertProbs] is the router's softmax output (null for a dense model).

@@ -1,10 +1,10 @@
 package ai.mvmoe.demo.core
 
 /**
- * App preprocessing, identical to apps/golden/make_golden.py (contract C):
- * center-crop the largest square -> bilinear resize (half-pixel centres, no antialias) ->
- * RGB / scale -> (x - mean) / std -> the declared layout. With preprocessing baked into the model
- * the app stops after the resize and feeds raw [0, 255] floats.
+ * App preprocessing, identical to apps/golden/make_golden.py (docs/apps.md, "The app preprocessing"):
+ * [invert colours] -> center-crop a square of crop_fraction of the short side -> bilinear resize
+ * (half-pixel centres, no antialias) -> RGB / scale -> (x - mean) / std -> the declared layout. With
+ * preprocessing baked into the model the app stops after the resize and feeds raw [0, 255] floats.
  *
  * Platform-free: the Android side converts a Bitmap to [RgbImage] (ARGB ints) and nothing else.
  */
@@ -32,12 +32,14 @@ class RgbImage(val width: Int, val height: Int, val rgb: ByteArray) {
     }
 }
 
-/** The largest centred square; odd remainders leave the extra row/column at the bottom/right. */
+/** A centred square; odd remainders leave the extra row/column at the bottom/right. */
 data class CropBox(val top: Int, val left: Int, val side: Int)
 
 object Preprocess {
-    fun centerCropBox(height: Int, width: Int): CropBox {
-        val side = minOf(height, width)
+    /** Side round(min(h, w) * cropFraction), halves up, at least 1 pixel. */
+    fun centerCropBox(height: Int, width: Int, cropFraction: Double = 1.0): CropBox {
+        val short = minOf(height, width)
+        val side = if (cropFraction == 1.0) short else minOf(short, maxOf(1, Math.floor(short * cropFraction + 0.5).toInt()))
         return CropBox((height - side) / 2, (width - side) / 2, side)
     }
 
@@ -61,12 +63,15 @@ object Preprocess {
 
     /**
      * Image -> flat float32 model input of shape input.shape, in input.layout.
-     * The resize reads the crop window in place (no intermediate bitmap).
+     * The resize reads the crop window in place (no intermediate bitmap). [invert] maps v -> 255 - v
+     * first (a photo of dark ink for a light-on-dark model); [cropFraction] defaults to the metadata's
+     * (the parity set passes 1.0: its images are already model-size).
      */
-    fun toInput(image: RgbImage, input: InputSpec): FloatArray {
+    fun toInput(image: RgbImage, input: InputSpec, invert: Boolean = false,
+                cropFraction: Double = input.cropFraction): FloatArray {
         val h = input.height
         val w = input.width
-        val box = centerCropBox(image.height, image.width)
+        val box = centerCropBox(image.height, image.width, cropFraction)
         val ty = Taps(h, box.side)
         val tx = Taps(w, box.side)
         val out = FloatArray(3 * h * w)
@@ -83,6 +88,7 @@ object Preprocess {
                     val top = image.at(y0, x0, c) * (1 - fx) + image.at(y0, x1, c) * fx
                     val bot = image.at(y1, x0, c) * (1 - fx) + image.at(y1, x1, c) * fx
                     var v = top * (1 - fy) + bot * fy  // in [0, 255]
+                    if (invert) v = 255.0 - v  // linear, so the same as inverting the source bytes
                     if (!baked) v = (v / input.scale - input.mean[c]) / input.std[c]
                     val idx = if (input.layout == Layout.NCHW) (c * h + y) * w + x else (y * w + x) * 3 + c
                     out[idx] = v.toFloat()

@@ -8,7 +8,7 @@ import java.io.File
  *
  *   AppCliKt preprocess META.json IMAGE.json OUT.json   IMAGE: {"width", "height", "rgb": [bytes]} -> {"input": [...]}
  *   AppCliKt decode META.json OUTPUTS.json OUT.json     OUTPUTS: {"logits", "expert_probs"?} -> the Prediction
- *   AppCliKt bench OUT.json ms [ms ...]                 a contract-D benchmark file written by BenchmarkReport
+ *   AppCliKt bench OUT.json ms [ms ...]                 a benchmark file (docs/apps.md) written by BenchmarkReport
  */
 fun main(args: Array<String>) {
     fun json(path: String) = Json.parse(File(path).readText(Charsets.UTF_8)) as Map<*, *>

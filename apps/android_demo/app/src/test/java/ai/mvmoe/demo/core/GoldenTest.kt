@@ -18,14 +18,14 @@ class GoldenTest {
     @Test
     fun preprocessingMatchesNumpyReference() {
         val cases = Golden.list("preprocess")
-        assertEquals(12, cases.size)
+        assertEquals(16, cases.size)  // 3 metadata x 4 images + the light-on-dark one inverted
         for (case in cases) {
             val meta = metas[(case["metadata"] as Double).toInt()]
             val img = images.getValue(case["image"] as String)
             val crop = Golden.ints(case, "crop")
-            assertEquals(CropBox(crop[0], crop[1], crop[2]), Preprocess.centerCropBox(img.height, img.width))
+            assertEquals(CropBox(crop[0], crop[1], crop[2]), Preprocess.centerCropBox(img.height, img.width, meta.input.cropFraction))
             val want = Golden.doubles(case, "expected")
-            val got = Preprocess.toInput(img, meta.input)
+            val got = Preprocess.toInput(img, meta.input, invert = case["invert"] as Boolean)
             assertEquals(want.size, got.size)
             var worst = 0.0
             for (i in want.indices) worst = maxOf(worst, abs(want[i] - got[i]))
@@ -46,6 +46,24 @@ class GoldenTest {
             pred.top.forEachIndexed { i, r -> assertEquals(wantP[i], r.prob.toDouble(), tol) }
             assertEquals((o["top_expert"] as Double).toInt(), pred.expert)
             assertEquals(o["superclass"], pred.superclass)
+        }
+    }
+
+    @Test
+    fun paritySetInputsAndVerdictsMatch() {
+        val set = metas[0].paritySet!!
+        val want = (Golden.root["parity_inputs"] as List<*>).map { l -> (l as List<*>).map { it as Double } }
+        assertEquals(set.images.size, want.size)
+        set.images.forEachIndexed { i, im ->
+            val got = Preprocess.toInput(im.rgb, metas[0].input, cropFraction = 1.0)
+            for (j in want[i].indices) assertEquals(want[i][j], got[j].toDouble(), tol)
+        }
+        for (p in Golden.list("parity")) {
+            val got = (p["got"] as List<*>).map { l -> (l as List<*>).map { (it as Double).toFloat() }.toFloatArray() }
+            val r = Parity.compare(set.images.map { it.logits }, got, p["tol"] as Double?)
+            assertEquals(p["max_abs_diff"] as Double, r.maxAbsDiff, 1e-6)
+            assertEquals((p["top1_agree"] as Double).toInt(), r.top1Agree)
+            assertEquals(p["ok"], r.ok)
         }
     }
 
@@ -74,5 +92,10 @@ class GoldenTest {
         assertEquals(null, metas[2].superclasses)
         assertEquals(false, metas[2].hasExpertProbs)
         assertEquals("xnnpack", metas[2].backend)
+        assertEquals(16.0 / 18, m.input.cropFraction, 1e-12)
+        assertEquals("light-on-dark", metas[2].polarity)
+        assertEquals(RuntimeRequirement("executorch", "1.5.1", "xnnpack", listOf("android", "ios")), metas[2].runtime)
+        assertEquals(4L, m.artifactFile!!.bytes)
+        assertEquals(listOf("logits", "expert_probs"), m.outputNames)
     }
 }

@@ -1,0 +1,136 @@
+package ai.mvmoe.demo.core
+
+import org.junit.Assert.assertArrayEquals
+import org.junit.Assert.assertEquals
+import org.junit.Assert.assertFalse
+import org.junit.Assert.assertNull
+import org.junit.Assert.assertThrows
+import org.junit.Assert.assertTrue
+import org.junit.Test
+
+/** Hand-worked cases: parity set, preprocessing policy, artifact filter, stale copy, runtime version, benchmark JSON. */
+class AppLogicTest {
+    private fun meta(target: String, backend: String?, extra: String = ""): ModelMetadata = ModelMetadata.parse("""
+        {"model": "m", "target": "$target", "backend": ${backend?.let { "\"$it\"" } ?: "null"}, "precision": "fp32",
+         "artifact": "m.bin", "labels": ["a", "b"], "experts": 2,
+         "outputs": [{"name": "expert_probs"}, {"name": "logits"}],
+         "input": {"shape": [1, 3, 2, 2], "layout": "NCHW", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]} $extra}
+    """)
+
+    @Test
+    fun cropFractionByHand() {
+        // short side 13, fraction 16/18: 11.56 -> 12 pixels, left (20 - 12) / 2 = 4
+        assertEquals(CropBox(0, 4, 12), Preprocess.centerCropBox(13, 20, 16.0 / 18))
+        assertEquals(CropBox(1, 1, 1), Preprocess.centerCropBox(3, 3, 0.1))  // at least one pixel
+        assertEquals(CropBox(0, 3, 13), Preprocess.centerCropBox(13, 20))
+        val e = assertThrows(MetadataException::class.java) { meta("tflite", null, ""","preprocessing": {"crop_fraction": 1.5}""") }
+        assertTrue(e.message!!, e.message!!.contains("crop_fraction"))
+    }
+
+    @Test
+    fun inversionByHand() {
+        // one pixel (255, 0, 51), inverted (0, 255, 204), normalised (x/255 - 0.5) / 0.25 = -2, 2, 1.2
+        val m = meta("tflite", null)
+        val img = RgbImage(1, 1, byteArrayOf(255.toByte(), 0, 51))
+        val x = Preprocess.toInput(img, m.input.copy(shape = listOf(1, 3, 1, 1)), invert = true)
+        assertArrayEquals(floatArrayOf(-2f, 2f, 1.2f), x, 1e-6f)
+    }
+
+    @Test
+    fun outputsArePickedByNameNotLength() {
+        // 2 classes and 2 experts: lengths cannot tell them apart; the .json says expert_probs comes first.
+        val m = meta("tflite", null)
+        val (logits, experts) = Postprocess.splitOutputs(m, listOf(floatArrayOf(0.9f, 0.1f), floatArrayOf(3f, 4f)))
+        assertArrayEquals(floatArrayOf(3f, 4f), logits, 0f)
+        assertArrayEquals(floatArrayOf(0.9f, 0.1f), experts, 0f)
+        assertThrows(IllegalArgumentException::class.java) { Postprocess.splitOutputs(m, listOf(floatArrayOf(1f, 2f))) }
+    }
+
+    @Test
+    fun parityCompareByHand() {
+        // image 0: [1, 2] vs [1.5, 1.75] -> diff 0.5, top-1 both 1; image 1: [3, 0] vs [0, 3] -> diff 3, top-1 flips
+        val exp = listOf(floatArrayOf(1f, 2f), floatArrayOf(3f, 0f))
+        val r = Parity.compare(exp, listOf(floatArrayOf(1.5f, 1.75f), floatArrayOf(0f, 3f)), null)
+        assertEquals(3.0, r.maxAbsDiff, 1e-12)
+        assertEquals(1, r.top1Agree)
+        assertFalse(r.ok)
+        assertEquals("parity: max diff 3.0, top-1 agree 1/2 (top-1 differs)", r.summary())
+        val one = Parity.compare(exp.take(1), listOf(floatArrayOf(1.5f, 1.75f)), 0.5)
+        assertTrue(one.ok)
+        assertFalse(one.copy(tolerance = 0.4).ok)
+    }
+
+    @Test
+    fun paritySetRunsThroughTheInputPath() {
+        // a 1x1 parity image of (255, 0, 51) with reference logits [2, -2]; the "runtime" returns the input's first two values
+        val m = meta("tflite", null, ""","parity_set": {"encoding": "rgb8-base64", "height": 1, "width": 1,
+            "max_abs_diff_tol": 0.001, "images": [{"rgb": "/wAz", "label": 0, "logits": [2.0, -2.0]}]}""")
+        val set = m.paritySet!!
+        assertEquals(listOf(255, 0, 51), (0..2).map { set.images[0].rgb.at(0, 0, it) })
+        val input = m.input.copy(shape = listOf(1, 3, 1, 1), cropFraction = 0.5)  // crop is bypassed for the parity set
+        val r = Parity.run(set, input) { x -> floatArrayOf(x[0], x[1]) }  // (255/255 - .5)/.25 = 2, (0 - .5)/.25 = -2
+        assertEquals(0.0, r.maxAbsDiff, 1e-6)
+        assertTrue(r.ok)
+        val bad = assertThrows(MetadataException::class.java) {
+            meta("tflite", null, ""","parity_set": {"encoding": "rgb8-base64", "height": 2, "width": 1, "images": [{"rgb": "/wAz", "logits": [1.0, 2.0]}]}""")
+        }
+        assertTrue(bad.message!!, bad.message!!.contains("3 bytes, expected 2x1x3"))
+    }
+
+    @Test
+    fun artifactFilterByPlatform() {
+        assertTrue(Artifacts.runnableOn(meta("tflite", null), "android"))
+        assertTrue(Artifacts.runnableOn(meta("executorch", "xnnpack"), "android"))
+        assertFalse(Artifacts.runnableOn(meta("executorch", "coreml"), "android"))
+        assertFalse(Artifacts.runnableOn(meta("onnx", null), "android"))
+        assertTrue(Artifacts.runnableOn(meta("coreml", null), "ios"))
+        // the .json's runtime.platforms wins over the target rules
+        val ios = meta("executorch", "xnnpack", ""","runtime": {"name": "executorch", "min_version": "1.5.1", "platforms": ["ios"]}""")
+        assertFalse(Artifacts.runnableOn(ios, "android"))
+    }
+
+    @Test
+    fun runtimeVersionCheck() {
+        assertEquals(0, Artifacts.compareVersions("1.5", "1.5.0"))
+        assertTrue(Artifacts.compareVersions("1.10.0", "1.9.2") > 0)
+        assertEquals(0, Artifacts.compareVersions("1.5.1rc1", "1.5.1"))
+        val m = meta("executorch", "xnnpack", ""","runtime": {"name": "executorch", "min_version": "1.5.1", "platforms": ["android"]}""")
+        assertNull(Artifacts.runtimeProblem(m, mapOf("executorch" to "1.5.1")))
+        assertNull(Artifacts.runtimeProblem(m, mapOf("executorch" to "1.6.0")))
+        val old = Artifacts.runtimeProblem(m, mapOf("executorch" to "1.0.1"))!!
+        assertTrue(old, old.contains("exported with executorch 1.5.1 but the app has 1.0.1"))
+        assertTrue(Artifacts.runtimeProblem(m, emptyMap())!!.contains("does not include"))
+        assertNull(Artifacts.runtimeProblem(meta("tflite", null), emptyMap()))  // older .json: nothing to check
+    }
+
+    @Test
+    fun staleCopyBySizeTimeAndHash() {
+        val src = FileStamp(100, 2_000)
+        assertTrue(StaleCopy.needsCopy(src, null, null))
+        assertFalse(StaleCopy.needsCopy(src, FileStamp(100, 3_000), null))
+        assertTrue(StaleCopy.needsCopy(src, FileStamp(100, 1_000), null))  // older than the APK's asset
+        assertTrue(StaleCopy.needsCopy(src, FileStamp(99, 3_000), null))
+        // with the exporter's fingerprint, a re-export of the same size and an old time is still caught by its hash
+        val abc = StaleCopy.sha256Hex("abc".byteInputStream())
+        assertEquals("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", abc)
+        val fp = FileFingerprint(3, abc)
+        assertFalse(StaleCopy.needsCopy(FileStamp(3, 0), FileStamp(3, 0, abc), fp))
+        assertTrue(StaleCopy.needsCopy(FileStamp(3, 0), FileStamp(3, 9_000, StaleCopy.sha256Hex("abd".byteInputStream())), fp))
+    }
+
+    @Test
+    fun benchmarkJsonKeepsStagesApart() {
+        val r = BenchmarkReport("m_tflite_fp32.tflite", "android_demo", "Pixel 8 (Android 15)", "litert", "cpu", 4, 10,
+            listOf(2.0, 1.0), "2026-11-23T09:00:00Z", preprocessMs = listOf(0.5, 0.25), postprocessMs = listOf(0.125, 0.0625),
+            loadMs = 40.0, firstRunMs = 9.5, accelerator = "LiteRT CPU, 4 threads")
+        val m = Json.parse(r.toJson()) as Map<*, *>
+        assertEquals(listOf(2.0, 1.0), m["runs_ms"])
+        assertEquals(listOf(0.5, 0.25), m["preprocess_ms"])
+        assertEquals(listOf(0.125, 0.0625), m["postprocess_ms"])
+        assertEquals(40.0, m["load_ms"])
+        assertEquals(9.5, m["first_run_ms"])
+        assertEquals("LiteRT CPU, 4 threads", m["accelerator"])
+        assertEquals(1.0, m["version"])
+        assertThrows(IllegalArgumentException::class.java) { r.copy(preprocessMs = listOf(1.0)) }
+    }
+}

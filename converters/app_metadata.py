@@ -1,0 +1,151 @@
+"""What the demo apps need in an artifact's .json beyond the interface (docs/apps.md, "Metadata for
+the apps"): a parity set, the preprocessing policy, the runtime the artifact needs and a fingerprint
+of the artifact file.
+
+    meta.update(app_metadata(ckpt, wrapper, images, meta))  # in converters/pipeline.py
+
+The parity set is a few eval images stored as model-size RGB bytes (base64, H x W x 3 row-major)
+with the PyTorch logits of exactly those bytes after the stated preprocessing. An app feeds them to
+its runtime at load and shows "parity: max diff X, top-1 agree Y/Z": the only check of Core ML (and
+of phone GPUs) that can run anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.metadata as md
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from mobile_vmoe.errors import MvmoeError
+
+from .prepare import RESIZE, SCALE, EvalImages, spread
+
+PARITY_SET_IMAGES = 8
+# Largest |logit difference| an app accepts for the parity set; None: top-1 agreement only.
+# fp32 leaves room for a phone's CPU kernels (different summation order, FMA); fp16 for half floats.
+PARITY_SET_TOL = {"fp32": 1e-3, "fp16": 5e-2, "int8": None}
+# Minimum runtime per target: the exporter's own release line (a runtime promises to read artifacts
+# of its own and older releases only). Core ML: the deployment target the converters ask for.
+RUNTIME_PACKAGE = {"executorch": ("executorch", "executorch"), "tflite": ("litert", "ai-edge-litert"),
+                   "onnx": ("onnxruntime", "onnxruntime")}
+COREML_MIN_IOS = "17.0"
+EVAL_CROP_RATIO = 0.875  # mobile_vmoe.data.transforms: ImageFolder eval = Resize(S / 0.875) + CenterCrop(S)
+
+
+# ------------------------------------------------------------------------------------ preprocessing
+def dataset_kind(ckpt: dict) -> str:
+    """digits, synthetic or imagefolder, from the checkpoint's data.spec (older: data.name)."""
+    data = ckpt.get("data") or {}
+    spec = str(data.get("spec") or data.get("name") or "")
+    if spec == "digits":
+        return "digits"
+    if spec.startswith("synthetic") or not spec:
+        return "synthetic"
+    return "imagefolder"
+
+
+def preprocessing_policy(ckpt: dict, meta_input: dict) -> dict:
+    """The app preprocessing stated once: crop, resize, normalisation, layout and colour polarity.
+
+    crop_fraction: the centred square's side is round(min(H0, W0) * crop_fraction). ImageFolder's
+    eval transform resizes the short side to int(S / 0.875) and crops S, i.e. keeps S / int(S / 0.875)
+    of it; digits and synthetic images were square and uncropped (1.0).
+    """
+    size = int(meta_input["shape"][-1])
+    kind = dataset_kind(ckpt)
+    if kind == "imagefolder":
+        frac = size / int(size / EVAL_CROP_RATIO)
+        eval_tf = f"Resize({int(size / EVAL_CROP_RATIO)}, bilinear, antialias) + CenterCrop({size})"
+    else:
+        frac = 1.0
+        eval_tf = f"{kind} images are stored at {size}x{size}: no crop or resize"
+    return {
+        "resize": RESIZE, "crop": "center-square", "crop_fraction": frac, "interpolation": "bilinear",
+        "align_corners": False, "antialias": False, "scale": SCALE, "mean": list(meta_input["mean"]),
+        "std": list(meta_input["std"]), "layout": meta_input["layout"],
+        "baked_in": bool(meta_input["preprocessing_baked_in"]),
+        # sklearn digits are ink = 16 on background 0: light strokes on a dark ground. A photo of
+        # dark ink on paper must be inverted (the apps offer the switch and say so).
+        "polarity": "light-on-dark" if kind == "digits" else None,
+        "eval_transform": eval_tf,
+    }
+
+
+# ------------------------------------------------------------------------------------ parity set
+def to_rgb8(raw: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) floats in [0, 255] -> (N, H, W, 3) uint8, rounded."""
+    return raw.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def model_input(rgb8: np.ndarray, mean, std, baked: bool) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 as the app computes it for a model-size image."""
+    x = torch.from_numpy(rgb8).permute(0, 3, 1, 2).float()  # (N, 3, H, W) in [0, 255]
+    if baked:
+        return x
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x / SCALE - m) / s
+
+
+def parity_set(wrapper: nn.Module, images: EvalImages, meta_input: dict, precision: str,
+               count: int = PARITY_SET_IMAGES) -> dict:
+    """``count`` evenly spaced eval images as RGB bytes with the PyTorch outputs on them."""
+    if images.raw.shape[1] != 3:
+        raise MvmoeError(f"the apps feed RGB; the model takes {images.raw.shape[1]} channels")
+    idx = spread(len(images.raw), count)
+    rgb8 = to_rgb8(images.raw[idx])  # (n, H, W, 3)
+    x = model_input(rgb8, meta_input["mean"], meta_input["std"], meta_input["preprocessing_baked_in"])
+    entries = []
+    with torch.no_grad():
+        for i in range(len(rgb8)):
+            outs = wrapper(x[i : i + 1])  # (1, N) [, (1, E)]
+            e = {"rgb": base64.b64encode(rgb8[i].tobytes()).decode("ascii"),
+                 "label": int(images.labels[idx[i]]) if images.labels is not None else None,
+                 "logits": [float(v) for v in outs[0][0]]}
+            if len(outs) > 1:
+                e["expert_probs"] = [float(v) for v in outs[1][0]]
+            entries.append(e)
+    return {"encoding": "rgb8-base64", "height": int(rgb8.shape[1]), "width": int(rgb8.shape[2]),
+            "source": images.source, "max_abs_diff_tol": PARITY_SET_TOL.get(precision), "images": entries}
+
+
+def decode_rgb8(entry: dict, height: int, width: int) -> np.ndarray:
+    """One parity-set entry -> (H, W, 3) uint8."""
+    raw = base64.b64decode(entry["rgb"])
+    if len(raw) != height * width * 3:
+        raise MvmoeError(f"parity_set image has {len(raw)} bytes, expected {height}x{width}x3")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+
+
+# ------------------------------------------------------------------------------------ runtime, file
+def runtime_requirement(target: str, backend: str | None) -> dict:
+    """{name, min_version, backend}: the runtime release an app needs to load the artifact."""
+    if target == "coreml" or backend == "coreml":
+        name = "coreml" if target == "coreml" else "executorch"
+        version = COREML_MIN_IOS if target == "coreml" else _version("executorch")
+        return {"name": name, "min_version": version, "backend": backend, "platforms": ["ios"]}
+    name, package = RUNTIME_PACKAGE[target]
+    platforms = {"executorch": ["android", "ios"], "tflite": ["android"], "onnx": []}[target]
+    return {"name": name, "min_version": _version(package), "backend": backend, "platforms": platforms}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return md.version(package)
+    except md.PackageNotFoundError:
+        return None
+
+
+def app_metadata(ckpt: dict, wrapper: nn.Module, images: EvalImages, meta: dict) -> dict:
+    """The keys this module adds to an artifact's .json (``meta``: build_metadata's dict, with the
+    artifact's size and hash already in it)."""
+    return {
+        "preprocessing": preprocessing_policy(ckpt, meta["input"]),
+        "parity_set": parity_set(wrapper, images, meta["input"], meta["precision"]),
+        "runtime": runtime_requirement(meta["target"], meta["backend"]),
+        "artifact_file": {"bytes": meta["artifact_size"], "sha256": meta["artifact_sha256"]},
+    }
