@@ -7,7 +7,6 @@ the tiny checkpoint to all four targets once and the tests read its results (mar
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -160,17 +159,15 @@ def test_plan_names_and_bad_combinations():
         plan("coreml", None, "int8")
 
 
-def test_cli_missing_and_foreign_checkpoint(tmp_path, monkeypatch, capsys):
-    from mobile_vmoe.cli import main
+def test_cli_missing_and_foreign_checkpoint(tmp_path):
+    from conftest import mvmoe
 
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
     for path, msg in ((tmp_path / "nope.pt", "checkpoint not found"), (foreign, "not an mvmoe checkpoint")):
-        monkeypatch.setattr(sys, "argv", ["mvmoe", "export", str(path), "--target", "onnx", "--out", str(tmp_path / "o")])
-        with pytest.raises(SystemExit) as e:
-            main()
-        assert e.value.code == 1
-        err = capsys.readouterr().err.strip().splitlines()
+        code, _, err = mvmoe("export", path, "--target", "onnx", "--out", tmp_path / "o")
+        assert code == 1
+        err = err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and msg in err[0]
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
@@ -218,19 +215,17 @@ def test_metadata_round_trip(exported, tiny_ckpt):
 
 
 @pytest.mark.slow
-def test_profile_flops_counts_what_an_artifact_runs(exported, monkeypatch, capsys):
+def test_profile_flops_counts_what_an_artifact_runs(exported):
     """`mvmoe profile flops ARTIFACT` rebuilds the model from the .json and counts its dispatch."""
-    from mobile_vmoe.cli import main
+    from conftest import mvmoe
 
     out, res = exported
     art = out / "vmoe-6x64-p32_executorch-xnnpack_fp32.pte"
 
     def flops(*args):
-        monkeypatch.setattr(sys, "argv", ["mvmoe", "profile", "flops", *args, "--json"])
-        with pytest.raises(SystemExit) as e:
-            main()
-        assert e.value.code in (0, None)
-        return json.loads(capsys.readouterr().out)
+        code, stdout, err = mvmoe("profile", "flops", *args, "--json")
+        assert code == 0, err
+        return json.loads(stdout)
 
     gather = flops(str(art))
     assert gather["macs"] == res[("executorch", "fp32")].metadata["macs"]
@@ -240,10 +235,8 @@ def test_profile_flops_counts_what_an_artifact_runs(exported, monkeypatch, capsy
     # plus the combine einsum "ebtd,be->btd" (5 x 64 MACs per token) of the dense path
     assert dense["macs"] - gather["macs"] == 2 * (4 * 65 * (64 * 256 + 256 * 64) + 65 * 5 * 64)
     (out / "old.json").write_text(json.dumps({"model": "x"}))
-    monkeypatch.setattr(sys, "argv", ["mvmoe", "profile", "flops", str(out / "old.json")])
-    with pytest.raises(SystemExit) as e:
-        main()
-    assert e.value.code == 1 and "has no model_config" in capsys.readouterr().err
+    code, _, err = mvmoe("profile", "flops", out / "old.json")
+    assert code == 1 and "has no model_config" in err
 
 
 @pytest.mark.slow

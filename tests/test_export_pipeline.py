@@ -180,14 +180,12 @@ def test_app_folder_is_this_checkout_whatever_the_cwd(tmp_path, monkeypatch):
     assert not (tmp_path / "apps").exists()
 
 
-def test_cli_app_refuses_a_target_the_app_cannot_run(tmp_path, monkeypatch, capsys):
-    from mobile_vmoe.cli import main
+def test_cli_app_refuses_a_target_the_app_cannot_run(tmp_path):
+    from conftest import mvmoe
 
-    monkeypatch.setattr(sys, "argv", ["mvmoe", "export", str(tmp_path / "none.pt"), "--target", "onnx", "--app", "ios"])
-    with pytest.raises(SystemExit) as e:
-        main()
-    err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 1 and len(err) == 1 and "runs Core ML .mlpackage files only" in err[0]
+    code, _, err = mvmoe("export", tmp_path / "none.pt", "--target", "onnx", "--app", "ios")
+    err = err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "runs Core ML .mlpackage files only" in err[0]
 
 
 def test_cli_app_copies_what_the_app_runs_and_says_where(fake, tmp_path, monkeypatch):
@@ -313,21 +311,18 @@ def test_quiet_hides_library_output_but_not_ours(verbose, tmp_path):
 
 
 # ---------------------------------------------------------------------------- profile flops
-def test_profile_flops_rejects_a_json_copied_beside_another_file(fake, tmp_path, monkeypatch, capsys):
-    from mobile_vmoe.cli import main
+def test_profile_flops_rejects_a_json_copied_beside_another_file(fake, tmp_path):
+    from conftest import mvmoe
 
     [r] = export(tiny_checkpoint(tmp_path / "a.pt"), tmp_path / "out")
 
     def flops(path):
-        monkeypatch.setattr(sys, "argv", ["mvmoe", "profile", "flops", str(path), "--json"])
-        with pytest.raises(SystemExit) as e:
-            main()
-        return e.value.code, capsys.readouterr()
+        return mvmoe("profile", "flops", path, "--json")
 
-    code, cap = flops(r.artifact)
-    d = json.loads(cap.out)
-    assert code in (0, None) and d["macs"] == r.metadata["macs"] and "sha256" in d["counted_from"]
+    code, out, err = flops(r.artifact)
+    d = json.loads(out)
+    assert code == 0 and d["macs"] == r.metadata["macs"] and "sha256" in d["counted_from"]
     r.artifact.write_bytes(b"garbage of another size")
-    code, cap = flops(r.artifact)
-    err = cap.err.strip().splitlines()
+    code, _, err = flops(r.artifact)
+    err = err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "is not the file vmoe-6x64-p32_onnx_fp32.json was written for" in err[0]

@@ -12,17 +12,11 @@ import pytest
 import torch
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from mobile_vmoe.cli import app
+from conftest import mvmoe
 
 
 def run_cli(args: list[str]) -> tuple[int, str, str]:
-    """``mvmoe ARGS`` through typer's CliRunner -> (exit code, stdout, stderr)."""
-    res = CliRunner().invoke(app, args)
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise res.exception  # a bug, not a user error: show its traceback
-    return res.exit_code, res.stdout, res.stderr
+    return mvmoe(*args)
 
 
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
