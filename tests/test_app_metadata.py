@@ -108,9 +108,9 @@ def test_exported_json_parity_set_matches_pytorch_and_the_artifact(tmp_path):
     assert meta["preprocessing"]["polarity"] == "light-on-dark"
     import hashlib
 
-    data = r.artifact.read_bytes()  # the app's stale-copy check: size and sha256 of the file
-    assert meta["artifact_file"] == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    assert (meta["artifact_size"], meta["artifact_sha256"]) == (len(data), meta["artifact_file"]["sha256"])
+    blob = r.artifact.read_bytes()  # the app's stale-copy check: size and sha256 of the file
+    assert meta["artifact_file"] == {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+    assert (meta["artifact_size"], meta["artifact_sha256"]) == (len(blob), meta["artifact_file"]["sha256"])
     assert meta["runtime"]["name"] == "onnxruntime"
     ps = meta["parity_set"]
     assert len(ps["images"]) == 8 and ps["source"].startswith("digits val split")
