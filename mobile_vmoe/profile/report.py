@@ -348,7 +348,7 @@ def _draw_points(ax, points: list[Point], datasets: list[str]) -> None:
         mixed_epochs = len({p.epochs for p in mine if p.arm != SUPERCLASS_SOURCE}) > 1
         for arm in dict.fromkeys(p.arm for p in mine):
             pts = sorted((p for p in mine if p.arm == arm), key=lambda p: p.macs)
-            label, marker, ls, colour = ARM_STYLE.get(arm, (arm, "*", "none", "black"))
+            label, marker, ls, colour = ARM_STYLE.get(arm, (f"{pts[0].model} ({arm})", "*", "none", "black"))
             epochs = sorted({p.epochs for p in pts}, key=lambda e: e or 0)
             label += f" [{ds}]" if len(datasets) > 1 else ""
             label += f" ({'/'.join(str(e) for e in epochs)} ep)" if mixed_epochs or arm == SUPERCLASS_SOURCE else ""
@@ -383,7 +383,12 @@ def plot_flops_vs_accuracy(rows: list[Row], path: Path) -> None:
         wide = bool(xs) and max(xs) / min(xs) > 3
         if wide:
             ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ticks: list[float] = []  # the measured points themselves, none within 15 % of the last
+            for x in sorted(xs):
+                if not ticks or x > 1.15 * ticks[-1]:
+                    ticks.append(x)
+            ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{float(f'{v:.3g}'):g}"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         if xs and not wide:  # all at (nearly) equal MACs: a linear axis with some room
             lo, hi = min(xs), max(xs)
@@ -393,8 +398,8 @@ def plot_flops_vs_accuracy(rows: list[Row], path: Path) -> None:
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        if items and title == "measured here":
-            ax.legend(fontsize=7, loc="best")
+        if items and title == "measured here":  # below the axes: never over a point
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
         elif not items:
             ax.text(0.5, 0.5, "no runs with accuracy", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle("Accuracy vs. compute per arm (error bars: std over seeds)", fontsize=11)
