@@ -318,6 +318,7 @@ def test_converters_raise_mvmoe_errors_for_user_errors():
     assert issubclass(tflite.FlexOpsError, MvmoeError)
 
 
+@pytest.mark.slow
 def test_pt2e_quantize_calibrates_one_image_at_a_time(monkeypatch):
     """The one calibration loop of ExecuTorch and LiteRT int8: the observed model sees every
     calibration image once, batch 1, and the quantized model stays close to the float one."""

@@ -292,6 +292,7 @@ print("ours: done")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verbose", [False, True])
 def test_quiet_hides_library_output_but_not_ours(verbose, tmp_path):
     """In a real process (fd 1 and 2 are the terminal's, not a test runner's capture)."""

@@ -102,6 +102,7 @@ def test_cli_models_lists_presets():
     assert r["active_params"] < r["params"]
 
 
+@pytest.mark.slow
 def test_importing_flops_leaves_torchs_formula_registry_alone():
     import subprocess
     import sys
