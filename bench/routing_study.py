@@ -202,6 +202,35 @@ def gaps(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def per_superclass(results: list[dict], size: str) -> str:
+    """Markdown: top-1 per planted superclass of every arm at ``size``, mean over seeds (shapes-style
+    data whose class c belongs to superclass c % S)."""
+    import torch
+
+    from mobile_vmoe.checkpoint import model_from_checkpoint
+    from mobile_vmoe.data import build_data
+
+    torch.set_num_threads(1)
+    rs = [r for r in results if r["size"] == size]
+    if not rs:
+        raise MvmoeError(f"--per-superclass {size}: no runs of that size in the results")
+    data = build_data(rs[0]["data"], augment="none")
+    S = max(data.planted_superclasses) + 1
+    x, y = data.val.transform(data.val.images), data.val.labels  # (N, 3, H, W) normalised, (N,)
+    names = [n.split(".")[0] for n in data.class_names[:S]]
+    lines = ["| arm | " + " | ".join(names) + " |", "|---|" + "---|" * S]
+    for arm in ARMS:
+        accs = []
+        for r in (r for r in rs if r["arm"] == arm):
+            model, _ = model_from_checkpoint(Path(r["dir"]) / "model.pt")
+            with torch.no_grad():
+                pred = torch.cat([model(x[i:i + 500]).argmax(-1) for i in range(0, len(x), 500)])
+            accs.append([100 * float((pred[y % S == s] == y[y % S == s]).float().mean()) for s in range(S)])
+        if accs:
+            lines.append(f"| {arm} | " + " | ".join(f"{statistics.mean(v):.1f}" for v in zip(*accs)) + " |")
+    return "\n".join(lines)
+
+
 def measure_latency(results: list[dict], out: Path) -> dict:
     """Seed 0's models of the largest size and the peer, ExecuTorch XNNPACK fp32, one thread,
     timed interleaved: {run dir: median ms}."""
@@ -254,6 +283,7 @@ def main(argv=None) -> int:
                     help="output dir (several only with --summarize: their results are merged)")
     ap.add_argument("--set", nargs="*", default=[], help="extra KEY=VALUE ModelConfig/TrainConfig settings for every arm, e.g. lr=1e-3")
     ap.add_argument("--summarize", action="store_true", help="only print the tables from OUT/results.json")
+    ap.add_argument("--per-superclass", metavar="SIZE", help="with --summarize: top-1 per planted superclass at SIZE")
     a = ap.parse_args(argv)
     if a.quick:
         for k, v in QUICK.items():
@@ -261,6 +291,8 @@ def main(argv=None) -> int:
     if a.summarize:
         merged = [r for d in a.out if (d / "results.json").exists() for r in json.loads((d / "results.json").read_text())]
         print(summarize(merged))
+        if a.per_superclass:
+            print("\n" + per_superclass(merged, a.per_superclass))
         return 0
     if len(a.out) != 1:
         ap.error("give one --out DIR to train into")
