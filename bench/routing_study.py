@@ -2,7 +2,7 @@
 
     uv run python bench/routing_study.py --data shapes --sizes 6x32 6x48 6x64 --seeds 3 --epochs 30 \
         --jobs 2 --out runs/study-shapes              # the full study (see docs/results.md for its time)
-    uv run python bench/routing_study.py --quick --out runs/study-quick    # 1 seed, 2 sizes, 10 epochs
+    uv run python bench/routing_study.py --quick --out runs/study-quick    # 1 seed, 2 sizes, 10 epochs: 8 min
     uv run python bench/routing_study.py --summarize --out runs/study-shapes
 
 Arms at each size DxW (depth x width, heads W/16, patch = image/4, E experts, k=1, the last 2 MLPs
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--jobs", type=int, default=2, help="one-thread training processes side by side")
-    ap.add_argument("--quick", action="store_true", help="1 seed, sizes 6x32 6x64, 10 epochs (about 15 minutes)")
+    ap.add_argument("--quick", action="store_true", help="1 seed, sizes 6x32 6x64, 10 epochs: a check that the study runs (8 min)")
     ap.add_argument("--no-latency", action="store_true", help="skip the ExecuTorch latency of seed 0's models")
     ap.add_argument("--out", type=Path, nargs="+", default=[Path("runs/study")],
                     help="output dir (several only with --summarize: their results are merged)")
