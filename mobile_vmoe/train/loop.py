@@ -396,7 +396,8 @@ def run_epochs(stage: Stage, state: TrainState) -> bool:
             r = train_one_epoch(stage, state, module, lambda: stop.flag, progress, max_steps=steps_left)
             state.seconds += r.seconds
             state.images_seen += r.images
-            steps_left = max(steps_left - r.steps, 1) if steps_left else 0
+            if steps_left:
+                steps_left -= r.steps  # still > 0: reaching the limit sets r.stopped, which returns below
             if r.stopped and state.epoch_step < stage.steps_per_epoch:
                 save_state(stage, state, last)  # mid-epoch: keeps epoch and epoch_step
                 return True

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig, TrainConfig
+from ..config import ModelConfig, TrainConfig, field_names
 from ..errors import MvmoeError
 from ..fileio import atomic_write_json, read_json_object
 from ..models.registry import dense_twin, get_config
@@ -78,7 +78,7 @@ def resolve(model: str | ModelConfig | None = None, data: str = DEFAULT_DATA, se
         settings = {"dense_epochs": epochs, **settings, "epochs": epochs}
     if seed is not None:
         settings["seed"] = seed
-    model_keys = {k: v for k, v in settings.items() if k in ModelConfig.__dataclass_fields__}
+    model_keys = {k: v for k, v in settings.items() if k in field_names()}
     tcfg = base_config(model, recipe).with_settings({k: v for k, v in settings.items() if k not in model_keys})
     bundle = build_data(data, model_keys.get("img_size"), augment=tcfg.augment, seed=tcfg.seed)
     return tcfg.replace(model=adapt_to_data(tcfg.model, bundle, model_keys)), bundle
