@@ -181,6 +181,8 @@ def convert(target: str, wrapper, example: torch.Tensor, path: Path, *, precisio
     """Write the split programs of ``wrapper`` to ``path``; -> (op audit, the .json's "programs")."""
     progs = programs(wrapper, example)
     table = program_table(progs, target, Path(path).name)
+    if metadata is not None:
+        metadata["programs"] = table  # the Core ML package carries the .json's content
     if target == "tflite":
         return convert_tflite(progs, Path(path), precision), table
     eps = export_programs(progs)
@@ -280,12 +282,12 @@ class SplitChain:
     [logits, expert_probs]. ``tail_loads`` counts tail loads; ``switch_ms`` has the time of each
     (a cold tail switch: load, before the tail's first run)."""
 
-    def __init__(self, run_trunk, load_tail, max_tails: int | None = None):
+    def __init__(self, run_trunk, load_tail, num_tails: int, max_tails: int | None = None):
         from collections import OrderedDict
 
         if max_tails is not None and max_tails < 1:
             raise MvmoeError(f"max_tails {max_tails}: must be at least 1")
-        self.run_trunk, self.load_tail, self.max_tails = run_trunk, load_tail, max_tails
+        self.run_trunk, self.load_tail, self.num_tails, self.max_tails = run_trunk, load_tail, num_tails, max_tails
         self.tails: OrderedDict = OrderedDict()  # expert -> run(stream, gate) -> logits
         self.tail_loads, self.switch_ms = 0, []
         self.input_shape: list[int] | None = None  # the trunk's input, as the runtime reports it
@@ -343,7 +345,8 @@ def executorch_chain(path: Path, threads: int | None, max_tails: int | None) -> 
         method = program.load_method(f"tail_{e}")
         return lambda s, g: np.array(method.execute([torch.from_numpy(s), torch.from_numpy(g)])[0].numpy())
 
-    chain = SplitChain(run_trunk, load_tail, max_tails)
+    tails = sum(1 for name in program.method_names if name.startswith("tail_"))
+    chain = SplitChain(run_trunk, load_tail, tails, max_tails)
     chain.program, chain.input_shape = program, [int(s) for s in trunk.metadata.input_tensor_meta(0).sizes()]
     return chain
 
@@ -373,7 +376,7 @@ def litert_chain(folder: Path, threads: int | None, max_tails: int | None) -> Sp
         return lambda s, g: run(s, g)[0]
 
     trunk = open_file("trunk")
-    chain = SplitChain(trunk, load_tail, max_tails)
+    chain = SplitChain(trunk, load_tail, len(list(Path(folder).glob("tail_*.tflite"))), max_tails)
     chain.input_shape = trunk.input_shape
     return chain
 
@@ -387,4 +390,4 @@ def load_runner(target: str, path: Path, threads: int | None = None, max_tails: 
         return None, "Core ML prediction needs macOS (the multifunction package is converted here, not run)"
     chain = (executorch_chain if target == "executorch" else litert_chain)(Path(path), threads, max_tails)
     runtime = {"executorch": "executorch", "tflite": "litert"}[target]
-    return Runner(chain, runtime, chain.input_shape, "float32", threads, chain, {"experts": "split"}), None
+    return Runner(chain, runtime, chain.input_shape, "float32", threads, chain, {"expert_layout": "split"}), None
