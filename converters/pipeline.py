@@ -63,9 +63,11 @@ class ExportResult:
         return self.error is None
 
 
-def plan(target: str, backend: str | None, precision: str) -> tuple[list[ExportJob], list[str]]:
-    """Jobs for a --target/--backend/--precision choice, and notes on combinations skipped under
-    ``all``. A single target with an unsupported backend or precision is a user error."""
+def plan(target: str, backend: str | None, precision: str, experts: str = "stacked") -> tuple[list[ExportJob], list[str]]:
+    """Jobs for a --target/--backend/--precision/--experts choice, and notes on combinations skipped
+    under ``all``. A single target with an unsupported backend or precision is a user error."""
+    if experts not in ("stacked", "split"):
+        raise MvmoeError(f"--experts {experts!r}: expected stacked (one program) or split (trunk + one program per expert)")
     if target not in (*TARGET_NAMES, "all"):
         raise MvmoeError(f"--target {target!r}: expected one of {', '.join(TARGET_NAMES)}, all")
     if precision not in ("fp32", "fp16", "int8"):
@@ -77,13 +79,34 @@ def plan(target: str, backend: str | None, precision: str) -> tuple[list[ExportJ
     jobs, skipped = [], []
     for t in TARGET_NAMES if target == "all" else (target,):
         b = (backend or "xnnpack") if t == "executorch" else None
-        if precision in precisions_of(t, b):
+        if experts == "split":
+            why = split_skip(t, b, precision)
+            if why is None:
+                jobs.append(ExportJob(t, b, precision))
+            elif target == "all":
+                skipped.append(why)
+            else:
+                raise MvmoeError(why)
+        elif precision in precisions_of(t, b):
             jobs.append(ExportJob(t, b, precision))
         elif target == "all":
             skipped.append(f"{t}{'-' + b if b else ''} has no {precision} export (it has {', '.join(precisions_of(t, b))})")
         else:
             raise MvmoeError(f"{t}{'-' + b if b else ''} exports {', '.join(precisions_of(t, b))}, not {precision}")
     return jobs, skipped
+
+
+def split_skip(target: str, backend: str | None, precision: str) -> str | None:
+    """Why ``--experts split`` does not export this job (None: it does)."""
+    from .split import PRECISIONS as SPLIT
+
+    if target not in SPLIT:
+        return f"--experts split exports to {', '.join(SPLIT)}, not {target}"
+    if target == "executorch" and backend not in ("xnnpack", "portable"):
+        return f"--experts split: executorch-{backend} is not supported (xnnpack or portable)"
+    if precision not in SPLIT[target]:
+        return f"--experts split on {target} exports {', '.join(SPLIT[target])}, not {precision}"
+    return None
 
 
 @dataclass
@@ -139,8 +162,11 @@ def require_real_images(images: P.EvalImages, jobs: list[ExportJob]) -> None:
 
 
 def artifact_path(out_dir: Path, model_name: str, job: ExportJob, dispatch: str) -> Path:
-    return out_dir / (P.artifact_stem(model_name, job.target, job.backend, job.precision, dispatch)
-                      + target_module(job.target).EXT)
+    """``dispatch="split"``: the split programs, whose LiteRT artifact is a folder (no suffix)."""
+    from .split import TARGETS as SPLIT_EXT
+
+    ext = SPLIT_EXT[job.target] if dispatch == "split" else target_module(job.target).EXT
+    return out_dir / (P.artifact_stem(model_name, job.target, job.backend, job.precision, dispatch) + ext)
 
 
 def check_overwrite(paths: list[Path], identity: dict, force: bool) -> None:
@@ -185,32 +211,22 @@ def load_source(checkpoint, dispatch: str, fused_attention: bool, bake_preproces
 
 
 def convert_and_check(src: Source, job: ExportJob, path: Path, *, dispatch: str, layer_norm: str, fp32_tol: float,
-                      max_top1_drop: float | None, say) -> dict:
+                      max_top1_drop: float | None, say, experts: str = "stacked") -> dict:
     """Convert one job into ``path`` (inside a temporary folder), run parity; -> the metadata."""
-    import torch
-
-    mod = target_module(job.target)
     meta = P.build_metadata(src.ckpt, src.wrapper, target=job.target, backend=job.backend, precision=job.precision,
-                            artifact=path.name, dispatch=dispatch, macs=src.macs,
+                            artifact=path.name, dispatch="split" if experts == "split" else dispatch, macs=src.macs,
                             parity_result=P.not_run("not run yet"), ops={}, source=src.identity)
-    kw = {"metadata": meta} if job.target == "coreml" else {}
-    wrapper, ep, example = src.wrapper, src.ep, src.inputs[:1].clone()
-    if layer_norm == "decomposed" and P.layernorm_option_applies(job.target, job.backend, job.precision):
-        # parity below is still against the native-LayerNorm reference
-        wrapper = P.decompose_layernorm(copy.deepcopy(src.wrapper))
-        ep = P.export_static(wrapper, example)
-    meta["layer_norm"] = "decomposed" if wrapper is not src.wrapper else "native"
-    with torch.no_grad():
-        ops = mod.convert(wrapper, ep, example, path, precision=job.precision, backend=job.backend,
-                          calibration=src.calibration, **kw)
+    meta["expert_layout"] = experts if src.wrapper.per_image_moe else None
+    ops, (run, why) = convert_one(src, job, path, meta, layer_norm, experts)
     check()  # a library that swallowed Ctrl-C has returned: stop now
-    run, why = mod.load_runner(path)
     if run is None:
         par = P.not_run(why, images=0)
     else:
         say(f"{path.stem}: parity on {len(src.reference)} images")
         labels = src.images.labels[: len(src.reference)] if src.images.labels is not None else None
         par = P.parity(src.reference, P.run_all(run, src.inputs), labels)
+        if experts == "split":
+            par["tails_used"] = run.native.tail_loads  # distinct experts the parity images chose
     par.update(images_source=src.images.source, data=src.images.data)
     size, digest = P.tree_sha256(path)
     meta.update(parity=par, ops=ops, artifact_size=size, artifact_sha256=digest)
@@ -219,6 +235,34 @@ def convert_and_check(src: Source, job: ExportJob, path: Path, *, dispatch: str,
     if failure:
         raise MvmoeError(f"parity failed: {failure}")
     return meta
+
+
+def convert_one(src: Source, job: ExportJob, path: Path, meta: dict, layer_norm: str, experts: str):
+    """Write the artifact; -> (op audit, the target's load_runner result). Split programs also
+    put their "programs" table into ``meta``."""
+    import torch
+
+    example = src.inputs[:1].clone()
+    kw = {"metadata": meta} if job.target == "coreml" else {}
+    if experts == "split":
+        from . import split
+
+        meta["layer_norm"] = "native"
+        with torch.no_grad():
+            ops, meta["programs"] = split.convert(job.target, src.wrapper, example, path, precision=job.precision,
+                                                  backend=job.backend, **kw)
+        return ops, split.load_runner(job.target, path)
+    mod = target_module(job.target)
+    wrapper, ep = src.wrapper, src.ep
+    if layer_norm == "decomposed" and P.layernorm_option_applies(job.target, job.backend, job.precision):
+        # parity is still against the native-LayerNorm reference
+        wrapper = P.decompose_layernorm(copy.deepcopy(src.wrapper))
+        ep = P.export_static(wrapper, example)
+    meta["layer_norm"] = "decomposed" if wrapper is not src.wrapper else "native"
+    with torch.no_grad():
+        ops = mod.convert(wrapper, ep, example, path, precision=job.precision, backend=job.backend,
+                          calibration=src.calibration, **kw)
+    return ops, mod.load_runner(path)
 
 
 def export_job(src: Source, job: ExportJob, out_dir: Path, path: Path, *, say, verbose: bool, **kw) -> ExportResult:
@@ -263,21 +307,25 @@ def export_checkpoint(checkpoint, target: str = "all", backend: str | None = Non
                       fused_attention: bool = False, bake_preprocessing: bool = False, parity_images: int = 256,
                       calibration_images: int = 32, fp32_tol: float = 1e-4, max_top1_drop: float | None = None,
                       layer_norm: str = "native", parity_data: str | None = None, force: bool = False,
-                      verbose: bool = False, progress=None) -> list[ExportResult]:
+                      verbose: bool = False, progress=None, experts: str = "stacked") -> list[ExportResult]:
     """Export one checkpoint to the chosen targets. Keeps going after a target fails; each
     result carries its error. ``progress(str)`` is called with one line per step if given.
     ``layer_norm="decomposed"`` rewrites LayerNorm for ExecuTorch XNNPACK fp32 jobs (see
     converters.prepare.decompose_layernorm); other jobs keep the native op. ``parity_data``: a
     dataset for parity and calibration (build_data spec) instead of the checkpoint's own.
     An existing artifact from another checkpoint is replaced only with ``force``. Libraries'
-    own output is hidden unless ``verbose``. Ctrl-C raises KeyboardInterrupt and leaves no files."""
+    own output is hidden unless ``verbose``. Ctrl-C raises KeyboardInterrupt and leaves no files.
+    ``experts="split"``: a per-image MoE (k = 1) as a trunk and one program per expert
+    (converters.split), checked by running the chain."""
     def say(line: str) -> None:
         if progress:
             with loud():
                 progress(line)
 
     check_options(parity_images, calibration_images, fp32_tol, max_top1_drop, layer_norm)
-    jobs, skipped = plan(target, backend, precision)
+    jobs, skipped = plan(target, backend, precision, experts)
+    if experts == "split" and dispatch != "gather":
+        raise MvmoeError(f"--experts split runs one expert program per image; --dispatch {dispatch} does not apply")
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     with sigint_guard(), quiet(verbose):
@@ -287,11 +335,18 @@ def export_checkpoint(checkpoint, target: str = "all", backend: str | None = Non
         if src.images.is_random:
             say("warning: parity runs on random pixels, not real images (give --parity-data to use a dataset)")
         require_real_images(src.images, jobs)
+        if experts == "split":
+            from .split import check_splittable
+
+            for j in jobs:
+                check_splittable(src.model.cfg, j.target, j.backend, j.precision)
+            dispatch = "split"
         paths = [artifact_path(out_dir, src.model.cfg.name, j, dispatch if src.wrapper.per_image_moe else "gather")
                  for j in jobs]
         check_overwrite(paths, src.identity, force)
         results = [export_job(src, job, out_dir, path, say=say, verbose=verbose, dispatch=dispatch, layer_norm=layer_norm,
-                              fp32_tol=fp32_tol, max_top1_drop=max_top1_drop) for job, path in zip(jobs, paths)]
+                              fp32_tol=fp32_tol, max_top1_drop=max_top1_drop, experts=experts)
+                   for job, path in zip(jobs, paths)]
     for s in skipped:
         say(f"skipped: {s}")
     return results

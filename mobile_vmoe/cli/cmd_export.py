@@ -19,6 +19,9 @@ def export_cmd(
     out: Path = typer.Option(Path("exports"), "--out", "-o", help="output folder"),
     app_: Optional[str] = typer.Option(None, "--app", help="also copy into a demo app: ios | android"),
     dispatch: str = typer.Option("gather", help="gather (static top-k expert gather) | dense (all experts)"),
+    experts: str = typer.Option("stacked", "--experts", help="stacked (one program, all experts) | split (a trunk "
+                                "and one program per expert, so an app keeps only the experts it uses in memory; "
+                                "per-image MoE with k = 1; executorch, tflite, coreml)"),
     bake_preprocessing: bool = typer.Option(False, help="input raw RGB [0,255]; normalisation inside the model"),
     fused_attention: bool = typer.Option(False, help="export attention as one SDPA op instead of matmul-softmax-matmul"),
     layer_norm: str = typer.Option("native", "--layer-norm", help="executorch xnnpack fp32: native | decomposed "
@@ -38,7 +41,7 @@ def export_cmd(
     from mobile_vmoe.converters.pipeline import app_runs, check_app, export_checkpoint, plan
     from ..errors import MvmoeError
 
-    jobs, _ = plan(target, backend, precision)  # bad combinations fail before the checkpoint is read
+    jobs, _ = plan(target, backend, precision, experts)  # bad combinations fail before the checkpoint is read
     if app_ is not None:
         from mobile_vmoe.converters.pipeline import project_root
 
@@ -54,7 +57,7 @@ def export_cmd(
                                     fused_attention=fused_attention, bake_preprocessing=bake_preprocessing,
                                     parity_images=parity_images, fp32_tol=fp32_tol, max_top1_drop=max_top1_drop,
                                     layer_norm=layer_norm, parity_data=parity_data, force=force, verbose=verbose,
-                                    progress=lambda s: console.print(f"[dim]{s}[/dim]"))
+                                    experts=experts, progress=lambda s: console.print(f"[dim]{s}[/dim]"))
     except KeyboardInterrupt:
         typer.echo("error: interrupted: export stopped, no partial files left", err=True)
         raise typer.Exit(130) from None

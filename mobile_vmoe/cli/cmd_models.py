@@ -98,7 +98,7 @@ def flops_cmd(
     artifact = None
     if model is not None:
         cfg = get_config(model, **overrides)
-    elif checkpoint.suffix in ARTIFACT_SUFFIXES:
+    elif checkpoint.suffix in ARTIFACT_SUFFIXES or checkpoint.is_dir():  # a folder: a split LiteRT artifact
         meta = artifact_metadata(checkpoint)
         try:
             cfg = ModelConfig.from_dict(meta["model_config"])
@@ -106,6 +106,7 @@ def flops_cmd(
             raise MvmoeError(f"{checkpoint}: invalid model_config in its metadata: {e}") from None
         cfg = cfg.replace(**overrides) if overrides else cfg
         dispatch = dispatch or meta.get("dispatch") or "gather"
+        dispatch = "gather" if dispatch == "split" else dispatch  # trunk + one tail: the gather's MACs
         from ..profile.latency import VERIFIED
 
         artifact = {"artifact": str(checkpoint), "target": meta.get("target"), "backend": meta.get("backend"),

@@ -115,11 +115,21 @@ def verified_metadata(path: str | Path) -> dict:
     return meta
 
 
+def split_programs(path: Path) -> dict | None:
+    """The .json's "programs" when ``path`` is a split artifact (mobile_vmoe.converters.split), else None."""
+    meta = artifact_meta(path) if path.with_suffix(".json").is_file() else None
+    progs = (meta or {}).get("programs")
+    return progs if isinstance(progs, dict) else None
+
+
 def check_artifact(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise MvmoeError(f"artifact not found: {path}")
-    if path.suffix not in RUNTIMES:
+    if path.is_dir() and path.suffix != ".mlpackage" and split_programs(path) is None:
+        raise MvmoeError(f"{path.name}: a folder that is neither a .mlpackage nor a split LiteRT artifact "
+                         "(its .json beside it has no \"programs\")")
+    if path.suffix not in RUNTIMES and split_programs(path) is None:
         raise MvmoeError(f"{path.name}: unknown artifact type {path.suffix!r}; expected one of {', '.join(RUNTIMES)}")
     return path
 
@@ -150,6 +160,14 @@ def open_runner(path: Path, threads: int | None, per_op: bool = False):
     from mobile_vmoe.converters.pipeline import target_module
 
     kw = {"per_op": True} if per_op else {}
+    if split_programs(path) is not None:
+        from mobile_vmoe.converters.split import load_runner
+
+        kw = {}
+        runner, why = load_runner(artifact_meta(path).get("target"), path, threads=threads)
+        if runner is None:
+            raise MvmoeError(f"{path.name}: cannot run here: {why}")
+        return runner
     if path.suffix == ".mlpackage":
         from .ios import check_macos
 
@@ -171,15 +189,37 @@ def check_shape(path: Path, meta_shape: list[int] | None, native: list[int]) -> 
 def run_local(path: Path, warmup: int, runs: int, threads: int | None, shape=None,
               per_op: bool = False) -> LatencyResult:
     """Time ``runs`` calls of the artifact's runner on this machine, after ``warmup`` untimed ones."""
-    runner = open_runner(path, threads, per_op=per_op and path.suffix == ".pte")
+    split = split_programs(path) is not None
+    runner = open_runner(path, threads, per_op=per_op and path.suffix == ".pte" and not split)
     check_shape(path, shape, runner.input_shape)
     x = example_input(runner.input_shape, runner.input_dtype)
     times = time_ms(lambda: runner(x), runs, warmup)
     device = local_device() if runner.runtime != "coreml" else f"local ({platform.platform()})"
     extra: dict = {"input_shape": runner.input_shape, **runner.extra}
-    if per_op and path.suffix == ".pte":
+    if split:
+        extra.update(cold_tail_switches(runner.native, x))
+    elif per_op and path.suffix == ".pte":
         extra["per_op"] = etdump_per_op(runner.native, path)
     return LatencyResult(path.name, device, runner.runtime, times, runner.threads, warmup, extra)
+
+
+def cold_tail_switches(chain, x: np.ndarray) -> dict:
+    """A split artifact's cold tail switches, apart from the warm runs: every tail not loaded yet is
+    loaded and run once on the stream of ``x`` (load + first run, ms). The warm runs above used
+    the one tail ``x`` routes to."""
+    from .timing import time_ms as _time
+
+    stream, _, gate, _ = chain.run_trunk(x)
+    switch, first = [], []
+    for e in range(chain.num_tails):
+        if e in chain.tails:
+            continue
+        t0 = len(chain.switch_ms)
+        first.append(_time(lambda e=e: chain.tail(e)(stream, gate), 1, 0)[0])
+        switch.append(chain.switch_ms[t0])
+    return {"expert_layout": "split", "tail_load_ms": [round(v, 4) for v in switch],
+            "tail_switch_ms": [round(v, 4) for v in first],
+            "tail_switch_median_ms": float(np.median(first)) if first else None, "tails": chain.num_tails}
 
 
 def etdump_per_op(program, path: Path, out_dir: Path | None = None, top: int = 25) -> list[dict]:
@@ -244,7 +284,7 @@ def profile_latency(artifact: str | Path, device: str = "local", *, warmup: int 
     if threads is not None and threads < 1:
         raise MvmoeError(f"--threads must be >= 1, got {threads}")
     kind, ident = parse_device(device)
-    meta = artifact_meta(path) if path.is_file() or path.suffix == ".mlpackage" else None
+    meta = artifact_meta(path) if path.is_file() or path.suffix == ".mlpackage" or split_programs(path) else None
     shape, _ = _meta_shape(meta)
     if kind == "android":
         from .android import profile_android

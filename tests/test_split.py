@@ -1,0 +1,163 @@
+"""Split expert programs: trunk + one tail per expert, the chain equals the single program, the LRU
+of tails, the refusals, and real ExecuTorch / LiteRT / Core ML split exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import mvmoe
+from mobile_vmoe import create_model
+from mobile_vmoe.converters import split
+from mobile_vmoe.converters.prepare import prepare_for_export
+from mobile_vmoe.errors import MvmoeError
+from mobile_vmoe.models.routing import ImageRoute
+from test_export_pipeline import tiny_checkpoint
+
+
+def tiny_moe(**kw):
+    """depth 4 (the last 2 MoE), width 32, E = 3, 16 px, patch 8 (T = 5 tokens)."""
+    torch.manual_seed(0)
+    return create_model("vmoe-6x64-p32", depth=4, width=32, heads=2, img_size=16, patch_size=8, num_classes=7,
+                        num_experts=3, **kw).eval()
+
+
+def test_one_expert_is_the_banks_expert_times_the_gate():
+    bank = tiny_moe().blocks[-1].mlp.experts
+    x, gate = torch.randn(1, 5, 32), torch.tensor([[0.25]])
+    with torch.no_grad():
+        got = split.OneExpert(bank, 2)(x, gate)
+        want = 0.25 * bank.expert(2, x)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("options", [{}, {"qk_norm": True}, {"parallel_block": True}, {"bias": False}])
+def test_every_tail_computes_the_model_with_that_expert(options):
+    """tail_e(stream, gate) == the MoE blocks run with the route forced to expert e."""
+    model = tiny_moe(**options)
+    wrapper = prepare_for_export(model)
+    progs = split.programs(wrapper, torch.randn(1, 3, 16, 16))
+    trunk, (image,) = progs["trunk"]
+    with torch.no_grad():
+        stream, index, gate, probs = trunk(image)
+        assert index.dtype == torch.int32 and index.shape == (1, 1) and gate.shape == (1, 1) and probs.shape == (1, 3)
+        for e in range(3):
+            x = stream
+            route = ImageRoute(logits=None, index=torch.tensor([[e]]), gates=gate)
+            for block in model.blocks[model.cfg.first_moe_block:]:
+                x, _ = block(x, route=route)
+            want = model.forward_head(model.norm(x))
+            torch.testing.assert_close(progs[f"tail_{e}"][0](stream, gate), want, atol=1e-5, rtol=0)
+
+
+def test_the_chain_is_the_single_program_on_its_own_choice():
+    wrapper = prepare_for_export(tiny_moe(), bake_preprocessing=True, mean=[0.5] * 3, std=[0.25] * 3)
+    progs = split.programs(wrapper, torch.zeros(1, 3, 16, 16))
+    with torch.no_grad():
+        for i in range(8):
+            image = 255 * torch.rand(1, 3, 16, 16)
+            logits, probs = wrapper(image)
+            stream, index, gate, p = progs["trunk"][0](image)
+            torch.testing.assert_close(progs[f"tail_{int(index)}"][0](stream, gate), logits, atol=1e-5, rtol=0)
+            torch.testing.assert_close(p, probs, atol=0, rtol=0)
+
+
+def test_program_table_names_files_shapes_and_chain():
+    progs = split.programs(prepare_for_export(tiny_moe()), torch.zeros(1, 3, 16, 16))
+    t = split.program_table(progs, "tflite", "m_tflite_fp32-split")
+    assert t["trunk"] == {"name": "trunk", "file": "trunk.tflite", "inputs": ["image"], "outputs": split.TRUNK_OUTPUTS,
+                          "input_shapes": [[1, 3, 16, 16]], "output_shapes": [[1, 5, 32], [1, 1], [1, 1], [1, 3]]}
+    assert [(d["expert"], d["name"], d["file"]) for d in t["tails"]] == [(e, f"tail_{e}", f"tail_{e}.tflite") for e in range(3)]
+    assert t["tail_input_shapes"] == [[1, 5, 32], [1, 1]] and t["tail_output_shapes"] == [[1, 7]]
+    assert {d["file"] for d in split.program_table(progs, "executorch", "m.pte")["tails"]} == {"m.pte"}
+
+
+def test_lru_of_tails_hand_worked():
+    """max_tails 2, images routed to 0, 1, 0, 2, 1: loads 0, 1, 2 (evicts 1), 1 (evicts 0)."""
+    loads = []
+
+    def load_tail(e):
+        loads.append(e)
+        return lambda s, g: np.array([[float(e)]])
+
+    route = iter([0, 1, 0, 2, 1])
+    chain = split.SplitChain(lambda x: [x, np.array([[next(route)]], np.int32), np.ones((1, 1)), None], load_tail, 3, 2)
+    outs = [float(chain(np.zeros(1))[0][0, 0]) for _ in range(5)]
+    assert outs == [0.0, 1.0, 0.0, 2.0, 1.0]
+    assert loads == [0, 1, 2, 1] and chain.tail_loads == 4 and len(chain.switch_ms) == 4
+    assert list(chain.tails) == [2, 1]
+    with pytest.raises(MvmoeError, match="max_tails"):
+        split.SplitChain(None, None, 3, 0)
+
+
+@pytest.mark.parametrize("kw, target, precision, message", [
+    ({"top_k": 2}, "executorch", "fp32", "top_k = 1"),
+    ({"routing": "token"}, "executorch", "fp32", "not a per-image MoE"),
+    ({}, "onnx", "fp32", "exports to executorch, tflite, coreml"),
+    ({}, "executorch", "int8", "exports fp32, not int8"),
+])
+def test_what_split_refuses(kw, target, precision, message):
+    with pytest.raises(MvmoeError, match=message):
+        split.check_splittable(tiny_moe(**kw).cfg, target, None, precision)
+    with pytest.raises(MvmoeError, match="not a per-image MoE"):
+        split.check_splittable(create_model("vit-6x64-p32", depth=2, width=32, heads=2, img_size=16,
+                                            patch_size=8).cfg, "executorch", None, "fp32")
+
+
+def test_cli_refusals_are_one_line(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    for args, message in [(("--experts", "bogus"), "--experts 'bogus'"),
+                          (("--experts", "split", "--dispatch", "dense"), "--dispatch dense does not apply"),
+                          (("--experts", "split", "--precision", "int8"), "exports fp32, not int8")]:
+        code, out, err = mvmoe("export", str(ckpt), "--target", "executorch", "--out", str(tmp_path / "x"), *args)
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_split_export_matches_the_single_program_export(tmp_path, target):
+    """Both exports of one checkpoint on the digits eval images: the chained programs agree with
+    the single-program artifact within 1e-5; the .json describes the programs; latency reports
+    the cold tail switches apart."""
+    from mobile_vmoe.converters.pipeline import export_checkpoint
+    from mobile_vmoe.converters.prepare import eval_images, run_all
+    from mobile_vmoe.profile.latency import profile_latency
+
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    (one,) = export_checkpoint(ckpt, target, out_dir=tmp_path / "one", parity_images=32, parity_data="digits")
+    (res,) = export_checkpoint(ckpt, target, out_dir=tmp_path / "split", parity_images=32, parity_data="digits",
+                               experts="split")
+    assert one.ok and res.ok, (one.error, res.error)
+    meta = json.loads(res.artifact.with_suffix(".json").read_text())
+    assert meta["dispatch"] == "split" and meta["expert_layout"] == "split" and meta["parity"]["max_abs_diff"] < 1e-5
+    assert [t["name"] for t in meta["programs"]["tails"]] == ["tail_0", "tail_1"]
+    if target == "tflite":
+        assert res.artifact.is_dir() and sorted(p.name for p in res.artifact.iterdir()) == \
+            ["tail_0.tflite", "tail_1.tflite", "trunk.tflite"]
+    mod = __import__(f"mobile_vmoe.converters.{target}", fromlist=["load_runner"])
+    single, _ = mod.load_runner(one.artifact)
+    chain, _ = split.load_runner(target, res.artifact)
+    images = eval_images(torch.load(ckpt, weights_only=False), count=32, spec="digits").inputs(False)
+    np.testing.assert_allclose(run_all(chain, images), run_all(single, images), atol=1e-5, rtol=0)
+    lat = profile_latency(res.artifact, warmup=1, runs=3, threads=1)
+    assert lat["expert_layout"] == "split" and lat["tails"] == 2 and len(lat["tail_switch_ms"]) == 1
+    assert lat["model"] == meta["model"] and lat["dispatch"] == "split"
+
+
+@pytest.mark.slow
+def test_coreml_split_is_one_multifunction_package(tmp_path):
+    import coremltools as ct
+
+    from mobile_vmoe.converters.pipeline import export_checkpoint
+
+    (res,) = export_checkpoint(tiny_checkpoint(tmp_path / "m.pt"), "coreml", out_dir=tmp_path, parity_images=4,
+                               experts="split")
+    assert res.ok, res.error
+    spec = ct.utils.load_spec(str(res.artifact))
+    assert sorted(f.name for f in spec.description.functions) == ["tail_0", "tail_1", "trunk"]
+    assert spec.description.defaultFunctionName == "trunk"
+    assert json.loads(spec.description.metadata.userDefined["mvmoe"])["programs"]["chain"] == split.CHAIN
