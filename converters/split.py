@@ -323,8 +323,9 @@ def read_programs(path: Path) -> dict | None:
     return read_json_object(meta_path).get("programs")
 
 
-def executorch_chain(path: Path, threads: int | None, max_tails: int | None) -> SplitChain:
-    """The methods of one .pte: ``trunk`` loaded now, ``tail_<e>`` on first use."""
+def executorch_chain(path: Path, threads: int | None, max_tails: int | None, loader: str = "mmap") -> SplitChain:
+    """The methods of one .pte: ``trunk`` loaded now, ``tail_<e>`` on first use. ``loader``: mmap
+    (the runtime maps the file) or file (the whole file read into memory first)."""
     import numpy as np
     from executorch.runtime import Runtime
 
@@ -333,7 +334,7 @@ def executorch_chain(path: Path, threads: int | None, max_tails: int | None) -> 
 
     set_threads(threads)
     try:
-        program = Runtime.get().load_program(Path(path))
+        program = Runtime.get().load_program(Path(path) if loader == "mmap" else Path(path).read_bytes())
         trunk = program.load_method("trunk")
     except (RuntimeError, ValueError) as e:
         raise MvmoeError(f"{Path(path).name}: the ExecuTorch runtime cannot load its trunk ({first_line(e)})") from None

@@ -1,4 +1,4 @@
-"""`mvmoe profile latency` and `mvmoe profile ingest`."""
+"""`mvmoe profile latency`, `mvmoe profile memory` and `mvmoe profile ingest`."""
 
 from __future__ import annotations
 
@@ -77,3 +77,39 @@ def ingest_cmd(
     if out is not None:
         atomic_write_text(out, json.dumps(d, indent=1))
     _print_latency(d, as_json)
+
+
+@profile_app.command("memory")
+def memory_cmd(
+    artifact: Path = typer.Argument(..., help="an exported .pte / .tflite / .onnx, or a split artifact"),
+    loader: str = typer.Option("mmap", help="mmap (the runtime maps the file) | file (read whole into memory)"),
+    images: int = typer.Option(20, help="batch-1 runs after loading (seeded noise, one per image)"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads of the runtime"),
+    max_tails: int = typer.Option(1, help="split artifacts: expert tails kept loaded (LRU)"),
+    out: Optional[Path] = typer.Option(None, help="also write the JSON here (for `mvmoe report --memory`)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Resident memory of one artifact (MiB over the runtime's baseline), in a fresh process."""
+    from ..fileio import atomic_write_text
+    from ..profile.memory import profile_memory
+
+    d = profile_memory(artifact, loader, images=images, threads=threads, max_tails=max_tails)
+    if out is not None:
+        atomic_write_text(out, json.dumps(d, indent=1))
+    if as_json:
+        typer.echo(json.dumps(d))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{d['artifact']} ({d['runtime']}, loader {d['loader']}): MiB over a baseline of "
+                    f"{d['baseline_mib']:.1f} MiB")
+    for col in ("after", "rss", "heap (anon)", "file-backed", "peak rss"):
+        t.add_column(col, justify="right")
+    for when in (w for w in ("load", "first", "run") if w in d["after"]):
+        a = d["after"][when]
+        t.add_row({"load": "load", "first": "1 image", "run": f"{d['images']} images"}[when], *(f"{a[k]:.1f}" for k in
+                  ("rss_mib", "heap_mib", "file_mib", "peak_rss_mib")))
+    Console(width=120).print(t)
+    if "tails_loaded" in d:
+        typer.echo(f"split: {d['tails_loaded']} tail loads, {d['tails_resident']} resident (--max-tails {d['max_tails']})")
