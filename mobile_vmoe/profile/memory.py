@@ -1,0 +1,198 @@
+"""Resident memory of an exported artifact, per runtime and loader, each in a fresh process.
+
+    mvmoe profile memory ARTIFACT [--loader mmap|file] [--images N] [--threads N] [--max-tails N]
+
+A child process (``python -m mobile_vmoe.profile.memory SPEC``) imports the runtime, reads
+/proc/self/status (the baseline), loads the artifact, reads it again ("load"), runs N batch-1
+images (seeded normal noise, one per image, so a per-image MoE routes them to several experts),
+reading it after the first image ("first": a per-image MoE has used k experts) and after the
+last ("run"). Every figure is in MiB over the baseline:
+
+    rss_mib       VmRSS: resident pages, anonymous and file-backed
+    heap_mib      RssAnon: anonymous pages (the heap: a whole-file load, packed weights, activations)
+    file_mib      RssFile: file-backed pages (a memory-mapped artifact's pages that were touched)
+    peak_rss_mib  VmHWM: the peak of VmRSS since the process started, less the baseline RSS
+
+Loaders:
+    executorch  file  the whole .pte read into memory (``Runtime.load_program(bytes)``)
+                mmap  ``Runtime.load_program(path)``: the binding's MmapDataLoader, which mlocks
+                      each segment it loads (so a segment's pages are resident once loaded; an
+                      app's Module LOAD_MODE_MMAP maps without mlock, which this cannot measure)
+    litert      mmap  ``Interpreter(model_path=...)`` maps the file; file: ``model_content`` bytes
+    onnxruntime file  ``InferenceSession(path)`` reads the model into memory
+    coreml      runs only on macOS
+Split artifacts (``--experts split``) run their chain: the trunk, then the tail each image routes
+to, loaded on first use and kept in an LRU of ``max_tails`` (default 1: an app with one tail in
+memory); ``tails_loaded`` counts tail loads.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import MvmoeError
+
+STATUS = {"VmRSS": "rss_mib", "RssAnon": "heap_mib", "RssFile": "file_mib", "VmHWM": "peak_rss_mib"}
+LOADERS = {"executorch": ("mmap", "file"), "litert": ("mmap", "file"), "onnxruntime": ("file",)}
+RUNTIME_OF = {".pte": "executorch", ".tflite": "litert", ".onnx": "onnxruntime", ".mlpackage": "coreml"}
+
+
+def read_status(text: str | None = None) -> dict[str, float]:
+    """VmRSS, RssAnon, RssFile, VmHWM of /proc/self/status (or of ``text``) in MiB."""
+    if text is None:
+        try:
+            text = Path("/proc/self/status").read_text()
+        except OSError:
+            raise MvmoeError("profile memory reads /proc/self/status: Linux (or Android) only") from None
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in STATUS:
+            out[key] = int(value.split()[0]) / 1024  # kB -> MiB
+    missing = [k for k in STATUS if k not in out]
+    if missing:
+        raise MvmoeError(f"/proc/self/status lacks {', '.join(missing)}")
+    return out
+
+
+def over(now: dict, base: dict) -> dict:
+    """MiB over the baseline per output key; the peak is taken over the baseline's RSS."""
+    d = {STATUS[k]: round(now[k] - base[k], 2) for k in ("VmRSS", "RssAnon", "RssFile")}
+    d["peak_rss_mib"] = round(now["VmHWM"] - base["VmRSS"], 2)
+    return d
+
+
+# ------------------------------------------------------------------------------------ the child
+def open_artifact(spec: dict):
+    """In the child: -> (run(x) -> outputs, input shape, chain or None). Imports the runtime."""
+    runtime, loader, path, threads = spec["runtime"], spec["loader"], Path(spec["artifact"]), spec["threads"]
+    if spec["split"]:
+        from mobile_vmoe.converters.split import executorch_chain, litert_chain
+
+        if runtime == "litert" and loader != "mmap":
+            raise MvmoeError("a split LiteRT artifact loads with mmap only (one file per program)")
+        chain = (executorch_chain(path, threads, spec["max_tails"], loader=loader) if runtime == "executorch"
+                 else litert_chain(path, threads, spec["max_tails"]))
+        return chain, chain.input_shape, chain
+    if runtime == "executorch":
+        import torch
+        from executorch.runtime import Runtime
+
+        from mobile_vmoe.converters.executorch import set_threads
+
+        set_threads(threads)
+        program = Runtime.get().load_program(path if loader == "mmap" else path.read_bytes())
+        method = program.load_method("forward")
+        shape = [int(s) for s in method.metadata.input_tensor_meta(0).sizes()]
+        return (lambda x: method.execute([torch.from_numpy(x)])), shape, None
+    if runtime == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        kw = {"model_path": str(path)} if loader == "mmap" else {"model_content": path.read_bytes()}
+        interp = Interpreter(**kw, num_threads=threads or None)
+        interp.allocate_tensors()
+        det = interp.get_input_details()[0]
+
+        def run(x):
+            interp.set_tensor(det["index"], x)
+            interp.invoke()
+
+        return run, [int(s) for s in det["shape"]], None
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    return (lambda x: sess.run(None, {inp.name: x})), [d if isinstance(d, int) else 1 for d in inp.shape], None
+
+
+def child(spec: dict) -> dict:
+    """Measure in this (fresh) process; -> the status figures over the baseline."""
+    import numpy as np
+
+    import torch  # noqa: F401 - part of the baseline: every runtime here is used next to torch
+
+    if spec["runtime"] == "executorch":
+        import executorch.runtime  # noqa: F401
+    elif spec["runtime"] == "litert":
+        import ai_edge_litert.interpreter  # noqa: F401
+    else:
+        import onnxruntime  # noqa: F401
+    base = read_status()
+    run, shape, chain = open_artifact(spec)
+    loaded = read_status()
+    rng = np.random.default_rng(0)
+    after = {"load": over(loaded, base)}
+    for i in range(spec["images"]):
+        run(rng.standard_normal(shape).astype(np.float32))
+        if i == 0:
+            after["first"] = over(read_status(), base)
+    after["run"] = over(read_status(), base)
+    out = {"baseline_mib": round(base["VmRSS"], 2), "input_shape": shape, "after": after}
+    if chain is not None:
+        out.update(tails_loaded=chain.tail_loads, tails_resident=len(chain.tails), max_tails=chain.max_tails)
+    return out
+
+
+# ------------------------------------------------------------------------------------ the parent
+def check_options(path: Path, runtime: str, loader: str, images: int, threads: int | None, max_tails: int) -> None:
+    if runtime == "coreml":
+        raise MvmoeError(f"{path.name}: Core ML runs only on macOS; measure it on the device (Xcode Instruments)")
+    if loader not in LOADERS[runtime]:
+        raise MvmoeError(f"--loader {loader}: {runtime} loads with {' or '.join(LOADERS[runtime])} here")
+    if images < 0:
+        raise MvmoeError(f"--images {images}: must be >= 0")
+    if threads is not None and threads < 1:
+        raise MvmoeError(f"--threads must be >= 1, got {threads}")
+    if max_tails < 1:
+        raise MvmoeError(f"--max-tails {max_tails}: must be >= 1")
+
+
+def profile_memory(artifact: str | Path, loader: str = "mmap", *, images: int = 20, threads: int | None = None,
+                   max_tails: int = 1) -> dict:
+    """Resident memory of ``artifact`` loaded with ``loader`` and after ``images`` runs, measured in
+    a fresh process; the memory JSON (docs/formats.md)."""
+    from .latency import META_KEYS, artifact_meta, check_artifact, local_device, split_programs
+
+    path = check_artifact(artifact)
+    split = split_programs(path) is not None
+    meta = artifact_meta(path) if path.is_file() or split else None
+    runtime = {"executorch": "executorch", "tflite": "litert"}[meta["target"]] if split else RUNTIME_OF[path.suffix]
+    check_options(path, runtime, loader, images, threads, max_tails)
+    spec = {"artifact": str(path.resolve()), "runtime": runtime, "loader": loader, "images": images,
+            "threads": threads, "split": split, "max_tails": max_tails}
+    proc = subprocess.run([sys.executable, "-m", "mobile_vmoe.profile.memory", json.dumps(spec)],
+                          capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise MvmoeError(f"{path.name}: the memory probe failed ({err[-1][:200] if err else f'exit {proc.returncode}'})")
+    got = json.loads(lines[-1])
+    if "error" in got:
+        raise MvmoeError(got["error"])
+    d = {"artifact": path.name, "device": local_device(), "runtime": runtime, "threads": threads, "loader": loader,
+         "images": images, **got["after"]["run"], **got}
+    if split:
+        d["expert_layout"] = "split"
+    if meta:
+        d.update({k: meta.get(k) for k in META_KEYS if k in meta})
+    return d
+
+
+def main(argv: list[str]) -> int:
+    """The child's entry point: one JSON line on stdout ({"error": ...} for an MvmoeError)."""
+    try:
+        out = child(json.loads(argv[0]))
+    except MvmoeError as e:
+        out = {"error": str(e)}
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
