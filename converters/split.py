@@ -349,7 +349,11 @@ def executorch_chain(path: Path, threads: int | None, max_tails: int | None, loa
     def load_tail(e):
         own = Runtime.get().load_program(source) if loader == "mmap" else program
         method = own.load_method(f"tail_{e}")
-        return lambda s, g: np.array(method.execute([torch.from_numpy(s), torch.from_numpy(g)])[0].numpy())
+
+        def run(s, g, own=own):  # holds its Program (and the file's bytes) while the tail lives
+            return np.array(method.execute([torch.from_numpy(s), torch.from_numpy(g)])[0].numpy())
+
+        return run
 
     tails = sum(1 for name in program.method_names if name.startswith("tail_"))
     chain = SplitChain(run_trunk, load_tail, tails, max_tails)

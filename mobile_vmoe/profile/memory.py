@@ -87,7 +87,7 @@ def open_artifact(spec: dict):
         program = Runtime.get().load_program(path if loader == "mmap" else path.read_bytes())
         method = program.load_method("forward")
         shape = [int(s) for s in method.metadata.input_tensor_meta(0).sizes()]
-        return (lambda x: method.execute([torch.from_numpy(x)])), shape, None
+        return (lambda x, program=program: method.execute([torch.from_numpy(x)])), shape, None  # keeps the program
     if runtime == "litert":
         from ai_edge_litert.interpreter import Interpreter
 
@@ -170,8 +170,9 @@ def profile_memory(artifact: str | Path, loader: str = "mmap", *, images: int = 
                           capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        raise MvmoeError(f"{path.name}: the memory probe failed ({err[-1][:200] if err else f'exit {proc.returncode}'})")
+        err = [ln for ln in proc.stderr.strip().splitlines() if ln.strip() and not ln.startswith(("[", "W1", "I0"))]
+        why = err[-1][:200] if err else f"exit status {proc.returncode}"
+        raise MvmoeError(f"{path.name}: the memory probe failed ({why})")
     got = json.loads(lines[-1])
     if "error" in got:
         raise MvmoeError(got["error"])
