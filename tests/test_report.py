@@ -82,6 +82,34 @@ def test_latency_goes_to_the_run_whose_checkpoint_made_the_artifact(tmp_path):
     assert float(by_run["vmoe-6x64-p8-e5_onnx_fp32.onnx"][col]) == 9.0  # another checkpoint: a row of its own
 
 
+def test_memory_files_get_a_memory_column_beside_latency(tmp_path):
+    """A `profile memory --out` file (rss_mib) joins the run of its checkpoint like a latency file,
+    in a column of its own per loader."""
+    import hashlib
+
+    from conftest import mvmoe
+
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "model.pt").write_bytes(b"weights")
+    (d / "summary.json").write_text(json.dumps(_summary(checkpoint=str(d / "model.pt"), expert_usage=None)))
+    sha = hashlib.sha256(b"weights").hexdigest()
+    files = []
+    for name, extra in (("lat", {"median_ms": 1.5}), ("mem", {"rss_mib": 17.25, "loader": "mmap"})):
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps({"artifact": "vmoe-6x64-p8-e5_executorch-xnnpack_fp32-split.pte", "device": "local",
+                                 "checkpoint_sha256": sha, **extra}))
+        files.append(f)
+    assert latency_column(json.loads(files[1].read_text())) == "executorch-xnnpack fp32 split mmap @ local (MiB)"
+    code, out, err = mvmoe("report", str(d), "--latency", str(files[0]), "--memory", str(files[1]),
+                           "--out", str(tmp_path / "rep"), "--no-published")
+    assert code == 0, err
+    row = next(csv.DictReader((tmp_path / "rep" / "table.csv").open()))
+    assert float(row["latency_ms executorch-xnnpack fp32 split @ local (ms)"]) == 1.5
+    assert float(row["memory_mib executorch-xnnpack fp32 split mmap @ local (MiB)"]) == 17.25
+    assert "memory executorch-xnnpack fp32 split mmap @ local (MiB)" in (tmp_path / "rep" / "table.md").read_text()
+
+
 @pytest.mark.parametrize("value", ["91.2%", None, True])
 def test_non_numeric_top1_names_the_file(tmp_path, value):
     d = tmp_path / "run"

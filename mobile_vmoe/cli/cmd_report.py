@@ -14,16 +14,17 @@ def report_cmd(
     run_dirs: list[Path] = typer.Argument(None, help="training run directories (with summary.json); *.json files "
                                           "given here count as --latency files (so a shell glob works)", show_default=False),
     latency: list[Path] = typer.Option([], "--latency", "-l", help="JSON from `profile latency --out` / `profile ingest --out` (repeatable)"),
+    memory: list[Path] = typer.Option([], "--memory", "-m", help="JSON from `profile memory --out` (repeatable)"),
     out: Path = typer.Option(..., "--out", "-o", help="output directory"),
     published: bool = typer.Option(True, "--published/--no-published", help="add the papers' ImageNet numbers as marked reference rows"),
 ) -> None:
-    """One table (accuracy, MACs, params, latency per target and device) and two plots."""
+    """One table (accuracy, MACs, params, latency and memory per target and device) and two plots."""
     from ..profile.report import make_report
 
     # typer options take one value each: let `mvmoe report RUN lat/*.json` work too
     files = [p for p in run_dirs or [] if p.suffix == ".json" and p.is_file()]
     dirs = [p for p in run_dirs or [] if p not in files]
-    paths = make_report(dirs, [*latency, *files], out, published=published)
+    paths = make_report(dirs, [*latency, *memory, *files], out, published=published)
     typer.echo((out / "table.md").read_text())
     for name, p in paths.items():
         typer.echo(f"wrote {p}")

@@ -148,19 +148,35 @@ def load_latency(files: list[str | Path]) -> list[dict]:
         if not f.is_file():
             raise MvmoeError(f"latency file not found: {f}")
         d = read_json_object(f)
-        missing = [k for k in ("artifact", "device", "median_ms") if k not in d]
+        missing = [k for k in ("artifact", "device") if k not in d] + ([] if is_memory(d) else
+                                                                      [k for k in ("median_ms",) if k not in d])
         if missing:
             raise MvmoeError(f"{f}: missing key(s) {', '.join(missing)}; expected the JSON of "
-                             "`mvmoe profile latency --out` or `mvmoe profile ingest --out`")
+                             "`mvmoe profile latency --out`, `mvmoe profile memory --out` or `mvmoe profile ingest --out`")
         out.append(d)
     return out
 
 
+def is_memory(d: dict) -> bool:
+    """A `profile memory` result (rss_mib) rather than a latency (median_ms)."""
+    return "rss_mib" in d and "median_ms" not in d
+
+
 def latency_column(lat: dict) -> str:
+    """The column of a latency ("... (ms)") or memory ("... <loader> (MiB)") file."""
     a = parse_artifact_name(lat["artifact"])
     target = a["target"] + (f"-{a['backend']}" if a["backend"] else "")
     dispatch = lat.get("dispatch") or a["dispatch"]
-    return f"{target} {a['precision']}{'' if dispatch == 'gather' else ' ' + dispatch} @ {lat['device']} (ms)"
+    what = f"{target} {a['precision']}{'' if dispatch == 'gather' else ' ' + dispatch}"
+    if is_memory(lat):
+        return f"{what} {lat.get('loader') or ''} @ {lat['device']} (MiB)".replace("  ", " ")
+    return f"{what} @ {lat['device']} (ms)"
+
+
+def column_head(col: str, csv: bool = False) -> str:
+    if col.endswith("(MiB)"):
+        return f"{'memory_mib' if csv else 'memory'} {col}"
+    return f"{'latency_ms' if csv else 'latency'} {col}"
 
 
 def _rows_of(lat: dict, rows: list[Row], hashes: dict) -> list[Row]:
@@ -198,7 +214,7 @@ def attach_latency(rows: list[Row], lats: list[dict]) -> list[str]:
                 rows.append(orphans[key])
             match = [orphans[key]]
         for r in match:
-            r.latency[col] = lat["median_ms"]
+            r.latency[col] = lat["rss_mib"] if is_memory(lat) else lat["median_ms"]
     return cols
 
 
@@ -238,6 +254,8 @@ def _fmt(v, kind: str = "") -> str:
         return f"{v:.2f}"
     if kind == "ms":
         return f"{v:.3f}"
+    if kind == "mib":
+        return f"{v:.1f}"
     return str(v)
 
 
@@ -293,14 +311,16 @@ def render_points(points: list[Point]) -> str:
 
 
 def render_markdown(rows: list[Row], cols: list[str]) -> str:
-    kinds = ["", "", "", "", "", "count", "count", "count", "pct", "pct", "pct"] + ["ms"] * len(cols)
-    head = HEAD + [f"latency {c}" for c in cols] + ["run"]
+    kinds = ["", "", "", "", "", "count", "count", "count", "pct", "pct", "pct"] + [
+        "mib" if c.endswith("(MiB)") else "ms" for c in cols]
+    head = HEAD + [column_head(c) for c in cols] + ["run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r, vals in zip(rows, table_rows(rows, cols)):
         run = "published" if r.published else "/".join(Path(r.source).parts[-2:])  # tells same-named runs apart
         lines.append("| " + " | ".join([_fmt(v, k) for v, k in zip(vals, kinds)] + [run]) + " |")
     note = ("\nActive MACs: multiply-accumulates per image of what runs (gather path: the chosen experts only); "
-            "latency: median over timed runs, batch 1.")
+            "latency: median over timed runs, batch 1; memory: resident MiB over the runtime's baseline after "
+            "the timed images (`mvmoe profile memory`).")
     if any(r.arm == SUPERCLASS_SOURCE for r in rows):
         note += (f" Arm {SUPERCLASS_SOURCE}: the dense stage a superclass run clusters its confusions from, "
                  "trained on the training split less a holdout; not the equal-budget dense baseline.")
@@ -316,7 +336,7 @@ def render_csv(rows: list[Row], cols: list[str]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["model", "dataset", "routing", "arm", "epochs", "active_macs", "params", "active_params", "top1", "top5",
-                "router_superclass_top1"] + [f"latency_ms {c}" for c in cols] + ["published", "source"])
+                "router_superclass_top1"] + [column_head(c, csv=True) for c in cols] + ["published", "source"])
     for r, vals in zip(rows, table_rows(rows, cols)):
         w.writerow([r.model] + ["" if v is None else v for v in vals[1:]] + [int(r.published), r.source])
     return buf.getvalue()
