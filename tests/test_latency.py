@@ -199,7 +199,18 @@ def test_ingest_app_benchmark(tmp_path):
     assert ingest_app_benchmark(_app_json(tmp_path, checkpoint_sha256="ab" * 32))["checkpoint_sha256"] == "ab" * 32
 
 
+def test_ingest_memory_and_tail_switches(tmp_path):
+    d = ingest_app_benchmark(_app_json(tmp_path, rss_mib_after_load=12.5, rss_mib_after_runs=14.0, expert_layout="split",
+                                       tail_switch_ms=[3.0, 1.0, 2.0], tails_cached=2))
+    assert (d["rss_mib"], d["rss_mib_after_load"], d["expert_layout"], d["tails_cached"]) == (14.0, 12.5, "split", 2)
+    assert d["tail_switch_median_ms"] == 2.0 and d["tail_switch_ms"] == [3.0, 1.0, 2.0]
+    assert "rss_mib" not in ingest_app_benchmark(_app_json(tmp_path))
+
+
 @pytest.mark.parametrize("over, message", [
+    ({"rss_mib_after_runs": "big"}, "rss_mib_after_runs must be a number"),
+    ({"expert_layout": "sparse"}, "expert_layout must be stacked or split"),
+    ({"tail_switch_ms": ["slow"]}, "tail_switch_ms must be a list"),
     ({"format": "other"}, "not an app benchmark file"),
     ({"version": 2}, "unsupported benchmark version 2"),
     ({"runs_ms": []}, "non-empty list"),

@@ -4,6 +4,8 @@ Input  {"format": "mvmoe-app-benchmark", "version": 1, "artifact", "app", "devic
         "compute_units", "threads", "warmup", "runs_ms": [...], "created"}
 Output {"artifact", "device", "runtime", "runs", "min_ms", "median_ms", "p90_ms", "mean_ms",
         "threads", "warmup", "compute_units", "app", "created", "runs_ms", "source"}
+        + "rss_mib", "rss_mib_after_load", "expert_layout", "tail_switch_ms", "tail_switch_median_ms",
+        "tails_cached" when the app wrote its memory and split-expert figures
         + "checkpoint_sha256" when the app copied it from the artifact's .json (then `mvmoe report`
         puts the number on the run of that checkpoint)
 """
@@ -48,4 +50,29 @@ def ingest_app_benchmark(path: str | Path) -> dict:
                          "source": str(path)})
     if d.get("checkpoint_sha256"):
         res.extra["checkpoint_sha256"] = str(d["checkpoint_sha256"])
+    res.extra.update(memory_keys(path, d))
     return res.to_dict()
+
+
+def memory_keys(path: Path, d: dict) -> dict:
+    """The optional memory and split-expert figures of an app benchmark file, checked."""
+    out = {}
+    for src, dst in (("rss_mib_after_runs", "rss_mib"), ("rss_mib_after_load", "rss_mib_after_load")):
+        v = d.get(src)
+        if v is not None:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+                raise MvmoeError(f"{path}: {src} must be a number of MiB >= 0, got {v!r}")
+            out[dst] = float(v)
+    if d.get("expert_layout") is not None:
+        if d["expert_layout"] not in ("stacked", "split"):
+            raise MvmoeError(f"{path}: expert_layout must be stacked or split, got {d['expert_layout']!r}")
+        out["expert_layout"] = d["expert_layout"]
+    switches = d.get("tail_switch_ms") or []
+    if not isinstance(switches, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in switches):
+        raise MvmoeError(f"{path}: tail_switch_ms must be a list of milliseconds")
+    if switches:
+        from .latency import percentile
+
+        out.update(tail_switch_ms=[float(v) for v in switches], tail_switch_median_ms=percentile(switches, 50),
+                   tails_cached=d.get("tails_cached"))
+    return out

@@ -2,6 +2,7 @@ package ai.mvmoe.demo
 
 import ai.mvmoe.demo.core.BenchStats
 import ai.mvmoe.demo.core.BenchmarkReport
+import ai.mvmoe.demo.core.Memory
 import ai.mvmoe.demo.core.Postprocess
 import ai.mvmoe.demo.core.Preprocess
 import ai.mvmoe.demo.core.RgbImage
@@ -46,6 +47,8 @@ fun BenchmarkScreen(models: List<ModelAsset>) {
     var units by remember { mutableStateOf("cpu") }
     var runs by remember { mutableStateOf("50") }
     var warmup by remember { mutableStateOf("10") }
+    var threads by remember { mutableStateOf("") }  // empty: the runtime's default
+    var maxTails by remember { mutableStateOf("2") }
     var running by remember { mutableStateOf(false) }
     var report by remember { mutableStateOf<BenchmarkReport?>(null) }
     var file by remember { mutableStateOf<File?>(null) }
@@ -59,6 +62,14 @@ fun BenchmarkScreen(models: List<ModelAsset>) {
         }
         OutlinedTextField(runs, { runs = it.filter(Char::isDigit) }, label = { Text("Runs") })
         OutlinedTextField(warmup, { warmup = it.filter(Char::isDigit) }, label = { Text("Warm-up") })
+        if (asset.runtime == "executorch") {
+            OutlinedTextField(threads, { threads = it.filter(Char::isDigit) }, label = { Text("Threads (empty: default)") })
+        } else {
+            Text("LiteRT picks its CPU thread count itself (the app does not set it).")
+        }
+        if (asset.meta.programs != null) {
+            OutlinedTextField(maxTails, { maxTails = it.filter(Char::isDigit) }, label = { Text("Expert tails kept loaded") })
+        }
         Button(enabled = !running, onClick = {
             running = true
             error = null
@@ -66,8 +77,10 @@ fun BenchmarkScreen(models: List<ModelAsset>) {
             val u = units
             val n = maxOf(1, runs.toIntOrNull() ?: 50)
             val w = warmup.toIntOrNull() ?: 10
+            val t = threads.toIntOrNull()?.takeIf { it > 0 }
+            val mt = maxOf(1, maxTails.toIntOrNull() ?: 2)
             thread(name = "benchmark") {
-                val result = runCatching { measure(context, a, u, n, w) }
+                val result = runCatching { measure(context, a, u, n, w, t, mt) }
                 ContextCompat.getMainExecutor(context).execute {
                     running = false
                     result.onSuccess { report = it.first; file = it.second }.onFailure { error = it.message }
@@ -82,6 +95,10 @@ fun BenchmarkScreen(models: List<ModelAsset>) {
             if (r.preprocessMs.isNotEmpty()) Text("median preprocess %.3f ms, postprocess %.3f ms; load %.0f ms, first %.1f ms".format(
                 BenchStats.of(r.preprocessMs).medianMs, BenchStats.of(r.postprocessMs).medianMs, r.loadMs ?: 0.0, r.firstRunMs ?: 0.0))
             r.accelerator?.let { Text(it) }
+            if (r.rssMibAfterRuns != null) Text("resident memory: %.1f MiB after load, %.1f MiB after the runs".format(
+                r.rssMibAfterLoad ?: 0.0, r.rssMibAfterRuns))
+            if (r.tailSwitchMs.isNotEmpty()) Text("cold expert-tail switch: median %.2f ms over %d loads (LRU of %d)".format(
+                BenchStats.of(r.tailSwitchMs).medianMs, r.tailSwitchMs.size, r.tailsCached ?: 0))
             file?.let { f -> Button(onClick = { share(context, f) }) { Text("Share JSON") } }
         }
     }
@@ -92,11 +109,14 @@ fun BenchmarkScreen(models: List<ModelAsset>) {
  * and postprocessing (outputs -> top-5) of each run apart; model load and the first inference are
  * reported too. The live screen's camera is unbound while this tab is shown. Writes the JSON atomically.
  */
-private fun measure(context: Context, asset: ModelAsset, units: String, runs: Int, warmup: Int): Pair<BenchmarkReport, File> {
+private fun measure(context: Context, asset: ModelAsset, units: String, runs: Int, warmup: Int, threads: Int?,
+                    maxTails: Int): Pair<BenchmarkReport, File> {
     val image = ImageUtils.rgb(ImageUtils.sample(context, SAMPLE))
+    fun rss() = Memory.rssMib(File("/proc/self/status").readText())
     val t0 = System.nanoTime()
-    Runner.create(context, asset, units).use { runner ->
+    Runner.create(context, asset, units, threads, maxTails).use { runner ->
         val loadMs = (System.nanoTime() - t0) / 1e6
+        val rssLoad = rss()
         val t1 = System.nanoTime()
         runner.infer(Preprocess.toInput(image, asset.meta.input))
         val firstMs = (System.nanoTime() - t1) / 1e6
@@ -115,12 +135,20 @@ private fun measure(context: Context, asset: ModelAsset, units: String, runs: In
             val d = System.nanoTime()
             pre += (b - a) / 1e6; run += (c - b) / 1e6; post += (d - c) / 1e6
         }
+        val rssRuns = rss()
+        // split artifacts: the sample image used one tail; load up to 8 others cold, each timed by the cache
+        runner.tails?.let { cache ->
+            asset.meta.programs!!.tails.keys.filter { it !in cache.resident }.take(8).forEach { cache.get(it) }
+        }
         val report = BenchmarkReport(
             artifact = asset.meta.artifact, app = "android_demo",
             device = "${Build.MANUFACTURER} ${Build.MODEL} (Android ${Build.VERSION.RELEASE})",
             runtime = runner.runtime, computeUnits = runner.computeUnits, threads = runner.threads,
             warmup = warmup, runsMs = run, created = Instant.now().toString(),
             preprocessMs = pre, postprocessMs = post, loadMs = loadMs, firstRunMs = firstMs, accelerator = runner.accelerator,
+            rssMibAfterLoad = rssLoad, rssMibAfterRuns = rssRuns,
+            expertLayout = if (asset.meta.experts > 0) (if (runner.tails != null) "split" else "stacked") else null,
+            tailSwitchMs = runner.tails?.switchMs?.toList() ?: emptyList(), tailsCached = runner.tails?.capacity,
         )
         val dir = File(context.cacheDir, "bench").apply { mkdirs() }
         val out = File(dir, report.fileName())

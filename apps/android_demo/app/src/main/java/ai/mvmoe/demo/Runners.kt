@@ -1,6 +1,8 @@
 package ai.mvmoe.demo
 
 import ai.mvmoe.demo.core.Postprocess
+import ai.mvmoe.demo.core.SplitPrograms
+import ai.mvmoe.demo.core.TailCache
 import android.content.Context
 import com.google.ai.edge.litert.Accelerator
 import com.google.ai.edge.litert.CompiledModel
@@ -27,10 +29,20 @@ interface Runner : AutoCloseable {
 
     fun infer(input: FloatArray): Outputs { run(input); return outputs() }
 
+    /** Split artifacts: the expert tails loaded now and every cold tail switch so far (ms); null otherwise. */
+    val tails: TailCache<*>? get() = null
+
     companion object {
-        fun create(context: Context, asset: ModelAsset, computeUnits: String): Runner = when (asset.runtime) {
-            "executorch" -> ExecuTorchRunner(context, asset)
-            else -> LiteRtRunner(context, asset, computeUnits)
+        /** [threads]: ExecuTorch's threadpool size (null = its default); LiteRT picks its own. */
+        fun create(context: Context, asset: ModelAsset, computeUnits: String, threads: Int? = null,
+                   maxTails: Int = 2): Runner {
+            val programs = asset.meta.programs
+            return when {
+                programs != null && asset.runtime == "executorch" -> SplitExecuTorchRunner(context, asset, programs, threads, maxTails)
+                programs != null -> SplitLiteRtRunner(context, asset, programs, computeUnits, maxTails)
+                asset.runtime == "executorch" -> ExecuTorchRunner(context, asset, threads)
+                else -> LiteRtRunner(context, asset, computeUnits)
+            }
         }
 
         /** Outputs are picked by the names and order the .json gives (never by length). */
@@ -72,12 +84,11 @@ class LiteRtRunner(context: Context, private val asset: ModelAsset, override val
 }
 
 /** ExecuTorch Android module (org.pytorch.executorch), memory-mapped; XNNPACK-lowered .pte runs on the CPU. */
-class ExecuTorchRunner(context: Context, private val asset: ModelAsset) : Runner {
+class ExecuTorchRunner(context: Context, private val asset: ModelAsset, override val threads: Int? = null) : Runner {
     override val runtime = "executorch"
     override val computeUnits = "cpu"
-    override val threads: Int? = null  // XNNPACK's default thread pool
-    override val accelerator = "ExecuTorch ${asset.meta.backend ?: "portable"} (CPU)"
-    private val module = Module.load(ModelAssets.toFile(context, asset).absolutePath, Module.LOAD_MODE_MMAP)
+    override val accelerator = "ExecuTorch ${asset.meta.backend ?: "portable"} (CPU${threads?.let { ", $it threads" } ?: ""})"
+    private val module = Module.load(ModelAssets.toFile(context, asset).absolutePath, Module.LOAD_MODE_MMAP, threads ?: 0)
     private val shape = asset.meta.input.shape.map { it.toLong() }.toLongArray()
     private var last: Array<EValue> = emptyArray()
 
@@ -88,4 +99,92 @@ class ExecuTorchRunner(context: Context, private val asset: ModelAsset) : Runner
     override fun outputs(): Outputs = Runner.split(asset, last.map { it.toTensor().dataAsFloatArray })
 
     override fun close() = module.destroy()
+}
+
+/** An ExecuTorch method of a split .pte in its own memory-mapped Module: destroying it frees the method. */
+private class EtProgram(path: String, private val method: String, threads: Int?) : AutoCloseable {
+    private val module = Module.load(path, Module.LOAD_MODE_MMAP, threads ?: 0).also { it.loadMethod(method) }
+    fun run(vararg inputs: EValue): Array<EValue> = module.execute(method, *inputs)
+    override fun close() = module.destroy()
+}
+
+/**
+ * A split ExecuTorch artifact (`mvmoe export --experts split`): the trunk always loaded, the expert
+ * tails in an LRU of [maxTails] (each its own Module over the memory-mapped file, so only the
+ * trunk and the cached tails are resident). Wiring from the .json's "programs".
+ */
+class SplitExecuTorchRunner(context: Context, private val asset: ModelAsset, private val programs: SplitPrograms,
+                            override val threads: Int?, maxTails: Int) : Runner {
+    override val runtime = "executorch"
+    override val computeUnits = "cpu"
+    override val accelerator = "ExecuTorch ${asset.meta.backend ?: "portable"} (CPU), split: trunk + $maxTails expert tails"
+    private val path = ModelAssets.toFile(context, asset).absolutePath
+    private val trunk = EtProgram(path, programs.trunk.name, threads)
+    private val cache = TailCache(maxTails, { e -> EtProgram(path, programs.tail(e).name, threads) })
+    override val tails: TailCache<*> get() = cache
+    private val shape = asset.meta.input.shape.map { it.toLong() }.toLongArray()
+    private var logits = FloatArray(0)
+    private var probs: FloatArray? = null
+
+    override fun run(input: FloatArray) {
+        val outs = trunk.run(EValue.from(Tensor.fromBlob(input, shape)))
+        val expert = outs[programs.indexOutput].toTensor().dataAsIntArray[0]
+        val feed = programs.tailFeed.map { outs[it] }.toTypedArray()
+        logits = cache.get(expert).run(*feed)[0].toTensor().dataAsFloatArray
+        probs = outs[programs.probsOutput].toTensor().dataAsFloatArray
+    }
+
+    override fun outputs(): Outputs = Outputs(logits, probs)
+
+    override fun close() {
+        cache.close()
+        trunk.close()
+    }
+}
+
+/** One .tflite of a split LiteRT artifact folder, compiled on its own. */
+private class LiteRtProgram(context: Context, assetPath: String, units: String) : AutoCloseable {
+    val model: CompiledModel = CompiledModel.create(context.assets, assetPath,
+        CompiledModel.Options(if (units == "gpu") Accelerator.GPU else Accelerator.CPU))
+    val inputs = model.createInputBuffers()
+    val outputs = model.createOutputBuffers()
+    fun run() = model.run(inputs, outputs)
+    override fun close() {
+        inputs.forEach { it.close() }
+        outputs.forEach { it.close() }
+        model.close()
+    }
+}
+
+/** A split LiteRT artifact: a folder of trunk.tflite and tail_<e>.tflite, tails in an LRU of [maxTails]. */
+class SplitLiteRtRunner(private val context: Context, private val asset: ModelAsset, private val programs: SplitPrograms,
+                        override val computeUnits: String, maxTails: Int) : Runner {
+    override val runtime = "litert"
+    override val threads: Int? = null
+    override val accelerator = "LiteRT ${computeUnits.uppercase()}, split: trunk + $maxTails expert tails"
+    private val trunk = LiteRtProgram(context, "${asset.assetPath}/${programs.trunk.file}", computeUnits)
+    private val cache = TailCache(maxTails, { e ->
+        LiteRtProgram(context, "${asset.assetPath}/${programs.tail(e).file}", computeUnits) })
+    override val tails: TailCache<*> get() = cache
+    private var logits = FloatArray(0)
+    private var probs: FloatArray? = null
+
+    override fun run(input: FloatArray) {
+        trunk.inputs[0].writeFloat(input)
+        trunk.run()
+        // LiteRT keeps the trunk's outputs in program order (output_0 ...): stream, expert_index, gate, expert_probs
+        val expert = trunk.outputs[programs.indexOutput].readInt()[0]
+        val tail = cache.get(expert)
+        programs.tailFeed.forEachIndexed { i, o -> tail.inputs[i].writeFloat(trunk.outputs[o].readFloat()) }
+        tail.run()
+        logits = tail.outputs[0].readFloat()
+        probs = trunk.outputs[programs.probsOutput].readFloat()
+    }
+
+    override fun outputs(): Outputs = Outputs(logits, probs)
+
+    override fun close() {
+        cache.close()
+        trunk.close()
+    }
 }

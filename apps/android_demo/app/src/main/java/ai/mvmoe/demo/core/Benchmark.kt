@@ -59,6 +59,13 @@ data class BenchmarkReport(
     val firstRunMs: Double? = null,
     /** Where the model ran, e.g. "LiteRT GPU (fully delegated)" or "XNNPACK CPU, 4 threads". */
     val accelerator: String? = null,
+    /** Resident memory (VmRSS / phys_footprint, MiB) after loading the model and after the timed runs. */
+    val rssMibAfterLoad: Double? = null,
+    val rssMibAfterRuns: Double? = null,
+    /** "stacked" (one program) or "split" (trunk + expert tails); split only: cold tail switches and the LRU size. */
+    val expertLayout: String? = null,
+    val tailSwitchMs: List<Double> = emptyList(),
+    val tailsCached: Int? = null,
 ) {
     init {
         require(app == "ios_demo" || app == "android_demo") { "app must be ios_demo or android_demo, got '$app'" }
@@ -67,6 +74,8 @@ data class BenchmarkReport(
         require(runsMs.isNotEmpty()) { "no timed runs" }
         require(preprocessMs.isEmpty() || preprocessMs.size == runsMs.size) { "preprocess_ms needs one entry per run" }
         require(postprocessMs.isEmpty() || postprocessMs.size == runsMs.size) { "postprocess_ms needs one entry per run" }
+        require(expertLayout == null || expertLayout in setOf("stacked", "split")) { "expert_layout must be stacked or split" }
+        require(tailSwitchMs.isEmpty() || expertLayout == "split") { "tail_switch_ms needs a split artifact" }
     }
 
     val stats: BenchStats get() = BenchStats.of(runsMs)
@@ -89,6 +98,11 @@ data class BenchmarkReport(
             "load_ms" to loadMs,
             "first_run_ms" to firstRunMs,
             "accelerator" to accelerator,
+            "rss_mib_after_load" to rssMibAfterLoad,
+            "rss_mib_after_runs" to rssMibAfterRuns,
+            "expert_layout" to expertLayout,
+            "tail_switch_ms" to tailSwitchMs,
+            "tails_cached" to tailsCached,
         ),
         indent = 2,
     ) + "\n"

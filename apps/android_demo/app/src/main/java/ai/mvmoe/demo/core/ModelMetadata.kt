@@ -53,6 +53,8 @@ data class ModelMetadata(
     val runtime: RuntimeRequirement? = null,
     val paritySet: ParitySet? = null,
     val artifactFile: FileFingerprint? = null,
+    /** Split artifacts (`--experts split`): the trunk and tail programs; null for one stacked program. */
+    val programs: SplitPrograms? = null,
     /** (delegated, total) ops from the exporter's audit (`ops`), when it counted them. */
     val opsDelegated: Pair<Int, Int>? = null,
 ) {
@@ -141,6 +143,7 @@ data class ModelMetadata(
                 artifactFile = (m["artifact_file"] as? Map<*, *>)?.let { f ->
                     FileFingerprint(((f["bytes"] as? Double) ?: -1.0).toLong(), str(f, "artifact_file.sha256"))
                 },
+                programs = SplitPrograms.fromMap(m["programs"] as? Map<*, *>),
             )
         }
 

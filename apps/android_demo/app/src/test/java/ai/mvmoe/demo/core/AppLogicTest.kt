@@ -133,4 +133,62 @@ class AppLogicTest {
         assertEquals(1.0, m["version"])
         assertThrows(IllegalArgumentException::class.java) { r.copy(preprocessMs = listOf(1.0)) }
     }
+
+    private val programs = ""","programs": {"chain": "c",
+        "trunk": {"name": "trunk", "file": "m.pte", "inputs": ["image"], "outputs": ["stream", "expert_index", "gate", "expert_probs"]},
+        "tail_input_shapes": [[1, 5, 32], [1, 1]], "tail_output_shapes": [[1, 2]],
+        "tails": [{"expert": 0, "name": "tail_0", "file": "m.pte", "inputs": ["stream", "gate"], "outputs": ["logits"]},
+                  {"expert": 1, "name": "tail_1", "file": "m.pte", "inputs": ["stream", "gate"], "outputs": ["logits"]}]}"""
+
+    @Test
+    fun splitProgramsWiredByName() {
+        val p = meta("executorch", "xnnpack", programs).programs!!
+        assertEquals(ProgramRef("tail_1", "m.pte"), p.tail(1))
+        assertEquals(listOf(0, 2), p.tailFeed)  // stream is trunk output 0, gate is output 2
+        assertEquals(1, p.indexOutput)
+        assertEquals(listOf(1, 5, 32), p.streamShape)
+        assertNull(meta("executorch", "xnnpack").programs)
+        val e = assertThrows(MetadataException::class.java) { p.tail(7) }
+        assertTrue(e.message!!, e.message!!.contains("expert 7"))
+        assertThrows(MetadataException::class.java) { meta("executorch", "xnnpack", programs.replace("\"gate\", \"expert_probs\"]", "\"expert_probs\"]")) }
+    }
+
+    private class Tail(val e: Int, val closed: MutableList<Int>) : AutoCloseable {
+        override fun close() { closed += e }
+    }
+
+    @Test
+    fun tailCacheLruByHand() {
+        // capacity 2, images routed 0, 1, 0, 2, 1: loads 0, 1, then 2 evicts 1 (0 was used last), then 1 evicts 0
+        val closed = mutableListOf<Int>()
+        var now = 0L
+        val cache = TailCache(2, { e -> now += 3_000_000L; Tail(e, closed) }, { now })
+        for (e in listOf(0, 1, 0, 2, 1)) assertEquals(e, cache.get(e).e)
+        assertEquals(4, cache.loads)
+        assertEquals(listOf(1, 0), closed)
+        assertEquals(listOf(2, 1), cache.resident)
+        assertEquals(listOf(3.0, 3.0, 3.0, 3.0), cache.switchMs)
+        cache.close()
+        assertEquals(listOf(1, 0, 2, 1), closed)
+        assertThrows(IllegalArgumentException::class.java) { TailCache(0, { e -> Tail(e, closed) }) }
+    }
+
+    @Test
+    fun rssFromProcStatus() {
+        assertEquals(150.0, Memory.rssMib("Name:\tapp\nVmHWM:\t  204800 kB\nVmRSS:\t  153600 kB\n")!!, 1e-9)
+        assertNull(Memory.rssMib("Name: app\n"))
+    }
+
+    @Test
+    fun benchmarkJsonCarriesMemoryAndTailSwitches() {
+        val r = BenchmarkReport("m.pte", "android_demo", "Pixel", "executorch", "cpu", 4, 1, listOf(1.0, 2.0), "t",
+            rssMibAfterLoad = 12.5, rssMibAfterRuns = 14.0, expertLayout = "split", tailSwitchMs = listOf(3.0), tailsCached = 2)
+        val j = Json.parse(r.toJson()) as Map<*, *>
+        assertEquals(14.0, j["rss_mib_after_runs"])
+        assertEquals(listOf(3.0), j["tail_switch_ms"])
+        assertEquals("split", j["expert_layout"])
+        assertThrows(IllegalArgumentException::class.java) {
+            BenchmarkReport("m.pte", "android_demo", "Pixel", "executorch", "cpu", 4, 1, listOf(1.0), "t", tailSwitchMs = listOf(1.0))
+        }
+    }
 }
