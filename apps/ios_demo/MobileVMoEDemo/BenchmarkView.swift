@@ -57,6 +57,17 @@ struct BenchmarkView: View {
                         row("mean", s.meanMs)
                         Text("\(s.runs) runs on \(r.device)").font(.footnote)
                     }
+                    Section("Apart from the prediction (median ms)") {
+                        if !r.preprocessMs.isEmpty { row("preprocess", BenchStats(r.preprocessMs).medianMs) }
+                        if !r.postprocessMs.isEmpty { row("postprocess", BenchStats(r.postprocessMs).medianMs) }
+                        if let l = r.loadMs { row("load", l) }
+                        if let f = r.firstRunMs { row("first prediction", f) }
+                        if !r.tailSwitchMs.isEmpty { row("cold expert-tail switch", BenchStats(r.tailSwitchMs).medianMs) }
+                    }
+                    if let m = r.rssMibAfterRuns {
+                        Text(String(format: "memory footprint: %.1f MiB after load, %.1f MiB after the runs", r.rssMibAfterLoad ?? 0, m))
+                            .font(.footnote)
+                    }
                     if let fileURL {
                         ShareLink("Share JSON", item: fileURL)
                     }
@@ -90,24 +101,61 @@ struct BenchmarkView: View {
         }
     }
 
-    /// Loads the model with the chosen compute units, times `prediction(from:)` on a fixed input (a
-    /// mid-grey image through the app preprocessing), writes the JSON atomically to the temp folder.
+    /// Loads the model with the chosen compute units; per run times the image -> input preprocessing,
+    /// the prediction call alone and the decoding apart (a mid-grey image through the app
+    /// preprocessing); records resident memory after loading and after the runs, and for a split
+    /// artifact the cold expert-tail switches. Writes the JSON atomically to the temp folder.
     nonisolated static func measure(_ model: BundledModel, units: Units, runs: Int, warmup: Int) throws -> (BenchmarkReport, URL) {
+        let t0 = DispatchTime.now().uptimeNanoseconds
         let runner = try ModelRunner(model, computeUnits: units.computeUnits)
+        let loadMs = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+        let rssLoad = Memory.footprintMib()
         let grey = RGBImage(width: 8, height: 8, rgb: [UInt8](repeating: 128, count: 8 * 8 * 3))
-        let input = try runner.makeInput(Preprocess.toInput(grey, model.meta.input))
-        for _ in 0..<warmup { _ = try runner.predict(input) }
-        var times: [Double] = []
+        let t1 = DispatchTime.now().uptimeNanoseconds
+        _ = try runner.predict(try runner.makeInput(Preprocess.toInput(grey, model.meta.input)))
+        let firstMs = Double(DispatchTime.now().uptimeNanoseconds - t1) / 1e6
+        for _ in 0..<warmup { _ = try runner.predict(try runner.makeInput(Preprocess.toInput(grey, model.meta.input))) }
+        var pre: [Double] = [], times: [Double] = [], post: [Double] = []
         for _ in 0..<runs {
-            let t0 = DispatchTime.now().uptimeNanoseconds
-            _ = try runner.mlModel.prediction(from: input)
-            times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6)
+            let a = DispatchTime.now().uptimeNanoseconds
+            let input = try runner.makeInput(Preprocess.toInput(grey, model.meta.input))
+            let b = DispatchTime.now().uptimeNanoseconds
+            let (logits, experts) = try runner.predict(input)
+            let c = DispatchTime.now().uptimeNanoseconds
+            _ = Postprocess.decode(model.meta, logits: logits, expertProbs: experts)
+            let d = DispatchTime.now().uptimeNanoseconds
+            pre.append(Double(b - a) / 1e6); times.append(Double(c - b) / 1e6); post.append(Double(d - c) / 1e6)
         }
-        let report = BenchmarkReport(artifact: model.meta.artifact, device: DeviceInfo.description, computeUnits: units.rawValue,
+        let rssRuns = Memory.footprintMib()
+        if let tails = runner.tails, let programs = model.meta.programs {  // up to 8 cold tail switches
+            for e in programs.tails.compactMap(\.expert).filter({ !tails.resident.contains($0) }).prefix(8) { _ = try tails.get(e) }
+        }
+        var report = BenchmarkReport(artifact: model.meta.artifact, device: DeviceInfo.description, computeUnits: units.rawValue,
                                      threads: nil, warmup: warmup, runsMs: times, created: BenchmarkReport.isoNow())
+        report.preprocessMs = pre
+        report.postprocessMs = post
+        report.loadMs = loadMs
+        report.firstRunMs = firstMs
+        report.rssMibAfterLoad = rssLoad
+        report.rssMibAfterRuns = rssRuns
+        report.expertLayout = model.meta.experts > 0 ? (runner.tails == nil ? "stacked" : "split") : nil
+        report.tailSwitchMs = runner.tails?.switchMs ?? []
+        report.tailsCached = runner.tails?.capacity
         let url = FileManager.default.temporaryDirectory.appendingPathComponent(report.fileName)
         try report.jsonData().write(to: url, options: .atomic)
         return (report, url)
+    }
+}
+
+/// The app's resident memory as iOS counts it against the app (task_info phys_footprint), in MiB.
+enum Memory {
+    static func footprintMib() -> Double? {
+        var info = task_vm_info_data_t()
+        var count = mach_msg_type_number_t(MemoryLayout<task_vm_info_data_t>.size / MemoryLayout<natural_t>.size)
+        let kr = withUnsafeMutablePointer(to: &info) {
+            $0.withMemoryRebound(to: integer_t.self, capacity: Int(count)) { task_info(mach_task_self_, task_flavor_t(TASK_VM_INFO), $0, &count) }
+        }
+        return kr == KERN_SUCCESS ? Double(info.phys_footprint) / 1_048_576 : nil
     }
 }
 

@@ -13,19 +13,39 @@ struct BundledModel: Identifiable, Hashable {
 }
 
 /// Core ML inference for one artifact: preprocessing per its metadata, prediction, decoding.
+/// A split artifact (`--experts split`, a multifunction package) runs as its trunk plus the expert
+/// tail the trunk chooses, each tail a model of its own function (iOS 18) kept in an LRU of `maxTails`.
 final class ModelRunner {
     let model: BundledModel
-    let mlModel: MLModel
+    let mlModel: MLModel  // the whole model, or the trunk of a split artifact
+    let tails: TailCache<MLModel>?
     private let logitsName: String
     private let expertName: String?
 
     /// `computeUnits`: .cpuOnly, .cpuAndGPU, .cpuAndNeuralEngine or .all (MLModelConfiguration).
-    init(_ model: BundledModel, computeUnits: MLComputeUnits = .all) throws {
-        let config = MLModelConfiguration()
-        config.computeUnits = computeUnits
+    init(_ model: BundledModel, computeUnits: MLComputeUnits = .all, maxTails: Int = 2) throws {
+        let url = try ModelRunner.compiledURL(for: model.modelURL, key: model.meta.artifactFile?.sha256)
+        func config(_ function: String?) throws -> MLModelConfiguration {
+            let c = MLModelConfiguration()
+            c.computeUnits = computeUnits
+            if let function {
+                guard #available(iOS 18.0, *) else {
+                    throw ModelMetadata.Invalid(message: "\(model.meta.artifact) is split into functions: needs iOS 18")
+                }
+                c.functionName = function
+            }
+            return c
+        }
         self.model = model
-        mlModel = try MLModel(contentsOf: try ModelRunner.compiledURL(for: model.modelURL, key: model.meta.artifactFile?.sha256),
-                              configuration: config)
+        if let programs = model.meta.programs {
+            mlModel = try MLModel(contentsOf: url, configuration: config(programs.trunk.name))
+            tails = TailCache(capacity: maxTails) { e in try MLModel(contentsOf: url, configuration: config(try programs.tail(e).name)) }
+            logitsName = "logits"
+            expertName = "expert_probs"
+            return
+        }
+        tails = nil
+        mlModel = try MLModel(contentsOf: url, configuration: config(nil))
         // Output names as exported ("logits", "expert_probs"); fall back to matching shapes if a converter renamed them.
         let outs = mlModel.modelDescription.outputDescriptionsByName
         let n = model.meta.labels.count, e = model.meta.experts
@@ -76,11 +96,22 @@ final class ModelRunner {
         return try MLDictionaryFeatureProvider(dictionary: [model.meta.input.name: MLFeatureValue(multiArray: arr)])
     }
 
-    /// Run the model on an already-built input; returns the raw outputs.
+    /// Run the model on an already-built input; returns the raw outputs. Split: trunk, then the
+    /// chosen tail fed with the trunk's outputs named in the .json.
     func predict(_ input: MLFeatureProvider) throws -> (logits: [Float], expertProbs: [Float]?) {
-        let out = try mlModel.prediction(from: input)
+        var out = try mlModel.prediction(from: input)
+        let probs = out.featureValue(for: "expert_probs")?.multiArrayValue
+        if let tails, let programs = model.meta.programs {
+            guard let index = out.featureValue(for: "expert_index")?.multiArrayValue else {
+                throw ModelMetadata.Invalid(message: "the trunk returned no expert_index")
+            }
+            let feed = try MLDictionaryFeatureProvider(dictionary: Dictionary(uniqueKeysWithValues: programs.tailInputs.map {
+                ($0, out.featureValue(for: $0) ?? MLFeatureValue(double: 0))
+            }))
+            out = try tails.get(index[0].intValue).prediction(from: feed)
+        }
         func floats(_ name: String) -> [Float]? {
-            guard let a = out.featureValue(for: name)?.multiArrayValue else { return nil }
+            guard let a = (name == "expert_probs" ? probs : out.featureValue(for: name)?.multiArrayValue) else { return nil }
             return (0..<a.count).map { a[$0].floatValue }  // handles fp16 and fp32 outputs alike
         }
         guard let logits = floats(logitsName) else {

@@ -88,4 +88,26 @@ final class GoldenTests: XCTestCase {
         XCTAssertEqual(r.fileName, "bench_m_coreml_fp16_coreml_ane.json")
         XCTAssertEqual(r.stats.medianMs, 1.5)
     }
+
+    func testTailCacheLruByHand() throws {
+        // capacity 2, images routed 0, 1, 0, 2, 1: loads 0, 1, then 2 evicts 1, then 1 evicts 0
+        var now: UInt64 = 0
+        var loaded: [Int] = []
+        let cache = TailCache<Int>(capacity: 2, clock: { now }) { e in now += 3_000_000; loaded.append(e); return e * 10 }
+        for e in [0, 1, 0, 2, 1] { XCTAssertEqual(try cache.get(e), e * 10) }
+        XCTAssertEqual(loaded, [0, 1, 2, 1])
+        XCTAssertEqual(cache.resident, [2, 1])
+        XCTAssertEqual(cache.switchMs, [3, 3, 3, 3])
+    }
+
+    func testSplitProgramsParseAndValidate() throws {
+        let json = """
+        {"trunk": {"name": "trunk", "file": "m.mlpackage", "outputs": ["stream", "expert_index", "gate", "expert_probs"]},
+         "tails": [{"expert": 0, "name": "tail_0", "file": "m.mlpackage", "inputs": ["stream", "gate"]}]}
+        """
+        let p = try JSONDecoder().decode(SplitPrograms.self, from: Data(json.utf8))
+        try p.validate()
+        XCTAssertEqual(try p.tail(0).name, "tail_0")
+        XCTAssertThrowsError(try p.tail(3))
+    }
 }

@@ -53,6 +53,18 @@ struct BenchmarkReport: Equatable {
     var warmup: Int
     var runsMs: [Double]
     var created: String  // ISO-8601
+    /// The prediction call alone is `runsMs`; image -> input and outputs -> top-5 per run, apart.
+    var preprocessMs: [Double] = []
+    var postprocessMs: [Double] = []
+    var loadMs: Double?
+    var firstRunMs: Double?
+    /// Resident memory (phys_footprint, MiB) after loading and after the runs.
+    var rssMibAfterLoad: Double?
+    var rssMibAfterRuns: Double?
+    /// "stacked" or "split"; split only: every cold tail switch (ms) and the LRU size.
+    var expertLayout: String?
+    var tailSwitchMs: [Double] = []
+    var tailsCached: Int?
 
     var stats: BenchStats { BenchStats(runsMs) }
 
@@ -61,6 +73,12 @@ struct BenchmarkReport: Equatable {
             "format": "mvmoe-app-benchmark", "version": 1, "artifact": artifact, "app": app, "device": device,
             "runtime": runtime, "compute_units": computeUnits, "threads": threads.map { $0 as Any } ?? NSNull(),
             "warmup": warmup, "runs_ms": runsMs, "created": created,
+            "preprocess_ms": preprocessMs, "postprocess_ms": postprocessMs,
+            "load_ms": loadMs.map { $0 as Any } ?? NSNull(), "first_run_ms": firstRunMs.map { $0 as Any } ?? NSNull(),
+            "rss_mib_after_load": rssMibAfterLoad.map { $0 as Any } ?? NSNull(),
+            "rss_mib_after_runs": rssMibAfterRuns.map { $0 as Any } ?? NSNull(),
+            "expert_layout": expertLayout.map { $0 as Any } ?? NSNull(), "tail_switch_ms": tailSwitchMs,
+            "tails_cached": tailsCached.map { $0 as Any } ?? NSNull(),
         ]
     }
 

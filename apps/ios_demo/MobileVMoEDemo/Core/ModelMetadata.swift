@@ -74,10 +74,12 @@ struct ModelMetadata: Decodable, Equatable {
     var paritySet: ParitySet?
     var runtime: Runtime?
     var artifactFile: ArtifactFile?
+    /// Split artifacts (`--experts split`): the trunk and tail functions; nil for one stacked program.
+    var programs: SplitPrograms?
 
     enum CodingKeys: String, CodingKey {
         case model, target, backend, precision, artifact, input, outputs, labels, superclasses, experts, k, macs
-        case preprocessing, runtime
+        case preprocessing, runtime, programs
         case paritySet = "parity_set"
         case artifactFile = "artifact_file"
     }
@@ -127,6 +129,7 @@ struct ModelMetadata: Decodable, Equatable {
         guard cropFraction > 0, cropFraction <= 1 else {
             throw Invalid(message: "metadata: preprocessing.crop_fraction must be in (0, 1], got \(cropFraction)")
         }
+        try programs?.validate()
         if let ps = paritySet {
             for (i, im) in ps.images.enumerated() {
                 guard im.bytes?.count == ps.height * ps.width * 3 else {
