@@ -11,6 +11,13 @@ rounds and ratios of medians. Random weights (latency does not depend on trainin
 ``xnnpack`` lowers the model as written (native LayerNorm, on the portable kernel);
 ``--runtimes eager,xnnpack,xnnpack-ln-decomposed`` adds the LayerNorm rewrite of
 `mvmoe export --layer-norm decomposed` (converters.prepare.decompose_layernorm), side by side.
+``xnnpack-int8`` and ``litert-int8`` are the int8 exports (pt2e static int8 for XNNPACK; LiteRT
+static int8, or dynamic-range where LiteRT cannot allocate static, as `mvmoe export` does),
+calibrated on random images here (latency does not depend on the calibration). ``--split`` adds
+the MoE as split expert programs (`--experts split`: trunk + the chosen tail, every tail loaded)
+on xnnpack and litert.
+
+    uv run python bench/bench_export.py --runtimes xnnpack,xnnpack-int8,litert,litert-int8 --split --threads 1
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ def build(variants: dict, runtimes: list[str], workdir: Path, threads: int, fuse
     """-> {(variant, runtime): run(x ndarray)} plus the XNNPACK delegation audits."""
     runs, audits = {}, {}
     for vname, (model, dispatch) in variants.items():
-        w = prepare_for_export(model, dispatch=dispatch, fused_attention=fused)
+        w = prepare_for_export(model, dispatch="gather" if dispatch == "split" else dispatch, fused_attention=fused)
         x = torch.randn(1, 3, model.cfg.img_size, model.cfg.img_size)
         ep = export_static(w, x)
         eager = w
@@ -49,12 +56,28 @@ def build(variants: dict, runtimes: list[str], workdir: Path, threads: int, fuse
         if "eager" in runtimes:
             runs[(vname, "eager")] = run_eager
         for rt, mod, kw in (("xnnpack", et, {"backend": "xnnpack"}), ("litert", tflite, {}), ("onnxruntime", onnx_export, {}),
-                            ("xnnpack-ln-decomposed", et, {"backend": "xnnpack"})):
-            if rt not in runtimes:
+                            ("xnnpack-ln-decomposed", et, {"backend": "xnnpack"}),
+                            ("xnnpack-int8", et, {"backend": "xnnpack"}), ("litert-int8", tflite, {})):
+            if rt not in runtimes or (dispatch == "split" and rt not in ("xnnpack", "litert")):
                 continue
             path = workdir / f"{vname}_{rt}{mod.EXT}"
             t0 = time.perf_counter()
-            if rt == "xnnpack-ln-decomposed":
+            if dispatch == "split":
+                from mobile_vmoe.converters import split
+
+                target = "executorch" if rt == "xnnpack" else "tflite"
+                path = workdir / f"{vname}_{rt}{split.TARGETS[target]}"
+                split.convert(target, w, x, path, precision="fp32", backend=kw.get("backend"))
+                runs[(vname, rt)], _ = split.load_runner(target, path, threads=threads)
+                for e in range(model.cfg.num_experts):  # every tail loaded: the timed runs are warm
+                    runs[(vname, rt)].native.tail(e)
+                print(f"  converted {vname} for {rt} in {time.perf_counter() - t0:.0f} s", flush=True)
+                continue
+            if rt.endswith("-int8"):
+                calib = torch.randn(8, 3, model.cfg.img_size, model.cfg.img_size)
+                ops = mod.convert(w, ep, x, path, precision="int8", calibration=calib, **kw)
+                audits[f"{vname} int8 ({rt})"] = ops
+            elif rt == "xnnpack-ln-decomposed":
                 w_ln = decompose_layernorm(copy.deepcopy(w))
                 ops = mod.convert(w_ln, export_static(w_ln, x), x, path, precision="fp32", **kw)
                 audits[f"{vname} (LayerNorm decomposed)"] = ops
@@ -77,6 +100,7 @@ def main() -> None:
     ap.add_argument("--runtimes", default="eager,xnnpack,litert,onnxruntime")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig overrides, e.g. patch_size=8")
     ap.add_argument("--fused-attention", action="store_true", help="SDPA instead of matmul-softmax-matmul")
+    ap.add_argument("--split", action="store_true", help="also the MoE as split expert programs (xnnpack, litert)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -87,8 +111,10 @@ def main() -> None:
     moe = create_model(args.model, **{"img_size": args.img_size, **parse_overrides(args.set, ModelConfig)}).eval()
     dense = create_model(dense_twin(moe.cfg)).eval()
     variants = {"moe-gather": (moe, "gather"), "dense-twin": (dense, "gather"), "moe-all-experts": (moe, "dense")}
+    if args.split:
+        variants["moe-split"] = (moe, "split")
     for name, (m, d) in variants.items():
-        print(f"{name}: {profile_flops(m, dispatch=d).macs / 1e6:.1f}M MACs", flush=True)
+        print(f"{name}: {profile_flops(m, dispatch='gather' if d == 'split' else d).macs / 1e6:.1f}M MACs", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         runs, audits = build(variants, runtimes, Path(tmp), args.threads, args.fused_attention)
@@ -99,13 +125,28 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n{moe.cfg.name} {' '.join(args.set)} @ {args.img_size} px, batch 1, {args.threads} threads, median of {args.rounds} rounds x {args.inner}")
-    print("| runtime | MoE gather (ms) | dense twin (ms) | all experts (ms) | MoE / dense | all-experts / dense | MoE / eager MoE |")
-    print("|---|---|---|---|---|---|---|")
+    def r(a, b):
+        return f"{a / b:.2f}x" if a and b else "-"
+
+    def f(v):
+        return f"{v:.2f}" if v else "-"
+
+    print("| runtime | MoE gather (ms) | dense twin (ms) | all experts (ms) | MoE split (ms) | MoE / dense | split / dense | "
+          "all-experts / dense | MoE / eager MoE |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for rt in runtimes:
-        g, d, a = (med.get((v, rt)) for v in ("moe-gather", "dense-twin", "moe-all-experts"))
+        g, d, a, sp = (med.get((v, rt)) for v in ("moe-gather", "dense-twin", "moe-all-experts", "moe-split"))
         e = med.get(("moe-gather", "eager"))
-        print(f"| {rt} | {g:.2f} | {d:.2f} | {a:.2f} | {g / d:.2f}x | {a / d:.2f}x | {g / e:.2f}x |")
+        print(f"| {rt} | {f(g)} | {f(d)} | {f(a)} | {f(sp)} | {r(g, d)} | {r(sp, d)} | {r(a, d)} | {r(g, e)} |")
+    for rt in (x for x in runtimes if x.endswith("-int8")):
+        base = rt[: -len("-int8")]
+        print(f"{rt} vs {base} fp32: MoE {r(med.get(('moe-gather', base)), med.get(('moe-gather', rt)))} faster, "
+              f"dense twin {r(med.get(('dense-twin', base)), med.get(('dense-twin', rt)))} faster; "
+              f"int8 MoE / int8 dense {r(med.get(('moe-gather', rt)), med.get(('dense-twin', rt)))}")
     for v, ops in audits.items():
+        if "delegated_subgraphs" not in ops:
+            print(f"\n{v}: {ops.get('int8_scheme') or ops.get('kind')}")
+            continue
         print(f"\nXNNPACK {v}: {ops['delegated_subgraphs']} subgraphs, {ops['delegated_nodes']} nodes delegated, "
               f"{ops['portable_nodes']} portable; "
               f"off the delegate: " + ", ".join(f"{k} x{o['portable']}" for k, o in ops["ops"].items() if o["portable"]))
