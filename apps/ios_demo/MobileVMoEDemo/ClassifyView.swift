@@ -129,6 +129,7 @@ struct ClassifyView: View {
                 let firstMs = Double(DispatchTime.now().uptimeNanoseconds - t1) / 1e6
                 line = String(format: "Core ML (compute units: all) · load %.0f ms, first inference %.1f ms%@\n", loadMs, firstMs,
                               first ? "" : " (failed)") + r.paritySummary()
+                if let plan = r.computePlanSummary() { line += "\n" + plan }
             }
             DispatchQueue.main.async {
                 switch result {
@@ -160,11 +161,17 @@ struct ClassifyView: View {
         if let img = ImageConversion.rgb(from: ui) { classify(img) }
     }
 
+    /// Decodes the picked photo downsampled and converts it off the main thread.
     private func loadPhoto(_ item: PhotosPickerItem?) async {
-        guard let item, let data = try? await item.loadTransferable(type: Data.self), let ui = UIImage(data: data) else { return }
+        guard let item, let data = try? await item.loadTransferable(type: Data.self) else { return }
+        let decoded = await Task.detached(priority: .userInitiated) { () -> (UIImage, RGBImage?)? in
+            guard let ui = ImageConversion.downsampled(data) else { return nil }
+            return (ui, ImageConversion.rgb(from: ui))
+        }.value
+        guard let (ui, img) = decoded else { message = "cannot decode the picked image"; return }
         useCamera = false
         photo = ui
-        if let img = ImageConversion.rgb(from: ui) { classify(img) }
+        if let img { classify(img) }
     }
 
     /// Runs off the main thread; drops the request if a prediction is still running.

@@ -1,9 +1,23 @@
 import CoreGraphics
 import CoreVideo
+import ImageIO
 import UIKit
 
 /// Platform images -> RGBImage, the input of the platform-free preprocessing.
 enum ImageConversion {
+    /// Decodes encoded image data downsampled (ImageIO thumbnail, orientation applied) so that a
+    /// 48-megapixel photo never lands in memory at full size. Call off the main thread.
+    static func downsampled(_ data: Data, maxSide: Int = 1024) -> UIImage? {
+        let opts = [kCGImageSourceShouldCache: false] as CFDictionary
+        guard let src = CGImageSourceCreateWithData(data as CFData, opts) else { return nil }
+        let thumb: [CFString: Any] = [kCGImageSourceCreateThumbnailFromImageAlways: true,
+                                      kCGImageSourceCreateThumbnailWithTransform: true,
+                                      kCGImageSourceShouldCacheImmediately: true,
+                                      kCGImageSourceThumbnailMaxPixelSize: maxSide]
+        guard let cg = CGImageSourceCreateThumbnailAtIndex(src, 0, thumb as CFDictionary) else { return nil }
+        return UIImage(cgImage: cg)
+    }
+
     /// Draws the image upright (applies UIImage orientation) into an RGBX buffer and drops X.
     static func rgb(from image: UIImage, maxSide: CGFloat = 1024) -> RGBImage? {
         let s = min(1, maxSide / max(image.size.width, image.size.height))

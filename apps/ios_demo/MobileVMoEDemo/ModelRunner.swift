@@ -19,6 +19,8 @@ final class ModelRunner {
     let model: BundledModel
     let mlModel: MLModel  // the whole model, or the trunk of a split artifact
     let tails: TailCache<MLModel>?
+    let compiledURL: URL
+    let computeUnits: MLComputeUnits
     private let logitsName: String
     private let expertName: String?
 
@@ -37,6 +39,8 @@ final class ModelRunner {
             return c
         }
         self.model = model
+        compiledURL = url
+        self.computeUnits = computeUnits
         if let programs = model.meta.programs {
             mlModel = try MLModel(contentsOf: url, configuration: config(programs.trunk.name))
             tails = TailCache(capacity: maxTails) { e in try MLModel(contentsOf: url, configuration: config(try programs.tail(e).name)) }
@@ -131,6 +135,36 @@ final class ModelRunner {
 }
 
 extension ModelRunner {
+    /// Where Core ML plans to run the model's operations (iOS 17.4+, MLComputePlan): "ops on
+    /// Neural Engine 120, GPU 0, CPU 8". Nil before iOS 17.4 or if the plan cannot be read.
+    /// Blocks until the plan is loaded: call off the main thread.
+    func computePlanSummary() -> String? {
+        guard #available(iOS 17.4, *) else { return nil }
+        let config = MLModelConfiguration()
+        config.computeUnits = computeUnits
+        if let programs = model.meta.programs, #available(iOS 18.0, *) { config.functionName = programs.trunk.name }
+        let done = DispatchSemaphore(value: 0)
+        var summary: String?
+        MLComputePlan.load(contentsOf: compiledURL, configuration: config) { result in
+            defer { done.signal() }
+            guard case .success(let plan) = result, case .program(let program) = plan.modelStructure,
+                  let main = program.functions[config.functionName ?? "main"] ?? program.functions.values.first else { return }
+            var counts = ["Neural Engine": 0, "GPU": 0, "CPU": 0]
+            for op in main.block.operations {
+                switch plan.deviceUsage(for: op)?.preferred {
+                case .neuralEngine: counts["Neural Engine", default: 0] += 1
+                case .gpu: counts["GPU", default: 0] += 1
+                case .cpu: counts["CPU", default: 0] += 1
+                default: break
+                }
+            }
+            summary = "compute plan: ops on Neural Engine \(counts["Neural Engine"]!), GPU \(counts["GPU"]!), CPU \(counts["CPU"]!)" +
+                (model.meta.programs != nil ? " (trunk)" : "")
+        }
+        done.wait()
+        return summary
+    }
+
     /// The .json's parity set through this model: "parity: max diff X, top-1 agree Y/Z (ok)".
     func paritySummary() -> String {
         guard let set = model.meta.paritySet else { return "parity: no parity set in the .json (re-export with this mvmoe)" }
