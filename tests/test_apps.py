@@ -330,3 +330,16 @@ def test_xcode_project_wires_sources_tests_and_golden():
         assert needle in pbx, needle
     assert (APPS / "ios_demo" / "MobileVMoEDemo" / "Models" / ".gitkeep").is_file()
     assert (APPS / "android_demo" / "app" / "src" / "main" / "assets" / "mvmoe" / ".gitkeep").is_file()
+
+
+def test_gradle_wrapper_jar_and_distribution_are_pinned():
+    """The committed wrapper jar is the one the README names, and the wrapper checks the
+    distribution's sha256 (gradle-8.11.1-bin.zip) before unpacking it."""
+    import hashlib
+
+    wrapper = APPS / "android_demo" / "gradle" / "wrapper"
+    assert hashlib.sha256((wrapper / "gradle-wrapper.jar").read_bytes()).hexdigest() == \
+        "55243ef57851f12b070ad14f7f5bb8302daceeebc5bce5ece5fa6edb23e1145c"
+    props = dict(line.split("=", 1) for line in (wrapper / "gradle-wrapper.properties").read_text().splitlines() if "=" in line)
+    assert props["distributionUrl"].endswith("gradle-8.11.1-bin.zip")
+    assert props["distributionSha256Sum"] == "f397b287023acdba1e9f6fc5ea72d22dd63669d59ed4a289a29b1a76eee151c6"
