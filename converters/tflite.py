@@ -108,8 +108,32 @@ def load_runner(path: Path, threads: int | None = None):
     outs = sorted(interp.get_output_details(), key=lambda d: d["name"])  # output_0 (logits), output_1 (expert_probs)
 
     def run(x):
-        interp.set_tensor(det["index"], x)
+        interp.set_tensor(det["index"], _quantize(x, det))
         interp.invoke()
-        return [interp.get_tensor(d["index"]) for d in outs]
+        return [_dequantize(interp.get_tensor(d["index"]), d) for d in outs]
 
-    return Runner(run, "litert", [int(s) for s in det["shape"]], np.dtype(det["dtype"]).name, threads, interp), None
+    # float32 in and out, whatever the model's own I/O type: a fully int8 model is fed through its
+    # input's (scale, zero point), and its outputs are dequantized
+    return Runner(run, "litert", [int(s) for s in det["shape"]], "float32", threads, interp,
+                  {"io_dtype": np.dtype(det["dtype"]).name}), None
+
+
+def _quantize(x, det):
+    """float32 -> the input's dtype with its (scale, zero point); float inputs pass through."""
+    import numpy as np
+
+    dtype = np.dtype(det["dtype"])
+    if dtype.kind == "f":
+        return x.astype(dtype, copy=False)
+    scale, zero = det["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def _dequantize(y, det):
+    import numpy as np
+
+    if np.dtype(det["dtype"]).kind == "f":
+        return y
+    scale, zero = det["quantization"]
+    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)

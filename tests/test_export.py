@@ -348,3 +348,16 @@ def test_pt2e_quantize_calibrates_one_image_at_a_time(monkeypatch):
     from mobile_vmoe.converters import executorch, tflite
 
     assert executorch.pt2e_quantize is P.pt2e_quantize and tflite.pt2e_quantize is P.pt2e_quantize
+
+
+def test_litert_int8_io_is_fed_and_read_as_float():
+    """A fully int8 LiteRT model: x -> round(x / scale) + zero point, clipped to int8; outputs back."""
+    from mobile_vmoe.converters import tflite
+
+    det = {"dtype": np.int8, "quantization": (0.5, -10)}
+    q = tflite._quantize(np.array([0.0, 1.26, -100.0, 200.0], np.float32), det)
+    assert q.dtype == np.int8 and q.tolist() == [-10, -7, -128, 127]  # 1.26 / 0.5 = 2.52 -> 3, -10 + 3 = -7
+    np.testing.assert_allclose(tflite._dequantize(q, det), [0.0, 1.5, -59.0, 68.5])
+    f = {"dtype": np.float32, "quantization": (0.0, 0)}
+    x = np.ones(2, np.float32)
+    assert tflite._quantize(x, f) is x and tflite._dequantize(x, f) is x
