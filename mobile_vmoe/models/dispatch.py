@@ -55,15 +55,19 @@ def dense_dispatch(bank: ExpertBank, x: torch.Tensor, index: torch.Tensor, gates
 
 
 def grouped_dispatch(bank: ExpertBank, x: torch.Tensor, index: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-    """Loop over experts; each runs once on the images that picked it. x (B, T, D) -> (B, T, D)."""
-    out = torch.zeros_like(x)
-    for e in range(bank.num_experts):
-        b, j = (index == e).nonzero(as_tuple=True)  # images (and which of their k) that chose e
-        if b.numel() == 0:
-            continue
-        y = bank.expert(e, x.index_select(0, b))  # (n, T, D)
-        out.index_add_(0, b, y * gates[b, j].view(-1, 1, 1).to(y.dtype))
-    return out
+    """Each expert runs once on the images that picked it. x (B, T, D) -> (B, T, D).
+
+    The B*k (image, choice) rows are sorted by expert once, so the images of one expert are one
+    contiguous block: one gather in, one matmul pair per used expert, one index_add out."""
+    B, k = index.shape
+    flat = index.reshape(B * k)  # row b*k + j: image b's j-th choice
+    order = flat.argsort(stable=True)
+    rows = order // k  # the image of each sorted row
+    counts = torch.bincount(flat, minlength=bank.num_experts).tolist()  # one host sync
+    chunks = x.index_select(0, rows).split(counts)  # per expert: (n_e, T, D)
+    y = torch.cat([bank.expert(e, c) for e, c in enumerate(chunks) if c.shape[0]])  # (B*k, T, D)
+    y = y * gates.reshape(B * k)[order].view(-1, 1, 1).to(y.dtype)
+    return torch.zeros_like(x).index_add_(0, rows, y)
 
 
 IMAGE_DISPATCH = {"gather": gather_dispatch, "dense": dense_dispatch, "grouped": grouped_dispatch}
