@@ -95,9 +95,11 @@ def set_threads(threads: int | None) -> int:
     return int(portable_lib._threadpool_get_thread_count())
 
 
-def load_runner(path: Path, threads: int | None = None, per_op: bool = False):
+def load_runner(path: Path, threads: int | None = None, per_op: bool = False, loader: str = "mmap"):
     """-> (Runner, None), or (None, reason) for Core ML-delegated programs (Apple only).
-    ``per_op`` loads the program with ETDump event tracing (see mobile_vmoe.profile.latency)."""
+    ``per_op`` loads the program with ETDump event tracing (see mobile_vmoe.profile.latency).
+    ``loader``: mmap (the runtime maps the file) or file (the whole file read into memory first;
+    the program keeps the bytes)."""
     if "-coreml_" in Path(path).name:
         return None, "the Core ML delegate runs only on Apple devices (lowered here, not run)"
     from executorch.runtime import Runtime
@@ -108,7 +110,7 @@ def load_runner(path: Path, threads: int | None = None, per_op: bool = False):
     kw = {"enable_etdump": True, "debug_buffer_size": 0} if per_op else {}
     threads = set_threads(threads)  # before loading: a delegate keeps the pool it was loaded with
     try:
-        program = Runtime.get().load_program(Path(path), **kw)
+        program = Runtime.get().load_program(Path(path) if loader == "mmap" else Path(path).read_bytes(), **kw)
         method = program.load_method("forward")
     except (RuntimeError, ValueError) as e:
         raise MvmoeError(f"{name}: the ExecuTorch runtime cannot load it ({first_line(e)})") from None

@@ -313,16 +313,6 @@ class SplitChain:
         return [np.asarray(self.tail(e)(stream, gate)), probs]
 
 
-def read_programs(path: Path) -> dict | None:
-    """The "programs" of the .json beside ``path`` (None: not a split artifact)."""
-    meta_path = Path(path).with_suffix(".json")
-    if not meta_path.is_file():
-        return None
-    from mobile_vmoe.fileio import read_json_object
-
-    return read_json_object(meta_path).get("programs")
-
-
 def executorch_chain(path: Path, threads: int | None, max_tails: int | None, loader: str = "mmap") -> SplitChain:
     """``trunk`` loaded now, ``tail_<e>`` on first use. ``loader="mmap"``: every tail is loaded
     from its own Program over the mapped file (as an app keeps one Module per tail), so evicting

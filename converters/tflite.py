@@ -92,15 +92,17 @@ def audit(content: bytes) -> dict:
             "flex_ops": [], "inputs": [d["dtype"].__name__ for d in interp.get_input_details()]}
 
 
-def load_runner(path: Path, threads: int | None = None):
-    """-> (Runner, None); outputs are reordered to the wrapper's order (logits first) by name."""
+def load_runner(path: Path, threads: int | None = None, loader: str = "mmap"):
+    """-> (Runner, None); outputs are reordered to the wrapper's order (logits first) by name.
+    ``loader``: mmap (the interpreter maps the file) or file (its bytes, ``model_content``)."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
     from .runner import Runner, first_line
 
     try:
-        interp = Interpreter(model_path=str(path), num_threads=threads or None)
+        source = {"model_path": str(path)} if loader == "mmap" else {"model_content": Path(path).read_bytes()}
+        interp = Interpreter(**source, num_threads=threads or None)
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         raise MvmoeError(f"{Path(path).name}: LiteRT cannot load it ({first_line(e)})") from None

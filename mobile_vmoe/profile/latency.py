@@ -126,10 +126,11 @@ def check_artifact(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise MvmoeError(f"artifact not found: {path}")
-    if path.is_dir() and path.suffix != ".mlpackage" and split_programs(path) is None:
+    split = split_programs(path) is not None
+    if path.is_dir() and path.suffix != ".mlpackage" and not split:
         raise MvmoeError(f"{path.name}: a folder that is neither a .mlpackage nor a split LiteRT artifact "
                          "(its .json beside it has no \"programs\")")
-    if path.suffix not in RUNTIMES and split_programs(path) is None:
+    if path.suffix not in RUNTIMES and not split:
         raise MvmoeError(f"{path.name}: unknown artifact type {path.suffix!r}; expected one of {', '.join(RUNTIMES)}")
     return path
 
@@ -163,7 +164,6 @@ def open_runner(path: Path, threads: int | None, per_op: bool = False):
     if split_programs(path) is not None:
         from mobile_vmoe.converters.split import load_runner
 
-        kw = {}
         runner, why = load_runner(artifact_meta(path).get("target"), path, threads=threads)
         if runner is None:
             raise MvmoeError(f"{path.name}: cannot run here: {why}")
@@ -207,15 +207,13 @@ def cold_tail_switches(chain, x: np.ndarray) -> dict:
     """A split artifact's cold tail switches, apart from the warm runs: every tail not loaded yet is
     loaded and run once on the stream of ``x`` (load + first run, ms). The warm runs above used
     the one tail ``x`` routes to."""
-    from .timing import time_ms as _time
-
     stream, _, gate, _ = chain.run_trunk(x)
     switch, first = [], []
     for e in range(chain.num_tails):
         if e in chain.tails:
             continue
         t0 = len(chain.switch_ms)
-        first.append(_time(lambda e=e: chain.tail(e)(stream, gate), 1, 0)[0])
+        first.append(time_ms(lambda e=e: chain.tail(e)(stream, gate), 1, 0)[0])
         switch.append(chain.switch_ms[t0])
     return {"expert_layout": "split", "tail_load_ms": [round(v, 4) for v in switch],
             "tail_switch_ms": [round(v, 4) for v in first],

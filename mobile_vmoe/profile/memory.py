@@ -77,38 +77,13 @@ def open_artifact(spec: dict):
         chain = (executorch_chain(path, threads, spec["max_tails"], loader=loader) if runtime == "executorch"
                  else litert_chain(path, threads, spec["max_tails"]))
         return chain, chain.input_shape, chain
-    if runtime == "executorch":
-        import torch
-        from executorch.runtime import Runtime
+    # the runners export's parity and `profile latency` use, with the loader asked for
+    from mobile_vmoe.converters.pipeline import target_module
 
-        from mobile_vmoe.converters.executorch import set_threads
-
-        set_threads(threads)
-        program = Runtime.get().load_program(path if loader == "mmap" else path.read_bytes())
-        method = program.load_method("forward")
-        shape = [int(s) for s in method.metadata.input_tensor_meta(0).sizes()]
-        return (lambda x, program=program: method.execute([torch.from_numpy(x)])), shape, None  # keeps the program
-    if runtime == "litert":
-        from ai_edge_litert.interpreter import Interpreter
-
-        kw = {"model_path": str(path)} if loader == "mmap" else {"model_content": path.read_bytes()}
-        interp = Interpreter(**kw, num_threads=threads or None)
-        interp.allocate_tensors()
-        det = interp.get_input_details()[0]
-
-        def run(x):
-            interp.set_tensor(det["index"], x)
-            interp.invoke()
-
-        return run, [int(s) for s in det["shape"]], None
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    return (lambda x: sess.run(None, {inp.name: x})), [d if isinstance(d, int) else 1 for d in inp.shape], None
+    target = {"executorch": "executorch", "litert": "tflite", "onnxruntime": "onnx"}[runtime]
+    kw = {} if runtime == "onnxruntime" else {"loader": loader}
+    runner, _ = target_module(target).load_runner(path, threads=threads, **kw)
+    return runner, runner.input_shape, None
 
 
 def child(spec: dict) -> dict:
@@ -116,6 +91,9 @@ def child(spec: dict) -> dict:
     import numpy as np
 
     import torch  # noqa: F401 - part of the baseline: every runtime here is used next to torch
+
+    import mobile_vmoe.converters.pipeline  # noqa: F401 - the runners' code, also in the baseline
+    import mobile_vmoe.converters.split  # noqa: F401
 
     if spec["runtime"] == "executorch":
         import executorch.runtime  # noqa: F401
