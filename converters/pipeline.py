@@ -68,6 +68,7 @@ def plan(target: str, backend: str | None, precision: str, experts: str = "stack
     under ``all``. A single target with an unsupported backend or precision is a user error."""
     if experts not in ("stacked", "split"):
         raise MvmoeError(f"--experts {experts!r}: expected stacked (one program) or split (trunk + one program per expert)")
+    from .split import unsupported
     if target not in (*TARGET_NAMES, "all"):
         raise MvmoeError(f"--target {target!r}: expected one of {', '.join(TARGET_NAMES)}, all")
     if precision not in ("fp32", "fp16", "int8"):
@@ -80,7 +81,7 @@ def plan(target: str, backend: str | None, precision: str, experts: str = "stack
     for t in TARGET_NAMES if target == "all" else (target,):
         b = (backend or "xnnpack") if t == "executorch" else None
         if experts == "split":
-            why = split_skip(t, b, precision)
+            why = unsupported(t, b, precision)
             if why is None:
                 jobs.append(ExportJob(t, b, precision))
             elif target == "all":
@@ -94,19 +95,6 @@ def plan(target: str, backend: str | None, precision: str, experts: str = "stack
         else:
             raise MvmoeError(f"{t}{'-' + b if b else ''} exports {', '.join(precisions_of(t, b))}, not {precision}")
     return jobs, skipped
-
-
-def split_skip(target: str, backend: str | None, precision: str) -> str | None:
-    """Why ``--experts split`` does not export this job (None: it does)."""
-    from .split import PRECISIONS as SPLIT
-
-    if target not in SPLIT:
-        return f"--experts split exports to {', '.join(SPLIT)}, not {target}"
-    if target == "executorch" and backend not in ("xnnpack", "portable"):
-        return f"--experts split: executorch-{backend} is not supported (xnnpack or portable)"
-    if precision not in SPLIT[target]:
-        return f"--experts split on {target} exports {', '.join(SPLIT[target])}, not {precision}"
-    return None
 
 
 @dataclass

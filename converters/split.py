@@ -44,6 +44,17 @@ TAIL_INPUTS = ["stream", "gate"]
 CHAIN = "trunk(image) -> stream, expert_index, gate, expert_probs; tail_<expert_index>(stream, gate) -> logits"
 
 
+def unsupported(target: str, backend: str | None, precision: str) -> str | None:
+    """Why the split path does not export this target, backend and precision (None: it does)."""
+    if target not in TARGETS:
+        return f"--experts split exports to {', '.join(TARGETS)}, not {target}"
+    if target == "executorch" and (backend or "xnnpack") not in ("xnnpack", "portable"):
+        return f"--experts split: executorch-{backend} is not supported (xnnpack or portable)"
+    if precision not in PRECISIONS[target]:
+        return f"--experts split on {target} exports {', '.join(PRECISIONS[target])}, not {precision}"
+    return None
+
+
 def check_splittable(cfg, target: str, backend: str | None, precision: str) -> None:
     """Split needs a per-image MoE with k = 1, and a target and precision the split path exports."""
     if not cfg.is_per_image:
@@ -52,12 +63,9 @@ def check_splittable(cfg, target: str, backend: str | None, precision: str) -> N
     if cfg.top_k != 1:
         raise MvmoeError(f"--experts split needs top_k = 1 (this model has k = {cfg.top_k}: an image would need "
                          "several tails and a combine)")
-    if target not in TARGETS:
-        raise MvmoeError(f"--experts split exports to {', '.join(TARGETS)}, not {target}")
-    if target == "executorch" and (backend or "xnnpack") not in ("xnnpack", "portable"):
-        raise MvmoeError(f"--experts split: executorch-{backend} is not supported (xnnpack or portable)")
-    if precision not in PRECISIONS[target]:
-        raise MvmoeError(f"--experts split on {target} exports {', '.join(PRECISIONS[target])}, not {precision}")
+    why = unsupported(target, backend, precision)
+    if why:
+        raise MvmoeError(why)
 
 
 # ---------------------------------------------------------------------------------------- modules
