@@ -63,11 +63,11 @@ class ExportResult:
         return self.error is None
 
 
-def plan(target: str, backend: str | None, precision: str, experts: str = "stacked") -> tuple[list[ExportJob], list[str]]:
+def plan(target: str, backend: str | None, precision: str, experts: str = "fused") -> tuple[list[ExportJob], list[str]]:
     """Jobs for a --target/--backend/--precision/--experts choice, and notes on combinations skipped
     under ``all``. A single target with an unsupported backend or precision is a user error."""
-    if experts not in ("stacked", "split"):
-        raise MvmoeError(f"--experts {experts!r}: expected stacked (one program) or split (trunk + one program per expert)")
+    if experts not in ("fused", "split"):
+        raise MvmoeError(f"--experts {experts!r}: expected fused (one program, every expert) or split (trunk + one program per expert)")
     from .split import unsupported
     if target not in (*TARGET_NAMES, "all"):
         raise MvmoeError(f"--target {target!r}: expected one of {', '.join(TARGET_NAMES)}, all")
@@ -199,7 +199,7 @@ def load_source(checkpoint, dispatch: str, fused_attention: bool, bake_preproces
 
 
 def convert_and_check(src: Source, job: ExportJob, path: Path, *, dispatch: str, layer_norm: str, fp32_tol: float,
-                      max_top1_drop: float | None, say, experts: str = "stacked") -> dict:
+                      max_top1_drop: float | None, say, experts: str = "fused") -> dict:
     """Convert one job into ``path`` (inside a temporary folder), run parity; -> the metadata."""
     meta = P.build_metadata(src.ckpt, src.wrapper, target=job.target, backend=job.backend, precision=job.precision,
                             artifact=path.name, dispatch="split" if experts == "split" else dispatch, macs=src.macs,
@@ -295,7 +295,7 @@ def export_checkpoint(checkpoint, target: str = "all", backend: str | None = Non
                       fused_attention: bool = False, bake_preprocessing: bool = False, parity_images: int = 256,
                       calibration_images: int = 32, fp32_tol: float = 1e-4, max_top1_drop: float | None = None,
                       layer_norm: str = "native", parity_data: str | None = None, force: bool = False,
-                      verbose: bool = False, progress=None, experts: str = "stacked") -> list[ExportResult]:
+                      verbose: bool = False, progress=None, experts: str = "fused") -> list[ExportResult]:
     """Export one checkpoint to the chosen targets. Keeps going after a target fails; each
     result carries its error. ``progress(str)`` is called with one line per step if given.
     ``layer_norm="decomposed"`` rewrites LayerNorm for ExecuTorch XNNPACK fp32 jobs (see

@@ -209,7 +209,7 @@ def test_ingest_memory_and_tail_switches(tmp_path):
 
 @pytest.mark.parametrize("over, message", [
     ({"rss_mib_after_runs": "big"}, "rss_mib_after_runs must be a number"),
-    ({"expert_layout": "sparse"}, "expert_layout must be stacked or split"),
+    ({"expert_layout": "sparse"}, "expert_layout must be fused or split"),
     ({"tail_switch_ms": ["slow"]}, "tail_switch_ms must be a list"),
     ({"format": "other"}, "not an app benchmark file"),
     ({"version": 2}, "unsupported benchmark version 2"),

@@ -74,7 +74,7 @@ def test_split_experts_cost_one_expert_over_the_dense_twin(tmp_path):
     bank = moe.blocks[-1].mlp.experts
     expert_mib = 2 * bank.params_per_expert() * 4 / 2**20  # one expert in both MoE blocks, fp32
     arts = {}
-    for name, model, experts in [("dense", dense, "stacked"), ("stacked", moe, "stacked"), ("split", moe, "split")]:
+    for name, model, experts in [("dense", dense, "fused"), ("stacked", moe, "fused"), ("split", moe, "split")]:
         ckpt = _checkpoint(tmp_path / f"{name}.pt", model)
         (res,) = export_checkpoint(ckpt, "executorch", out_dir=tmp_path / name, parity_images=2, experts=experts)
         assert res.ok, res.error

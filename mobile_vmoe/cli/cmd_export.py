@@ -19,7 +19,7 @@ def export_cmd(
     out: Path = typer.Option(Path("exports"), "--out", "-o", help="output folder"),
     app_: Optional[str] = typer.Option(None, "--app", help="also copy into a demo app: ios | android"),
     dispatch: str = typer.Option("gather", help="gather (static top-k expert gather) | dense (all experts)"),
-    experts: str = typer.Option("stacked", "--experts", help="stacked (one program, all experts) | split (a trunk "
+    experts: str = typer.Option("fused", "--experts", help="fused (one program, all experts) | split (a trunk "
                                 "and one program per expert, so an app keeps only the experts it uses in memory; "
                                 "per-image MoE with k = 1; executorch, tflite, coreml)"),
     bake_preprocessing: bool = typer.Option(False, help="input raw RGB [0,255]; normalisation inside the model"),

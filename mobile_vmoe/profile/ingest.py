@@ -64,8 +64,8 @@ def memory_keys(path: Path, d: dict) -> dict:
                 raise MvmoeError(f"{path}: {src} must be a number of MiB >= 0, got {v!r}")
             out[dst] = float(v)
     if d.get("expert_layout") is not None:
-        if d["expert_layout"] not in ("stacked", "split"):
-            raise MvmoeError(f"{path}: expert_layout must be stacked or split, got {d['expert_layout']!r}")
+        if d["expert_layout"] not in ("fused", "split"):
+            raise MvmoeError(f"{path}: expert_layout must be fused or split, got {d['expert_layout']!r}")
         out["expert_layout"] = d["expert_layout"]
     switches = d.get("tail_switch_ms") or []
     if not isinstance(switches, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in switches):

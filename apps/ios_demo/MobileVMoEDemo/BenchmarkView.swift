@@ -138,7 +138,7 @@ struct BenchmarkView: View {
         report.firstRunMs = firstMs
         report.rssMibAfterLoad = rssLoad
         report.rssMibAfterRuns = rssRuns
-        report.expertLayout = model.meta.experts > 0 ? (runner.tails == nil ? "stacked" : "split") : nil
+        report.expertLayout = model.meta.experts > 0 ? (runner.tails == nil ? "fused" : "split") : nil
         report.tailSwitchMs = runner.tails?.switchMs ?? []
         report.tailsCached = runner.tails?.capacity
         let url = FileManager.default.temporaryDirectory.appendingPathComponent(report.fileName)

@@ -61,7 +61,7 @@ struct BenchmarkReport: Equatable {
     /// Resident memory (phys_footprint, MiB) after loading and after the runs.
     var rssMibAfterLoad: Double?
     var rssMibAfterRuns: Double?
-    /// "stacked" or "split"; split only: every cold tail switch (ms) and the LRU size.
+    /// "fused" or "split"; split only: every cold tail switch (ms) and the LRU size.
     var expertLayout: String?
     var tailSwitchMs: [Double] = []
     var tailsCached: Int?

@@ -147,7 +147,7 @@ private fun measure(context: Context, asset: ModelAsset, units: String, runs: In
             warmup = warmup, runsMs = run, created = Instant.now().toString(),
             preprocessMs = pre, postprocessMs = post, loadMs = loadMs, firstRunMs = firstMs, accelerator = runner.accelerator,
             rssMibAfterLoad = rssLoad, rssMibAfterRuns = rssRuns,
-            expertLayout = if (asset.meta.experts > 0) (if (runner.tails != null) "split" else "stacked") else null,
+            expertLayout = if (asset.meta.experts > 0) (if (runner.tails != null) "split" else "fused") else null,
             tailSwitchMs = runner.tails?.switchMs?.toList() ?: emptyList(), tailsCached = runner.tails?.capacity,
         )
         val dir = File(context.cacheDir, "bench").apply { mkdirs() }

@@ -62,7 +62,7 @@ data class BenchmarkReport(
     /** Resident memory (VmRSS / phys_footprint, MiB) after loading the model and after the timed runs. */
     val rssMibAfterLoad: Double? = null,
     val rssMibAfterRuns: Double? = null,
-    /** "stacked" (one program) or "split" (trunk + expert tails); split only: cold tail switches and the LRU size. */
+    /** "fused" (one program) or "split" (trunk + expert tails); split only: cold tail switches and the LRU size. */
     val expertLayout: String? = null,
     val tailSwitchMs: List<Double> = emptyList(),
     val tailsCached: Int? = null,
@@ -74,7 +74,7 @@ data class BenchmarkReport(
         require(runsMs.isNotEmpty()) { "no timed runs" }
         require(preprocessMs.isEmpty() || preprocessMs.size == runsMs.size) { "preprocess_ms needs one entry per run" }
         require(postprocessMs.isEmpty() || postprocessMs.size == runsMs.size) { "postprocess_ms needs one entry per run" }
-        require(expertLayout == null || expertLayout in setOf("stacked", "split")) { "expert_layout must be stacked or split" }
+        require(expertLayout == null || expertLayout in setOf("fused", "split")) { "expert_layout must be fused or split" }
         require(tailSwitchMs.isEmpty() || expertLayout == "split") { "tail_switch_ms needs a split artifact" }
     }
 
