@@ -15,7 +15,7 @@ rounds and ratios of medians. Random weights (latency does not depend on trainin
 static int8, or dynamic-range where LiteRT cannot allocate static, as `mvmoe export` does),
 calibrated on random images here (latency does not depend on the calibration). ``--split`` adds
 the MoE as split expert programs (`--experts split`: trunk + the chosen tail, every tail loaded)
-on xnnpack and litert.
+on xnnpack and litert, fp32 and int8.
 
     uv run python bench/bench_export.py --runtimes xnnpack,xnnpack-int8,litert,litert-int8 --split --threads 1
 """
@@ -58,7 +58,7 @@ def build(variants: dict, runtimes: list[str], workdir: Path, threads: int, fuse
         for rt, mod, kw in (("xnnpack", et, {"backend": "xnnpack"}), ("litert", tflite, {}), ("onnxruntime", onnx_export, {}),
                             ("xnnpack-ln-decomposed", et, {"backend": "xnnpack"}),
                             ("xnnpack-int8", et, {"backend": "xnnpack"}), ("litert-int8", tflite, {})):
-            if rt not in runtimes or (dispatch == "split" and rt not in ("xnnpack", "litert")):
+            if rt not in runtimes or (dispatch == "split" and rt not in ("xnnpack", "litert", "xnnpack-int8", "litert-int8")):
                 continue
             if rt.endswith("-int8") and dispatch == "dense":
                 continue  # the all-experts fallback's one-hot gate does not take int8 on LiteRT; not timed in int8
@@ -67,9 +67,13 @@ def build(variants: dict, runtimes: list[str], workdir: Path, threads: int, fuse
             if dispatch == "split":
                 from mobile_vmoe.converters import split
 
-                target = "executorch" if rt == "xnnpack" else "tflite"
+                target = "executorch" if rt.startswith("xnnpack") else "tflite"
                 path = workdir / f"{vname}_{rt}{split.TARGETS[target]}"
-                split.convert(target, w, x, path, precision="fp32", backend=kw.get("backend"))
+                precision = "int8" if rt.endswith("-int8") else "fp32"
+                calib = torch.randn(8, 3, model.cfg.img_size, model.cfg.img_size) if precision == "int8" else None
+                ops, _ = split.convert(target, w, x, path, precision=precision, backend=kw.get("backend"), calibration=calib)
+                if precision == "int8":
+                    audits[f"{vname} int8 ({rt})"] = ops
                 runs[(vname, rt)], _ = split.load_runner(target, path, threads=threads)
                 for e in range(model.cfg.num_experts):  # every tail loaded: the timed runs are warm
                     runs[(vname, rt)].native.tail(e)
@@ -102,7 +106,7 @@ def main() -> None:
     ap.add_argument("--runtimes", default="eager,xnnpack,litert,onnxruntime")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig overrides, e.g. patch_size=8")
     ap.add_argument("--fused-attention", action="store_true", help="SDPA instead of matmul-softmax-matmul")
-    ap.add_argument("--split", action="store_true", help="also the MoE as split expert programs (xnnpack, litert)")
+    ap.add_argument("--split", action="store_true", help="also the MoE as split expert programs (xnnpack, litert, fp32 and int8)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -144,7 +148,8 @@ def main() -> None:
         base = rt[: -len("-int8")]
         print(f"{rt} vs {base} fp32: MoE {r(med.get(('moe-gather', base)), med.get(('moe-gather', rt)))} faster, "
               f"dense twin {r(med.get(('dense-twin', base)), med.get(('dense-twin', rt)))} faster; "
-              f"int8 MoE / int8 dense {r(med.get(('moe-gather', rt)), med.get(('dense-twin', rt)))}")
+              f"int8 MoE / int8 dense {r(med.get(('moe-gather', rt)), med.get(('dense-twin', rt)))}, "
+              f"int8 split / int8 dense {r(med.get(('moe-split', rt)), med.get(('dense-twin', rt)))}")
     for v, ops in audits.items():
         if "delegated_subgraphs" not in ops:
             print(f"\n{v}: {ops.get('int8_scheme') or ops.get('kind')}")

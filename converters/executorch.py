@@ -14,15 +14,16 @@ import torch
 
 from mobile_vmoe.errors import MvmoeError
 
-from .prepare import pt2e_quantize
+from .prepare import as_args, pt2e_quantize
 
 TARGET, EXT = "executorch", ".pte"
 BACKENDS = ("xnnpack", "coreml", "portable")
 PRECISIONS = {"xnnpack": ("fp32", "int8"), "coreml": ("fp32", "fp16"), "portable": ("fp32",)}
 
 
-def quantize_int8_xnnpack(wrapper, example: torch.Tensor, calibration: torch.Tensor) -> torch.export.ExportedProgram:
-    """pt2e static int8 (per-channel weights, per-tensor activations), calibrated one image at a time."""
+def quantize_int8_xnnpack(wrapper, example, calibration) -> torch.export.ExportedProgram:
+    """pt2e static int8 (per-channel weights, per-tensor activations), calibrated one call at a time
+    (``example``: a tensor or a tuple of them; ``calibration``: as ``prepare.calibration_args`` takes)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -30,7 +31,7 @@ def quantize_int8_xnnpack(wrapper, example: torch.Tensor, calibration: torch.Ten
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     converted = pt2e_quantize(wrapper, example, calibration, quantizer)
-    return torch.export.export(converted, (example,), strict=False)
+    return torch.export.export(converted, as_args(example), strict=False)
 
 
 def partitioners(backend: str, precision: str) -> list:

@@ -238,7 +238,7 @@ def convert_one(src: Source, job: ExportJob, path: Path, meta: dict, layer_norm:
         meta["layer_norm"] = "native"
         with torch.no_grad():
             ops, meta["programs"] = split.convert(job.target, src.wrapper, example, path, precision=job.precision,
-                                                  backend=job.backend, **kw)
+                                                  backend=job.backend, calibration=src.calibration, **kw)
         return ops, split.load_runner(job.target, path)
     mod = target_module(job.target)
     wrapper, ep = src.wrapper, src.ep

@@ -274,19 +274,32 @@ def eval_images(ckpt: dict, count: int = 64, seed: int = 0, spec: str | None = N
 
 
 # ---------------------------------------------------------------------------------- quantization
-def pt2e_quantize(wrapper: nn.Module, example: torch.Tensor, calibration: torch.Tensor, quantizer,
-                  **convert_kw) -> torch.fx.GraphModule:
-    """pt2e static quantization: export, insert ``quantizer``'s observers, calibrate one image at a
-    time (artifacts have batch 1), convert. ``convert_kw`` goes to convert_pt2e."""
+def as_args(example) -> tuple:
+    """One input tensor or a tuple of them -> the argument tuple."""
+    return example if isinstance(example, tuple) else (example,)
+
+
+def calibration_args(calibration) -> list[tuple]:
+    """Calibration data -> one argument tuple per call: images (n, C, H, W) give n calls of one image
+    (artifacts have batch 1); a list of argument tuples (e.g. a split tail's (stream, gate)) is used as is."""
+    if isinstance(calibration, torch.Tensor):
+        return [(calibration[i : i + 1],) for i in range(len(calibration))]
+    return list(calibration)
+
+
+def pt2e_quantize(wrapper: nn.Module, example, calibration, quantizer, **convert_kw) -> torch.fx.GraphModule:
+    """pt2e static quantization: export on ``example`` (a tensor or a tuple of them), insert
+    ``quantizer``'s observers, run every call of ``calibration`` (``calibration_args``), convert.
+    ``convert_kw`` goes to convert_pt2e."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from .interrupt import check
 
-    prepared = prepare_pt2e(torch.export.export(wrapper, (example,), strict=False).module(), quantizer)
+    prepared = prepare_pt2e(torch.export.export(wrapper, as_args(example), strict=False).module(), quantizer)
     with torch.no_grad():
-        for i in range(len(calibration)):
+        for args in calibration_args(calibration):
             check()
-            prepared(calibration[i : i + 1])
+            prepared(*args)
     return convert_pt2e(prepared, **convert_kw)
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from mobile_vmoe.errors import MvmoeError
 
 TARGETS = {"executorch": ".pte", "tflite": "", "coreml": ".mlpackage"}  # artifact suffix ("" = a folder)
-PRECISIONS = {"executorch": ("fp32",), "tflite": ("fp32", "fp16"), "coreml": ("fp32", "fp16")}
+PRECISIONS = {"executorch": ("fp32", "int8"), "tflite": ("fp32", "fp16", "int8"), "coreml": ("fp32", "fp16")}
 TRUNK_OUTPUTS = ["stream", "expert_index", "gate", "expert_probs"]
 TAIL_INPUTS = ["stream", "gate"]
 CHAIN = "trunk(image) -> stream, expert_index, gate, expert_probs; tail_<expert_index>(stream, gate) -> logits"
@@ -52,6 +52,8 @@ def unsupported(target: str, backend: str | None, precision: str) -> str | None:
         return f"--experts split: executorch-{backend} is not supported (xnnpack or portable)"
     if precision not in PRECISIONS[target]:
         return f"--experts split on {target} exports {', '.join(PRECISIONS[target])}, not {precision}"
+    if target == "executorch" and backend == "portable" and precision != "fp32":
+        return f"--experts split: executorch-portable exports fp32, not {precision}"
     return None
 
 
@@ -152,16 +154,41 @@ def programs(wrapper, example: torch.Tensor) -> dict[str, tuple[nn.Module, tuple
     return out
 
 
-def export_programs(progs: dict) -> dict[str, torch.export.ExportedProgram]:
-    """torch.export each program with its fixed example shapes (the static audit of every export)."""
+def calibration_sets(progs: dict, calibration: torch.Tensor) -> dict[str, object]:
+    """What each program is calibrated on for int8: the trunk on the calibration images, every tail on
+    the fp32 trunk's (stream, gate) of all of them. A tail sees all images, not only those routed to
+    its expert, so that an expert rarely chosen on the calibration images still gets activation
+    ranges from real streams."""
+    trunk = progs["trunk"][0]
+    with torch.no_grad():
+        streams = [trunk(calibration[i : i + 1]) for i in range(len(calibration))]
+    tail_args = [(stream, gate) for stream, _, gate, _ in streams]
+    return {name: (calibration if name == "trunk" else tail_args) for name in progs}
+
+
+def export_programs(progs: dict, precision: str = "fp32", calibration: torch.Tensor | None = None
+                    ) -> dict[str, torch.export.ExportedProgram]:
+    """torch.export each program with its fixed example shapes (the static audit of every export);
+    int8: each program pt2e-quantized for XNNPACK on its ``calibration_sets`` entry."""
+    from .executorch import quantize_int8_xnnpack
     from .prepare import audit_static
 
+    sets = calibration_sets(progs, _need_calibration(calibration)) if precision == "int8" else {}
     eps = {}
     with torch.no_grad():
         for name, (module, args) in progs.items():
-            eps[name] = torch.export.export(module, args, strict=False)
+            if precision == "int8":
+                eps[name] = quantize_int8_xnnpack(module, args, sets[name])
+            else:
+                eps[name] = torch.export.export(module, args, strict=False)
             audit_static(eps[name])
     return eps
+
+
+def _need_calibration(calibration):
+    if calibration is None:
+        raise MvmoeError("int8 needs calibration images")
+    return calibration
 
 
 def program_table(progs: dict, target: str, artifact: str) -> dict:
@@ -185,17 +212,18 @@ def program_table(progs: dict, target: str, artifact: str) -> dict:
 
 # -------------------------------------------------------------------------------------- convert
 def convert(target: str, wrapper, example: torch.Tensor, path: Path, *, precision: str, backend: str | None,
-            metadata: dict | None = None) -> tuple[dict, dict]:
-    """Write the split programs of ``wrapper`` to ``path``; -> (op audit, the .json's "programs")."""
+            metadata: dict | None = None, calibration: torch.Tensor | None = None) -> tuple[dict, dict]:
+    """Write the split programs of ``wrapper`` to ``path``; -> (op audit, the .json's "programs").
+    int8 (ExecuTorch XNNPACK, LiteRT) quantizes every program on ``calibration_sets``."""
     progs = programs(wrapper, example)
     table = program_table(progs, target, Path(path).name)
     if metadata is not None:
         metadata["programs"] = table  # the Core ML package carries the .json's content
     if target == "tflite":
-        return convert_tflite(progs, Path(path), precision), table
-    eps = export_programs(progs)
+        return convert_tflite(progs, Path(path), precision, calibration), table
+    eps = export_programs(progs, precision, calibration)
     if target == "executorch":
-        return convert_executorch(eps, Path(path), backend or "xnnpack"), table
+        return convert_executorch(eps, Path(path), backend or "xnnpack", precision), table
     return convert_coreml(eps, progs, Path(path), precision, metadata), table
 
 
@@ -222,33 +250,39 @@ def merge_audits(audits: dict[str, dict]) -> dict:
     return out
 
 
-def convert_executorch(eps: dict, path: Path, backend: str) -> dict:
+def convert_executorch(eps: dict, path: Path, backend: str, precision: str = "fp32") -> dict:
     """One .pte, one method per program, lowered with the backend's partitioner."""
     from executorch.exir import to_edge_transform_and_lower
 
     from .executorch import audit, partitioners
 
-    edge = to_edge_transform_and_lower(eps, partitioner=partitioners(backend, "fp32"))
+    edge = to_edge_transform_and_lower(eps, partitioner=partitioners(backend, precision))
     audits = {name: audit(edge.exported_program(name).graph_module, backend) for name in eps}
     with open(path, "wb") as f:
         edge.to_executorch().write_to_file(f)
     return merge_audits(audits)
 
 
-def convert_tflite(progs: dict, path: Path, precision: str) -> dict:
-    """A folder of one .tflite per program."""
-    import litert_torch
+def convert_tflite(progs: dict, path: Path, precision: str, calibration: torch.Tensor | None = None) -> dict:
+    """A folder of one .tflite per program (int8: each quantized on its ``calibration_sets`` entry)."""
+    from .interrupt import check
+    from .tflite import audit, to_tflite
 
-    from .tflite import audit, quant_config
-
+    sets = calibration_sets(progs, _need_calibration(calibration)) if precision == "int8" else {}
     path.mkdir()
     audits = {}
     for name, (module, args) in progs.items():
-        _, qcfg = quant_config(precision, module, args[0], None)
-        content = bytes(litert_torch.convert(module, args, quant_config=qcfg).model_content())
+        check()
+        content, scheme = to_tflite(module, args, precision, sets.get(name))
         audits[name] = audit(content)
+        if scheme:
+            audits[name]["int8_scheme"] = scheme
         (path / f"{name}.tflite").write_bytes(content)
-    return merge_audits(audits)
+    out = merge_audits(audits)
+    schemes = sorted({a["int8_scheme"] for a in audits.values() if "int8_scheme" in a})
+    if schemes:
+        out["int8_scheme"] = schemes[0] if len(schemes) == 1 else "; ".join(schemes)
+    return out
 
 
 def convert_coreml(eps: dict, progs: dict, path: Path, precision: str, metadata: dict | None) -> dict:
@@ -364,17 +398,19 @@ def litert_chain(folder: Path, threads: int | None, max_tails: int | None) -> Sp
     its serving signature (inputs args_0, args_1, ... and outputs output_0, ... in program order)."""
     from ai_edge_litert.interpreter import Interpreter
 
+    from .tflite import dequantize_output, quantize_input
+
     def open_file(name):
         f = Path(folder) / f"{name}.tflite"
         if not f.is_file():
             raise MvmoeError(f"{f} not found: a split LiteRT artifact is a folder of trunk.tflite and tail_<e>.tflite")
         interp = Interpreter(model_path=str(f), num_threads=threads or None)
         sig = interp.get_signature_runner()
-        n_out = len(interp.get_signature_list()["serving_default"]["outputs"])
+        ins, outs = sig.get_input_details(), sig.get_output_details()  # int8 programs: int8 ends, with qparams
 
         def run(*xs):
-            out = sig(**{f"args_{i}": x for i, x in enumerate(xs)})
-            return [out[f"output_{i}"].copy() for i in range(n_out)]
+            out = sig(**{f"args_{i}": quantize_input(x, ins[f"args_{i}"]) for i, x in enumerate(xs)})
+            return [dequantize_output(out[f"output_{i}"], outs[f"output_{i}"]).copy() for i in range(len(outs))]
 
         run.input_shape = [int(v) for v in interp.get_input_details()[0]["shape"]]
         return run

@@ -13,7 +13,7 @@ import torch
 
 from mobile_vmoe.errors import MvmoeError
 
-from .prepare import pt2e_quantize
+from .prepare import as_args, pt2e_quantize
 
 TARGET, EXT = "tflite", ".tflite"
 BACKENDS = (None,)
@@ -24,8 +24,7 @@ class FlexOpsError(MvmoeError):
     """The converted model needs ops a phone's stock LiteRT runtime does not have."""
 
 
-def quant_config(precision: str, wrapper, example: torch.Tensor, calibration: torch.Tensor | None,
-                 dynamic: bool = False):
+def quant_config(precision: str, wrapper, example, calibration, dynamic: bool = False):
     """-> (module to convert, litert QuantConfig or None). int8 static: weights and activations,
     activation ranges calibrated on ``calibration``; ``dynamic``: int8 weights, activations
     quantized at run time."""
@@ -37,33 +36,85 @@ def quant_config(precision: str, wrapper, example: torch.Tensor, calibration: to
         return wrapper, full_fp16_recipe()
     if calibration is None:
         raise MvmoeError("int8 needs calibration images")
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
 
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
+    quantizer = _quantizer_class()().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
     module = pt2e_quantize(wrapper, example, calibration, quantizer, fold_quantize=False)
     return module, QuantConfig(pt2e_quantizer=quantizer)
 
 
-def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, backend: str | None = None,
-            calibration: torch.Tensor | None = None) -> dict:
+# LiteRT's int8 SOFTMAX kernel takes only this output quantization (activations.cc: "output->params.scale
+# not near 1.f / 256"): a softmax output lies in [0, 1], so 256 steps from zero point -128.
+SOFTMAX_SCALE, SOFTMAX_ZERO_POINT = 1 / 256, -128
+
+
+def annotate_softmax_fixed_qparams(graph: torch.fx.Graph) -> list[str]:
+    """Give every softmax whose input is quantized LiteRT's fixed output qparams; -> the node names.
+
+    litert-torch's PT2EQuantizer has such an annotation, but matches only ``aten._softmax``, while
+    torch.export keeps ``aten.softmax.int``: the router's softmax (after the quantized router Linear)
+    was left to inherit the calibrated scale of its consumers (top-k, gate multiply), which LiteRT
+    then refuses to allocate. The attention softmax (after an unquantized bmm) stays float.
+    """
+    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec, QuantizationAnnotation
+
+    spec = FixedQParamsQuantizationSpec(dtype=torch.int8, scale=SOFTMAX_SCALE, zero_point=SOFTMAX_ZERO_POINT,
+                                        quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine)
+    names = []
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target not in (torch.ops.aten.softmax.int, torch.ops.aten._softmax.default):
+            continue
+        src = node.args[0].meta.get("quantization_annotation")
+        if src is None or src.output_qspec is None:
+            continue
+        node.meta["quantization_annotation"] = QuantizationAnnotation(output_qspec=spec, _annotated=True)
+        names.append(node.name)
+    return names
+
+
+def _quantizer_class():
+    """litert-torch's PT2EQuantizer, plus the fixed softmax output qparams LiteRT needs."""
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
+
+    class SoftmaxFixedQParamsQuantizer(PT2EQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            model = super().annotate(model)
+            if not self.global_config.is_dynamic:
+                annotate_softmax_fixed_qparams(model.graph)
+            return model
+
+    return SoftmaxFixedQParamsQuantizer
+
+
+def to_tflite(module, example, precision: str, calibration=None) -> tuple[bytes, str | None]:
+    """Convert ``module`` (on ``example``, a tensor or a tuple of them) -> (flatbuffer, int8 scheme).
+
+    int8 is static (int8 weights and activations, calibrated), the router softmax included
+    (``annotate_softmax_fixed_qparams``); should LiteRT still refuse to allocate the static model,
+    it falls back to dynamic-range int8 and the scheme says so and why.
+    """
     import litert_torch
 
+    args = as_args(example)
+    quantized, qcfg = quant_config(precision, module, example, calibration)
+    content = bytes(litert_torch.convert(quantized, args, quant_config=qcfg).model_content())
+    if precision != "int8":
+        return content, None
+    try:
+        _allocate(content)
+        return content, "static (int8 weights and activations, calibrated)"
+    except RuntimeError as e:
+        scheme = f"dynamic (int8 weights; static failed in LiteRT: {str(e).splitlines()[0][:120]})"
+    quantized, qcfg = quant_config(precision, module, example, calibration, dynamic=True)
+    return bytes(litert_torch.convert(quantized, args, quant_config=qcfg).model_content()), scheme
+
+
+def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, backend: str | None = None,
+            calibration: torch.Tensor | None = None) -> dict:
     if precision not in PRECISIONS:
         raise MvmoeError(f"tflite supports {', '.join(PRECISIONS)}, not {precision}")
-    module, qcfg = quant_config(precision, wrapper, example, calibration)
-    content = bytes(litert_torch.convert(module, (example,), quant_config=qcfg).model_content())
-    scheme = None
-    if precision == "int8":
-        scheme = "static (int8 weights and activations, calibrated)"
-        try:
-            _allocate(content)
-        except RuntimeError as e:
-            # LiteRT's int8 SOFTMAX kernel insists on an output scale of 1/256, which pt2e's
-            # calibrated observer does not give: fall back to dynamic-range int8 and say so.
-            scheme = f"dynamic (int8 weights; static failed in LiteRT: {str(e).splitlines()[0][:120]})"
-            module, qcfg = quant_config(precision, wrapper, example, calibration, dynamic=True)
-            content = bytes(litert_torch.convert(module, (example,), quant_config=qcfg).model_content())
+    content, scheme = to_tflite(wrapper, example, precision, calibration)
     ops = audit(content)
     if scheme:
         ops["int8_scheme"] = scheme
@@ -110,9 +161,9 @@ def load_runner(path: Path, threads: int | None = None, loader: str = "mmap"):
     outs = sorted(interp.get_output_details(), key=lambda d: d["name"])  # output_0 (logits), output_1 (expert_probs)
 
     def run(x):
-        interp.set_tensor(det["index"], _quantize(x, det))
+        interp.set_tensor(det["index"], quantize_input(x, det))
         interp.invoke()
-        return [_dequantize(interp.get_tensor(d["index"]), d) for d in outs]
+        return [dequantize_output(interp.get_tensor(d["index"]), d) for d in outs]
 
     # float32 in and out, whatever the model's own I/O type: a fully int8 model is fed through its
     # input's (scale, zero point), and its outputs are dequantized
@@ -120,22 +171,23 @@ def load_runner(path: Path, threads: int | None = None, loader: str = "mmap"):
                   {"io_dtype": np.dtype(det["dtype"]).name}), None
 
 
-def _quantize(x, det):
-    """float32 -> the input's dtype with its (scale, zero point); float inputs pass through."""
+def quantize_input(x, det):
+    """float32 -> the input's dtype with its (scale, zero point); float (or unquantized) inputs are
+    only cast."""
     import numpy as np
 
     dtype = np.dtype(det["dtype"])
-    if dtype.kind == "f":
-        return x.astype(dtype, copy=False)
+    if dtype.kind == "f" or not det["quantization"][0]:
+        return np.asarray(x).astype(dtype, copy=False)
     scale, zero = det["quantization"]
     info = np.iinfo(dtype)
     return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
 
 
-def _dequantize(y, det):
+def dequantize_output(y, det):
     import numpy as np
 
-    if np.dtype(det["dtype"]).kind == "f":
+    if np.dtype(det["dtype"]).kind == "f" or not det["quantization"][0]:  # float, or an index (scale 0)
         return y
     scale, zero = det["quantization"]
     return ((y.astype(np.float32) - zero) * scale).astype(np.float32)

@@ -355,9 +355,44 @@ def test_litert_int8_io_is_fed_and_read_as_float():
     from mobile_vmoe.converters import tflite
 
     det = {"dtype": np.int8, "quantization": (0.5, -10)}
-    q = tflite._quantize(np.array([0.0, 1.26, -100.0, 200.0], np.float32), det)
+    q = tflite.quantize_input(np.array([0.0, 1.26, -100.0, 200.0], np.float32), det)
     assert q.dtype == np.int8 and q.tolist() == [-10, -7, -128, 127]  # 1.26 / 0.5 = 2.52 -> 3, -10 + 3 = -7
-    np.testing.assert_allclose(tflite._dequantize(q, det), [0.0, 1.5, -59.0, 68.5])
+    np.testing.assert_allclose(tflite.dequantize_output(q, det), [0.0, 1.5, -59.0, 68.5])
     f = {"dtype": np.float32, "quantization": (0.0, 0)}
     x = np.ones(2, np.float32)
-    assert tflite._quantize(x, f) is x and tflite._dequantize(x, f) is x
+    assert tflite.quantize_input(x, f) is x and tflite.dequantize_output(x, f) is x
+    idx = {"dtype": np.int32, "quantization": (0.0, 0)}  # a split trunk's expert index: not quantized
+    i = np.array([[3]], np.int32)
+    assert tflite.dequantize_output(i, idx) is i and tflite.quantize_input(i, idx).tolist() == [[3]]
+
+
+def test_litert_softmax_after_a_quantized_op_gets_the_fixed_output_qparams():
+    """LiteRT's int8 SOFTMAX takes only output scale 1/256, zero point -128. The router's softmax
+    (after a quantized Linear) gets them; the attention's (after an unquantized bmm) stays float;
+    dynamic-range int8 annotates nothing."""
+    from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    from mobile_vmoe.converters import tflite
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(8, 4)
+
+        def forward(self, x):  # x (1, 3, 8)
+            attn = torch.bmm(x, x.transpose(1, 2)).softmax(dim=-1)  # (1, 3, 3)
+            return self.proj(x[:, 0]).softmax(dim=-1), attn  # (1, 4), (1, 3, 3)
+
+    x = torch.randn(1, 3, 8)
+    for dynamic, want in [(False, 1), (True, 0)]:
+        gm = torch.export.export(Net().eval(), (x,), strict=False).module()
+        quantizer = tflite._quantizer_class()().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
+        prepare_pt2e(gm, quantizer)  # annotates in place
+        fixed = [n for n in gm.graph.nodes if "softmax" in str(n.target)
+                 and getattr(n.meta.get("quantization_annotation"), "output_qspec", None) is not None]
+        assert len(fixed) == want
+        for n in fixed:
+            spec = n.meta["quantization_annotation"].output_qspec
+            assert (spec.scale, spec.zero_point, spec.dtype) == (1 / 256, -128, torch.int8)
+            assert tuple(n.meta["val"].shape) == (1, 4)  # the router-like softmax, not the attention's

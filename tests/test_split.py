@@ -98,11 +98,13 @@ def test_lru_of_tails_hand_worked():
     ({"top_k": 2}, "executorch", "fp32", "top_k = 1"),
     ({"routing": "token"}, "executorch", "fp32", "not a per-image MoE"),
     ({}, "onnx", "fp32", "exports to executorch, tflite, coreml"),
-    ({}, "executorch", "int8", "exports fp32, not int8"),
+    ({}, "coreml", "int8", "exports fp32, fp16, not int8"),
+    ({}, "executorch-portable", "int8", "executorch-portable exports fp32, not int8"),
 ])
 def test_what_split_refuses(kw, target, precision, message):
+    target, _, backend = target.partition("-")
     with pytest.raises(MvmoeError, match=message):
-        split.check_splittable(tiny_moe(**kw).cfg, target, None, precision)
+        split.check_splittable(tiny_moe(**kw).cfg, target, backend or None, precision)
     with pytest.raises(MvmoeError, match="not a per-image MoE"):
         split.check_splittable(create_model("vit-6x64-p32", depth=2, width=32, heads=2, img_size=16,
                                             patch_size=8).cfg, "executorch", None, "fp32")
@@ -112,7 +114,7 @@ def test_cli_refusals_are_one_line(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
     for args, message in [(("--experts", "bogus"), "--experts 'bogus'"),
                           (("--experts", "split", "--dispatch", "dense"), "--dispatch dense does not apply"),
-                          (("--experts", "split", "--precision", "int8"), "exports fp32, not int8")]:
+                          (("--experts", "split", "--backend", "portable", "--precision", "int8"), "exports fp32, not int8")]:
         code, out, err = mvmoe("export", str(ckpt), "--target", "executorch", "--out", str(tmp_path / "x"), *args)
         assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
 
