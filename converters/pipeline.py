@@ -360,7 +360,10 @@ APP_DIRS = {"android": Path("apps/android_demo/app/src/main/assets/mvmoe"),
 APP_RUNS = {"ios": {("coreml", None)},
             "android": {("tflite", None), ("executorch", "xnnpack"), ("executorch", "portable")}}
 APP_RUNS_TEXT = {"ios": "the iOS demo app runs Core ML .mlpackage files only",
-                 "android": "the Android demo app runs .tflite and ExecuTorch XNNPACK/portable .pte files only"}
+                 "android": "the Android demo app runs fp32/fp16 .tflite and ExecuTorch XNNPACK/portable .pte files only "
+                            "(a static int8 .tflite has int8 inputs and outputs, which the app does not quantize; "
+                            "ExecuTorch int8 keeps float ones)"}
+APP_SKIPS = {"android": {("tflite", "int8")}}  # (target, precision) an app does not run
 
 
 def check_app(app: str) -> None:
@@ -368,9 +371,9 @@ def check_app(app: str) -> None:
         raise MvmoeError(f"--app {app!r}: expected ios or android")
 
 
-def app_runs(app: str, target: str, backend: str | None) -> bool:
+def app_runs(app: str, target: str, backend: str | None, precision: str | None = None) -> bool:
     check_app(app)
-    return (target, backend) in APP_RUNS[app]
+    return (target, backend) in APP_RUNS[app] and (target, precision) not in APP_SKIPS.get(app, ())
 
 
 def project_root() -> Path:
@@ -393,7 +396,7 @@ def copy_to_app(artifact: Path, app: str, root: Path | None = None) -> Path:
     from mobile_vmoe.fileio import read_json_object
 
     meta = read_json_object(meta_path)
-    if not app_runs(app, meta.get("target"), meta.get("backend")):
+    if not app_runs(app, meta.get("target"), meta.get("backend"), meta.get("precision")):
         raise MvmoeError(f"not copying {artifact.name}: {APP_RUNS_TEXT[app]}")
     dest = (root if root is not None else project_root()) / APP_DIRS[app]
     dest.mkdir(parents=True, exist_ok=True)

@@ -150,6 +150,58 @@ def test_split_export_matches_the_single_program_export(tmp_path, target):
     assert lat["model"] == meta["model"] and lat["dispatch"] == "split"
 
 
+def test_int8_calibration_sets_are_the_images_and_the_fp32_trunks_streams():
+    """The trunk is calibrated on the images; every tail on the (stream, gate) the fp32 trunk gives
+    for each of them, whichever expert it chose."""
+    progs = split.programs(prepare_for_export(tiny_moe()), torch.zeros(1, 3, 16, 16))
+    images = torch.randn(4, 3, 16, 16)
+    sets = split.calibration_sets(progs, images)
+    assert sets["trunk"] is images and sorted(sets) == ["tail_0", "tail_1", "tail_2", "trunk"]
+    with torch.no_grad():
+        for i, (stream, gate) in enumerate(sets["tail_2"]):
+            want_stream, _, want_gate, _ = progs["trunk"][0](images[i : i + 1])
+            torch.testing.assert_close(stream, want_stream, atol=0, rtol=0)
+            torch.testing.assert_close(gate, want_gate, atol=0, rtol=0)
+    assert len(sets["tail_0"]) == 4 and sets["tail_0"] == sets["tail_1"]
+    with pytest.raises(MvmoeError, match="int8 needs calibration images"):
+        split.export_programs(progs, "int8", None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["executorch", "tflite"])
+def test_int8_split_runs_every_program_in_int8(tmp_path, target):
+    """int8 split on the digits eval images: every program quantized (the tails' Linears are int8:
+    on the XNNPACK delegate, or LiteRT's static int8 FULLY_CONNECTED, which the router softmax's
+    fixed output qparams let LiteRT allocate), and the chain stays close to PyTorch: the logits of
+    this untrained 16-px model span a few tenths, int8 moves them by a few hundredths."""
+    from mobile_vmoe.converters.pipeline import export_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    (res,) = export_checkpoint(ckpt, target, precision="int8", out_dir=tmp_path, parity_images=32,
+                               parity_data="digits", experts="split", max_top1_drop=1.0)
+    assert res.ok, res.error
+    meta = json.loads(res.artifact.with_suffix(".json").read_text())
+    assert meta["precision"] == "int8" and meta["dispatch"] == "split" and meta["parity"]["tails_used"] >= 1
+    ops = meta["ops"]
+    if target == "tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        assert ops["int8_scheme"].startswith("static")
+        for name in ("trunk", "tail_0", "tail_1"):
+            interp = Interpreter(model_path=str(res.artifact / f"{name}.tflite"))
+            dtype = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+            fcs = [op for op in interp._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
+            assert fcs and all(dtype[op["inputs"][1]] == np.int8 for op in fcs), name  # int8 weights
+            assert all(dtype[op["inputs"][0]] == np.int8 for op in fcs), name  # int8 activations
+    else:
+        for name in ("trunk", "tail_0"):
+            tail = ops["programs"][name]["ops"]
+            linear, weights = tail["aten_linear_default"], tail["quantized_decomposed_dequantize_per_channel_default"]
+            convs = 1 if name == "trunk" else 0  # the patch embedding's conv has per-channel int8 weights too
+            assert linear["portable"] == 0 and linear["delegated"] + convs == weights["delegated"] > convs, name
+    assert meta["parity"]["max_abs_diff"] < 0.1
+
+
 @pytest.mark.slow
 def test_coreml_split_is_one_multifunction_package(tmp_path):
     import coremltools as ct
