@@ -122,16 +122,14 @@ def decode_rgb8(entry: dict, height: int, width: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ runtime, file
-def runtime_requirement(target: str, backend: str | None, precision: str | None = None) -> dict:
-    """{name, min_version, backend, platforms}: the runtime release an app needs to load the artifact,
-    and the demo apps that run it (not the Android app for a static int8 .tflite: its inputs and
-    outputs are int8, and the app feeds and reads float tensors)."""
+def runtime_requirement(target: str, backend: str | None) -> dict:
+    """{name, min_version, backend}: the runtime release an app needs to load the artifact."""
     if target == "coreml" or backend == "coreml":
         name = "coreml" if target == "coreml" else "executorch"
         version = COREML_MIN_IOS if target == "coreml" else _version("executorch")
         return {"name": name, "min_version": version, "backend": backend, "platforms": ["ios"]}
     name, package = RUNTIME_PACKAGE[target]
-    platforms = {"executorch": ["android", "ios"], "tflite": [] if precision == "int8" else ["android"], "onnx": []}[target]
+    platforms = {"executorch": ["android", "ios"], "tflite": ["android"], "onnx": []}[target]
     return {"name": name, "min_version": _version(package), "backend": backend, "platforms": platforms}
 
 
@@ -148,6 +146,6 @@ def app_metadata(ckpt: dict, wrapper: nn.Module, images: EvalImages, meta: dict)
     return {
         "preprocessing": preprocessing_policy(ckpt, meta["input"]),
         "parity_set": parity_set(wrapper, images, meta["input"], meta["precision"]),
-        "runtime": runtime_requirement(meta["target"], meta["backend"], meta.get("precision")),
+        "runtime": runtime_requirement(meta["target"], meta["backend"]),
         "artifact_file": {"bytes": meta["artifact_size"], "sha256": meta["artifact_sha256"]},
     }

@@ -360,10 +360,7 @@ APP_DIRS = {"android": Path("apps/android_demo/app/src/main/assets/mvmoe"),
 APP_RUNS = {"ios": {("coreml", None)},
             "android": {("tflite", None), ("executorch", "xnnpack"), ("executorch", "portable")}}
 APP_RUNS_TEXT = {"ios": "the iOS demo app runs Core ML .mlpackage files only",
-                 "android": "the Android demo app runs fp32/fp16 .tflite and ExecuTorch XNNPACK/portable .pte files only "
-                            "(a static int8 .tflite has int8 inputs and outputs, which the app does not quantize; "
-                            "ExecuTorch int8 keeps float ones)"}
-APP_SKIPS = {"android": {("tflite", "int8")}}  # (target, precision) an app does not run
+                 "android": "the Android demo app runs .tflite and ExecuTorch XNNPACK/portable .pte files only"}
 
 
 def check_app(app: str) -> None:
@@ -371,9 +368,9 @@ def check_app(app: str) -> None:
         raise MvmoeError(f"--app {app!r}: expected ios or android")
 
 
-def app_runs(app: str, target: str, backend: str | None, precision: str | None = None) -> bool:
+def app_runs(app: str, target: str, backend: str | None) -> bool:
     check_app(app)
-    return (target, backend) in APP_RUNS[app] and (target, precision) not in APP_SKIPS.get(app, ())
+    return (target, backend) in APP_RUNS[app]
 
 
 def project_root() -> Path:
@@ -396,7 +393,7 @@ def copy_to_app(artifact: Path, app: str, root: Path | None = None) -> Path:
     from mobile_vmoe.fileio import read_json_object
 
     meta = read_json_object(meta_path)
-    if not app_runs(app, meta.get("target"), meta.get("backend"), meta.get("precision")):
+    if not app_runs(app, meta.get("target"), meta.get("backend")):
         raise MvmoeError(f"not copying {artifact.name}: {APP_RUNS_TEXT[app]}")
     dest = (root if root is not None else project_root()) / APP_DIRS[app]
     dest.mkdir(parents=True, exist_ok=True)

@@ -220,7 +220,11 @@ def convert(target: str, wrapper, example: torch.Tensor, path: Path, *, precisio
     if metadata is not None:
         metadata["programs"] = table  # the Core ML package carries the .json's content
     if target == "tflite":
-        return convert_tflite(progs, Path(path), precision, calibration), table
+        ops = convert_tflite(progs, Path(path), precision, calibration)
+        io = ops.pop("io_quantization")
+        for entry in [table["trunk"], *table["tails"]]:  # each program's own (int8) ends
+            entry["io_quantization"] = io[entry["name"]]
+        return ops, table
     eps = export_programs(progs, precision, calibration)
     if target == "executorch":
         return convert_executorch(eps, Path(path), backend or "xnnpack", precision), table
@@ -278,7 +282,9 @@ def convert_tflite(progs: dict, path: Path, precision: str, calibration: torch.T
         if scheme:
             audits[name]["int8_scheme"] = scheme
         (path / f"{name}.tflite").write_bytes(content)
+    io = {name: a.pop("io_quantization") for name, a in audits.items()}
     out = merge_audits(audits)
+    out["io_quantization"] = io
     schemes = sorted({a["int8_scheme"] for a in audits.values() if "int8_scheme" in a})
     if schemes:
         out["int8_scheme"] = schemes[0] if len(schemes) == 1 else "; ".join(schemes)

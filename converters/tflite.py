@@ -140,7 +140,28 @@ def audit(content: bytes) -> dict:
     if bad:
         raise FlexOpsError(f"TFLite model needs ops the stock LiteRT runtime lacks: {', '.join(bad)}")
     return {"kind": "tflite builtin ops", "nodes": sum(ops.values()), "ops": dict(sorted(ops.items())),
-            "flex_ops": [], "inputs": [d["dtype"].__name__ for d in interp.get_input_details()]}
+            "flex_ops": [], "inputs": [d["dtype"].__name__ for d in interp.get_input_details()],
+            "io_quantization": io_quantization(interp)}
+
+
+def io_quantization(interp) -> dict:
+    """How an app feeds and reads the model: {"inputs": [...], "outputs": [...]} in signature order
+    (args_0, ...; output_0, ...), each {"dtype"} plus "scale" and "zero_point" where the end is
+    quantized (real = scale * (q - zero_point)). A static int8 model has int8 ends."""
+    sig = interp.get_signature_runner()
+
+    def ends(details: dict, prefix: str) -> list[dict]:
+        out = []
+        for i in range(len(details)):
+            d = details[f"{prefix}_{i}"]
+            scale, zero = d["quantization"]
+            q = {"dtype": d["dtype"].__name__}
+            if scale:
+                q.update(scale=float(scale), zero_point=int(zero))
+            out.append(q)
+        return out
+
+    return {"inputs": ends(sig.get_input_details(), "args"), "outputs": ends(sig.get_output_details(), "output")}
 
 
 def load_runner(path: Path, threads: int | None = None, loader: str = "mmap"):

@@ -82,8 +82,6 @@ def test_runtime_requirement_and_platforms():
     assert A.runtime_requirement("executorch", "coreml")["platforms"] == ["ios"]
     assert A.runtime_requirement("coreml", None)["min_version"] == "17.0"
     assert A.runtime_requirement("tflite", None)["platforms"] == ["android"]
-    assert A.runtime_requirement("tflite", None, "int8")["platforms"] == []  # int8 ends; the app feeds floats
-    assert A.runtime_requirement("executorch", "xnnpack", "int8")["platforms"] == ["android", "ios"]
 
 
 @pytest.mark.slow

@@ -396,3 +396,26 @@ def test_litert_softmax_after_a_quantized_op_gets_the_fixed_output_qparams():
             spec = n.meta["quantization_annotation"].output_qspec
             assert (spec.scale, spec.zero_point, spec.dtype) == (1 / 256, -128, torch.int8)
             assert tuple(n.meta["val"].shape) == (1, 4)  # the router-like softmax, not the attention's
+
+
+@pytest.mark.slow
+def test_litert_int8_moe_is_static_and_says_its_int8_ends(tmp_path):
+    """The per-image MoE's router softmax no longer blocks static int8: the model allocates, the
+    .json says so, and it lists the int8 ends an app quantizes with (those of the file itself)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from test_export_pipeline import tiny_checkpoint
+
+    (res,) = export_checkpoint(tiny_checkpoint(tmp_path / "m.pt"), "tflite", None, "int8", tmp_path, parity_images=16,
+                               parity_data="digits", max_top1_drop=1.0)
+    assert res.ok, res.error
+    meta = json.loads(res.artifact.with_suffix(".json").read_text())
+    ops = meta["ops"]
+    assert ops["int8_scheme"].startswith("static") and ops["ops"]["SOFTMAX"] >= 1
+    sig = Interpreter(model_path=str(res.artifact)).get_signature_runner()
+    [image] = ops["io_quantization"]["inputs"]
+    d = sig.get_input_details()["args_0"]
+    assert image["dtype"] == "int8" and (image["scale"], image["zero_point"]) == pytest.approx(d["quantization"])
+    probs = ops["io_quantization"]["outputs"][1]  # expert_probs: a softmax, at LiteRT's fixed 1/256, -128
+    assert (probs["dtype"], probs["scale"], probs["zero_point"]) == ("int8", pytest.approx(1 / 256), -128)
+    assert meta["parity"]["max_abs_diff"] < 0.1

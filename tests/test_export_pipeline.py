@@ -149,10 +149,10 @@ def test_another_checkpoint_does_not_overwrite_without_force(fake, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ demo apps
-def _artifact(folder: Path, name: str, target: str, backend=None, precision="fp32") -> Path:
+def _artifact(folder: Path, name: str, target: str, backend=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_bytes(b"x")
-    (folder / name).with_suffix(".json").write_text(json.dumps({"target": target, "backend": backend, "precision": precision}))
+    (folder / name).with_suffix(".json").write_text(json.dumps({"target": target, "backend": backend}))
     return folder / name
 
 
@@ -163,15 +163,11 @@ def test_app_copies_only_what_the_app_runs(tmp_path):
     et_xnn = _artifact(ex, "m_executorch-xnnpack_fp32.pte", "executorch", "xnnpack")
     with pytest.raises(MvmoeError, match="iOS demo app runs Core ML .mlpackage files only"):
         pipeline.copy_to_app(onnx, "ios", root=tmp_path)
-    tflite_int8 = _artifact(ex, "m_tflite_int8.tflite", "tflite", precision="int8")  # int8 ends: the app feeds floats
-    for art in (onnx, et_coreml, tflite_int8):
+    for art in (onnx, et_coreml):
         with pytest.raises(MvmoeError, match="Android demo app runs"):
             pipeline.copy_to_app(art, "android", root=tmp_path)
-    et_int8 = _artifact(ex, "m_executorch-xnnpack_int8.pte", "executorch", "xnnpack", "int8")
     dest = pipeline.copy_to_app(et_xnn, "android", root=tmp_path)
-    pipeline.copy_to_app(et_int8, "android", root=tmp_path)
-    assert sorted(p.name for p in dest.iterdir()) == ["m_executorch-xnnpack_fp32.json", "m_executorch-xnnpack_fp32.pte",
-                                                      "m_executorch-xnnpack_int8.json", "m_executorch-xnnpack_int8.pte"]
+    assert sorted(p.name for p in dest.iterdir()) == ["m_executorch-xnnpack_fp32.json", "m_executorch-xnnpack_fp32.pte"]
 
 
 def test_app_folder_is_this_checkout_whatever_the_cwd(tmp_path, monkeypatch):

@@ -187,8 +187,21 @@ def test_int8_split_runs_every_program_in_int8(tmp_path, target):
         from ai_edge_litert.interpreter import Interpreter
 
         assert ops["int8_scheme"].startswith("static")
+        entries = {p["name"]: p for p in [meta["programs"]["trunk"], *meta["programs"]["tails"]]}
         for name in ("trunk", "tail_0", "tail_1"):
             interp = Interpreter(model_path=str(res.artifact / f"{name}.tflite"))
+            sig = interp.get_signature_runner()  # the .json tells an app each program's int8 ends
+            io = entries[name]["io_quantization"]
+            for ends, details, prefix in ((io["inputs"], sig.get_input_details(), "args"),
+                                          (io["outputs"], sig.get_output_details(), "output")):
+                assert len(ends) == len(details)
+                for i, end in enumerate(ends):
+                    d = details[f"{prefix}_{i}"]
+                    assert end["dtype"] == d["dtype"].__name__
+                    if end["dtype"] == "int8":
+                        assert (end["scale"], end["zero_point"]) == pytest.approx(d["quantization"])
+            if name != "trunk":
+                assert io["outputs"][0]["dtype"] == "int8"  # a tail's logits: int8, with that tail's own scale
             dtype = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
             fcs = [op for op in interp._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
             assert fcs and all(dtype[op["inputs"][1]] == np.int8 for op in fcs), name  # int8 weights

@@ -47,7 +47,7 @@ def export_cmd(
 
         check_app(app_)
         project_root()  # no demo apps around this installation: say so before converting
-        if not any(app_runs(app_, j.target, j.backend, j.precision) for j in jobs):
+        if not any(app_runs(app_, j.target, j.backend) for j in jobs):
             from mobile_vmoe.converters.pipeline import APP_RUNS_TEXT
 
             raise MvmoeError(f"--app {app_}: {APP_RUNS_TEXT[app_]}; nothing of --target {target} to copy")
@@ -104,7 +104,7 @@ def copy_results(results, app: str) -> None:
     for r in results:
         if not r.ok:
             continue
-        if app_runs(app, r.job.target, r.job.backend, r.job.precision):
+        if app_runs(app, r.job.target, r.job.backend):
             dest = copy_to_app(r.artifact, app)
             typer.echo(f"copied {r.artifact.name} and {r.artifact.with_suffix('.json').name} to {dest}", err=True)
         else:

@@ -1,11 +1,13 @@
 package ai.mvmoe.demo
 
 import ai.mvmoe.demo.core.Postprocess
+import ai.mvmoe.demo.core.QuantParams
 import ai.mvmoe.demo.core.SplitPrograms
 import ai.mvmoe.demo.core.TailCache
 import android.content.Context
 import com.google.ai.edge.litert.Accelerator
 import com.google.ai.edge.litert.CompiledModel
+import com.google.ai.edge.litert.TensorBuffer
 import org.pytorch.executorch.EValue
 import org.pytorch.executorch.Module
 import org.pytorch.executorch.Tensor
@@ -70,11 +72,11 @@ class LiteRtRunner(context: Context, private val asset: ModelAsset, override val
         (asset.meta.opsDelegated?.let { (d, t) -> ", $d/$t ops delegated at export" } ?: "")
 
     override fun run(input: FloatArray) {
-        inputs[0].writeFloat(input)
+        inputs[0].writeFloats(input, asset.meta.io?.input(0))
         model.run(inputs, outputs)
     }
 
-    override fun outputs(): Outputs = Runner.split(asset, outputs.map { it.readFloat() })
+    override fun outputs(): Outputs = Runner.split(asset, outputs.mapIndexed { i, b -> b.readFloats(asset.meta.io?.output(i)) })
 
     override fun close() {
         inputs.forEach { it.close() }
@@ -142,6 +144,11 @@ class SplitExecuTorchRunner(context: Context, private val asset: ModelAsset, pri
     }
 }
 
+/** A float end as is; an int8 end of a static int8 LiteRT model quantized with its .json parameters. */
+internal fun TensorBuffer.writeFloats(x: FloatArray, q: QuantParams?) = if (q == null) writeFloat(x) else writeInt8(q.quantize(x))
+
+internal fun TensorBuffer.readFloats(q: QuantParams?): FloatArray = if (q == null) readFloat() else q.dequantize(readInt8())
+
 /** One .tflite of a split LiteRT artifact folder, compiled on its own. */
 private class LiteRtProgram(context: Context, assetPath: String, units: String) : AutoCloseable {
     val model: CompiledModel = CompiledModel.create(context.assets, assetPath,
@@ -170,15 +177,19 @@ class SplitLiteRtRunner(private val context: Context, private val asset: ModelAs
     private var probs: FloatArray? = null
 
     override fun run(input: FloatArray) {
-        trunk.inputs[0].writeFloat(input)
+        val trunkIo = programs.trunk.io
+        trunk.inputs[0].writeFloats(input, trunkIo?.input(0))
         trunk.run()
         // LiteRT keeps the trunk's outputs in program order (output_0 ...): stream, expert_index, gate, expert_probs
         val expert = trunk.outputs[programs.indexOutput].readInt()[0]
         val tail = cache.get(expert)
-        programs.tailFeed.forEachIndexed { i, o -> tail.inputs[i].writeFloat(trunk.outputs[o].readFloat()) }
+        val tailIo = programs.tail(expert).io  // int8 ends differ per tail: each has its own scales
+        programs.tailFeed.forEachIndexed { i, o ->
+            tail.inputs[i].writeFloats(trunk.outputs[o].readFloats(trunkIo?.output(o)), tailIo?.input(i))
+        }
         tail.run()
-        logits = tail.outputs[0].readFloat()
-        probs = trunk.outputs[programs.probsOutput].readFloat()
+        logits = tail.outputs[0].readFloats(tailIo?.output(0))
+        probs = trunk.outputs[programs.probsOutput].readFloats(trunkIo?.output(programs.probsOutput))
     }
 
     override fun outputs(): Outputs = Outputs(logits, probs)

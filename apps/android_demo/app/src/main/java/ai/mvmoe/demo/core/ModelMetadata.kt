@@ -55,6 +55,8 @@ data class ModelMetadata(
     val artifactFile: FileFingerprint? = null,
     /** Split artifacts (`--experts split`): the trunk and tail programs; null for one stacked program. */
     val programs: SplitPrograms? = null,
+    /** LiteRT: the int8 ends of a static int8 model (the .json's ops.io_quantization); null = float ends. */
+    val io: IoQuantization? = null,
     /** (delegated, total) ops from the exporter's audit (`ops`), when it counted them. */
     val opsDelegated: Pair<Int, Int>? = null,
 ) {
@@ -144,6 +146,7 @@ data class ModelMetadata(
                     FileFingerprint(((f["bytes"] as? Double) ?: -1.0).toLong(), str(f, "artifact_file.sha256"))
                 },
                 programs = SplitPrograms.fromMap(m["programs"] as? Map<*, *>),
+                io = IoQuantization.fromMap((m["ops"] as? Map<*, *>)?.get("io_quantization") as? Map<*, *>, "ops.io_quantization"),
             )
         }
 

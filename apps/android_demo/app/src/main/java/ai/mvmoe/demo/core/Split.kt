@@ -1,7 +1,7 @@
 package ai.mvmoe.demo.core
 
-/** One program of a split artifact: its name (ExecuTorch method, or LiteRT program) and file. */
-data class ProgramRef(val name: String, val file: String)
+/** One program of a split artifact: its name (ExecuTorch method, or LiteRT program), file and (LiteRT int8) ends. */
+data class ProgramRef(val name: String, val file: String, val io: IoQuantization? = null)
 
 /**
  * The .json's "programs" of a split artifact (`mvmoe export --experts split`, docs/formats.md):
@@ -57,7 +57,8 @@ data class SplitPrograms(
 
         private fun ref(m: Map<*, *>, path: String) = ProgramRef(
             m["name"] as? String ?: throw MetadataException("$path: missing 'name'"),
-            m["file"] as? String ?: throw MetadataException("$path: missing 'file'"))
+            m["file"] as? String ?: throw MetadataException("$path: missing 'file'"),
+            IoQuantization.fromMap(m["io_quantization"] as? Map<*, *>, "$path.io_quantization"))
 
         private fun names(v: Any?, path: String): List<String> =
             (v as? List<*>)?.map { it as? String ?: throw MetadataException("$path must hold strings") }

@@ -153,6 +153,43 @@ class AppLogicTest {
         assertThrows(MetadataException::class.java) { meta("executorch", "xnnpack", programs.replace("\"gate\", \"expert_probs\"]", "\"expert_probs\"]")) }
     }
 
+    @Test
+    fun int8EndsQuantizedByHand() {
+        // scale 0.5, zero point -10 (the desktop runner's hand case): 1.26 / 0.5 = 2.52 -> 3, -10 + 3 = -7;
+        // -100 / 0.5 - 10 = -210 -> -128; 200 / 0.5 - 10 = 390 -> 127; 0.75 / 0.5 = 1.5 -> 2 (half to even).
+        val q = QuantParams(0.5f, -10)
+        assertArrayEquals(byteArrayOf(-10, -7, -128, 127, -8), q.quantize(floatArrayOf(0f, 1.26f, -100f, 200f, 0.75f)))
+        assertArrayEquals(floatArrayOf(0f, 1.5f, -59f, 68.5f), q.dequantize(byteArrayOf(-10, -7, -128, 127)), 0f)
+        // LiteRT's softmax output: scale 1/256, zero point -128 -> 0.5 is q = 0, 1.0 clips to 127 (0.99609375).
+        val p = QuantParams(1f / 256, -128)
+        assertArrayEquals(byteArrayOf(0, 127), p.quantize(floatArrayOf(0.5f, 1f)))
+        assertArrayEquals(floatArrayOf(0.5f, 0.99609375f), p.dequantize(byteArrayOf(0, 127)), 0f)
+    }
+
+    @Test
+    fun ioQuantizationReadFromTheJson() {
+        val io = ""","ops": {"io_quantization": {"inputs": [{"dtype": "int8", "scale": 0.012, "zero_point": -50}],
+            "outputs": [{"dtype": "int8", "scale": 0.0257, "zero_point": -48}, {"dtype": "float32"}]}}"""
+        val m = meta("tflite", null, io)
+        assertEquals(QuantParams(0.012f, -50), m.io!!.input(0))
+        assertEquals(QuantParams(0.0257f, -48), m.io!!.output(0))
+        assertNull(m.io!!.output(1))
+        assertNull(meta("tflite", null).io)  // float model: no io_quantization, every end float
+        val tails = programs.replace("\"name\": \"tail_1\",", "\"name\": \"tail_1\", \"io_quantization\": " +
+            "{\"inputs\": [{\"dtype\": \"float32\"}, {\"dtype\": \"int8\", \"scale\": 0.0039, \"zero_point\": -128}], " +
+            "\"outputs\": [{\"dtype\": \"int8\", \"scale\": 0.031, \"zero_point\": -12}]},")
+        val p = meta("tflite", null, tails).programs!!
+        assertEquals(QuantParams(0.0039f, -128), p.tail(1).io!!.input(1))
+        assertNull(p.tail(1).io!!.input(0))
+        assertNull(p.tail(0).io)
+        for (bad in listOf(""""scale": 0.0, "zero_point": 0""", """"scale": 0.1, "zero_point": 300""", """"scale": 0.1""")) {
+            val e = assertThrows(MetadataException::class.java) {
+                meta("tflite", null, io.replace(""""scale": 0.012, "zero_point": -50""", bad))
+            }
+            assertTrue(e.message!!, e.message!!.contains("ops.io_quantization.inputs[0]"))
+        }
+    }
+
     private class Tail(val e: Int, val closed: MutableList<Int>) : AutoCloseable {
         override fun close() { closed += e }
     }
