@@ -18,6 +18,9 @@ the MoE as split expert programs (`--experts split`: trunk + the chosen tail, ev
 on xnnpack and litert, fp32 and int8.
 
     uv run python bench/bench_export.py --runtimes xnnpack,xnnpack-int8,litert,litert-int8 --split --threads 1
+
+``--workdir DIR`` keeps the converted artifacts and reuses them on the next run of the same
+``--model``/``--set`` (more rounds without converting again).
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from mobile_vmoe.profile.timing import time_interleaved
 
 
 def build(variants: dict, runtimes: list[str], workdir: Path, threads: int, fused: bool) -> dict:
-    """-> {(variant, runtime): run(x ndarray)} plus the XNNPACK delegation audits."""
+    """-> {(variant, runtime): run(x ndarray)} plus the XNNPACK delegation audits. An artifact
+    already in ``workdir`` (``--workdir``, same model and options) is loaded, not converted again."""
     runs, audits = {}, {}
     for vname, (model, dispatch) in variants.items():
         w = prepare_for_export(model, dispatch="gather" if dispatch == "split" else dispatch, fused_attention=fused)
@@ -62,38 +66,50 @@ def build(variants: dict, runtimes: list[str], workdir: Path, threads: int, fuse
                 continue
             if rt.endswith("-int8") and dispatch == "dense":
                 continue  # the all-experts fallback's one-hot gate does not take int8 on LiteRT; not timed in int8
-            path = workdir / f"{vname}_{rt}{mod.EXT}"
+            path = workdir / f"{model.cfg.name}-{vname}_{rt}{mod.EXT}"
             t0 = time.perf_counter()
             if dispatch == "split":
-                from mobile_vmoe.converters import split
-
-                target = "executorch" if rt.startswith("xnnpack") else "tflite"
-                path = workdir / f"{vname}_{rt}{split.TARGETS[target]}"
-                precision = "int8" if rt.endswith("-int8") else "fp32"
-                calib = torch.randn(8, 3, model.cfg.img_size, model.cfg.img_size) if precision == "int8" else None
-                ops, _ = split.convert(target, w, x, path, precision=precision, backend=kw.get("backend"), calibration=calib)
-                if precision == "int8":
-                    audits[f"{vname} int8 ({rt})"] = ops
-                runs[(vname, rt)], _ = split.load_runner(target, path, threads=threads)
-                for e in range(model.cfg.num_experts):  # every tail loaded: the timed runs are warm
-                    runs[(vname, rt)].native.tail(e)
-                print(f"  converted {vname} for {rt} in {time.perf_counter() - t0:.0f} s", flush=True)
+                runs[(vname, rt)] = build_split(model, w, x, rt, workdir / f"{model.cfg.name}-{vname}_{rt}", threads, audits)
+                print(f"  {vname} for {rt} ready in {time.perf_counter() - t0:.0f} s", flush=True)
                 continue
-            if rt.endswith("-int8"):
+            if path.exists():
+                print(f"  reusing {path.name}", flush=True)
+            elif rt.endswith("-int8"):
                 calib = torch.randn(8, 3, model.cfg.img_size, model.cfg.img_size)
-                ops = mod.convert(w, ep, x, path, precision="int8", calibration=calib, **kw)
-                audits[f"{vname} int8 ({rt})"] = ops
+                audits[f"{vname} int8 ({rt})"] = mod.convert(w, ep, x, path, precision="int8", calibration=calib, **kw)
             elif rt == "xnnpack-ln-decomposed":
                 w_ln = decompose_layernorm(copy.deepcopy(w))
                 ops = mod.convert(w_ln, export_static(w_ln, x), x, path, precision="fp32", **kw)
                 audits[f"{vname} (LayerNorm decomposed)"] = ops
             else:
                 ops = mod.convert(w, ep, x, path, precision="fp32", **kw)
-            print(f"  converted {vname} for {rt} in {time.perf_counter() - t0:.0f} s", flush=True)
-            if rt == "xnnpack":
-                audits[vname] = ops
+                if rt == "xnnpack":
+                    audits[vname] = ops
+            print(f"  {vname} for {rt} ready in {time.perf_counter() - t0:.0f} s", flush=True)
             runs[(vname, rt)], _ = mod.load_runner(path, threads=threads)
     return runs, audits
+
+
+def build_split(model, w, x, rt: str, stem: Path, threads: int, audits: dict):
+    """The MoE as split programs for ``rt`` (converted, or reused from ``stem``), every tail loaded:
+    the timed runs are warm."""
+    from mobile_vmoe.converters import split
+
+    target = "executorch" if rt.startswith("xnnpack") else "tflite"
+    path = stem.with_name(stem.name + split.TARGETS[target])
+    precision = "int8" if rt.endswith("-int8") else "fp32"
+    if path.exists():
+        print(f"  reusing {path.name}", flush=True)
+    else:
+        calib = torch.randn(8, 3, model.cfg.img_size, model.cfg.img_size) if precision == "int8" else None
+        ops, _ = split.convert(target, w, x, path, precision=precision, backend="xnnpack" if target == "executorch" else None,
+                               calibration=calib)
+        if precision == "int8":
+            audits[f"moe-split int8 ({rt})"] = ops
+    run, _ = split.load_runner(target, path, threads=threads)
+    for e in range(model.cfg.num_experts):
+        run.native.tail(e)
+    return run
 
 
 def main() -> None:
@@ -107,6 +123,9 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="ModelConfig overrides, e.g. patch_size=8")
     ap.add_argument("--fused-attention", action="store_true", help="SDPA instead of matmul-softmax-matmul")
     ap.add_argument("--split", action="store_true", help="also the MoE as split expert programs (xnnpack, litert, fp32 and int8)")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="keep the converted artifacts here and reuse them on the next run with the same --model/--set "
+                         "(time more rounds without converting again); default: a temporary folder")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -123,7 +142,9 @@ def main() -> None:
         print(f"{name}: {profile_flops(m, dispatch='gather' if d == 'split' else d).macs / 1e6:.1f}M MACs", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        runs, audits = build(variants, runtimes, Path(tmp), args.threads, args.fused_attention)
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        runs, audits = build(variants, runtimes, workdir, args.threads, args.fused_attention)
         x = np.random.default_rng(0).standard_normal((1, 3, args.img_size, args.img_size)).astype(np.float32)
         # interleaved: every (variant, runtime) pair once per round, after 3 warm-up calls each
         times = time_interleaved({k: (lambda run=run: run(x)) for k, run in runs.items()}, args.rounds, warmup=3,
