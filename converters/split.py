@@ -21,6 +21,10 @@ Where the programs go, per target:
                 one with MLModelConfiguration.functionName); weights shared between functions
                 are stored once
 The metadata .json lists the programs and how to chain them (``program_table``, docs/formats.md).
+
+int8 (ExecuTorch XNNPACK, LiteRT): every program is pt2e-quantized on its own, the trunk on the
+calibration images, every tail on the fp32 trunk's streams of them (``calibration_sets``); each
+tail's expert is then an int8 Linear, which a stacked gather of expert weights cannot be.
 """
 
 from __future__ import annotations
