@@ -75,8 +75,8 @@ def build(variants: dict, runtimes: list[str], workdir: Path, threads: int, fuse
             if path.exists():
                 print(f"  reusing {path.name}", flush=True)
             elif rt.endswith("-int8"):
-                calib = torch.randn(8, 3, model.cfg.img_size, model.cfg.img_size)
-                audits[f"{vname} int8 ({rt})"] = mod.convert(w, ep, x, path, precision="int8", calibration=calib, **kw)
+                audits[f"{vname} int8 ({rt})"] = mod.convert(w, ep, x, path, precision="int8",
+                                                             calibration=random_calibration(model), **kw)
             elif rt == "xnnpack-ln-decomposed":
                 w_ln = decompose_layernorm(copy.deepcopy(w))
                 ops = mod.convert(w_ln, export_static(w_ln, x), x, path, precision="fp32", **kw)
@@ -90,6 +90,11 @@ def build(variants: dict, runtimes: list[str], workdir: Path, threads: int, fuse
     return runs, audits
 
 
+def random_calibration(model) -> torch.Tensor:
+    """8 random images: int8 latency does not depend on what calibrated it."""
+    return torch.randn(8, 3, model.cfg.img_size, model.cfg.img_size)
+
+
 def build_split(model, w, x, rt: str, stem: Path, threads: int, audits: dict):
     """The MoE as split programs for ``rt`` (converted, or reused from ``stem``), every tail loaded:
     the timed runs are warm."""
@@ -101,7 +106,7 @@ def build_split(model, w, x, rt: str, stem: Path, threads: int, audits: dict):
     if path.exists():
         print(f"  reusing {path.name}", flush=True)
     else:
-        calib = torch.randn(8, 3, model.cfg.img_size, model.cfg.img_size) if precision == "int8" else None
+        calib = random_calibration(model) if precision == "int8" else None
         ops, _ = split.convert(target, w, x, path, precision=precision, backend="xnnpack" if target == "executorch" else None,
                                calibration=calib)
         if precision == "int8":

@@ -163,6 +163,8 @@ def calibration_sets(progs: dict, calibration: torch.Tensor) -> dict[str, object
     the fp32 trunk's (stream, gate) of all of them. A tail sees all images, not only those routed to
     its expert, so that an expert rarely chosen on the calibration images still gets activation
     ranges from real streams."""
+    if calibration is None:
+        raise MvmoeError("int8 needs calibration images")
     trunk = progs["trunk"][0]
     with torch.no_grad():
         streams = [trunk(calibration[i : i + 1]) for i in range(len(calibration))]
@@ -177,7 +179,7 @@ def export_programs(progs: dict, precision: str = "fp32", calibration: torch.Ten
     from .executorch import quantize_int8_xnnpack
     from .prepare import audit_static
 
-    sets = calibration_sets(progs, _need_calibration(calibration)) if precision == "int8" else {}
+    sets = calibration_sets(progs, calibration) if precision == "int8" else {}
     eps = {}
     with torch.no_grad():
         for name, (module, args) in progs.items():
@@ -187,12 +189,6 @@ def export_programs(progs: dict, precision: str = "fp32", calibration: torch.Ten
                 eps[name] = torch.export.export(module, args, strict=False)
             audit_static(eps[name])
     return eps
-
-
-def _need_calibration(calibration):
-    if calibration is None:
-        raise MvmoeError("int8 needs calibration images")
-    return calibration
 
 
 def program_table(progs: dict, target: str, artifact: str) -> dict:
@@ -224,8 +220,7 @@ def convert(target: str, wrapper, example: torch.Tensor, path: Path, *, precisio
     if metadata is not None:
         metadata["programs"] = table  # the Core ML package carries the .json's content
     if target == "tflite":
-        ops = convert_tflite(progs, Path(path), precision, calibration)
-        io = ops.pop("io_quantization")
+        ops, io = convert_tflite(progs, Path(path), precision, calibration)
         for entry in [table["trunk"], *table["tails"]]:  # each program's own (int8) ends
             entry["io_quantization"] = io[entry["name"]]
         return ops, table
@@ -271,12 +266,14 @@ def convert_executorch(eps: dict, path: Path, backend: str, precision: str = "fp
     return merge_audits(audits)
 
 
-def convert_tflite(progs: dict, path: Path, precision: str, calibration: torch.Tensor | None = None) -> dict:
-    """A folder of one .tflite per program (int8: each quantized on its ``calibration_sets`` entry)."""
+def convert_tflite(progs: dict, path: Path, precision: str, calibration: torch.Tensor | None = None
+                   ) -> tuple[dict, dict]:
+    """A folder of one .tflite per program (int8: each quantized on its ``calibration_sets`` entry);
+    -> (the merged op audit, {program: its io_quantization})."""
     from .interrupt import check
     from .tflite import audit, to_tflite
 
-    sets = calibration_sets(progs, _need_calibration(calibration)) if precision == "int8" else {}
+    sets = calibration_sets(progs, calibration) if precision == "int8" else {}
     path.mkdir()
     audits = {}
     for name, (module, args) in progs.items():
@@ -288,11 +285,10 @@ def convert_tflite(progs: dict, path: Path, precision: str, calibration: torch.T
         (path / f"{name}.tflite").write_bytes(content)
     io = {name: a.pop("io_quantization") for name, a in audits.items()}
     out = merge_audits(audits)
-    out["io_quantization"] = io
     schemes = sorted({a["int8_scheme"] for a in audits.values() if "int8_scheme" in a})
     if schemes:
         out["int8_scheme"] = schemes[0] if len(schemes) == 1 else "; ".join(schemes)
-    return out
+    return out, io
 
 
 def convert_coreml(eps: dict, progs: dict, path: Path, precision: str, metadata: dict | None) -> dict:
