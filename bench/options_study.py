@@ -112,7 +112,7 @@ def main(argv=None) -> int:
                 row = f.result()
                 results.append(row)
                 atomic_write_json(res_path, results)
-                print(json.dumps({k: row[k] for k in ("arm", "seed", "top1", "wall_seconds")}), flush=True)
+                print(json.dumps({k: row[k] for k in ("arm", "seed", "top1", "wall_seconds")}, allow_nan=False), flush=True)
     print(f"done in {(time.time() - t0) / 60:.1f} min")
     print(summarize(results))
     return 0

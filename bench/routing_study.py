@@ -317,7 +317,7 @@ def run_study(a, out: Path) -> int:
             row = f.result()
             results.append(row)
             atomic_write_json(res_path, results)
-            print(json.dumps({k: row[k] for k in ("data", "seed", "size", "arm", "top1", "wall_seconds")}), flush=True)
+            print(json.dumps({k: row[k] for k in ("data", "seed", "size", "arm", "top1", "wall_seconds")}, allow_nan=False), flush=True)
     print(f"trained {len(todo)} runs in {(time.time() - t0) / 60:.1f} min")
     if not a.no_latency and results:
         lat = measure_latency(results, out)

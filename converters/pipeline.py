@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobile_vmoe.errors import MvmoeError
+from mobile_vmoe.fileio import to_json
 
 from . import prepare as P
 from .app_metadata import app_metadata
@@ -263,7 +264,7 @@ def export_job(src: Source, job: ExportJob, out_dir: Path, path: Path, *, say, v
         with quiet(verbose, log):
             meta = convert_and_check(src, job, tmp / path.name, say=say, **kw)
         with held():  # both files or neither
-            (tmp / f"{path.stem}.json").write_text(json.dumps(meta, indent=1))
+            (tmp / f"{path.stem}.json").write_text(to_json(meta, indent=1, what=f"{path.stem}.json"))
             _install(tmp / path.name, path)
             _install(tmp / f"{path.stem}.json", path.with_suffix(".json"))
         res.artifact, res.metadata = path, meta

@@ -56,6 +56,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     if not zipfile.is_zipfile(path):
         raise MvmoeError(f"{path} is not a PyTorch checkpoint (not a zip archive: truncated or a different format)")
+    check_archive(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle with code, random bytes
@@ -68,7 +69,33 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     for key in ("model_config", "model"):
         if key not in ckpt:
             raise MvmoeError(f"{path} is missing '{key}'")
+    check_finite(ckpt, path)
     return ckpt
+
+
+def check_archive(path: Path) -> None:
+    """Every member of the checkpoint's zip archive matches its CRC-32 (torch.load does not check
+    them, so a flipped byte would load as a silently wrong weight)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise MvmoeError(f"{path} is damaged: its zip archive cannot be read ({e})") from None
+    if bad is not None:
+        raise MvmoeError(f"{path} is damaged: {bad} fails its CRC check (a modified or badly copied file)")
+
+
+def check_finite(ckpt: dict[str, Any], path: Path) -> None:
+    """Every floating-point weight of "model" and "ema" is finite (no NaN / Inf)."""
+    for key in ("model", "ema"):
+        state = ckpt.get(key)
+        if not isinstance(state, dict):
+            continue
+        for name, t in state.items():
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise MvmoeError(f"{path}: weight {key}.{name} holds NaN or Inf (a damaged file or a run that diverged)")
 
 
 def config_from_checkpoint(ckpt: dict[str, Any]) -> ModelConfig:

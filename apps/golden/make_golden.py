@@ -225,7 +225,7 @@ def same(a, b, rel: float = 1e-6, abs_: float = 1e-9) -> bool:
 
 
 def dumps(golden: dict) -> str:
-    return json.dumps(golden, indent=1, ensure_ascii=False) + "\n"
+    return json.dumps(golden, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def main(argv=None) -> int:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from ..fileio import to_json
 from . import profile_app
 
 
 def _print_latency(d: dict, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(d))
+        typer.echo(to_json(d))
         return
     from rich.console import Console
     from rich.table import Table
@@ -53,13 +53,13 @@ def latency_cmd(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Latency of one artifact: min / median / p90 / mean over timed runs, batch 1."""
-    from ..fileio import atomic_write_text
+    from ..fileio import atomic_write_json
     from ..profile.latency import profile_latency
 
     d = profile_latency(artifact, device, warmup=warmup, runs=runs, threads=threads, per_op=per_op,
                         binary=binary, adb_port=adb_port)
     if out is not None:
-        atomic_write_text(out, json.dumps(d, indent=1))
+        atomic_write_json(out, d)
     _print_latency(d, as_json)
 
 
@@ -70,12 +70,12 @@ def ingest_cmd(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """A demo app's benchmark screen result -> the same keys as `profile latency`."""
-    from ..fileio import atomic_write_text
+    from ..fileio import atomic_write_json
     from ..profile.ingest import ingest_app_benchmark
 
     d = ingest_app_benchmark(file)
     if out is not None:
-        atomic_write_text(out, json.dumps(d, indent=1))
+        atomic_write_json(out, d)
     _print_latency(d, as_json)
 
 
@@ -90,14 +90,14 @@ def memory_cmd(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Resident memory of one artifact (MiB over the runtime's baseline), in a fresh process."""
-    from ..fileio import atomic_write_text
+    from ..fileio import atomic_write_json
     from ..profile.memory import profile_memory
 
     d = profile_memory(artifact, loader, images=images, threads=threads, max_tails=max_tails)
     if out is not None:
-        atomic_write_text(out, json.dumps(d, indent=1))
+        atomic_write_json(out, d)
     if as_json:
-        typer.echo(json.dumps(d))
+        typer.echo(to_json(d))
         return
     from rich.console import Console
     from rich.table import Table

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from ..fileio import to_json
 from . import app
 
 
@@ -125,5 +125,5 @@ def superclasses_cmd(
     tcfg = TrainConfig(model=model.cfg, seed=seed, superclass_holdout=holdout, superclass_clustering=clustering)
     _, held = split_for_superclasses(bundle, holdout, seed)
     found = fit_superclasses(Path(checkpoint), held, bundle, tcfg, out, "cpu", quiet=True, num=num)
-    typer.echo(json.dumps({"num_superclasses": found["num_superclasses"], "names": found["names"],
+    typer.echo(to_json({"num_superclasses": found["num_superclasses"], "names": found["names"],
                            "sizes": found["sizes"], "fit_on": found["fit_on"], "out": str(out)}))

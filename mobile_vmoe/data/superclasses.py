@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text
 from ..errors import MvmoeError
 
 UNIFORM_AFFINITY = 1e-3  # relative to the mean off-diagonal affinity; keeps the graph connected
@@ -203,7 +203,7 @@ def make_superclasses(class_names: list[str], class_to_superclass, names: list[s
 def save_superclasses(path: str | os.PathLike, data: dict) -> dict:
     """Validate and write a superclasses dict (``make_superclasses``) atomically; returns it."""
     data = _validate(data, None, str(path))
-    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    atomic_write_json(path, data)
     return data
 
 

@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 
 from ..errors import MvmoeError
+from ..fileio import to_json
 
 STATUS = {"VmRSS": "rss_mib", "RssAnon": "heap_mib", "RssFile": "file_mib", "VmHWM": "peak_rss_mib"}
 LOADERS = {"executorch": ("mmap", "file"), "litert": ("mmap", "file"), "onnxruntime": ("file",)}
@@ -169,7 +170,7 @@ def main(argv: list[str]) -> int:
         out = child(json.loads(argv[0]))
     except MvmoeError as e:
         out = {"error": str(e)}
-    print(json.dumps(out), flush=True)
+    print(to_json(out, nonfinite="null"), flush=True)
     return 0
 
 

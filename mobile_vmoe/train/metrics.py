@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, to_json
 
 
 class MetricsLog:
@@ -22,7 +22,7 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(to_json(record, nonfinite="null") + "\n")
 
     def trim(self, step: int) -> None:
         """Drop rows past ``step``: what a killed run logged after the last.pt a resume starts from,
