@@ -87,3 +87,86 @@ def test_nonfinite_weights_are_refused(tmp_path):
     path = _save(tmp_path / "model.pt", model)  # a valid archive holding a NaN
     with pytest.raises(MvmoeError, match=r"model\.pt: weight model\.head\.weight holds NaN or Inf"):
         load_checkpoint(path)
+
+
+# ------------------------------------------------------------------------------------ run-folder lock
+LOCKER = """
+import sys, time, types
+pkg = types.ModuleType("mobile_vmoe"); pkg.__path__ = [sys.argv[1]]; sys.modules["mobile_vmoe"] = pkg
+from mobile_vmoe import runlock  # without the package's torch imports: starts in a blink
+try:
+    runlock.acquire(sys.argv[2])
+except Exception as e:
+    print("refused:", e, flush=True)
+    sys.exit(3)
+print("locked", flush=True)
+if sys.argv[3] == "hold":
+    time.sleep(600)
+"""
+SMALL_RUN = ["--data", "synthetic:4:2", "--superclasses", "none", "--epochs", "1", "-q", "--set", "img_size=16",
+             "--set", "depth=2", "--set", "num_experts=2", "--set", "moe_blocks=1"]
+
+
+def _locker(folder, mode):
+    """Another process that locks ``folder`` ("hold": and keeps it; "try": and exits)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import mobile_vmoe
+
+    return subprocess.Popen([sys.executable, "-c", LOCKER, str(Path(mobile_vmoe.__file__).parent), str(folder), mode],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def _one_line_error(code, err, *needles):
+    lines = [line for line in err.strip().splitlines() if line]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_second_training_into_a_locked_folder_fails_naming_the_holder(tmp_path):
+    from mobile_vmoe import runlock
+    from mobile_vmoe.config import ModelConfig, TrainConfig
+
+    run = tmp_path / "run"
+    holder = _locker(run, "hold")
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = mvmoe("train", *SMALL_RUN, "--out", run)
+        _one_line_error(code, err, "in use by another training", f"pid {holder.pid} on ")
+        assert not (run / "run.json").exists()  # refused before writing anything
+        cfg = ModelConfig(name="t", img_size=16, patch_size=4, num_classes=4, depth=1, width=16, heads=2)
+        (run / "run.json").write_text(json.dumps({"superclasses": "none", "data": "synthetic:4:2",
+                                                  "train_config": TrainConfig(model=cfg, batch_size=16).to_dict()}))
+        code, _, err = mvmoe("train", "--resume", "--out", run)
+        _one_line_error(code, err, "in use by another training", f"pid {holder.pid} on ")
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs; the kernel drops the flock
+        holder.wait()
+    fd = runlock.acquire(run)  # the stale lock is taken over
+    assert json.loads((run / "run.lock").read_text())["pid"] == __import__("os").getpid()
+    runlock.release(fd)
+    assert (run / "run.lock").read_text() == ""
+
+
+def test_training_holds_the_lock_for_its_whole_run(tmp_path, monkeypatch):
+    from mobile_vmoe.train import run as R
+
+    seen = {}
+
+    def stages(tcfg, bundle, out, superclasses, info, *, resume, quiet):
+        p = _locker(out, "try")  # another process, while the stages run
+        seen["during"] = p.communicate()[0]
+        return {"top1": 0.0}
+
+    monkeypatch.setattr(R, "run_stages", stages)
+    tcfg, bundle = R.resolve("vit-6x64-p32", "synthetic:4:2", {"img_size": 16, "depth": 1}, epochs=1)
+    R.train(tcfg, bundle, tmp_path / "run", superclasses="none")
+    assert "refused" in seen["during"] and "in use by another training" in seen["during"]
+    p = _locker(tmp_path / "run", "try")
+    assert p.communicate()[0].strip() == "locked"  # released when train() returned
+    seen.clear()
+    R.resume(tmp_path / "run")
+    assert "in use by another training" in seen["during"]

@@ -32,6 +32,7 @@ from ..config import ModelConfig, TrainConfig, field_names
 from ..errors import MvmoeError
 from ..fileio import atomic_write_json, read_json_object
 from ..models.registry import dense_twin, get_config
+from .. import runlock
 from .distributed import DistInfo, barrier, cleanup, setup_distributed
 from .loop import fit
 
@@ -151,7 +152,9 @@ def train(tcfg: TrainConfig, bundle, out_dir: str | Path | None = None, *, super
     out = Path(out_dir) if out_dir is not None else default_out_dir(tcfg.model.name, bundle.spec or bundle.name)
     check_run(tcfg, bundle, str(superclasses), out)
     info = setup_distributed()
+    lock = None
     try:
+        lock = runlock.acquire(out) if info.is_main else None  # held for the run's life: one training per folder
         if info.is_main:
             if (out / "last.pt").exists() or (out / "dense" / "last.pt").exists():
                 raise MvmoeError(f"{out} already holds a run: continue it with --resume or pick another --out")
@@ -165,6 +168,7 @@ def train(tcfg: TrainConfig, bundle, out_dir: str | Path | None = None, *, super
         barrier(info)
         return run_stages(tcfg, bundle, out, str(superclasses), info, resume=False, quiet=quiet)
     finally:
+        runlock.release(lock)
         cleanup(info)
 
 
@@ -188,9 +192,12 @@ def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet
     bundle = build_data(run["data"], tcfg.model.img_size, augment=tcfg.augment, seed=tcfg.seed)
     check_teacher_unchanged(tcfg, run)
     info = setup_distributed()
+    lock = None
     try:
+        lock = runlock.acquire(out) if info.is_main else None
         return run_stages(tcfg, bundle, out, run["superclasses"], info, resume=True, quiet=quiet)
     finally:
+        runlock.release(lock)
         cleanup(info)
 
 
