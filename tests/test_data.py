@@ -296,3 +296,47 @@ def test_shapes_outlines_and_details_by_hand():
     assert where.tolist() == [[[False, False, True, False]]] and colour == 0
     where, colour = detail(2, 5, x, y, torch.zeros(1, 1, 1))  # variant 5: place 0, dark
     assert where.tolist() == [[[False, True, True, False]]] and colour == 1
+
+
+# -------------------------------------------------------------------------- shapes-disjoint
+def test_shapes_disjoint_is_registered_named_and_planted():
+    from mobile_vmoe.data.shapes import parse_shapes_spec
+
+    assert parse_shapes_spec("shapes-disjoint", "shapes-disjoint") == (100, 10)
+    with pytest.raises(MvmoeError, match="bad shapes-disjoint spec"):
+        parse_shapes_spec("shapes-disjoint:40:11", "shapes-disjoint")
+    a = build_data("shapes-disjoint:20:4", augment="none", seed=1)
+    s = build_data("shapes:20:4", augment="none", seed=1)
+    assert a.spec == "shapes-disjoint:20:4" and a.name == "shapes-disjoint:20:4"
+    assert a.planted_superclasses == [i % 4 for i in range(20)]
+    # every superclass has its own detail family (shapes shares one kind between disk and ring)
+    assert a.class_names[:5] == ["disk.stripes0", "square.square0", "triangle.split0", "ring.arc0", "disk.stripes1"]
+    assert s.class_names[3] == "ring.texture0" and a.train.images.shape == s.train.images.shape
+    assert not torch.equal(a.train.images, s.train.images)
+
+
+def test_shapes_disjoint_details_by_hand():
+    """Object coordinates: cross variant 0 is a dot of radius 0.28 at (0, 0.62); hbar place 2 is a
+    notch |x| < 0.14; diamond place 4 the centre |x| + |y| < 0.4; ring place 0 an arc 18 +- 36 degrees."""
+    import math
+
+    from mobile_vmoe.data.shapes import disjoint_detail
+
+    x = torch.tensor([[[0.0, 0.1, 0.2, math.cos(math.radians(18)), -0.9]]])
+    y = torch.tensor([[[0.62, 0.0, 0.0, math.sin(math.radians(18)), 0.0]]])
+    ph = torch.zeros(1, 1, 1)
+    assert disjoint_detail(4, 0, x, y, ph)[0].tolist() == [[[True, False, False, False, False]]]
+    assert disjoint_detail(5, 7, x, y, ph)[0].tolist() == [[[True, True, False, False, False]]]
+    assert disjoint_detail(5, 7, x, y, ph)[1] == 1  # variant 7: place 2, dark
+    assert disjoint_detail(7, 4, x, y, ph)[0].tolist() == [[[False, True, True, False, False]]]
+    assert disjoint_detail(3, 0, x, y, ph)[0].tolist() == [[[False, True, True, True, False]]]
+
+
+def test_planted_ari_by_hand():
+    from mobile_vmoe.data.superclasses import planted_ari
+
+    assert planted_ari([0, 0, 1, 1], [1, 1, 0, 0]) == pytest.approx(1.0)  # same partition, renamed
+    # all pairs split: sum C(n_ij, 2) = 0, expected 2 * 2 / C(4, 2) = 2/3, max 2 -> (0 - 2/3) / (2 - 2/3)
+    assert planted_ari([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(-0.5)
+    with pytest.raises(MvmoeError, match="3 planted labels for 4 classes"):
+        planted_ari([0, 0, 1], [0, 1, 0, 1])

@@ -7,6 +7,8 @@
     "synthetic:<N>:<S>"           generated, N classes in S planted superclasses
     "shapes", "shapes:<N>:<S>"    generated, 100 classes in 10 superclasses (object outline =
                                   superclass, a superclass-specific detail = class): capacity binds
+    "shapes-disjoint[:<N>:<S>]"   the same, but each superclass owns its hue band and its own
+                                  detail family (shapes' details are shared across outlines)
     PATH                          ImageFolder: PATH/train/<class>/*, PATH/val/<class>/*
 """
 
@@ -50,6 +52,13 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
         bundle = build_synthetic(num_classes, num_superclasses, img_size, augment, seed=seed)
         bundle.spec, bundle.seed = f"synthetic:{num_classes}:{num_superclasses}", seed
         return bundle
+    if spec == "shapes-disjoint" or spec.startswith("shapes-disjoint:"):
+        from .shapes import build_shapes, parse_shapes_spec
+
+        num_classes, num_superclasses = parse_shapes_spec(spec, "shapes-disjoint")
+        bundle = build_shapes(num_classes, num_superclasses, img_size, augment, seed=seed, disjoint=True)
+        bundle.spec, bundle.seed = f"shapes-disjoint:{num_classes}:{num_superclasses}", seed
+        return bundle
     if spec == "shapes" or spec.startswith("shapes:"):
         from .shapes import build_shapes, parse_shapes_spec
 
@@ -64,5 +73,5 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
         bundle = build_imagefolder(path, img_size, augment, max_bad_fraction=max_bad_fraction)
         bundle.spec = str(path.resolve())
         return bundle
-    raise MvmoeError(f"unknown dataset {spec!r}: use digits, synthetic, synthetic:<classes>:<superclasses>, shapes, "
+    raise MvmoeError(f"unknown dataset {spec!r}: use digits, synthetic, synthetic:<classes>:<superclasses>, shapes, shapes-disjoint, "
                      "or the path of a folder with train/<class>/ and val/<class>/ subfolders")

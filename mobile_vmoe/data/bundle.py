@@ -27,7 +27,7 @@ class DataBundle:
     in_chans: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    planted_superclasses: list[int] | None = None  # synthetic only: class id -> true superclass id
+    planted_superclasses: list[int] | None = None  # generated sets: class id -> true superclass id
     stats: dict = field(default_factory=dict)
     spec: str = ""  # what rebuilds it: build_data(spec, img_size, seed=seed) ("digits", "synthetic:20:4", an absolute path)
     seed: int = 0  # generation seed (synthetic only; 0 otherwise)

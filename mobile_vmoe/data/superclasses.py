@@ -200,6 +200,16 @@ def make_superclasses(class_names: list[str], class_to_superclass, names: list[s
     return _validate(out, None, "<superclasses>")
 
 
+def planted_ari(planted: list[int], class_to_superclass: list[int]) -> float:
+    """Adjusted Rand index of clustered superclasses against the planted ones (1 = the same
+    partition up to renaming, about 0 = chance, negative = worse than chance)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    if len(planted) != len(class_to_superclass):
+        raise MvmoeError(f"{len(planted)} planted labels for {len(class_to_superclass)} classes")
+    return float(adjusted_rand_score(planted, class_to_superclass))
+
+
 def save_superclasses(path: str | os.PathLike, data: dict) -> dict:
     """Validate and write a superclasses dict (``make_superclasses``) atomically; returns it."""
     data = _validate(data, None, str(path))

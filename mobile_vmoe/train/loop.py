@@ -461,6 +461,7 @@ USAGE_KEYS = ("expert_usage_unit", "expert_counts", "expert_entropy", "expert_en
 def make_summary(stage: Stage, state: TrainState) -> dict:
     """summary.json of a stage: the documented keys first, then details (docs/formats.md)."""
     from ..profile.flops import profile_flops
+    from ..provenance import git_state
 
     cfg, tcfg, ev, sc = stage.tcfg.model, stage.tcfg, state.metrics, stage.superclasses
     report = profile_flops(MobileVMoE(cfg), dispatch="gather")
@@ -481,4 +482,5 @@ def make_summary(stage: Stage, state: TrainState) -> dict:
         "eval_weights": ev.get("weights"), "val_images": ev.get("images"),
         "train_seconds": round(state.seconds, 2), "world_size": stage.info.world_size,
         "model_config": cfg.to_dict(), "train_config": tcfg.to_dict(),
+        "commit": git_state()[0],  # the code that finished this stage (run.json: the full provenance)
     }

@@ -33,6 +33,7 @@ from ..errors import MvmoeError
 from ..fileio import atomic_write_json, read_json_object
 from ..models.registry import dense_twin, get_config
 from .. import runlock
+from ..provenance import provenance
 from .distributed import DistInfo, barrier, cleanup, setup_distributed
 from .loop import fit
 
@@ -159,7 +160,7 @@ def train(tcfg: TrainConfig, bundle, out_dir: str | Path | None = None, *, super
             if (out / "last.pt").exists() or (out / "dense" / "last.pt").exists():
                 raise MvmoeError(f"{out} already holds a run: continue it with --resume or pick another --out")
             run = {"train_config": tcfg.replace(stop_after_steps=0).to_dict(), "data": bundle.spec or bundle.name,
-                   "superclasses": str(superclasses)}
+                   "superclasses": str(superclasses), "provenance": provenance()}
             if tcfg.teacher:
                 from ..fileio import file_sha256
 
