@@ -170,3 +170,55 @@ def test_training_holds_the_lock_for_its_whole_run(tmp_path, monkeypatch):
     seen.clear()
     R.resume(tmp_path / "run")
     assert "in use by another training" in seen["during"]
+
+
+# ------------------------------------------------------------------------------------- full disk
+class _FullDisk:
+    """A file that takes ``budget`` bytes, then fails every write with ENOSPC (a filling disk)."""
+
+    def __init__(self, f, budget):
+        self.f, self.budget = f, budget
+
+    def write(self, data):
+        import errno
+
+        n = len(memoryview(data).cast("B"))
+        if n > self.budget:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.budget -= n
+        return self.f.write(data)
+
+    def __getattr__(self, name):  # flush, fileno, close
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_full_disk_while_training_is_one_line_and_keeps_last_pt(tmp_path, monkeypatch):
+    import os
+
+    from mobile_vmoe import fileio
+
+    run = tmp_path / "run"
+    code, _, err = mvmoe("train", *SMALL_RUN, "--set", "stop_after_steps=1", "--out", run)
+    assert code == 0, err
+    before = (run / "last.pt").read_bytes()
+    real = os.fdopen
+    monkeypatch.setattr(fileio.os, "fdopen", lambda fd, mode: _FullDisk(real(fd, mode), 1000))
+    code, _, err = mvmoe("train", "--resume", "--out", run)
+    _one_line_error(code, err, "cannot write", "No space left on device")
+    assert (run / "last.pt").read_bytes() == before  # the previous checkpoint is intact
+    load_checkpoint(run / "last.pt")
+    assert not [p.name for p in run.rglob("*.tmp")]
+
+
+def test_metrics_log_on_an_unwritable_path_is_one_line(tmp_path):
+    from mobile_vmoe.train.metrics import MetricsLog
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(MvmoeError, match=r"cannot write .*afile/metrics.jsonl"):
+        MetricsLog(tmp_path / "afile" / "metrics.jsonl").write({"kind": "step"})
