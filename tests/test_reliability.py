@@ -222,3 +222,53 @@ def test_metrics_log_on_an_unwritable_path_is_one_line(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(MvmoeError, match=r"cannot write .*afile/metrics.jsonl"):
         MetricsLog(tmp_path / "afile" / "metrics.jsonl").write({"kind": "step"})
+
+
+def _report_run(tmp_path):
+    from test_report import _summary
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps(_summary()))
+    return run
+
+
+def test_report_out_that_is_a_file_or_unwritable_is_one_line(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    run = _report_run(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    code, _, err = mvmoe("report", run, "--out", tmp_path / "afile", "--no-published")
+    _one_line_error(code, err, "afile is a file, not a folder")
+    code, _, err = mvmoe("report", run, "--out", tmp_path / "afile" / "rep", "--no-published")
+    _one_line_error(code, err, "cannot write there", "Not a directory")
+    (tmp_path / "rep" / "table.md").mkdir(parents=True)  # a folder where a file goes
+    code, _, err = mvmoe("report", run, "--out", tmp_path / "rep", "--no-published")
+    _one_line_error(code, err, "cannot write", "table.md")
+    if os.geteuid() != 0:  # root writes into read-only folders; the monkeypatch below covers it
+        (tmp_path / "ro").mkdir(mode=0o500)
+        code, _, err = mvmoe("report", run, "--out", tmp_path / "ro", "--no-published")
+        _one_line_error(code, err, "cannot write there", "Permission denied")
+
+    def read_only(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr("mobile_vmoe.fileio.tempfile.mkstemp", read_only)
+    code, _, err = mvmoe("report", run, "--out", tmp_path / "ro2", "--no-published")
+    _one_line_error(code, err, "ro2: cannot write there", "Permission denied")
+
+
+def test_report_on_a_full_disk_is_one_line_and_keeps_old_files(tmp_path, monkeypatch):
+    import os
+
+    from mobile_vmoe import fileio
+
+    run, out = _report_run(tmp_path), tmp_path / "rep"
+    assert mvmoe("report", run, "--out", out, "--no-published")[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = os.fdopen
+    monkeypatch.setattr(fileio.os, "fdopen", lambda fd, mode: _FullDisk(real(fd, mode), 2000))  # fails on a .png
+    code, _, err = mvmoe("report", run, "--out", out, "--no-published")
+    _one_line_error(code, err, "cannot write", ".png", "No space left on device")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
