@@ -272,3 +272,63 @@ def test_report_on_a_full_disk_is_one_line_and_keeps_old_files(tmp_path, monkeyp
     code, _, err = mvmoe("report", run, "--out", out, "--no-published")
     _one_line_error(code, err, "cannot write", ".png", "No space left on device")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+# ------------------------------------------------------------------------- artifacts checked when measured
+@pytest.fixture
+def onnx_artifact(tmp_path):
+    from test_latency import Tiny, _meta_for, _onnx_graph
+
+    path = tmp_path / "tiny_onnx_fp32.onnx"
+    _onnx_graph(Tiny().eval(), path)
+    return _meta_for(path, model="tiny", target="onnx", checkpoint="model.pt", checkpoint_sha256="ab" * 32,
+                     model_config={}, input={"shape": [1, 3, 16, 16], "dtype": "float32"})
+
+
+def _fake_memory_child(monkeypatch):
+    """The memory probe's child process, answered here (its real run imports torch: slow)."""
+    import subprocess
+
+    from mobile_vmoe.profile import memory
+
+    figures = {"rss_mib": 1.0, "heap_mib": 0.5, "file_mib": 0.5, "peak_rss_mib": 1.0}
+    line = json.dumps({"baseline_mib": 100.0, "after": {"load": figures, "run": figures}})
+    monkeypatch.setattr(memory.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=line + "\n", stderr=""))
+
+
+def test_profile_latency_and_memory_verify_the_artifact(onnx_artifact, monkeypatch):
+    _fake_memory_child(monkeypatch)
+    code, out, err = mvmoe("profile", "latency", onnx_artifact, "--runs", "2", "--warmup", "0", "--json")
+    d = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and d["verified"] is True and d["checkpoint_sha256"] == "ab" * 32
+    code, out, err = mvmoe("profile", "memory", onnx_artifact, "--loader", "file", "--images", "1", "--json")
+    assert code == 0 and json.loads(out)["verified"] is True
+    raw = bytearray(onnx_artifact.read_bytes())
+    raw[-1] ^= 0x01  # one bit changed after export, same size
+    onnx_artifact.write_bytes(bytes(raw))
+    for cmd in (["latency", "--runs", "2"], ["memory", "--loader", "file"], ["flops"]):
+        code, _, err = mvmoe("profile", cmd[0], onnx_artifact, *cmd[1:])
+        _one_line_error(code, err, "tiny_onnx_fp32.onnx is not the file tiny_onnx_fp32.json was written for")
+
+
+def test_no_verify_measures_and_says_so(onnx_artifact, monkeypatch):
+    _fake_memory_child(monkeypatch)
+    onnx_artifact.with_suffix(".json").unlink()
+    code, _, err = mvmoe("profile", "latency", onnx_artifact, "--runs", "2")
+    _one_line_error(code, err, "tiny_onnx_fp32.json not found", "--no-verify")
+    code, _, err = mvmoe("profile", "memory", onnx_artifact, "--loader", "file")
+    _one_line_error(code, err, "tiny_onnx_fp32.json not found", "--no-verify")
+    code, out, _ = mvmoe("profile", "latency", onnx_artifact, "--runs", "2", "--warmup", "0", "--no-verify")
+    assert code == 0 and "not verified" in out
+    code, out, _ = mvmoe("profile", "memory", onnx_artifact, "--loader", "file", "--no-verify", "--json")
+    assert code == 0 and json.loads(out)["verified"] is False
+
+
+def test_unverified_measurement_is_not_tied_to_the_checkpoint(onnx_artifact):
+    from mobile_vmoe.profile.latency import profile_latency
+
+    meta = onnx_artifact.with_suffix(".json")
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "artifact_sha256": "0" * 64}))  # describes another file
+    d = profile_latency(onnx_artifact, warmup=0, runs=1, verify=False)
+    assert d["verified"] is False and d["model"] == "tiny" and "checkpoint_sha256" not in d
