@@ -332,3 +332,73 @@ def test_unverified_measurement_is_not_tied_to_the_checkpoint(onnx_artifact):
     meta.write_text(json.dumps({**json.loads(meta.read_text()), "artifact_sha256": "0" * 64}))  # describes another file
     d = profile_latency(onnx_artifact, warmup=0, runs=1, verify=False)
     assert d["verified"] is False and d["model"] == "tiny" and "checkpoint_sha256" not in d
+
+
+# ------------------------------------------------------------------------------ high-bit-depth images
+SIXTEEN = np.array([[0, 257, 1000], [32896, 65280, 65535]], dtype=np.uint16)
+# round(v / 257): 1000 / 257 = 3.89 -> 4, 32896 = 128 * 257 -> 128, 65280 / 257 = 254.0 -> 254
+EIGHT = np.array([[0, 1, 4], [128, 254, 255]], dtype=np.uint8)
+
+
+def _decode_in_class_folder(tmp_path, save):
+    """The image as the training data loader decodes it from a class folder."""
+    from mobile_vmoe.data.imagefolder import ImageFolderDataset
+
+    path = tmp_path / "train" / "c0" / "img.png"
+    path.parent.mkdir(parents=True)
+    save(path)
+    ds = ImageFolderDataset([(str(path), 0)], None, where=str(tmp_path), total=1)
+    img, label = ds[0]
+    assert img.mode == "RGB" and label == 0
+    return np.asarray(img)  # (H, W, 3)
+
+
+def test_sixteen_bit_gray_png_is_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    def save(path):
+        Image.fromarray(SIXTEEN).save(path)  # a 16-bit grayscale PNG
+        assert Image.open(path).mode.startswith("I")
+
+    rgb = _decode_in_class_folder(tmp_path, save)
+    for c in range(3):
+        np.testing.assert_array_equal(rgb[..., c], EIGHT)
+
+
+def _png_rgb16(path, pixels):
+    """A 16-bit RGB PNG written by hand (Pillow writes none): pixels (H, W, 3) uint16."""
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, _ = pixels.shape
+    rows = b"".join(b"\0" + pixels[y].astype(">u2").tobytes() for y in range(h))  # filter 0 per row
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # bit depth 16, colour type 2 (RGB)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_sixteen_bit_rgb_png_keeps_its_range(tmp_path):
+    pixels = np.stack([SIXTEEN, SIXTEEN[::-1], np.full_like(SIXTEEN, 32896)], axis=-1)  # (2, 3, 3)
+    rgb = _decode_in_class_folder(tmp_path, lambda p: _png_rgb16(p, pixels))
+    expected = np.stack([EIGHT, EIGHT[::-1], np.full_like(EIGHT, 128)], axis=-1)
+    # Pillow keeps the high byte (v >> 8): 1000 -> 3 where v / 257 rounds to 4; never more than 1 apart
+    assert np.abs(rgb.astype(int) - expected).max() <= 1
+    assert rgb[1, 2, 0] == 255 and rgb[0, 0, 0] == 0
+
+
+def test_other_high_bit_depth_modes():
+    from PIL import Image
+
+    from mobile_vmoe.data.decode import to_rgb8
+
+    big_endian = Image.frombytes("I;16B", (3, 2), SIXTEEN.astype(">u2").tobytes())
+    np.testing.assert_array_equal(np.asarray(to_rgb8(big_endian))[..., 1], EIGHT)
+    as_int32 = Image.fromarray(SIXTEEN.astype(np.int32))  # mode I
+    np.testing.assert_array_equal(np.asarray(to_rgb8(as_int32))[..., 2], EIGHT)
+    unit_float = Image.fromarray(np.array([[0.0, 0.5, 1.0, np.nan]], dtype=np.float32))  # mode F in [0, 1]
+    np.testing.assert_array_equal(np.asarray(to_rgb8(unit_float))[0, :, 0], [0, 128, 255, 0])  # 127.5 rounds to 128
+    wide_float = Image.fromarray(np.array([[-3.0, 100.4, 300.0]], dtype=np.float32))  # mode F beyond 1
+    np.testing.assert_array_equal(np.asarray(to_rgb8(wide_float))[0, :, 0], [0, 100, 255])
+    rgba = Image.new("RGBA", (1, 1), (10, 20, 30, 40))
+    assert to_rgb8(rgba).getpixel((0, 0)) == (10, 20, 30)
