@@ -402,3 +402,55 @@ def test_other_high_bit_depth_modes():
     np.testing.assert_array_equal(np.asarray(to_rgb8(wide_float))[0, :, 0], [0, 100, 255])
     rgba = Image.new("RGBA", (1, 1), (10, 20, 30, 40))
     assert to_rgb8(rgba).getpixel((0, 0)) == (10, 20, 30)
+
+
+# ------------------------------------------------------------------------------- degenerate datasets
+def test_one_class_dataset_is_refused(tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", 4), ("val", 2)):
+        (tmp_path / "one" / split / "cat").mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(tmp_path / "one" / split / "cat" / f"{i}.png")
+    code, _, err = mvmoe("train", "--data", tmp_path / "one", "--model", "vit-6x64-p32", "--set", "img_size=16",
+                         "--set", "batch_size=2", "--epochs", "1", "-q", "--out", tmp_path / "run")
+    _one_line_error(code, err, "one has 1 class (cat): a classifier needs at least 2")
+    assert not (tmp_path / "run").exists()
+
+
+class _FixedLogits(torch.nn.Module):
+    """A 'model' whose logits are given: row i for image i."""
+
+    def __init__(self, logits):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.logits = logits
+        self.cfg = SimpleNamespace(num_classes=logits.shape[1], is_moe=False)
+
+    def forward_with_routing(self, images):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.logits[images[:, 0, 0, 0].long()])
+
+
+def test_top5_is_na_with_five_classes_or_fewer():
+    from mobile_vmoe.train.evaluate import evaluate
+
+    images = torch.arange(2.0).view(2, 1, 1, 1)  # image i carries its index
+    six = torch.tensor([[6.0, 5, 4, 3, 2, 1], [6.0, 5, 4, 3, 2, 1]])  # ranking 0 > 1 > ... > 5
+    m = evaluate(_FixedLogits(six), [(images, torch.tensor([1, 5]))])
+    # image 0: label 1 is second (top-5 hit, top-1 miss); image 1: label 5 is last (both miss)
+    assert (m["top1"], m["top5"]) == (0.0, 50.0)
+    m = evaluate(_FixedLogits(six[:, :3]), [(images, torch.tensor([0, 2]))])
+    assert m["top1"] == 50.0 and m["top5"] is None
+    m = evaluate(_FixedLogits(six[:, :5]), [(images, torch.tensor([0, 4]))])
+    assert m["top5"] is None  # 5 classes: every label is in the top 5
+
+
+def test_console_says_top5_na(capsys):
+    from mobile_vmoe.cli.cmd_train import print_summary
+
+    print_summary({"model": "m", "dataset": "d", "top1": 75.0, "top5": None, "macs": 1e6, "active_params": 1e5,
+                   "params": 2e5, "images_per_sec": 10.0, "checkpoint": "runs/x/model.pt"})
+    assert "top-1 75.00%, top-5 n/a" in capsys.readouterr().out
