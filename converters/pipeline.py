@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobile_vmoe.errors import MvmoeError
-from mobile_vmoe.fileio import to_json
+from mobile_vmoe.fileio import to_json, writable_dir
 
 from . import prepare as P
 from .app_metadata import app_metadata
@@ -131,14 +131,7 @@ def check_options(parity_images: int, calibration_images: int, fp32_tol: float, 
 
 def check_out_dir(out_dir: Path) -> None:
     """--out must be a folder we can write (created if missing)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MvmoeError(f"--out {out_dir} is a file, not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".mvmoe-write-test-")
-        probe.close()
-    except OSError as e:
-        raise MvmoeError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from None
+    writable_dir(out_dir, "--out")
 
 
 def require_real_images(images: P.EvalImages, jobs: list[ExportJob]) -> None:

@@ -37,11 +37,39 @@ FORMAT = "mvmoe-checkpoint"
 VERSION = 1
 
 
+class _KeepWriteError:
+    """A file wrapper that keeps the OSError of a failed write. torch's zip writer does not pass it
+    on: a write cut short by a full disk surfaces as "unexpected pos ..." (RuntimeError) later."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _torch_save(ckpt: dict[str, Any], f) -> None:
+    out = _KeepWriteError(f)
+    try:
+        torch.save(ckpt, out)
+    except RuntimeError:
+        if out.error is not None:
+            raise out.error from None  # atomic_write_bytes turns it into one line naming the file
+        raise
+
+
 def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
     ckpt = {"format": FORMAT, "version": VERSION, **ckpt}
     if isinstance(ckpt.get("model_config"), ModelConfig):
         ckpt["model_config"] = ckpt["model_config"].to_dict()
-    return atomic_write_bytes(path, lambda f: torch.save(ckpt, f))
+    return atomic_write_bytes(path, lambda f: _torch_save(ckpt, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -57,6 +57,22 @@ def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
     return path
 
 
+def writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``path`` as a folder this process can write into (created if missing): one MvmoeError
+    naming it when it is a file, sits below a file, or is read-only / on a full or read-only disk."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MvmoeError(f"{what} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".mvmoe-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise MvmoeError(f"{what} {path}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, lambda f: f.write(text.encode()))
 

@@ -170,3 +170,287 @@ def test_training_holds_the_lock_for_its_whole_run(tmp_path, monkeypatch):
     seen.clear()
     R.resume(tmp_path / "run")
     assert "in use by another training" in seen["during"]
+
+
+# ------------------------------------------------------------------------------------- full disk
+class _FullDisk:
+    """A file that takes ``budget`` bytes, then fails every write with ENOSPC (a filling disk)."""
+
+    def __init__(self, f, budget):
+        self.f, self.budget = f, budget
+
+    def write(self, data):
+        import errno
+
+        n = len(memoryview(data).cast("B"))
+        if n > self.budget:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.budget -= n
+        return self.f.write(data)
+
+    def __getattr__(self, name):  # flush, fileno, close
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_full_disk_while_training_is_one_line_and_keeps_last_pt(tmp_path, monkeypatch):
+    import os
+
+    from mobile_vmoe import fileio
+
+    run = tmp_path / "run"
+    code, _, err = mvmoe("train", *SMALL_RUN, "--set", "stop_after_steps=1", "--out", run)
+    assert code == 0, err
+    before = (run / "last.pt").read_bytes()
+    real = os.fdopen
+    monkeypatch.setattr(fileio.os, "fdopen", lambda fd, mode: _FullDisk(real(fd, mode), 1000))
+    code, _, err = mvmoe("train", "--resume", "--out", run)
+    _one_line_error(code, err, "cannot write", "No space left on device")
+    assert (run / "last.pt").read_bytes() == before  # the previous checkpoint is intact
+    load_checkpoint(run / "last.pt")
+    assert not [p.name for p in run.rglob("*.tmp")]
+
+
+def test_metrics_log_on_an_unwritable_path_is_one_line(tmp_path):
+    from mobile_vmoe.train.metrics import MetricsLog
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(MvmoeError, match=r"cannot write .*afile/metrics.jsonl"):
+        MetricsLog(tmp_path / "afile" / "metrics.jsonl").write({"kind": "step"})
+
+
+def _report_run(tmp_path):
+    from test_report import _summary
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps(_summary()))
+    return run
+
+
+def test_report_out_that_is_a_file_or_unwritable_is_one_line(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    run = _report_run(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    code, _, err = mvmoe("report", run, "--out", tmp_path / "afile", "--no-published")
+    _one_line_error(code, err, "afile is a file, not a folder")
+    code, _, err = mvmoe("report", run, "--out", tmp_path / "afile" / "rep", "--no-published")
+    _one_line_error(code, err, "cannot write there", "Not a directory")
+    (tmp_path / "rep" / "table.md").mkdir(parents=True)  # a folder where a file goes
+    code, _, err = mvmoe("report", run, "--out", tmp_path / "rep", "--no-published")
+    _one_line_error(code, err, "cannot write", "table.md")
+    if os.geteuid() != 0:  # root writes into read-only folders; the monkeypatch below covers it
+        (tmp_path / "ro").mkdir(mode=0o500)
+        code, _, err = mvmoe("report", run, "--out", tmp_path / "ro", "--no-published")
+        _one_line_error(code, err, "cannot write there", "Permission denied")
+
+    def read_only(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr("mobile_vmoe.fileio.tempfile.mkstemp", read_only)
+    code, _, err = mvmoe("report", run, "--out", tmp_path / "ro2", "--no-published")
+    _one_line_error(code, err, "ro2: cannot write there", "Permission denied")
+
+
+def test_report_on_a_full_disk_is_one_line_and_keeps_old_files(tmp_path, monkeypatch):
+    import os
+
+    from mobile_vmoe import fileio
+
+    run, out = _report_run(tmp_path), tmp_path / "rep"
+    assert mvmoe("report", run, "--out", out, "--no-published")[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = os.fdopen
+    monkeypatch.setattr(fileio.os, "fdopen", lambda fd, mode: _FullDisk(real(fd, mode), 2000))  # fails on a .png
+    code, _, err = mvmoe("report", run, "--out", out, "--no-published")
+    _one_line_error(code, err, "cannot write", ".png", "No space left on device")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+# ------------------------------------------------------------------------- artifacts checked when measured
+@pytest.fixture
+def onnx_artifact(tmp_path):
+    from test_latency import Tiny, _meta_for, _onnx_graph
+
+    path = tmp_path / "tiny_onnx_fp32.onnx"
+    _onnx_graph(Tiny().eval(), path)
+    return _meta_for(path, model="tiny", target="onnx", checkpoint="model.pt", checkpoint_sha256="ab" * 32,
+                     model_config={}, input={"shape": [1, 3, 16, 16], "dtype": "float32"})
+
+
+def _fake_memory_child(monkeypatch):
+    """The memory probe's child process, answered here (its real run imports torch: slow)."""
+    import subprocess
+
+    from mobile_vmoe.profile import memory
+
+    figures = {"rss_mib": 1.0, "heap_mib": 0.5, "file_mib": 0.5, "peak_rss_mib": 1.0}
+    line = json.dumps({"baseline_mib": 100.0, "after": {"load": figures, "run": figures}})
+    monkeypatch.setattr(memory.subprocess, "run",
+                        lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=line + "\n", stderr=""))
+
+
+def test_profile_latency_and_memory_verify_the_artifact(onnx_artifact, monkeypatch):
+    _fake_memory_child(monkeypatch)
+    code, out, err = mvmoe("profile", "latency", onnx_artifact, "--runs", "2", "--warmup", "0", "--json")
+    d = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and d["verified"] is True and d["checkpoint_sha256"] == "ab" * 32
+    code, out, err = mvmoe("profile", "memory", onnx_artifact, "--loader", "file", "--images", "1", "--json")
+    assert code == 0 and json.loads(out)["verified"] is True
+    raw = bytearray(onnx_artifact.read_bytes())
+    raw[-1] ^= 0x01  # one bit changed after export, same size
+    onnx_artifact.write_bytes(bytes(raw))
+    for cmd in (["latency", "--runs", "2"], ["memory", "--loader", "file"], ["flops"]):
+        code, _, err = mvmoe("profile", cmd[0], onnx_artifact, *cmd[1:])
+        _one_line_error(code, err, "tiny_onnx_fp32.onnx is not the file tiny_onnx_fp32.json was written for")
+
+
+def test_no_verify_measures_and_says_so(onnx_artifact, monkeypatch):
+    _fake_memory_child(monkeypatch)
+    onnx_artifact.with_suffix(".json").unlink()
+    code, _, err = mvmoe("profile", "latency", onnx_artifact, "--runs", "2")
+    _one_line_error(code, err, "tiny_onnx_fp32.json not found", "--no-verify")
+    code, _, err = mvmoe("profile", "memory", onnx_artifact, "--loader", "file")
+    _one_line_error(code, err, "tiny_onnx_fp32.json not found", "--no-verify")
+    code, out, _ = mvmoe("profile", "latency", onnx_artifact, "--runs", "2", "--warmup", "0", "--no-verify")
+    assert code == 0 and "not verified" in out
+    code, out, _ = mvmoe("profile", "memory", onnx_artifact, "--loader", "file", "--no-verify", "--json")
+    assert code == 0 and json.loads(out)["verified"] is False
+
+
+def test_unverified_measurement_is_not_tied_to_the_checkpoint(onnx_artifact):
+    from mobile_vmoe.profile.latency import profile_latency
+
+    meta = onnx_artifact.with_suffix(".json")
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "artifact_sha256": "0" * 64}))  # describes another file
+    d = profile_latency(onnx_artifact, warmup=0, runs=1, verify=False)
+    assert d["verified"] is False and d["model"] == "tiny" and "checkpoint_sha256" not in d
+
+
+# ------------------------------------------------------------------------------ high-bit-depth images
+SIXTEEN = np.array([[0, 257, 1000], [32896, 65280, 65535]], dtype=np.uint16)
+# round(v / 257): 1000 / 257 = 3.89 -> 4, 32896 = 128 * 257 -> 128, 65280 / 257 = 254.0 -> 254
+EIGHT = np.array([[0, 1, 4], [128, 254, 255]], dtype=np.uint8)
+
+
+def _decode_in_class_folder(tmp_path, save):
+    """The image as the training data loader decodes it from a class folder."""
+    from mobile_vmoe.data.imagefolder import ImageFolderDataset
+
+    path = tmp_path / "train" / "c0" / "img.png"
+    path.parent.mkdir(parents=True)
+    save(path)
+    ds = ImageFolderDataset([(str(path), 0)], None, where=str(tmp_path), total=1)
+    img, label = ds[0]
+    assert img.mode == "RGB" and label == 0
+    return np.asarray(img)  # (H, W, 3)
+
+
+def test_sixteen_bit_gray_png_is_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    def save(path):
+        Image.fromarray(SIXTEEN).save(path)  # a 16-bit grayscale PNG
+        assert Image.open(path).mode.startswith("I")
+
+    rgb = _decode_in_class_folder(tmp_path, save)
+    for c in range(3):
+        np.testing.assert_array_equal(rgb[..., c], EIGHT)
+
+
+def _png_rgb16(path, pixels):
+    """A 16-bit RGB PNG written by hand (Pillow writes none): pixels (H, W, 3) uint16."""
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, _ = pixels.shape
+    rows = b"".join(b"\0" + pixels[y].astype(">u2").tobytes() for y in range(h))  # filter 0 per row
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # bit depth 16, colour type 2 (RGB)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_sixteen_bit_rgb_png_keeps_its_range(tmp_path):
+    pixels = np.stack([SIXTEEN, SIXTEEN[::-1], np.full_like(SIXTEEN, 32896)], axis=-1)  # (2, 3, 3)
+    rgb = _decode_in_class_folder(tmp_path, lambda p: _png_rgb16(p, pixels))
+    expected = np.stack([EIGHT, EIGHT[::-1], np.full_like(EIGHT, 128)], axis=-1)
+    # Pillow keeps the high byte (v >> 8): 1000 -> 3 where v / 257 rounds to 4; never more than 1 apart
+    assert np.abs(rgb.astype(int) - expected).max() <= 1
+    assert rgb[1, 2, 0] == 255 and rgb[0, 0, 0] == 0
+
+
+def test_other_high_bit_depth_modes():
+    from PIL import Image
+
+    from mobile_vmoe.data.decode import to_rgb8
+
+    big_endian = Image.frombytes("I;16B", (3, 2), SIXTEEN.astype(">u2").tobytes())
+    np.testing.assert_array_equal(np.asarray(to_rgb8(big_endian))[..., 1], EIGHT)
+    as_int32 = Image.fromarray(SIXTEEN.astype(np.int32))  # mode I
+    np.testing.assert_array_equal(np.asarray(to_rgb8(as_int32))[..., 2], EIGHT)
+    unit_float = Image.fromarray(np.array([[0.0, 0.5, 1.0, np.nan]], dtype=np.float32))  # mode F in [0, 1]
+    np.testing.assert_array_equal(np.asarray(to_rgb8(unit_float))[0, :, 0], [0, 128, 255, 0])  # 127.5 rounds to 128
+    wide_float = Image.fromarray(np.array([[-3.0, 100.4, 300.0]], dtype=np.float32))  # mode F beyond 1
+    np.testing.assert_array_equal(np.asarray(to_rgb8(wide_float))[0, :, 0], [0, 100, 255])
+    rgba = Image.new("RGBA", (1, 1), (10, 20, 30, 40))
+    assert to_rgb8(rgba).getpixel((0, 0)) == (10, 20, 30)
+
+
+# ------------------------------------------------------------------------------- degenerate datasets
+def test_one_class_dataset_is_refused(tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", 4), ("val", 2)):
+        (tmp_path / "one" / split / "cat").mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(tmp_path / "one" / split / "cat" / f"{i}.png")
+    code, _, err = mvmoe("train", "--data", tmp_path / "one", "--model", "vit-6x64-p32", "--set", "img_size=16",
+                         "--set", "batch_size=2", "--epochs", "1", "-q", "--out", tmp_path / "run")
+    _one_line_error(code, err, "one has 1 class (cat): a classifier needs at least 2")
+    assert not (tmp_path / "run").exists()
+
+
+class _FixedLogits(torch.nn.Module):
+    """A 'model' whose logits are given: row i for image i."""
+
+    def __init__(self, logits):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.logits = logits
+        self.cfg = SimpleNamespace(num_classes=logits.shape[1], is_moe=False)
+
+    def forward_with_routing(self, images):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.logits[images[:, 0, 0, 0].long()])
+
+
+def test_top5_is_na_with_five_classes_or_fewer():
+    from mobile_vmoe.train.evaluate import evaluate
+
+    images = torch.arange(2.0).view(2, 1, 1, 1)  # image i carries its index
+    six = torch.tensor([[6.0, 5, 4, 3, 2, 1], [6.0, 5, 4, 3, 2, 1]])  # ranking 0 > 1 > ... > 5
+    m = evaluate(_FixedLogits(six), [(images, torch.tensor([1, 5]))])
+    # image 0: label 1 is second (top-5 hit, top-1 miss); image 1: label 5 is last (both miss)
+    assert (m["top1"], m["top5"]) == (0.0, 50.0)
+    m = evaluate(_FixedLogits(six[:, :3]), [(images, torch.tensor([0, 2]))])
+    assert m["top1"] == 50.0 and m["top5"] is None
+    m = evaluate(_FixedLogits(six[:, :5]), [(images, torch.tensor([0, 4]))])
+    assert m["top5"] is None  # 5 classes: every label is in the top 5
+
+
+def test_console_says_top5_na(capsys):
+    from mobile_vmoe.cli.cmd_train import print_summary
+
+    print_summary({"model": "m", "dataset": "d", "top1": 75.0, "top5": None, "macs": 1e6, "active_params": 1e5,
+                   "params": 2e5, "images_per_sec": 10.0, "checkpoint": "runs/x/model.pt"})
+    assert "top-1 75.00%, top-5 n/a" in capsys.readouterr().out

@@ -77,7 +77,8 @@ def print_summary(summary: dict) -> None:
         typer.echo(f"stopped at epoch {summary['epoch']} (step {summary['step']}); continue with: "
                    f"mvmoe train --out {summary['run_dir']} --resume")
         return
-    parts = [f"{summary['model']} on {summary['dataset']}: top-1 {summary['top1']:.2f}%, top-5 {summary['top5']:.2f}%"]
+    top5 = "n/a (5 classes or fewer)" if summary.get("top5") is None else f"{summary['top5']:.2f}%"
+    parts = [f"{summary['model']} on {summary['dataset']}: top-1 {summary['top1']:.2f}%, top-5 {top5}"]
     if summary.get("router_superclass_top1") is not None:
         parts.append(f"router superclass top-1 {summary['router_superclass_top1']:.2f}%")
     if summary.get("dense"):

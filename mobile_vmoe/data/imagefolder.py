@@ -150,11 +150,13 @@ class ImageFolderDataset(Dataset):
     def _decode(self, i: int):
         from PIL import Image
 
+        from .decode import to_rgb8
+
         if self._failed[i]:
             return None
         try:
             with Image.open(self.paths[i]) as im:
-                return im.convert("RGB")  # forces the full decode: a truncated file fails here
+                return to_rgb8(im)  # forces the full decode: a truncated file fails here; 16-bit scaled
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
             self._failed[i] = 1
             warnings.warn(f"skipping unreadable image {self.paths[i]}: {e}", stacklevel=2)

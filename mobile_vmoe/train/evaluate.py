@@ -65,7 +65,8 @@ def evaluate(model: torch.nn.Module, loader, *, class_to_superclass: torch.Tenso
              device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None) -> dict:
     """Metrics of ``model`` (a MobileVMoE, not DDP-wrapped) on ``loader``.
 
-    top1/top5 in percent (top5 = top-min(5, N)). MoE models add expert usage (``ExpertUsage``);
+    top1/top5 in percent; top5 is None (n/a) with 5 classes or fewer, where it is 100 % by construction.
+    MoE models add expert usage (``ExpertUsage``);
     per-image MoE with ``class_to_superclass`` (N,) adds ``router_superclass_top1``, the percentage
     of images whose router argmax is the superclass of their true class.
     """
@@ -91,6 +92,7 @@ def evaluate(model: torch.nn.Module, loader, *, class_to_superclass: torch.Tenso
     model.train(was_training)
     if n == 0:
         raise MvmoeError("evaluation set is empty")
-    metrics = {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "router_superclass_top1": None,
+    top5 = 100.0 * correct5 / n if cfg.num_classes > 5 else None  # every class is in the top 5: no information
+    metrics = {"top1": 100.0 * correct1 / n, "top5": top5, "router_superclass_top1": None,
                "expert_usage": None, "images": n}
     return {**metrics, **(usage.summary(n) if usage is not None else {})}

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from ..errors import MvmoeError
 from ..fileio import atomic_write_text, to_json
 
 
@@ -21,8 +22,11 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(to_json(record, nonfinite="null") + "\n")
+            try:
+                with open(self.path, "a") as f:
+                    f.write(to_json(record, nonfinite="null") + "\n")
+            except OSError as e:  # a full disk, a folder made read-only under the run
+                raise MvmoeError(f"cannot write {self.path}: {e.strerror or e}") from None
 
     def trim(self, step: int) -> None:
         """Drop rows past ``step``: what a killed run logged after the last.pt a resume starts from,

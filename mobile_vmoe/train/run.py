@@ -115,6 +115,9 @@ def adapt_to_data(cfg: ModelConfig, bundle, model_overrides: dict[str, Any]) -> 
 def check_run(tcfg: TrainConfig, bundle, superclasses: str, out: Path) -> None:
     """Every check that needs only the config and the data, before anything trains or is written."""
     cfg = tcfg.model
+    if bundle.num_classes < 2:
+        raise MvmoeError(f"{bundle.name} has {bundle.num_classes} class{'es' if bundle.num_classes != 1 else ''} "
+                         f"({', '.join(bundle.class_names[:3])}): a classifier needs at least 2")
     if superclasses not in ("auto", "none") and not Path(superclasses).is_file():
         raise MvmoeError(f"--superclasses {superclasses}: not auto, none, or an existing JSON file")
     if cfg.is_per_image and superclasses == "auto" and cfg.num_experts > bundle.num_classes:
