@@ -21,7 +21,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mobile_vmoe.errors import MvmoeError
+from mobile_vmoe.errors import MvmoeError, did_you_mean
 
 from . import prepare as P
 from .app_metadata import app_metadata
@@ -70,11 +70,13 @@ def plan(target: str, backend: str | None, precision: str, experts: str = "fused
         raise MvmoeError(f"--experts {experts!r}: expected fused (one program, every expert) or split (trunk + one program per expert)")
     from .split import unsupported
     if target not in (*TARGET_NAMES, "all"):
-        raise MvmoeError(f"--target {target!r}: expected one of {', '.join(TARGET_NAMES)}, all")
+        raise MvmoeError(f"--target {target!r}: expected one of {', '.join(TARGET_NAMES)}, all"
+                         + did_you_mean(target, (*TARGET_NAMES, "all")))
     if precision not in ("fp32", "fp16", "int8"):
-        raise MvmoeError(f"--precision {precision!r}: expected fp32, fp16 or int8")
+        raise MvmoeError(f"--precision {precision!r}: expected fp32, fp16 or int8" + did_you_mean(precision, ("fp32", "fp16", "int8")))
     if backend is not None and backend not in ("xnnpack", "coreml", "portable"):
-        raise MvmoeError(f"--backend {backend!r}: expected xnnpack, coreml or portable")
+        raise MvmoeError(f"--backend {backend!r}: expected xnnpack, coreml or portable"
+                         + did_you_mean(backend, ("xnnpack", "coreml", "portable")))
     if backend is not None and target not in ("executorch", "all"):
         raise MvmoeError(f"--backend applies to --target executorch only (got --target {target})")
     jobs, skipped = [], []
