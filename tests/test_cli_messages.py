@@ -74,3 +74,29 @@ def test_ctrl_c_in_training_saves_last_pt_and_exits_130(tmp_path, monkeypatch):
     assert code == 130, err
     assert (out / "last.pt").is_file() and not (out / "model.pt").exists()
     assert f"mvmoe train --out {out} --resume" in stdout
+
+
+def test_profile_help_names_every_profiler():
+    code, out, _ = mvmoe("--help")
+    line = " ".join(out.split())  # rich wraps the help text
+    assert code == 0 and all(w in line for w in ("flops", "latency", "memory", "ingest"))
+
+
+def test_readme_profile_loop_skips_the_core_ml_delegate_and_takes_split_folders(tmp_path):
+    """The README's loop, run by bash over a fake exports/ folder with `echo` for the profiler."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    loop = re.search(r"^for a in exports/.*?^done$", readme, re.S | re.M).group(0)
+    loop = re.sub(r"uv run mvmoe profile latency .*", 'echo "$a"', loop)
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    for name in ("m_executorch-xnnpack_fp32.pte", "m_executorch-coreml_fp16.pte", "m_tflite_fp32.tflite",
+                 "m_onnx_fp32.onnx", "m_tflite_fp32-split/trunk.tflite", "m_executorch-xnnpack_fp32-split.pte"):
+        (exports / name).parent.mkdir(exist_ok=True)
+        (exports / name).write_text("x")
+    res = subprocess.run(["bash", "-c", loop], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert res.stdout.split() == ["exports/m_executorch-xnnpack_fp32-split.pte", "exports/m_executorch-xnnpack_fp32.pte",
+                                  "exports/m_tflite_fp32.tflite", "exports/m_tflite_fp32-split", "exports/m_onnx_fp32.onnx"]
