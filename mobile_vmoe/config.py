@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import MvmoeError
+from .errors import MvmoeError, did_you_mean
 
 ROUTINGS = ("image", "token")
 DISPATCHES = ("auto", "gather", "dense", "grouped")
@@ -242,7 +242,7 @@ def parse_overrides(items: list[str] | None, cls: type | None = None) -> dict[st
             raise MvmoeError(f"--set {item!r}: expected KEY=VALUE")
         key, text = (part.strip() for part in item.split("=", 1))
         if key not in types:
-            raise MvmoeError(f"--set {key}: unknown key; model keys: {', '.join(field_names())}"
+            raise MvmoeError(f"--set {key}: unknown key{did_you_mean(key, types)}; model keys: {', '.join(field_names())}"
                              + (f"; train keys: {', '.join(train_field_names())}" if cls is not ModelConfig else ""))
         out[key] = _coerce(key, text, types[key])
     return out
@@ -356,7 +356,7 @@ class TrainConfig:
         model_keys = set(field_names())
         unknown = sorted(set(settings) - model_keys - set(train_field_names()))
         if unknown:
-            raise MvmoeError(f"unknown setting(s): {', '.join(unknown)}; model keys: {', '.join(field_names())}; "
+            raise MvmoeError(f"unknown setting(s): {', '.join(unknown)}{did_you_mean(unknown[0], [*model_keys, *train_field_names()])}; model keys: {', '.join(field_names())}; "
                              f"train keys: {', '.join(train_field_names())}")
         model = {k: v for k, v in settings.items() if k in model_keys}
         train = {k: v for k, v in settings.items() if k not in model_keys}

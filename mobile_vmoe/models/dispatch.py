@@ -79,10 +79,11 @@ def token_dispatch(bank: ExpertBank, x: torch.Tensor, route: TokenRoute) -> torc
     E, C = bank.num_experts, route.capacity
     k = route.slot.shape[-1]
     slot = route.slot.reshape(B, T * k)  # (B, T*k) in [0, E*C]; E*C = dropped
-    # Which token fills each slot; empty slots point at the zero row T.
+    # Which token fills each slot; empty slots point at the zero row T. A compare and a sum, not a
+    # scatter: Core ML and LiteRT convert it (their scatter lowering fails on integer data).
     token = torch.arange(T, device=x.device).view(1, T, 1).expand(B, T, k).reshape(B, T * k)
-    token_of_slot = torch.full((B, E * C + 1), T, dtype=torch.long, device=x.device)
-    token_of_slot = token_of_slot.scatter(1, slot, token)[:, : E * C]  # (B, E*C)
+    hit = slot.unsqueeze(2) == torch.arange(E * C, device=x.device).view(1, 1, E * C)  # (B, T*k, E*C), <= 1 per slot
+    token_of_slot = (hit.long() * (token - T).unsqueeze(2)).sum(1) + T  # (B, E*C)
     x_pad = torch.cat([x, x.new_zeros(B, 1, D)], dim=1)  # (B, T+1, D)
     buf = x_pad.gather(1, token_of_slot.unsqueeze(-1).expand(B, E * C, D))  # (B, E*C, D)
     buf = buf.view(B, E, C, D).transpose(0, 1).reshape(E, B * C, D)

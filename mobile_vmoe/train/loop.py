@@ -198,6 +198,7 @@ class StopRequest:
 
     def __init__(self):
         self.flag = False
+        self.signum: int | None = None  # the signal that asked to stop
         self._old = {}
 
     def __enter__(self):
@@ -211,7 +212,7 @@ class StopRequest:
     def _handle(self, signum, frame):
         if self.flag:  # second signal: give up at once
             raise KeyboardInterrupt
-        self.flag = True
+        self.flag, self.signum = True, signum
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -378,8 +379,9 @@ def fit(tcfg: TrainConfig, bundle, out_dir: str | Path, *, superclasses: dict | 
         torch.set_num_threads(threads)
 
 
-def run_epochs(stage: Stage, state: TrainState) -> bool:
-    """The epoch loop, with evaluation and last.pt after every epoch; True if stopped early."""
+def run_epochs(stage: Stage, state: TrainState) -> str | None:
+    """The epoch loop, with evaluation and last.pt after every epoch. Returns why it stopped early
+    (SIGINT, SIGTERM or stop_after_steps), None when it ran every epoch."""
     tcfg, info = stage.tcfg, stage.info
     module: nn.Module = RoutingForward(state.model)
     if info.enabled:
@@ -400,12 +402,16 @@ def run_epochs(stage: Stage, state: TrainState) -> bool:
                 steps_left -= r.steps  # still > 0: reaching the limit sets r.stopped, which returns below
             if r.stopped and state.epoch_step < stage.steps_per_epoch:
                 save_state(stage, state, last)  # mid-epoch: keeps epoch and epoch_step
-                return True
+                return stop_reason(stop)
             end_epoch(stage, state, r, progress)
             save_state(stage, state, last)
             if r.stopped:
-                return state.epoch < tcfg.epochs
-    return False
+                return stop_reason(stop) if state.epoch < tcfg.epochs else None
+    return None
+
+
+def stop_reason(stop: StopRequest) -> str:
+    return signal.Signals(stop.signum).name if stop.signum is not None else "stop_after_steps"
 
 
 def end_epoch(stage: Stage, state: TrainState, r: EpochResult, progress: Progress) -> None:
@@ -431,13 +437,13 @@ def end_epoch(stage: Stage, state: TrainState, r: EpochResult, progress: Progres
     barrier(stage.info)
 
 
-def finish(stage: Stage, state: TrainState, stopped: bool, extra_summary: dict | None) -> dict:
+def finish(stage: Stage, state: TrainState, stopped: str | None, extra_summary: dict | None) -> dict:
     """model.pt and summary.json of a finished stage, or the ``stopped`` record of an early stop."""
     barrier(stage.info)
     last = stage.out / "last.pt"
     if stopped:
         stage.say(f"{stage.name}: stopped at epoch {state.epoch}, step {state.step}; saved {last}")
-        return {"stopped": True, "epoch": state.epoch, "step": state.step, "last": str(last)}
+        return {"stopped": True, "reason": stopped, "epoch": state.epoch, "step": state.step, "last": str(last)}
     save_state(stage, state, stage.out / "model.pt", final=True)
     summary = make_summary(stage, state)
     summary.update(extra_summary or {})
