@@ -19,7 +19,8 @@ PROTOCOL, fixed before any run (the constants below hold it; the results record 
   highest final holdout top-1 wins (ties: the smaller lr). Every arm of that size then uses it
   (conservative for the MoE, whose lr is not tuned).
 - EPOCHS = 60 for every arm (the dense stage of moe-sc too), warmup EPOCHS / 30 epochs (the 1-in-30
-  of the earlier 30-epoch study), cosine, batch 64, AdamW, TrainConfig's other defaults, one thread.
+  of the earlier 30-epoch study), cosine, batch 64, AdamW, TrainConfig's other defaults, one thread;
+  the arms are evaluated once, at the end (only the lr runs need a curve).
 - Validity gate (flattening): the chosen lr's dense holdout top-1 must change by < 0.2 points per
   epoch (least-squares slope over the last 5 epochs). A size that fails is reported, not read.
 - Seeds 0-4 for every arm:
@@ -105,6 +106,8 @@ def num_experts(data: str) -> int:
 
 def settings_for(arm: str, data: str, size: str, lr: float, epochs: int, extra: dict) -> dict:
     s = {**size_settings(size), **PROTOCOL_SETTINGS, "lr": lr, "warmup_epochs": epochs * WARMUP_PER_EPOCH, **extra}
+    if arm != "lr":  # only the lr runs need the per-epoch curve (the flattening gate)
+        s["eval_every"] = epochs
     if arm not in ("dense", "lr"):
         s["num_experts"] = num_experts(data)
     if arm == "token":
@@ -174,6 +177,7 @@ def score(arm: str, tcfg, bundle, where: Path, s: dict) -> dict:
     from mobile_vmoe.data.superclasses import load_superclasses, planted_ari
     from mobile_vmoe.train.evaluate import evaluate
 
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
     n, b = len(bundle.train), tcfg.batch_size
     out = {"train_macs": train_macs(s["macs"], tcfg.epochs, n, b), "train_seconds": s["train_seconds"]}
     if arm == "moe-sc":
@@ -186,11 +190,11 @@ def score(arm: str, tcfg, bundle, where: Path, s: dict) -> dict:
     if arm in SUPERCLASS_ARMS:
         _, holdout = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
         c2s = torch.tensor(ck["superclasses"]["class_to_superclass"])
-        ev = evaluate(model, DataLoader(holdout, batch_size=256), class_to_superclass=c2s)
+        ev = evaluate(model.to(dev), DataLoader(holdout, batch_size=256), class_to_superclass=c2s, device=dev)
         out["router_holdout_top1"] = ev["router_superclass_top1"]
     if arm == "token":
-        out["top1_group"] = evaluate(model, DataLoader(bundle.val, batch_size=b))["top1"]
-        out["top1_batch1"] = evaluate(model, DataLoader(bundle.val, batch_size=1))["top1"]
+        out["top1_group"] = evaluate(model.to(dev), DataLoader(bundle.val, batch_size=b), device=dev)["top1"]
+        out["top1_batch1"] = evaluate(model.to(dev), DataLoader(bundle.val, batch_size=1), device=dev)["top1"]
         out["top1"] = out["top1_batch1"]  # as exported: one image per routing group
     return out
 
@@ -226,19 +230,19 @@ def probe_one(size: str, kind: str, data: str, out: Path, extra: dict) -> dict:
 # ---------------------------------------------------------------------------- projection
 def run_seconds(probe: dict, size: str, arm: str, epochs: int, holdout: float = 0.1) -> float:
     """Projected seconds of one run from the probe's {(size, kind): row} (1-epoch measurements)."""
-    def stage(kind: str, share: float, eval_share: float) -> float:
+    def stage(kind: str, share: float, evals: float) -> float:  # train epochs on ``share`` of the split
         r = probe[(size, kind)]
-        return epochs * (share * r["train_epoch_s"] + eval_share * r["eval_s"])
+        return epochs * share * r["train_epoch_s"] + evals * r["eval_s"]
 
     setup = probe[(size, "dense")]["setup_s"]
-    if arm == "lr":  # dense on the rest, scored on the holdout (3 x holdout as many images as eval: 60 / 20 per class)
-        return setup + stage("dense", 1 - holdout, 3 * holdout)
+    if arm == "lr":  # scored on the holdout every epoch (3 x holdout as many images as eval: 60 / 20 per class)
+        return setup + stage("dense", 1 - holdout, epochs * 3 * holdout)
     if arm == "dense":
         return setup + stage("dense", 1, 1)
-    if arm == "token":
-        return setup + stage("token", 1, 1) + 2 * probe[(size, "token")]["eval_s"] + probe[(size, "token")]["batch1_s"]
+    if arm == "token":  # + the rescoring at the training group size and at batch 1
+        return setup + stage("token", 1, 2) + probe[(size, "token")]["batch1_s"]
     dense_stage = stage("dense", 1 - holdout, 1) if arm == "moe-sc" else 0.0
-    return setup + dense_stage + stage("moe", 1, 1) + probe[(size, "moe")]["eval_s"]
+    return setup + dense_stage + stage("moe", 1, 2)  # + the router on the holdout
 
 
 def project(probe: dict, datasets: list[str], sizes: list[str], control_arms: list[str], seeds: int, epochs: int,
@@ -254,9 +258,10 @@ def project(probe: dict, datasets: list[str], sizes: list[str], control_arms: li
 
 
 def plan(probe: dict, datasets: list[str], sizes: list[str], seeds: int, epochs: int, lr_grid: list[float],
-         jobs: int, budget_min: float = BUDGET_MIN) -> dict:
-    """The pre-registered cuts: sizes largest first down to one, then the control's CONTROL_CUTS."""
-    sizes = sorted(sizes, key=lambda sz: [int(v) for v in sz.split("x")])
+         jobs: int, budget_min: float = BUDGET_MIN, keep_largest: bool = False) -> dict:
+    """The pre-registered cuts: sizes largest first (``keep_largest``: smallest first, the GPU
+    variant's rule) down to one, then the control's CONTROL_CUTS."""
+    sizes = sorted(sizes, key=lambda sz: [int(v) for v in sz.split("x")], reverse=keep_largest)
     control = list(ARMS)
     cuts = []
 
@@ -474,7 +479,8 @@ def new_results(a) -> dict:
                          "arms": list(ARMS), "comparisons": [list(c) for c in COMPARISONS],
                          "router_gate": ROUTER_GATE, "flat_slope": study_stats.FLAT_SLOPE,
                          "flat_epochs": study_stats.FLAT_EPOCHS, "min_gain": study_stats.MIN_GAIN,
-                         "alpha": study_stats.ALPHA, "budget_min": a.budget, "jobs": a.jobs},
+                         "alpha": study_stats.ALPHA, "budget_min": a.budget, "jobs": a.jobs,
+                         "keep_largest": a.keep_largest},
             "probe": None, "plan": None, "lr": {}, "runs": []}
 
 
@@ -488,7 +494,7 @@ def run_probe(a, out: Path, res: dict, save, extra: dict) -> None:
     if res["plan"] is None:
         if res["probe"]:
             probe = {(r["size"], r["kind"]): r for r in res["probe"]}
-            res["plan"] = plan(probe, a.data, a.sizes, a.seeds, a.epochs, a.lr_grid, a.jobs, a.budget)
+            res["plan"] = plan(probe, a.data, a.sizes, a.seeds, a.epochs, a.lr_grid, a.jobs, a.budget, a.keep_largest)
         else:
             res["plan"] = {"sizes": a.sizes, "control_arms": list(ARMS), "cuts": [], "projected_min": None,
                            "note": "no timing probe (--no-probe): nothing cut"}
@@ -557,6 +563,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr-grid", type=float, nargs="+", default=LR_GRID)
     ap.add_argument("--jobs", type=int, default=JOBS, help="one-thread training processes side by side (1: in process)")
     ap.add_argument("--budget", type=float, default=BUDGET_MIN, help="wall minutes the cut rule aims at")
+    ap.add_argument("--keep-largest", action="store_true", help="cut rule: drop the smallest sizes first (GPU variant)")
     ap.add_argument("--quick", action="store_true", help="SMOKE CHECK: tiny data, 2 seeds, 5 epochs, no probe")
     ap.add_argument("--no-probe", action="store_true", help="skip the timing probe (and so every cut)")
     ap.add_argument("--probe-only", action="store_true", help="run the 1-epoch timing probe, print the plan, stop")

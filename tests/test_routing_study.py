@@ -170,3 +170,44 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
     # resuming a finished study trains nothing more
     n = len(res["runs"])
     assert rs.main(args) == 0 and len(json.loads((out / "results.json").read_text())["runs"]) == n
+
+
+# ------------------------------------------------------------------------- GPU script, dry
+def test_gpu_script_dry_run_plans_on_cpu(tmp_path, capsys):
+    import study_gpu
+
+    assert study_gpu.main(["--dry", "--out", str(tmp_path)]) == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    # 2 data x 2 sizes x 3 lr; 2 x 2 x 5 seeds x 5 arms; a probe of 3 kinds per size
+    assert (plan["lr_runs"], plan["arm_runs"], plan["probe_runs"]) == (12, 100, 6)
+    args = plan["routing_study_args"]
+    assert "12x192" in args and "--keep-largest" in args and "shapes-disjoint:100:10:300" in args
+    assert plan["provenance"]["versions"]["torch"]
+
+
+def test_gpu_script_without_cuda_is_one_line_error(tmp_path, monkeypatch):
+    import study_gpu
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MvmoeError, match="no CUDA device"):
+        study_gpu.main(["--out", str(tmp_path)])
+
+
+# -------------------------------------------------------------------------- distillation 2x2
+@pytest.mark.slow
+def test_tiny_distillation_2x2(tmp_path, capsys):
+    import distill_study
+
+    out = tmp_path / "kd"
+    args = ["--data", "shapes-disjoint:4:2", "--size", "3x16", "--seeds", "2", "--epochs", "1", "--jobs", "1",
+            "--out", str(out)]
+    assert distill_study.main(args) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["teacher"]["train_images"] == 216 and 0 <= res["teacher"]["top1"] <= 100  # 240 less the 10 % holdout
+    assert {(r["arm"], r["seed"]) for r in res["runs"]} == {(a, s) for a in distill_study.ARMS for s in (0, 1)}
+    kd = json.loads((out / "seed0" / "moe-sc-kd" / "summary.json").read_text())
+    assert kd["teacher"]["model"] == "mobilenet_v3_small"
+    # moe-sc-kd routes on moe-sc's superclasses of the same seed
+    assert kd["superclasses_file"].endswith("seed0/moe-sc/superclasses.json")
+    assert "moe-sc-kd - dense-kd" in capsys.readouterr().out
