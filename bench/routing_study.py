@@ -82,7 +82,7 @@ CONTROL_CUTS = ("token", "moe-e2e")  # negative-control arms dropped, in order, 
 PROTOCOL_SETTINGS = {"batch_size": 64, "threads": 1}
 # The earlier study's settings (bench/options_study.py still uses them).
 STUDY_SETTINGS = {"batch_size": 64, "warmup_epochs": 1.0, "threads": 1}
-QUICK = dict(data=["shapes-disjoint:20:4", "shapes:20:4"], sizes=["2x32"], seeds=2, epochs=5)
+QUICK = dict(data=["shapes-disjoint:20:4", "shapes:20:4"], sizes=["3x32"], seeds=2, epochs=5)
 
 
 def size_settings(size: str) -> dict:
