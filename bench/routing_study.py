@@ -394,6 +394,8 @@ def summarize(res: dict, allow_mixed: bool = False) -> str:
     commits = check_commits(res["runs"], allow_mixed)
     prov = res.get("provenance") or {}
     head = [f"commit(s): {', '.join(sorted(str(c) for c in commits))}; study command: {prov.get('command')}"]
+    if len(commits) > 1:
+        head.append(f"WARNING: runs made at {len(commits)} different commits are pooled below")
     if any(r.get("dirty") for r in res["runs"]):
         head.append("WARNING: some runs were made with uncommitted changes (dirty checkout)")
     if res.get("quick"):
@@ -456,7 +458,10 @@ def execute(calls: list[tuple], jobs: int, on_row) -> None:
         for fn, *args in calls:
             on_row(fn(*args))
         return
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    import multiprocessing
+
+    # spawn: a forked child must not inherit a CUDA context (the GPU variant), and spawn is safe everywhere
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for f in as_completed([pool.submit(fn, *args) for fn, *args in calls]):
             on_row(f.result())
 
@@ -550,7 +555,7 @@ def run_study(a, out: Path) -> int:
     res.setdefault("wall_minutes", []).append(round((time.time() - t0) / 60, 1))
     save()
     print(f"study: {len(calls)} runs in {(time.time() - t0) / 60:.1f} min\n")
-    print(summarize(res))
+    print(summarize(res, allow_mixed=True))  # says so when the commits differ; --summarize refuses
     return 0
 
 
