@@ -104,7 +104,8 @@ def run_student(arm: str, seed: int, lr: float, epochs: int, size: str, data: st
     if arm.endswith("-kd"):
         s = {**s, **KD, "teacher": str(out / "teacher" / "teacher.pt")}
     sc = {"moe-sc": "auto", "moe-sc-kd": str(out / f"seed{seed}" / "moe-sc" / "superclasses.json")}.get(arm, "none")
-    tcfg, bundle = resolve("vit-6x64-p32" if arm.startswith("dense") else "vmoe-6x64-p32", data, s, epochs=epochs, seed=seed)
+    base = "vit-6x64-p32" if arm.startswith("dense") else "vmoe-6x64-p32"
+    tcfg, bundle = resolve(base, data, s, epochs=epochs, seed=seed)
     where = out / f"seed{seed}" / arm
     summ = train(tcfg, bundle, where, superclasses=sc, quiet=True)
     macs = rs.train_macs(summ["macs"], epochs, len(bundle.train), tcfg.batch_size)
@@ -131,8 +132,9 @@ def table(res: dict) -> str:
     """Markdown: the 2x2 (mean +- std over seeds, compute) and the verdicts of the 4 comparisons."""
     rows = [r for r in res["runs"] if r["kind"] == "arm"]
     t = res.get("teacher") or {}
-    lines = [f"teacher mobilenet_v3_small: top-1 {t.get('top1', float('nan')):.1f} % (trained on {t.get('train_images')} "
-             "images, seed 0)", "", "| arm | n | top-1 (%) | active MACs | train GMACs (student) |", "|---|---|---|---|---|"]
+    lines = [f"teacher mobilenet_v3_small: top-1 {t.get('top1', float('nan')):.1f} % "
+             f"(trained on {t.get('train_images')} images, seed 0)", "",
+             "| arm | n | top-1 (%) | active MACs | train GMACs (student) |", "|---|---|---|---|---|"]
     for arm in ARMS:
         a = [r for r in rows if r["arm"] == arm]
         if a:
@@ -168,8 +170,9 @@ def main(argv=None) -> int:
     ap.add_argument("--summarize", action="store_true")
     a = ap.parse_args(argv)
     path = a.out / "results.json"
-    res = json.loads(path.read_text()) if path.exists() else {"provenance": provenance(), "teacher": None, "runs": [],
-                                                              "settings": vars(a) | {"out": str(a.out), "lr_from": str(a.lr_from)}}
+    settings = vars(a) | {"out": str(a.out), "lr_from": str(a.lr_from)}
+    res = (json.loads(path.read_text()) if path.exists()
+           else {"provenance": provenance(), "teacher": None, "runs": [], "settings": settings})
     if a.summarize:
         rs.check_commits(res["runs"], False)
         print(table(res))

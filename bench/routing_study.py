@@ -131,7 +131,8 @@ def run_lr(data: str, size: str, lr: float, epochs: int, out: Path, extra: dict)
 
     torch.set_num_threads(1)
     t0 = time.time()
-    tcfg, bundle = resolve("vit-6x64-p32", data, settings_for("lr", data, size, lr, epochs, extra), epochs=epochs, seed=0)
+    settings = settings_for("lr", data, size, lr, epochs, extra)
+    tcfg, bundle = resolve("vit-6x64-p32", data, settings, epochs=epochs, seed=0)
     rest, holdout = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
     where = out / data.replace(":", "-") / "lr" / f"{size}-lr{lr:g}"
     s = fit(tcfg, dataclasses.replace(rest, val=holdout), where, quiet=True, stage="dense")
@@ -213,16 +214,18 @@ def probe_one(size: str, kind: str, data: str, out: Path, extra: dict) -> dict:
     arm = {"dense": "dense", "moe": "moe-e2e", "token": "token"}[kind]
     tcfg, bundle = resolve("vit-6x64-p32" if kind == "dense" else "vmoe-6x64-p32", data,
                            settings_for(arm, data, size, LR_GRID[0], 1, extra), epochs=1, seed=0)
-    s = train(tcfg, bundle, out / "probe" / f"{size}-{kind}", superclasses="none", quiet=True)
+    where = out / "probe" / f"{size}-{kind}"
+    s = train(tcfg, bundle, where, superclasses="none", quiet=True)
     wall = time.time() - t0
     t1 = time.time()
-    evaluate(model_from_checkpoint(out / "probe" / f"{size}-{kind}" / "model.pt")[0], DataLoader(bundle.val, batch_size=64))
+    model = model_from_checkpoint(where / "model.pt")[0]
+    evaluate(model, DataLoader(bundle.val, batch_size=64))
     ev = time.time() - t1
     row = {"size": size, "kind": kind, "train_epoch_s": s["train_seconds"], "eval_s": round(ev, 2),
            "setup_s": round(max(wall - s["train_seconds"] - ev, 0.0), 2), "batch1_s": 0.0}
     if kind == "token":  # the arm is also scored at batch 1
         t2 = time.time()
-        evaluate(model_from_checkpoint(out / "probe" / f"{size}-{kind}" / "model.pt")[0], DataLoader(bundle.val, batch_size=1))
+        evaluate(model, DataLoader(bundle.val, batch_size=1))
         row["batch1_s"] = round(time.time() - t2, 2)
     return row
 
@@ -303,8 +306,8 @@ def gate_notes(res: dict, data: str, size: str, arm: str, ref: str) -> str:
         notes.append("dense not flattened")
     for a in (arm, ref):
         if a in SUPERCLASS_ARMS:
-            acc = [r.get("router_holdout_top1") for r in arm_rows(res) if (r["data"], r["size"], r["arm"]) == (data, size, a)]
-            acc = [v for v in acc if v is not None]
+            acc = [r.get("router_holdout_top1") for r in arm_rows(res)
+                   if (r["data"], r["size"], r["arm"]) == (data, size, a) and r.get("router_holdout_top1") is not None]
             if not acc or statistics.mean(acc) < ROUTER_GATE:
                 notes.append(f"router gate failed ({a})")
     return "; ".join(notes)
@@ -341,7 +344,8 @@ def check_commits(runs: list[dict], allow_mixed: bool) -> set:
 
 # -------------------------------------------------------------------------------- tables
 def lr_table(res: dict) -> str:
-    lines = ["| data | size | holdout top-1 per lr (%) | chosen lr | slope, last 5 epochs (points/epoch) | flattened (< 0.2)? |",
+    lines = ["| data | size | holdout top-1 per lr (%) | chosen lr | slope, last 5 epochs (points/epoch) "
+             "| flattened (< 0.2)? |",
              "|---|---|---|---|---|---|"]
     for key, v in res["lr"].items():
         data, size = key.split("|")
@@ -399,7 +403,8 @@ def summarize(res: dict, allow_mixed: bool = False) -> str:
     if any(r.get("dirty") for r in res["runs"]):
         head.append("WARNING: some runs were made with uncommitted changes (dirty checkout)")
     if res.get("quick"):
-        head.append("SMOKE CHECK (--quick): tiny data, 5 epochs; it checks that the study runs, its numbers mean nothing")
+        head.append("SMOKE CHECK (--quick): tiny data, 5 epochs; it checks that the study runs, "
+                    "its numbers mean nothing")
     plan_ = res.get("plan") or {}
     if plan_:
         head.append(f"plan: sizes {plan_.get('sizes')}, control arms {plan_.get('control_arms')}, cuts "
@@ -492,7 +497,8 @@ def new_results(a) -> dict:
 def run_probe(a, out: Path, res: dict, save, extra: dict) -> None:
     if res["probe"] is None and not a.no_probe:
         rows = []
-        execute([(probe_one, size, kind, a.data[0], out, extra) for size in a.sizes for kind in ("dense", "moe", "token")],
+        kinds = ("dense", "moe", "token")
+        execute([(probe_one, size, kind, a.data[0], out, extra) for size in a.sizes for kind in kinds],
                 a.jobs, rows.append)
         res["probe"] = rows
         save()

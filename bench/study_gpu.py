@@ -40,9 +40,9 @@ BUDGET_MIN = 7.0
 
 def study_args(out: Path) -> list[str]:
     """routing_study's command line for the GPU protocol."""
-    return ["--data", *DATA, "--sizes", *SIZES, "--seeds", str(routing_study.SEEDS), "--epochs", str(routing_study.EPOCHS),
-            "--lr-grid", *(f"{v:g}" for v in LR_GRID), "--jobs", str(JOBS), "--budget", str(BUDGET_MIN), "--keep-largest",
-            "--set", *SETTINGS, "--out", str(out)]
+    return ["--data", *DATA, "--sizes", *SIZES, "--seeds", str(routing_study.SEEDS),
+            "--epochs", str(routing_study.EPOCHS), "--lr-grid", *(f"{v:g}" for v in LR_GRID), "--jobs", str(JOBS),
+            "--budget", str(BUDGET_MIN), "--keep-largest", "--set", *SETTINGS, "--out", str(out)]
 
 
 def dry_run(out: Path) -> dict:
@@ -68,7 +68,7 @@ def dry_run(out: Path) -> dict:
                 adapt_to_data(tcfg.model, bundle, model_keys)
     lr_runs = len(DATA) * len(SIZES) * len(LR_GRID)
     arm_runs = len(DATA) * len(SIZES) * routing_study.SEEDS * len(routing_study.ARMS)
-    info = {"dry": True, "cuda": torch.cuda.is_available(), "command": "uv run python bench/study_gpu.py --out " + str(out),
+    info = {"dry": True, "cuda": torch.cuda.is_available(), "command": f"uv run python bench/study_gpu.py --out {out}",
             "routing_study_args": study_args(out), "lr_runs": lr_runs, "arm_runs": arm_runs,
             "probe_runs": len(SIZES) * 3, "provenance": provenance()}
     atomic_write_json(out / "plan.json", info)

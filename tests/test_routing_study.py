@@ -113,7 +113,8 @@ def _results(disjoint_gain=(4.0, 5.0, 3.0, 4.0, 4.0), router=90.0, flat=True, co
                          "ari": 0.9 if arm == "moe-sc" else None, "top1_batch1": top1 if arm == "token" else None,
                          "top1_group": top1 + 1 if arm == "token" else None, "commit": commit})
     return {"provenance": {"command": "x"}, "quick": False, "plan": None, "runs": runs,
-            "lr": {"d|6x32": {"lr": 1e-3, "holdout_top1": {"0.001": 50.0}, "slope": 0.05 if flat else 0.5, "flat": flat}}}
+            "lr": {"d|6x32": {"lr": 1e-3, "holdout_top1": {"0.001": 50.0}, "slope": 0.05 if flat else 0.5,
+                              "flat": flat}}}
 
 
 def test_verdicts_from_results_by_hand():
@@ -134,7 +135,8 @@ def test_verdicts_from_results_by_hand():
 def test_summary_names_commit_compute_and_refuses_mixed_commits():
     res = _results()
     text = rs.summarize(res)
-    assert "commit(s): abc" in text and "| d | 6x32 | moe-sc | 5 | 56.0 ± 1.6 | 90.0 ± 0.0 / 80.0 ± 0.0 | 0.90 (min 0.90)" in text
+    assert "commit(s): abc" in text
+    assert "| d | 6x32 | moe-sc | 5 | 56.0 ± 1.6 | 90.0 ± 0.0 / 80.0 ± 0.0 | 0.90 (min 0.90)" in text
     assert "2000 (2.00x)" in text  # training GMACs of moe-sc, dense stage included, against dense
     res["runs"][0]["commit"] = "def"
     with pytest.raises(MvmoeError, match="2 different commits"):

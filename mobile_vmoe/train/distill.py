@@ -23,7 +23,8 @@ from ..errors import MvmoeError
 TORCHVISION_FORMAT = "mvmoe-torchvision-teacher"
 
 
-def save_torchvision_teacher(path: str | Path, model: torch.nn.Module, arch: str, bundle, top1: float | None = None) -> Path:
+def save_torchvision_teacher(path: str | Path, model: torch.nn.Module, arch: str, bundle,
+                             top1: float | None = None) -> Path:
     """A torchvision classifier trained on ``bundle`` as a teacher file ``load_teacher`` reads."""
     from ..fileio import atomic_write_bytes
 
