@@ -2,7 +2,7 @@
 
     uv run python bench/routing_study.py --out runs/study                  # the pre-registered study
     uv run python bench/routing_study.py --probe-only --out runs/probe     # the 1-epoch timing probe alone
-    uv run python bench/routing_study.py --quick --out runs/study-quick    # SMOKE CHECK only (tiny, minutes)
+    uv run python bench/routing_study.py --quick --out runs/study-quick    # SMOKE CHECK only (4.5 min, loaded box)
     uv run python bench/routing_study.py --summarize --out runs/study      # the tables again
 
 The claim tested (the paper's Fig. 3e: per-image end-to-end +1.87, per-image superclass +2.72 over
