@@ -340,3 +340,15 @@ def test_planted_ari_by_hand():
     assert planted_ari([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(-0.5)
     with pytest.raises(MvmoeError, match="3 planted labels for 4 classes"):
         planted_ari([0, 0, 1], [0, 1, 0, 1])
+
+
+def test_shapes_spec_with_images_per_class():
+    from mobile_vmoe.data.shapes import parse_shapes_size
+
+    assert parse_shapes_size("shapes-disjoint:20:4:90", "shapes-disjoint") == (20, 4, 90)
+    assert parse_shapes_size("shapes", "shapes") == (100, 10, 60)
+    with pytest.raises(MvmoeError, match="training images per class"):
+        parse_shapes_size("shapes:20:4:x")
+    b = build_data("shapes:4:2:6", augment="none")  # eval: max(20, 6 // 3) per class
+    assert (len(b.train), len(b.val), b.spec) == (24, 80, "shapes:4:2:6")
+    assert build_data("shapes:4:2:60", augment="none").spec == "shapes:4:2"  # the default count is not spelled

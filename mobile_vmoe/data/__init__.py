@@ -9,6 +9,7 @@
                                   superclass, a superclass-specific detail = class): capacity binds
     "shapes-disjoint[:<N>:<S>]"   the same, but each superclass owns its hue band and its own
                                   detail family (shapes' details are shared across outlines)
+    "shapes[-disjoint]:N:S:P"     either, with P training images per class (eval P / 3, at least 20)
     PATH                          ImageFolder: PATH/train/<class>/*, PATH/val/<class>/*
 """
 
@@ -53,19 +54,9 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
         bundle.spec, bundle.seed = f"synthetic:{num_classes}:{num_superclasses}", seed
         return bundle
     if spec == "shapes-disjoint" or spec.startswith("shapes-disjoint:"):
-        from .shapes import build_shapes, parse_shapes_spec
-
-        num_classes, num_superclasses = parse_shapes_spec(spec, "shapes-disjoint")
-        bundle = build_shapes(num_classes, num_superclasses, img_size, augment, seed=seed, disjoint=True)
-        bundle.spec, bundle.seed = f"shapes-disjoint:{num_classes}:{num_superclasses}", seed
-        return bundle
+        return _shapes(spec, "shapes-disjoint", img_size, augment, seed)
     if spec == "shapes" or spec.startswith("shapes:"):
-        from .shapes import build_shapes, parse_shapes_spec
-
-        num_classes, num_superclasses = parse_shapes_spec(spec)
-        bundle = build_shapes(num_classes, num_superclasses, img_size, augment, seed=seed)
-        bundle.spec, bundle.seed = f"shapes:{num_classes}:{num_superclasses}", seed
-        return bundle
+        return _shapes(spec, "shapes", img_size, augment, seed)
     path = Path(os.path.expanduser(spec))
     if path.exists() or os.sep in spec or spec.startswith("."):
         from .imagefolder import build_imagefolder
@@ -75,3 +66,14 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
         return bundle
     raise MvmoeError(f"unknown dataset {spec!r}: use digits, synthetic, synthetic:<classes>:<superclasses>, shapes, shapes-disjoint, "
                      "or the path of a folder with train/<class>/ and val/<class>/ subfolders")
+
+
+def _shapes(spec: str, name: str, img_size: int | None, augment: str, seed: int) -> DataBundle:
+    """shapes / shapes-disjoint, ``NAME[:N:S[:P]]`` (P training images per class, eval P / 3, at least 20)."""
+    from .shapes import VAL_PER_CLASS, build_shapes, parse_shapes_size, shapes_spec
+
+    n, s, per_class = parse_shapes_size(spec, name)
+    bundle = build_shapes(n, s, img_size, augment, seed=seed, train_per_class=per_class,
+                          val_per_class=max(VAL_PER_CLASS, per_class // 3), disjoint=name == "shapes-disjoint")
+    bundle.spec, bundle.seed = shapes_spec(name, n, s, per_class), seed
+    return bundle

@@ -54,6 +54,25 @@ NOISE_STD = 0.08
 DETAIL_COLOURS = torch.tensor([[0.95, 0.95, 0.95], [0.05, 0.05, 0.05]])  # (2, 3) light / dark
 
 
+def parse_shapes_size(spec: str, name: str = "shapes") -> tuple[int, int, int]:
+    """"shapes:N:S:P" -> (N, S, P): P training images per class (default 60; eval gets P / 3)."""
+    parts = spec.split(":")
+    if len(parts) != 4:
+        return (*parse_shapes_spec(spec, name), TRAIN_PER_CLASS)
+    try:
+        per_class = int(parts[3])
+    except ValueError:
+        per_class = 0
+    if per_class < 3:
+        raise MvmoeError(f"bad {name} spec {spec!r}: the 4th field is training images per class, an integer >= 3")
+    return (*parse_shapes_spec(":".join(parts[:3]), name), per_class)
+
+
+def shapes_spec(name: str, n: int, s: int, per_class: int) -> str:
+    """The canonical spec: the per-class count appears only when it is not the default."""
+    return f"{name}:{n}:{s}" + ("" if per_class == TRAIN_PER_CLASS else f":{per_class}")
+
+
 def parse_shapes_spec(spec: str, name: str = "shapes") -> tuple[int, int]:
     """"shapes" -> (100, 10); "shapes:N:S" -> (N, S) with S <= 10 and N <= 10 S (``name`` =
     "shapes-disjoint" likewise)."""
@@ -193,7 +212,8 @@ def build_shapes(num_classes: int = 100, num_superclasses: int = 10, img_size: i
     vx, vy = make_split(num_classes, num_superclasses, val_per_class, img_size, 2 * seed + 1, disjoint)
     mean, std = channel_stats(tx)
     base = "shapes-disjoint" if disjoint else "shapes"
-    name = base if (num_classes, num_superclasses) == (100, 10) else f"{base}:{num_classes}:{num_superclasses}"
+    name = shapes_spec(base, num_classes, num_superclasses, train_per_class)
+    name = base if name == f"{base}:100:10" else name
     return DataBundle(
         name=name,
         train=TensorImageDataset(tx, ty, tensor_transform(img_size, mean, std, augment, flip=False)),
