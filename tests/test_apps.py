@@ -1,6 +1,7 @@
 """Demo apps: golden vectors, the Kotlin logic under JUnit, and a syntax check of every Swift file.
 
-The Kotlin toolchain is provisioned on first use (kotlinc from npm into .cache/kotlin, JUnit 4 from
+The Kotlin toolchain is provisioned on first use (kotlinc of the Kotlin version the app declares in
+gradle/libs.versions.toml, from npm into .cache/kotlin/<version>; JUnit 4 from
 apt) and the Kotlin sources are compiled once per session. Nothing here is skipped: a machine that
 cannot provision the toolchain fails with a message that says what to install.
 """
@@ -89,7 +90,7 @@ def _torch_preprocess(rgb: np.ndarray, meta: dict, invert: bool = False) -> np.n
     side = max(1, min(min(rgb.shape[:2]), int(np.floor(min(rgb.shape[:2]) * frac + 0.5))))
     top, left = (rgb.shape[0] - side) // 2, (rgb.shape[1] - side) // 2
     x = torch.from_numpy(rgb[top:top + side, left:left + side].astype(np.float64)).permute(2, 0, 1)[None]
-    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=False)[0]  # (3, h, w)
+    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]  # (3, h, w)
     if not inp["preprocessing_baked_in"]:
         mean = torch.tensor(inp["mean"], dtype=torch.float64)[:, None, None]
         std = torch.tensor(inp["std"], dtype=torch.float64)[:, None, None]
@@ -116,6 +117,12 @@ def test_golden_reference_by_hand():
     out = mg.resize_bilinear(img, 4, 4)
     assert out[1, 1, 0] == pytest.approx(58.75)
     assert out[0, :, 0].tolist() == pytest.approx([0, 25, 75, 100])
+    # antialiased downscale, row [0, 100, 200, 40] -> 2 pixels: scale 2, support 2; output 0 has centre 1,
+    # taps 0..2 with weights 1 - |j - 1 + 0.5| / 2 = (0.75, 0.75, 0.25) / 1.75 -> (75 + 50) / 1.75;
+    # output 1 has centre 3, taps 1..3 with (0.25, 0.75, 0.75) / 1.75 -> (25 + 150 + 30) / 1.75.
+    row = np.zeros((1, 4, 3), np.uint8)
+    row[0, :, 0] = [0, 100, 200, 40]
+    assert mg.resize_bilinear(row, 1, 2)[0, :, 0].tolist() == pytest.approx([125 / 1.75, 205 / 1.75])
     assert mg.center_crop_box(13, 20) == (0, 3, 13)
     assert mg.center_crop_box(21, 9) == (6, 0, 9)
     # crop_fraction 16/18 of a 13-pixel short side: 11.56 -> 12, left (20 - 12) // 2 = 4
@@ -147,23 +154,44 @@ def _run(cmd, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
 
 
-def _find_kotlinc() -> Path | None:
-    for cand in (os.environ.get("KOTLINC"), KOTLIN_CACHE / "node_modules/kotlin-compiler/bin/kotlinc", shutil.which("kotlinc")):
+def declared_kotlin_version() -> str:
+    """The Kotlin version the Android app builds with (gradle/libs.versions.toml, [versions] kotlin)."""
+    import tomllib
+
+    toml = tomllib.loads((APPS / "android_demo" / "gradle" / "libs.versions.toml").read_text())
+    return toml["versions"]["kotlin"]
+
+
+def kotlinc_version(kotlinc: Path) -> str:
+    """'2.2.21' from `kotlinc -version` ("info: kotlinc-jvm 2.2.21 (JRE 17...)")."""
+    r = _run([str(kotlinc), "-version"], timeout=300)
+    m = re.search(r"kotlinc-jvm (\S+)", r.stdout + r.stderr)
+    assert m, f"cannot read the version from `{kotlinc} -version`: {(r.stdout + r.stderr)[-500:]}"
+    return m.group(1)
+
+
+def _find_kotlinc(version: str) -> Path | None:
+    """KOTLINC if set, else the npm install of exactly ``version`` under .cache/kotlin/<version>."""
+    for cand in (os.environ.get("KOTLINC"), KOTLIN_CACHE / version / "node_modules/kotlin-compiler/bin/kotlinc"):
         if cand and Path(cand).is_file():
             return Path(cand).resolve()
     return None
 
 
 def _provision_kotlinc() -> Path:
-    kotlinc = _find_kotlinc()
+    """kotlinc of the version the app declares (npm `kotlin-compiler@<version>`), so the tests compile
+    the shared Kotlin with the compiler the app uses."""
+    version = declared_kotlin_version()
+    kotlinc = _find_kotlinc(version)
     if kotlinc is None:
         npm = shutil.which("npm")
         if npm is None:
-            pytest.fail("kotlinc not found and npm is missing: install Node.js, or set KOTLINC=/path/to/kotlinc")
-        r = _run([npm, "install", "--prefix", str(KOTLIN_CACHE), "kotlin-compiler"], timeout=600)
-        kotlinc = _find_kotlinc()
+            pytest.fail(f"kotlinc {version} not found and npm is missing: install Node.js, or set KOTLINC=/path/to/kotlinc")
+        prefix = KOTLIN_CACHE / version
+        r = _run([npm, "install", "--prefix", str(prefix), f"kotlin-compiler@{version}"], timeout=600)
+        kotlinc = _find_kotlinc(version)
         if kotlinc is None:
-            pytest.fail(f"`npm install --prefix {KOTLIN_CACHE} kotlin-compiler` failed:\n{r.stderr[-2000:]}")
+            pytest.fail(f"`npm install --prefix {prefix} kotlin-compiler@{version}` failed:\n{r.stderr[-2000:]}")
     return kotlinc
 
 
@@ -195,7 +223,25 @@ def kotlin_build(tmp_path_factory) -> dict:
     r = _run([str(kotlinc), *sources, "-cp", str(JUNIT), "-d", str(out)], timeout=900)
     errors = [ln for ln in (r.stdout + r.stderr).splitlines() if "error:" in ln]
     assert r.returncode == 0 and out.is_file(), "kotlinc failed:\n" + "\n".join(errors or [r.stderr[-3000:]])
-    return {"cp": os.pathsep.join(map(str, [out, JUNIT, HAMCREST, stdlib]))}
+    return {"cp": os.pathsep.join(map(str, [out, JUNIT, HAMCREST, stdlib])), "kotlinc": kotlinc}
+
+
+def test_declared_kotlin_version_is_read_from_the_version_catalog(tmp_path):
+    assert re.fullmatch(r"\d+\.\d+\.\d+", declared_kotlin_version())
+    # the parser reads `kotlinc -version` output, and refuses output without a version
+    fake = tmp_path / "kotlinc"
+    fake.write_text("#!/bin/sh\necho 'info: kotlinc-jvm 2.2.21 (JRE 17.0.12+7)' >&2\n")
+    fake.chmod(0o755)
+    assert kotlinc_version(fake) == "2.2.21"
+    fake.write_text("#!/bin/sh\necho hello\n")
+    with pytest.raises(AssertionError):
+        kotlinc_version(fake)
+
+
+@pytest.mark.slow
+def test_kotlin_compiler_is_the_version_the_app_declares(kotlin_build):
+    """The JUnit run below compiles with kotlinc of the app's own Kotlin version (libs.versions.toml)."""
+    assert kotlinc_version(kotlin_build["kotlinc"]) == declared_kotlin_version()
 
 
 def test_kotlin_core_has_no_platform_imports():

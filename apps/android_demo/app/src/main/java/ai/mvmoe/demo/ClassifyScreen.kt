@@ -43,10 +43,10 @@ import androidx.compose.ui.Modifier
 import androidx.compose.ui.graphics.asImageBitmap
 import androidx.compose.ui.layout.ContentScale
 import androidx.compose.ui.platform.LocalContext
-import androidx.compose.ui.platform.LocalLifecycleOwner
 import androidx.compose.ui.unit.dp
 import androidx.compose.ui.viewinterop.AndroidView
 import androidx.core.content.ContextCompat
+import androidx.lifecycle.compose.LocalLifecycleOwner
 import java.util.concurrent.Executors
 import java.util.concurrent.atomic.AtomicBoolean
 
@@ -74,6 +74,8 @@ fun ClassifyScreen(models: List<ModelAsset>) {
         mutableStateOf(ContextCompat.checkSelfPermission(context, Manifest.permission.CAMERA) == PackageManager.PERMISSION_GRANTED)
     }
     val executor = remember { Executors.newSingleThreadExecutor() }
+    // Declared first, so Compose disposes it last: the load effect below still queues its close().
+    DisposableEffect(Unit) { onDispose { executor.shutdown() } }
     val busy = remember { AtomicBoolean(false) }
     val rolling = remember(asset, units) { RollingMedian(20) }
     val main = remember { ContextCompat.getMainExecutor(context) }
@@ -104,7 +106,7 @@ fun ClassifyScreen(models: List<ModelAsset>) {
                 main.execute { error = "cannot load ${a.meta.artifact}: ${e.message}"; status = "" }
             }
         }
-        onDispose { executor.execute { loaded?.close() } }
+        onDispose { runCatching { executor.execute { loaded?.close() } }.onFailure { loaded?.close() } }
     }
     // The camera analyzer and the photo decoder are long-lived callbacks: they read the current state.
     val currentRunner by rememberUpdatedState(runner)
@@ -137,7 +139,7 @@ fun ClassifyScreen(models: List<ModelAsset>) {
     fun show(load: () -> Bitmap) {
         executor.execute {  // decode off the main thread, then classify the same bitmap
             val bmp = runCatching(load).getOrElse { e -> main.execute { error = "cannot open the image: ${e.message}" }; return@execute }
-            main.execute { photo = bmp; classify { ImageUtils.rgb(bmp) } }
+            main.execute { photo = bmp; classify { ImageUtils.rgb(bmp) } }  // a Bitmap stays valid: convert later
         }
     }
 
@@ -168,7 +170,8 @@ fun ClassifyScreen(models: List<ModelAsset>) {
         if (shown != null) {
             Image(shown.asImageBitmap(), null, Modifier.fillMaxWidth().height(280.dp), contentScale = ContentScale.Crop)
         } else if (hasCamera) {
-            CameraPreview(lifecycleOwner) { frame -> if (!busy.get()) classify { ImageUtils.rgb(frame) } }
+            // The frame arrives already converted (the analyzer copies it, then closes the ImageProxy).
+            CameraPreview(lifecycleOwner, wanted = { !busy.get() }) { rgb -> classify { rgb } }
         }
         error?.let { Text(it, color = MaterialTheme.colorScheme.error) }
         prediction?.let { p ->
@@ -189,12 +192,16 @@ const val SAMPLE = "digit.png"
 /**
  * CameraX preview + analysis bound to the lifecycle while this composable is shown, and unbound when
  * it leaves (tab switch, photo, benchmark), so no frame is analysed behind another screen.
- * [onFrame] is called on the analysis thread with a frame that must be converted before returning.
+ * On the analysis thread each frame is copied into an [RgbImage] (ImageProxy.toBitmap(), rotated
+ * upright) and only then closed, as the LiteRT samples do (toBitmap() first, close() after): the
+ * ImageProxy's buffers are reused by CameraX once it is closed. [onFrame] gets the copy, which stays
+ * valid on any thread. Frames are skipped unconverted while [wanted] says no (one in flight).
  */
 @Composable
-fun CameraPreview(lifecycleOwner: androidx.lifecycle.LifecycleOwner, onFrame: (ImageProxy) -> Unit) {
+fun CameraPreview(lifecycleOwner: androidx.lifecycle.LifecycleOwner, wanted: () -> Boolean, onFrame: (RgbImage) -> Unit) {
     val context = LocalContext.current
     val currentOnFrame by rememberUpdatedState(onFrame)
+    val currentWanted by rememberUpdatedState(wanted)
     val analysisExecutor = remember { Executors.newSingleThreadExecutor() }
     var provider by remember { mutableStateOf<ProcessCameraProvider?>(null) }
     DisposableEffect(lifecycleOwner) {
@@ -215,7 +222,14 @@ fun CameraPreview(lifecycleOwner: androidx.lifecycle.LifecycleOwner, onFrame: (I
                     .setBackpressureStrategy(ImageAnalysis.STRATEGY_KEEP_ONLY_LATEST)
                     .setOutputImageFormat(ImageAnalysis.OUTPUT_IMAGE_FORMAT_RGBA_8888)
                     .build()
-                analysis.setAnalyzer(analysisExecutor) { frame -> frame.use { currentOnFrame(it) } }
+                analysis.setAnalyzer(analysisExecutor) { frame: ImageProxy ->
+                    val rgb = try {
+                        if (currentWanted()) ImageUtils.rgb(frame) else null  // copy the pixels out ...
+                    } finally {
+                        frame.close()  // ... then hand the buffer back to CameraX
+                    }
+                    if (rgb != null) currentOnFrame(rgb)
+                }
                 p.unbindAll()
                 p.bindToLifecycle(lifecycleOwner, CameraSelector.DEFAULT_BACK_CAMERA, preview, analysis)
                 provider = p

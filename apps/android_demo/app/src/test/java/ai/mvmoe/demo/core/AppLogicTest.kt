@@ -54,7 +54,7 @@ class AppLogicTest {
         assertEquals(3.0, r.maxAbsDiff, 1e-12)
         assertEquals(1, r.top1Agree)
         assertFalse(r.ok)
-        assertEquals("parity: max diff 3.0, top-1 agree 1/2 (top-1 differs)", r.summary())
+        assertEquals("parity: max diff 3.0, top-1 agree 1/2 FAILED (top-1 differs)", r.summary())
         val one = Parity.compare(exp.take(1), listOf(floatArrayOf(1.5f, 1.75f)), 0.5)
         assertTrue(one.ok)
         assertFalse(one.copy(tolerance = 0.4).ok)
