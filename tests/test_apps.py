@@ -389,3 +389,133 @@ def test_gradle_wrapper_jar_and_distribution_are_pinned():
     props = dict(line.split("=", 1) for line in (wrapper / "gradle-wrapper.properties").read_text().splitlines() if "=" in line)
     assert props["distributionUrl"].endswith("gradle-8.11.1-bin.zip")
     assert props["distributionSha256Sum"] == "f397b287023acdba1e9f6fc5ea72d22dd63669d59ed4a289a29b1a76eee151c6"
+
+
+# ----------------------------------------------------------------------------- Swift availability
+# APIs the Swift sources use that are newer than the deployment target (17.0), with the first iOS
+# that has them, from Apple's documentation pages (developer.apple.com/documentation/coreml/...):
+# MLModelConfiguration.functionName 18.0; MLComputePlan and its load(contentsOf:configuration:),
+# modelStructure and deviceUsage(for:) 17.4. computePlanSummary is the app's own @available(iOS 17.4).
+DEPLOYMENT_IOS = (17, 0)
+API_MIN_IOS = {"functionName": (18, 0), "MLComputePlan": (17, 4), "modelStructure": (17, 4),
+               "deviceUsage": (17, 4), "computePlanSummary": (17, 4)}
+
+
+def _ios_version(text: str) -> tuple[int, int]:
+    m = re.search(r"iOS\s+(\d+)(?:\.(\d+))?", text)
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else DEPLOYMENT_IOS
+
+
+def _available_at(node, src: bytes) -> tuple[int, int]:
+    """The newest iOS the code at ``node`` may assume: the deployment target, raised by every enclosing
+    `@available(iOS X, *)` declaration, `if #available(iOS X, *)` then-branch (or later condition
+    clause) and `guard #available(iOS X, *)` earlier in the same block."""
+    text = lambda n: src[n.start_byte:n.end_byte].decode()  # noqa: E731
+    best, child, parent = DEPLOYMENT_IOS, node, node.parent
+    while parent is not None:
+        if parent.type == "if_statement":
+            else_at = next((c.start_byte for c in parent.children if c.type == "else"), parent.end_byte)
+            for c in parent.children:
+                if c.type == "availability_condition" and c.end_byte <= child.start_byte < else_at:
+                    best = max(best, _ios_version(text(c)))
+        if parent.type == "statements":
+            for sib in parent.children:
+                if sib.start_byte >= child.start_byte:
+                    break
+                if sib.type == "guard_statement":
+                    for c in sib.children:
+                        if c.type == "availability_condition":
+                            best = max(best, _ios_version(text(c)))
+        for mods in (c for c in parent.children if c.type == "modifiers"):
+            for a in mods.children:
+                if a.type == "attribute" and text(a).startswith("@available"):
+                    best = max(best, _ios_version(text(a)))
+        child, parent = parent, parent.parent
+    return best
+
+
+def _unguarded_uses(src: bytes, name: str = "Source.swift") -> tuple[list[str], set[str]]:
+    """(uses of an API of API_MIN_IOS where the enclosing guards allow an older iOS, the APIs seen)."""
+    import tree_sitter_swift
+    from tree_sitter import Language, Parser
+
+    tree = Parser(Language(tree_sitter_swift.language())).parse(src)
+    bad, seen, stack = [], set(), [tree.root_node]
+    while stack:
+        n = stack.pop()
+        stack.extend(n.children)
+        word = src[n.start_byte:n.end_byte].decode()
+        if n.type in ("simple_identifier", "type_identifier") and word in API_MIN_IOS:
+            seen.add(word)
+            have, need = _available_at(n, src), API_MIN_IOS[word]
+            if have < need:
+                bad.append(f"{name}:{n.start_point[0] + 1} {word} needs iOS {need[0]}.{need[1]}, "
+                           f"guarded for iOS {have[0]}.{have[1]}")
+    return bad, seen
+
+
+def test_swift_availability_guards_cover_the_apis_they_protect():
+    bad, seen = [], set()
+    for f in SWIFT_FILES:
+        b, s = _unguarded_uses(f.read_bytes(), f.name)
+        bad += b
+        seen |= s
+    assert not bad, "\n".join(bad)
+    assert {"functionName", "MLComputePlan", "deviceUsage"} <= seen  # the table is exercised, not vacuous
+
+
+def test_swift_availability_check_catches_a_missing_or_short_guard():
+    code = b"""
+@available(iOS 17.4, *)
+func plan() async { _ = try? await MLComputePlan.load(contentsOf: u, configuration: c) }
+func a() { c.functionName = "x" }
+func b() { if #available(iOS 17.4, *) { c.functionName = "x" } }
+func d() { if #available(iOS 18.0, *) { } else { c.functionName = "x" } }
+func e() { guard #available(iOS 18.0, *) else { return }; c.functionName = "x" }
+func g() { if #available(iOS 17.4, *), let p = await computePlanSummary() { print(p) } }
+"""
+    bad, _ = _unguarded_uses(code)
+    assert sorted(b.split()[0] for b in bad) == ["Source.swift:4", "Source.swift:5", "Source.swift:6"], bad
+
+
+# ----------------------------------------------------------------------------- the sample check
+SAMPLE_ANDROID = APPS / "android_demo/app/src/main/assets/sample/digit.png"
+SAMPLE_IOS = APPS / "ios_demo/MobileVMoEDemo/Sample/digit.png"
+
+
+def test_both_apps_bundle_the_sample_the_exporter_reads():
+    from mobile_vmoe.converters import app_metadata as A
+
+    assert SAMPLE_ANDROID.read_bytes() == SAMPLE_IOS.read_bytes()
+    assert A.SAMPLE_IMAGE.resolve() == SAMPLE_ANDROID.resolve()
+
+
+@pytest.mark.parametrize("baked", [False, True])
+def test_sample_check_is_the_wrapper_on_the_app_preprocessing(baked):
+    """The exporter's sample check: the 64x64 sample through the app preprocessing (the numpy reference
+    the Kotlin and Swift code reproduce) into the model, and nothing else."""
+    import hashlib
+
+    from PIL import Image
+
+    from mobile_vmoe.converters import app_metadata as A
+    from mobile_vmoe.converters.prepare import prepare_for_export
+    from mobile_vmoe.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("vmoe-6x64-p32", img_size=16, num_classes=7, num_experts=3, patch_size=8, depth=3,
+                         width=32, heads=2).eval()
+    wrapper = prepare_for_export(model, bake_preprocessing=baked, mean=mg.MEAN, std=mg.STD)
+    inp = {"shape": [1, 3, 16, 16], "layout": "NCHW", "mean": mg.MEAN, "std": mg.STD, "preprocessing_baked_in": baked}
+    policy = {"crop_fraction": 14 / 16}
+    got = json.loads(json.dumps(A.sample_check(wrapper, inp, policy, "fp32")))
+    rgb = np.asarray(Image.open(SAMPLE_ANDROID).convert("RGB"))  # (64, 64, 3), decoded by PIL this time
+    assert (got["width"], got["height"], got["image"]) == (64, 64, "digit.png")
+    assert got["rgb_sha256"] == hashlib.sha256(rgb.tobytes()).hexdigest()
+    x = mg.preprocess(rgb, 16, 16, mg.MEAN, mg.STD, 255.0, "NCHW", baked, crop_fraction=14 / 16)
+    np.testing.assert_allclose(A.app_preprocess(rgb, inp, 14 / 16).reshape(-1).numpy(), x, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        want = wrapper(torch.from_numpy(x).view(1, 3, 16, 16))[0][0]
+    np.testing.assert_allclose(got["logits"], want.numpy(), atol=1e-4, rtol=0)
+    assert got["top5"] == torch.topk(want, 5).indices.tolist() and got["max_abs_diff_tol"] == 1e-3
+    assert A.sample_check(wrapper, inp, policy, "fp32", image=Path("/nonexistent.png")) is None
