@@ -68,6 +68,7 @@ fun ClassifyScreen(models: List<ModelAsset>) {
     var medianMs by remember { mutableStateOf<Double?>(null) }
     var error by remember { mutableStateOf<String?>(null) }
     var status by remember { mutableStateOf("") }
+    var checksOk by remember { mutableStateOf(true) }  // false: the parity set or the sample check failed
     var photo by remember { mutableStateOf<Bitmap?>(null) }
     var runner by remember { mutableStateOf<Runner?>(null) }
     var hasCamera by remember {
@@ -94,13 +95,21 @@ fun ClassifyScreen(models: List<ModelAsset>) {
                 val t1 = System.nanoTime()
                 r.infer(FloatArray(a.meta.input.shape.fold(1) { x, y -> x * y }))
                 val firstMs = (System.nanoTime() - t1) / 1e6
-                val parity = a.meta.paritySet?.let { set -> Parity.run(set, a.meta.input) { r.infer(it).logits }.summary() }
-                    ?: "parity: no parity set in the .json (re-export with this mvmoe)"
+                // GPU results may be fp16: the tolerance widens to fp16's (Parity.tolerance)
+                val parity = a.meta.paritySet?.let { set ->
+                    Parity.runWithExperts(set, a.meta.input, accelerated = units == "gpu") { x -> r.infer(x).let { it.logits to it.expertProbs } }
+                }
+                val sample = a.meta.sampleCheck?.let { check ->
+                    Parity.sample(check, ImageUtils.rgb(ImageUtils.sample(context, SAMPLE)), a.meta.input, units == "gpu") { r.infer(it).logits }
+                }
+                val ok = (parity?.ok ?: true) && (sample?.endsWith("FAILED") != true)
+                val lines = listOf(parity?.summary() ?: "parity: no parity set in the .json (re-export with this mvmoe)") + listOfNotNull(sample)
                 loaded = r
                 main.execute {
                     runner = r
                     error = null
-                    status = "${r.accelerator} · load %.0f ms, first inference %.1f ms\n$parity".format(loadMs, firstMs)
+                    checksOk = ok
+                    status = "${r.accelerator} · load %.0f ms, first inference %.1f ms\n".format(loadMs, firstMs) + lines.joinToString("\n")
                 }
             } catch (e: Exception) {
                 main.execute { error = "cannot load ${a.meta.artifact}: ${e.message}"; status = "" }
@@ -165,7 +174,8 @@ fun ClassifyScreen(models: List<ModelAsset>) {
             Text("This model expects light digits on a dark ground. Dark ink on paper: switch on Invert.")
             Row { Switch(invert, { invert = it }); Text(" Invert colours") }
         }
-        if (status.isNotEmpty()) Text(status, style = MaterialTheme.typography.bodySmall)
+        if (status.isNotEmpty()) Text(status, style = MaterialTheme.typography.bodySmall,
+            color = if (checksOk) MaterialTheme.colorScheme.onSurface else MaterialTheme.colorScheme.error)
         val shown = photo
         if (shown != null) {
             Image(shown.asImageBitmap(), null, Modifier.fillMaxWidth().height(280.dp), contentScale = ContentScale.Crop)
