@@ -38,6 +38,7 @@ PARITY_SET_TOL = {"fp32": 1e-3, "fp16": 5e-2, "int8": None}
 RUNTIME_PACKAGE = {"executorch": ("executorch", "executorch"), "tflite": ("litert", "ai-edge-litert"),
                    "onnx": ("onnxruntime", "onnxruntime")}
 COREML_MIN_IOS = "17.0"
+COREML_SPLIT_MIN_IOS = "18.0"  # multifunction packages (ct.target.iOS18, MLModelConfiguration.functionName)
 EVAL_CROP_RATIO = 0.875  # mobile_vmoe.data.transforms: ImageFolder eval = Resize(S / 0.875) + CenterCrop(S)
 # The sample both apps bundle (the same PNG in apps/android_demo assets/sample/ and apps/ios_demo Sample/).
 SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "apps" / "android_demo" / "app" / "src" / "main" / "assets" / "sample" / "digit.png"
@@ -167,11 +168,12 @@ def sample_check(wrapper: nn.Module, meta_input: dict, policy: dict, precision: 
 
 
 # ------------------------------------------------------------------------------------ runtime, file
-def runtime_requirement(target: str, backend: str | None) -> dict:
-    """{name, min_version, backend}: the runtime release an app needs to load the artifact."""
+def runtime_requirement(target: str, backend: str | None, split: bool = False) -> dict:
+    """{name, min_version, backend}: the runtime release an app needs to load the artifact. Core ML:
+    the iOS deployment target the package was converted for (a split package is multifunction: 18)."""
     if target == "coreml" or backend == "coreml":
         name = "coreml" if target == "coreml" else "executorch"
-        version = COREML_MIN_IOS if target == "coreml" else _version("executorch")
+        version = (COREML_SPLIT_MIN_IOS if split else COREML_MIN_IOS) if target == "coreml" else _version("executorch")
         return {"name": name, "min_version": version, "backend": backend, "platforms": ["ios"]}
     name, package = RUNTIME_PACKAGE[target]
     platforms = {"executorch": ["android", "ios"], "tflite": ["android"], "onnx": []}[target]
@@ -193,6 +195,6 @@ def app_metadata(ckpt: dict, wrapper: nn.Module, images: EvalImages, meta: dict)
         "preprocessing": policy,
         "parity_set": parity_set(wrapper, images, meta["input"], meta["precision"]),
         "sample_check": sample_check(wrapper, meta["input"], policy, meta["precision"]),
-        "runtime": runtime_requirement(meta["target"], meta["backend"]),
+        "runtime": runtime_requirement(meta["target"], meta["backend"], split=meta.get("expert_layout") == "split"),
         "artifact_file": {"bytes": meta["artifact_size"], "sha256": meta["artifact_sha256"]},
     }

@@ -519,3 +519,13 @@ def test_sample_check_is_the_wrapper_on_the_app_preprocessing(baked):
     np.testing.assert_allclose(got["logits"], want.numpy(), atol=1e-4, rtol=0)
     assert got["top5"] == torch.topk(want, 5).indices.tolist() and got["max_abs_diff_tol"] == 1e-3
     assert A.sample_check(wrapper, inp, policy, "fp32", image=Path("/nonexistent.png")) is None
+
+
+def test_split_core_ml_packages_say_they_need_ios_18():
+    """A split package is multifunction (converted for iOS 18, loaded with functionName): its .json says
+    so, and the iOS app refuses it on an older iOS (Parity.runtimeProblem) instead of failing to load."""
+    from mobile_vmoe.converters import app_metadata as A
+
+    assert A.runtime_requirement("coreml", None)["min_version"] == "17.0"
+    assert A.runtime_requirement("coreml", None, split=True)["min_version"] == "18.0"
+    assert A.runtime_requirement("executorch", "xnnpack", split=True)["min_version"] == A._version("executorch")
