@@ -230,13 +230,3 @@ final class FrameGate: @unchecked Sendable {
         lock.lock(); inFlight = false; lock.unlock()
     }
 }
-
-/// The sample both apps bundle (Sample/digit.png, 64x64 RGB): the Sample button, the benchmark input
-/// (as on Android) and the .json's sample check at load.
-enum SampleImage {
-    static func load() -> (ui: UIImage, rgb: RGBImage)? {
-        guard let url = Bundle.main.url(forResource: "digit", withExtension: "png"),
-              let ui = UIImage(contentsOfFile: url.path), let rgb = ImageConversion.rgb(from: ui) else { return nil }
-        return (ui, rgb)
-    }
-}
