@@ -8,7 +8,7 @@ plugins {
 
 android {
     namespace = "ai.mvmoe.demo"
-    compileSdk = 36  // activity-compose 1.12 and lifecycle 2.10 need 36 (as litert-samples)
+    compileSdk = 36  // as google-ai-edge/litert-samples with AGP 8.9.1 (README: versions and sources)
 
     defaultConfig {
         applicationId = "ai.mvmoe.demo"
