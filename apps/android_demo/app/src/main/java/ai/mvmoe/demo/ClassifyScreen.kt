@@ -84,6 +84,7 @@ fun ClassifyScreen(models: List<ModelAsset>) {
     // Load on `executor` (never the main thread): model, .pte copy, first inference and the parity set.
     DisposableEffect(asset, units) {
         val a = asset
+        val gpu = units == "gpu"
         runner = null
         status = "loading ${a.meta.artifact}…"
         var loaded: Runner? = null
@@ -97,10 +98,10 @@ fun ClassifyScreen(models: List<ModelAsset>) {
                 val firstMs = (System.nanoTime() - t1) / 1e6
                 // GPU results may be fp16: the tolerance widens to fp16's (Parity.tolerance)
                 val parity = a.meta.paritySet?.let { set ->
-                    Parity.runWithExperts(set, a.meta.input, accelerated = units == "gpu") { x -> r.infer(x).let { it.logits to it.expertProbs } }
+                    Parity.runWithExperts(set, a.meta.input, accelerated = gpu) { x -> r.infer(x).let { it.logits to it.expertProbs } }
                 }
                 val sample = a.meta.sampleCheck?.let { check ->
-                    Parity.sample(check, ImageUtils.rgb(ImageUtils.sample(context, SAMPLE)), a.meta.input, units == "gpu") { r.infer(it).logits }
+                    Parity.sample(check, ImageUtils.rgb(ImageUtils.sample(context, SAMPLE)), a.meta.input, gpu) { r.infer(it).logits }
                 }
                 val ok = (parity?.ok ?: true) && (sample?.endsWith("FAILED") != true)
                 val lines = listOf(parity?.summary() ?: "parity: no parity set in the .json (re-export with this mvmoe)") + listOfNotNull(sample)
