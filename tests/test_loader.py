@@ -107,76 +107,71 @@ def test_batches_are_uint8_and_do_not_depend_on_worker_count(folder):
 
 # --- 2 gloo processes ---------------------------------------------------------------------------
 
-def _gloo(rank, world, tmp, fn, *args):
-    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=world)
+def _tiny():
+    from mobile_vmoe.config import ModelConfig, TrainConfig
+    from mobile_vmoe.data.synthetic import build_synthetic
+
+    cfg = ModelConfig(name="tiny", img_size=16, num_classes=4, depth=1, width=16, heads=2, patch_size=4)
+    tcfg = TrainConfig(model=cfg, epochs=1, batch_size=16, lr=1e-3, warmup_epochs=0, log_every=1, threads=1)
+    return tcfg, build_synthetic(4, 2, 16, train_per_class=16, val_per_class=4, seed=0)  # 4 steps of 16
+
+
+def _fit(out, world=1, rank=0, resume=False, stop=0):
+    from mobile_vmoe.train import fit
+    from mobile_vmoe.train.distributed import DistInfo
+
+    tcfg, bundle = _tiny()
+    return fit(tcfg.replace(stop_after_steps=stop), bundle, out, dist_info=DistInfo(rank=rank, world_size=world),
+               resume=resume, quiet=True)
+
+
+def _two_ranks(rank, tmp, root):
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp}/pg", rank=rank, world_size=2)
     try:
-        fn(rank, world, tmp, *args)
+        # sharding: rank 0 scans and caches the index, rank 1 reads it; one epoch of global batch 8
+        b = build_data(root, 16, augment="light", index_cache=f"{tmp}/index.npz")
+        ld = TorchTrainLoader(b.train, global_batch=8, world_size=2, rank=rank, seed=0)
+        labels = torch.cat([y for _, y in ld.epoch(0)])
+        mine = [i for batch in ld.sampler for i, _ in batch]
+        every = [None] * 2
+        torch.distributed.all_gather_object(every, (mine, labels.tolist()))
+        if rank == 0:
+            (tmp / "shards.json").write_text(json.dumps(every))
+        _fit(tmp / "one_to_two", 2, rank, resume=True)  # stopped by 1 process, finished by 2
+        _fit(tmp / "two_to_one", 2, rank, stop=2)  # stopped by 2 processes (finished by 1 below)
     finally:
         torch.distributed.destroy_process_group()
 
 
-def _shard_epoch(rank, world, tmp, root):
-    b = build_data(root, 16, augment="light", index_cache=f"{tmp}/index.npz")
-    ld = TorchTrainLoader(b.train, global_batch=8, world_size=world, rank=rank, seed=0)
-    labels = torch.cat([y for _, y in ld.epoch(0)])
-    mine = [i for batch in ld.sampler for i, _ in batch]
-    every = [None] * world
-    torch.distributed.all_gather_object(every, (mine, labels.tolist()))
-    if rank == 0:
-        (tmp / "out.json").write_text(json.dumps(every))
+def _steps(out):
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+            if json.loads(line)["kind"] == "step"]
 
 
-def test_two_gloo_ranks_share_the_index_and_see_every_sample_once(folder, tmp_path):
-    mp.spawn(_gloo, args=(2, tmp_path, _shard_epoch, str(folder)), nprocs=2, join=True)
-    every = json.loads((tmp_path / "out.json").read_text())
-    seen = sorted(every[0][0] + every[1][0])
-    assert seen == list(range(24)) and len(every[0][0]) == 12  # 24 images, 3 steps of 8, 4 per rank
+def test_two_gloo_ranks_shard_once_and_resume_across_world_sizes(folder, tmp_path):
+    """Every sample once across 2 ranks, the index scanned once; mid-epoch resume 1 -> 2 and 2 -> 1
+    (stopped at step 2 of 4, position 32 of the global order), and a refusal in one line."""
+    from mobile_vmoe.checkpoint import load_checkpoint, save_checkpoint
+    from mobile_vmoe.errors import MvmoeError
+
+    _fit(tmp_path / "one_to_two", stop=2)
+    assert load_checkpoint(tmp_path / "one_to_two" / "last.pt")["sample_order"]["position"] == 32
+    mp.spawn(_two_ranks, args=(tmp_path, str(folder)), nprocs=2, join=True)
+    every = json.loads((tmp_path / "shards.json").read_text())
+    assert sorted(every[0][0] + every[1][0]) == list(range(24)) and len(every[0][0]) == 12  # 3 steps, 4 per rank
     b = build_data(str(folder), 16)
     assert sorted(every[0][1] + every[1][1]) == sorted(b.train.labels.tolist())
-    assert (tmp_path / "index.npz").is_file()  # rank 0's scan, read by rank 1
-
-
-def _fit(rank, world, tmp, tcfg, out, resume):
-    from mobile_vmoe.data.synthetic import build_synthetic
-    from mobile_vmoe.train import fit
-    from mobile_vmoe.train.distributed import DistInfo
-
-    bundle = build_synthetic(4, 2, 16, train_per_class=16, val_per_class=4, seed=0)
-    fit(tcfg, bundle, out, dist_info=DistInfo(rank=rank, world_size=world), resume=resume, quiet=True)
-
-
-def _train(world, tmp, tcfg, out, resume=False):
-    if world == 1:
-        return _fit(0, 1, tmp, tcfg, out, resume)
-    for f in tmp.glob("pg*"):
-        f.unlink()
-    mp.spawn(_gloo, args=(world, tmp, _fit, tcfg, out, resume), nprocs=world, join=True)
-
-
-@pytest.mark.parametrize("old, new", [(1, 2), (2, 1)])
-def test_mid_epoch_resume_across_world_sizes(tmp_path, old, new):
-    """Stopped at step 2 of epoch 0 (4 steps of 16) with ``old`` processes, resumed with ``new``."""
-    from mobile_vmoe.checkpoint import load_checkpoint, save_checkpoint
-    from mobile_vmoe.config import ModelConfig, TrainConfig
-    from mobile_vmoe.errors import MvmoeError
-    from mobile_vmoe.train import fit
-
-    cfg = ModelConfig(name="tiny", img_size=16, num_classes=4, depth=1, width=16, heads=2, patch_size=4)
-    tcfg = TrainConfig(model=cfg, epochs=1, batch_size=16, lr=1e-3, warmup_epochs=0, log_every=1, threads=1)
-    out = tmp_path / "run"
-    _train(old, tmp_path, tcfg.replace(stop_after_steps=2), out)
+    assert (tmp_path / "index.npz").is_file()
+    out = tmp_path / "two_to_one"
     ck = load_checkpoint(out / "last.pt")
-    assert ck["sample_order"]["position"] == 32 and ck["sample_order"]["world_size"] == old
-    _train(new, tmp_path, tcfg, out, resume=True)
-    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
-             if json.loads(line)["kind"] == "step"]
-    assert steps == [1, 2, 3, 4]
-    assert json.loads((out / "summary.json").read_text())["skipped_images"] == 0
-    if new == 1:  # a checkpoint without the global position cannot move: refused in one line
-        del ck["sample_order"]
-        save_checkpoint(out / "last.pt", {**ck, "rng_per_rank": [ck["rng_per_rank"][0]] * 2})
-        from mobile_vmoe.data.synthetic import build_synthetic
-
-        bundle = build_synthetic(4, 2, 16, train_per_class=16, val_per_class=4, seed=0)
-        with pytest.raises(MvmoeError, match="2 process\\(es\\), now 1: its checkpoint has no global sample position"):
-            fit(tcfg, bundle, out, resume=True, quiet=True)
+    assert (ck["sample_order"]["world_size"], ck["sample_order"]["position"], ck["epoch_step"]) == (2, 32, 2)
+    _fit(out, resume=True)
+    for run in ("one_to_two", "two_to_one"):
+        assert _steps(tmp_path / run) == [1, 2, 3, 4], run
+        assert json.loads((tmp_path / run / "summary.json").read_text())["skipped_images"] == 0
+    # a checkpoint without the global position (older versions) cannot change world size
+    del ck["sample_order"]
+    save_checkpoint(out / "last.pt", ck)
+    with pytest.raises(MvmoeError, match="2 process\\(es\\), now 1: its checkpoint has no global sample position"):
+        _fit(out, resume=True)
