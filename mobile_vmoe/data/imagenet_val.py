@@ -54,13 +54,14 @@ def read_devkit_meta(path: str | os.PathLike) -> dict[int, str]:
     """meta.mat -> {ILSVRC2012_ID: WNID} of the 1000 leaf synsets (num_children == 0)."""
     try:
         from scipy.io import loadmat
+        from scipy.io.matlab import MatReadError
     except ImportError:
         raise MvmoeError("reading the devkit's meta.mat needs scipy (pip install scipy), or use "
                          f"{CSV_NAME} instead") from None
     try:
         synsets = loadmat(str(path), squeeze_me=True)["synsets"]
         out = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+    except (OSError, ValueError, KeyError, TypeError, IndexError, MatReadError) as e:
         raise MvmoeError(f"{path} is not the ImageNet devkit's meta.mat (a 'synsets' struct with "
                          f"ILSVRC2012_ID, WNID, num_children): {e}") from None
     if not out:
