@@ -175,3 +175,36 @@ def test_two_gloo_ranks_shard_once_and_resume_across_world_sizes(folder, tmp_pat
     save_checkpoint(out / "last.pt", ck)
     with pytest.raises(MvmoeError, match="2 process\\(es\\), now 1: its checkpoint has no global sample position"):
         _fit(out, resume=True)
+
+
+# --- DALI (optional extra: uv sync --extra dali) --------------------------------------------------
+
+def test_loader_choice():
+    from mobile_vmoe.data.loader import choose_loader, dali_available
+
+    assert choose_loader("auto", torch.device("cpu")) == "torch" and choose_loader("torch", torch.device("cuda")) == "torch"
+    assert choose_loader("auto", torch.device("cuda")) == ("dali" if dali_available() else "torch")
+
+
+def test_dali_cpu_pipeline_matches_the_torch_path(folder):
+    pytest.importorskip("nvidia.dali", reason="DALI is an optional extra: uv sync --extra dali")
+    from mobile_vmoe.config import TrainConfig
+    from mobile_vmoe.data.dali import DaliTrainLoader
+    from mobile_vmoe.train.distributed import DistInfo
+
+    b = build_data(str(folder), 16, augment="deit")
+    tcfg = TrainConfig(batch_size=8, seed=4, augment="deit")
+    torch_ld = TorchTrainLoader(b.train, global_batch=8, world_size=2, rank=1, seed=4)
+    dali_ld = DaliTrainLoader(b, tcfg, DistInfo(rank=1, world_size=2), global_batch=8)
+    assert dali_ld.steps_per_epoch == torch_ld.steps_per_epoch == 3
+    ref = list(torch_ld.epoch(1, start=1))
+    got = list(dali_ld.epoch(1, start=1))  # rank 1 of 2, resumed after global step 1
+    assert len(got) == len(ref) == 2
+    for (x, y), (xr, yr) in zip(got, ref):
+        assert x.shape == xr.shape == (4, 3, 16, 16) and x.dtype == xr.dtype == torch.uint8
+        assert y.tolist() == yr.tolist()  # same samples in the same order: the labels agree
+    # the files are exactly those the sampler gives rank 1 from position 8 on
+    files, labels = dali_ld.epoch_files(1, start=1)
+    order = epoch_order(24, 4, 1).tolist()
+    assert files == [b.train.path(order[p]) for p in (9, 11, 13, 15, 17, 19, 21, 23)]
+    assert max(int(x.max()) for x, _ in got) > 0

@@ -160,7 +160,6 @@ def check_sample_order(stage, ck: dict) -> None:
     if engine != stage.loader.kind:
         raise MvmoeError(f"the run stopped mid-epoch with loader={engine}; resume it with --set loader={engine} "
                          "(another engine reads another order)")
-    if old_world != world and (saved is None or engine == "dali"):
-        why = "DALI shards the files per process" if saved else "its checkpoint has no global sample position"
-        raise MvmoeError(f"the run stopped mid-epoch with {old_world} process(es), now {world}: {why}; "
-                         f"resume with {old_world} process(es)")
+    if old_world != world and saved is None:
+        raise MvmoeError(f"the run stopped mid-epoch with {old_world} process(es), now {world}: its checkpoint has "
+                         f"no global sample position; resume with {old_world} process(es)")
