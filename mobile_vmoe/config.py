@@ -253,6 +253,7 @@ __all__ = ["ModelConfig", "parse_overrides", "field_names", "field", "ROUTINGS",
 
 # ====================================================================== training settings
 AMP_MODES = ("auto", "bf16", "none")
+LOADERS = ("auto", "torch", "dali")
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,9 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | none
     seed: int = 0
     workers: int = 0  # DataLoader workers per process
+    loader: str = "auto"  # auto (DALI when installed and on CUDA, else torch) | torch | dali
+    prefetch: int = 2  # batches each DataLoader worker keeps ready (torch) / queue depth (DALI)
+    repeated_aug: int = 1  # repeated augmentation: each image N times per epoch on different ranks (DeiT: 3)
     threads: int = 0  # CPU: torch intra-op threads (0 = torch's default); 1 is robust on busy machines
     dense_epochs: int = 0  # --superclasses auto: epochs of the dense stage (0 = same as epochs)
     superclass_holdout: float = 0.1  # --superclasses auto: stratified share of train the confusion is fit on
@@ -331,6 +335,11 @@ class TrainConfig:
             p.append(f"mix_prob={self.mix_prob} must be in [0, 1]")
         if self.amp not in AMP_MODES:
             p.append(f"amp={self.amp!r} must be one of {AMP_MODES}")
+        if self.loader not in LOADERS:
+            p.append(f"loader={self.loader!r} must be one of {', '.join(LOADERS)}")
+        for name in ("prefetch", "repeated_aug"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                p.append(f"{name}={getattr(self, name)!r} must be an integer >= 1")
         if not 0.0 < self.superclass_holdout < 1.0:
             p.append(f"superclass_holdout={self.superclass_holdout} must be in (0, 1)")
         if self.superclass_clustering not in ("balanced", "spectral"):

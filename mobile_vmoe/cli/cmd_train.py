@@ -44,7 +44,7 @@ def train_cmd(
                            superclasses=superclasses, teacher=teacher)
         summary = resume_run(out, settings, quiet=quiet)
     else:
-        tcfg, bundle = resolve(model, data or DEFAULT_DATA, settings, epochs=epochs, seed=seed, recipe=recipe)
+        tcfg, bundle = resolve(model, data or DEFAULT_DATA, settings, epochs=epochs, seed=seed, recipe=recipe, out=out)
         summary = train(tcfg, bundle, out, superclasses=superclasses or "auto", quiet=quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 reports
         print_summary(summary)

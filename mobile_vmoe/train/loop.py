@@ -11,11 +11,12 @@
 The pieces, as in timm's train.py: ``TrainState`` (what changes), ``Stage`` (what does not),
 ``train_step`` / ``train_one_epoch`` / ``evaluate`` (plain functions) and ``fit`` (the epoch loop).
 
-Determinism (what makes resume == uninterrupted on CPU): the data order of epoch e is
-DistributedSampler(seed).set_epoch(e) (seed + e); the global RNG (augmentation, MixUp, drop path,
-router noise) is reseeded at each epoch start from (seed, epoch, rank); a mid-epoch stop saves the
-RNG states of every rank and how many batches of the epoch were done, and resume skips them. The
-DataLoader gets its own generator so creating it does not consume the global RNG.
+Determinism (what makes resume == uninterrupted on CPU): the data order of epoch e is one global
+order (mobile_vmoe.data.sampler: a permutation from seed + e, sharded over ranks) and every sample's
+augmentation has its own seed; the global RNG (MixUp, drop path, router noise, erasing) is reseeded
+at each epoch start from (seed, epoch, rank); a mid-epoch stop saves the RNG states of every rank
+and how many global steps of the epoch were done, and resume starts the order there (with any
+world size that divides the batch; other ranks' RNG streams are then reseeded).
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig
+from ..data.loader import check_sample_order, sample_order, skipped_images
 from ..errors import MvmoeError
 from ..fileio import atomic_write_json
 from ..models import MobileVMoE
@@ -122,9 +124,10 @@ class Stage:
         if self.tcfg.batch_size % info.world_size:
             raise MvmoeError(f"batch_size={self.tcfg.batch_size} is not divisible by the {info.world_size} processes")
         self.local_batch = self.tcfg.batch_size // info.world_size
-        self.sampler = DistributedSampler(self.bundle.train, num_replicas=info.world_size, rank=info.rank,
-                                          shuffle=True, seed=self.tcfg.seed, drop_last=True)
-        self.steps_per_epoch = len(self.sampler) // self.local_batch
+        from ..data.loader import build_train_loader
+
+        self.loader = build_train_loader(self.bundle, self.tcfg, info)  # built once; global sample order
+        self.steps_per_epoch = self.loader.steps_per_epoch
         if self.steps_per_epoch == 0:
             raise MvmoeError(f"{len(self.bundle.train)} training images are fewer than one batch of "
                              f"{self.tcfg.batch_size}: lower it with --set batch_size=N")
@@ -156,13 +159,9 @@ class Stage:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def train_loader(self, epoch: int, skip_batches: int) -> DataLoader:
-        """Epoch ``epoch``'s batches of this rank, the first ``skip_batches`` left out (resume)."""
-        self.sampler.set_epoch(epoch)
-        indices = list(self.sampler)[skip_batches * self.local_batch:]
-        gen = torch.Generator().manual_seed(epoch_seed(self.tcfg.seed, epoch, self.info.rank))
-        return DataLoader(self.bundle.train, batch_size=self.local_batch, sampler=indices, drop_last=True,
-                          num_workers=self.tcfg.workers, generator=gen, pin_memory=self.device.type == "cuda")
+    def train_loader(self, epoch: int, skip_batches: int):
+        """Epoch ``epoch``'s batches of this rank, the first ``skip_batches`` global steps left out (resume)."""
+        return self.loader.epoch(epoch, skip_batches)
 
     def val_loader(self) -> DataLoader:
         return DataLoader(self.bundle.val, batch_size=max(self.local_batch, 64), shuffle=False,
@@ -280,15 +279,17 @@ def train_one_epoch(stage: Stage, state: TrainState, module: nn.Module, stop_req
     info = stage.info
     if state.epoch_step == 0:
         seed_everything(epoch_seed(stage.tcfg.seed, state.epoch, info.rank))
-    elif state.rng_per_rank is not None:
+    elif state.rng_per_rank is not None and len(state.rng_per_rank) == info.world_size:
         restore_rng(state.rng_per_rank[info.rank])
+    elif state.rng_per_rank is not None:  # resumed mid-epoch on another world size: same samples, new RNG streams
+        seed_everything(epoch_seed(stage.tcfg.seed, state.epoch, info.rank) + state.epoch_step)
     state.rng_per_rank = None
     result = EpochResult()
     loss_sum = torch.zeros((), device=stage.device)
     module.train()
     t0 = time.perf_counter()
     for images, labels in stage.train_loader(state.epoch, state.epoch_step):
-        images = images.to(stage.device, non_blocking=True)
+        images = stage.loader.to_device(images)  # uint8 -> normalised (+ erasing) on the device
         labels = labels.to(stage.device, non_blocking=True)
         parts = train_step(stage, state, module, images, labels)
         result.steps += 1
@@ -329,7 +330,7 @@ def save_state(stage: Stage, state: TrainState, path: Path, *, final: bool = Fal
         ck.update({k: full[k] for k in ("model", "ema", "ema_n_averaged", "metrics", "epoch", "step")})
     else:
         ck.update(full, rng=rng, rng_per_rank=per_rank, steps_per_epoch=stage.steps_per_epoch,
-                  finished=state.epoch >= stage.tcfg.epochs)
+                  finished=state.epoch >= stage.tcfg.epochs, sample_order=sample_order(stage, state))
     save_checkpoint(path, ck)
 
 
@@ -344,6 +345,7 @@ def resume_state(stage: Stage, state: TrainState, path: Path) -> dict | None:
     if ck.get("steps_per_epoch") != stage.steps_per_epoch:
         raise MvmoeError(f"{path}: {ck.get('steps_per_epoch')} steps per epoch there, {stage.steps_per_epoch} now "
                          "(different data or batch size); cannot resume exactly")
+    check_sample_order(stage, ck)
     state.load_state_dict(ck)
     return ck
 
@@ -484,7 +486,7 @@ def make_summary(stage: Stage, state: TrainState) -> dict:
         "superclass_names": list(sc["names"]) if sc else None,
         "expert_usage": ev.get("expert_usage") if cfg.is_per_image else None,
         **({k: ev.get(k) for k in USAGE_KEYS if k in ev} if cfg.is_moe else {}),
-        "checkpoint": str(stage.out / "model.pt"),
+        "checkpoint": str(stage.out / "model.pt"), "skipped_images": skipped_images(stage.bundle, stage.info),
         "eval_weights": ev.get("weights"), "val_images": ev.get("images"),
         "train_seconds": round(state.seconds, 2), "world_size": stage.info.world_size,
         "model_config": cfg.to_dict(), "train_config": tcfg.to_dict(),

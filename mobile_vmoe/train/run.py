@@ -42,7 +42,7 @@ DEFAULT_MODEL = "vmoe-6x64-p32"
 DEFAULT_DATA = "digits"
 DEFAULT_SETTINGS: dict[str, Any] = {"num_experts": 5, "threads": 1, "epochs": 45, "dense_epochs": 20}
 # Settings that may change on resume without changing what is computed.
-RESUMABLE_KEYS = ("stop_after_steps", "workers", "log_every")
+RESUMABLE_KEYS = ("stop_after_steps", "workers", "prefetch", "log_every")
 
 
 # --------------------------------------------------------------------------------- config
@@ -63,13 +63,15 @@ def base_config(model: str | ModelConfig | None, recipe: str | None) -> TrainCon
 
 
 def resolve(model: str | ModelConfig | None = None, data: str = DEFAULT_DATA, settings: dict[str, Any] | None = None,
-            *, epochs: int | None = None, seed: int | None = None, recipe: str | None = None):
+            *, epochs: int | None = None, seed: int | None = None, recipe: str | None = None,
+            out: str | Path | None = None):
     """The TrainConfig of a new run and its data, resolved once: -> (TrainConfig, DataBundle).
 
     model: preset name or ModelConfig (None = the recipe's, or the embedded default). settings:
     typed ``--set`` values (``config.parse_overrides``), ModelConfig and TrainConfig keys alike.
     epochs: sets ``epochs`` and, unless ``dense_epochs`` is in settings, the dense stage's too. The
-    model is then fitted to the data (``adapt_to_data``).
+    model is then fitted to the data (``adapt_to_data``). out: the run folder, when known, where a
+    dataset folder's file index is cached and shared by the ranks (``index_cache``).
     """
     from ..data import build_data
 
@@ -82,8 +84,14 @@ def resolve(model: str | ModelConfig | None = None, data: str = DEFAULT_DATA, se
         settings["seed"] = seed
     model_keys = {k: v for k, v in settings.items() if k in field_names()}
     tcfg = base_config(model, recipe).with_settings({k: v for k, v in settings.items() if k not in model_keys})
-    bundle = build_data(data, model_keys.get("img_size"), augment=tcfg.augment, seed=tcfg.seed)
+    bundle = build_data(data, model_keys.get("img_size"), augment=tcfg.augment, seed=tcfg.seed,
+                        index_cache=index_cache(out))
     return tcfg.replace(model=adapt_to_data(tcfg.model, bundle, model_keys)), bundle
+
+
+def index_cache(out: str | Path | None) -> Path | None:
+    """Where a run keeps its dataset's file index (scanned once by rank 0, read by the others)."""
+    return Path(out) / "data_index.npz" if out is not None else None
 
 
 def adapt_to_data(cfg: ModelConfig, bundle, model_overrides: dict[str, Any]) -> ModelConfig:
@@ -193,7 +201,8 @@ def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet
     saved.setdefault("model", run.get("model_config"))  # run.json of older versions kept it apart
     # stop_after_steps is a limit of one invocation, not of the run
     tcfg = TrainConfig.from_dict(saved).replace(**{"stop_after_steps": 0, **(settings or {})})
-    bundle = build_data(run["data"], tcfg.model.img_size, augment=tcfg.augment, seed=tcfg.seed)
+    bundle = build_data(run["data"], tcfg.model.img_size, augment=tcfg.augment, seed=tcfg.seed,
+                        index_cache=index_cache(out))
     check_teacher_unchanged(tcfg, run)
     info = setup_distributed()
     lock = None
