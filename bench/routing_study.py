@@ -41,8 +41,9 @@ KEYS = ("model", "top1", "top5", "router_superclass_top1", "macs", "active_param
         "expert_counts", "expert_entropy", "expert_entropy_max", "token_drop_fraction", "superclass_ari",
         "superclass_sizes")
 # Fixed before any run was made: batch 64 (a 6,000-image split gives 93 steps per epoch), one
-# warmup epoch, one thread per process; everything else is TrainConfig's default.
-STUDY_SETTINGS = {"batch_size": 64, "warmup_epochs": 1.0, "threads": 1}
+# warmup epoch, one thread per process, peak lr 3e-3 (0.024 per 512 images); everything else is
+# TrainConfig's default.
+STUDY_SETTINGS = {"batch_size": 64, "lr": 0.024, "warmup_epochs": 1.0, "threads": 1}
 QUICK = dict(data=["shapes"], sizes=["6x32", "6x64"], seeds=1, epochs=10)
 
 
@@ -106,9 +107,9 @@ def train_peer(data: str, seed: int, epochs: int, out: Path, extra: dict) -> dic
     stage = Stage(tcfg, bundle, out, name="peer", quiet=True)
     seed_everything(seed)
     model = torchvision.models.mobilenet_v3_small(num_classes=bundle.num_classes)
-    opt = build_optimizer(model, tcfg.lr, tcfg.weight_decay, (tcfg.betas1, tcfg.betas2))
+    opt = build_optimizer(model, tcfg.effective_lr, tcfg.weight_decay, (tcfg.betas1, tcfg.betas2))
     sched = build_scheduler(opt, stage.steps_per_epoch * epochs, round(tcfg.warmup_epochs * stage.steps_per_epoch),
-                            tcfg.min_lr / tcfg.lr)
+                            tcfg.min_lr / tcfg.effective_lr)
     state = TrainState(model, opt, sched, build_ema(model, tcfg.ema_decay))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
