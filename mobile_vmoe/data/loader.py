@@ -147,7 +147,8 @@ def skipped_images(bundle, info=None) -> int:
 def sample_order(stage, state) -> dict:
     """last.pt's record of where the run is in the global sample order."""
     return {"engine": stage.loader.kind, "global_batch": stage.loader.global_batch, "world_size": stage.info.world_size,
-            "repeats": stage.tcfg.repeated_aug, "epoch": state.epoch, "position": state.epoch_step * stage.loader.global_batch}
+            "repeats": stage.tcfg.repeated_aug, "epoch": state.epoch,
+            "position": state.epoch_step * stage.tcfg.grad_accum * stage.loader.global_batch}
 
 
 def check_sample_order(stage, ck: dict) -> None:
