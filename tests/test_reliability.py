@@ -347,10 +347,19 @@ def _decode_in_class_folder(tmp_path, save):
     path = tmp_path / "train" / "c0" / "img.png"
     path.parent.mkdir(parents=True)
     save(path)
-    ds = ImageFolderDataset([(str(path), 0)], None, where=str(tmp_path), total=1)
-    img, label = ds[0]
-    assert img.mode == "RGB" and label == 0
-    return np.asarray(img)  # (H, W, 3)
+    from mobile_vmoe.data.imagefolder import scan_split
+    from mobile_vmoe.data.transforms import FolderTransform, PilResizeCenterCrop
+
+    from PIL import Image
+
+    index = scan_split(tmp_path, "train")
+    h, w = SIXTEEN.shape
+    crop = FolderTransform(PilResizeCenterCrop(h, h), lambda img: img)  # the training path's PIL-side crop
+    (plain, label), (cropped, _) = (ImageFolderDataset(index, t, where=str(tmp_path))[0] for t in (None, crop))
+    assert plain.mode == cropped.mode == "RGB" and label == 0 and plain.size == (w, h)
+    want = np.asarray(crop.load(Image.fromarray(np.asarray(plain))))  # the same crop of the 8-bit image
+    np.testing.assert_allclose(np.asarray(cropped).astype(int), want.astype(int), atol=1)
+    return np.asarray(plain)  # (H, W, 3)
 
 
 def test_sixteen_bit_gray_png_is_scaled_not_clipped(tmp_path):
