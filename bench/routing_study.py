@@ -69,7 +69,7 @@ DATASETS = ["shapes-disjoint", "shapes"]  # the test, the negative control
 SIZES = ["6x32", "6x48", "6x64"]
 SEEDS = 5
 EPOCHS = 60
-LR_GRID = [7.5e-4, 1.5e-3, 3e-3]
+LR_GRID = [6e-3, 1.2e-2, 2.4e-2]  # per 512 images (``lr``'s unit): 7.5e-4, 1.5e-3, 3e-3 at batch 64
 WARMUP_PER_EPOCH = 1 / 30
 ARMS = ("dense", "moe-sc", "moe-sc-planted", "moe-e2e", "token")
 COMPARISONS = (("moe-sc", "dense"), ("moe-sc-planted", "dense"), ("moe-e2e", "dense"), ("token", "dense"),
@@ -81,7 +81,7 @@ JOBS = 2
 CONTROL_CUTS = ("token", "moe-e2e")  # negative-control arms dropped, in order, after the sizes
 PROTOCOL_SETTINGS = {"batch_size": 64, "threads": 1}
 # The earlier study's settings (bench/options_study.py still uses them).
-STUDY_SETTINGS = {"batch_size": 64, "warmup_epochs": 1.0, "threads": 1}
+STUDY_SETTINGS = {"batch_size": 64, "lr": 0.024, "warmup_epochs": 1.0, "threads": 1}  # lr 3e-3 at batch 64
 QUICK = dict(data=["shapes-disjoint:20:4", "shapes:20:4"], sizes=["3x32"], seeds=2, epochs=5)
 
 
