@@ -32,10 +32,11 @@ def dali_available() -> bool:
     return True
 
 
-def choose_loader(loader: str, device: torch.device) -> str:
-    """auto -> "dali" when DALI is installed and ``device`` is CUDA, else "torch"."""
+def choose_loader(loader: str, device: torch.device, files: bool = True) -> str:
+    """auto -> "dali" when DALI is installed, ``device`` is CUDA and the data are image ``files``
+    (not an in-memory set), else "torch"."""
     if loader == "auto":
-        return "dali" if device.type == "cuda" and dali_available() else "torch"
+        return "dali" if files and device.type == "cuda" and dali_available() else "torch"
     if loader == "dali" and not dali_available():
         raise MvmoeError("loader=dali needs NVIDIA DALI: uv sync --extra dali (or pip install 'mvmoe[dali]')")
     return loader
@@ -44,7 +45,7 @@ def choose_loader(loader: str, device: torch.device) -> str:
 def build_train_loader(bundle, tcfg, info, *, global_batch: int | None = None):
     """The training loader of this rank (``global_batch`` defaults to tcfg.batch_size)."""
     global_batch = global_batch or tcfg.batch_size
-    kind = choose_loader(tcfg.loader, info.device)
+    kind = choose_loader(tcfg.loader, info.device, files=image_files(bundle.train) is not None)
     if kind == "dali":
         from .dali import DaliTrainLoader
 
@@ -52,6 +53,18 @@ def build_train_loader(bundle, tcfg, info, *, global_batch: int | None = None):
     return TorchTrainLoader(bundle.train, global_batch=global_batch, world_size=info.world_size, rank=info.rank,
                             seed=tcfg.seed, repeats=tcfg.repeated_aug, workers=tcfg.workers, prefetch=tcfg.prefetch,
                             device=info.device, mean=bundle.mean, std=bundle.std, erasing=bundle.train_erasing)
+
+
+def image_files(dataset):
+    """(folder dataset, its sample ids) behind ``dataset`` (a Subset of it, e.g. the dense stage's
+    train split less the holdout), or None for in-memory sets."""
+    ids = None
+    while hasattr(dataset, "indices") and hasattr(dataset, "dataset"):  # torch Subset
+        ids = [dataset.indices[i] for i in ids] if ids is not None else list(dataset.indices)
+        dataset = dataset.dataset
+    if not hasattr(dataset, "path"):
+        return None
+    return dataset, ids if ids is not None else range(len(dataset))
 
 
 class DeviceNormalize:
