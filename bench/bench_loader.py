@@ -85,6 +85,7 @@ def loaders(root: Path, batch: int, size: int) -> dict:
     except ImportError:
         print("timm not installed: its row is skipped")
     else:
+        clamp_timm_posterize()
         ds = timm.data.ImageDataset(str(root / "train"))
         tl = timm.data.create_loader(ds, input_size=(3, size, size), batch_size=batch, is_training=True,
                                      use_prefetcher=False, auto_augment="rand-m9-mstd0.5-inc1",
@@ -98,6 +99,17 @@ def loaders(root: Path, batch: int, size: int) -> dict:
 
     out["decode only"] = decode_only
     return out
+
+
+def clamp_timm_posterize() -> None:
+    """timm 1.0.31's RandAugment can posterize to 0 bits, which Pillow 13 (installed here) refuses:
+    keep at least 1 bit, as older Pillow did in effect."""
+    import timm.data.auto_augment as aa
+
+    original = aa.posterize
+    for name, fn in list(aa.NAME_TO_OP.items()):
+        if fn is original:
+            aa.NAME_TO_OP[name] = lambda img, bits, **kw: original(img, max(1, bits), **kw)
 
 
 def measure(make_iter, batches: int, batch: int) -> tuple[float, float]:

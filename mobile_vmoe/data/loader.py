@@ -73,13 +73,13 @@ class DeviceNormalize:
     def __init__(self, device: torch.device, mean, std, erasing: float = 0.0):
         self.device, self.erasing = device, erasing
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0  # (1, C, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
+        self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
         if images.dtype != torch.uint8:  # in-memory sets: normalised by their transform already
             return images
-        x = (images.float() - self.mean) / self.std
+        x = images.float().sub_(self.mean).mul_(self.inv_std)  # in place: one float copy of the batch
         return random_erasing(x, self.erasing) if self.erasing > 0 else x
 
 
