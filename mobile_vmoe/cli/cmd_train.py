@@ -44,10 +44,12 @@ def train_cmd(
                            superclasses=superclasses, teacher=teacher)
         summary = resume_run(out, settings, quiet=quiet)
     else:
-        tcfg, bundle = resolve(model, data or DEFAULT_DATA, settings, epochs=epochs, seed=seed, recipe=recipe)
+        tcfg, bundle = resolve(model, data or DEFAULT_DATA, settings, epochs=epochs, seed=seed, recipe=recipe, out=out)
         summary = train(tcfg, bundle, out, superclasses=superclasses or "auto", quiet=quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 reports
         print_summary(summary)
+    if summary.get("stopped") and summary.get("reason") in ("SIGINT", "SIGTERM"):
+        raise typer.Exit(130 if summary["reason"] == "SIGINT" else 143)  # last.pt is saved; as `mvmoe export` does
 
 
 def refuse_with_resume(out: Optional[Path], **given) -> None:
@@ -114,6 +116,9 @@ def superclasses_cmd(
     from ..train.run import fit_superclasses
 
     model, ck = model_from_checkpoint(checkpoint)
+    if model.cfg.is_moe:  # superclasses come from a model that never saw the holdout
+        raise MvmoeError(f"{checkpoint} is an MoE ({model.cfg.name}), trained on the whole training split including "
+                         "the holdout; give its dense stage (RUN/dense/model.pt) or another dense model")
     trained = ck.get("train_config") or {}
     seed = seed if seed is not None else int(trained.get("seed", 0))
     holdout = holdout if holdout is not None else float(trained.get("superclass_holdout", 0.1))

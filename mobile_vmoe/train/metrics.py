@@ -65,9 +65,11 @@ class Progress:
             self._bar.__exit__(*exc)
         return False
 
-    def update(self, step: int, loss: float, ips: float) -> None:
+    def update(self, step: int, loss: float | None, ips: float) -> None:
+        """loss None keeps the last one shown (the loop reads the loss at log steps only)."""
         if self._bar is not None:
-            self._bar.update(self._task, completed=step, loss=loss, ips=ips)
+            fields = {"ips": ips} if loss is None else {"ips": ips, "loss": loss}
+            self._bar.update(self._task, completed=step, **fields)
 
     def note(self, text: str) -> None:
         if self._bar is not None:
