@@ -184,7 +184,7 @@ def main(argv=None) -> int:
     def add(row):
         res["runs"].append(row)
         atomic_write_json(path, res)
-        print(json.dumps({k: row.get(k) for k in ("arm", "seed", "top1", "wall_seconds")}), flush=True)
+        print(json.dumps({k: row.get(k) for k in ("arm", "seed", "top1", "wall_seconds")}, allow_nan=False), flush=True)
 
     if res["teacher"] is None:  # phase 1: the teacher and each seed's moe-sc (its superclasses)
         res["teacher"] = train_teacher(a.data, a.epochs, a.out, extra)

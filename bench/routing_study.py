@@ -510,7 +510,7 @@ def run_probe(a, out: Path, res: dict, save, extra: dict) -> None:
             res["plan"] = {"sizes": a.sizes, "control_arms": list(ARMS), "cuts": [], "projected_min": None,
                            "note": "no timing probe (--no-probe): nothing cut"}
         save()
-    print("plan: " + json.dumps(res["plan"]), flush=True)
+    print("plan: " + json.dumps(res["plan"], allow_nan=False), flush=True)
 
 
 def run_study(a, out: Path) -> int:
@@ -533,7 +533,7 @@ def run_study(a, out: Path) -> int:
         res["runs"].append(row)
         save()
         print(json.dumps({k: row.get(k) for k in ("data", "size", "lr", "seed", "arm", "top1", "holdout_top1",
-                                                  "wall_seconds")}), flush=True)
+                                                  "wall_seconds")}, allow_nan=False), flush=True)
 
     if a.quick:
         print("SMOKE CHECK (--quick): tiny data, 5 epochs, 2 seeds; it checks that the study runs, not the claim")

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dry", action="store_true", help="check and plan on any machine; train nothing")
     a = ap.parse_args(argv)
     if a.dry:
-        print(json.dumps(dry_run(a.out), indent=1))
+        print(json.dumps(dry_run(a.out), indent=1, allow_nan=False))
         return 0
     import torch
 
