@@ -131,20 +131,28 @@ def check_options(parity_images: int, calibration_images: int, fp32_tol: float, 
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """--out must be a folder we can write; nothing is created yet (a refusal leaves no empty folder)."""
+    """--out must be a folder we can write. Nothing is created yet (a refusal leaves no empty
+    folder): a file is written and removed in --out, or in its nearest existing parent."""
     if out_dir.exists() and not out_dir.is_dir():
         raise MvmoeError(f"--out {out_dir} is a file, not a folder")
     nearest = next(p for p in (out_dir.absolute(), *out_dir.absolute().parents) if p.exists())
-    if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
-        raise MvmoeError(f"--out {out_dir}: cannot write there ({nearest} is not a writable folder)")
+    if not nearest.is_dir():
+        raise MvmoeError(f"--out {out_dir}: cannot write there ({nearest} is a file)")
+    _probe(out_dir, nearest)
 
 
 def make_out_dir(out_dir: Path) -> None:
-    """Create --out (after every check) and probe that a file can be written in it."""
+    """Create --out, after every check has passed."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".mvmoe-write-test-")
-        probe.close()
+    except OSError as e:
+        raise MvmoeError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from None
+    _probe(out_dir, out_dir)
+
+
+def _probe(out_dir: Path, where: Path) -> None:
+    try:
+        tempfile.NamedTemporaryFile(dir=where, prefix=".mvmoe-write-test-").close()
     except OSError as e:
         raise MvmoeError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from None
 
