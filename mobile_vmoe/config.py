@@ -317,8 +317,8 @@ class TrainConfig:
                 p.append(f"{name}={getattr(self, name)} must be >= 0")
         if self.eval_every < 1 or self.log_every < 1:
             p.append(f"eval_every={self.eval_every} and log_every={self.log_every} must be >= 1")
-        if not self.lr > 0:
-            p.append(f"lr={self.lr} must be > 0")
+        if not 0 < self.lr < float("inf"):
+            p.append(f"lr={self.lr} must be a finite number > 0")
         if not 0 <= self.min_lr <= self.lr:
             p.append(f"min_lr={self.min_lr} must be in [0, lr={self.lr}]")
         for name in ("warmup_epochs", "weight_decay", "clip_grad", "router_weight", "aux_weight", "mixup", "cutmix"):

@@ -21,7 +21,9 @@ def _print_latency(d: dict, as_json: bool) -> None:
     def ms(v):
         return "-" if v is None else f"{v:.3f}"
 
-    t = Table(title=f"{d['artifact']} on {d['device']} ({d['runtime']}, threads {d.get('threads') or 'default'})")
+    # the heading as plain lines: a table title would wrap inside file names
+    typer.echo(f"{d['artifact']}\non {d['device']} ({d['runtime']}, threads {d.get('threads') or 'default'})")
+    t = Table()
     for col in ("runs", "min ms", "median ms", "p90 ms", "mean ms"):
         t.add_column(col, justify="right")
     t.add_row(str(d["runs"]), ms(d["min_ms"]), ms(d["median_ms"]), ms(d["p90_ms"]), ms(d["mean_ms"]))
@@ -38,6 +40,13 @@ def _print_latency(d: dict, as_json: bool) -> None:
         con.print(d["per_op_note"])
 
 
+def _quiet_runtimes(verbose: bool):
+    """The runtimes' own chatter (torch pytree warnings, cpuinfo, LiteRT INFO) hidden unless --verbose."""
+    from mobile_vmoe.converters.quiet import quiet
+
+    return quiet(verbose)
+
+
 @profile_app.command("latency")
 def latency_cmd(
     artifact: Path = typer.Argument(..., help="an exported .pte / .tflite / .onnx / .mlpackage"),
@@ -51,13 +60,15 @@ def latency_cmd(
     adb_port: int = typer.Option(5037, help="android: adb server port on 127.0.0.1"),
     out: Optional[Path] = typer.Option(None, help="also write the JSON here (for `mvmoe report --latency`)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    verbose: bool = typer.Option(False, "--verbose", help="show the runtimes' own output (cpuinfo, LiteRT INFO, ...)"),
 ) -> None:
     """Latency of one artifact: min / median / p90 / mean over timed runs, batch 1."""
     from ..fileio import atomic_write_text
     from ..profile.latency import profile_latency
 
-    d = profile_latency(artifact, device, warmup=warmup, runs=runs, threads=threads, per_op=per_op,
-                        binary=binary, adb_port=adb_port)
+    with _quiet_runtimes(verbose):
+        d = profile_latency(artifact, device, warmup=warmup, runs=runs, threads=threads, per_op=per_op,
+                            binary=binary, adb_port=adb_port)
     if out is not None:
         atomic_write_text(out, json.dumps(d, indent=1))
     _print_latency(d, as_json)
@@ -102,8 +113,9 @@ def memory_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{d['artifact']} ({d['runtime']}, loader {d['loader']}): MiB over a baseline of "
-                    f"{d['baseline_mib']:.1f} MiB")
+    typer.echo(f"{d['artifact']}\n{d['runtime']}, loader {d['loader']}: MiB over a baseline of "
+               f"{d['baseline_mib']:.1f} MiB")
+    t = Table()
     for col in ("after", "rss", "heap (anon)", "file-backed", "peak rss"):
         t.add_column(col, justify="right")
     for when in (w for w in ("load", "first", "run") if w in d["after"]):

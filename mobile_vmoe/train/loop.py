@@ -250,7 +250,7 @@ def train_step(stage: Stage, state: TrainState, module: nn.Module, images: torch
     parts = mvmoe_loss(logits, router_logits, aux, target, sc_target, label_smoothing=tcfg.label_smoothing,
                        router_weight=tcfg.router_weight, aux_weight=tcfg.aux_weight, distill=distill)
     if not torch.isfinite(parts.total):
-        raise MvmoeError(f"{stage.name}: loss is {float(parts.total)} at step {state.step}; lower lr (now {tcfg.lr})")
+        raise MvmoeError(f"{stage.name}: loss is {float(parts.total.detach())} at step {state.step}; lower lr (now {tcfg.lr})")
     state.optimizer.zero_grad(set_to_none=True)
     parts.total.backward()
     if tcfg.clip_grad > 0:
