@@ -26,7 +26,7 @@ from mobile_vmoe.errors import MvmoeError, did_you_mean
 from . import prepare as P
 from .app_metadata import app_metadata
 from .interrupt import check, held, sigint_guard
-from .quiet import loud, quiet
+from .quiet import loud, quiet, ticking
 
 TARGET_NAMES = ("coreml", "executorch", "tflite", "onnx")
 
@@ -295,7 +295,7 @@ def export_job(src: Source, job: ExportJob, out_dir: Path, path: Path, *, say, v
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=out_dir))
     log = tmp / "library-output.log"
     try:
-        with quiet(verbose, log):
+        with quiet(verbose, log), ticking(say, path.stem):
             meta = convert_and_check(src, job, tmp / path.name, say=say, **kw)
         with held():  # both files or neither
             (tmp / f"{path.stem}.json").write_text(json.dumps(meta, indent=1))
