@@ -67,7 +67,8 @@ def plan(target: str, backend: str | None, precision: str, experts: str = "fused
     """Jobs for a --target/--backend/--precision/--experts choice, and notes on combinations skipped
     under ``all``. A single target with an unsupported backend or precision is a user error."""
     if experts not in ("fused", "split"):
-        raise MvmoeError(f"--experts {experts!r}: expected fused (one program, every expert) or split (trunk + one program per expert)")
+        raise MvmoeError(f"--experts {experts!r}: expected fused (one program, every expert) or split (trunk + one program "
+                         f"per expert){did_you_mean(experts, ('fused', 'split'))}")
     from .split import unsupported
     if target not in (*TARGET_NAMES, "all"):
         raise MvmoeError(f"--target {target!r}: expected one of {', '.join(TARGET_NAMES)}, all"
