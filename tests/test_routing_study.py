@@ -213,3 +213,14 @@ def test_tiny_distillation_2x2(tmp_path, capsys):
     # moe-sc-kd routes on moe-sc's superclasses of the same seed
     assert kd["superclasses_file"].endswith("seed0/moe-sc/superclasses.json")
     assert "moe-sc-kd - dense-kd" in capsys.readouterr().out
+
+
+def test_gpu_script_refuses_an_over_budget_plan(tmp_path):
+    import study_gpu
+
+    plan = {"over_budget": True, "projected_min": 11.5, "cuts": ["size 6x64", "control arm token"], "budget_min": 7.0}
+    (tmp_path / "results.json").write_text(json.dumps({"plan": plan}))
+    with pytest.raises(MvmoeError, match="projects 11.5 min after every cut .size 6x64, control arm token., over the 7.0"):
+        study_gpu.check_plan(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"plan": {**plan, "over_budget": False}}))
+    study_gpu.check_plan(tmp_path)  # fits: no error
