@@ -30,7 +30,7 @@ PROTOCOL, fixed before any run (the constants below hold it; the results record 
     moe-sc-planted  the same MoE on the planted superclasses (separates routing from clustering)
     moe-e2e         per-image MoE, router trained end to end (+ importance / Switch balancing loss)
     token           per-token V-MoE (k = 1, capacity 1.05, BPR); scored at batch 1 as exported
-                    (its verdict) AND with the training group (64 images), both shown
+                    (its verdict) AND with the training group (the batch: 64 images), both shown
 - Router gate: a superclass arm's router must send >= 85 % of holdout images (mean over seeds) to
   their superclass's expert, else its comparisons are reported as "router gate failed", not read.
 - Statistic (bench/study_stats.py): per-seed paired difference (arm - reference), 90 % t interval;
@@ -358,7 +358,7 @@ def lr_table(res: dict) -> str:
 def arm_table(res: dict) -> str:
     """Per data, size and arm: top-1, gates' inputs, ARI, token at both group sizes, compute."""
     lines = ["| data | size | arm | n | top-1 (%) | router top-1 holdout / eval (%) | ARI vs planted | "
-             "token top-1 batch 1 / group 64 (%) | active MACs | train GMACs (x dense) | train min |",
+             "token top-1 batch 1 / training group (%) | active MACs | train GMACs (x dense) | train min |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = arm_rows(res)
     for data in dict.fromkeys(r["data"] for r in rows):
