@@ -21,7 +21,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mobile_vmoe.errors import MvmoeError
+from mobile_vmoe.errors import MvmoeError, did_you_mean
+from mobile_vmoe.fileio import to_json, writable_dir
 
 from . import prepare as P
 from .app_metadata import app_metadata
@@ -70,11 +71,13 @@ def plan(target: str, backend: str | None, precision: str, experts: str = "fused
         raise MvmoeError(f"--experts {experts!r}: expected fused (one program, every expert) or split (trunk + one program per expert)")
     from .split import unsupported
     if target not in (*TARGET_NAMES, "all"):
-        raise MvmoeError(f"--target {target!r}: expected one of {', '.join(TARGET_NAMES)}, all")
+        raise MvmoeError(f"--target {target!r}: expected one of {', '.join(TARGET_NAMES)}, all"
+                         + did_you_mean(target, (*TARGET_NAMES, "all")))
     if precision not in ("fp32", "fp16", "int8"):
-        raise MvmoeError(f"--precision {precision!r}: expected fp32, fp16 or int8")
+        raise MvmoeError(f"--precision {precision!r}: expected fp32, fp16 or int8" + did_you_mean(precision, ("fp32", "fp16", "int8")))
     if backend is not None and backend not in ("xnnpack", "coreml", "portable"):
-        raise MvmoeError(f"--backend {backend!r}: expected xnnpack, coreml or portable")
+        raise MvmoeError(f"--backend {backend!r}: expected xnnpack, coreml or portable"
+                         + did_you_mean(backend, ("xnnpack", "coreml", "portable")))
     if backend is not None and target not in ("executorch", "all"):
         raise MvmoeError(f"--backend applies to --target executorch only (got --target {target})")
     jobs, skipped = [], []
@@ -129,15 +132,17 @@ def check_options(parity_images: int, calibration_images: int, fp32_tol: float, 
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """--out must be a folder we can write (created if missing)."""
+    """--out must be a folder we can write; nothing is created yet (a refusal leaves no empty folder)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise MvmoeError(f"--out {out_dir} is a file, not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".mvmoe-write-test-")
-        probe.close()
-    except OSError as e:
-        raise MvmoeError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from None
+    nearest = next(p for p in (out_dir.absolute(), *out_dir.absolute().parents) if p.exists())
+    if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
+        raise MvmoeError(f"--out {out_dir}: cannot write there ({nearest} is not a writable folder)")
+
+
+def make_out_dir(out_dir: Path) -> None:
+    """Create --out (after every check) and probe that a file can be written in it."""
+    writable_dir(out_dir, "--out")
 
 
 def require_real_images(images: P.EvalImages, jobs: list[ExportJob]) -> None:
@@ -177,8 +182,24 @@ def check_overwrite(paths: list[Path], identity: dict, force: bool) -> None:
                              "or --out another folder")
 
 
+def early_checks(cfg, images: P.EvalImages, jobs: list[ExportJob], experts: str, parity_data: str | None, say) -> None:
+    """What can refuse the export from the model's config and the images alone, before any
+    export or conversion work: split layouts, real images for fp16/int8, calibration classes."""
+    if experts == "split":
+        from .split import check_splittable
+
+        for j in jobs:
+            check_splittable(cfg, j.target, j.backend, j.precision)
+    require_real_images(images, jobs)
+    if parity_data is not None and images.labels is None and any(j.precision == "int8" for j in jobs):
+        say(f"warning: --parity-data {parity_data} has other classes than the checkpoint's: int8 is calibrated on "
+            "them and the accuracy change cannot be measured")
+
+
 def load_source(checkpoint, dispatch: str, fused_attention: bool, bake_preprocessing: bool, count: int,
-                parity_images: int, calibration_images: int, parity_data: str | None) -> Source:
+                parity_images: int, calibration_images: int, parity_data: str | None, early=None) -> Source:
+    """The checkpoint's model ready for export, its images and reference logits; ``early(cfg,
+    images)`` runs once both are known, before the (slow) export."""
     from mobile_vmoe.checkpoint import load_checkpoint, model_from_checkpoint
     from mobile_vmoe.profile.flops import profile_flops
 
@@ -188,6 +209,8 @@ def load_source(checkpoint, dispatch: str, fused_attention: bool, bake_preproces
     wrapper = P.prepare_for_export(model, dispatch=dispatch, fused_attention=fused_attention,
                                    bake_preprocessing=bake_preprocessing, mean=data.get("mean"), std=data.get("std"))
     images = P.eval_images(ckpt, count=count, spec=parity_data)
+    if early is not None:
+        early(model.cfg, images)
     check()
     inputs = images.inputs(bake_preprocessing)  # (N, C, H, W)
     ep = P.export_static(wrapper, inputs[:1].clone())  # raises MvmoeError if anything is dynamic
@@ -263,7 +286,7 @@ def export_job(src: Source, job: ExportJob, out_dir: Path, path: Path, *, say, v
         with quiet(verbose, log):
             meta = convert_and_check(src, job, tmp / path.name, say=say, **kw)
         with held():  # both files or neither
-            (tmp / f"{path.stem}.json").write_text(json.dumps(meta, indent=1))
+            (tmp / f"{path.stem}.json").write_text(to_json(meta, indent=1, what=f"{path.stem}.json"))
             _install(tmp / path.name, path)
             _install(tmp / f"{path.stem}.json", path.with_suffix(".json"))
         res.artifact, res.metadata = path, meta
@@ -318,17 +341,13 @@ def export_checkpoint(checkpoint, target: str = "all", backend: str | None = Non
     check_out_dir(out_dir)
     with sigint_guard(), quiet(verbose):
         src = load_source(checkpoint, dispatch, fused_attention, bake_preprocessing, max(parity_images, calibration_images),
-                          parity_images, calibration_images, parity_data)
+                          parity_images, calibration_images, parity_data,
+                          early=lambda cfg, images: early_checks(cfg, images, jobs, experts, parity_data, say))
         say(f"eval images: {src.images.source}")
         if src.images.is_random:
             say("warning: parity runs on random pixels, not real images (give --parity-data to use a dataset)")
-        require_real_images(src.images, jobs)
-        if experts == "split":
-            from .split import check_splittable
-
-            for j in jobs:
-                check_splittable(src.model.cfg, j.target, j.backend, j.precision)
-            dispatch = "split"
+        dispatch = "split" if experts == "split" else dispatch
+        make_out_dir(out_dir)
         paths = [artifact_path(out_dir, src.model.cfg.name, j, dispatch if src.wrapper.per_image_moe else "gather")
                  for j in jobs]
         check_overwrite(paths, src.identity, force)

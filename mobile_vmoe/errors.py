@@ -5,6 +5,14 @@ class MvmoeError(Exception):
     """A problem the user can fix (bad input, missing file, wrong layout). The message says how."""
 
 
+def did_you_mean(word: str, choices) -> str:
+    """'; did you mean X?' for the closest of `choices` (difflib), or '' when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def run_script(main) -> None:
     """Entry point of a bench/ script: ``main()``'s return value is the exit code; an MvmoeError
     becomes ``error: <message>`` on stderr and exit 1, as in the ``mvmoe`` command."""

@@ -130,7 +130,7 @@ def _jpeg_bytes(size=48) -> bytes:
 def test_imagefolder_reads_classes_labels_and_eval_crop(tree):
     b = build_data(str(tree), img_size=16)
     assert b.name == "tiny" and b.class_names == ["c00", "c01", "c02", "c03"]
-    assert (len(b.train), len(b.val)) == (12, 8) and b.stats["skipped_images"] == 0
+    assert (len(b.train), len(b.val)) == (12, 8) and b.train.load_failures == 0
     assert b.stats["root"] == str(tree.resolve())
     assert b.checkpoint_info()["spec"] == str(tree.resolve())  # an export finds the data from any cwd
     assert b.mean == (0.485, 0.456, 0.406)
@@ -161,7 +161,7 @@ def test_imagefolder_layout_errors(tmp_path, tree):
     (flat / "val").mkdir()
     for k in range(3):
         (flat / "val" / f"ILSVRC2012_val_{k:08d}.JPEG").write_bytes(_jpeg_bytes(8))
-    with pytest.raises(MvmoeError, match="valprep.sh"):
+    with pytest.raises(MvmoeError, match="mvmoe data sort-val"):
         build_data(str(flat))
     # an empty class folder
     (tree / "train" / "c09").mkdir()
@@ -176,28 +176,31 @@ def test_imagefolder_layout_errors(tmp_path, tree):
 
 
 @pytest.mark.filterwarnings("ignore:skipping")
-def test_imagefolder_corrupt_images_skipped_counted_and_limited(tree):
+def test_imagefolder_unreadable_images_found_at_load_counted_and_limited(tree):
+    from mobile_vmoe.data.loader import skipped_images
+
     jpeg = _jpeg_bytes()
-    # random bytes with an image name: caught by the header check at scan
+    # random bytes with an image name, and a truncated JPEG (valid header, fails only when decoded)
     (tree / "train" / "c02" / "random.jpg").write_bytes(np.random.default_rng(1).bytes(500))
-    # a truncated JPEG: valid header, fails only when decoded
     (tree / "train" / "c01" / "00000_trunc.jpg").write_bytes(jpeg[: len(jpeg) // 2])
-    with pytest.warns(UserWarning, match="random.jpg"):
-        b = build_data(str(tree), img_size=16, augment="none", max_bad_fraction=0.2)
-    assert b.stats["skipped_images"] == 1 and len(b.train) == 13  # 12 good + the truncated one
+    b = build_data(str(tree), img_size=16, augment="none", max_bad_fraction=0.2)
+    assert len(b.train) == 14 and b.train.load_failures == 0  # indexing opens no file
     i = b.train.paths.index(str(tree / "train" / "c01" / "00000_trunc.jpg"))
     with pytest.warns(UserWarning, match="00000_trunc.jpg"):
         x, y = b.train[i]
     # replaced by the next sample in the list (c01/00001.png), label 1
     assert y == 1 and b.train.load_failures == 1
     assert torch.equal(x, b.train[i + 1][0])
-    # 2 bad of 14 files is 14%: over a 10% limit at load time ...
+    j = b.train.paths.index(str(tree / "train" / "c02" / "random.jpg"))
+    with pytest.warns(UserWarning, match="random.jpg"):
+        assert b.train[j][1] == 3  # the last file of c02: replaced by c03/00000.png
+    b.train[j]  # flagged once: not counted again
+    assert b.train.load_failures == 2 and skipped_images(b) == 2
+    # 2 bad of 14 files is 14%: over a 10% limit at the second failure
     b = build_data(str(tree), img_size=16, augment="none", max_bad_fraction=0.1)
+    b.train[i]
     with pytest.raises(MvmoeError, match="2 of 14 images"):
-        b.train[i]
-    # ... and over a 5% limit already at scan (1 of 14)
-    with pytest.raises(MvmoeError, match="1 of 14 images .* max_bad_fraction"):
-        build_data(str(tree), max_bad_fraction=0.05)
+        b.train[j]
 
 
 # --- MixUp / CutMix and superclass targets --------------------------------------------------------

@@ -203,8 +203,12 @@ def test_cli_report(runs, tmp_path):
     r = CliRunner().invoke(app, ["report", *map(str, run_dirs), "--latency", str(lats[0]), str(lats[1]),
                                  "--out", str(out), "--no-published"])  # a positional .json is a latency file
     assert r.exit_code == 0, r.output
-    assert "| vmoe-6x64-p8-e5 | digits |" in r.stdout
-    assert "tflite int8 @ Pixel 8 (Android 15)" in r.stdout and "executorch-xnnpack fp32 @ local" in r.stdout
+    assert "|" not in r.stdout  # the wide table goes to the file; the console gets a short summary
+    assert "vmoe-6x64-p8-e5 · digits · moe-sc · 8 ep: top-1 91.25 %" in r.stdout
+    assert "3 runs, 2 latency/memory columns, 0 published reference rows" in r.stdout
+    md = (out / "table.md").read_text()
+    assert "| vmoe-6x64-p8-e5 | digits |" in md
+    assert "tflite int8 @ Pixel 8 (Android 15)" in md and "executorch-xnnpack fp32 @ local" in md
     assert sorted(p.name for p in out.iterdir()) == ["flops_vs_accuracy.png", "routing.png", "table.csv", "table.md"]
 
 
@@ -230,3 +234,81 @@ def test_seeds_aggregate_into_mean_and_std(tmp_path):
     assert points[("moe-e2e", 30)].top1 == [95.0]
     md = make_report(dirs + [longer], [], tmp_path / "rep", published=False)["table.md"].read_text()
     assert "| digits | moe-e2e | vmoe-6x64-p8-e5 | 8 | 5.43M | 3 | 92.00 +- 2.00 |" in md
+
+
+def _run(tmp_path, name, **kw):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "summary.json").write_text(json.dumps(_summary(**{"superclass_names": None, "expert_usage": None, **kw})))
+    return d
+
+
+def test_plot_lines_join_only_runs_that_differ_in_size(tmp_path):
+    """MoE runs of 45, 6 and 1 epochs and a k=2 run are four points, never one line; two sizes of
+    one arm, k and epochs are one line; every legend entry names arm, data and epochs."""
+    from mobile_vmoe.profile.report import flops_figure, load_runs
+
+    dirs = [_run(tmp_path, "e45", epochs=45, macs=5_000_000), _run(tmp_path, "e6", epochs=6, macs=5_100_000),
+            _run(tmp_path, "e1", epochs=1, macs=5_200_000), _run(tmp_path, "k2", epochs=45, top_k=2, macs=9_000_000),
+            _run(tmp_path, "big", epochs=45, model="vmoe-6x96-p8-e5", macs=11_000_000)]
+    fig = flops_figure(load_runs(dirs))
+    ax = fig.axes[0]
+    joined = [ln for ln in ax.get_lines() if ln.get_linestyle() not in ("None", "none") and len(ln.get_xdata()) > 1]
+    assert [list(ln.get_xdata()) for ln in joined] == [[5.0, 11.0]]  # the 45-epoch k=1 curve, two sizes
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sorted(labels) == sorted([
+        "per-image MoE (end-to-end router), k=1 · digits · 45 ep", "per-image MoE (end-to-end router), k=1 · digits · 6 ep",
+        "per-image MoE (end-to-end router), k=1 · digits · 1 ep", "per-image MoE (end-to-end router), k=2 · digits · 45 ep"])
+    assert "no error bars" in fig._suptitle.get_text() and "std over seeds" not in fig._suptitle.get_text()
+
+
+def test_plot_dense_markers_per_dataset_and_error_bars_with_seeds(tmp_path):
+    from mobile_vmoe.profile.report import flops_figure, load_runs
+
+    dense = dict(routing="none", num_experts=0, top_k=0, router_superclass_top1=None)
+    dirs = [_run(tmp_path, "d1", dataset="digits", **dense), _run(tmp_path, "d2", dataset="shapes", **dense),
+            _run(tmp_path, "s0", seed=0, top1=90.0), _run(tmp_path, "s1", seed=1, top1=92.0)]
+    fig = flops_figure(load_runs(dirs))
+    ax = fig.axes[0]
+    markers = {c.get_label(): c.lines[0].get_marker() for c in ax.containers}  # errorbar containers
+    assert len({markers["dense · digits · 8 ep"], markers["dense · shapes · 8 ep"]}) == 2
+    assert "std over seeds" in fig._suptitle.get_text()
+    assert len(ax.collections) == 1  # one error bar collection: the two-seed point only
+
+
+def test_published_labels_are_whole_and_inside_the_figure(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from mobile_vmoe.profile.report import flops_figure, load_runs, published_rows
+
+    fig = flops_figure(load_runs([_run(tmp_path, "r")]) + published_rows())
+    ax = fig.axes[1]
+    texts = {t.get_text(): t for t in ax.texts}
+    assert "Mobile V-MoE 12x192 p32 (E=10, k=1)" in texts and "DeiT-Tiny" in texts
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    for t in texts.values():  # every label inside its panel: nothing cut at the axes or figure edge
+        b = t.get_window_extent(renderer)
+        assert box.x0 - 1 <= b.x0 and b.x1 <= box.x1 + 1 and box.y0 - 1 <= b.y0 and b.y1 <= box.y1 + 1, t.get_text()
+    plt.close(fig)
+
+
+def test_routing_panels_have_distinct_titles(tmp_path):
+    from mobile_vmoe.profile.report import load_runs, routing_titles
+
+    rows = load_runs([_run(tmp_path, "a", expert_usage=_summary()["expert_usage"]),
+                      _run(tmp_path, "b", expert_usage=_summary()["expert_usage"])])
+    titles = routing_titles(rows)
+    assert len(set(titles)) == 2 and "/a)" in titles[0] and "/b)" in titles[1]
+
+
+def test_two_latency_files_for_one_cell_are_a_conflict(tmp_path):
+    d = _run(tmp_path, "r")
+    lat = {"artifact": "vmoe-6x64-p8-e5_onnx_fp32.onnx", "device": "local", "runtime": "onnxruntime", "runs": 5,
+           "min_ms": 1.0, "median_ms": 1.0, "p90_ms": 1.0, "mean_ms": 1.0}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(lat))
+    b.write_text(json.dumps({**lat, "median_ms": 2.0}))
+    with pytest.raises(MvmoeError, match=r"a\.json and .*b\.json both measure onnx fp32 @ local \(ms\)"):
+        make_report([d], [a, b], tmp_path / "o", published=False)

@@ -30,7 +30,7 @@ class OneLineErrors(TyperGroup):
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mobile Vision Mixture-of-Experts: train, export, profile, report.")
-profile_app = typer.Typer(no_args_is_help=True, help="FLOPs and latency profilers.")
+profile_app = typer.Typer(no_args_is_help=True, help="Profilers: flops (MACs, params), latency (local or on a phone), memory (resident MiB), ingest (a demo app's benchmark JSON).")
 app.add_typer(profile_app, name="profile")
 
 

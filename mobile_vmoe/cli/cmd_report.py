@@ -18,13 +18,16 @@ def report_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="output directory"),
     published: bool = typer.Option(True, "--published/--no-published", help="add the papers' ImageNet numbers as marked reference rows"),
 ) -> None:
-    """One table (accuracy, MACs, params, latency and memory per target and device) and two plots."""
+    """One table (accuracy, MACs, params, latency and memory per target and device) and two plots;
+    the console gets a short summary, the full table is in DIR/table.md."""
     from ..profile.report import make_report
 
     # typer options take one value each: let `mvmoe report RUN lat/*.json` work too
     files = [p for p in run_dirs or [] if p.suffix == ".json" and p.is_file()]
     dirs = [p for p in run_dirs or [] if p not in files]
-    paths = make_report(dirs, [*latency, *memory, *files], out, published=published)
-    typer.echo((out / "table.md").read_text())
+    summary: list[str] = []
+    paths = make_report(dirs, [*latency, *memory, *files], out, published=published, summary=summary)
+    for line in summary:  # the wide table is in table.md / table.csv
+        typer.echo(line)
     for name, p in paths.items():
         typer.echo(f"wrote {p}")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from ..fileio import to_json
 from . import app
 
 
@@ -44,10 +44,12 @@ def train_cmd(
                            superclasses=superclasses, teacher=teacher)
         summary = resume_run(out, settings, quiet=quiet)
     else:
-        tcfg, bundle = resolve(model, data or DEFAULT_DATA, settings, epochs=epochs, seed=seed, recipe=recipe)
+        tcfg, bundle = resolve(model, data or DEFAULT_DATA, settings, epochs=epochs, seed=seed, recipe=recipe, out=out)
         summary = train(tcfg, bundle, out, superclasses=superclasses or "auto", quiet=quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 reports
         print_summary(summary)
+    if summary.get("stopped") and summary.get("reason") in ("SIGINT", "SIGTERM"):
+        raise typer.Exit(130 if summary["reason"] == "SIGINT" else 143)  # last.pt is saved; as `mvmoe export` does
 
 
 def refuse_with_resume(out: Optional[Path], **given) -> None:
@@ -77,7 +79,8 @@ def print_summary(summary: dict) -> None:
         typer.echo(f"stopped at epoch {summary['epoch']} (step {summary['step']}); continue with: "
                    f"mvmoe train --out {summary['run_dir']} --resume")
         return
-    parts = [f"{summary['model']} on {summary['dataset']}: top-1 {summary['top1']:.2f}%, top-5 {summary['top5']:.2f}%"]
+    top5 = "n/a (5 classes or fewer)" if summary.get("top5") is None else f"{summary['top5']:.2f}%"
+    parts = [f"{summary['model']} on {summary['dataset']}: top-1 {summary['top1']:.2f}%, top-5 {top5}"]
     if summary.get("router_superclass_top1") is not None:
         parts.append(f"router superclass top-1 {summary['router_superclass_top1']:.2f}%")
     if summary.get("dense"):
@@ -113,6 +116,9 @@ def superclasses_cmd(
     from ..train.run import fit_superclasses
 
     model, ck = model_from_checkpoint(checkpoint)
+    if model.cfg.is_moe:  # superclasses come from a model that never saw the holdout
+        raise MvmoeError(f"{checkpoint} is an MoE ({model.cfg.name}), trained on the whole training split including "
+                         "the holdout; give its dense stage (RUN/dense/model.pt) or another dense model")
     trained = ck.get("train_config") or {}
     seed = seed if seed is not None else int(trained.get("seed", 0))
     holdout = holdout if holdout is not None else float(trained.get("superclass_holdout", 0.1))
@@ -125,5 +131,5 @@ def superclasses_cmd(
     tcfg = TrainConfig(model=model.cfg, seed=seed, superclass_holdout=holdout, superclass_clustering=clustering)
     _, held = split_for_superclasses(bundle, holdout, seed)
     found = fit_superclasses(Path(checkpoint), held, bundle, tcfg, out, "cpu", quiet=True, num=num)
-    typer.echo(json.dumps({"num_superclasses": found["num_superclasses"], "names": found["names"],
+    typer.echo(to_json({"num_superclasses": found["num_superclasses"], "names": found["names"],
                            "sizes": found["sizes"], "fit_on": found["fit_on"], "out": str(out)}))

@@ -10,7 +10,8 @@
     "shapes-disjoint[:<N>:<S>]"   the same, but each superclass owns its hue band and its own
                                   detail family (shapes' details are shared across outlines)
     "shapes[-disjoint]:N:S:P"     either, with P training images per class (eval P / 3, at least 20)
-    PATH                          ImageFolder: PATH/train/<class>/*, PATH/val/<class>/*
+    PATH                          ImageFolder: PATH/train/<class>/*, PATH/val/<class>/* (or the flat
+                                  ImageNet val/ with its label file in PATH)
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ __all__ = ["DataBundle", "TensorImageDataset", "build_data", "MixupCutmix", "sup
 
 
 def build_data(spec: str, img_size: int | None = None, *, augment: str = "default", seed: int = 0,
-               max_bad_fraction: float = 0.01) -> DataBundle:
+               max_bad_fraction: float = 0.01, index_cache: str | os.PathLike | None = None) -> DataBundle:
     """Build the DataBundle named by ``spec``.
 
     img_size None -> the dataset's natural size (digits 32, synthetic 32, folder 224).
     augment: "none" | "light" | "default" (digits/synthetic: light, folder: deit) | "deit".
     seed: the generation seed of ``synthetic`` (digits' split and folder contents never depend on it).
     max_bad_fraction: ImageFolder only; more unreadable images than this fraction is an error.
+    index_cache: ImageFolder only; a file where the file index is cached and shared by the ranks.
     """
     from .transforms import check_augment
 
@@ -61,7 +63,8 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
     if path.exists() or os.sep in spec or spec.startswith("."):
         from .imagefolder import build_imagefolder
 
-        bundle = build_imagefolder(path, img_size, augment, max_bad_fraction=max_bad_fraction)
+        bundle = build_imagefolder(path, img_size, augment, max_bad_fraction=max_bad_fraction,
+                                   index_cache=index_cache)
         bundle.spec = str(path.resolve())
         return bundle
     raise MvmoeError(f"unknown dataset {spec!r}: use digits, synthetic, synthetic:<classes>:<superclasses>, shapes, shapes-disjoint, "

@@ -14,9 +14,11 @@ from ..errors import MvmoeError
 class DataBundle:
     """A dataset ready for training and evaluation.
 
-    Items of ``train`` and ``val`` are ``(image, label)``: image float32 (C, H, W) already
-    normalised with ``mean``/``std`` (applied to pixels scaled to [0, 1]), label an int.
-    ``val`` uses the deterministic eval transform only.
+    Items of ``train`` and ``val`` are ``(image, label)``, label an int. ``val`` images are float32
+    (C, H, W) normalised with ``mean``/``std`` (applied to pixels scaled to [0, 1]) by the
+    deterministic eval transform. ``train`` images are either that too (in-memory sets) or uint8
+    (C, H, W) (folders): mobile_vmoe.data.loader normalises uint8 batches on the device and applies
+    pixel-mode random erasing there with probability ``train_erasing``.
     """
 
     name: str
@@ -31,6 +33,7 @@ class DataBundle:
     stats: dict = field(default_factory=dict)
     spec: str = ""  # what rebuilds it: build_data(spec, img_size, seed=seed) ("digits", "synthetic:20:4", an absolute path)
     seed: int = 0  # generation seed (synthetic only; 0 otherwise)
+    train_erasing: float = 0.0  # random erasing probability of uint8 train batches (on the device)
 
     @property
     def num_classes(self) -> int:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..config import expert_capacity
 
@@ -96,7 +95,9 @@ def switch_load_loss(probs: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
     E.g. E = 2, probs [[0.9, 0.1], [0.6, 0.4]], both choose 0: f = [1, 0], P = [0.75, 0.25] -> 1.5.
     """
     E = probs.shape[-1]
-    f = torch.bincount(choice, minlength=E).to(probs.dtype) / choice.numel()  # (E,)
+    ones = torch.ones_like(choice, dtype=probs.dtype)
+    f = torch.zeros(E, dtype=probs.dtype, device=probs.device).scatter_add(0, choice, ones) / choice.numel()  # (E,)
+    # (scatter_add rather than bincount: CUDA's bincount reads the maximum back to the host)
     return E * (f * probs.mean(dim=0)).sum()
 
 
@@ -175,13 +176,15 @@ def assign_slots(index: torch.Tensor, priority: torch.Tensor, num_experts: int, 
     else:
         order = torch.arange(T, device=index.device).expand(B, T)
     sorted_index = index.gather(1, order.unsqueeze(-1).expand(B, T, k))  # (B, T, k)
-    onehot = F.one_hot(sorted_index, E).to(torch.int64)  # (B, T, k, E)
+    # (B, T, k, E); a compare rather than F.one_hot, whose range assert LiteRT cannot lower
+    onehot = (sorted_index.unsqueeze(-1) == torch.arange(E, device=index.device)).to(torch.int64)
     onehot = onehot.transpose(1, 2).reshape(B, k * T, E)  # choice-major: all 1st choices first
     position = onehot.cumsum(dim=1) - 1  # (B, k*T, E) rank within the expert
     position = (position * onehot).sum(dim=-1)  # (B, k*T)
     position = position.reshape(B, k, T).transpose(1, 2)  # (B, T, k) in priority order
-    ranks = torch.arange(T, device=index.device).expand(B, T)
-    inverse = torch.zeros(B, T, dtype=order.dtype, device=index.device).scatter(1, order, ranks)  # (B, T): where each token sits in ``order``
+    ranks = torch.arange(T, device=index.device)
+    # (B, T): where each token sits in ``order``; a compare and a sum (no scatter: it converts to Core ML and LiteRT)
+    inverse = ((order.unsqueeze(2) == ranks.view(1, 1, T)).long() * ranks.view(1, T, 1)).sum(1)
     position = position.gather(1, inverse.unsqueeze(-1).expand(B, T, k))  # natural token order
     kept = position < C
     slot = torch.where(kept, index * C + position, torch.full_like(position, E * C))

@@ -8,12 +8,15 @@ Inputs (formats: docs/formats.md)
 - each run has an arm: dense, moe-sc (per-image router trained on superclasses), moe-e2e
   (per-image router trained end to end), token (per-token V-MoE), or what summary.json's ``arm``
   says (e.g. a peer model). Runs of one dataset, arm, model and epochs are seeds of one point:
-  table.md adds their mean +- std, and the plot draws the mean with the std as error bars.
+  table.md adds their mean +- std, and the plot draws the mean with the std as error bars. A line
+  joins only runs that differ in size alone (same dataset, arm, k and epochs); every point is
+  labelled with its arm, data and epochs.
 - latency JSON files (`mvmoe profile latency --out F`, `mvmoe profile ingest --out F`): matched to
   the run whose checkpoint made the artifact (``checkpoint_sha256``, carried from the artifact's
   .json), else, for files without it, by the model name in the artifact name
   `<model>_<target>[-<backend>]_<precision>[-<dispatch>].<ext>`; each distinct (target,
-  precision, dispatch, device) becomes one column holding the median in ms.
+  precision, dispatch, device) becomes one column holding the median in ms. Two files for one
+  run and column are refused as a conflict (never last-wins).
 - published reference numbers (Mobile V-MoE, arXiv 2309.04354; DeiT; MobileNetV3), ImageNet-1k:
   rows marked "published", MACs computed from our presets at 224 px with the same counting
   convention, drawn in a separate panel (another dataset, not comparable to small-data runs).
@@ -29,7 +32,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..fileio import atomic_write_bytes, atomic_write_text, file_sha256, read_json_object
+from ..fileio import atomic_write_bytes, atomic_write_text, file_sha256, read_json_object, writable_dir
 from ..errors import MvmoeError
 
 # (name, kind, preset for MACs or None, MACs if no preset, top-1, note): the papers' ImageNet-1k numbers
@@ -61,6 +64,7 @@ class Row:
     epochs: int | None = None
     arm: str = "dense"  # dense | moe-sc | moe-e2e | token | superclass-source | a peer's name
     seed: int | None = None
+    top_k: int = 0  # experts per image (0: dense)
 
 
 SUPERCLASS_SOURCE = "superclass-source"
@@ -98,7 +102,8 @@ def _row_from_summary(s: dict, source: str, superclass_source: bool = False) -> 
                s.get("active_params"), s.get("top1"), s.get("top5"), s.get("router_superclass_top1"), source,
                expert_usage=s.get("expert_usage"), superclass_names=s.get("superclass_names"),
                checkpoint=_run_checkpoint(s, Path(source)), epochs=s.get("epochs"),
-               arm=arm_of(s, superclass_source), seed=s.get("seed"))
+               arm=arm_of(s, superclass_source), seed=s.get("seed"),
+               top_k=int(s.get("top_k") or 0) if routing != "none" else 0)
 
 
 def _run_checkpoint(s: dict, run_dir: Path) -> Path | None:
@@ -153,6 +158,7 @@ def load_latency(files: list[str | Path]) -> list[dict]:
         if missing:
             raise MvmoeError(f"{f}: missing key(s) {', '.join(missing)}; expected the JSON of "
                              "`mvmoe profile latency --out`, `mvmoe profile memory --out` or `mvmoe profile ingest --out`")
+        d["_file"] = str(f)  # for conflict messages; never written out
         out.append(d)
     return out
 
@@ -197,10 +203,12 @@ def _sha256(path: Path, cache: dict) -> str:
 
 def attach_latency(rows: list[Row], lats: list[dict]) -> list[str]:
     """Put each latency median on the row of the run it measured. Returns the columns. A latency
-    that matches no run gets a row of its own (named by its artifact)."""
+    that matches no run gets a row of its own (named by its artifact). Two files for one cell (same
+    run, target, precision, dispatch and device) are a conflict: refused, naming both files."""
     cols: list[str] = []
     hashes: dict = {}
     orphans: dict[str, Row] = {}  # one row per unmatched checkpoint (or model name)
+    filled: dict[tuple, str] = {}  # (row id, column) -> the file that filled it
     for lat in lats:
         model = lat.get("model") or parse_artifact_name(lat["artifact"])["model"]
         col = latency_column(lat)
@@ -214,6 +222,10 @@ def attach_latency(rows: list[Row], lats: list[dict]) -> list[str]:
                 rows.append(orphans[key])
             match = [orphans[key]]
         for r in match:
+            first = filled.setdefault((id(r), col), lat.get("_file", lat["artifact"]))
+            if first != lat.get("_file", lat["artifact"]):
+                raise MvmoeError(f"{first} and {lat.get('_file', lat['artifact'])} both measure {col} of {r.model} "
+                                 f"({r.source}); give one of them")
             r.latency[col] = lat["rss_mib"] if is_memory(lat) else lat["median_ms"]
     return cols
 
@@ -280,6 +292,7 @@ class Point:
     epochs: int | None
     macs: int
     top1: list[float]
+    top_k: int = 0
 
     @property
     def mean(self) -> float:
@@ -297,8 +310,8 @@ def aggregate(rows: list[Row]) -> list[Point]:
     for r in rows:
         if r.published or r.top1 is None or not r.macs:
             continue
-        key = (r.dataset, r.arm, r.model, r.epochs)
-        points.setdefault(key, Point(r.dataset, r.arm, r.model, r.epochs, r.macs, [])).top1.append(r.top1)
+        key = (r.dataset, r.arm, r.model, r.top_k, r.epochs)
+        points.setdefault(key, Point(r.dataset, r.arm, r.model, r.epochs, r.macs, [], r.top_k)).top1.append(r.top1)
     return list(points.values())
 
 
@@ -351,40 +364,96 @@ def _save_fig(fig, path: Path) -> None:
     atomic_write_bytes(path, write)
 
 
-ARM_STYLE = {  # label, marker, line, colour
-    "dense": ("dense", "o", "--", "tab:gray"),
-    "moe-sc": ("Mobile V-MoE (superclass router)", "s", "-", "tab:blue"),
-    "moe-e2e": ("per-image MoE (end-to-end router)", "^", "-", "tab:green"),
-    "token": ("per-token V-MoE", "D", "-", "tab:purple"),
-    SUPERCLASS_SOURCE: ("dense stage (superclass source, not a baseline)", "o", "none", "tab:olive"),
+ARM_STYLE = {  # label, line, colour (the marker is the dataset's)
+    "dense": ("dense", "--", "tab:gray"),
+    "moe-sc": ("Mobile V-MoE (superclass router)", "-", "tab:blue"),
+    "moe-e2e": ("per-image MoE (end-to-end router)", "-", "tab:green"),
+    "token": ("per-token V-MoE", "-", "tab:purple"),
+    SUPERCLASS_SOURCE: ("dense stage (superclass source, not a baseline)", "none", "tab:olive"),
 }
+ARM_SHORT = {"dense": "dense", "moe-sc": "sc", "moe-e2e": "e2e", "token": "token", SUPERCLASS_SOURCE: "sc-src"}
+DATASET_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+PUBLISHED_MARKER = {"dense": "o", "moe-sc": "s"}
 
 
-def _draw_points(ax, points: list[Point], datasets: list[str]) -> None:
-    """One curve per (dataset, arm): seed means with std error bars; epochs in the label when the
-    arms of a dataset were trained for different epochs (never a silent pairing)."""
-    for di, ds in enumerate(datasets):
-        mine = [p for p in points if p.dataset == ds]
-        mixed_epochs = len({p.epochs for p in mine if p.arm != SUPERCLASS_SOURCE}) > 1
-        for arm in dict.fromkeys(p.arm for p in mine):
-            pts = sorted((p for p in mine if p.arm == arm), key=lambda p: p.macs)
-            label, marker, ls, colour = ARM_STYLE.get(arm, (f"{pts[0].model} ({arm})", "*", "none", "black"))
-            epochs = sorted({p.epochs for p in pts}, key=lambda e: e or 0)
-            label += f" [{ds}]" if len(datasets) > 1 else ""
-            label += f" ({'/'.join(str(e) for e in epochs)} ep)" if mixed_epochs or arm == SUPERCLASS_SOURCE else ""
-            ax.errorbar([p.macs / 1e6 for p in pts], [p.mean for p in pts], yerr=[p.std for p in pts], label=label,
-                        marker=marker, ls=ls, color=colour, alpha=1.0 if di == 0 else 0.6, capsize=3,
-                        mfc="none" if arm == SUPERCLASS_SOURCE else colour)
+def curves(points: list[Point]) -> dict[tuple, list[Point]]:
+    """(dataset, arm, k, epochs) -> its points by MACs: a line joins runs that differ in size alone."""
+    out: dict[tuple, list[Point]] = {}
+    for p in points:
+        out.setdefault((p.dataset, p.arm, p.top_k, p.epochs), []).append(p)
+    return {key: sorted(pts, key=lambda p: p.macs) for key, pts in out.items()}
 
 
-def plot_flops_vs_accuracy(rows: list[Row], path: Path) -> None:
-    """Top-1 against active MACs per arm (the paper's Fig. 1 form), mean +- std over seeds;
-    published ImageNet numbers in a panel of their own."""
+def curve_label(arm: str, dataset: str, top_k: int, epochs, model: str) -> str:
+    """'Mobile V-MoE (superclass router), k=1 · digits · 45 ep': arm, data and epochs of every point."""
+    name = ARM_STYLE[arm][0] if arm in ARM_STYLE else f"{model} ({arm})"
+    k = f", k={top_k}" if top_k else ""
+    return f"{name}{k} · {dataset} · {'?' if epochs is None else epochs} ep"
+
+
+def _draw_points(ax, points: list[Point]) -> None:
+    """One line per curve (runs that differ in size alone); seed std as error bars only where a
+    point has several seeds. Colour: arm; marker: dataset; hollow: the superclass-source stage."""
+    datasets = list(dict.fromkeys(p.dataset for p in points))
+    for (ds, arm, k, epochs), pts in curves(points).items():
+        _, ls, colour = ARM_STYLE.get(arm, ("", "none", "black"))
+        marker = DATASET_MARKERS[datasets.index(ds) % len(DATASET_MARKERS)]
+        xs, ys = [p.macs / 1e6 for p in pts], [p.mean for p in pts]
+        seeds = any(len(p.top1) > 1 for p in pts)
+        ax.errorbar(xs, ys, yerr=[p.std for p in pts] if seeds else None, capsize=3 if seeds else 0,
+                    label=curve_label(arm, ds, k, epochs, pts[0].model), marker=marker,
+                    ls=ls if len(pts) > 1 else "none", color=colour, mfc="none" if arm == SUPERCLASS_SOURCE else colour)
+        for x, y in zip(xs, ys):  # the point itself says what the legend says, in short
+            ax.annotate(f"{ARM_SHORT.get(arm, arm)}{'' if k in (0, 1) else f' k{k}'} {ds} {_fmt(epochs)}ep", (x, y),
+                        textcoords="offset points", xytext=(4, 3), fontsize=6, color=colour)
+
+
+def _draw_published(ax, rows: list[Row]) -> None:
+    """Published points, each labelled in full inside the axes (right-hand labels point left)."""
+    xs = [r.macs / 1e6 for r in rows]
+    mid = math.sqrt(min(xs) * max(xs)) if xs else 0
+    for r in rows:
+        x = r.macs / 1e6
+        ax.plot([x], [r.top1], marker=PUBLISHED_MARKER.get(r.arm, "*"), ls="none", color=ARM_STYLE[r.arm][2])
+        right = x > mid
+        ax.annotate(r.model, (x, r.top1), textcoords="offset points", xytext=(-5 if right else 5, 5),
+                    ha="right" if right else "left", fontsize=7)
+    if xs:
+        lo, hi = min(xs), max(xs)
+        ax.set_xlim(lo / 1.6, hi * 1.6)  # room for the points at both ends (log axis)
+        ys = [r.top1 for r in rows]
+        ax.set_ylim(min(ys) - 4, max(ys) + 4)
+
+
+def _format_axes(ax, xs: list[float], title: str) -> None:
+    import matplotlib.ticker
+
+    wide = bool(xs) and max(xs) / min(xs) > 3
+    if wide:
+        ax.set_xscale("log")
+        ticks: list[float] = []  # the measured points themselves, none within 15 % of the last
+        for x in sorted(xs):
+            if not ticks or x > 1.15 * ticks[-1]:
+                ticks.append(x)
+        ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{float(f'{v:.3g}'):g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if xs and not wide and title == "measured here":  # all at (nearly) equal MACs: a linear axis with some room
+        lo, hi = min(xs), max(xs)
+        pad = max(hi - lo, 0.05 * hi)
+        ax.set_xlim(lo - pad, hi + pad)
+    ax.set_xlabel("active MACs per image (M" + (", log scale)" if wide else ")"))
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def flops_figure(rows: list[Row]):
+    """The figure of plot_flops_vs_accuracy (returned for tests): top-1 against active MACs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     points = aggregate(rows)
     pub = [r for r in rows if r.published]
@@ -392,39 +461,37 @@ def plot_flops_vs_accuracy(rows: list[Row], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(6.8 * len(panels), 4.8), squeeze=False)
     for ax, (title, items) in zip(axes[0], panels):
         if title == "measured here":
-            _draw_points(ax, items, list(dict.fromkeys(p.dataset for p in items)))
+            _draw_points(ax, items)
         else:
-            for r in items:
-                label, marker, _, colour = ARM_STYLE[r.arm]
-                ax.plot([r.macs / 1e6], [r.top1], marker=marker, ls="none", color=colour)
-                ax.annotate(r.model if len(r.model) < 28 else r.model[:26] + "…", (r.macs / 1e6, r.top1),
-                            textcoords="offset points", xytext=(4, 4), fontsize=7)
-        xs = [(p.macs / 1e6) for p in items]
-        wide = bool(xs) and max(xs) / min(xs) > 3
-        if wide:
-            ax.set_xscale("log")
-            ticks: list[float] = []  # the measured points themselves, none within 15 % of the last
-            for x in sorted(xs):
-                if not ticks or x > 1.15 * ticks[-1]:
-                    ticks.append(x)
-            ax.set_xticks(ticks)
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{float(f'{v:.3g}'):g}"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        if xs and not wide:  # all at (nearly) equal MACs: a linear axis with some room
-            lo, hi = min(xs), max(xs)
-            pad = max(hi - lo, 0.05 * hi)
-            ax.set_xlim(lo - pad, hi + pad)
-        ax.set_xlabel("active MACs per image (M" + (", log scale)" if wide else ")"))
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
+            _draw_published(ax, items)
+        _format_axes(ax, [p.macs / 1e6 for p in items], title)
         if items and title == "measured here":  # below the axes: never over a point
-            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
         elif not items:
             ax.text(0.5, 0.5, "no runs with accuracy", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle("Accuracy vs. compute per arm (error bars: std over seeds)", fontsize=11)
+    seeds = max((len(p.top1) for p in points), default=0)
+    bars = "error bars: std over seeds" if seeds > 1 else "one seed per point, no error bars"
+    fig.suptitle(f"Accuracy vs. compute per arm ({bars}; lines join runs that differ in size only)", fontsize=10)
+    return fig
+
+
+def plot_flops_vs_accuracy(rows: list[Row], path: Path) -> None:
+    """Top-1 against active MACs per arm (the paper's Fig. 1 form), mean +- std over seeds;
+    published ImageNet numbers in a panel of their own."""
+    import matplotlib.pyplot as plt
+
+    fig = flops_figure(rows)
     _save_fig(fig, path)
     plt.close(fig)
+
+
+def routing_titles(rs: list[Row]) -> list[str]:
+    """One title per routing panel: model, run folder, data and epochs; numbered if still alike."""
+    titles = [f"{r.model} ({'/'.join(Path(r.source).parts[-2:])})\n{r.dataset}, {_fmt(r.epochs)} ep; "
+              "diagonal = router follows superclasses" for r in rs]
+    if len(set(titles)) < len(titles):
+        titles = [f"[{i + 1}] {t}" for i, t in enumerate(titles)]
+    return titles
 
 
 def plot_routing(rows: list[Row], path: Path, max_runs: int = 6) -> None:
@@ -442,7 +509,7 @@ def plot_routing(rows: list[Row], path: Path, max_runs: int = 6) -> None:
         ax = axes[0][0]
         ax.text(0.5, 0.5, "no per-image MoE run with expert_usage", ha="center", va="center")
         ax.set_axis_off()
-    for ax, r in zip(axes[0], rs):
+    for ax, r, title in zip(axes[0], rs, routing_titles(rs)):
         counts = np.asarray(r.expert_usage, dtype=float)  # (S, E)
         if counts.ndim != 2:
             raise MvmoeError(f"{r.source}: expert_usage must be a superclass x expert list of lists")
@@ -458,7 +525,7 @@ def plot_routing(rows: list[Row], path: Path, max_runs: int = 6) -> None:
         ax.set_xticks(range(E), [f"e{j}" for j in range(E)], fontsize=8)
         ax.set_xlabel("expert chosen (top-1)")
         ax.set_ylabel("superclass of the true class")
-        ax.set_title(f"{r.model}\n{r.dataset}, diagonal = router follows superclasses", fontsize=9)
+        ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, label="share of the superclass's val images")
     fig.tight_layout()
     _save_fig(fig, path)
@@ -467,21 +534,36 @@ def plot_routing(rows: list[Row], path: Path, max_runs: int = 6) -> None:
 
 # ---------------------------------------------------------------------------------------- main
 
+def summary_lines(rows: list[Row], cols: list[str], max_rows: int = 12) -> list[str]:
+    """A short console summary (the wide table is in table.md): one line per measured run."""
+    ours = [r for r in rows if not r.published]
+    lines = [f"{r.model} · {r.dataset} · {r.arm} · {_fmt(r.epochs)} ep: top-1 {_fmt(r.top1, 'pct')} %, "
+             f"{_fmt(r.macs, 'count')} MACs" + (f", {len(r.latency)} latency/memory figure(s)" if r.latency else "")
+             for r in ours[:max_rows]]
+    if len(ours) > max_rows:
+        lines.append(f"... and {len(ours) - max_rows} more runs")
+    lines.append(f"{len(ours)} runs, {len(cols)} latency/memory columns, "
+                 f"{sum(r.published for r in rows)} published reference rows")
+    return lines
+
+
 def make_report(run_dirs: list[str | Path], latency_files: list[str | Path] = (), out: str | Path = "report",
-                published: bool = True) -> dict:
-    """Write the four report files into `out`; returns {name: path}."""
+                published: bool = True, summary: list | None = None) -> dict:
+    """Write the four report files into `out`; returns {name: path}. A list given as `summary`
+    receives the console summary's lines."""
     if not run_dirs and not latency_files:
         raise MvmoeError("give at least one RUN_DIR (or --latency FILE)")
     rows = load_runs(list(run_dirs))
     cols = attach_latency(rows, load_latency(list(latency_files)))
     if published:
         rows += published_rows()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(out, "--out")
     paths = {"table.md": out / "table.md", "table.csv": out / "table.csv",
              "flops_vs_accuracy.png": out / "flops_vs_accuracy.png", "routing.png": out / "routing.png"}
     atomic_write_text(paths["table.md"], render_markdown(rows, cols))
     atomic_write_text(paths["table.csv"], render_csv(rows, cols))
     plot_flops_vs_accuracy(rows, paths["flops_vs_accuracy.png"])
     plot_routing(rows, paths["routing.png"])
+    if summary is not None:
+        summary += summary_lines(rows, cols)
     return paths

@@ -1,0 +1,63 @@
+"""Export refusals that depend on the checkpoint come before any export or conversion work and
+leave no --out folder behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from mobile_vmoe.checkpoint import save_checkpoint
+from mobile_vmoe.converters import pipeline
+from mobile_vmoe.errors import MvmoeError
+from mobile_vmoe.models.registry import create_model
+
+TINY = dict(depth=2, width=32, heads=2, num_experts=2, moe_blocks=1, img_size=16, patch_size=8)
+
+
+class Reached(Exception):
+    """The export got as far as torch.export."""
+
+
+@pytest.fixture
+def no_export(monkeypatch):
+    def refuse(*a, **kw):
+        raise Reached
+
+    monkeypatch.setattr(pipeline.P, "export_static", refuse)
+
+
+def _ckpt(tmp_path, class_names=None, **cfg):
+    """A tiny 10-class checkpoint that names no dataset."""
+    model = create_model("vmoe-6x64-p32", **TINY, num_classes=10, **cfg)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, {"model_config": model.cfg.to_dict(), "model": model.state_dict(),
+                           "class_names": class_names or [str(i) for i in range(10)]})
+    return path
+
+
+def test_split_of_a_token_model_is_refused_before_export(tmp_path, no_export):
+    out = tmp_path / "out" / "deeper"
+    with pytest.raises(MvmoeError, match="not a per-image MoE"):
+        pipeline.export_checkpoint(_ckpt(tmp_path, routing="token"), "executorch", None, "fp32", out, experts="split",
+                                   parity_images=4)
+    assert not out.exists() and not out.parent.exists()
+
+
+def test_int8_without_real_images_is_refused_before_export(tmp_path, no_export):
+    out = tmp_path / "out"
+    with pytest.raises(MvmoeError, match="int8 export needs real images"):  # the checkpoint names no dataset
+        pipeline.export_checkpoint(_ckpt(tmp_path), "tflite", None, "int8", out, parity_images=4)
+    assert not out.exists()
+
+
+def test_parity_data_of_other_classes_warns_for_int8(tmp_path, no_export):
+    lines = []
+    ckpt = _ckpt(tmp_path, class_names=[f"c{i}" for i in range(10)])  # not digits' classes
+    with pytest.raises(Reached):
+        pipeline.export_checkpoint(ckpt, "tflite", None, "int8", tmp_path / "out", parity_images=4,
+                                   parity_data="digits", progress=lines.append)
+    assert any(ln.startswith("warning: --parity-data digits has other classes") for ln in lines), lines
+    lines.clear()
+    with pytest.raises(Reached):  # fp32: nothing is calibrated, nothing to warn about
+        pipeline.export_checkpoint(ckpt, "tflite", None, "fp32", tmp_path / "out", parity_images=4,
+                                   parity_data="digits", progress=lines.append)
+    assert not any("other classes" in ln for ln in lines)
