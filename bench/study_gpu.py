@@ -10,8 +10,9 @@ verdicts: see that docstring) with these changes, fixed before any run:
 - data: 300 training and 100 eval images per class (``shapes-disjoint:100:10:300`` and the
   negative control ``shapes:100:10:300``: 30,000 / 10,000 images, 5x the CPU study);
 - sizes 6x64 and 12x192 (the paper's ViT-Tiny width and depth; heads W/16 as on CPU);
-- batch 256 with bf16 autocast; lr grid 5e-4, 1e-3, 2e-3 (the CPU grid's middle value x 256 / 64
-  / 2, a factor of 2 either side), chosen per size by the dense arm on the holdout as on CPU;
+- batch 256 with bf16 autocast; lr grid 1e-3, 2e-3, 4e-3 per 512 images (5e-4, 1e-3, 2e-3 at batch
+  256: lower than the CPU grid for the deeper, wider models), chosen per size by the dense arm on
+  the holdout as on CPU;
 - JOBS = 8 processes share the GPU (one CPU thread each; the machines lent have 16 cores);
 - budget 7 minutes of projected wall (under 8 with the probe); the probe runs first, and the cut
   rule keeps the largest size: the SMALLER sizes go first, then the control's token and moe-e2e
@@ -34,7 +35,7 @@ from mobile_vmoe.errors import MvmoeError
 
 DATA = ["shapes-disjoint:100:10:300", "shapes:100:10:300"]
 SIZES = ["6x64", "12x192"]
-LR_GRID = [5e-4, 1e-3, 2e-3]
+LR_GRID = [1e-3, 2e-3, 4e-3]  # per 512 images: 5e-4, 1e-3, 2e-3 at batch 256
 SETTINGS = ["batch_size=256", "amp=bf16"]
 JOBS = 8
 BUDGET_MIN = 7.0
