@@ -38,6 +38,8 @@ PROTOCOL, fixed before any run (the constants below hold it; the results record 
   supports = mean >= 2 points and Holm-corrected one-sided p(gain <= 0) < 0.05; contradicts =
   Holm-corrected one-sided p(gain >= 2) < 0.05 (90 % upper bound < 2); else inconclusive. One Holm
   family per dataset: the 5 comparisons of COMPARISONS at every size. Gated comparisons stay in it.
+  (For moe-sc - moe-e2e the paper's own gap is 0.85 points, so "contradicts" there means "under 2
+  points", as the paper predicts; only "supports" would say more.)
 - Reported with it: ARI of moe-sc's clustered superclasses against the planted ones, training
   compute per arm (3 x MACs x images seen; moe-sc includes its dense stage) and wall seconds.
 - Budget and cuts: a 1-epoch timing probe of each size (dense, per-image MoE, token; JOBS
