@@ -417,7 +417,7 @@ def summarize(res: dict, allow_mixed: bool = False) -> str:
 
 def per_superclass(res: dict, data: str, size: str) -> str:
     """EXPLORATORY (not part of the protocol): top-1 per planted superclass (class c in c % S) of every
-    arm at ``size``, mean over seeds."""
+    arm at ``size``, mean over seeds (each seed's models on that seed's generated data)."""
     import torch
 
     from mobile_vmoe.checkpoint import model_from_checkpoint
@@ -427,16 +427,19 @@ def per_superclass(res: dict, data: str, size: str) -> str:
     rs = [r for r in arm_rows(res) if (r["data"], r["size"]) == (data, size)]
     if not rs:
         raise MvmoeError(f"--per-superclass {data} {size}: no runs of that data and size in the results")
-    bundle = build_data(data, augment="none")
-    S = max(bundle.planted_superclasses) + 1
-    x, y = bundle.val.transform(bundle.val.images), bundle.val.labels  # (N, 3, H, W) normalised, (N,)
-    lines = ["| arm | " + " | ".join(n.split(".")[0] for n in bundle.class_names[:S]) + " |", "|---|" + "---|" * S]
+    bundles = {seed: build_data(data, augment="none", seed=seed) for seed in {r["seed"] for r in rs}}  # seeded data
+    names = next(iter(bundles.values())).class_names
+    S = max(next(iter(bundles.values())).planted_superclasses) + 1
+    lines = ["| arm | " + " | ".join(n.split(".")[0] for n in names[:S]) + " |", "|---|" + "---|" * S]
     for arm in ARMS:
         accs = []
         for r in (r for r in rs if r["arm"] == arm):
+            val = bundles[r["seed"]].val
+            x, y = val.transform(val.images), val.labels  # (N, 3, H, W) normalised, (N,)
             model, _ = model_from_checkpoint(Path(r["dir"]) / "model.pt")
+            step = 1 if arm == "token" else 500  # the token arm as exported: one image per routing group
             with torch.no_grad():
-                pred = torch.cat([model(x[i:i + 500]).argmax(-1) for i in range(0, len(x), 500)])
+                pred = torch.cat([model(x[i:i + step]).argmax(-1) for i in range(0, len(x), step)])
             accs.append([100 * float((pred[y % S == s] == y[y % S == s]).float().mean()) for s in range(S)])
         if accs:
             lines.append(f"| {arm} | " + " | ".join(f"{statistics.mean(v):.1f}" for v in zip(*accs)) + " |")
