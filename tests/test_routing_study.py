@@ -169,6 +169,12 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
     assert planted["class_to_superclass"] == [0, 1, 0, 1]
     text = capsys.readouterr().out
     assert "moe-sc - moe-e2e" in text and "| shapes-disjoint:4:2 | 3x16 | token |" in text
+    # the exploratory per-superclass table: balanced classes, so its row means are the arms' top-1
+    table = rs.per_superclass(res, "shapes-disjoint:4:2", "3x16").splitlines()
+    for arm in ("dense", "token"):
+        cells = [float(v) for v in next(l for l in table if l.startswith(f"| {arm} |")).strip("|").split("|")[1:]]
+        top1 = [r["top1"] for r in res["runs"] if r["kind"] == "arm" and r["arm"] == arm]
+        assert sum(cells) / len(cells) == pytest.approx(sum(top1) / len(top1), abs=0.06)
     # resuming a finished study trains nothing more
     n = len(res["runs"])
     assert rs.main(args) == 0 and len(json.loads((out / "results.json").read_text())["runs"]) == n
