@@ -401,6 +401,8 @@ def summarize(res: dict, allow_mixed: bool = False) -> str:
     commits = check_commits(res["runs"], allow_mixed)
     prov = res.get("provenance") or {}
     head = [f"commit(s): {', '.join(sorted(str(c) for c in commits))}; study command: {prov.get('command')}"]
+    if res.get("wall_minutes"):
+        head.append(f"wall: {sum(res['wall_minutes']):.1f} min ({' + '.join(map(str, res['wall_minutes']))} per invocation)")
     if len(commits) > 1:
         head.append(f"WARNING: runs made at {len(commits)} different commits are pooled below")
     if any(r.get("dirty") for r in res["runs"]):

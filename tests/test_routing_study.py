@@ -135,7 +135,8 @@ def test_verdicts_from_results_by_hand():
 def test_summary_names_commit_compute_and_refuses_mixed_commits():
     res = _results()
     text = rs.summarize(res)
-    assert "commit(s): abc" in text
+    assert "commit(s): abc" in text and "wall:" not in text
+    assert "wall: 3.5 min (1.5 + 2.0 per invocation)" in rs.summarize({**res, "wall_minutes": [1.5, 2.0]})
     assert "| d | 6x32 | moe-sc | 5 | 56.0 ± 1.6 | 90.0 ± 0.0 / 80.0 ± 0.0 | 0.90 (min 0.90)" in text
     assert "2000 (2.00x)" in text  # training GMACs of moe-sc, dense stage included, against dense
     res["runs"][0]["commit"] = "def"
