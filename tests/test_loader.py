@@ -149,6 +149,7 @@ def _steps(out):
             if json.loads(line)["kind"] == "step"]
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_shard_once_and_resume_across_world_sizes(folder, tmp_path):
     """Every sample once across 2 ranks, the index scanned once; mid-epoch resume 1 -> 2 and 2 -> 1
     (stopped at step 2 of 4, position 32 of the global order), and a refusal in one line."""
@@ -186,6 +187,7 @@ def test_loader_choice():
     assert choose_loader("auto", torch.device("cuda")) == ("dali" if dali_available() else "torch")
 
 
+@pytest.mark.slow
 def test_dali_cpu_pipeline_matches_the_torch_path(folder):
     pytest.importorskip("nvidia.dali", reason="DALI is an optional extra: uv sync --extra dali")
     from mobile_vmoe.config import TrainConfig
