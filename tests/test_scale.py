@@ -104,6 +104,19 @@ def test_fp16_trains_with_a_grad_scaler_saved_in_last_pt(tmp_path):
     assert ck["scaler"]["scale"] > 0 and ck["step"] == 2 and s["top1"] is not None
 
 
+def test_train_state_without_a_scaler_steps_through_a_disabled_one():
+    from mobile_vmoe.train import TrainState
+
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    state = TrainState(model, opt, torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0))  # as bench/routing_study.py
+    assert not state.scaler.is_enabled()
+    model.weight.grad = torch.ones_like(model.weight)
+    w = model.weight.detach().clone()
+    state.scaler.step(opt)
+    torch.testing.assert_close(model.weight.detach(), w - 0.5)  # a plain optimizer step
+
+
 def test_fp32_run_keeps_no_scaler_state(tmp_path):
     fit(TrainConfig(model=ModelConfig(**TINY), epochs=1, batch_size=32, ema_decay=0.0), _bundle(), tmp_path, quiet=True)
     assert load_checkpoint(tmp_path / "last.pt")["scaler"] == {}  # a disabled GradScaler's state

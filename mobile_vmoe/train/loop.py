@@ -58,7 +58,8 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     ema: torch.optim.swa_utils.AveragedModel | None = None
-    scaler: torch.amp.GradScaler | None = None  # fp16: loss scaling (disabled otherwise)
+    # fp16: loss scaling; a disabled GradScaler (a pass-through) otherwise
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))
     epoch: int = 0  # finished epochs
     step: int = 0  # optimizer steps so far
     micro: int = 0  # micro-batches of the optimizer step in progress (grad_accum); 0 between steps
@@ -79,7 +80,7 @@ class TrainState:
                 "epoch": self.epoch, "step": self.step, "epoch_step": self.epoch_step,
                 "train_seconds": self.seconds, "images_seen": self.images_seen, "metrics": self.metrics,
                 "rng_per_rank": self.rng_per_rank,
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+                "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, d: dict) -> None:
         self.model.load_state_dict(d["model"])
@@ -91,7 +92,7 @@ class TrainState:
         self.seconds, self.images_seen = d.get("train_seconds", 0.0), d.get("images_seen", 0)
         self.metrics = d.get("metrics") or {}
         self.rng_per_rank = d.get("rng_per_rank")
-        if self.scaler is not None and d.get("scaler"):
+        if d.get("scaler"):
             self.scaler.load_state_dict(d["scaler"])
 
 
