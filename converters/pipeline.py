@@ -27,7 +27,7 @@ from mobile_vmoe.fileio import to_json, writable_dir
 from . import prepare as P
 from .app_metadata import app_metadata
 from .interrupt import check, held, sigint_guard
-from .quiet import loud, quiet
+from .quiet import loud, quiet, ticking
 
 TARGET_NAMES = ("coreml", "executorch", "tflite", "onnx")
 
@@ -68,7 +68,8 @@ def plan(target: str, backend: str | None, precision: str, experts: str = "fused
     """Jobs for a --target/--backend/--precision/--experts choice, and notes on combinations skipped
     under ``all``. A single target with an unsupported backend or precision is a user error."""
     if experts not in ("fused", "split"):
-        raise MvmoeError(f"--experts {experts!r}: expected fused (one program, every expert) or split (trunk + one program per expert)")
+        raise MvmoeError(f"--experts {experts!r}: expected fused (one program, every expert) or split (trunk + one program "
+                         f"per expert){did_you_mean(experts, ('fused', 'split'))}")
     from .split import unsupported
     if target not in (*TARGET_NAMES, "all"):
         raise MvmoeError(f"--target {target!r}: expected one of {', '.join(TARGET_NAMES)}, all"
@@ -132,17 +133,26 @@ def check_options(parity_images: int, calibration_images: int, fp32_tol: float, 
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """--out must be a folder we can write; nothing is created yet (a refusal leaves no empty folder)."""
+    """--out must be a folder we can write. Nothing is created yet (a refusal leaves no empty
+    folder): a file is written and removed in --out, or in its nearest existing parent."""
     if out_dir.exists() and not out_dir.is_dir():
         raise MvmoeError(f"--out {out_dir} is a file, not a folder")
     nearest = next(p for p in (out_dir.absolute(), *out_dir.absolute().parents) if p.exists())
-    if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
-        raise MvmoeError(f"--out {out_dir}: cannot write there ({nearest} is not a writable folder)")
+    if not nearest.is_dir():
+        raise MvmoeError(f"--out {out_dir}: cannot write there ({nearest} is a file)")
+    _probe(out_dir, nearest)
 
 
 def make_out_dir(out_dir: Path) -> None:
-    """Create --out (after every check) and probe that a file can be written in it."""
+    """Create --out, after every check has passed (and probe it)."""
     writable_dir(out_dir, "--out")
+
+
+def _probe(out_dir: Path, where: Path) -> None:
+    try:
+        tempfile.NamedTemporaryFile(dir=where, prefix=".mvmoe-write-test-").close()
+    except OSError as e:
+        raise MvmoeError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from None
 
 
 def require_real_images(images: P.EvalImages, jobs: list[ExportJob]) -> None:
@@ -283,7 +293,7 @@ def export_job(src: Source, job: ExportJob, out_dir: Path, path: Path, *, say, v
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=out_dir))
     log = tmp / "library-output.log"
     try:
-        with quiet(verbose, log):
+        with quiet(verbose, log), ticking(say, path.stem):
             meta = convert_and_check(src, job, tmp / path.name, say=say, **kw)
         with held():  # both files or neither
             (tmp / f"{path.stem}.json").write_text(to_json(meta, indent=1, what=f"{path.stem}.json"))

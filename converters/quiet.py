@@ -97,3 +97,38 @@ def quiet(verbose: bool = False, log: Path | None = None):
             os.environ.pop("TQDM_DISABLE", None)
         else:
             os.environ["TQDM_DISABLE"] = previous_tqdm
+
+
+TICK_SECONDS = 20.0  # how often a long conversion says it is still running
+
+
+def _elapsed(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+@contextmanager
+def ticking(say, what: str):
+    """While the block runs, ``say("<what>: still running, <elapsed>")`` every TICK_SECONDS from a
+    daemon thread; afterwards ``say("<what>: done after <elapsed>")`` ("failed", "stopped" on Ctrl-C)."""
+    import threading
+    import time
+
+    t0, stop = time.monotonic(), threading.Event()
+
+    def tick():
+        while not stop.wait(TICK_SECONDS):
+            say(f"{what}: still running, {_elapsed(time.monotonic() - t0)}")
+
+    thread = threading.Thread(target=tick, daemon=True, name="mvmoe-ticker")
+    thread.start()
+    end = "done"
+    try:
+        yield
+    except BaseException as e:
+        end = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
+        raise
+    finally:
+        stop.set()
+        thread.join()
+        say(f"{what}: {end} after {_elapsed(time.monotonic() - t0)}")

@@ -326,8 +326,8 @@ class TrainConfig:
                 p.append(f"{name}={getattr(self, name)} must be >= 0")
         if self.eval_every < 1 or self.log_every < 1:
             p.append(f"eval_every={self.eval_every} and log_every={self.log_every} must be >= 1")
-        if not self.lr > 0:
-            p.append(f"lr={self.lr} must be > 0")
+        if not 0 < self.lr < float("inf"):
+            p.append(f"lr={self.lr} must be a finite number > 0")
         elif self.batch_size_ok() and not 0 <= self.min_lr <= self.effective_lr:
             p.append(f"min_lr={self.min_lr} must be in [0, the effective lr {self.effective_lr:g}] "
                      f"(lr={self.lr} per 512 images at a global batch of {self.global_batch})")

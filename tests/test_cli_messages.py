@@ -100,3 +100,27 @@ def test_readme_profile_loop_skips_the_core_ml_delegate_and_takes_split_folders(
     res = subprocess.run(["bash", "-c", loop], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert res.stdout.split() == ["exports/m_executorch-xnnpack_fp32-split.pte", "exports/m_executorch-xnnpack_fp32.pte",
                                   "exports/m_tflite_fp32.tflite", "exports/m_tflite_fp32-split", "exports/m_onnx_fp32.onnx"]
+
+
+def test_infinite_lr_is_one_line():
+    code, _, err = mvmoe("train", *TINY, "--set", "lr=inf", "--epochs", "1")
+    assert code == 1 and "lr=inf must be a finite number > 0" in err
+    assert err.count("\n") == 1 and "UserWarning" not in err
+
+
+def test_warnings_are_one_clean_line(tmp_path):
+    """A corrupt image in an ImageFolder: `warning: ...` lines, no Python source location or code line."""
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            d = tmp_path / "data" / split / c
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(d / f"{i}.png")
+    (tmp_path / "data" / "train" / "a" / "bad.png").write_bytes(b"not a png")
+    code, _, err = mvmoe("train", *TINY[2:], "--data", tmp_path / "data", "--epochs", "1", "--out", tmp_path / "run")
+    lines = err.strip().splitlines()
+    assert any(ln.startswith("warning: skipping") and "bad.png" in ln for ln in lines), err
+    assert not [ln for ln in lines if "UserWarning" in ln or "warnings.warn" in ln or ".py:" in ln], err

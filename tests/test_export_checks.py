@@ -61,3 +61,27 @@ def test_parity_data_of_other_classes_warns_for_int8(tmp_path, no_export):
         pipeline.export_checkpoint(ckpt, "tflite", None, "fp32", tmp_path / "out", parity_images=4,
                                    parity_data="digits", progress=lines.append)
     assert not any("other classes" in ln for ln in lines)
+
+
+def test_a_long_conversion_says_it_is_still_running(tmp_path, monkeypatch):
+    """The ticker's lines come while the converter runs (it waits for the first one), then a
+    closing line with the elapsed time; no clock is compared."""
+    import threading
+
+    from mobile_vmoe.converters import quiet as Q
+
+    lines, ticked = [], threading.Event()
+
+    def say(line):
+        lines.append(line)
+        if "still running" in line:
+            ticked.set()
+
+    monkeypatch.setattr(Q, "TICK_SECONDS", 0.01)
+    with Q.ticking(say, "m_onnx_fp32"):
+        assert ticked.wait(30)
+    assert lines[0].startswith("m_onnx_fp32: still running, ") and lines[-1].startswith("m_onnx_fp32: done after ")
+    with pytest.raises(ValueError), Q.ticking(lines.append, "m_tflite_fp32"):
+        raise ValueError
+    assert lines[-1].startswith("m_tflite_fp32: failed after ")
+    assert Q._elapsed(83.4) == "1 min 23 s" and Q._elapsed(9.9) == "9 s"

@@ -247,3 +247,20 @@ def test_cli_latency_json_and_errors(artifacts, tmp_path):
     assert json.loads(out.read_text())["runs"] == 3
     r = CliRunner().invoke(app, ["profile", "ingest", str(_app_json(tmp_path)), "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["median_ms"] == 2.5
+
+
+@pytest.mark.parametrize("kind", ["pte", "tflite"])
+def test_cli_latency_hides_the_runtimes_chatter(artifacts, kind):
+    """No torch pytree warning, cpuinfo lines or LiteRT INFO line: only the table (a fresh process,
+    since the runtimes write to the file descriptors themselves)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mvmoe = Path(sys.executable).parent / "mvmoe"
+    res = subprocess.run([str(mvmoe), "profile", "latency", str(artifacts[kind]), "--runs", "2", "--warmup", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "", res.stderr
+    assert res.stdout.splitlines()[0] == artifacts[kind].name  # the heading keeps the file name whole
+    assert not [ln for ln in res.stdout.splitlines() if "cpuinfo" in ln or "INFO" in ln or "_pytree" in ln]

@@ -208,3 +208,11 @@ def test_dali_cpu_pipeline_matches_the_torch_path(folder):
     order = epoch_order(24, 4, 1).tolist()
     assert files == [b.train.path(order[p]) for p in (9, 11, 13, 15, 17, 19, 21, 23)]
     assert max(int(x.max()) for x, _ in got) > 0
+    # the dense stage trains on a Subset (train less the holdout): its files, in the same order
+    sub = torch.utils.data.Subset(b.train, list(range(4, 24)))
+    b2 = build_data(str(folder), 16, augment="deit")
+    b2.train = sub
+    files2, _ = DaliTrainLoader(b2, tcfg, DistInfo(), global_batch=8).epoch_files(0)
+    ref2 = TorchTrainLoader(sub, global_batch=8, seed=4)
+    ref2.sampler.set_epoch(0)
+    assert files2 == [b.train.path(4 + i) for batch in ref2.sampler for i, _ in batch]

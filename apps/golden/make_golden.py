@@ -7,9 +7,9 @@ The numpy code below is the reference of the app preprocessing (docs/apps.md, "T
 preprocessing"): optionally invert the colours (255 - v, for a light-on-dark model fed a photo of
 dark ink), center-crop a square of ``crop_fraction`` of the short side, antialiased bilinear
 resize with half-pixel centres (what torch's F.interpolate(mode="bilinear", align_corners=False,
-antialias=True) computes, the resampling of the eval transform's Resize), RGB / scale, (x - mean) / std, then the declared
-layout; with ``preprocessing_baked_in`` the app stops after the resize and hands raw [0, 255]
-floats to the model. It also holds the parity-set check the apps run at load. tests/test_apps.py checks this reference
+antialias=True) computes, the resampling of the eval transform's Resize), RGB / scale,
+(x - mean) / std, then the declared layout; with ``preprocessing_baked_in`` the app stops after
+the resize and hands raw [0, 255] floats to the model. It also holds the parity-set check the apps run at load. tests/test_apps.py checks this reference
 against torch, and the Kotlin JUnit tests (apps/android_demo) and the XCTest target
 (apps/ios_demo) reproduce every vector in golden.json within 1e-5.
 
@@ -137,7 +137,7 @@ def metadata(model: str, target: str, backend, precision: str, ext: str, *, size
         "parity": {"ran": True, "max_abs_diff": 3.1e-06, "top1_agreement": 1.0, "images": 64, "reason": None},
         "ops": {"total": 10, "delegated": 9}, "versions": {"mvmoe": "0.1.0", "torch": "2.14.0"},
         "preprocessing": {"resize": "center-crop-then-bilinear", "crop": "center-square", "crop_fraction": crop_fraction,
-                          "interpolation": "bilinear", "align_corners": False, "antialias": False, "scale": 255.0,
+                          "interpolation": "bilinear", "align_corners": False, "antialias": True, "scale": 255.0,
                           "mean": MEAN, "std": STD, "layout": layout, "baked_in": baked, "polarity": polarity,
                           "eval_transform": "golden fixture"},
         "runtime": runtime or {"name": {"tflite": "litert", "coreml": "coreml"}.get(target, target),

@@ -6,20 +6,30 @@ themselves on ``app`` / ``profile_app`` when imported below.
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 import typer
 from typer.core import TyperGroup
 
 from ..errors import MvmoeError
 
 
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as ``warning: <message>``: no source file, line number or code line."""
+    (file or sys.stderr).write(f"warning: {message}\n")
+
+
 class OneLineErrors(TyperGroup):
-    """The root command group: a user error (MvmoeError) becomes ``error: <message>`` on stderr and
-    exit 1, Ctrl-C ``interrupted`` and exit 130; any other exception is a bug and keeps its traceback.
+    """The root command group: a warning is one line, a user error (MvmoeError) ``error: <message>``
+    on stderr and exit 1, Ctrl-C ``interrupted`` and exit 130; any other exception is a bug and keeps its traceback.
     Done here, inside the click command, so tests through ``typer.testing.CliRunner`` see it too."""
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():  # restores showwarning afterwards
+                warnings.showwarning = one_line_warning
+                return super().invoke(ctx)
         except MvmoeError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None

@@ -61,6 +61,7 @@ def export_cmd(
     except KeyboardInterrupt:
         typer.echo("error: interrupted: export stopped, no partial files left", err=True)
         raise typer.Exit(130) from None
+    typer.echo(f"mvmoe export -> {out}")  # a heading of its own: a table title would break the path
     Console(width=160).print(results_table(results, out))
     if app_:
         copy_results(results, app_)
@@ -75,7 +76,7 @@ def results_table(results, out: Path):
     """artifact | parity | max |diff| | top-1 agree | accuracy change | ops; random-pixel parity said so."""
     from rich.table import Table
 
-    t = Table(title=f"mvmoe export -> {out}")
+    t = Table()
     for col in ("artifact", "parity", "max |diff|", "top-1 agree", "int8/fp16 acc change", "ops (delegated)"):
         t.add_column(col, overflow="fold")
     for r in results:

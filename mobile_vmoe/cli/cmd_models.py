@@ -125,8 +125,9 @@ def flops_cmd(
     from rich.table import Table
 
     where = f"{artifact['target']}{'-' + artifact['backend'] if artifact['backend'] else ''} {artifact['precision']}: " if artifact else ""
-    t = Table(title=f"{where}{cfg.name}: {_human(report.macs)} MACs ({_human(report.flops)} FLOPs) per image, "
-                    f"params {_human(report.params)} total / {_human(report.active_params)} active, dispatch {report.dispatch}")
+    typer.echo(f"{where}{cfg.name}: {_human(report.macs)} MACs ({_human(report.flops)} FLOPs) per image, "
+               f"params {_human(report.params)} total / {_human(report.active_params)} active, dispatch {report.dispatch}")
+    t = Table()
     for col in ("block", "kind", "MACs", "share", "params", "active params"):
         t.add_column(col, justify="left" if col in ("block", "kind") else "right")
     for b in report.per_block:

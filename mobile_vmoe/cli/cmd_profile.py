@@ -21,7 +21,9 @@ def _print_latency(d: dict, as_json: bool) -> None:
     def ms(v):
         return "-" if v is None else f"{v:.3f}"
 
-    t = Table(title=f"{d['artifact']} on {d['device']} ({d['runtime']}, threads {d.get('threads') or 'default'})")
+    # the heading as plain lines: a table title would wrap inside file names
+    typer.echo(f"{d['artifact']}\non {d['device']} ({d['runtime']}, threads {d.get('threads') or 'default'})")
+    t = Table()
     for col in ("runs", "min ms", "median ms", "p90 ms", "mean ms"):
         t.add_column(col, justify="right")
     t.add_row(str(d["runs"]), ms(d["min_ms"]), ms(d["median_ms"]), ms(d["p90_ms"]), ms(d["mean_ms"]))
@@ -48,6 +50,13 @@ def _say_unverified(d: dict) -> None:
         typer.echo("not verified: the artifact's size and sha256 were not checked against its .json (--no-verify)")
 
 
+def _quiet_runtimes(verbose: bool):
+    """The runtimes' own chatter (torch pytree warnings, cpuinfo, LiteRT INFO) hidden unless --verbose."""
+    from mobile_vmoe.converters.quiet import quiet
+
+    return quiet(verbose)
+
+
 @profile_app.command("latency")
 def latency_cmd(
     artifact: Path = typer.Argument(..., help="an exported .pte / .tflite / .onnx / .mlpackage"),
@@ -62,14 +71,16 @@ def latency_cmd(
     out: Optional[Path] = typer.Option(None, help="also write the JSON here (for `mvmoe report --latency`)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     no_verify: bool = NO_VERIFY,
+    verbose: bool = typer.Option(False, "--verbose", help="show the runtimes' own output (cpuinfo, LiteRT INFO, ...)"),
 ) -> None:
     """Latency of one artifact: min / median / p90 / mean over timed runs, batch 1. The artifact
     must match the size and sha256 its .json recorded at export (else one line, exit 1)."""
     from ..fileio import atomic_write_json
     from ..profile.latency import profile_latency
 
-    d = profile_latency(artifact, device, warmup=warmup, runs=runs, threads=threads, per_op=per_op,
-                        binary=binary, adb_port=adb_port, verify=not no_verify)
+    with _quiet_runtimes(verbose):
+        d = profile_latency(artifact, device, warmup=warmup, runs=runs, threads=threads, per_op=per_op,
+                            binary=binary, adb_port=adb_port, verify=not no_verify)
     if out is not None:
         atomic_write_json(out, d)
     _print_latency(d, as_json)
@@ -116,8 +127,9 @@ def memory_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{d['artifact']} ({d['runtime']}, loader {d['loader']}): MiB over a baseline of "
-                    f"{d['baseline_mib']:.1f} MiB")
+    typer.echo(f"{d['artifact']}\n{d['runtime']}, loader {d['loader']}: MiB over a baseline of "
+               f"{d['baseline_mib']:.1f} MiB")
+    t = Table()
     for col in ("after", "rss", "heap (anon)", "file-backed", "peak rss"):
         t.add_column(col, justify="right")
     for when in (w for w in ("load", "first", "run") if w in d["after"]):

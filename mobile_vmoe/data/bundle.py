@@ -45,6 +45,14 @@ class DataBundle:
                 "in_chans": self.in_chans, "mean": list(self.mean), "std": list(self.std)}
 
 
+def check_classes(name: str, class_names: list[str]) -> None:
+    """A classifier needs at least 2 classes: one MvmoeError naming the dataset otherwise."""
+    n = len(class_names)
+    if n < 2:
+        raise MvmoeError(f"{name} has {n} class{'es' if n != 1 else ''} ({', '.join(class_names[:3])}): "
+                         "a classifier needs at least 2")
+
+
 def split_class_spec(spec: str, name: str, default: tuple[int, int], example: str) -> tuple[int, int]:
     """``name`` -> ``default``; ``name:N:S`` -> (N, S) as integers (ranges are the caller's to check)."""
     if spec == name:

@@ -25,7 +25,7 @@ import warnings
 import torch
 
 from ..errors import MvmoeError
-from .loader import DeviceNormalize
+from .loader import DeviceNormalize, image_files
 from .sampler import ShardedBatchSampler, epoch_order
 
 
@@ -80,12 +80,13 @@ class DaliTrainLoader:
     kind = "dali"
 
     def __init__(self, bundle, tcfg, info, *, global_batch: int, device: str | None = None):
-        ds = bundle.train
-        if not hasattr(ds, "index"):
+        found = image_files(bundle.train)
+        if found is None:
             raise MvmoeError(f"loader=dali reads image files: {bundle.name} is not a dataset folder; use loader=torch")
-        self.dataset, self.tcfg, self.info = ds, tcfg, info
+        self.dataset, self.ids = found  # the folder dataset and the sample ids of the training split
+        self.tcfg, self.info = tcfg, info
         self.global_batch = global_batch
-        self.sampler = ShardedBatchSampler(len(ds), global_batch, info.world_size, info.rank, seed=tcfg.seed,
+        self.sampler = ShardedBatchSampler(len(self.ids), global_batch, info.world_size, info.rank, seed=tcfg.seed,
                                            repeats=tcfg.repeated_aug)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.device = device or ("gpu" if info.device.type == "cuda" else "cpu")
@@ -94,9 +95,10 @@ class DaliTrainLoader:
 
     def epoch_files(self, epoch: int, start: int = 0) -> tuple[list[str], list[int]]:
         """This rank's (files, labels) for the rest of ``epoch``, in the torch path's order."""
-        order = epoch_order(len(self.dataset), self.tcfg.seed, epoch, self.tcfg.repeated_aug).tolist()
+        order = epoch_order(len(self.ids), self.tcfg.seed, epoch, self.tcfg.repeated_aug).tolist()
         self.sampler.set_epoch(epoch, start)
-        idx = [order[p] for step in range(start, self.steps_per_epoch) for p in self.sampler.batch_positions(step)]
+        idx = [self.ids[order[p]] for step in range(start, self.steps_per_epoch)
+               for p in self.sampler.batch_positions(step)]
         return [self.dataset.path(i) for i in idx], [int(self.dataset.labels[i]) for i in idx]
 
     def epoch(self, epoch: int, start: int = 0):

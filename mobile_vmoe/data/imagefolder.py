@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import MvmoeError
-from .bundle import DataBundle
+from .bundle import DataBundle, check_classes
 from .index import IMG_EXTENSIONS, FolderIndex, is_image_file, list_folder, load_or_build, scan_classes  # noqa: F401
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, check_augment, device_erasing, folder_eval_transform,
                          folder_train_transform)
@@ -168,6 +168,7 @@ def build_imagefolder(path: str | os.PathLike, img_size: int | None = None, augm
 
     def scan() -> dict[str, FolderIndex]:
         train = scan_split(root, "train")
+        check_classes(root.resolve().name, train.classes)  # before the index is cached anywhere
         return {"train": train, "val": scan_split(root, "val", train.classes)}
 
     ix = load_or_build(index_cache, scan, folders={s: str(root / s) for s in ("train", "val")})

@@ -32,10 +32,11 @@ def dali_available() -> bool:
     return True
 
 
-def choose_loader(loader: str, device: torch.device) -> str:
-    """auto -> "dali" when DALI is installed and ``device`` is CUDA, else "torch"."""
+def choose_loader(loader: str, device: torch.device, files: bool = True) -> str:
+    """auto -> "dali" when DALI is installed, ``device`` is CUDA and the data are image ``files``
+    (not an in-memory set), else "torch"."""
     if loader == "auto":
-        return "dali" if device.type == "cuda" and dali_available() else "torch"
+        return "dali" if files and device.type == "cuda" and dali_available() else "torch"
     if loader == "dali" and not dali_available():
         raise MvmoeError("loader=dali needs NVIDIA DALI: uv sync --extra dali (or pip install 'mvmoe[dali]')")
     return loader
@@ -44,7 +45,7 @@ def choose_loader(loader: str, device: torch.device) -> str:
 def build_train_loader(bundle, tcfg, info, *, global_batch: int | None = None):
     """The training loader of this rank (``global_batch`` defaults to tcfg.batch_size)."""
     global_batch = global_batch or tcfg.batch_size
-    kind = choose_loader(tcfg.loader, info.device)
+    kind = choose_loader(tcfg.loader, info.device, files=image_files(bundle.train) is not None)
     if kind == "dali":
         from .dali import DaliTrainLoader
 
@@ -54,19 +55,31 @@ def build_train_loader(bundle, tcfg, info, *, global_batch: int | None = None):
                             device=info.device, mean=bundle.mean, std=bundle.std, erasing=bundle.train_erasing)
 
 
+def image_files(dataset):
+    """(folder dataset, its sample ids) behind ``dataset`` (a Subset of it, e.g. the dense stage's
+    train split less the holdout), or None for in-memory sets."""
+    ids = None
+    while hasattr(dataset, "indices") and hasattr(dataset, "dataset"):  # torch Subset
+        ids = [dataset.indices[i] for i in ids] if ids is not None else list(dataset.indices)
+        dataset = dataset.dataset
+    if not hasattr(dataset, "path"):
+        return None
+    return dataset, ids if ids is not None else range(len(dataset))
+
+
 class DeviceNormalize:
     """uint8 (B, C, H, W) on the host -> float32 normalised on ``device`` (+ random erasing)."""
 
     def __init__(self, device: torch.device, mean, std, erasing: float = 0.0):
         self.device, self.erasing = device, erasing
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0  # (1, C, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
+        self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
         if images.dtype != torch.uint8:  # in-memory sets: normalised by their transform already
             return images
-        x = (images.float() - self.mean) / self.std
+        x = images.float().sub_(self.mean).mul_(self.inv_std)  # in place: one float copy of the batch
         return random_erasing(x, self.erasing) if self.erasing > 0 else x
 
 
@@ -90,17 +103,14 @@ def erasing_boxes(batch: int, height: int, width: int, prob: float, attempts: in
 
 
 def random_erasing(x: torch.Tensor, prob: float) -> torch.Tensor:
-    """Pixel-mode random erasing of normalised images x (B, C, H, W): each erased box is filled
-    with N(0, 1) noise per pixel and channel (timm ``mode="pixel"``)."""
-    B, _, H, W = x.shape
-    boxes = erasing_boxes(B, H, W, prob).to(x.device, non_blocking=True)
-    top, left, h, w = boxes.unbind(1)  # (B,) each
-    rows = torch.arange(H, device=x.device)[None, :]  # (1, H)
-    cols = torch.arange(W, device=x.device)[None, :]
-    in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])  # (B, H)
-    in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])  # (B, W)
-    mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # (B, 1, H, W)
-    return torch.where(mask, torch.randn_like(x), x)
+    """Pixel-mode random erasing of normalised images x (B, C, H, W), in place: each erased box is
+    filled with N(0, 1) noise per pixel and channel (timm ``mode="pixel"``). The boxes are known on
+    the host, so the loop over erased images launches small fills without a device sync."""
+    B, C, H, W = x.shape
+    for i, (top, left, h, w) in enumerate(erasing_boxes(B, H, W, prob).tolist()):
+        if h:
+            x[i, :, top:top + h, left:left + w] = torch.randn(C, h, w, device=x.device, dtype=x.dtype)
+    return x
 
 
 class TorchTrainLoader:

@@ -86,9 +86,10 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, item):
         index, seed = item
+        # the CPU generator only: torch.manual_seed would also queue seeds for CUDA/XPU/MTIA (ms per call)
         if torch.utils.data.get_worker_info() is not None:
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             return self.dataset[index]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             return self.dataset[index]

@@ -129,7 +129,7 @@ class PilResizeCenterCrop:
 
 class PilFlip:
     def __call__(self, img):
-        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if torch.rand(()) < 0.5 else img
+        return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if float(torch.rand(())) < 0.5 else img
 
 
 def pil_to_uint8(img) -> torch.Tensor:
@@ -159,7 +159,9 @@ def folder_train_transform(img_size: int, augment: str = "deit") -> FolderTransf
     scale = (0.35, 1.0) if augment == "light" else (0.08, 1.0)
     ops: list = [PilFlip()]
     if augment == "deit":
-        ops.append(v2.RandAugment(num_ops=2, magnitude=9))  # on the cropped PIL image
+        from torchvision.transforms import RandAugment  # the PIL-native one: less dispatch than v2's on PIL
+
+        ops.append(RandAugment(num_ops=2, magnitude=9))  # on the cropped PIL image
     return FolderTransform(PilRandomResizedCrop(img_size, scale), v2.Compose([*ops, pil_to_uint8]))
 
 

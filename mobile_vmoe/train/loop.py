@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig
-from ..data.loader import check_sample_order, sample_order, skipped_images
+from ..data.loader import build_train_loader, check_sample_order, sample_order, skipped_images
 from ..errors import MvmoeError
 from ..fileio import atomic_write_json
 from ..models import MobileVMoE
@@ -132,8 +132,6 @@ class Stage:
         if self.tcfg.batch_size % info.world_size:
             raise MvmoeError(f"batch_size={self.tcfg.batch_size} is not divisible by the {info.world_size} processes")
         self.local_batch = self.tcfg.batch_size // info.world_size
-        from ..data.loader import build_train_loader
-
         self.loader = build_train_loader(self.bundle, self.tcfg, info)  # built once; global sample order
         # the loader counts micro-batches (global batch_size each); an optimizer step is grad_accum of them
         self.steps_per_epoch = self.loader.steps_per_epoch // self.tcfg.grad_accum

@@ -46,6 +46,7 @@ def deit(global_batch: int = 1024, drop_path: float = 0.0, moe: bool = False) ->
     train = dict(epochs=300, batch_size=global_batch, lr=5e-4, min_lr=1e-5, warmup_epochs=5.0,
                  weight_decay=0.05, label_smoothing=0.1, clip_grad=0.0, ema_decay=0.99996, mixup=0.8, cutmix=1.0,
                  mix_prob=1.0, augment="deit", amp="auto", workers=10, dense_epochs=300, log_every=50)
+    train["repeated_aug"] = 3  # DeiT's repeated augmentation: each image 3 times an epoch, on different ranks
     if moe:
         train["router_weight"] = 0.3
     return train, {"drop_path": drop_path}

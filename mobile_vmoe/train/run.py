@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig, TrainConfig, field_names
+from ..data.bundle import check_classes
 from ..errors import MvmoeError
 from ..fileio import atomic_write_json, read_json_object
 from ..models.registry import dense_twin, get_config
@@ -134,9 +135,7 @@ def adapt_to_data(cfg: ModelConfig, bundle, model_overrides: dict[str, Any]) -> 
 def check_run(tcfg: TrainConfig, bundle, superclasses: str, out: Path) -> None:
     """Every check that needs only the config and the data, before anything trains or is written."""
     cfg = tcfg.model
-    if bundle.num_classes < 2:
-        raise MvmoeError(f"{bundle.name} has {bundle.num_classes} class{'es' if bundle.num_classes != 1 else ''} "
-                         f"({', '.join(bundle.class_names[:3])}): a classifier needs at least 2")
+    check_classes(bundle.name, bundle.class_names)
     if superclasses not in ("auto", "none") and not Path(superclasses).is_file():
         raise MvmoeError(f"--superclasses {superclasses}: not auto, none, or an existing JSON file")
     if cfg.is_per_image and superclasses == "auto" and cfg.num_experts > bundle.num_classes:

@@ -3,7 +3,8 @@ package ai.mvmoe.demo.core
 /**
  * App preprocessing, identical to apps/golden/make_golden.py (docs/apps.md, "The app preprocessing"):
  * [invert colours] -> center-crop a square of crop_fraction of the short side -> antialiased bilinear
- * resize (half-pixel centres; torch's F.interpolate(antialias=True), the eval transform's resampling) -> RGB / scale -> (x - mean) / std -> the declared layout. With
+ * resize (half-pixel centres; torch's F.interpolate(antialias=True), the eval transform's resampling)
+ * -> RGB / scale -> (x - mean) / std -> the declared layout. With
  * preprocessing baked into the model the app stops after the resize and feeds raw [0, 255] floats.
  *
  * Platform-free: the Android side converts a Bitmap to [RgbImage] (ARGB ints) and nothing else.
