@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobile_vmoe.errors import MvmoeError, did_you_mean
-from mobile_vmoe.fileio import to_json, writable_dir
+from mobile_vmoe.fileio import probe_write, to_json, writable_dir
 
 from . import prepare as P
 from .app_metadata import app_metadata
@@ -150,7 +150,7 @@ def make_out_dir(out_dir: Path) -> None:
 
 def _probe(out_dir: Path, where: Path) -> None:
     try:
-        tempfile.NamedTemporaryFile(dir=where, prefix=".mvmoe-write-test-").close()
+        probe_write(where)
     except OSError as e:
         raise MvmoeError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from None
 

@@ -57,6 +57,13 @@ def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
     return path
 
 
+def probe_write(folder: str | os.PathLike) -> None:
+    """Create and remove a temporary file in ``folder``; raises the OSError when it cannot."""
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".mvmoe-write-test-")
+    os.close(fd)
+    os.unlink(probe)
+
+
 def writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     """``path`` as a folder this process can write into (created if missing): one MvmoeError
     naming it when it is a file, sits below a file, or is read-only / on a full or read-only disk."""
@@ -65,9 +72,7 @@ def writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
         raise MvmoeError(f"{what} {path} is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".mvmoe-write-test-")
-        os.close(fd)
-        os.unlink(probe)
+        probe_write(path)
     except OSError as e:
         raise MvmoeError(f"{what} {path}: cannot write there ({e.strerror or e})") from None
     return path

@@ -53,6 +53,32 @@ def _read_holder(path: Path) -> str:
         return "a process that has not written its name yet"
 
 
+def _busy(folder: Path) -> MvmoeError:
+    return MvmoeError(f"{folder} is in use by another training ({_read_holder(folder / LOCK_NAME)}); "
+                      "wait for it to end or pick another --out")
+
+
+def check_free(folder: str | os.PathLike) -> None:
+    """MvmoeError naming the holder when a live process holds ``folder``'s lock; creates nothing.
+    A refused run then fails before its first write (the data index cache); ``acquire`` is still
+    what guards the folder."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    folder = Path(folder)
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR)
+    except OSError:  # no lock file yet (acquire reports a folder it cannot write)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _busy(folder) from None
+    finally:
+        os.close(fd)  # drops the probe's own lock
+
+
 def acquire(folder: str | os.PathLike) -> int | None:
     """Lock ``folder`` (created if needed) for this process; -> the descriptor to ``release``.
     MvmoeError naming the holder when another live process has it."""
@@ -71,8 +97,7 @@ def acquire(folder: str | os.PathLike) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise MvmoeError(f"{folder} is in use by another training ({_read_holder(path)}); "
-                         "wait for it to end or pick another --out") from None
+        raise _busy(folder) from None
     info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv), "since": time.time()}
     try:
         os.ftruncate(fd, 0)

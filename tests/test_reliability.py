@@ -136,7 +136,11 @@ def test_second_training_into_a_locked_folder_fails_naming_the_holder(tmp_path):
         assert holder.stdout.readline().strip() == "locked"
         code, _, err = mvmoe("train", *SMALL_RUN, "--out", run)
         _one_line_error(code, err, "in use by another training", f"pid {holder.pid} on ")
-        assert not (run / "run.json").exists()  # refused before writing anything
+        code, _, err = mvmoe("train", "--data", _two_class_tree(tmp_path / "tree"), "--model", "vit-6x64-p32",
+                             "--set", "img_size=16", "--set", "batch_size=2",
+                             "--epochs", "1", "-q", "--out", run)
+        _one_line_error(code, err, "in use by another training", f"pid {holder.pid} on ")
+        assert sorted(p.name for p in run.iterdir()) == ["run.lock"]  # refused before writing anything
         cfg = ModelConfig(name="t", img_size=16, patch_size=4, num_classes=4, depth=1, width=16, heads=2)
         (run / "run.json").write_text(json.dumps({"superclasses": "none", "data": "synthetic:4:2",
                                                   "train_config": TrainConfig(model=cfg, batch_size=16).to_dict()}))
@@ -149,6 +153,27 @@ def test_second_training_into_a_locked_folder_fails_naming_the_holder(tmp_path):
     assert json.loads((run / "run.lock").read_text())["pid"] == __import__("os").getpid()
     runlock.release(fd)
     assert (run / "run.lock").read_text() == ""
+
+
+def _two_class_tree(root, classes=("ant", "bee")):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (16, 16), (i * 90, 0, 0)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_a_cached_index_of_another_dataset_is_not_used(tmp_path):
+    from mobile_vmoe.data import build_data
+
+    cache = tmp_path / "run" / "data_index.npz"
+    a = build_data(str(_two_class_tree(tmp_path / "a")), 16, index_cache=cache)
+    b = build_data(str(_two_class_tree(tmp_path / "b", ("cat", "dog"))), 16, index_cache=cache)
+    assert a.class_names == ["ant", "bee"] and b.class_names == ["cat", "dog"]
+    assert str(tmp_path / "b") in b.val.index.path(0)
 
 
 def test_training_holds_the_lock_for_its_whole_run(tmp_path, monkeypatch):

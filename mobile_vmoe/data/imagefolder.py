@@ -171,7 +171,7 @@ def build_imagefolder(path: str | os.PathLike, img_size: int | None = None, augm
         check_classes(root.resolve().name, train.classes)  # before the index is cached anywhere
         return {"train": train, "val": scan_split(root, "val", train.classes)}
 
-    ix = load_or_build(index_cache, scan)
+    ix = load_or_build(index_cache, scan, folders={s: str(root / s) for s in ("train", "val")})
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     train = ImageFolderDataset(ix["train"], folder_train_transform(img_size, augment), where=str(root / "train"),
                                max_bad_fraction=max_bad_fraction)

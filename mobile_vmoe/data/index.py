@@ -127,14 +127,21 @@ def load_indexes(path: str | os.PathLike) -> dict[str, FolderIndex] | None:
 
 
 def load_or_build(cache: str | os.PathLike | None, build, *, rank: int | None = None,
-                  wait_s: float = 1800.0) -> dict[str, FolderIndex]:
+                  wait_s: float = 1800.0, folders: dict[str, str] | None = None) -> dict[str, FolderIndex]:
     """The indexes from ``cache`` when fresh; else rank 0 calls ``build()`` and writes the cache
-    while other ranks wait for it (``rank`` defaults to $RANK, as torchrun sets it)."""
+    while other ranks wait for it (``rank`` defaults to $RANK, as torchrun sets it). ``folders``:
+    {split: folder} the cache must index (a cache of another dataset is rebuilt, never used)."""
     if cache is None:
         return build()
     rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+
+    def usable(cached) -> bool:
+        same = folders is None or (set(cached) == set(folders) and all(
+            os.path.realpath(cached[s].folder) == os.path.realpath(f) for s, f in folders.items()))
+        return same and all(is_fresh(ix) for ix in cached.values())
+
     cached = load_indexes(cache)
-    if cached is not None and all(is_fresh(ix) for ix in cached.values()):
+    if cached is not None and usable(cached):
         return cached
     if rank == 0:
         built = build()
@@ -145,6 +152,6 @@ def load_or_build(cache: str | os.PathLike | None, build, *, rank: int | None = 
     while time.monotonic() < deadline:  # rank 0 is scanning: wait for its cache
         time.sleep(0.5)
         cached = load_indexes(cache)
-        if cached is not None and all(is_fresh(ix) for ix in cached.values()):
+        if cached is not None and usable(cached):
             return cached
     raise MvmoeError(f"rank {rank}: no fresh data index at {cache} after {wait_s:.0f} s (rank 0 writes it)")

@@ -23,6 +23,7 @@ but the directory.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -87,9 +88,17 @@ def resolve(model: str | ModelConfig | None = None, data: str = DEFAULT_DATA, se
         settings["seed"] = seed
     model_keys = {k: v for k, v in settings.items() if k in field_names()}
     tcfg = base_config(model, recipe).with_settings({k: v for k, v in settings.items() if k not in model_keys})
+    check_out_free(out)
     bundle = build_data(data, model_keys.get("img_size"), augment=tcfg.augment, seed=tcfg.seed,
                         index_cache=index_cache(out))
     return tcfg.replace(model=adapt_to_data(tcfg.model, bundle, model_keys)), bundle
+
+
+def check_out_free(out: str | Path | None) -> None:
+    """Rank 0: fail before any work when another training holds ``out`` (runlock; the lock itself
+    is taken by train / resume)."""
+    if out is not None and int(os.environ.get("RANK", "0")) == 0:
+        runlock.check_free(out)
 
 
 def index_cache(out: str | Path | None) -> Path | None:
@@ -203,6 +212,7 @@ def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet
     saved.setdefault("model", run.get("model_config"))  # run.json of older versions kept it apart
     # stop_after_steps is a limit of one invocation, not of the run
     tcfg = TrainConfig.from_dict(saved).replace(**{"stop_after_steps": 0, **(settings or {})})
+    check_out_free(out)
     bundle = build_data(run["data"], tcfg.model.img_size, augment=tcfg.augment, seed=tcfg.seed,
                         index_cache=index_cache(out))
     check_teacher_unchanged(tcfg, run)
