@@ -1,49 +1,88 @@
-"""Routing study: accuracy against active MACs for dense, Mobile V-MoE and its ablations, over seeds.
+"""Routing study: does per-image routing with superclass guidance beat its dense twin at equal active MACs?
 
-    uv run python bench/routing_study.py --data shapes --sizes 6x32 6x48 6x64 --seeds 3 --epochs 30 \
-        --jobs 2 --out runs/study-shapes              # the full study (see docs/results.md for its time)
-    uv run python bench/routing_study.py --quick --out runs/study-quick    # 1 seed, 2 sizes, 10 epochs: 8 min
-    uv run python bench/routing_study.py --summarize --out runs/study-shapes
+    uv run python bench/routing_study.py --out runs/study                  # the pre-registered study
+    uv run python bench/routing_study.py --probe-only --out runs/probe     # the 1-epoch timing probe alone
+    uv run python bench/routing_study.py --quick --out runs/study-quick    # SMOKE CHECK only (4.5 min, loaded box)
+    uv run python bench/routing_study.py --summarize --out runs/study      # the tables again
 
-Arms at each size DxW (depth x width, heads W/16, patch = image/4, E experts, k=1, the last 2 MLPs
-MoE; every arm of one size runs the same active MACs per image up to the tiny router):
-    dense     the dense twin, trained on the full training split for the same epochs
-    moe-sc    Mobile V-MoE, the paper's recipe: a dense stage on the training split less a 10 %
-              holdout, superclasses from its confusions on that holdout (balanced, one per expert),
-              then the MoE with loss CE + 0.3 x router CE
-    moe-e2e   per-image MoE, router trained end to end (+ importance/Switch balancing loss)
-    token     per-token V-MoE (k=1, capacity 1.05 over a group of the whole batch, BPR, aux loss)
-    peer      torchvision mobilenet_v3_small, the same data, loop, schedule and epochs (once per seed)
-E = 10 on shapes (10 superclasses), 5 on digits, 4 on synthetic.
+The claim tested (the paper's Fig. 3e: per-image end-to-end +1.87, per-image superclass +2.72 over
+dense at ViT-Tiny scale): per-image routing with superclass guidance beats the dense twin at equal
+active MACs, and beats the end-to-end router. Not that it beats per-token V-MoE.
 
-Runs go to OUT/<data>/seed<k>/<size>/<arm> (peer: OUT/<data>/seed<k>/peer); OUT/results.json is
-rewritten atomically after each run, so a stopped study resumes where it stopped. ``--jobs N`` runs
-N one-thread processes side by side. At the end, seed 0's models of the largest size and the peer
-are exported to ExecuTorch XNNPACK and timed interleaved (batch 1, one thread) into
-OUT/latency.json. The markdown tables (mean +- sample std over seeds) print at the end and with
-``--summarize``; ``mvmoe report OUT/<data>/seed*/*/* ...`` draws the plot.
+PROTOCOL, fixed before any run (the constants below hold it; the results record them):
+- Data: ``shapes-disjoint`` (each superclass owns its outline, hue band and detail family: the
+  test) and ``shapes`` (details shared across outlines: the negative control, where experts should
+  not help); 100 classes in 10 planted superclasses, 60 train / 20 eval images per class, E = 10.
+- Sizes DxW: 6x32, 6x48, 6x64 (heads W/16, patch 8, 16 tokens; MoE k = 1 in the last 2 blocks).
+- Learning rate per (data, size), chosen ONCE by the dense arm: seed 0, trained on the training
+  split less its 10 % stratified holdout and scored on that holdout, for each lr in LR_GRID; the
+  highest final holdout top-1 wins (ties: the smaller lr). Every arm of that size then uses it
+  (conservative for the MoE, whose lr is not tuned).
+- EPOCHS = 60 for every arm (the dense stage of moe-sc too), warmup EPOCHS / 30 epochs (the 1-in-30
+  of the earlier 30-epoch study), cosine, batch 64, AdamW, TrainConfig's other defaults, one thread;
+  the arms are evaluated once, at the end (only the lr runs need a curve).
+- Validity gate (flattening): the chosen lr's dense holdout top-1 must change by < 0.2 points per
+  epoch (least-squares slope over the last 5 epochs). A size that fails is reported, not read.
+- Seeds 0-4 for every arm:
+    dense           the dense twin, full training split
+    moe-sc          Mobile V-MoE: dense stage on train less the holdout, superclasses from its
+                    confusions on the holdout (balanced, one per expert), MoE with CE + 0.3 router CE
+    moe-sc-planted  the same MoE on the planted superclasses (separates routing from clustering)
+    moe-e2e         per-image MoE, router trained end to end (+ importance / Switch balancing loss)
+    token           per-token V-MoE (k = 1, capacity 1.05, BPR); scored at batch 1 as exported
+                    (its verdict) AND with the training group (64 images), both shown
+- Router gate: a superclass arm's router must send >= 85 % of holdout images (mean over seeds) to
+  their superclass's expert, else its comparisons are reported as "router gate failed", not read.
+- Statistic (bench/study_stats.py): per-seed paired difference (arm - reference), 90 % t interval;
+  supports = mean >= 2 points and Holm-corrected one-sided p(gain <= 0) < 0.05; contradicts =
+  Holm-corrected one-sided p(gain >= 2) < 0.05 (90 % upper bound < 2); else inconclusive. One Holm
+  family per dataset: the 5 comparisons of COMPARISONS at every size. Gated comparisons stay in it.
+- Reported with it: ARI of moe-sc's clustered superclasses against the planted ones, training
+  compute per arm (3 x MACs x images seen; moe-sc includes its dense stage) and wall seconds.
+- Budget and cuts: a 1-epoch timing probe of each size (dense, per-image MoE, token; JOBS
+  one-thread processes side by side) runs first and projects the wall time. If it exceeds
+  BUDGET_MIN, cuts are made in this order until it fits: sizes, largest first, down to one; then
+  the negative control's token arm, then its moe-e2e arm. Seeds and epochs are never cut. If it
+  still does not fit, the study runs anyway and says so.
+
+Runs go to OUT/<data>/lr/<size>-lr<lr> and OUT/<data>/seed<k>/<size>/<arm>; OUT/results.json
+(``provenance``, ``protocol``, ``probe``, ``plan``, ``lr``, ``runs``) is rewritten atomically after
+each run, so a stopped study resumes where it stopped. ``--summarize`` refuses to pool runs made
+at different commits unless ``--mixed-commits`` is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+import study_stats
+
 from mobile_vmoe.errors import MvmoeError
 
-ARMS = ("dense", "moe-sc", "moe-e2e", "token")
-EXPERTS = {"digits": 5, "synthetic": 4, "shapes": 10}
-KEYS = ("model", "top1", "top5", "router_superclass_top1", "macs", "active_params", "params", "train_seconds",
-        "expert_counts", "expert_entropy", "expert_entropy_max", "token_drop_fraction", "superclass_ari",
-        "superclass_sizes")
-# Fixed before any run was made: batch 64 (a 6,000-image split gives 93 steps per epoch), one
-# warmup epoch, one thread per process; everything else is TrainConfig's default.
-STUDY_SETTINGS = {"batch_size": 64, "warmup_epochs": 1.0, "threads": 1}
-QUICK = dict(data=["shapes"], sizes=["6x32", "6x64"], seeds=1, epochs=10)
+DATASETS = ["shapes-disjoint", "shapes"]  # the test, the negative control
+SIZES = ["6x32", "6x48", "6x64"]
+SEEDS = 5
+EPOCHS = 60
+LR_GRID = [6e-3, 1.2e-2, 2.4e-2]  # per 512 images (``lr``'s unit): 7.5e-4, 1.5e-3, 3e-3 at batch 64
+WARMUP_PER_EPOCH = 1 / 30
+ARMS = ("dense", "moe-sc", "moe-sc-planted", "moe-e2e", "token")
+COMPARISONS = (("moe-sc", "dense"), ("moe-sc-planted", "dense"), ("moe-e2e", "dense"), ("token", "dense"),
+               ("moe-sc", "moe-e2e"))
+SUPERCLASS_ARMS = ("moe-sc", "moe-sc-planted")
+ROUTER_GATE = 85.0  # % of holdout images routed to their superclass's expert
+BUDGET_MIN = 90.0
+JOBS = 2
+CONTROL_CUTS = ("token", "moe-e2e")  # negative-control arms dropped, in order, after the sizes
+PROTOCOL_SETTINGS = {"batch_size": 64, "threads": 1}
+# The earlier study's settings (bench/options_study.py still uses them).
+STUDY_SETTINGS = {"batch_size": 64, "lr": 0.024, "warmup_epochs": 1.0, "threads": 1}  # lr 3e-3 at batch 64
+QUICK = dict(data=["shapes-disjoint:20:4", "shapes:20:4"], sizes=["3x32"], seeds=2, epochs=5)
 
 
 def size_settings(size: str) -> dict:
@@ -57,168 +96,338 @@ def size_settings(size: str) -> dict:
     return {"depth": depth, "width": width, "heads": width // 16}
 
 
-def run_arm(arm: str, data: str, size: str, seed: int, epochs: int, out: Path, extra: dict) -> dict:
-    """Train one arm (in a worker process); returns its summary."""
+def num_experts(data: str) -> int:
+    """One expert per planted superclass: shapes* and synthetic name S in their spec; digits 5."""
+    parts = data.split(":")
+    if len(parts) >= 3:
+        return int(parts[2])
+    return {"digits": 5, "synthetic": 4}.get(parts[0], 10)
+
+
+def settings_for(arm: str, data: str, size: str, lr: float, epochs: int, extra: dict) -> dict:
+    s = {**size_settings(size), **PROTOCOL_SETTINGS, "lr": lr, "warmup_epochs": epochs * WARMUP_PER_EPOCH, **extra}
+    if arm != "lr":  # only the lr runs need the per-epoch curve (the flattening gate)
+        s["eval_every"] = epochs
+    if arm not in ("dense", "lr"):
+        s["num_experts"] = num_experts(data)
+    if arm == "token":
+        s["routing"] = "token"
+    return s
+
+
+def train_macs(macs: int, epochs: int, images: int, batch: int) -> float:
+    """Training compute: forward + backward ~ 3 x forward MACs, over the images of full batches."""
+    return 3.0 * macs * epochs * (images // batch) * batch
+
+
+# ------------------------------------------------------------------------------- workers
+def run_lr(data: str, size: str, lr: float, epochs: int, out: Path, extra: dict) -> dict:
+    """Dense, seed 0, on train less the holdout, scored on the holdout every epoch."""
     import torch
 
+    from mobile_vmoe.data.holdout import split_for_superclasses
+    from mobile_vmoe.provenance import git_state
+    from mobile_vmoe.train import fit, resolve
+
+    torch.set_num_threads(1)
+    t0 = time.time()
+    settings = settings_for("lr", data, size, lr, epochs, extra)
+    tcfg, bundle = resolve("vit-6x64-p32", data, settings, epochs=epochs, seed=0)
+    rest, holdout = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
+    where = out / data.replace(":", "-") / "lr" / f"{size}-lr{lr:g}"
+    s = fit(tcfg, dataclasses.replace(rest, val=holdout), where, quiet=True, stage="dense")
+    curve = [json.loads(line)["top1"] for line in (where / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "eval"]
+    return {"kind": "lr", "data": data, "size": size, "lr": lr, "epochs": epochs, "holdout_top1": s["top1"],
+            "curve": curve, "train_seconds": s["train_seconds"], "wall_seconds": round(time.time() - t0, 1),
+            "commit": s.get("commit"), "dirty": git_state()[1], "dir": str(where)}
+
+
+def run_arm(data: str, size: str, seed: int, arm: str, lr: float, epochs: int, out: Path, extra: dict) -> dict:
+    """Train one arm; score it (token at batch 1 and 64, routers on the holdout); -> result row."""
+    import torch
+
+    from mobile_vmoe.provenance import git_state
     from mobile_vmoe.train import resolve, train
 
     torch.set_num_threads(1)
+    t0 = time.time()
     base = "vit-6x64-p32" if arm == "dense" else "vmoe-6x64-p32"
-    settings = {**size_settings(size), **STUDY_SETTINGS, **extra}
-    if arm != "dense":
-        settings["num_experts"] = EXPERTS.get(data.split(":")[0], 5)
-    if arm == "token":
-        settings["routing"] = "token"
-    tcfg, bundle = resolve(base, data, settings, epochs=epochs, seed=seed)
-    return train(tcfg, bundle, out, superclasses="auto" if arm == "moe-sc" else "none", quiet=True)
+    tcfg, bundle = resolve(base, data, settings_for(arm, data, size, lr, epochs, extra), epochs=epochs, seed=seed)
+    where = out / data.replace(":", "-") / f"seed{seed}" / size / arm
+    sc = {"moe-sc": "auto", "moe-sc-planted": str(planted_file(out, data))}.get(arm, "none")
+    s = train(tcfg, bundle, where, superclasses=sc, quiet=True)
+    row = {"kind": "arm", "data": data, "size": size, "seed": seed, "arm": arm, "lr": lr, "epochs": epochs,
+           "top1": s["top1"], "top5": s["top5"], "macs": s["macs"], "active_params": s["active_params"],
+           "params": s["params"], "router_eval_top1": s.get("router_superclass_top1"),
+           "expert_entropy": s.get("expert_entropy"), "expert_entropy_max": s.get("expert_entropy_max"),
+           "token_drop_fraction": s.get("token_drop_fraction"), "superclass_sizes": s.get("superclass_sizes"),
+           "commit": s.get("commit"), "dirty": git_state()[1], "dir": str(where)}
+    row.update(score(arm, tcfg, bundle, where, s))
+    row["wall_seconds"] = round(time.time() - t0, 1)
+    return row
 
 
-class PeerForward:
-    """A torchvision classifier as the training loop's module: images -> (logits, None, None)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __call__(self, x):
-        return self.model(x), None, None
-
-    def train(self):
-        self.model.train()
-
-
-def train_peer(data: str, seed: int, epochs: int, out: Path, extra: dict) -> dict:
-    """mobilenet_v3_small through the library's training loop (train_one_epoch), same settings."""
+def score(arm: str, tcfg, bundle, where: Path, s: dict) -> dict:
+    """Compute, ARI, router accuracy on the holdout, the token arm at batch 1 and at the training group."""
     import torch
-    import torchvision
+    from torch.utils.data import DataLoader
 
-    from mobile_vmoe.fileio import atomic_write_json
-    from mobile_vmoe.profile.flops import flop_counter
-    from mobile_vmoe.train import TrainState, resolve, train_one_epoch
-    from mobile_vmoe.train.ema import build_ema
-    from mobile_vmoe.train.loop import Stage
-    from mobile_vmoe.train.metrics import Progress
-    from mobile_vmoe.train.optim import build_optimizer, build_scheduler
-    from mobile_vmoe.train.state import seed_everything
+    from mobile_vmoe.checkpoint import model_from_checkpoint
+    from mobile_vmoe.data.holdout import split_for_superclasses
+    from mobile_vmoe.data.superclasses import load_superclasses, planted_ari
+    from mobile_vmoe.train.evaluate import evaluate
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    n, b = len(bundle.train), tcfg.batch_size
+    out = {"train_macs": train_macs(s["macs"], tcfg.epochs, n, b), "train_seconds": s["train_seconds"]}
+    if arm == "moe-sc":
+        rest, _ = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
+        out["train_macs"] += train_macs(s["dense"]["macs"], s["dense"]["epochs"], len(rest.train), b)
+        out["train_seconds"] += json.loads((where / "dense" / "summary.json").read_text())["train_seconds"]
+        sc = load_superclasses(where / "superclasses.json", bundle.class_names)
+        out["ari"] = planted_ari(bundle.planted_superclasses, sc["class_to_superclass"])
+    model, ck = model_from_checkpoint(where / "model.pt")
+    if arm in SUPERCLASS_ARMS:
+        _, holdout = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
+        c2s = torch.tensor(ck["superclasses"]["class_to_superclass"])
+        ev = evaluate(model.to(dev), DataLoader(holdout, batch_size=256), class_to_superclass=c2s, device=dev)
+        out["router_holdout_top1"] = ev["router_superclass_top1"]
+    if arm == "token":
+        out["top1_group"] = evaluate(model.to(dev), DataLoader(bundle.val, batch_size=b), device=dev)["top1"]
+        out["top1_batch1"] = evaluate(model.to(dev), DataLoader(bundle.val, batch_size=1), device=dev)["top1"]
+        out["top1"] = out["top1_batch1"]  # as exported: one image per routing group
+    return out
+
+
+def probe_one(size: str, kind: str, data: str, out: Path, extra: dict) -> dict:
+    """One epoch of ``kind`` (dense | moe | token) at ``size``: -> seconds of setup, train and eval."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from mobile_vmoe.checkpoint import model_from_checkpoint
+    from mobile_vmoe.train import resolve, train
+    from mobile_vmoe.train.evaluate import evaluate
 
     torch.set_num_threads(1)
-    tcfg, bundle = resolve("vit-6x64-p32", data, {**STUDY_SETTINGS, **extra}, epochs=epochs, seed=seed)
-    stage = Stage(tcfg, bundle, out, name="peer", quiet=True)
-    seed_everything(seed)
-    model = torchvision.models.mobilenet_v3_small(num_classes=bundle.num_classes)
-    opt = build_optimizer(model, tcfg.lr, tcfg.weight_decay, (tcfg.betas1, tcfg.betas2))
-    sched = build_scheduler(opt, stage.steps_per_epoch * epochs, round(tcfg.warmup_epochs * stage.steps_per_epoch),
-                            tcfg.min_lr / tcfg.lr)
-    state = TrainState(model, opt, sched, build_ema(model, tcfg.ema_decay))
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    for _ in range(epochs):
-        train_one_epoch(stage, state, PeerForward(model), lambda: False, Progress(0, 0, "", enabled=False))
-        state.epoch, state.epoch_step = state.epoch + 1, 0
-    net = state.eval_model.eval()
-    correct1 = correct5 = n = 0
-    with torch.no_grad():
-        for x, y in stage.val_loader():
-            top = net(x).topk(5, dim=-1).indices
-            correct1 += int((top[:, 0] == y).sum())
-            correct5 += int((top == y[:, None]).any(-1).sum())
-            n += len(y)
-        with flop_counter() as fc:
-            net(torch.zeros(1, 3, bundle.img_size, bundle.img_size))
-    params = sum(p.numel() for p in net.parameters())
-    summary = {"model": "mobilenet_v3_small", "dataset": bundle.name, "arm": "peer", "routing": "none",
-               "top1": 100 * correct1 / n, "top5": 100 * correct5 / n, "macs": fc.get_total_flops() // 2,
-               "params": params, "active_params": params, "epochs": epochs, "seed": seed,
-               "train_seconds": round(time.time() - t0, 2), "checkpoint": str(out / "model.pt")}
-    torch.save(net.state_dict(), out / "model.pt")
-    atomic_write_json(out / "summary.json", summary)
-    return summary
+    arm = {"dense": "dense", "moe": "moe-e2e", "token": "token"}[kind]
+    tcfg, bundle = resolve("vit-6x64-p32" if kind == "dense" else "vmoe-6x64-p32", data,
+                           settings_for(arm, data, size, LR_GRID[0], 1, extra), epochs=1, seed=0)
+    where = out / "probe" / f"{size}-{kind}"
+    s = train(tcfg, bundle, where, superclasses="none", quiet=True)
+    wall = time.time() - t0
+    t1 = time.time()
+    model = model_from_checkpoint(where / "model.pt")[0]
+    evaluate(model, DataLoader(bundle.val, batch_size=64))
+    ev = time.time() - t1
+    row = {"size": size, "kind": kind, "train_epoch_s": s["train_seconds"], "eval_s": round(ev, 2),
+           "setup_s": round(max(wall - s["train_seconds"] - ev, 0.0), 2), "batch1_s": 0.0}
+    if kind == "token":  # the arm is also scored at batch 1
+        t2 = time.time()
+        evaluate(model, DataLoader(bundle.val, batch_size=1))
+        row["batch1_s"] = round(time.time() - t2, 2)
+    return row
 
 
-def task_list(a) -> list[tuple]:
-    """(data, seed, size, arm) in the order to run: seeds outermost, so a stopped study has whole seeds."""
-    tasks = []
-    for seed in range(a.seeds):
-        for data in a.data:
-            tasks.append((data, seed, "-", "peer"))
-            for size in a.sizes:
-                tasks += [(data, seed, size, arm) for arm in ARMS]
-    return tasks
+# ---------------------------------------------------------------------------- projection
+def run_seconds(probe: dict, size: str, arm: str, epochs: int, holdout: float = 0.1) -> float:
+    """Projected seconds of one run from the probe's {(size, kind): row} (1-epoch measurements)."""
+    def stage(kind: str, share: float, evals: float) -> float:  # train epochs on ``share`` of the split
+        r = probe[(size, kind)]
+        return epochs * share * r["train_epoch_s"] + evals * r["eval_s"]
+
+    setup = probe[(size, "dense")]["setup_s"]
+    if arm == "lr":  # scored on the holdout every epoch (3 x holdout as many images as eval: 60 / 20 per class)
+        return setup + stage("dense", 1 - holdout, epochs * 3 * holdout)
+    if arm == "dense":
+        return setup + stage("dense", 1, 1)
+    if arm == "token":  # + the rescoring at the training group size and at batch 1
+        return setup + stage("token", 1, 2) + probe[(size, "token")]["batch1_s"]
+    dense_stage = stage("dense", 1 - holdout, 1) if arm == "moe-sc" else 0.0
+    return setup + dense_stage + stage("moe", 1, 2)  # + the router on the holdout
 
 
-def run_task(task: tuple, epochs: int, out: Path, extra: dict) -> dict:
-    data, seed, size, arm = task
-    where = out / data.replace(":", "-") / f"seed{seed}"
-    t0 = time.time()
-    if arm == "peer":
-        s = train_peer(data, seed, epochs, where / "peer", extra)
-    else:
-        s = run_arm(arm, data, size, seed, epochs, where / size / arm, extra)
-    return {"data": data, "seed": seed, "size": size, "arm": arm, "epochs": epochs, **{k: s.get(k) for k in KEYS},
-            "wall_seconds": round(time.time() - t0, 1), "dir": str(where / (arm if arm == "peer" else f"{size}/{arm}"))}
+def project(probe: dict, datasets: list[str], sizes: list[str], control_arms: list[str], seeds: int, epochs: int,
+            lr_grid: list[float], jobs: int) -> float:
+    """Projected wall minutes of the study (total process seconds / jobs); datasets[1:] are controls."""
+    total = 0.0
+    for i, _ in enumerate(datasets):
+        arms = ARMS if i == 0 else control_arms
+        for size in sizes:
+            total += len(lr_grid) * run_seconds(probe, size, "lr", epochs)
+            total += seeds * sum(run_seconds(probe, size, arm, epochs) for arm in arms)
+    return total / max(jobs, 1) / 60
 
 
-def ms(vals) -> str:
+def plan(probe: dict, datasets: list[str], sizes: list[str], seeds: int, epochs: int, lr_grid: list[float],
+         jobs: int, budget_min: float = BUDGET_MIN, keep_largest: bool = False) -> dict:
+    """The pre-registered cuts: sizes largest first (``keep_largest``: smallest first, the GPU
+    variant's rule) down to one, then the control's CONTROL_CUTS."""
+    sizes = sorted(sizes, key=lambda sz: [int(v) for v in sz.split("x")], reverse=keep_largest)
+    control = list(ARMS)
+    cuts = []
+
+    def minutes():
+        return project(probe, datasets, sizes, control, seeds, epochs, lr_grid, jobs)
+
+    first = minutes()
+    while minutes() > budget_min and len(sizes) > 1:
+        cuts.append(f"size {sizes.pop()}")
+    for arm in CONTROL_CUTS:
+        if minutes() <= budget_min or len(datasets) < 2:
+            break
+        control.remove(arm)
+        cuts.append(f"control arm {arm}")
+    return {"sizes": sizes, "control_arms": control, "cuts": cuts, "projected_min_uncut": round(first, 1),
+            "projected_min": round(minutes(), 1), "over_budget": minutes() > budget_min, "budget_min": budget_min,
+            "jobs": jobs}
+
+
+# ---------------------------------------------------------------------------- statistics
+def mean_sd(vals) -> str:
     vals = [v for v in vals if v is not None]
     if not vals:
         return "-"
-    sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return f"{statistics.mean(vals):.1f} ± {sd:.1f}"
+    return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals) if len(vals) > 1 else 0.0:.1f}"
 
 
-def summarize(results: list[dict]) -> str:
-    """Markdown: per data, size and arm, mean +- sample std over seeds; MoE minus dense per size."""
-    lines = ["| data | size | arm | n | top-1 (%) | top-5 (%) | router superclass top-1 (%) | expert entropy / max | "
-             "active MACs | active / total params |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for data in dict.fromkeys(r["data"] for r in results):
-        for size in dict.fromkeys(r["size"] for r in results if r["data"] == data):
-            for arm in (*ARMS, "peer"):
-                rs = [r for r in results if (r["data"], r["size"], r["arm"]) == (data, size, arm)]
-                if not rs:
-                    continue
-                ent = [r["expert_entropy"] / r["expert_entropy_max"] for r in rs if r.get("expert_entropy") is not None]
-                lines.append(f"| {data} | {size} | {arm} | {len(rs)} | {ms([r['top1'] for r in rs])} | "
-                             f"{ms([r['top5'] for r in rs])} | {ms([r.get('router_superclass_top1') for r in rs])} | "
-                             f"{f'{statistics.mean(ent):.2f}' if ent else '-'} | {rs[0]['macs'] / 1e6:.2f}M | "
-                             f"{rs[0]['active_params'] / 1e3:.0f}K / {rs[0]['params'] / 1e3:.0f}K |")
-    return "\n".join(lines) + "\n\n" + gaps(results)
+ms = mean_sd  # the name bench/options_study.py imports
 
 
-def gaps(results: list[dict]) -> str:
-    """Top-1 of each MoE arm minus dense, paired by seed, mean +- std over seeds, and whether the
-    gap exceeds twice the larger of the two arms' seed std (the goal's criterion)."""
-    lines = ["| data | size | arm - dense | n | gap (points) | > 2 x seed std? |", "|---|---|---|---|---|---|"]
-    for data in dict.fromkeys(r["data"] for r in results):
-        for size in dict.fromkeys(r["size"] for r in results if r["data"] == data and r["arm"] != "peer"):
-            by = {(r["arm"], r["seed"]): r["top1"] for r in results if (r["data"], r["size"]) == (data, size)}
-            for arm in ARMS[1:]:
-                seeds = [s for (a, s) in by if a == arm and ("dense", s) in by]
-                if not seeds:
-                    continue
-                d = [by[(arm, s)] - by[("dense", s)] for s in seeds]
-                sd = max((statistics.stdev([by[(x, s)] for s in seeds]) if len(seeds) > 1 else 0.0) for x in (arm, "dense"))
-                lines.append(f"| {data} | {size} | {arm} | {len(d)} | {ms(d)} | "
-                             f"{'yes' if len(d) > 1 and statistics.mean(d) > 2 * sd else 'no'} |")
+def arm_rows(res: dict) -> list[dict]:
+    return [r for r in res["runs"] if r.get("kind") == "arm"]
+
+
+def gate_notes(res: dict, data: str, size: str, arm: str, ref: str) -> str:
+    """"" when the comparison may be read, else why not (flattening gate, router gate)."""
+    notes = []
+    if not res["lr"].get(f"{data}|{size}", {}).get("flat", False):
+        notes.append("dense not flattened")
+    for a in (arm, ref):
+        if a in SUPERCLASS_ARMS:
+            acc = [r.get("router_holdout_top1") for r in arm_rows(res)
+                   if (r["data"], r["size"], r["arm"]) == (data, size, a) and r.get("router_holdout_top1") is not None]
+            if not acc or statistics.mean(acc) < ROUTER_GATE:
+                notes.append(f"router gate failed ({a})")
+    return "; ".join(notes)
+
+
+def comparisons(res: dict, data: str) -> list[dict]:
+    """Every comparison of one dataset (one Holm family) with its paired numbers and verdict."""
+    rows = [r for r in arm_rows(res) if r["data"] == data]
+    by = {(r["size"], r["arm"], r["seed"]): r["top1"] for r in rows}
+    found = []
+    for size in dict.fromkeys(r["size"] for r in rows):
+        for arm, ref in COMPARISONS:
+            seeds = sorted(sd for (sz, a, sd) in by if (sz, a) == (size, arm) and (size, ref, sd) in by)
+            if len(seeds) < 2:
+                continue
+            diffs = [by[(size, arm, sd)] - by[(size, ref, sd)] for sd in seeds]
+            found.append({"data": data, "size": size, "arm": arm, "ref": ref, "seeds": seeds,
+                          **study_stats.paired(diffs), "gate": gate_notes(res, data, size, arm, ref)})
+    judged = study_stats.verdicts(found) if found else []
+    for c in judged:
+        c["reading"] = c["verdict"] if not c["gate"] else f"not read: {c['gate']}"
+    return judged
+
+
+def check_commits(runs: list[dict], allow_mixed: bool) -> set:
+    """The commits the runs were made at; more than one is an error unless ``allow_mixed``."""
+    commits = {r.get("commit") for r in runs}
+    if len(commits) > 1 and not allow_mixed:
+        raise MvmoeError(f"these runs were made at {len(commits)} different commits "
+                         f"({', '.join(sorted(str(c)[:10] for c in commits))}): pooling them mixes code versions; "
+                         "pass --mixed-commits to pool them anyway")
+    return commits
+
+
+# -------------------------------------------------------------------------------- tables
+def lr_table(res: dict) -> str:
+    lines = ["| data | size | holdout top-1 per lr (%) | chosen lr | slope, last 5 epochs (points/epoch) "
+             "| flattened (< 0.2)? |",
+             "|---|---|---|---|---|---|"]
+    for key, v in res["lr"].items():
+        data, size = key.split("|")
+        per = ", ".join(f"{lr}: {acc:.1f}" for lr, acc in v["holdout_top1"].items())
+        slope = "-" if v["slope"] is None else f"{v['slope']:+.3f}"
+        lines.append(f"| {data} | {size} | {per} | {v['lr']:g} | {slope} | {'yes' if v['flat'] else '**no**'} |")
     return "\n".join(lines)
 
 
-def per_superclass(results: list[dict], size: str) -> str:
-    """Markdown: top-1 per planted superclass of every arm at ``size``, mean over seeds (shapes-style
-    data whose class c belongs to superclass c % S)."""
+def arm_table(res: dict) -> str:
+    """Per data, size and arm: top-1, gates' inputs, ARI, token at both group sizes, compute."""
+    lines = ["| data | size | arm | n | top-1 (%) | router top-1 holdout / eval (%) | ARI vs planted | "
+             "token top-1 batch 1 / group 64 (%) | active MACs | train GMACs (x dense) | train min |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = arm_rows(res)
+    for data in dict.fromkeys(r["data"] for r in rows):
+        for size in dict.fromkeys(r["size"] for r in rows if r["data"] == data):
+            dense = [r["train_macs"] for r in rows if (r["data"], r["size"], r["arm"]) == (data, size, "dense")]
+            for arm in ARMS:
+                rs = [r for r in rows if (r["data"], r["size"], r["arm"]) == (data, size, arm)]
+                if not rs:
+                    continue
+                tm = statistics.mean(r["train_macs"] for r in rs)
+                ratio = f" ({tm / statistics.mean(dense):.2f}x)" if dense else ""
+                router = (f"{mean_sd([r.get('router_holdout_top1') for r in rs])} / "
+                          f"{mean_sd([r.get('router_eval_top1') for r in rs])}" if arm in SUPERCLASS_ARMS else "-")
+                token = (f"{mean_sd([r.get('top1_batch1') for r in rs])} / {mean_sd([r.get('top1_group') for r in rs])}"
+                         if arm == "token" else "-")
+                ari = [r["ari"] for r in rs if r.get("ari") is not None]
+                ari_s = f"{statistics.mean(ari):.2f} (min {min(ari):.2f})" if ari else "-"
+                lines.append(f"| {data} | {size} | {arm} | {len(rs)} | {mean_sd([r['top1'] for r in rs])} | {router} | "
+                             f"{ari_s} | {token} | {rs[0]['macs'] / 1e6:.2f}M | {tm / 1e9:.4g}{ratio} | "
+                             f"{statistics.mean(r['train_seconds'] for r in rs) / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def verdict_table(res: dict) -> str:
+    lines = ["| data | size | arm - reference | n | per seed | mean | 90 % CI | Holm p (gain <= 0) | "
+             "Holm p (gain >= 2) | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for data in dict.fromkeys(r["data"] for r in arm_rows(res)):
+        for c in comparisons(res, data):
+            per = " / ".join(f"{d:+.1f}" for d in c["diffs"])
+            lines.append(f"| {data} | {c['size']} | {c['arm']} - {c['ref']} | {c['n']} | {per} | {c['mean']:+.2f} | "
+                         f"[{c['lower90']:+.2f}, {c['upper90']:+.2f}] | {c['p_gain_holm']:.3f} | "
+                         f"{c['p_short_holm']:.3f} | {c['reading']} |")
+    return "\n".join(lines)
+
+
+def summarize(res: dict, allow_mixed: bool = False) -> str:
+    commits = check_commits(res["runs"], allow_mixed)
+    prov = res.get("provenance") or {}
+    head = [f"commit(s): {', '.join(sorted(str(c) for c in commits))}; study command: {prov.get('command')}"]
+    if len(commits) > 1:
+        head.append(f"WARNING: runs made at {len(commits)} different commits are pooled below")
+    if any(r.get("dirty") for r in res["runs"]):
+        head.append("WARNING: some runs were made with uncommitted changes (dirty checkout)")
+    if res.get("quick"):
+        head.append("SMOKE CHECK (--quick): tiny data, 5 epochs; it checks that the study runs, "
+                    "its numbers mean nothing")
+    plan_ = res.get("plan") or {}
+    if plan_:
+        head.append(f"plan: sizes {plan_.get('sizes')}, control arms {plan_.get('control_arms')}, cuts "
+                    f"{plan_.get('cuts') or 'none'}, projected {plan_.get('projected_min')} min")
+    return "\n\n".join(["\n".join(head), lr_table(res), arm_table(res), verdict_table(res)])
+
+
+def per_superclass(res: dict, data: str, size: str) -> str:
+    """EXPLORATORY (not part of the protocol): top-1 per planted superclass (class c in c % S) of every
+    arm at ``size``, mean over seeds."""
     import torch
 
     from mobile_vmoe.checkpoint import model_from_checkpoint
     from mobile_vmoe.data import build_data
 
     torch.set_num_threads(1)
-    rs = [r for r in results if r["size"] == size]
+    rs = [r for r in arm_rows(res) if (r["data"], r["size"]) == (data, size)]
     if not rs:
-        raise MvmoeError(f"--per-superclass {size}: no runs of that size in the results")
-    data = build_data(rs[0]["data"], augment="none")
-    S = max(data.planted_superclasses) + 1
-    x, y = data.val.transform(data.val.images), data.val.labels  # (N, 3, H, W) normalised, (N,)
-    names = [n.split(".")[0] for n in data.class_names[:S]]
-    lines = ["| arm | " + " | ".join(names) + " |", "|---|" + "---|" * S]
+        raise MvmoeError(f"--per-superclass {data} {size}: no runs of that data and size in the results")
+    bundle = build_data(data, augment="none")
+    S = max(bundle.planted_superclasses) + 1
+    x, y = bundle.val.transform(bundle.val.images), bundle.val.labels  # (N, 3, H, W) normalised, (N,)
+    lines = ["| arm | " + " | ".join(n.split(".")[0] for n in bundle.class_names[:S]) + " |", "|---|" + "---|" * S]
     for arm in ARMS:
         accs = []
         for r in (r for r in rs if r["arm"] == arm):
@@ -228,104 +437,170 @@ def per_superclass(results: list[dict], size: str) -> str:
             accs.append([100 * float((pred[y % S == s] == y[y % S == s]).float().mean()) for s in range(S)])
         if accs:
             lines.append(f"| {arm} | " + " | ".join(f"{statistics.mean(v):.1f}" for v in zip(*accs)) + " |")
-    return "\n".join(lines)
+    return "EXPLORATORY (post hoc, not pre-registered)\n\n" + "\n".join(lines)
 
 
-def measure_latency(results: list[dict], out: Path) -> dict:
-    """Seed 0's models of the largest size and the peer, ExecuTorch XNNPACK fp32, one thread,
-    timed interleaved: {run dir: median ms}."""
-    import torch
+# ----------------------------------------------------------------------------- the study
+def planted_file(out: Path, data: str) -> Path:
+    return out / data.replace(":", "-") / "planted_superclasses.json"
 
-    from mobile_vmoe.converters.executorch import convert, load_runner
-    from mobile_vmoe.converters.pipeline import export_checkpoint
-    from mobile_vmoe.converters.prepare import export_static
-    from mobile_vmoe.profile.timing import time_interleaved
 
-    torch.set_num_threads(1)
-    seed0 = [r for r in results if r["seed"] == 0]
-    largest = max((r for r in seed0 if r["arm"] != "peer"), key=lambda r: r["macs"])["size"]
-    runners = {}
-    for r in seed0:
-        if r["arm"] == "peer":
-            import torchvision
+def write_planted(out: Path, data: str) -> None:
+    """The planted class -> superclass map as a superclasses.json (for moe-sc-planted)."""
+    from mobile_vmoe.data import build_data
+    from mobile_vmoe.data.superclasses import make_superclasses, save_superclasses
 
-            state = torch.load(Path(r["dir"]) / "model.pt", weights_only=True)
-            net = torchvision.models.mobilenet_v3_small(num_classes=state["classifier.3.weight"].shape[0]).eval()
-            net.load_state_dict(state)
-            x = torch.zeros(1, 3, 32, 32)
-            path = out / "latency" / "mobilenet_v3_small_executorch-xnnpack_fp32.pte"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            convert(net, export_static(net, x), x, path, precision="fp32")
-        elif r["size"] == largest:
-            res = export_checkpoint(Path(r["dir"]) / "model.pt", "executorch", "xnnpack", "fp32",
-                                    out / "latency" / r["arm"], parity_images=16, force=True)
-            if not res[0].ok:
-                raise MvmoeError(f"export of {r['dir']} failed: {res[0].error}")
-            path = res[0].artifact
+    bundle = build_data(data, augment="none")
+    if bundle.planted_superclasses is None:
+        raise MvmoeError(f"{data} has no planted superclasses: the moe-sc-planted arm needs a generated set")
+    save_superclasses(planted_file(out, data), make_superclasses(bundle.class_names, bundle.planted_superclasses,
+                                                                 source=f"planted superclasses of {data}"))
+
+
+def execute(calls: list[tuple], jobs: int, on_row) -> None:
+    """Run ``(fn, *args)`` calls, ``jobs`` one-thread processes side by side (<= 1: in this process)."""
+    if jobs <= 1:
+        for fn, *args in calls:
+            on_row(fn(*args))
+        return
+    import multiprocessing
+
+    # spawn: a forked child must not inherit a CUDA context (the GPU variant), and spawn is safe everywhere
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for f in as_completed([pool.submit(fn, *args) for fn, *args in calls]):
+            on_row(f.result())
+
+
+def choose_lr(res: dict, data: str, size: str) -> dict:
+    """The pre-registered choice: the best final holdout top-1 (ties: the smaller lr) and its gate."""
+    rows = sorted((r for r in res["runs"] if r.get("kind") == "lr" and (r["data"], r["size"]) == (data, size)),
+                  key=lambda r: r["lr"])
+    best = max(rows, key=lambda r: (r["holdout_top1"], -r["lr"]))
+    return {"lr": best["lr"], "holdout_top1": {f"{r['lr']:g}": r["holdout_top1"] for r in rows},
+            **study_stats.flattened(best["curve"])}
+
+
+def new_results(a) -> dict:
+    from mobile_vmoe.provenance import provenance
+
+    return {"provenance": provenance(), "resumed_by": [], "quick": bool(a.quick),
+            "protocol": {"data": a.data, "sizes": a.sizes, "seeds": a.seeds, "epochs": a.epochs, "lr_grid": a.lr_grid,
+                         "warmup_epochs": a.epochs * WARMUP_PER_EPOCH, "settings": PROTOCOL_SETTINGS, "extra": a.set,
+                         "arms": list(ARMS), "comparisons": [list(c) for c in COMPARISONS],
+                         "router_gate": ROUTER_GATE, "flat_slope": study_stats.FLAT_SLOPE,
+                         "flat_epochs": study_stats.FLAT_EPOCHS, "min_gain": study_stats.MIN_GAIN,
+                         "alpha": study_stats.ALPHA, "budget_min": a.budget, "jobs": a.jobs,
+                         "keep_largest": a.keep_largest},
+            "probe": None, "plan": None, "lr": {}, "runs": []}
+
+
+def run_probe(a, out: Path, res: dict, save, extra: dict) -> None:
+    if res["probe"] is None and not a.no_probe:
+        rows = []
+        kinds = ("dense", "moe", "token")
+        execute([(probe_one, size, kind, a.data[0], out, extra) for size in a.sizes for kind in kinds],
+                a.jobs, rows.append)
+        res["probe"] = rows
+        save()
+    if res["plan"] is None:
+        if res["probe"]:
+            probe = {(r["size"], r["kind"]): r for r in res["probe"]}
+            res["plan"] = plan(probe, a.data, a.sizes, a.seeds, a.epochs, a.lr_grid, a.jobs, a.budget, a.keep_largest)
         else:
-            continue
-        runners[r["dir"]], _ = load_runner(path, threads=1)
-    x = torch.zeros(1, 3, 32, 32).numpy()  # runners take numpy arrays
-    times = time_interleaved({k: (lambda run=run: run(x)) for k, run in runners.items()}, rounds=200, warmup=20)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", nargs="+", default=["shapes"])
-    ap.add_argument("--sizes", nargs="+", default=["6x32", "6x48", "6x64"], help="DEPTHxWIDTH of each model size")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--jobs", type=int, default=2, help="one-thread training processes side by side")
-    ap.add_argument("--quick", action="store_true", help="1 seed, sizes 6x32 6x64, 10 epochs: a check that the study runs (8 min)")
-    ap.add_argument("--no-latency", action="store_true", help="skip the ExecuTorch latency of seed 0's models")
-    ap.add_argument("--out", type=Path, nargs="+", default=[Path("runs/study")],
-                    help="output dir (several only with --summarize: their results are merged)")
-    ap.add_argument("--set", nargs="*", default=[], help="extra KEY=VALUE ModelConfig/TrainConfig settings for every arm, e.g. lr=1e-3")
-    ap.add_argument("--summarize", action="store_true", help="only print the tables from OUT/results.json")
-    ap.add_argument("--per-superclass", metavar="SIZE", help="with --summarize: top-1 per planted superclass at SIZE")
-    a = ap.parse_args(argv)
-    if a.quick:
-        for k, v in QUICK.items():
-            setattr(a, k, v)
-    if a.summarize:
-        merged = [r for d in a.out if (d / "results.json").exists() for r in json.loads((d / "results.json").read_text())]
-        print(summarize(merged))
-        if a.per_superclass:
-            print("\n" + per_superclass(merged, a.per_superclass))
-        return 0
-    if len(a.out) != 1:
-        ap.error("give one --out DIR to train into")
-    return run_study(a, a.out[0])
+            res["plan"] = {"sizes": a.sizes, "control_arms": list(ARMS), "cuts": [], "projected_min": None,
+                           "note": "no timing probe (--no-probe): nothing cut"}
+        save()
+    print("plan: " + json.dumps(res["plan"]), flush=True)
 
 
 def run_study(a, out: Path) -> int:
     from mobile_vmoe.config import parse_overrides
     from mobile_vmoe.fileio import atomic_write_json
+    from mobile_vmoe.provenance import provenance
 
     for size in a.sizes:
         size_settings(size)  # fail before training
     extra = parse_overrides(a.set)
-    res_path = out / "results.json"
-    results = json.loads(res_path.read_text()) if res_path.exists() else []
-    done = {(r["data"], r["seed"], r["size"], r["arm"]) for r in results}
-    todo = [t for t in task_list(a) if t not in done]
+    path = out / "results.json"
+    res = json.loads(path.read_text()) if path.exists() else new_results(a)
+    if path.exists():
+        res["resumed_by"].append(provenance())
+
+    def save():
+        atomic_write_json(path, res)
+
+    def add(row):
+        res["runs"].append(row)
+        save()
+        print(json.dumps({k: row.get(k) for k in ("data", "size", "lr", "seed", "arm", "top1", "holdout_top1",
+                                                  "wall_seconds")}), flush=True)
+
+    if a.quick:
+        print("SMOKE CHECK (--quick): tiny data, 5 epochs, 2 seeds; it checks that the study runs, not the claim")
     t0 = time.time()
-    with ProcessPoolExecutor(max_workers=max(1, a.jobs)) as pool:
-        futures = [pool.submit(run_task, t, a.epochs, out, extra) for t in todo]
-        for f in as_completed(futures):
-            row = f.result()
-            results.append(row)
-            atomic_write_json(res_path, results)
-            print(json.dumps({k: row[k] for k in ("data", "seed", "size", "arm", "top1", "wall_seconds")}), flush=True)
-    print(f"trained {len(todo)} runs in {(time.time() - t0) / 60:.1f} min")
-    if not a.no_latency and results:
-        lat = measure_latency(results, out)
-        atomic_write_json(out / "latency.json", lat)
-        for k, v in lat.items():
-            print(f"latency {k}: {v:.3f} ms")
-    print(summarize(results))
+    run_probe(a, out, res, save, extra)
+    if a.probe_only:
+        return 0
+    sizes, control = res["plan"]["sizes"], res["plan"]["control_arms"]
+    done = {(r["kind"], r["data"], r["size"], r.get("lr"), r.get("seed"), r.get("arm")) for r in res["runs"]}
+    execute([(run_lr, d, sz, lr, a.epochs, out, extra) for d in a.data for sz in sizes for lr in a.lr_grid
+             if ("lr", d, sz, lr, None, None) not in done], a.jobs, add)
+    for d in a.data:
+        for sz in sizes:
+            res["lr"][f"{d}|{sz}"] = choose_lr(res, d, sz)
+        write_planted(out, d)
+    save()
+    calls = []
+    for seed in range(a.seeds):
+        for i, d in enumerate(a.data):
+            for sz in sizes:
+                lr = res["lr"][f"{d}|{sz}"]["lr"]
+                calls += [(run_arm, d, sz, seed, arm, lr, a.epochs, out, extra) for arm in (ARMS if i == 0 else control)
+                          if ("arm", d, sz, lr, seed, arm) not in done]
+    execute(calls, a.jobs, add)
+    res.setdefault("wall_minutes", []).append(round((time.time() - t0) / 60, 1))
+    save()
+    print(f"study: {len(calls)} runs in {(time.time() - t0) / 60:.1f} min\n")
+    print(summarize(res, allow_mixed=True))  # says so when the commits differ; --summarize refuses
     return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", nargs="+", default=DATASETS, help="the test set first, then negative controls")
+    ap.add_argument("--sizes", nargs="+", default=SIZES, help="DEPTHxWIDTH of each model size")
+    ap.add_argument("--seeds", type=int, default=SEEDS)
+    ap.add_argument("--epochs", type=int, default=EPOCHS)
+    ap.add_argument("--lr-grid", type=float, nargs="+", default=LR_GRID)
+    ap.add_argument("--jobs", type=int, default=JOBS, help="one-thread training processes side by side (1: in process)")
+    ap.add_argument("--budget", type=float, default=BUDGET_MIN, help="wall minutes the cut rule aims at")
+    ap.add_argument("--keep-largest", action="store_true", help="cut rule: drop the smallest sizes first (GPU variant)")
+    ap.add_argument("--quick", action="store_true", help="SMOKE CHECK: tiny data, 2 seeds, 5 epochs, no probe")
+    ap.add_argument("--no-probe", action="store_true", help="skip the timing probe (and so every cut)")
+    ap.add_argument("--probe-only", action="store_true", help="run the 1-epoch timing probe, print the plan, stop")
+    ap.add_argument("--out", type=Path, default=Path("runs/study"))
+    ap.add_argument("--set", nargs="*", default=[], help="extra KEY=VALUE settings for every run (recorded)")
+    ap.add_argument("--summarize", action="store_true", help="only print the tables from OUT/results.json")
+    ap.add_argument("--mixed-commits", action="store_true", help="with --summarize: pool runs of different commits")
+    ap.add_argument("--per-superclass", nargs=2, metavar=("DATA", "SIZE"), help="with --summarize: EXPLORATORY table")
+    a = ap.parse_args(argv)
+    if a.quick:
+        for k, v in QUICK.items():
+            setattr(a, k, v)
+        a.no_probe = True
+    if a.summarize:
+        path = a.out / "results.json"
+        if not path.is_file():
+            raise MvmoeError(f"no study in {a.out}: {path} does not exist")
+        res = json.loads(path.read_text())
+        if isinstance(res, list):
+            raise MvmoeError(f"{path} was written by the earlier study script (a plain list of runs); its tables are "
+                             "in docs/results.md")
+        print(summarize(res, a.mixed_commits))
+        if a.per_superclass:
+            print("\n" + per_superclass(res, *a.per_superclass))
+        return 0
+    return run_study(a, a.out)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ of the artifact file.
 
     meta.update(app_metadata(ckpt, wrapper, images, meta))  # in converters/pipeline.py
 
+The sample check is the apps' bundled sample at full size with PyTorch's logits after the app's
+own crop and antialiased resize: it covers the preprocessing the parity set skips.
+
 The parity set is a few eval images stored as model-size RGB bytes (base64, H x W x 3 row-major)
 with the PyTorch logits of exactly those bytes after the stated preprocessing. An app feeds them to
 its runtime at load and shows "parity: max diff X, top-1 agree Y/Z": the only check of Core ML (and
@@ -13,12 +16,14 @@ of phone GPUs) that can run anywhere.
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib.metadata as md
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from mobile_vmoe.errors import MvmoeError
 
@@ -33,7 +38,10 @@ PARITY_SET_TOL = {"fp32": 1e-3, "fp16": 5e-2, "int8": None}
 RUNTIME_PACKAGE = {"executorch": ("executorch", "executorch"), "tflite": ("litert", "ai-edge-litert"),
                    "onnx": ("onnxruntime", "onnxruntime")}
 COREML_MIN_IOS = "17.0"
+COREML_SPLIT_MIN_IOS = "18.0"  # multifunction packages (ct.target.iOS18, MLModelConfiguration.functionName)
 EVAL_CROP_RATIO = 0.875  # mobile_vmoe.data.transforms: ImageFolder eval = Resize(S / 0.875) + CenterCrop(S)
+# The sample both apps bundle (the same PNG in apps/android_demo assets/sample/ and apps/ios_demo Sample/).
+SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "apps" / "android_demo" / "app" / "src" / "main" / "assets" / "sample" / "digit.png"
 
 
 # ------------------------------------------------------------------------------------ preprocessing
@@ -65,7 +73,7 @@ def preprocessing_policy(ckpt: dict, meta_input: dict) -> dict:
         eval_tf = f"{kind} images are stored at {size}x{size}: no crop or resize"
     return {
         "resize": RESIZE, "crop": "center-square", "crop_fraction": frac, "interpolation": "bilinear",
-        "align_corners": False, "antialias": False, "scale": SCALE, "mean": list(meta_input["mean"]),
+        "align_corners": False, "antialias": True, "scale": SCALE, "mean": list(meta_input["mean"]),
         "std": list(meta_input["std"]), "layout": meta_input["layout"],
         "baked_in": bool(meta_input["preprocessing_baked_in"]),
         # sklearn digits are ink = 16 on background 0: light strokes on a dark ground. A photo of
@@ -121,12 +129,51 @@ def decode_rgb8(entry: dict, height: int, width: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
 
 
+# ------------------------------------------------------------------------------------ sample check
+def app_preprocess(rgb8: np.ndarray, meta_input: dict, crop_fraction: float) -> torch.Tensor:
+    """(H0, W0, 3) uint8 -> (1, 3, H, W) float32, the apps' preprocessing (docs/apps.md): centred
+    square of round(min(H0, W0) * crop_fraction), antialiased bilinear resize (half-pixel centres),
+    then x / scale, (x - mean) / std unless baked in. Computed in float64, like the apps."""
+    h0, w0 = rgb8.shape[:2]
+    short = min(h0, w0)
+    side = short if crop_fraction == 1.0 else max(1, min(short, int(np.floor(short * crop_fraction + 0.5))))
+    top, left = (h0 - side) // 2, (w0 - side) // 2
+    h, w = int(meta_input["shape"][2]), int(meta_input["shape"][3])  # exports are NCHW
+    x = torch.from_numpy(rgb8[top:top + side, left:left + side].astype(np.float64)).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)  # (1, 3, h, w)
+    if not meta_input["preprocessing_baked_in"]:
+        m = torch.tensor(meta_input["mean"], dtype=torch.float64).view(1, -1, 1, 1)
+        s = torch.tensor(meta_input["std"], dtype=torch.float64).view(1, -1, 1, 1)
+        x = (x / SCALE - m) / s
+    return x.float()
+
+
+def sample_check(wrapper: nn.Module, meta_input: dict, policy: dict, precision: str,
+                 image: Path = SAMPLE_IMAGE) -> dict | None:
+    """The apps' bundled sample at full size with PyTorch's outputs after the app preprocessing:
+    {image, width, height, rgb_sha256, logits, top5, max_abs_diff_tol}. An app decodes its copy,
+    checks the bytes' SHA-256, runs its own crop + resize + normalisation and compares. None when
+    the sample is not beside the code (an installed package without apps/)."""
+    if not image.is_file():
+        return None
+    from torchvision.io import ImageReadMode, decode_image
+
+    rgb8 = decode_image(str(image), mode=ImageReadMode.RGB).permute(1, 2, 0).contiguous().numpy()  # (H0, W0, 3)
+    with torch.no_grad():
+        logits = wrapper(app_preprocess(rgb8, meta_input, policy["crop_fraction"]))[0][0]  # (N,)
+    return {"image": image.name, "width": int(rgb8.shape[1]), "height": int(rgb8.shape[0]),
+            "rgb_sha256": hashlib.sha256(rgb8.tobytes()).hexdigest(), "logits": [float(v) for v in logits],
+            "top5": [int(i) for i in torch.topk(logits, min(5, len(logits))).indices],
+            "max_abs_diff_tol": PARITY_SET_TOL.get(precision)}
+
+
 # ------------------------------------------------------------------------------------ runtime, file
-def runtime_requirement(target: str, backend: str | None) -> dict:
-    """{name, min_version, backend}: the runtime release an app needs to load the artifact."""
+def runtime_requirement(target: str, backend: str | None, split: bool = False) -> dict:
+    """{name, min_version, backend}: the runtime release an app needs to load the artifact. Core ML:
+    the iOS deployment target the package was converted for (a split package is multifunction: 18)."""
     if target == "coreml" or backend == "coreml":
         name = "coreml" if target == "coreml" else "executorch"
-        version = COREML_MIN_IOS if target == "coreml" else _version("executorch")
+        version = (COREML_SPLIT_MIN_IOS if split else COREML_MIN_IOS) if target == "coreml" else _version("executorch")
         return {"name": name, "min_version": version, "backend": backend, "platforms": ["ios"]}
     name, package = RUNTIME_PACKAGE[target]
     platforms = {"executorch": ["android", "ios"], "tflite": ["android"], "onnx": []}[target]
@@ -143,9 +190,11 @@ def _version(package: str) -> str | None:
 def app_metadata(ckpt: dict, wrapper: nn.Module, images: EvalImages, meta: dict) -> dict:
     """The keys this module adds to an artifact's .json (``meta``: build_metadata's dict, with the
     artifact's size and hash already in it)."""
+    policy = preprocessing_policy(ckpt, meta["input"])
     return {
-        "preprocessing": preprocessing_policy(ckpt, meta["input"]),
+        "preprocessing": policy,
         "parity_set": parity_set(wrapper, images, meta["input"], meta["precision"]),
-        "runtime": runtime_requirement(meta["target"], meta["backend"]),
+        "sample_check": sample_check(wrapper, meta["input"], policy, meta["precision"]),
+        "runtime": runtime_requirement(meta["target"], meta["backend"], split=meta.get("expert_layout") == "split"),
         "artifact_file": {"bytes": meta["artifact_size"], "sha256": meta["artifact_sha256"]},
     }

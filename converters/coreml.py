@@ -7,13 +7,13 @@ and parity is recorded as not run.
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 
 import torch
 
 from mobile_vmoe.errors import MvmoeError
+from mobile_vmoe.fileio import to_json
 
 TARGET, EXT = "coreml", ".mlpackage"
 BACKENDS = (None,)
@@ -45,8 +45,8 @@ def write_metadata(mlmodel, meta: dict) -> None:
     """Labels and the .json's content where Xcode and MLModel.modelDescription show them."""
     mlmodel.short_description = f"{meta['model']} ({meta['precision']}), {len(meta['labels'])} classes"
     ud = mlmodel.user_defined_metadata
-    ud["labels"] = json.dumps(meta["labels"])
-    ud["mvmoe"] = json.dumps({k: v for k, v in meta.items() if k not in ("parity", "ops")})
+    ud["labels"] = to_json(meta["labels"])
+    ud["mvmoe"] = to_json({k: v for k, v in meta.items() if k not in ("parity", "ops")})
 
 
 def read_metadata(path: Path) -> dict:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobile_vmoe.errors import MvmoeError, did_you_mean
+from mobile_vmoe.fileio import to_json, writable_dir
 
 from . import prepare as P
 from .app_metadata import app_metadata
@@ -143,17 +144,16 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def make_out_dir(out_dir: Path) -> None:
-    """Create --out, after every check has passed."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MvmoeError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from None
-    _probe(out_dir, out_dir)
+    """Create --out (after every check) and probe that a file can be written in it."""
+    writable_dir(out_dir, "--out")
 
 
 def _probe(out_dir: Path, where: Path) -> None:
+    """Write and remove a file in ``where`` (--out, or its nearest existing parent)."""
     try:
-        tempfile.NamedTemporaryFile(dir=where, prefix=".mvmoe-write-test-").close()
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".mvmoe-write-test-")
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise MvmoeError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from None
 
@@ -299,7 +299,7 @@ def export_job(src: Source, job: ExportJob, out_dir: Path, path: Path, *, say, v
         with quiet(verbose, log), ticking(say, path.stem):
             meta = convert_and_check(src, job, tmp / path.name, say=say, **kw)
         with held():  # both files or neither
-            (tmp / f"{path.stem}.json").write_text(json.dumps(meta, indent=1))
+            (tmp / f"{path.stem}.json").write_text(to_json(meta, indent=1, what=f"{path.stem}.json"))
             _install(tmp / path.name, path)
             _install(tmp / f"{path.stem}.json", path.with_suffix(".json"))
         res.artifact, res.metadata = path, meta

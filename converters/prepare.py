@@ -15,6 +15,7 @@ inside the graph, so an app only resizes.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -324,9 +325,16 @@ def reference_logits(wrapper: nn.Module, images: torch.Tensor) -> np.ndarray:
 
 
 def parity(ref: np.ndarray, got: np.ndarray, labels: torch.Tensor | None = None) -> dict:
-    """max |diff| of logits and top-1 agreement; with labels also both accuracies."""
-    out = {"ran": True, "max_abs_diff": float(np.abs(ref - got).max()),
-           "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()), "images": int(len(ref)), "reason": None}
+    """max |diff| of logits and top-1 agreement; with labels also both accuracies.
+
+    ``nonfinite``: NaN / Inf logits of the reference and of the artifact. Any makes max_abs_diff
+    None (NaN is not JSON) and fails check_parity at every precision.
+    """
+    nonfinite = {"reference": int((~np.isfinite(ref)).sum()), "artifact": int((~np.isfinite(got)).sum())}
+    finite = not any(nonfinite.values())
+    out = {"ran": True, "max_abs_diff": float(np.abs(ref - got).max()) if finite else None,
+           "top1_agreement": float((ref.argmax(1) == got.argmax(1)).mean()), "images": int(len(ref)), "reason": None,
+           "nonfinite": nonfinite}
     if labels is not None:
         y = labels.numpy()
         out["reference_top1"] = float((ref.argmax(1) == y).mean())
@@ -351,6 +359,10 @@ def check_parity(p: dict, precision: str, fp32_tol: float = 1e-4, max_top1_drop:
     A run that could not happen passes."""
     if not p.get("ran"):
         return None
+    bad = p.get("nonfinite") or {}
+    if any(bad.values()) or p["max_abs_diff"] is None or not math.isfinite(p["max_abs_diff"]):
+        return (f"non-finite logits (NaN/Inf): {bad.get('artifact', '?')} from the artifact, "
+                f"{bad.get('reference', '?')} from PyTorch")
     if precision == "fp32" and p["max_abs_diff"] > fp32_tol:
         return f"fp32 logits differ from PyTorch by {p['max_abs_diff']:.2e} > {fp32_tol:g}"
     drop = MAX_TOP1_DROP.get(precision, 0.02) if max_top1_drop is None else max_top1_drop

@@ -37,11 +37,39 @@ FORMAT = "mvmoe-checkpoint"
 VERSION = 1
 
 
+class _KeepWriteError:
+    """A file wrapper that keeps the OSError of a failed write. torch's zip writer does not pass it
+    on: a write cut short by a full disk surfaces as "unexpected pos ..." (RuntimeError) later."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _torch_save(ckpt: dict[str, Any], f) -> None:
+    out = _KeepWriteError(f)
+    try:
+        torch.save(ckpt, out)
+    except RuntimeError:
+        if out.error is not None:
+            raise out.error from None  # atomic_write_bytes turns it into one line naming the file
+        raise
+
+
 def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
     ckpt = {"format": FORMAT, "version": VERSION, **ckpt}
     if isinstance(ckpt.get("model_config"), ModelConfig):
         ckpt["model_config"] = ckpt["model_config"].to_dict()
-    return atomic_write_bytes(path, lambda f: torch.save(ckpt, f))
+    return atomic_write_bytes(path, lambda f: _torch_save(ckpt, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -56,6 +84,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     if not zipfile.is_zipfile(path):
         raise MvmoeError(f"{path} is not a PyTorch checkpoint (not a zip archive: truncated or a different format)")
+    check_archive(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle with code, random bytes
@@ -68,7 +97,33 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     for key in ("model_config", "model"):
         if key not in ckpt:
             raise MvmoeError(f"{path} is missing '{key}'")
+    check_finite(ckpt, path)
     return ckpt
+
+
+def check_archive(path: Path) -> None:
+    """Every member of the checkpoint's zip archive matches its CRC-32 (torch.load does not check
+    them, so a flipped byte would load as a silently wrong weight)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise MvmoeError(f"{path} is damaged: its zip archive cannot be read ({e})") from None
+    if bad is not None:
+        raise MvmoeError(f"{path} is damaged: {bad} fails its CRC check (a modified or badly copied file)")
+
+
+def check_finite(ckpt: dict[str, Any], path: Path) -> None:
+    """Every floating-point weight of "model" and "ema" is finite (no NaN / Inf)."""
+    for key in ("model", "ema"):
+        state = ckpt.get(key)
+        if not isinstance(state, dict):
+            continue
+        for name, t in state.items():
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise MvmoeError(f"{path}: weight {key}.{name} holds NaN or Inf (a damaged file or a run that diverged)")
 
 
 def config_from_checkpoint(ckpt: dict[str, Any]) -> ModelConfig:

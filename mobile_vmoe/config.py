@@ -252,7 +252,9 @@ __all__ = ["ModelConfig", "parse_overrides", "field_names", "field", "ROUTINGS",
 
 
 # ====================================================================== training settings
-AMP_MODES = ("auto", "bf16", "none")
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+LOADERS = ("auto", "torch", "dali")
+LR_REFERENCE_BATCH = 512  # ``lr`` is stated for this many images per optimizer step
 
 
 @dataclass(frozen=True)
@@ -262,15 +264,16 @@ class TrainConfig:
     The one config of a training run: ``model`` is the ModelConfig being trained, the rest are the
     training settings. The defaults suit the small embedded datasets (digits, synthetic) on a CPU;
     the named ImageNet recipes in ``mobile_vmoe/train/recipes.py`` set the DeiT values.
-    ``batch_size`` is the GLOBAL batch (split evenly over DDP processes) and ``lr`` the peak
-    learning rate for that batch.
+    ``batch_size`` is the GLOBAL batch of one forward/backward (split evenly over DDP processes);
+    an optimizer step sees ``batch_size * grad_accum`` images. ``lr`` is the peak learning rate per
+    512 images: the run uses ``lr * batch_size * grad_accum / 512`` (``effective_lr``).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     epochs: int = 30
     batch_size: int = 32
-    lr: float = 3e-3
-    min_lr: float = 1e-5  # end of the cosine
+    lr: float = 0.048  # peak lr per 512 images (DeiT's convention): 3e-3 at the default batch of 32
+    min_lr: float = 1e-5  # end of the cosine (absolute, not scaled with the batch)
     warmup_epochs: float = 2.0  # linear warmup, per step
     weight_decay: float = 0.05  # AdamW; not applied to norms, biases, position embedding, class token
     betas1: float = 0.9
@@ -284,9 +287,15 @@ class TrainConfig:
     cutmix: float = 0.0  # CutMix alpha (0 = off)
     mix_prob: float = 1.0  # probability that a batch is mixed when mixup/cutmix is on
     augment: str = "default"  # none | light | default | deit (see mobile_vmoe/data/transforms.py)
-    amp: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | none
+    amp: str = "auto"  # auto (CUDA: bf16, or fp16 + GradScaler without bf16; CPU: fp32) | bf16 | fp16 | none
+    grad_accum: int = 1  # micro-batches per optimizer step (gradients summed, loss scaled by 1/N)
+    compile: bool = False  # torch.compile the model for training
+    dist_timeout_min: float = 60.0  # process-group timeout (minutes): longer than the longest step or evaluation
     seed: int = 0
     workers: int = 0  # DataLoader workers per process
+    loader: str = "auto"  # auto (DALI when installed and on CUDA, else torch) | torch | dali
+    prefetch: int = 2  # batches each DataLoader worker keeps ready (torch) / queue depth (DALI)
+    repeated_aug: int = 1  # repeated augmentation: each image N times per epoch on different ranks (DeiT: 3)
     threads: int = 0  # CPU: torch intra-op threads (0 = torch's default); 1 is robust on busy machines
     dense_epochs: int = 0  # --superclasses auto: epochs of the dense stage (0 = same as epochs)
     superclass_holdout: float = 0.1  # --superclasses auto: stratified share of train the confusion is fit on
@@ -308,7 +317,7 @@ class TrainConfig:
         p: list[str] = []
         if not isinstance(self.model, ModelConfig):
             p.append(f"model={self.model!r} must be a ModelConfig")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "grad_accum"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
                 p.append(f"{name}={v!r} must be a positive integer")
@@ -319,8 +328,9 @@ class TrainConfig:
             p.append(f"eval_every={self.eval_every} and log_every={self.log_every} must be >= 1")
         if not 0 < self.lr < float("inf"):
             p.append(f"lr={self.lr} must be a finite number > 0")
-        if not 0 <= self.min_lr <= self.lr:
-            p.append(f"min_lr={self.min_lr} must be in [0, lr={self.lr}]")
+        elif self.batch_size_ok() and not 0 <= self.min_lr <= self.effective_lr:
+            p.append(f"min_lr={self.min_lr} must be in [0, the effective lr {self.effective_lr:g}] "
+                     f"(lr={self.lr} per 512 images at a global batch of {self.global_batch})")
         for name in ("warmup_epochs", "weight_decay", "clip_grad", "router_weight", "aux_weight", "mixup", "cutmix"):
             if getattr(self, name) < 0:
                 p.append(f"{name}={getattr(self, name)} must be >= 0")
@@ -329,8 +339,15 @@ class TrainConfig:
                 p.append(f"{name}={getattr(self, name)} must be in [0, 1)")
         if not 0.0 <= self.mix_prob <= 1.0:
             p.append(f"mix_prob={self.mix_prob} must be in [0, 1]")
+        if not self.dist_timeout_min > 0:
+            p.append(f"dist_timeout_min={self.dist_timeout_min} must be > 0")
         if self.amp not in AMP_MODES:
             p.append(f"amp={self.amp!r} must be one of {AMP_MODES}")
+        if self.loader not in LOADERS:
+            p.append(f"loader={self.loader!r} must be one of {', '.join(LOADERS)}")
+        for name in ("prefetch", "repeated_aug"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                p.append(f"{name}={getattr(self, name)!r} must be an integer >= 1")
         if not 0.0 < self.superclass_holdout < 1.0:
             p.append(f"superclass_holdout={self.superclass_holdout} must be in (0, 1)")
         if self.superclass_clustering not in ("balanced", "spectral"):
@@ -344,6 +361,21 @@ class TrainConfig:
         if self.augment not in ("none", "light", "default", "deit"):
             p.append(f"augment={self.augment!r} must be one of none, light, default, deit")
         return p
+
+    def batch_size_ok(self) -> bool:
+        return all(isinstance(v, int) and v > 0 for v in (self.batch_size, self.grad_accum))
+
+    @property
+    def global_batch(self) -> int:
+        """Images per optimizer step, over all processes: batch_size (already global) x grad_accum."""
+        return self.batch_size * self.grad_accum
+
+    @property
+    def effective_lr(self) -> float:
+        """The peak lr the optimizer uses: ``lr`` (per 512 images) scaled linearly to ``global_batch``.
+
+        E.g. lr 5e-4, batch_size 1024, grad_accum 2: 5e-4 * 2048 / 512 = 2e-3."""
+        return self.lr * (self.global_batch / LR_REFERENCE_BATCH)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         unknown = sorted(set(changes) - {"model", *train_field_names()})
@@ -378,4 +410,4 @@ def train_field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model"]
 
 
-__all__ += ["TrainConfig", "train_field_names", "AMP_MODES"]
+__all__ += ["TrainConfig", "train_field_names", "AMP_MODES", "LR_REFERENCE_BATCH"]

@@ -4,11 +4,15 @@ Every file the tool writes (checkpoints, JSON, reports, artifacts' metadata) goe
 ``atomic_write_bytes``: a temporary file beside the target, fsync, then ``os.replace``. A crash or
 Ctrl-C leaves the old file or the new one, never half of one. A write that the filesystem refuses
 (the path is a file's child, read-only, full) is an MvmoeError naming the path.
+
+JSON is always strict (``to_json``): NaN and Infinity are not JSON, so a non-finite number is
+either refused (an MvmoeError naming its key) or, where the caller asks for it, written as null.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -53,6 +57,22 @@ def atomic_write_bytes(path: str | os.PathLike, write) -> Path:
     return path
 
 
+def writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``path`` as a folder this process can write into (created if missing): one MvmoeError
+    naming it when it is a file, sits below a file, or is read-only / on a full or read-only disk."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MvmoeError(f"{what} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".mvmoe-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise MvmoeError(f"{what} {path}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
@@ -79,6 +99,41 @@ def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
     return d
 
 
+def nonfinite_keys(obj: Any, where: str = "") -> list[str]:
+    """Dotted keys (``parity.max_abs_diff``, ``runs_ms[3]``) of every NaN / Infinity float in ``obj``."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [where or "(the value)"]
+    if isinstance(obj, dict):
+        return [k for key, v in obj.items() for k in nonfinite_keys(v, f"{where}.{key}" if where else str(key))]
+    if isinstance(obj, (list, tuple)):
+        return [k for i, v in enumerate(obj) for k in nonfinite_keys(v, f"{where}[{i}]")]
+    return []
+
+
+def _nan_to_null(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_null(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, *, indent: int | None = None, nonfinite: str = "refuse", what: str = "JSON") -> str:
+    """Strict JSON text of ``obj``. A NaN / Infinity anywhere is refused with an MvmoeError naming
+    its key (``nonfinite="refuse"``) or written as null (``"null"``: logs of a run that diverged)."""
+    if nonfinite == "null":
+        obj = _nan_to_null(obj)
+    else:
+        bad = nonfinite_keys(obj)
+        if bad:
+            shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
+            raise MvmoeError(f"refusing to write {what}: {shown} is not a finite number (NaN/Infinity is not JSON)")
+    return json.dumps(obj, indent=indent, allow_nan=False)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """``obj`` as indented JSON with a final newline, atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+    """``obj`` as indented strict JSON with a final newline, atomically; NaN / Infinity are refused
+    (MvmoeError naming the key and the file)."""
+    return atomic_write_text(path, to_json(obj, indent=1, what=str(path)) + "\n")

@@ -1,6 +1,7 @@
 """Demo apps: golden vectors, the Kotlin logic under JUnit, and a syntax check of every Swift file.
 
-The Kotlin toolchain is provisioned on first use (kotlinc from npm into .cache/kotlin, JUnit 4 from
+The Kotlin toolchain is provisioned on first use (kotlinc of the Kotlin version the app declares in
+gradle/libs.versions.toml, from npm into .cache/kotlin/<version>; JUnit 4 from
 apt) and the Kotlin sources are compiled once per session. Nothing here is skipped: a machine that
 cannot provision the toolchain fails with a message that says what to install.
 """
@@ -89,7 +90,7 @@ def _torch_preprocess(rgb: np.ndarray, meta: dict, invert: bool = False) -> np.n
     side = max(1, min(min(rgb.shape[:2]), int(np.floor(min(rgb.shape[:2]) * frac + 0.5))))
     top, left = (rgb.shape[0] - side) // 2, (rgb.shape[1] - side) // 2
     x = torch.from_numpy(rgb[top:top + side, left:left + side].astype(np.float64)).permute(2, 0, 1)[None]
-    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=False)[0]  # (3, h, w)
+    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]  # (3, h, w)
     if not inp["preprocessing_baked_in"]:
         mean = torch.tensor(inp["mean"], dtype=torch.float64)[:, None, None]
         std = torch.tensor(inp["std"], dtype=torch.float64)[:, None, None]
@@ -116,6 +117,12 @@ def test_golden_reference_by_hand():
     out = mg.resize_bilinear(img, 4, 4)
     assert out[1, 1, 0] == pytest.approx(58.75)
     assert out[0, :, 0].tolist() == pytest.approx([0, 25, 75, 100])
+    # antialiased downscale, row [0, 100, 200, 40] -> 2 pixels: scale 2, support 2; output 0 has centre 1,
+    # taps 0..2 with weights 1 - |j - 1 + 0.5| / 2 = (0.75, 0.75, 0.25) / 1.75 -> (75 + 50) / 1.75;
+    # output 1 has centre 3, taps 1..3 with (0.25, 0.75, 0.75) / 1.75 -> (25 + 150 + 30) / 1.75.
+    row = np.zeros((1, 4, 3), np.uint8)
+    row[0, :, 0] = [0, 100, 200, 40]
+    assert mg.resize_bilinear(row, 1, 2)[0, :, 0].tolist() == pytest.approx([125 / 1.75, 205 / 1.75])
     assert mg.center_crop_box(13, 20) == (0, 3, 13)
     assert mg.center_crop_box(21, 9) == (6, 0, 9)
     # crop_fraction 16/18 of a 13-pixel short side: 11.56 -> 12, left (20 - 12) // 2 = 4
@@ -147,23 +154,44 @@ def _run(cmd, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, **kw)
 
 
-def _find_kotlinc() -> Path | None:
-    for cand in (os.environ.get("KOTLINC"), KOTLIN_CACHE / "node_modules/kotlin-compiler/bin/kotlinc", shutil.which("kotlinc")):
+def declared_kotlin_version() -> str:
+    """The Kotlin version the Android app builds with (gradle/libs.versions.toml, [versions] kotlin)."""
+    import tomllib
+
+    toml = tomllib.loads((APPS / "android_demo" / "gradle" / "libs.versions.toml").read_text())
+    return toml["versions"]["kotlin"]
+
+
+def kotlinc_version(kotlinc: Path) -> str:
+    """'2.2.21' from `kotlinc -version` ("info: kotlinc-jvm 2.2.21 (JRE 17...)")."""
+    r = _run([str(kotlinc), "-version"], timeout=300)
+    m = re.search(r"kotlinc-jvm (\S+)", r.stdout + r.stderr)
+    assert m, f"cannot read the version from `{kotlinc} -version`: {(r.stdout + r.stderr)[-500:]}"
+    return m.group(1)
+
+
+def _find_kotlinc(version: str) -> Path | None:
+    """KOTLINC if set, else the npm install of exactly ``version`` under .cache/kotlin/<version>."""
+    for cand in (os.environ.get("KOTLINC"), KOTLIN_CACHE / version / "node_modules/kotlin-compiler/bin/kotlinc"):
         if cand and Path(cand).is_file():
             return Path(cand).resolve()
     return None
 
 
 def _provision_kotlinc() -> Path:
-    kotlinc = _find_kotlinc()
+    """kotlinc of the version the app declares (npm `kotlin-compiler@<version>`), so the tests compile
+    the shared Kotlin with the compiler the app uses."""
+    version = declared_kotlin_version()
+    kotlinc = _find_kotlinc(version)
     if kotlinc is None:
         npm = shutil.which("npm")
         if npm is None:
-            pytest.fail("kotlinc not found and npm is missing: install Node.js, or set KOTLINC=/path/to/kotlinc")
-        r = _run([npm, "install", "--prefix", str(KOTLIN_CACHE), "kotlin-compiler"], timeout=600)
-        kotlinc = _find_kotlinc()
+            pytest.fail(f"kotlinc {version} not found and npm is missing: install Node.js, or set KOTLINC=/path/to/kotlinc")
+        prefix = KOTLIN_CACHE / version
+        r = _run([npm, "install", "--prefix", str(prefix), f"kotlin-compiler@{version}"], timeout=600)
+        kotlinc = _find_kotlinc(version)
         if kotlinc is None:
-            pytest.fail(f"`npm install --prefix {KOTLIN_CACHE} kotlin-compiler` failed:\n{r.stderr[-2000:]}")
+            pytest.fail(f"`npm install --prefix {prefix} kotlin-compiler@{version}` failed:\n{r.stderr[-2000:]}")
     return kotlinc
 
 
@@ -195,7 +223,25 @@ def kotlin_build(tmp_path_factory) -> dict:
     r = _run([str(kotlinc), *sources, "-cp", str(JUNIT), "-d", str(out)], timeout=900)
     errors = [ln for ln in (r.stdout + r.stderr).splitlines() if "error:" in ln]
     assert r.returncode == 0 and out.is_file(), "kotlinc failed:\n" + "\n".join(errors or [r.stderr[-3000:]])
-    return {"cp": os.pathsep.join(map(str, [out, JUNIT, HAMCREST, stdlib]))}
+    return {"cp": os.pathsep.join(map(str, [out, JUNIT, HAMCREST, stdlib])), "kotlinc": kotlinc}
+
+
+def test_declared_kotlin_version_is_read_from_the_version_catalog(tmp_path):
+    assert re.fullmatch(r"\d+\.\d+\.\d+", declared_kotlin_version())
+    # the parser reads `kotlinc -version` output, and refuses output without a version
+    fake = tmp_path / "kotlinc"
+    fake.write_text("#!/bin/sh\necho 'info: kotlinc-jvm 2.2.21 (JRE 17.0.12+7)' >&2\n")
+    fake.chmod(0o755)
+    assert kotlinc_version(fake) == "2.2.21"
+    fake.write_text("#!/bin/sh\necho hello\n")
+    with pytest.raises(AssertionError):
+        kotlinc_version(fake)
+
+
+@pytest.mark.slow
+def test_kotlin_compiler_is_the_version_the_app_declares(kotlin_build):
+    """The JUnit run below compiles with kotlinc of the app's own Kotlin version (libs.versions.toml)."""
+    assert kotlinc_version(kotlin_build["kotlinc"]) == declared_kotlin_version()
 
 
 def test_kotlin_core_has_no_platform_imports():
@@ -343,3 +389,143 @@ def test_gradle_wrapper_jar_and_distribution_are_pinned():
     props = dict(line.split("=", 1) for line in (wrapper / "gradle-wrapper.properties").read_text().splitlines() if "=" in line)
     assert props["distributionUrl"].endswith("gradle-8.11.1-bin.zip")
     assert props["distributionSha256Sum"] == "f397b287023acdba1e9f6fc5ea72d22dd63669d59ed4a289a29b1a76eee151c6"
+
+
+# ----------------------------------------------------------------------------- Swift availability
+# APIs the Swift sources use that are newer than the deployment target (17.0), with the first iOS
+# that has them, from Apple's documentation pages (developer.apple.com/documentation/coreml/...):
+# MLModelConfiguration.functionName 18.0; MLComputePlan and its load(contentsOf:configuration:),
+# modelStructure and deviceUsage(for:) 17.4. computePlanSummary is the app's own @available(iOS 17.4).
+DEPLOYMENT_IOS = (17, 0)
+API_MIN_IOS = {"functionName": (18, 0), "MLComputePlan": (17, 4), "modelStructure": (17, 4),
+               "deviceUsage": (17, 4), "computePlanSummary": (17, 4)}
+
+
+def _ios_version(text: str) -> tuple[int, int]:
+    m = re.search(r"iOS\s+(\d+)(?:\.(\d+))?", text)
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else DEPLOYMENT_IOS
+
+
+def _available_at(node, src: bytes) -> tuple[int, int]:
+    """The newest iOS the code at ``node`` may assume: the deployment target, raised by every enclosing
+    `@available(iOS X, *)` declaration, `if #available(iOS X, *)` then-branch (or later condition
+    clause) and `guard #available(iOS X, *)` earlier in the same block."""
+    text = lambda n: src[n.start_byte:n.end_byte].decode()  # noqa: E731
+    best, child, parent = DEPLOYMENT_IOS, node, node.parent
+    while parent is not None:
+        if parent.type == "if_statement":
+            else_at = next((c.start_byte for c in parent.children if c.type == "else"), parent.end_byte)
+            for c in parent.children:
+                if c.type == "availability_condition" and c.end_byte <= child.start_byte < else_at:
+                    best = max(best, _ios_version(text(c)))
+        if parent.type == "statements":
+            for sib in parent.children:
+                if sib.start_byte >= child.start_byte:
+                    break
+                if sib.type == "guard_statement":
+                    for c in sib.children:
+                        if c.type == "availability_condition":
+                            best = max(best, _ios_version(text(c)))
+        for mods in (c for c in parent.children if c.type == "modifiers"):
+            for a in mods.children:
+                if a.type == "attribute" and text(a).startswith("@available"):
+                    best = max(best, _ios_version(text(a)))
+        child, parent = parent, parent.parent
+    return best
+
+
+def _unguarded_uses(src: bytes, name: str = "Source.swift") -> tuple[list[str], set[str]]:
+    """(uses of an API of API_MIN_IOS where the enclosing guards allow an older iOS, the APIs seen)."""
+    import tree_sitter_swift
+    from tree_sitter import Language, Parser
+
+    tree = Parser(Language(tree_sitter_swift.language())).parse(src)
+    bad, seen, stack = [], set(), [tree.root_node]
+    while stack:
+        n = stack.pop()
+        stack.extend(n.children)
+        word = src[n.start_byte:n.end_byte].decode()
+        if n.type in ("simple_identifier", "type_identifier") and word in API_MIN_IOS:
+            seen.add(word)
+            have, need = _available_at(n, src), API_MIN_IOS[word]
+            if have < need:
+                bad.append(f"{name}:{n.start_point[0] + 1} {word} needs iOS {need[0]}.{need[1]}, "
+                           f"guarded for iOS {have[0]}.{have[1]}")
+    return bad, seen
+
+
+def test_swift_availability_guards_cover_the_apis_they_protect():
+    bad, seen = [], set()
+    for f in SWIFT_FILES:
+        b, s = _unguarded_uses(f.read_bytes(), f.name)
+        bad += b
+        seen |= s
+    assert not bad, "\n".join(bad)
+    assert {"functionName", "MLComputePlan", "deviceUsage"} <= seen  # the table is exercised, not vacuous
+
+
+def test_swift_availability_check_catches_a_missing_or_short_guard():
+    code = b"""
+@available(iOS 17.4, *)
+func plan() async { _ = try? await MLComputePlan.load(contentsOf: u, configuration: c) }
+func a() { c.functionName = "x" }
+func b() { if #available(iOS 17.4, *) { c.functionName = "x" } }
+func d() { if #available(iOS 18.0, *) { } else { c.functionName = "x" } }
+func e() { guard #available(iOS 18.0, *) else { return }; c.functionName = "x" }
+func g() { if #available(iOS 17.4, *), let p = await computePlanSummary() { print(p) } }
+"""
+    bad, _ = _unguarded_uses(code)
+    assert sorted(b.split()[0] for b in bad) == ["Source.swift:4", "Source.swift:5", "Source.swift:6"], bad
+
+
+# ----------------------------------------------------------------------------- the sample check
+SAMPLE_ANDROID = APPS / "android_demo/app/src/main/assets/sample/digit.png"
+SAMPLE_IOS = APPS / "ios_demo/MobileVMoEDemo/Sample/digit.png"
+
+
+def test_both_apps_bundle_the_sample_the_exporter_reads():
+    from mobile_vmoe.converters import app_metadata as A
+
+    assert SAMPLE_ANDROID.read_bytes() == SAMPLE_IOS.read_bytes()
+    assert A.SAMPLE_IMAGE.resolve() == SAMPLE_ANDROID.resolve()
+
+
+@pytest.mark.parametrize("baked", [False, True])
+def test_sample_check_is_the_wrapper_on_the_app_preprocessing(baked):
+    """The exporter's sample check: the 64x64 sample through the app preprocessing (the numpy reference
+    the Kotlin and Swift code reproduce) into the model, and nothing else."""
+    import hashlib
+
+    from PIL import Image
+
+    from mobile_vmoe.converters import app_metadata as A
+    from mobile_vmoe.converters.prepare import prepare_for_export
+    from mobile_vmoe.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("vmoe-6x64-p32", img_size=16, num_classes=7, num_experts=3, patch_size=8, depth=3,
+                         width=32, heads=2).eval()
+    wrapper = prepare_for_export(model, bake_preprocessing=baked, mean=mg.MEAN, std=mg.STD)
+    inp = {"shape": [1, 3, 16, 16], "layout": "NCHW", "mean": mg.MEAN, "std": mg.STD, "preprocessing_baked_in": baked}
+    policy = {"crop_fraction": 14 / 16}
+    got = json.loads(json.dumps(A.sample_check(wrapper, inp, policy, "fp32")))
+    rgb = np.asarray(Image.open(SAMPLE_ANDROID).convert("RGB"))  # (64, 64, 3), decoded by PIL this time
+    assert (got["width"], got["height"], got["image"]) == (64, 64, "digit.png")
+    assert got["rgb_sha256"] == hashlib.sha256(rgb.tobytes()).hexdigest()
+    x = mg.preprocess(rgb, 16, 16, mg.MEAN, mg.STD, 255.0, "NCHW", baked, crop_fraction=14 / 16)
+    np.testing.assert_allclose(A.app_preprocess(rgb, inp, 14 / 16).reshape(-1).numpy(), x, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        want = wrapper(torch.from_numpy(x).view(1, 3, 16, 16))[0][0]
+    np.testing.assert_allclose(got["logits"], want.numpy(), atol=1e-4, rtol=0)
+    assert got["top5"] == torch.topk(want, 5).indices.tolist() and got["max_abs_diff_tol"] == 1e-3
+    assert A.sample_check(wrapper, inp, policy, "fp32", image=Path("/nonexistent.png")) is None
+
+
+def test_split_core_ml_packages_say_they_need_ios_18():
+    """A split package is multifunction (converted for iOS 18, loaded with functionName): its .json says
+    so, and the iOS app refuses it on an older iOS (Parity.runtimeProblem) instead of failing to load."""
+    from mobile_vmoe.converters import app_metadata as A
+
+    assert A.runtime_requirement("coreml", None)["min_version"] == "17.0"
+    assert A.runtime_requirement("coreml", None, split=True)["min_version"] == "18.0"
+    assert A.runtime_requirement("executorch", "xnnpack", split=True)["min_version"] == A._version("executorch")

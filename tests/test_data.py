@@ -130,7 +130,7 @@ def _jpeg_bytes(size=48) -> bytes:
 def test_imagefolder_reads_classes_labels_and_eval_crop(tree):
     b = build_data(str(tree), img_size=16)
     assert b.name == "tiny" and b.class_names == ["c00", "c01", "c02", "c03"]
-    assert (len(b.train), len(b.val)) == (12, 8) and b.stats["skipped_images"] == 0
+    assert (len(b.train), len(b.val)) == (12, 8) and b.train.load_failures == 0
     assert b.stats["root"] == str(tree.resolve())
     assert b.checkpoint_info()["spec"] == str(tree.resolve())  # an export finds the data from any cwd
     assert b.mean == (0.485, 0.456, 0.406)
@@ -161,7 +161,7 @@ def test_imagefolder_layout_errors(tmp_path, tree):
     (flat / "val").mkdir()
     for k in range(3):
         (flat / "val" / f"ILSVRC2012_val_{k:08d}.JPEG").write_bytes(_jpeg_bytes(8))
-    with pytest.raises(MvmoeError, match="valprep.sh"):
+    with pytest.raises(MvmoeError, match="mvmoe data sort-val"):
         build_data(str(flat))
     # an empty class folder
     (tree / "train" / "c09").mkdir()
@@ -176,28 +176,31 @@ def test_imagefolder_layout_errors(tmp_path, tree):
 
 
 @pytest.mark.filterwarnings("ignore:skipping")
-def test_imagefolder_corrupt_images_skipped_counted_and_limited(tree):
+def test_imagefolder_unreadable_images_found_at_load_counted_and_limited(tree):
+    from mobile_vmoe.data.loader import skipped_images
+
     jpeg = _jpeg_bytes()
-    # random bytes with an image name: caught by the header check at scan
+    # random bytes with an image name, and a truncated JPEG (valid header, fails only when decoded)
     (tree / "train" / "c02" / "random.jpg").write_bytes(np.random.default_rng(1).bytes(500))
-    # a truncated JPEG: valid header, fails only when decoded
     (tree / "train" / "c01" / "00000_trunc.jpg").write_bytes(jpeg[: len(jpeg) // 2])
-    with pytest.warns(UserWarning, match="random.jpg"):
-        b = build_data(str(tree), img_size=16, augment="none", max_bad_fraction=0.2)
-    assert b.stats["skipped_images"] == 1 and len(b.train) == 13  # 12 good + the truncated one
+    b = build_data(str(tree), img_size=16, augment="none", max_bad_fraction=0.2)
+    assert len(b.train) == 14 and b.train.load_failures == 0  # indexing opens no file
     i = b.train.paths.index(str(tree / "train" / "c01" / "00000_trunc.jpg"))
     with pytest.warns(UserWarning, match="00000_trunc.jpg"):
         x, y = b.train[i]
     # replaced by the next sample in the list (c01/00001.png), label 1
     assert y == 1 and b.train.load_failures == 1
     assert torch.equal(x, b.train[i + 1][0])
-    # 2 bad of 14 files is 14%: over a 10% limit at load time ...
+    j = b.train.paths.index(str(tree / "train" / "c02" / "random.jpg"))
+    with pytest.warns(UserWarning, match="random.jpg"):
+        assert b.train[j][1] == 3  # the last file of c02: replaced by c03/00000.png
+    b.train[j]  # flagged once: not counted again
+    assert b.train.load_failures == 2 and skipped_images(b) == 2
+    # 2 bad of 14 files is 14%: over a 10% limit at the second failure
     b = build_data(str(tree), img_size=16, augment="none", max_bad_fraction=0.1)
+    b.train[i]
     with pytest.raises(MvmoeError, match="2 of 14 images"):
-        b.train[i]
-    # ... and over a 5% limit already at scan (1 of 14)
-    with pytest.raises(MvmoeError, match="1 of 14 images .* max_bad_fraction"):
-        build_data(str(tree), max_bad_fraction=0.05)
+        b.train[j]
 
 
 # --- MixUp / CutMix and superclass targets --------------------------------------------------------
@@ -296,3 +299,59 @@ def test_shapes_outlines_and_details_by_hand():
     assert where.tolist() == [[[False, False, True, False]]] and colour == 0
     where, colour = detail(2, 5, x, y, torch.zeros(1, 1, 1))  # variant 5: place 0, dark
     assert where.tolist() == [[[False, True, True, False]]] and colour == 1
+
+
+# -------------------------------------------------------------------------- shapes-disjoint
+def test_shapes_disjoint_is_registered_named_and_planted():
+    from mobile_vmoe.data.shapes import parse_shapes_spec
+
+    assert parse_shapes_spec("shapes-disjoint", "shapes-disjoint") == (100, 10)
+    with pytest.raises(MvmoeError, match="bad shapes-disjoint spec"):
+        parse_shapes_spec("shapes-disjoint:40:11", "shapes-disjoint")
+    a = build_data("shapes-disjoint:20:4", augment="none", seed=1)
+    s = build_data("shapes:20:4", augment="none", seed=1)
+    assert a.spec == "shapes-disjoint:20:4" and a.name == "shapes-disjoint:20:4"
+    assert a.planted_superclasses == [i % 4 for i in range(20)]
+    # every superclass has its own detail family (shapes shares one kind between disk and ring)
+    assert a.class_names[:5] == ["disk.stripes0", "square.square0", "triangle.split0", "ring.arc0", "disk.stripes1"]
+    assert s.class_names[3] == "ring.texture0" and a.train.images.shape == s.train.images.shape
+    assert not torch.equal(a.train.images, s.train.images)
+
+
+def test_shapes_disjoint_details_by_hand():
+    """Object coordinates: cross variant 0 is a dot of radius 0.28 at (0, 0.62); hbar place 2 is a
+    notch |x| < 0.14; diamond place 4 the centre |x| + |y| < 0.4; ring place 0 an arc 18 +- 36 degrees."""
+    import math
+
+    from mobile_vmoe.data.shapes import disjoint_detail
+
+    x = torch.tensor([[[0.0, 0.1, 0.2, math.cos(math.radians(18)), -0.9]]])
+    y = torch.tensor([[[0.62, 0.0, 0.0, math.sin(math.radians(18)), 0.0]]])
+    ph = torch.zeros(1, 1, 1)
+    assert disjoint_detail(4, 0, x, y, ph)[0].tolist() == [[[True, False, False, False, False]]]
+    assert disjoint_detail(5, 7, x, y, ph)[0].tolist() == [[[True, True, False, False, False]]]
+    assert disjoint_detail(5, 7, x, y, ph)[1] == 1  # variant 7: place 2, dark
+    assert disjoint_detail(7, 4, x, y, ph)[0].tolist() == [[[False, True, True, False, False]]]
+    assert disjoint_detail(3, 0, x, y, ph)[0].tolist() == [[[False, True, True, True, False]]]
+
+
+def test_planted_ari_by_hand():
+    from mobile_vmoe.data.superclasses import planted_ari
+
+    assert planted_ari([0, 0, 1, 1], [1, 1, 0, 0]) == pytest.approx(1.0)  # same partition, renamed
+    # all pairs split: sum C(n_ij, 2) = 0, expected 2 * 2 / C(4, 2) = 2/3, max 2 -> (0 - 2/3) / (2 - 2/3)
+    assert planted_ari([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(-0.5)
+    with pytest.raises(MvmoeError, match="3 planted labels for 4 classes"):
+        planted_ari([0, 0, 1], [0, 1, 0, 1])
+
+
+def test_shapes_spec_with_images_per_class():
+    from mobile_vmoe.data.shapes import parse_shapes_size
+
+    assert parse_shapes_size("shapes-disjoint:20:4:90", "shapes-disjoint") == (20, 4, 90)
+    assert parse_shapes_size("shapes", "shapes") == (100, 10, 60)
+    with pytest.raises(MvmoeError, match="training images per class"):
+        parse_shapes_size("shapes:20:4:x")
+    b = build_data("shapes:4:2:6", augment="none")  # eval: max(20, 6 // 3) per class
+    assert (len(b.train), len(b.val), b.spec) == (24, 80, "shapes:4:2:6")
+    assert build_data("shapes:4:2:60", augment="none").spec == "shapes:4:2"  # the default count is not spelled

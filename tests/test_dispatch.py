@@ -111,3 +111,34 @@ def test_token_dispatch_by_hand():
     g = lambda v: float(F.gelu(torch.tensor(v)))
     expected = torch.tensor([[[0.5 * -g(3.0)], [0.0], [3 * g(3.0) + 0.5]]])
     assert torch.allclose(token_dispatch(bank, x, route), expected, atol=1e-6)
+
+
+def test_grouped_dispatch_compiles_without_graph_breaks():
+    """No host sync in the grouped path: torch.compile(fullgraph=True) traces it whole, grouped
+    matmuls included (bf16: the op's compile-time kernel takes 16-bit types; eager backend)."""
+    torch.manual_seed(0)
+    bank = ExpertBank(num_experts=4, dim=16, hidden=32).to(torch.bfloat16)
+    x = torch.randn(6, 5, 16, dtype=torch.bfloat16)
+    index = torch.tensor([[0], [2], [2], [3], [0], [2]])  # expert 1 unused: an empty group
+    gates = torch.rand(6, 1, dtype=torch.bfloat16)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+
+    torch._dynamo.reset()
+    y = torch.compile(grouped_dispatch, fullgraph=True, backend=backend)(bank, x, index, gates)
+    assert len(graphs) == 1 and "grouped_mm" in graphs[0] and "sort" in graphs[0]
+    torch.testing.assert_close(y.float(), gather_dispatch(bank, x, index, gates).float(), rtol=2e-2, atol=2e-2)
+
+
+def test_grouped_dispatch_falls_back_to_gather_where_grouped_mm_cannot_run():
+    from mobile_vmoe.models.dispatch import grouped_mm_dtype
+
+    x = torch.randn(2, 3, 16)
+    assert grouped_mm_dtype(ExpertBank(2, 16, 32), x) == torch.float32
+    assert grouped_mm_dtype(ExpertBank(2, 16, 30), x) is None  # 30 x 4 bytes: rows not 16-byte aligned
+    assert grouped_mm_dtype(ExpertBank(2, 16, 32), x.half()) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert grouped_mm_dtype(ExpertBank(2, 16, 32), x) is None

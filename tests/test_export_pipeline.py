@@ -259,7 +259,7 @@ def test_out_that_is_a_file_or_cannot_be_written(tmp_path, monkeypatch):
     def read_only(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(pipeline.tempfile, "NamedTemporaryFile", read_only)
+    monkeypatch.setattr(pipeline.tempfile, "mkstemp", read_only)
     with pytest.raises(MvmoeError, match=r"cannot write there \(Read-only file system\)"):
         pipeline.export_checkpoint(tmp_path / "missing.pt", "onnx", None, "fp32", tmp_path / "out")
 

@@ -43,7 +43,19 @@ def artifacts(tmp_path_factory):
 
     out["tflite"] = d / "tiny_tflite_fp32.tflite"
     litert_torch.convert(m, x).export(str(out["tflite"]))
+    for path in out.values():
+        _meta_for(path)
     return out
+
+
+def _meta_for(path, **keys):
+    """The .json `mvmoe export` writes beside an artifact: at least its name, size and sha256."""
+    from mobile_vmoe.converters.prepare import tree_sha256
+
+    size, sha = tree_sha256(path)
+    path.with_suffix(".json").write_text(json.dumps({"artifact": path.name, "artifact_size": size,
+                                                     "artifact_sha256": sha, **keys}))
+    return path
 
 
 def _onnx_graph(m: Tiny, path) -> None:
@@ -136,22 +148,21 @@ def test_metadata_json_is_read_and_checked(artifacts, tmp_path):
     onnx = artifacts["onnx"]
     meta = onnx.with_suffix(".json")
     try:
-        meta.write_text(json.dumps({"model": "tiny", "target": "onnx", "precision": "fp32", "dispatch": "gather",
-                                    "macs": 123, "input": {"shape": [1, 3, 16, 16], "dtype": "float32"}}))
+        _meta_for(onnx, model="tiny", target="onnx", precision="fp32", dispatch="gather", macs=123,
+                  input={"shape": [1, 3, 16, 16], "dtype": "float32"})
         d = profile_latency(onnx, warmup=0, runs=2)
         assert (d["model"], d["target"], d["macs"], d["dispatch"]) == ("tiny", "onnx", 123, "gather")
-        meta.write_text(json.dumps({"input": {"shape": [1, 3, 32, 32]}}))
+        assert meta.exists()
         with pytest.raises(MvmoeError, match="does not match"):
             profile_latency(_with_meta(artifacts["pte"], tmp_path, [1, 3, 32, 32]), runs=1)
     finally:
-        meta.unlink()
+        _meta_for(onnx)
 
 
 def _with_meta(pte, tmp_path, shape):
     copy = tmp_path / pte.name
     copy.write_bytes(pte.read_bytes())
-    copy.with_suffix(".json").write_text(json.dumps({"input": {"shape": shape}}))
-    return copy
+    return _meta_for(copy, input={"shape": shape})
 
 
 def test_bad_inputs(artifacts, tmp_path):
@@ -162,10 +173,10 @@ def test_bad_inputs(artifacts, tmp_path):
         profile_latency(tmp_path / "m.bin")
     (tmp_path / "junk.tflite").write_bytes(b"not a flatbuffer")
     with pytest.raises(MvmoeError, match="LiteRT cannot load it"):
-        profile_latency(tmp_path / "junk.tflite", runs=1)
+        profile_latency(tmp_path / "junk.tflite", runs=1, verify=False)
     (tmp_path / "junk.pte").write_bytes(b"not a program")
     with pytest.raises(MvmoeError, match="ExecuTorch runtime cannot load it"):
-        profile_latency(tmp_path / "junk.pte", runs=1)
+        profile_latency(tmp_path / "junk.pte", runs=1, verify=False)
     with pytest.raises(MvmoeError, match="runs >= 1"):
         profile_latency(artifacts["onnx"], runs=0)
     with pytest.raises(MvmoeError, match="expected local, android"):
@@ -176,7 +187,7 @@ def test_bad_inputs(artifacts, tmp_path):
     if sys.platform != "darwin":
         (tmp_path / "m.mlpackage").mkdir()
         with pytest.raises(MvmoeError, match="Core ML models run only on macOS/iOS"):
-            profile_latency(tmp_path / "m.mlpackage", runs=1)
+            profile_latency(tmp_path / "m.mlpackage", runs=1, verify=False)
 
 
 def _app_json(tmp_path, **over):

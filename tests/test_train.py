@@ -353,3 +353,19 @@ def test_teacher_for_other_data_is_refused_before_training(tmp_path):
     with pytest.raises(MvmoeError, match="other classes"):
         train(tcfg, bundle, tmp_path / "student", superclasses="none", quiet=True)
     assert not (tmp_path / "student").exists()
+
+
+def test_torchvision_teacher_round_trip_and_refusal(tmp_path):
+    import torchvision
+
+    from mobile_vmoe.train.distill import load_teacher, save_torchvision_teacher
+
+    bundle = _tiny_bundle()
+    net = torchvision.models.mobilenet_v3_small(num_classes=4).eval()
+    path = save_torchvision_teacher(tmp_path / "t.pt", net, "mobilenet_v3_small", bundle, top1=50.0)
+    teacher, info = load_teacher(path, bundle)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.equal(teacher(x), net(x)) and (info["model"], info["top1"]) == ("mobilenet_v3_small", 50.0)
+    other = build_synthetic(6, 2, 16, train_per_class=4, val_per_class=1, seed=0)
+    with pytest.raises(MvmoeError, match="other classes"):
+        load_teacher(path, other)

@@ -96,7 +96,10 @@ def test_recipes_listed_with_paper_numbers():
     from mobile_vmoe.train.recipes import get_recipe
 
     r = get_recipe("imagenet-vit-6x96-p32")
-    assert r.paper_top1 == 36.64 and r.train["lr"] == pytest.approx(1e-3)  # 5e-4 x 1024 / 512
+    assert r.paper_top1 == 36.64 and r.train["lr"] == pytest.approx(5e-4)  # per 512 images
+    from mobile_vmoe.config import TrainConfig
+
+    assert TrainConfig(**r.train).effective_lr == pytest.approx(1e-3)  # 5e-4 x 1024 / 512
     assert "torchrun" in r.doc
 
 

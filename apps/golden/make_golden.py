@@ -5,11 +5,11 @@
 
 The numpy code below is the reference of the app preprocessing (docs/apps.md, "The app
 preprocessing"): optionally invert the colours (255 - v, for a light-on-dark model fed a photo of
-dark ink), center-crop a square of ``crop_fraction`` of the short side, bilinear resize with
-half-pixel centres and no antialias (what torch's F.interpolate(mode="bilinear",
-align_corners=False, antialias=False) computes), RGB / scale, (x - mean) / std, then the declared
-layout; with ``preprocessing_baked_in`` the app stops after the resize and hands raw [0, 255]
-floats to the model. It also holds the parity-set check the apps run at load. tests/test_apps.py checks this reference
+dark ink), center-crop a square of ``crop_fraction`` of the short side, antialiased bilinear
+resize with half-pixel centres (what torch's F.interpolate(mode="bilinear", align_corners=False,
+antialias=True) computes, the resampling of the eval transform's Resize), RGB / scale,
+(x - mean) / std, then the declared layout; with ``preprocessing_baked_in`` the app stops after
+the resize and hands raw [0, 255] floats to the model. It also holds the parity-set check the apps run at load. tests/test_apps.py checks this reference
 against torch, and the Kotlin JUnit tests (apps/android_demo) and the XCTest target
 (apps/ios_demo) reproduce every vector in golden.json within 1e-5.
 
@@ -46,24 +46,36 @@ def center_crop_box(h: int, w: int, crop_fraction: float = 1.0) -> tuple[int, in
     return (h - side) // 2, (w - side) // 2, side
 
 
+def aa_weights(n_out: int, n_in: int) -> list[tuple[int, np.ndarray]]:
+    """Per output index: (first source index, normalised weights) of the antialiased bilinear
+    (triangle) filter, as torch's _upsample_bilinear2d_aa computes them: scale = n_in / n_out,
+    support = max(scale, 1), centre = scale * (o + 0.5), taps int(centre -/+ support + 0.5) clipped
+    to the image, weight max(0, 1 - |(j - centre + 0.5) / max(scale, 1)|), divided by their sum.
+    Downscaling averages every source pixel under the output pixel (no aliasing); upscaling is
+    plain half-pixel bilinear."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    out = []
+    for o in range(n_out):
+        centre = scale * (o + 0.5)
+        lo = max(int(centre - support + 0.5), 0)  # int() truncates toward zero, like C's cast
+        hi = min(int(centre + support + 0.5), n_in)
+        w = np.maximum(0.0, 1.0 - np.abs((np.arange(lo, hi) - centre + 0.5) / support))
+        out.append((lo, w / w.sum() if w.sum() else w))
+    return out
+
+
 def resize_bilinear(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """(H, W, C) -> (out_h, out_w, C) float64; half-pixel centres, source clamped at 0, no antialias."""
-    in_h, in_w = img.shape[:2]
+    """(H, W, C) -> (out_h, out_w, C) float64: antialiased bilinear, half-pixel centres, what torch's
+    F.interpolate(mode="bilinear", align_corners=False, antialias=True) computes."""
+    def matrix(n_out: int, n_in: int) -> np.ndarray:  # (n_out, n_in)
+        m = np.zeros((n_out, n_in))
+        for o, (lo, w) in enumerate(aa_weights(n_out, n_in)):
+            m[o, lo:lo + len(w)] = w
+        return m
 
-    def axis(n_out: int, n_in: int):
-        src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-        src = np.maximum(src, 0.0)
-        i0 = np.floor(src).astype(np.int64)
-        i0 = np.minimum(i0, n_in - 1)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        return i0, i1, src - i0
-
-    y0, y1, fy = axis(out_h, in_h)
-    x0, x1, fx = axis(out_w, in_w)
     img = img.astype(np.float64)
-    top = img[y0][:, x0] * (1 - fx)[None, :, None] + img[y0][:, x1] * fx[None, :, None]
-    bot = img[y1][:, x0] * (1 - fx)[None, :, None] + img[y1][:, x1] * fx[None, :, None]
-    return top * (1 - fy)[:, None, None] + bot * fy[:, None, None]
+    return np.einsum("yi,ijc,xj->yxc", matrix(out_h, img.shape[0]), img, matrix(out_w, img.shape[1]))
 
 
 def preprocess(rgb: np.ndarray, out_h: int, out_w: int, mean, std, scale: float, layout: str,
@@ -125,7 +137,7 @@ def metadata(model: str, target: str, backend, precision: str, ext: str, *, size
         "parity": {"ran": True, "max_abs_diff": 3.1e-06, "top1_agreement": 1.0, "images": 64, "reason": None},
         "ops": {"total": 10, "delegated": 9}, "versions": {"mvmoe": "0.1.0", "torch": "2.14.0"},
         "preprocessing": {"resize": "center-crop-then-bilinear", "crop": "center-square", "crop_fraction": crop_fraction,
-                          "interpolation": "bilinear", "align_corners": False, "antialias": False, "scale": 255.0,
+                          "interpolation": "bilinear", "align_corners": False, "antialias": True, "scale": 255.0,
                           "mean": MEAN, "std": STD, "layout": layout, "baked_in": baked, "polarity": polarity,
                           "eval_transform": "golden fixture"},
         "runtime": runtime or {"name": {"tflite": "litert", "coreml": "coreml"}.get(target, target),
@@ -225,7 +237,7 @@ def same(a, b, rel: float = 1e-6, abs_: float = 1e-9) -> bool:
 
 
 def dumps(golden: dict) -> str:
-    return json.dumps(golden, indent=1, ensure_ascii=False) + "\n"
+    return json.dumps(golden, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def main(argv=None) -> int:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from ..fileio import to_json
 from . import app, profile_app
 
 
@@ -44,7 +44,7 @@ def models_cmd(
     if not rows:
         raise typer.BadParameter(f"no preset matches {pattern!r}")
     if as_json:
-        typer.echo(json.dumps(rows, indent=1))
+        typer.echo(to_json(rows, indent=1))
         return
     t = Table(title="mvmoe presets (per image, 224 px, 1000 classes)")
     for col in ("name", "depth", "width", "heads", "patch", "img", "experts", "k", "MoE blocks",
@@ -119,7 +119,7 @@ def flops_cmd(
     if artifact is not None:
         d.update(artifact)
     if as_json:
-        typer.echo(json.dumps(d))
+        typer.echo(to_json(d))
         return
     from rich.console import Console
     from rich.table import Table

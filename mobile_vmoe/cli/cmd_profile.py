@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from ..fileio import to_json
 from . import profile_app
 
 
 def _print_latency(d: dict, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(d))
+        typer.echo(to_json(d))
         return
     from rich.console import Console
     from rich.table import Table
@@ -38,6 +38,16 @@ def _print_latency(d: dict, as_json: bool) -> None:
         con.print(po)
     elif d.get("per_op_note"):
         con.print(d["per_op_note"])
+    _say_unverified(d)
+
+
+NO_VERIFY = typer.Option(False, "--no-verify", help="measure the artifact without checking its size and sha256 "
+                         "against its .json (the output then says \"verified\": false)")
+
+
+def _say_unverified(d: dict) -> None:
+    if d.get("verified") is False:
+        typer.echo("not verified: the artifact's size and sha256 were not checked against its .json (--no-verify)")
 
 
 def _quiet_runtimes(verbose: bool):
@@ -60,17 +70,19 @@ def latency_cmd(
     adb_port: int = typer.Option(5037, help="android: adb server port on 127.0.0.1"),
     out: Optional[Path] = typer.Option(None, help="also write the JSON here (for `mvmoe report --latency`)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    no_verify: bool = NO_VERIFY,
     verbose: bool = typer.Option(False, "--verbose", help="show the runtimes' own output (cpuinfo, LiteRT INFO, ...)"),
 ) -> None:
-    """Latency of one artifact: min / median / p90 / mean over timed runs, batch 1."""
-    from ..fileio import atomic_write_text
+    """Latency of one artifact: min / median / p90 / mean over timed runs, batch 1. The artifact
+    must match the size and sha256 its .json recorded at export (else one line, exit 1)."""
+    from ..fileio import atomic_write_json
     from ..profile.latency import profile_latency
 
     with _quiet_runtimes(verbose):
         d = profile_latency(artifact, device, warmup=warmup, runs=runs, threads=threads, per_op=per_op,
-                            binary=binary, adb_port=adb_port)
+                            binary=binary, adb_port=adb_port, verify=not no_verify)
     if out is not None:
-        atomic_write_text(out, json.dumps(d, indent=1))
+        atomic_write_json(out, d)
     _print_latency(d, as_json)
 
 
@@ -81,12 +93,12 @@ def ingest_cmd(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """A demo app's benchmark screen result -> the same keys as `profile latency`."""
-    from ..fileio import atomic_write_text
+    from ..fileio import atomic_write_json
     from ..profile.ingest import ingest_app_benchmark
 
     d = ingest_app_benchmark(file)
     if out is not None:
-        atomic_write_text(out, json.dumps(d, indent=1))
+        atomic_write_json(out, d)
     _print_latency(d, as_json)
 
 
@@ -99,16 +111,18 @@ def memory_cmd(
     max_tails: int = typer.Option(1, help="split artifacts: expert tails kept loaded (LRU)"),
     out: Optional[Path] = typer.Option(None, help="also write the JSON here (for `mvmoe report --memory`)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    no_verify: bool = NO_VERIFY,
 ) -> None:
-    """Resident memory of one artifact (MiB over the runtime's baseline), in a fresh process."""
-    from ..fileio import atomic_write_text
+    """Resident memory of one artifact (MiB over the runtime's baseline), in a fresh process. The
+    artifact must match the size and sha256 its .json recorded at export (else one line, exit 1)."""
+    from ..fileio import atomic_write_json
     from ..profile.memory import profile_memory
 
-    d = profile_memory(artifact, loader, images=images, threads=threads, max_tails=max_tails)
+    d = profile_memory(artifact, loader, images=images, threads=threads, max_tails=max_tails, verify=not no_verify)
     if out is not None:
-        atomic_write_text(out, json.dumps(d, indent=1))
+        atomic_write_json(out, d)
     if as_json:
-        typer.echo(json.dumps(d))
+        typer.echo(to_json(d))
         return
     from rich.console import Console
     from rich.table import Table
@@ -125,3 +139,4 @@ def memory_cmd(
     Console(width=120).print(t)
     if "tails_loaded" in d:
         typer.echo(f"split: {d['tails_loaded']} tail loads, {d['tails_resident']} resident (--max-tails {d['max_tails']})")
+    _say_unverified(d)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from ..fileio import to_json
 from . import app
 
 
@@ -44,7 +44,7 @@ def train_cmd(
                            superclasses=superclasses, teacher=teacher)
         summary = resume_run(out, settings, quiet=quiet)
     else:
-        tcfg, bundle = resolve(model, data or DEFAULT_DATA, settings, epochs=epochs, seed=seed, recipe=recipe)
+        tcfg, bundle = resolve(model, data or DEFAULT_DATA, settings, epochs=epochs, seed=seed, recipe=recipe, out=out)
         summary = train(tcfg, bundle, out, superclasses=superclasses or "auto", quiet=quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 reports
         print_summary(summary)
@@ -79,7 +79,8 @@ def print_summary(summary: dict) -> None:
         typer.echo(f"stopped at epoch {summary['epoch']} (step {summary['step']}); continue with: "
                    f"mvmoe train --out {summary['run_dir']} --resume")
         return
-    parts = [f"{summary['model']} on {summary['dataset']}: top-1 {summary['top1']:.2f}%, top-5 {summary['top5']:.2f}%"]
+    top5 = "n/a (5 classes or fewer)" if summary.get("top5") is None else f"{summary['top5']:.2f}%"
+    parts = [f"{summary['model']} on {summary['dataset']}: top-1 {summary['top1']:.2f}%, top-5 {top5}"]
     if summary.get("router_superclass_top1") is not None:
         parts.append(f"router superclass top-1 {summary['router_superclass_top1']:.2f}%")
     if summary.get("dense"):
@@ -130,5 +131,5 @@ def superclasses_cmd(
     tcfg = TrainConfig(model=model.cfg, seed=seed, superclass_holdout=holdout, superclass_clustering=clustering)
     _, held = split_for_superclasses(bundle, holdout, seed)
     found = fit_superclasses(Path(checkpoint), held, bundle, tcfg, out, "cpu", quiet=True, num=num)
-    typer.echo(json.dumps({"num_superclasses": found["num_superclasses"], "names": found["names"],
+    typer.echo(to_json({"num_superclasses": found["num_superclasses"], "names": found["names"],
                            "sizes": found["sizes"], "fit_on": found["fit_on"], "out": str(out)}))

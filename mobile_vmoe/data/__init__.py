@@ -7,7 +7,11 @@
     "synthetic:<N>:<S>"           generated, N classes in S planted superclasses
     "shapes", "shapes:<N>:<S>"    generated, 100 classes in 10 superclasses (object outline =
                                   superclass, a superclass-specific detail = class): capacity binds
-    PATH                          ImageFolder: PATH/train/<class>/*, PATH/val/<class>/*
+    "shapes-disjoint[:<N>:<S>]"   the same, but each superclass owns its hue band and its own
+                                  detail family (shapes' details are shared across outlines)
+    "shapes[-disjoint]:N:S:P"     either, with P training images per class (eval P / 3, at least 20)
+    PATH                          ImageFolder: PATH/train/<class>/*, PATH/val/<class>/* (or the flat
+                                  ImageNet val/ with its label file in PATH)
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ __all__ = ["DataBundle", "TensorImageDataset", "build_data", "MixupCutmix", "sup
 
 
 def build_data(spec: str, img_size: int | None = None, *, augment: str = "default", seed: int = 0,
-               max_bad_fraction: float = 0.01) -> DataBundle:
+               max_bad_fraction: float = 0.01, index_cache: str | os.PathLike | None = None) -> DataBundle:
     """Build the DataBundle named by ``spec``.
 
     img_size None -> the dataset's natural size (digits 32, synthetic 32, folder 224).
     augment: "none" | "light" | "default" (digits/synthetic: light, folder: deit) | "deit".
     seed: the generation seed of ``synthetic`` (digits' split and folder contents never depend on it).
     max_bad_fraction: ImageFolder only; more unreadable images than this fraction is an error.
+    index_cache: ImageFolder only; a file where the file index is cached and shared by the ranks.
     """
     from .transforms import check_augment
 
@@ -50,19 +55,28 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
         bundle = build_synthetic(num_classes, num_superclasses, img_size, augment, seed=seed)
         bundle.spec, bundle.seed = f"synthetic:{num_classes}:{num_superclasses}", seed
         return bundle
+    if spec == "shapes-disjoint" or spec.startswith("shapes-disjoint:"):
+        return _shapes(spec, "shapes-disjoint", img_size, augment, seed)
     if spec == "shapes" or spec.startswith("shapes:"):
-        from .shapes import build_shapes, parse_shapes_spec
-
-        num_classes, num_superclasses = parse_shapes_spec(spec)
-        bundle = build_shapes(num_classes, num_superclasses, img_size, augment, seed=seed)
-        bundle.spec, bundle.seed = f"shapes:{num_classes}:{num_superclasses}", seed
-        return bundle
+        return _shapes(spec, "shapes", img_size, augment, seed)
     path = Path(os.path.expanduser(spec))
     if path.exists() or os.sep in spec or spec.startswith("."):
         from .imagefolder import build_imagefolder
 
-        bundle = build_imagefolder(path, img_size, augment, max_bad_fraction=max_bad_fraction)
+        bundle = build_imagefolder(path, img_size, augment, max_bad_fraction=max_bad_fraction,
+                                   index_cache=index_cache)
         bundle.spec = str(path.resolve())
         return bundle
-    raise MvmoeError(f"unknown dataset {spec!r}: use digits, synthetic, synthetic:<classes>:<superclasses>, shapes, "
+    raise MvmoeError(f"unknown dataset {spec!r}: use digits, synthetic, synthetic:<classes>:<superclasses>, shapes, shapes-disjoint, "
                      "or the path of a folder with train/<class>/ and val/<class>/ subfolders")
+
+
+def _shapes(spec: str, name: str, img_size: int | None, augment: str, seed: int) -> DataBundle:
+    """shapes / shapes-disjoint, ``NAME[:N:S[:P]]`` (P training images per class, eval P / 3, at least 20)."""
+    from .shapes import VAL_PER_CLASS, build_shapes, parse_shapes_size, shapes_spec
+
+    n, s, per_class = parse_shapes_size(spec, name)
+    bundle = build_shapes(n, s, img_size, augment, seed=seed, train_per_class=per_class,
+                          val_per_class=max(VAL_PER_CLASS, per_class // 3), disjoint=name == "shapes-disjoint")
+    bundle.spec, bundle.seed = shapes_spec(name, n, s, per_class), seed
+    return bundle

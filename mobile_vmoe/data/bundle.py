@@ -14,9 +14,11 @@ from ..errors import MvmoeError
 class DataBundle:
     """A dataset ready for training and evaluation.
 
-    Items of ``train`` and ``val`` are ``(image, label)``: image float32 (C, H, W) already
-    normalised with ``mean``/``std`` (applied to pixels scaled to [0, 1]), label an int.
-    ``val`` uses the deterministic eval transform only.
+    Items of ``train`` and ``val`` are ``(image, label)``, label an int. ``val`` images are float32
+    (C, H, W) normalised with ``mean``/``std`` (applied to pixels scaled to [0, 1]) by the
+    deterministic eval transform. ``train`` images are either that too (in-memory sets) or uint8
+    (C, H, W) (folders): mobile_vmoe.data.loader normalises uint8 batches on the device and applies
+    pixel-mode random erasing there with probability ``train_erasing``.
     """
 
     name: str
@@ -27,10 +29,11 @@ class DataBundle:
     in_chans: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    planted_superclasses: list[int] | None = None  # synthetic only: class id -> true superclass id
+    planted_superclasses: list[int] | None = None  # generated sets: class id -> true superclass id
     stats: dict = field(default_factory=dict)
     spec: str = ""  # what rebuilds it: build_data(spec, img_size, seed=seed) ("digits", "synthetic:20:4", an absolute path)
     seed: int = 0  # generation seed (synthetic only; 0 otherwise)
+    train_erasing: float = 0.0  # random erasing probability of uint8 train batches (on the device)
 
     @property
     def num_classes(self) -> int:
@@ -40,6 +43,14 @@ class DataBundle:
         """The checkpoint's ``data`` entry: what an exported model must be fed."""
         return {"name": self.name, "spec": self.spec or self.name, "seed": self.seed, "img_size": self.img_size,
                 "in_chans": self.in_chans, "mean": list(self.mean), "std": list(self.std)}
+
+
+def check_classes(name: str, class_names: list[str]) -> None:
+    """A classifier needs at least 2 classes: one MvmoeError naming the dataset otherwise."""
+    n = len(class_names)
+    if n < 2:
+        raise MvmoeError(f"{name} has {n} class{'es' if n != 1 else ''} ({', '.join(class_names[:3])}): "
+                         "a classifier needs at least 2")
 
 
 def split_class_spec(spec: str, name: str, default: tuple[int, int], example: str) -> tuple[int, int]:

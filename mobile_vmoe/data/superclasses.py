@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -27,24 +28,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text
 from ..errors import MvmoeError
 
 UNIFORM_AFFINITY = 1e-3  # relative to the mean off-diagonal affinity; keeps the graph connected
 
 
 @torch.no_grad()
-def confusion_matrix(model: torch.nn.Module, loader, num_classes: int, device: str | torch.device = "cpu") -> np.ndarray:
-    """Counts (N, N) int64: entry [t, p] = images of true class t predicted as p."""
+def confusion_matrix(model: torch.nn.Module, loader, num_classes: int, device: str | torch.device = "cpu", *,
+                     amp_dtype: torch.dtype | None = None, reduce=None) -> np.ndarray:
+    """Counts (N, N) int64: entry [t, p] = images of true class t predicted as p.
+
+    Distributed: ``loader`` holds this rank's shard and ``reduce`` sums the (N*N,) counts over the
+    ranks, so every rank gets the matrix of the whole set."""
+    device = torch.device(device)
     was_training = model.training
     model.eval()
     counts = torch.zeros(num_classes * num_classes, dtype=torch.int64)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     for images, labels in loader:
-        logits = model(images.to(device))  # (B, N)
-        pred = logits.argmax(dim=-1).cpu()
+        with autocast:
+            logits = model(images.to(device, non_blocking=True))  # (B, N)
+        pred = logits.float().argmax(dim=-1).cpu()
         labels = torch.as_tensor(labels).long().cpu()
         counts += torch.bincount(labels * num_classes + pred, minlength=num_classes * num_classes)
     model.train(was_training)
+    if reduce is not None:
+        counts = reduce(counts)
     return counts.view(num_classes, num_classes).numpy()
 
 
@@ -174,6 +184,13 @@ def superclasses_from_model(model: torch.nn.Module, loader, class_names: list[st
     ``save_superclasses`` writes. ``fit_on``: what the loader holds, e.g. {"split": "train-holdout",
     "images": 144}."""
     conf = confusion_matrix(model, loader, len(class_names), device)
+    return superclasses_from_confusion(conf, class_names, num_superclasses, seed=seed, source=source, method=method,
+                                       fit_on=fit_on)
+
+
+def superclasses_from_confusion(conf: np.ndarray, class_names: list[str], num_superclasses: int, *, seed: int = 0,
+                                source: str = "", method: str = "balanced", fit_on: dict | None = None) -> dict:
+    """A confusion matrix (N, N) -> clustering -> names, as ``superclasses_from_model`` returns."""
     c2s = cluster_superclasses(conf, num_superclasses, seed, method)
     return make_superclasses(class_names, c2s, superclass_names(class_names, c2s, conf), source,
                              confusion=conf, method=method, fit_on=fit_on)
@@ -200,10 +217,20 @@ def make_superclasses(class_names: list[str], class_to_superclass, names: list[s
     return _validate(out, None, "<superclasses>")
 
 
+def planted_ari(planted: list[int], class_to_superclass: list[int]) -> float:
+    """Adjusted Rand index of clustered superclasses against the planted ones (1 = the same
+    partition up to renaming, about 0 = chance, negative = worse than chance)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    if len(planted) != len(class_to_superclass):
+        raise MvmoeError(f"{len(planted)} planted labels for {len(class_to_superclass)} classes")
+    return float(adjusted_rand_score(planted, class_to_superclass))
+
+
 def save_superclasses(path: str | os.PathLike, data: dict) -> dict:
     """Validate and write a superclasses dict (``make_superclasses``) atomically; returns it."""
     data = _validate(data, None, str(path))
-    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    atomic_write_json(path, data)
     return data
 
 

@@ -6,9 +6,12 @@ Per-image routing (index and gates of shape (B, k)), three paths with the same n
   choice), then one batched matmul. The export default: no data-dependent shapes or control flow.
 - ``dense``: run every expert on every image and combine with the sparse gate vector. E times the
   MLP work; the fallback for backends that cannot gather.
-- ``grouped``: for each expert, the images that chose it, through plain matmuls. Data-dependent
-  shapes, so for training and eager evaluation only; fastest at large batch since no per-image
-  weight copies are made.
+- ``grouped``: the (image, choice) rows sorted by expert, then one ``F.grouped_mm`` per expert
+  layer runs each expert's contiguous block against that expert's weights. Offsets are computed on
+  the device (searchsorted), so there is no host sync and no data-dependent shape: it compiles
+  with ``fullgraph=True``. No per-image weight copies, so it is the training path at large batch.
+  Where grouped_mm does not run (CUDA before sm80, fp16, fp32 on CUDA) it falls back to the
+  static gather.
 
 Per-token routing (V-MoE) has one path, ``token_dispatch``: slots of a fixed capacity per expert,
 filled by index gathers, so it exports too.
@@ -54,20 +57,47 @@ def dense_dispatch(bank: ExpertBank, x: torch.Tensor, index: torch.Tensor, gates
     return torch.einsum("ebtd,be->btd", y, combine)
 
 
+def grouped_mm_dtype(bank: ExpertBank, x: torch.Tensor) -> torch.dtype | None:
+    """The dtype ``F.grouped_mm`` runs the experts in for ``x``, or None where it does not run:
+    x's fp32 or bf16 on CPU (fp32 not under torch.compile: the op's meta kernel takes 16-bit types
+    only); bf16 on CUDA sm80+ under bf16 autocast (or for bf16 inputs). Its kernels also need rows
+    of D and H values to be multiples of 16 bytes."""
+    if x.device.type == "cpu":
+        dtype = x.dtype if x.dtype in (torch.float32, torch.bfloat16) and not torch.is_autocast_enabled("cpu") else None
+        if dtype == torch.float32 and torch.compiler.is_compiling():
+            dtype = None
+    elif x.device.type != "cuda" or torch.cuda.get_device_capability(x.device) < (8, 0):
+        dtype = None
+    else:
+        bf16 = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cuda") and
+                                             torch.get_autocast_dtype("cuda") == torch.bfloat16)
+        dtype = torch.bfloat16 if bf16 else None
+    if dtype is None or (bank.dim * dtype.itemsize) % 16 or (bank.hidden * dtype.itemsize) % 16:
+        return None
+    return dtype
+
+
 def grouped_dispatch(bank: ExpertBank, x: torch.Tensor, index: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     """Each expert runs once on the images that picked it. x (B, T, D) -> (B, T, D).
 
-    The B*k (image, choice) rows are sorted by expert once, so the images of one expert are one
-    contiguous block: one gather in, one matmul pair per used expert, one index_add out."""
-    B, k = index.shape
-    flat = index.reshape(B * k)  # row b*k + j: image b's j-th choice
-    order = flat.argsort(stable=True)
-    rows = order // k  # the image of each sorted row
-    counts = torch.bincount(flat, minlength=bank.num_experts).tolist()  # one host sync
-    chunks = x.index_select(0, rows).split(counts)  # per expert: (n_e, T, D)
-    y = torch.cat([bank.expert(e, c) for e, c in enumerate(chunks) if c.shape[0]])  # (B*k, T, D)
-    y = y * gates.reshape(B * k)[order].view(-1, 1, 1).to(y.dtype)
-    return torch.zeros_like(x).index_add_(0, rows, y)
+    The B*k (image, choice) rows are sorted by expert, so the images of one expert are one
+    contiguous block; ``ends`` (E,) says where each block ends, found with searchsorted on the
+    device. One gather in, two grouped matmuls, one gather out: static shapes, no host sync."""
+    dtype = grouped_mm_dtype(bank, x)
+    if dtype is None:
+        return gather_dispatch(bank, x, index, gates)
+    B, T, D = x.shape
+    k = index.shape[1]
+    R = B * k  # row b*k + j: image b's j-th choice
+    expert, order = index.reshape(R).sort(stable=True)  # (R,) experts ascending; order: the row of each
+    experts = torch.arange(bank.num_experts, device=x.device)
+    ends = torch.searchsorted(expert, experts, right=True)  # (E,) end of each expert's block, in rows
+    xs = x.index_select(0, order // k).reshape(R * T, D).to(dtype)  # (R*T, D) sorted by expert
+    y = bank.grouped_mlp(xs, (ends * T).to(torch.int32), expert).view(R, T, D)
+    y = y * gates.reshape(R)[order].view(R, 1, 1).to(y.dtype)
+    place = torch.empty_like(order).scatter_(0, order, torch.arange(R, device=x.device))  # sorted position of each row
+    y = y.index_select(0, place)  # (R, T, D) back in row order
+    return y if k == 1 else y.view(B, k, T, D).sum(dim=1)
 
 
 IMAGE_DISPATCH = {"gather": gather_dispatch, "dense": dense_dispatch, "grouped": grouped_dispatch}

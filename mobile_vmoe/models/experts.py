@@ -54,6 +54,21 @@ class ExpertBank(nn.Module):
         h = F.gelu(h)
         return torch.bmm(h, w2) if b2 is None else torch.baddbmm(b2.view(N, 1, -1), h, w2)  # (N, T, D)
 
+    def grouped_mlp(self, x: torch.Tensor, ends: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+        """Rows sorted by expert through their expert's MLP with ``F.grouped_mm``.
+
+        x (R*T, D): R groups of T token rows, expert e's rows ending at ``ends[e]`` (int32 (E,));
+        expert (R,) int64: the expert of each group (for the biases) -> (R*T, D) in x's dtype."""
+        R, H = expert.shape[0], self.hidden
+        T = x.shape[0] // max(R, 1)
+        h = F.grouped_mm(x, self.w1.to(x.dtype), offs=ends)  # (R*T, H)
+        if self.b1 is not None:
+            h = (h.view(R, T, H) + self.b1.index_select(0, expert).view(R, 1, H).to(h.dtype)).view(R * T, H)
+        y = F.grouped_mm(F.gelu(h), self.w2.to(x.dtype), offs=ends)  # (R*T, D)
+        if self.b2 is not None:
+            y = (y.view(R, T, -1) + self.b2.index_select(0, expert).view(R, 1, -1).to(y.dtype)).view(R * T, -1)
+        return y
+
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert ``e`` on x (..., D) -> (..., D), with plain matmuls."""
         h = x @ self.w1[e]  # (..., H)

@@ -95,7 +95,9 @@ def switch_load_loss(probs: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
     E.g. E = 2, probs [[0.9, 0.1], [0.6, 0.4]], both choose 0: f = [1, 0], P = [0.75, 0.25] -> 1.5.
     """
     E = probs.shape[-1]
-    f = torch.bincount(choice, minlength=E).to(probs.dtype) / choice.numel()  # (E,)
+    ones = torch.ones_like(choice, dtype=probs.dtype)
+    f = torch.zeros(E, dtype=probs.dtype, device=probs.device).scatter_add(0, choice, ones) / choice.numel()  # (E,)
+    # (scatter_add rather than bincount: CUDA's bincount reads the maximum back to the host)
     return E * (f * probs.mean(dim=0)).sum()
 
 

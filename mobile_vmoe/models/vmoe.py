@@ -52,10 +52,11 @@ class MoEMlp(nn.Module):
         self.group_size = cfg.token_group_size
 
     def resolve_dispatch(self, batch: int, k: int) -> str:
-        """``auto``: gather when exporting/tracing or for small batches, grouped otherwise."""
+        """``auto``: gather when exporting/tracing or for small batches, grouped otherwise (grouped
+        has no host sync, so torch.compile keeps it)."""
         if self.dispatch != "auto":
             return self.dispatch
-        if torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():
             return "gather"
         return "grouped" if batch * k > 2 * self.experts.num_experts else "gather"
 

@@ -90,29 +90,57 @@ def artifact_meta(path: Path) -> dict | None:
 
 
 VERIFIED = "the artifact's .json (model_config), which matches the artifact's size and sha256 recorded at export"
+SKIP = "or give --no-verify to measure it unchecked"
 
 
-def verified_metadata(path: str | Path) -> dict:
+def verify_artifact(path: str | Path) -> dict:
     """The .json of an exported artifact (given the artifact or the .json), after checking that it
-    belongs to the artifact: size and sha256 as recorded at export. MvmoeError otherwise."""
+    belongs to the artifact: size and sha256 as recorded at export. MvmoeError otherwise. Every
+    command that reads an artifact calls this (profile flops, latency, memory)."""
     from mobile_vmoe.converters.prepare import tree_sha256
 
     meta_path = Path(path).with_suffix(".json")
     meta = artifact_meta(Path(path))
     if meta is None:
-        raise MvmoeError(f"{meta_path} not found: `mvmoe export` writes it beside the artifact")
-    if not isinstance(meta.get("model_config"), dict):
-        raise MvmoeError(f"{meta_path} has no model_config: re-export it with this version of `mvmoe export`")
+        raise MvmoeError(f"{meta_path} not found, so the artifact cannot be checked: `mvmoe export` writes it "
+                         f"beside the artifact ({SKIP})")
     if not meta.get("artifact_sha256") or not meta.get("artifact"):
         raise MvmoeError(f"{meta_path} records no artifact sha256, so it cannot be checked against the artifact: "
-                         "re-export it with this version of `mvmoe export`")
+                         f"re-export it with this version of `mvmoe export` ({SKIP})")
     artifact = meta_path.parent / str(meta["artifact"])
     if not artifact.exists():
         raise MvmoeError(f"{artifact} not found: {meta_path.name} describes it")
     size, digest = tree_sha256(artifact)
     if (size, digest) != (meta.get("artifact_size"), meta["artifact_sha256"]):
-        raise MvmoeError(f"{artifact.name} is not the file {meta_path.name} was written for (size or sha256 differ)")
+        raise MvmoeError(f"{artifact.name} is not the file {meta_path.name} was written for (size or sha256 differ: "
+                         f"modified or replaced after export; re-export it, {SKIP})")
     return meta
+
+
+def verified_metadata(path: str | Path) -> dict:
+    """verify_artifact's .json, which must also hold the model_config (what `profile flops` counts)."""
+    meta = artifact_meta(Path(path))
+    if meta is not None and not isinstance(meta.get("model_config"), dict):
+        raise MvmoeError(f"{Path(path).with_suffix('.json')} has no model_config: re-export it with this version of "
+                         "`mvmoe export`")
+    return verify_artifact(path)
+
+
+def measured_meta(path: Path, verify: bool) -> tuple[dict | None, dict]:
+    """-> (the artifact's .json or None, the keys a measurement carries from it). ``verify``: the
+    .json must match the artifact (verify_artifact), and "verified": true. Unverified: the .json as
+    found, "verified": false, and no checkpoint keys (the file may not be the checkpoint's export)."""
+    if verify:
+        meta = verify_artifact(path)
+    else:
+        meta = artifact_meta(path) if path.is_file() or path.suffix == ".mlpackage" or split_programs(path) else None
+    keys = {k: meta.get(k) for k in META_KEYS if k in meta} if meta else {}
+    if verify:
+        keys.update(verified=True, artifact_sha256=meta["artifact_sha256"])
+    else:
+        keys = {k: v for k, v in keys.items() if k not in ("checkpoint", "checkpoint_sha256")}
+        keys["verified"] = False
+    return meta, keys
 
 
 def split_programs(path: Path) -> dict | None:
@@ -205,8 +233,9 @@ def run_local(path: Path, warmup: int, runs: int, threads: int | None, shape=Non
 
 def cold_tail_switches(chain, x: np.ndarray) -> dict:
     """A split artifact's cold tail switches, apart from the warm runs: every tail not loaded yet is
-    loaded and run once on the stream of ``x`` (load + first run, ms). The warm runs above used
-    the one tail ``x`` routes to."""
+    loaded and run once on the stream of ``x``. ``tail_switch_ms``: the load alone (ms), what the
+    demo apps write under the same key; ``tail_load_run_ms``: load + first run. The warm runs above
+    used the one tail ``x`` routes to."""
     stream, _, gate, _ = chain.run_trunk(x)
     switch, first = [], []
     for e in range(chain.num_tails):
@@ -215,9 +244,9 @@ def cold_tail_switches(chain, x: np.ndarray) -> dict:
         t0 = len(chain.switch_ms)
         first.append(time_ms(lambda e=e: chain.tail(e)(stream, gate), 1, 0)[0])
         switch.append(chain.switch_ms[t0])
-    return {"expert_layout": "split", "tail_load_ms": [round(v, 4) for v in switch],
-            "tail_switch_ms": [round(v, 4) for v in first],
-            "tail_switch_median_ms": float(np.median(first)) if first else None, "tails": chain.num_tails}
+    return {"expert_layout": "split", "tail_switch_ms": [round(v, 4) for v in switch],
+            "tail_switch_median_ms": float(np.median(switch)) if switch else None,
+            "tail_load_run_ms": [round(v, 4) for v in first], "tails": chain.num_tails}
 
 
 def etdump_per_op(program, path: Path, out_dir: Path | None = None, top: int = 25) -> list[dict]:
@@ -274,29 +303,30 @@ def parse_device(device: str) -> tuple[str, str | None]:
 
 def profile_latency(artifact: str | Path, device: str = "local", *, warmup: int = 10, runs: int = 50,
                     threads: int | None = None, per_op: bool = False, binary: str | Path | None = None,
-                    adb_host: str = "127.0.0.1", adb_port: int = 5037) -> dict:
-    """Measure `artifact` on `device`; returns the latency JSON dict (docs/formats.md)."""
+                    adb_host: str = "127.0.0.1", adb_port: int = 5037, verify: bool = True) -> dict:
+    """Measure `artifact` on `device`; returns the latency JSON dict (docs/formats.md). ``verify``:
+    refuse an artifact whose size or sha256 differ from its .json's (measured_meta)."""
     path = check_artifact(artifact)
     if warmup < 0 or runs < 1:
         raise MvmoeError(f"need --warmup >= 0 and --runs >= 1, got {warmup} and {runs}")
     if threads is not None and threads < 1:
         raise MvmoeError(f"--threads must be >= 1, got {threads}")
     kind, ident = parse_device(device)
-    meta = artifact_meta(path) if path.is_file() or path.suffix == ".mlpackage" or split_programs(path) else None
+    meta, carried = measured_meta(path, verify)
     shape, _ = _meta_shape(meta)
     if kind == "android":
         from .android import profile_android
 
-        return profile_android(path, binary=binary, serial=ident, warmup=warmup, runs=runs, threads=threads,
-                               host=adb_host, port=adb_port).to_dict()
-    if kind == "ios":
+        res = profile_android(path, binary=binary, serial=ident, warmup=warmup, runs=runs, threads=threads,
+                              host=adb_host, port=adb_port)
+    elif kind == "ios":
         from .ios import profile_ios
 
-        return profile_ios(path, udid=ident, warmup=warmup, runs=runs).to_dict()
-    res = run_local(path, warmup, runs, threads, shape, per_op=per_op)
-    if per_op and path.suffix != ".pte":
-        res.extra["per_op"] = None
-        res.extra["per_op_note"] = "per-op times come from ExecuTorch ETDump: .pte only"
-    if meta:
-        res.extra.update({k: meta.get(k) for k in META_KEYS if k in meta})
+        res = profile_ios(path, udid=ident, warmup=warmup, runs=runs)
+    else:
+        res = run_local(path, warmup, runs, threads, shape, per_op=per_op)
+        if per_op and path.suffix != ".pte":
+            res.extra["per_op"] = None
+            res.extra["per_op_note"] = "per-op times come from ExecuTorch ETDump: .pte only"
+    res.extra.update(carried)
     return res.to_dict()

@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 
 from ..errors import MvmoeError
+from ..fileio import to_json
 
 STATUS = {"VmRSS": "rss_mib", "RssAnon": "heap_mib", "RssFile": "file_mib", "VmHWM": "peak_rss_mib"}
 LOADERS = {"executorch": ("mmap", "file"), "litert": ("mmap", "file"), "onnxruntime": ("file",)}
@@ -132,16 +133,18 @@ def check_options(path: Path, runtime: str, loader: str, images: int, threads: i
 
 
 def profile_memory(artifact: str | Path, loader: str = "mmap", *, images: int = 20, threads: int | None = None,
-                   max_tails: int = 1) -> dict:
+                   max_tails: int = 1, verify: bool = True) -> dict:
     """Resident memory of ``artifact`` loaded with ``loader`` and after ``images`` runs, measured in
-    a fresh process; the memory JSON (docs/formats.md)."""
-    from .latency import META_KEYS, artifact_meta, check_artifact, local_device, split_programs
+    a fresh process; the memory JSON (docs/formats.md). ``verify``: refuse an artifact whose size or
+    sha256 differ from its .json's (latency.measured_meta)."""
+    from .latency import artifact_meta, check_artifact, local_device, measured_meta, split_programs
 
     path = check_artifact(artifact)
     split = split_programs(path) is not None
-    meta = artifact_meta(path) if path.is_file() or split else None
-    runtime = {"executorch": "executorch", "tflite": "litert"}[meta["target"]] if split else RUNTIME_OF[path.suffix]
+    runtime = RUNTIME_OF[path.suffix] if not split else \
+        {"executorch": "executorch", "tflite": "litert"}[artifact_meta(path)["target"]]
     check_options(path, runtime, loader, images, threads, max_tails)
+    _, carried = measured_meta(path, verify)
     spec = {"artifact": str(path.resolve()), "runtime": runtime, "loader": loader, "images": images,
             "threads": threads, "split": split, "max_tails": max_tails}
     proc = subprocess.run([sys.executable, "-m", "mobile_vmoe.profile.memory", json.dumps(spec)],
@@ -158,8 +161,7 @@ def profile_memory(artifact: str | Path, loader: str = "mmap", *, images: int = 
          "images": images, **got["after"]["run"], **got}
     if split:
         d["expert_layout"] = "split"
-    if meta:
-        d.update({k: meta.get(k) for k in META_KEYS if k in meta})
+    d.update(carried)
     return d
 
 
@@ -169,7 +171,7 @@ def main(argv: list[str]) -> int:
         out = child(json.loads(argv[0]))
     except MvmoeError as e:
         out = {"error": str(e)}
-    print(json.dumps(out), flush=True)
+    print(to_json(out, nonfinite="null"), flush=True)
     return 0
 
 

@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..fileio import atomic_write_bytes, atomic_write_text, file_sha256, read_json_object
+from ..fileio import atomic_write_bytes, atomic_write_text, file_sha256, read_json_object, writable_dir
 from ..errors import MvmoeError
 
 # (name, kind, preset for MACs or None, MACs if no preset, top-1, note): the papers' ImageNet-1k numbers
@@ -557,8 +557,7 @@ def make_report(run_dirs: list[str | Path], latency_files: list[str | Path] = ()
     cols = attach_latency(rows, load_latency(list(latency_files)))
     if published:
         rows += published_rows()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(out, "--out")
     paths = {"table.md": out / "table.md", "table.csv": out / "table.csv",
              "flops_vs_accuracy.png": out / "flops_vs_accuracy.png", "routing.png": out / "routing.png"}
     atomic_write_text(paths["table.md"], render_markdown(rows, cols))

@@ -1,4 +1,10 @@
-"""Evaluation: top-1 / top-5, router superclass top-1 and expert usage (every MoE model)."""
+"""Evaluation: top-1 / top-5, router superclass top-1 and expert usage (every MoE model).
+
+Distributed: every rank evaluates its shard (``distributed.shard``: items rank, rank + world, ...)
+and the integer counts are summed over ranks (``reduce``), so the result is the single-process one
+exactly: each image is counted once, and per-image models compute each image's output alone.
+(Per-token routing with buffers shared by the whole batch depends on which images share a batch,
+in one process as in several.)"""
 
 from __future__ import annotations
 
@@ -31,6 +37,18 @@ class ExpertUsage:
         self.router_correct = 0
         self.choices = self.dropped = 0
 
+    def pack(self) -> torch.Tensor:
+        """Every count as one int64 vector, to sum over ranks (``unpack`` reads it back)."""
+        matrix = self.matrix.flatten() if self.matrix is not None else torch.zeros(0, dtype=torch.int64)
+        return torch.cat([torch.tensor([self.router_correct, self.choices, self.dropped]), self.counts, matrix])
+
+    def unpack(self, v: torch.Tensor) -> None:
+        E = self.cfg.num_experts
+        self.router_correct, self.choices, self.dropped = (int(x) for x in v[:3])
+        self.counts = v[3:3 + E].clone()
+        if self.matrix is not None:
+            self.matrix = v[3 + E:].view_as(self.matrix).clone()
+
     def add(self, out, labels: torch.Tensor) -> None:
         E = self.cfg.num_experts
         if out.expert_index is not None:  # per-image
@@ -62,12 +80,15 @@ class ExpertUsage:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, *, class_to_superclass: torch.Tensor | None = None,
-             device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None) -> dict:
+             device: torch.device | str = "cpu", amp_dtype: torch.dtype | None = None, reduce=None) -> dict:
     """Metrics of ``model`` (a MobileVMoE, not DDP-wrapped) on ``loader``.
 
-    top1/top5 in percent (top5 = top-min(5, N)). MoE models add expert usage (``ExpertUsage``);
+    top1/top5 in percent; top5 is None (n/a) with 5 classes or fewer, where it is 100 % by construction.
+    MoE models add expert usage (``ExpertUsage``);
     per-image MoE with ``class_to_superclass`` (N,) adds ``router_superclass_top1``, the percentage
-    of images whose router argmax is the superclass of their true class.
+    of images whose router argmax is the superclass of their true class. reduce: sums an int64
+    tensor over ranks (``functools.partial(distributed.all_reduce_sum, info=info)``) when ``loader``
+    holds this rank's shard; every rank then gets the metrics of the whole set.
     """
     device = torch.device(device)
     was_training = model.training
@@ -89,8 +110,15 @@ def evaluate(model: torch.nn.Module, loader, *, class_to_superclass: torch.Tenso
         if usage is not None:
             usage.add(out, labels)
     model.train(was_training)
+    if reduce is not None:
+        counts = reduce(torch.cat([torch.tensor([n, correct1, correct5]),
+                                   usage.pack() if usage is not None else torch.zeros(0, dtype=torch.int64)]))
+        n, correct1, correct5 = (int(x) for x in counts[:3])
+        if usage is not None:
+            usage.unpack(counts[3:])
     if n == 0:
         raise MvmoeError("evaluation set is empty")
-    metrics = {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "router_superclass_top1": None,
+    top5 = 100.0 * correct5 / n if cfg.num_classes > 5 else None  # every class is in the top 5: no information
+    metrics = {"top1": 100.0 * correct1 / n, "top5": top5, "router_superclass_top1": None,
                "expert_usage": None, "images": n}
     return {**metrics, **(usage.summary(n) if usage is not None else {})}

@@ -11,16 +11,18 @@
 The pieces, as in timm's train.py: ``TrainState`` (what changes), ``Stage`` (what does not),
 ``train_step`` / ``train_one_epoch`` / ``evaluate`` (plain functions) and ``fit`` (the epoch loop).
 
-Determinism (what makes resume == uninterrupted on CPU): the data order of epoch e is
-DistributedSampler(seed).set_epoch(e) (seed + e); the global RNG (augmentation, MixUp, drop path,
-router noise) is reseeded at each epoch start from (seed, epoch, rank); a mid-epoch stop saves the
-RNG states of every rank and how many batches of the epoch were done, and resume skips them. The
-DataLoader gets its own generator so creating it does not consume the global RNG.
+Determinism (what makes resume == uninterrupted on CPU): the data order of epoch e is one global
+order (mobile_vmoe.data.sampler: a permutation from seed + e, sharded over ranks) and every sample's
+augmentation has its own seed; the global RNG (MixUp, drop path, router noise, erasing) is reseeded
+at each epoch start from (seed, epoch, rank); a mid-epoch stop saves the RNG states of every rank
+and how many global steps of the epoch were done, and resume starts the order there (with any
+world size that divides the batch; other ranks' RNG streams are then reseeded).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import signal
 import time
@@ -30,14 +32,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig
+from ..data.loader import build_train_loader, check_sample_order, sample_order, skipped_images
 from ..errors import MvmoeError
 from ..fileio import atomic_write_json
 from ..models import MobileVMoE
-from .distributed import DistInfo, all_reduce_mean, barrier, broadcast_flag
+from .distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, broadcast_flag, shard
 from .ema import build_ema, ema_state, load_ema_state
 from .evaluate import evaluate
 from .losses import Distill, LossParts, mvmoe_loss
@@ -55,8 +58,10 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     ema: torch.optim.swa_utils.AveragedModel | None = None
+    scaler: torch.amp.GradScaler | None = None  # fp16: loss scaling (disabled otherwise)
     epoch: int = 0  # finished epochs
     step: int = 0  # optimizer steps so far
+    micro: int = 0  # micro-batches of the optimizer step in progress (grad_accum); 0 between steps
     epoch_step: int = 0  # batches of the current epoch already done (after a mid-epoch stop)
     seconds: float = 0.0  # training time so far, all invocations
     images_seen: int = 0
@@ -73,7 +78,8 @@ class TrainState:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "epoch": self.epoch, "step": self.step, "epoch_step": self.epoch_step,
                 "train_seconds": self.seconds, "images_seen": self.images_seen, "metrics": self.metrics,
-                "rng_per_rank": self.rng_per_rank}
+                "rng_per_rank": self.rng_per_rank,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
 
     def load_state_dict(self, d: dict) -> None:
         self.model.load_state_dict(d["model"])
@@ -85,6 +91,8 @@ class TrainState:
         self.seconds, self.images_seen = d.get("train_seconds", 0.0), d.get("images_seen", 0)
         self.metrics = d.get("metrics") or {}
         self.rng_per_rank = d.get("rng_per_rank")
+        if self.scaler is not None and d.get("scaler"):
+            self.scaler.load_state_dict(d["scaler"])
 
 
 def build_state(stage: "Stage") -> TrainState:
@@ -92,11 +100,13 @@ def build_state(stage: "Stage") -> TrainState:
     tcfg = stage.tcfg
     seed_everything(tcfg.seed)
     model = MobileVMoE(tcfg.model).to(stage.device)
-    optimizer = build_optimizer(model, tcfg.lr, tcfg.weight_decay, (tcfg.betas1, tcfg.betas2))
+    lr = tcfg.effective_lr  # lr per 512 images, scaled to the global batch
+    optimizer = build_optimizer(model, lr, tcfg.weight_decay, (tcfg.betas1, tcfg.betas2))
     total = stage.steps_per_epoch * tcfg.epochs
     scheduler = build_scheduler(optimizer, total, round(tcfg.warmup_epochs * stage.steps_per_epoch),
-                                tcfg.min_lr / tcfg.lr)
-    return TrainState(model, optimizer, scheduler, build_ema(model, tcfg.ema_decay))
+                                tcfg.min_lr / lr)
+    scaler = torch.amp.GradScaler(stage.device.type, enabled=stage.amp_dtype == torch.float16)
+    return TrainState(model, optimizer, scheduler, build_ema(model, tcfg.ema_decay), scaler)
 
 
 # ----------------------------------------------------------------------------------- stage
@@ -122,12 +132,12 @@ class Stage:
         if self.tcfg.batch_size % info.world_size:
             raise MvmoeError(f"batch_size={self.tcfg.batch_size} is not divisible by the {info.world_size} processes")
         self.local_batch = self.tcfg.batch_size // info.world_size
-        self.sampler = DistributedSampler(self.bundle.train, num_replicas=info.world_size, rank=info.rank,
-                                          shuffle=True, seed=self.tcfg.seed, drop_last=True)
-        self.steps_per_epoch = len(self.sampler) // self.local_batch
+        self.loader = build_train_loader(self.bundle, self.tcfg, info)  # built once; global sample order
+        # the loader counts micro-batches (global batch_size each); an optimizer step is grad_accum of them
+        self.steps_per_epoch = self.loader.steps_per_epoch // self.tcfg.grad_accum
         if self.steps_per_epoch == 0:
-            raise MvmoeError(f"{len(self.bundle.train)} training images are fewer than one batch of "
-                             f"{self.tcfg.batch_size}: lower it with --set batch_size=N")
+            raise MvmoeError(f"{len(self.bundle.train)} training images are fewer than one optimizer step of "
+                             f"{self.tcfg.global_batch}: lower batch_size or grad_accum with --set")
         self.c2s = (torch.tensor(self.superclasses["class_to_superclass"], dtype=torch.long, device=self.device)
                     if self.superclasses else None)  # (N,) class -> superclass
         self.amp_dtype = amp_dtype_for(self.tcfg.amp, self.device)
@@ -156,26 +166,26 @@ class Stage:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def train_loader(self, epoch: int, skip_batches: int) -> DataLoader:
-        """Epoch ``epoch``'s batches of this rank, the first ``skip_batches`` left out (resume)."""
-        self.sampler.set_epoch(epoch)
-        indices = list(self.sampler)[skip_batches * self.local_batch:]
-        gen = torch.Generator().manual_seed(epoch_seed(self.tcfg.seed, epoch, self.info.rank))
-        return DataLoader(self.bundle.train, batch_size=self.local_batch, sampler=indices, drop_last=True,
-                          num_workers=self.tcfg.workers, generator=gen, pin_memory=self.device.type == "cuda")
+    def train_loader(self, epoch: int, skip_batches: int):
+        """Epoch ``epoch``'s batches of this rank, the first ``skip_batches`` global steps left out (resume)."""
+        return self.loader.epoch(epoch, skip_batches)
 
     def val_loader(self) -> DataLoader:
-        return DataLoader(self.bundle.val, batch_size=max(self.local_batch, 64), shuffle=False,
-                          num_workers=self.tcfg.workers)
+        """This rank's shard of the evaluation split (``distributed.shard``), with the workers."""
+        return DataLoader(shard(self.bundle.val, self.info), batch_size=max(self.local_batch, 64), shuffle=False,
+                          num_workers=self.tcfg.workers, pin_memory=self.device.type == "cuda")
 
 
 def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA for amp=auto; fp32 on CPU unless amp=bf16 asks for it."""
+    """The autocast dtype (None = fp32). auto: bf16 on a CUDA GPU that computes in bf16 (Ampere
+    and newer), fp16 (with GradScaler) on older CUDA GPUs, fp32 on CPU; bf16 / fp16 as asked."""
     if amp == "none":
         return None
-    if amp == "bf16":
-        return torch.bfloat16
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if amp in ("bf16", "fp16"):
+        return torch.bfloat16 if amp == "bf16" else torch.float16
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 class RoutingForward(nn.Module):
@@ -238,35 +248,63 @@ def targets(stage: Stage, images: torch.Tensor, labels: torch.Tensor):
 
 def train_step(stage: Stage, state: TrainState, module: nn.Module, images: torch.Tensor,
                labels: torch.Tensor) -> LossParts:
-    """One optimizer step on one batch; returns the loss parts (detached use only)."""
+    """Forward and backward of one micro-batch; every ``grad_accum``-th one also steps the optimizer
+    (``optimizer_step``). The loss is scaled by 1 / grad_accum, so N micro-batches of B images
+    give the gradient of one batch of N x B. Returns the loss parts (detached use only)."""
     tcfg = stage.tcfg
     images, target, sc_target = targets(stage, images, labels)
     distill = None
     if stage.teacher is not None:  # the same augmented batch, no gradient
         with torch.no_grad(), stage.autocast():
             distill = Distill(stage.teacher(images), tcfg.distill, tcfg.distill_weight, tcfg.distill_tau)
-    with stage.autocast():
-        logits, router_logits, aux = module(images)
-    parts = mvmoe_loss(logits, router_logits, aux, target, sc_target, label_smoothing=tcfg.label_smoothing,
-                       router_weight=tcfg.router_weight, aux_weight=tcfg.aux_weight, distill=distill)
-    if not torch.isfinite(parts.total):
-        raise MvmoeError(f"{stage.name}: loss is {float(parts.total.detach())} at step {state.step}; lower lr (now {tcfg.lr})")
+    state.micro += 1
+    last = state.micro == tcfg.grad_accum
+    with contextlib.nullcontext() if last else no_sync(module):  # DDP: all-reduce once, on the last
+        with stage.autocast():
+            logits, router_logits, aux = module(images)
+        parts = mvmoe_loss(logits, router_logits, aux, target, sc_target, label_smoothing=tcfg.label_smoothing,
+                           router_weight=tcfg.router_weight, aux_weight=tcfg.aux_weight, distill=distill)
+        state.scaler.scale(parts.total / tcfg.grad_accum).backward()
+    if last:
+        optimizer_step(stage, state)
+    return parts
+
+
+def no_sync(module: nn.Module):
+    """DDP's no_sync (skip the gradient all-reduce) for a DDP module, compiled or not."""
+    inner = getattr(module, "_orig_mod", module)  # torch.compile's wrapper
+    return inner.no_sync() if isinstance(inner, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
+
+
+def optimizer_step(stage: Stage, state: TrainState) -> None:
+    """Clip, step (through the GradScaler: a no-op wrapper unless fp16), schedule, EMA, count."""
+    if stage.tcfg.clip_grad > 0:
+        state.scaler.unscale_(state.optimizer)
+        nn.utils.clip_grad_norm_(state.model.parameters(), stage.tcfg.clip_grad)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
     state.optimizer.zero_grad(set_to_none=True)
-    parts.total.backward()
-    if tcfg.clip_grad > 0:
-        nn.utils.clip_grad_norm_(state.model.parameters(), tcfg.clip_grad)
-    state.optimizer.step()
     state.scheduler.step()
     if state.ema is not None:
         state.ema.update_parameters(state.model)
+    state.micro = 0
     state.step += 1
     state.epoch_step += 1
-    return parts
+
+
+def check_finite(stage: Stage, state: TrainState, parts: LossParts) -> None:
+    """Raise on a non-finite loss (bf16/fp32; fp16's GradScaler skips such steps itself). Called at
+    log intervals only: the check waits for the GPU."""
+    if stage.amp_dtype != torch.float16 and not torch.isfinite(parts.total):
+        tcfg = stage.tcfg
+        raise MvmoeError(f"{stage.name}: loss is {float(parts.total.detach())} at step {state.step}; lower lr "
+                         f"(now {tcfg.lr} per 512 images, {tcfg.effective_lr:g} effective)")
 
 
 @dataclass
 class EpochResult:
-    steps: int = 0
+    steps: int = 0  # optimizer steps
+    micro_batches: int = 0
     images: int = 0  # over all ranks
     seconds: float = 0.0
     mean_loss: float = float("nan")
@@ -276,35 +314,58 @@ class EpochResult:
 def train_one_epoch(stage: Stage, state: TrainState, module: nn.Module, stop_requested, progress: Progress,
                     max_steps: int = 0) -> EpochResult:
     """Train the rest of epoch ``state.epoch``; stops early (result.stopped) when ``stop_requested()``
-    is true on any rank or after ``max_steps`` steps (0 = no limit)."""
-    info = stage.info
+    is true on any rank or after ``max_steps`` steps (0 = no limit).
+
+    Host syncs: the loss is read (and checked to be finite) every ``log_every`` steps only, and
+    with several processes the stop flag is agreed on at those steps too."""
+    info, tcfg = stage.info, stage.tcfg
     if state.epoch_step == 0:
-        seed_everything(epoch_seed(stage.tcfg.seed, state.epoch, info.rank))
-    elif state.rng_per_rank is not None:
+        seed_everything(epoch_seed(tcfg.seed, state.epoch, info.rank))
+    elif state.rng_per_rank is not None and len(state.rng_per_rank) == info.world_size:
         restore_rng(state.rng_per_rank[info.rank])
+    elif state.rng_per_rank is not None:  # resumed mid-epoch on another world size: same samples, new RNG streams
+        seed_everything(epoch_seed(tcfg.seed, state.epoch, info.rank) + state.epoch_step)
     state.rng_per_rank = None
     result = EpochResult()
     loss_sum = torch.zeros((), device=stage.device)
     module.train()
     t0 = time.perf_counter()
-    for images, labels in stage.train_loader(state.epoch, state.epoch_step):
-        images = images.to(stage.device, non_blocking=True)
+    for images, labels in stage.train_loader(state.epoch, state.epoch_step * tcfg.grad_accum):
+        images = stage.loader.to_device(images)  # uint8 -> normalised (+ erasing) on the device
         labels = labels.to(stage.device, non_blocking=True)
         parts = train_step(stage, state, module, images, labels)
-        result.steps += 1
+        result.micro_batches += 1
         result.images += images.shape[0] * info.world_size
         loss_sum += parts.total.detach()
+        if state.micro:  # inside an optimizer step
+            continue
+        result.steps += 1
         ips = result.images / max(time.perf_counter() - t0, 1e-9)
-        progress.update(state.step, float(parts.total.detach()) if progress.enabled else 0.0, ips)
-        if state.step % stage.tcfg.log_every == 0:
+        if state.step % tcfg.log_every == 0:
+            check_finite(stage, state, parts)
+            progress.update(state.step, float(parts.total.detach()) if progress.enabled else None, ips)
             stage.log.write({"kind": "step", "epoch": state.epoch, "step": state.step,
                              "lr": state.scheduler.get_last_lr()[0], **parts.as_floats(), "images_per_sec": ips})
-        if broadcast_flag(bool(stop_requested() or (max_steps and result.steps >= max_steps)), info):
+        else:
+            progress.update(state.step, None, ips)
+        if should_stop(stage, state, stop_requested, max_steps and result.steps >= max_steps):
             result.stopped = True
             break
+        if state.epoch_step >= stage.steps_per_epoch:  # micro-batches short of a whole step are left out
+            break
     result.seconds = time.perf_counter() - t0
-    result.mean_loss = float(all_reduce_mean(loss_sum / max(result.steps, 1), info))
+    result.mean_loss = float(all_reduce_mean(loss_sum / max(result.micro_batches, 1), info))
     return result
+
+
+def should_stop(stage: Stage, state: TrainState, stop_requested, limit_reached: bool) -> bool:
+    """The step limit (the same on every rank) or a stop request; with several processes a request
+    (SIGTERM may reach only some ranks) is agreed on every ``log_every`` steps, one all_reduce."""
+    if limit_reached:
+        return True
+    if not stage.info.enabled:
+        return bool(stop_requested())
+    return state.step % stage.tcfg.log_every == 0 and broadcast_flag(bool(stop_requested()), stage.info)
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -329,7 +390,7 @@ def save_state(stage: Stage, state: TrainState, path: Path, *, final: bool = Fal
         ck.update({k: full[k] for k in ("model", "ema", "ema_n_averaged", "metrics", "epoch", "step")})
     else:
         ck.update(full, rng=rng, rng_per_rank=per_rank, steps_per_epoch=stage.steps_per_epoch,
-                  finished=state.epoch >= stage.tcfg.epochs)
+                  finished=state.epoch >= stage.tcfg.epochs, sample_order=sample_order(stage, state))
     save_checkpoint(path, ck)
 
 
@@ -344,6 +405,7 @@ def resume_state(stage: Stage, state: TrainState, path: Path) -> dict | None:
     if ck.get("steps_per_epoch") != stage.steps_per_epoch:
         raise MvmoeError(f"{path}: {ck.get('steps_per_epoch')} steps per epoch there, {stage.steps_per_epoch} now "
                          "(different data or batch size); cannot resume exactly")
+    check_sample_order(stage, ck)
     state.load_state_dict(ck)
     return ck
 
@@ -383,10 +445,7 @@ def run_epochs(stage: Stage, state: TrainState) -> str | None:
     """The epoch loop, with evaluation and last.pt after every epoch. Returns why it stopped early
     (SIGINT, SIGTERM or stop_after_steps), None when it ran every epoch."""
     tcfg, info = stage.tcfg, stage.info
-    module: nn.Module = RoutingForward(state.model)
-    if info.enabled:
-        module = nn.parallel.DistributedDataParallel(
-            module, device_ids=[stage.device.index] if stage.device.type == "cuda" else None)
+    module = training_module(stage, state.model)
     if info.is_main:
         stage.out.mkdir(parents=True, exist_ok=True)
     last = stage.out / "last.pt"
@@ -414,8 +473,20 @@ def stop_reason(stop: StopRequest) -> str:
     return signal.Signals(stop.signum).name if stop.signum is not None else "stop_after_steps"
 
 
+def training_module(stage: Stage, model: MobileVMoE) -> nn.Module:
+    """What the loop calls: RoutingForward(model), in DDP with several processes, compiled with
+    ``compile=true`` (torch.compile over the DDP module, as torch's DDP notes advise)."""
+    module: nn.Module = RoutingForward(model)
+    if stage.info.enabled:
+        module = nn.parallel.DistributedDataParallel(
+            module, device_ids=[stage.device.index] if stage.device.type == "cuda" else None)
+    if stage.tcfg.compile:
+        module = torch.compile(module)
+    return module
+
+
 def end_epoch(stage: Stage, state: TrainState, r: EpochResult, progress: Progress) -> None:
-    """Count the epoch, log it, and evaluate when due (rank 0; the others wait)."""
+    """Count the epoch, log it, and evaluate when due (every rank its shard; counts summed)."""
     tcfg = stage.tcfg
     state.epoch, state.epoch_step = state.epoch + 1, 0
     stage.log.write({"kind": "epoch", "epoch": state.epoch, "step": state.step, "train_loss": r.mean_loss,
@@ -423,11 +494,11 @@ def end_epoch(stage: Stage, state: TrainState, r: EpochResult, progress: Progres
                      "lr": state.scheduler.get_last_lr()[0]})
     if state.epoch % tcfg.eval_every and state.epoch != tcfg.epochs:
         return
+    ev = evaluate(state.eval_model, stage.val_loader(), class_to_superclass=stage.c2s, device=stage.device,
+                  amp_dtype=stage.amp_dtype, reduce=functools.partial(all_reduce_sum, info=stage.info))
+    ev["weights"] = "ema" if state.ema is not None else "model"
+    state.metrics = ev
     if stage.info.is_main:
-        ev = evaluate(state.eval_model, stage.val_loader(), class_to_superclass=stage.c2s, device=stage.device,
-                      amp_dtype=stage.amp_dtype)
-        ev["weights"] = "ema" if state.ema is not None else "model"
-        state.metrics = ev
         stage.log.write({"kind": "eval", "epoch": state.epoch, "step": state.step,
                          **{k: v for k, v in ev.items() if not isinstance(v, list)}})
         router = ev.get("router_superclass_top1")
@@ -467,6 +538,7 @@ USAGE_KEYS = ("expert_usage_unit", "expert_counts", "expert_entropy", "expert_en
 def make_summary(stage: Stage, state: TrainState) -> dict:
     """summary.json of a stage: the documented keys first, then details (docs/formats.md)."""
     from ..profile.flops import profile_flops
+    from ..provenance import git_state
 
     cfg, tcfg, ev, sc = stage.tcfg.model, stage.tcfg, state.metrics, stage.superclasses
     report = profile_flops(MobileVMoE(cfg), dispatch="gather")
@@ -483,8 +555,9 @@ def make_summary(stage: Stage, state: TrainState) -> dict:
         "superclass_names": list(sc["names"]) if sc else None,
         "expert_usage": ev.get("expert_usage") if cfg.is_per_image else None,
         **({k: ev.get(k) for k in USAGE_KEYS if k in ev} if cfg.is_moe else {}),
-        "checkpoint": str(stage.out / "model.pt"),
+        "checkpoint": str(stage.out / "model.pt"), "skipped_images": skipped_images(stage.bundle, stage.info),
         "eval_weights": ev.get("weights"), "val_images": ev.get("images"),
         "train_seconds": round(state.seconds, 2), "world_size": stage.info.world_size,
         "model_config": cfg.to_dict(), "train_config": tcfg.to_dict(),
+        "commit": git_state()[0],  # the code that finished this stage (run.json: the full provenance)
     }

@@ -6,7 +6,8 @@ import json
 import math
 from pathlib import Path
 
-from ..fileio import atomic_write_text
+from ..errors import MvmoeError
+from ..fileio import atomic_write_text, to_json
 
 
 class MetricsLog:
@@ -21,8 +22,11 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.path, "a") as f:
+                    f.write(to_json(record, nonfinite="null") + "\n")
+            except OSError as e:  # a full disk, a folder made read-only under the run
+                raise MvmoeError(f"cannot write {self.path}: {e.strerror or e}") from None
 
     def trim(self, step: int) -> None:
         """Drop rows past ``step``: what a killed run logged after the last.pt a resume starts from,
@@ -61,9 +65,11 @@ class Progress:
             self._bar.__exit__(*exc)
         return False
 
-    def update(self, step: int, loss: float, ips: float) -> None:
+    def update(self, step: int, loss: float | None, ips: float) -> None:
+        """loss None keeps the last one shown (the loop reads the loss at log steps only)."""
         if self._bar is not None:
-            self._bar.update(self._task, completed=step, loss=loss, ips=ips)
+            fields = {"ips": ips} if loss is None else {"ips": ips, "loss": loss}
+            self._bar.update(self._task, completed=step, **fields)
 
     def note(self, text: str) -> None:
         if self._bar is not None:

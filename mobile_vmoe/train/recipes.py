@@ -6,7 +6,8 @@ FLOPs"). None of them has been run here: no ImageNet and no GPU cluster on the b
 code path they use (torchrun, DDP, bf16 autocast, DeiT augmentation, MixUp/CutMix, EMA) is the
 one the tests run on generated data with 2 gloo processes.
 
-The shared DeiT recipe (Touvron et al. 2021): AdamW, lr 5e-4 x global_batch / 512, weight decay
+The shared DeiT recipe (Touvron et al. 2021): AdamW, lr 5e-4 per 512 images (scaled at run time to
+the global batch, batch_size x grad_accum: 1e-3 at the recipes' 1024), weight decay
 0.05, 300 epochs, 5 warmup epochs, cosine to 1e-5, label smoothing 0.1, RandAugment(2, 9),
 MixUp 0.8 / CutMix 1.0, random erasing 0.25, drop path (0.1 for the 12x192 models, 0 for the
 small ones, which underfit rather than overfit), gradient clipping off, EMA 0.99996 per step.
@@ -40,10 +41,12 @@ class Recipe:
 
 
 def deit(global_batch: int = 1024, drop_path: float = 0.0, moe: bool = False) -> tuple[dict, dict]:
-    """The DeiT training values for ``global_batch`` (lr scaled linearly from 5e-4 at 512)."""
-    train = dict(epochs=300, batch_size=global_batch, lr=5e-4 * global_batch / 512, min_lr=1e-5, warmup_epochs=5.0,
+    """The DeiT training values for ``global_batch``; lr is per 512 images (the run scales it to
+    the global batch: 1e-3 at 1024)."""
+    train = dict(epochs=300, batch_size=global_batch, lr=5e-4, min_lr=1e-5, warmup_epochs=5.0,
                  weight_decay=0.05, label_smoothing=0.1, clip_grad=0.0, ema_decay=0.99996, mixup=0.8, cutmix=1.0,
                  mix_prob=1.0, augment="deit", amp="auto", workers=10, dense_epochs=300, log_every=50)
+    train["repeated_aug"] = 3  # DeiT's repeated augmentation: each image 3 times an epoch, on different ranks
     if moe:
         train["router_weight"] = 0.3
     return train, {"drop_path": drop_path}

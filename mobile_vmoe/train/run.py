@@ -28,10 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..config import ModelConfig, TrainConfig, field_names
+from ..data.bundle import check_classes
 from ..errors import MvmoeError
 from ..fileio import atomic_write_json, read_json_object
 from ..models.registry import dense_twin, get_config
+from .. import runlock
+from ..provenance import provenance
 from .distributed import DistInfo, barrier, cleanup, setup_distributed
 from .loop import fit
 
@@ -40,7 +45,7 @@ DEFAULT_MODEL = "vmoe-6x64-p32"
 DEFAULT_DATA = "digits"
 DEFAULT_SETTINGS: dict[str, Any] = {"num_experts": 5, "threads": 1, "epochs": 45, "dense_epochs": 20}
 # Settings that may change on resume without changing what is computed.
-RESUMABLE_KEYS = ("stop_after_steps", "workers", "log_every")
+RESUMABLE_KEYS = ("stop_after_steps", "workers", "prefetch", "log_every", "dist_timeout_min")
 
 
 # --------------------------------------------------------------------------------- config
@@ -61,13 +66,15 @@ def base_config(model: str | ModelConfig | None, recipe: str | None) -> TrainCon
 
 
 def resolve(model: str | ModelConfig | None = None, data: str = DEFAULT_DATA, settings: dict[str, Any] | None = None,
-            *, epochs: int | None = None, seed: int | None = None, recipe: str | None = None):
+            *, epochs: int | None = None, seed: int | None = None, recipe: str | None = None,
+            out: str | Path | None = None):
     """The TrainConfig of a new run and its data, resolved once: -> (TrainConfig, DataBundle).
 
     model: preset name or ModelConfig (None = the recipe's, or the embedded default). settings:
     typed ``--set`` values (``config.parse_overrides``), ModelConfig and TrainConfig keys alike.
     epochs: sets ``epochs`` and, unless ``dense_epochs`` is in settings, the dense stage's too. The
-    model is then fitted to the data (``adapt_to_data``).
+    model is then fitted to the data (``adapt_to_data``). out: the run folder, when known, where a
+    dataset folder's file index is cached and shared by the ranks (``index_cache``).
     """
     from ..data import build_data
 
@@ -80,8 +87,14 @@ def resolve(model: str | ModelConfig | None = None, data: str = DEFAULT_DATA, se
         settings["seed"] = seed
     model_keys = {k: v for k, v in settings.items() if k in field_names()}
     tcfg = base_config(model, recipe).with_settings({k: v for k, v in settings.items() if k not in model_keys})
-    bundle = build_data(data, model_keys.get("img_size"), augment=tcfg.augment, seed=tcfg.seed)
+    bundle = build_data(data, model_keys.get("img_size"), augment=tcfg.augment, seed=tcfg.seed,
+                        index_cache=index_cache(out))
     return tcfg.replace(model=adapt_to_data(tcfg.model, bundle, model_keys)), bundle
+
+
+def index_cache(out: str | Path | None) -> Path | None:
+    """Where a run keeps its dataset's file index (scanned once by rank 0, read by the others)."""
+    return Path(out) / "data_index.npz" if out is not None else None
 
 
 def adapt_to_data(cfg: ModelConfig, bundle, model_overrides: dict[str, Any]) -> ModelConfig:
@@ -113,6 +126,7 @@ def adapt_to_data(cfg: ModelConfig, bundle, model_overrides: dict[str, Any]) -> 
 def check_run(tcfg: TrainConfig, bundle, superclasses: str, out: Path) -> None:
     """Every check that needs only the config and the data, before anything trains or is written."""
     cfg = tcfg.model
+    check_classes(bundle.name, bundle.class_names)
     if superclasses not in ("auto", "none") and not Path(superclasses).is_file():
         raise MvmoeError(f"--superclasses {superclasses}: not auto, none, or an existing JSON file")
     if cfg.is_per_image and superclasses == "auto" and cfg.num_experts > bundle.num_classes:
@@ -150,13 +164,16 @@ def train(tcfg: TrainConfig, bundle, out_dir: str | Path | None = None, *, super
     """
     out = Path(out_dir) if out_dir is not None else default_out_dir(tcfg.model.name, bundle.spec or bundle.name)
     check_run(tcfg, bundle, str(superclasses), out)
-    info = setup_distributed()
+    info = setup_distributed(tcfg.dist_timeout_min)
+    lock = None
     try:
+        lock = runlock.acquire(out) if info.is_main else None  # held for the run's life: one training per folder
         if info.is_main:
             if (out / "last.pt").exists() or (out / "dense" / "last.pt").exists():
                 raise MvmoeError(f"{out} already holds a run: continue it with --resume or pick another --out")
             run = {"train_config": tcfg.replace(stop_after_steps=0).to_dict(), "data": bundle.spec or bundle.name,
-                   "superclasses": str(superclasses)}
+                   "superclasses": str(superclasses), "provenance": provenance(),
+                   "lr": {"per_512": tcfg.lr, "global_batch": tcfg.global_batch, "effective": tcfg.effective_lr}}
             if tcfg.teacher:
                 from ..fileio import file_sha256
 
@@ -165,6 +182,7 @@ def train(tcfg: TrainConfig, bundle, out_dir: str | Path | None = None, *, super
         barrier(info)
         return run_stages(tcfg, bundle, out, str(superclasses), info, resume=False, quiet=quiet)
     finally:
+        runlock.release(lock)
         cleanup(info)
 
 
@@ -185,12 +203,16 @@ def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet
     saved.setdefault("model", run.get("model_config"))  # run.json of older versions kept it apart
     # stop_after_steps is a limit of one invocation, not of the run
     tcfg = TrainConfig.from_dict(saved).replace(**{"stop_after_steps": 0, **(settings or {})})
-    bundle = build_data(run["data"], tcfg.model.img_size, augment=tcfg.augment, seed=tcfg.seed)
+    bundle = build_data(run["data"], tcfg.model.img_size, augment=tcfg.augment, seed=tcfg.seed,
+                        index_cache=index_cache(out))
     check_teacher_unchanged(tcfg, run)
-    info = setup_distributed()
+    info = setup_distributed(tcfg.dist_timeout_min)
+    lock = None
     try:
+        lock = runlock.acquire(out) if info.is_main else None
         return run_stages(tcfg, bundle, out, run["superclasses"], info, resume=True, quiet=quiet)
     finally:
+        runlock.release(lock)
         cleanup(info)
 
 
@@ -238,9 +260,7 @@ def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, in
     if dense.get("stopped"):
         return None, dense
     if not (resume and path.exists()):
-        if info.is_main:
-            fit_superclasses(out / "dense" / "model.pt", holdout, bundle, tcfg, path, info.device, quiet)
-        barrier(info)
+        fit_superclasses(out / "dense" / "model.pt", holdout, bundle, tcfg, path, info.device, quiet, info=info)
     sc = load_superclasses(path, bundle.class_names)
     extra = {"superclasses_file": str(path), "superclass_sizes": sc.get("sizes"), "dense": {k: dense.get(k) for k in
                                                      ("model", "top1", "top5", "macs", "params", "epochs", "checkpoint")}}
@@ -252,23 +272,39 @@ def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, in
 
 
 def fit_superclasses(dense_path: Path, holdout, bundle, tcfg: TrainConfig, path: Path, device, quiet: bool,
-                     num: int | None = None) -> dict:
+                     num: int | None = None, info: DistInfo | None = None) -> dict:
     """Stage 2: the dense model's confusion matrix on the train holdout, clustered into ``num``
-    (default num_experts) superclasses, -> ``path``."""
+    (default num_experts) superclasses, -> ``path``.
+
+    Every rank runs its shard of the holdout (with ``workers`` loader processes) and the counts are
+    summed over ranks; rank 0 clusters and writes, the others wait and return what it wrote."""
+    import functools
+
     from torch.utils.data import DataLoader
 
     from ..checkpoint import model_from_checkpoint
     from ..data.holdout import HOLDOUT_SPLIT
-    from ..data.superclasses import save_superclasses, superclasses_from_model
+    from ..data.superclasses import confusion_matrix, save_superclasses, superclasses_from_confusion
+    from .distributed import all_reduce_sum, shard
+    from .loop import amp_dtype_for
 
+    info = info or DistInfo(device=torch.device(device))
     model, _ = model_from_checkpoint(dense_path)
-    found = superclasses_from_model(model.to(device), DataLoader(holdout, batch_size=256, shuffle=False),
-                                    bundle.class_names, num or tcfg.model.num_experts, seed=tcfg.seed, device=device,
-                                    source=f"confusion of {model.cfg.name} ({dense_path}) on a {bundle.name} train holdout",
-                                    method=tcfg.superclass_clustering,
-                                    fit_on={"split": HOLDOUT_SPLIT, "images": len(holdout),
-                                            "fraction": tcfg.superclass_holdout, "seed": tcfg.seed})
-    save_superclasses(path, found)
-    if not quiet:
-        print("superclasses: " + "; ".join(found["names"]) + f" (sizes {found['sizes']}) -> {path}")
-    return found
+    loader = DataLoader(shard(holdout, info), batch_size=256, shuffle=False, num_workers=tcfg.workers,
+                        pin_memory=torch.device(device).type == "cuda")
+    conf = confusion_matrix(model.to(device), loader, len(bundle.class_names), device,
+                            amp_dtype=amp_dtype_for(tcfg.amp, torch.device(device)),
+                            reduce=functools.partial(all_reduce_sum, info=info))
+    if info.is_main:
+        found = superclasses_from_confusion(
+            conf, bundle.class_names, num or tcfg.model.num_experts, seed=tcfg.seed, method=tcfg.superclass_clustering,
+            source=f"confusion of {model.cfg.name} ({dense_path}) on a {bundle.name} train holdout",
+            fit_on={"split": HOLDOUT_SPLIT, "images": len(holdout), "fraction": tcfg.superclass_holdout,
+                    "seed": tcfg.seed})
+        save_superclasses(path, found)
+        if not quiet:
+            print("superclasses: " + "; ".join(found["names"]) + f" (sizes {found['sizes']}) -> {path}")
+    barrier(info)
+    from ..data.superclasses import load_superclasses
+
+    return load_superclasses(path, bundle.class_names)

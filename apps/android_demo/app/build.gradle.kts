@@ -1,3 +1,5 @@
+import org.jetbrains.kotlin.gradle.dsl.JvmTarget
+
 plugins {
     alias(libs.plugins.android.application)
     alias(libs.plugins.kotlin.android)
@@ -6,7 +8,7 @@ plugins {
 
 android {
     namespace = "ai.mvmoe.demo"
-    compileSdk = 35
+    compileSdk = 36  // as google-ai-edge/litert-samples with AGP 8.9.1 (README: versions and sources)
 
     defaultConfig {
         applicationId = "ai.mvmoe.demo"
@@ -29,11 +31,16 @@ android {
         sourceCompatibility = JavaVersion.VERSION_17
         targetCompatibility = JavaVersion.VERSION_17
     }
-    kotlinOptions { jvmTarget = "17" }
     buildFeatures { compose = true; buildConfig = true }
     // Models are memory-mapped from the APK by LiteRT: keep them uncompressed.
     androidResources { noCompress += listOf("tflite", "pte") }
+    // Native libraries stay uncompressed in the APK and are loaded from it (the default since AGP 3.6;
+    // this replaces android:extractNativeLibs="false" in the manifest, which AGP now warns about).
+    packaging { jniLibs { useLegacyPackaging = false } }
 }
+
+// kotlinOptions {} is deprecated (an error from Kotlin 2.3 on); compilerOptions is the supported DSL.
+kotlin { compilerOptions { jvmTarget.set(JvmTarget.JVM_17) } }
 
 // The platform-free logic (ai.mvmoe.demo.core) is tested on the JVM against apps/golden/golden.json.
 tasks.withType<Test>().configureEach {
@@ -43,6 +50,7 @@ tasks.withType<Test>().configureEach {
 dependencies {
     implementation(libs.androidx.activity.compose)
     implementation(libs.androidx.lifecycle.runtime)
+    implementation(libs.androidx.lifecycle.runtime.compose)  // androidx.lifecycle.compose.LocalLifecycleOwner
     implementation(platform(libs.compose.bom))
     implementation(libs.compose.ui)
     implementation(libs.compose.material3)

@@ -102,23 +102,26 @@ struct BenchmarkView: View {
     }
 
     /// Loads the model with the chosen compute units; per run times the image -> input preprocessing,
-    /// the prediction call alone and the decoding apart (a mid-grey image through the app
-    /// preprocessing); records resident memory after loading and after the runs, and for a split
-    /// artifact the cold expert-tail switches. Writes the JSON atomically to the temp folder.
+    /// the prediction (MLMultiArray in, `prediction(from:)`, output feature values read) and the
+    /// decoding apart, on the bundled sample through the app preprocessing (the Android app's input
+    /// too); records resident memory after loading and after the runs (the Classify tab released its
+    /// model when it was left), and for a split artifact the cold expert-tail loads.
+    /// Writes the JSON atomically to the temp folder.
     nonisolated static func measure(_ model: BundledModel, units: Units, runs: Int, warmup: Int) throws -> (BenchmarkReport, URL) {
         let t0 = DispatchTime.now().uptimeNanoseconds
         let runner = try ModelRunner(model, computeUnits: units.computeUnits)
         let loadMs = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
         let rssLoad = Memory.footprintMib()
-        let grey = RGBImage(width: 8, height: 8, rgb: [UInt8](repeating: 128, count: 8 * 8 * 3))
+        guard let sample = SampleImage.load()?.rgb else { throw ModelMetadata.Invalid(message: "sample image missing from the bundle") }
+        let crop = model.meta.cropFraction
         let t1 = DispatchTime.now().uptimeNanoseconds
-        _ = try runner.predict(try runner.makeInput(Preprocess.toInput(grey, model.meta.input)))
+        _ = try runner.predict(try runner.makeInput(Preprocess.toInput(sample, model.meta.input, cropFraction: crop)))
         let firstMs = Double(DispatchTime.now().uptimeNanoseconds - t1) / 1e6
-        for _ in 0..<warmup { _ = try runner.predict(try runner.makeInput(Preprocess.toInput(grey, model.meta.input))) }
+        for _ in 0..<warmup { _ = try runner.predict(try runner.makeInput(Preprocess.toInput(sample, model.meta.input, cropFraction: crop))) }
         var pre: [Double] = [], times: [Double] = [], post: [Double] = []
         for _ in 0..<runs {
             let a = DispatchTime.now().uptimeNanoseconds
-            let input = try runner.makeInput(Preprocess.toInput(grey, model.meta.input))
+            let input = try runner.makeInput(Preprocess.toInput(sample, model.meta.input, cropFraction: crop))
             let b = DispatchTime.now().uptimeNanoseconds
             let (logits, experts) = try runner.predict(input)
             let c = DispatchTime.now().uptimeNanoseconds
@@ -141,6 +144,8 @@ struct BenchmarkView: View {
         report.expertLayout = model.meta.experts > 0 ? (runner.tails == nil ? "fused" : "split") : nil
         report.tailSwitchMs = runner.tails?.switchMs ?? []
         report.tailsCached = runner.tails?.capacity
+        report.accelerator = "Core ML, compute units: \(units.title)"
+        report.checkpointSha256 = model.meta.checkpointSha256
         let url = FileManager.default.temporaryDirectory.appendingPathComponent(report.fileName)
         try report.jsonData().write(to: url, options: .atomic)
         return (report, url)

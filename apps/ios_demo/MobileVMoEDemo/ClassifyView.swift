@@ -18,6 +18,8 @@ struct ClassifyView: View {
     @State private var busy = false
     @State private var invert = false
     @State private var status: String?
+    /// False when the parity set or the sample check failed: the status is then shown in red.
+    @State private var checksOK = true
     /// Set on the camera queue before any conversion, so frames are dropped while one is in flight.
     private let gate = FrameGate()
 
@@ -54,7 +56,12 @@ struct ClassifyView: View {
             .toolbar { modelMenu }
         }
         .onAppear { setUp() }
-        .onDisappear { camera.stop() }
+        .onDisappear {
+            // Release the live model while another tab is shown, so the benchmark measures (and its
+            // phys_footprint counts) only the model it loads itself; onAppear loads it again.
+            camera.stop()
+            runner = nil
+        }
         .onChange(of: store.selected) { _, _ in setUp() }
         .onChange(of: useCamera) { _, on in on ? camera.start() : camera.stop() }
         .onChange(of: photoItem) { _, item in Task { await loadPhoto(item) } }
@@ -69,7 +76,7 @@ struct ClassifyView: View {
                 Text("Camera access is off: allow it in Settings > Privacy > Camera, or choose a photo.")
                     .foregroundStyle(.red).font(.footnote)
             }
-            if let status { Text(status).font(.footnote) }
+            if let status { Text(status).font(.footnote).foregroundStyle(checksOK ? Color.primary : Color.red) }
             if store.selected?.meta.preprocessing?.polarity == "light-on-dark" {
                 Section {
                     Text("This model expects light digits on a dark ground.").font(.footnote)
@@ -118,25 +125,33 @@ struct ClassifyView: View {
         runner = nil
         status = "loading \(model.meta.artifact)…"
         rolling = RollingMedian(capacity: 20)
-        DispatchQueue.global(qos: .userInitiated).async {
+        Task.detached(priority: .userInitiated) {
             let t0 = DispatchTime.now().uptimeNanoseconds
             let result = Result { try ModelRunner(model, computeUnits: .all) }
             let loadMs = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
-            var line = ""
+            var line = "", ok = true
             if case .success(let r) = result {
                 let t1 = DispatchTime.now().uptimeNanoseconds
                 let first = (try? r.predict(r.makeInput([Float](repeating: 0, count: model.meta.input.shape.reduce(1, *))))) != nil
                 let firstMs = Double(DispatchTime.now().uptimeNanoseconds - t1) / 1e6
+                let parity = r.paritySummary()
+                ok = parity.ok && first
                 line = String(format: "Core ML (compute units: all) · load %.0f ms, first inference %.1f ms%@\n", loadMs, firstMs,
-                              first ? "" : " (failed)") + r.paritySummary()
-                if let plan = r.computePlanSummary() { line += "\n" + plan }
+                              first ? "" : " (failed)") + parity.text
+                if let sample = SampleImage.load()?.rgb, let text = r.sampleSummary(sample) {
+                    line += "\n" + text
+                    ok = ok && !text.hasSuffix("FAILED")
+                }
+                if #available(iOS 17.4, *), let plan = await r.computePlanSummary() { line += "\n" + plan }
             }
-            DispatchQueue.main.async {
+            let (text, passed) = (line, ok)
+            await MainActor.run {
                 switch result {
                 case .success(let r):
                     runner = r
                     message = nil
-                    status = line
+                    status = text
+                    checksOK = passed
                 case .failure(let error):
                     message = "Cannot load \(model.meta.artifact): \(error.localizedDescription)"
                     status = nil
@@ -154,11 +169,10 @@ struct ClassifyView: View {
 
     /// The bundled sample (Sample/digit.png: a light-on-dark digit 3, as the digits models expect).
     private func loadSample() {
-        guard let url = Bundle.main.url(forResource: "digit", withExtension: "png"),
-              let ui = UIImage(contentsOfFile: url.path) else { message = "sample image missing from the bundle"; return }
+        guard let (ui, img) = SampleImage.load() else { message = "sample image missing from the bundle"; return }
         useCamera = false
         photo = ui
-        if let img = ImageConversion.rgb(from: ui) { classify(img) }
+        classify(img)
     }
 
     /// Decodes the picked photo downsampled and converts it off the main thread.

@@ -24,6 +24,7 @@ enum ImageConversion {
         let size = CGSize(width: (image.size.width * s).rounded(), height: (image.size.height * s).rounded())
         let format = UIGraphicsImageRendererFormat()
         format.scale = 1
+        format.preferredRange = .standard  // 8-bit sRGB, not the extended range of wide-colour screens
         let upright = UIGraphicsImageRenderer(size: size, format: format).image { _ in
             image.draw(in: CGRect(origin: .zero, size: size))
         }
@@ -36,7 +37,7 @@ enum ImageConversion {
         var rgbx = [UInt8](repeating: 0, count: w * h * 4)
         let ok = rgbx.withUnsafeMutableBytes { buf -> Bool in
             guard let ctx = CGContext(data: buf.baseAddress, width: w, height: h, bitsPerComponent: 8, bytesPerRow: w * 4,
-                                      space: CGColorSpaceCreateDeviceRGB(),
+                                      space: CGColorSpace(name: CGColorSpace.sRGB) ?? CGColorSpaceCreateDeviceRGB(),
                                       bitmapInfo: CGImageAlphaInfo.noneSkipLast.rawValue) else { return false }
             ctx.draw(cg, in: CGRect(x: 0, y: 0, width: w, height: h))
             return true
@@ -70,5 +71,18 @@ enum ImageConversion {
             }
         }
         return RGBImage(width: w, height: h, rgb: rgb)
+    }
+}
+
+/// The sample both apps bundle (Sample/digit.png, 64x64 RGB): the Sample button, the benchmark input
+/// (as on Android) and the .json's sample check at load. Decoded with ImageIO straight into 8-bit
+/// sRGB (no UIKit rendering), so its bytes are the PNG's, which the sample check verifies by SHA-256.
+enum SampleImage {
+    static func load() -> (ui: UIImage, rgb: RGBImage)? {
+        guard let url = Bundle.main.url(forResource: "digit", withExtension: "png"),
+              let src = CGImageSourceCreateWithURL(url as CFURL, nil),
+              let cg = CGImageSourceCreateImageAtIndex(src, 0, nil),
+              let rgb = ImageConversion.rgb(from: cg) else { return nil }
+        return (UIImage(cgImage: cg), rgb)
     }
 }

@@ -1,5 +1,7 @@
 import CoreML
+import CryptoKit
 import Foundation
+import UIKit
 
 /// One exported model found in the app bundle: its metadata and where the compiled model lives.
 struct BundledModel: Identifiable, Hashable {
@@ -135,43 +137,63 @@ final class ModelRunner {
 }
 
 extension ModelRunner {
-    /// Where Core ML plans to run the model's operations (iOS 17.4+, MLComputePlan): "ops on
-    /// Neural Engine 120, GPU 0, CPU 8". Nil before iOS 17.4 or if the plan cannot be read.
-    /// Blocks until the plan is loaded: call off the main thread.
-    func computePlanSummary() -> String? {
-        guard #available(iOS 17.4, *) else { return nil }
+    /// True when Core ML may run the model off the CPU (GPU / Neural Engine compute in fp16).
+    var accelerated: Bool { computeUnits != .cpuOnly }
+
+    /// Where Core ML plans to run the model's operations: "ops on Neural Engine 120, GPU 0, CPU 8".
+    /// `MLComputePlan.load(contentsOf:configuration:)` is `async throws` (iOS 17.4+); the trunk
+    /// function of a split package is named through `MLModelConfiguration.functionName` (iOS 18.0+).
+    /// Nil when the plan cannot be read.
+    @available(iOS 17.4, *)
+    func computePlanSummary() async -> String? {
         let config = MLModelConfiguration()
         config.computeUnits = computeUnits
-        if let programs = model.meta.programs, #available(iOS 18.0, *) { config.functionName = programs.trunk.name }
-        let done = DispatchSemaphore(value: 0)
-        var summary: String?
-        MLComputePlan.load(contentsOf: compiledURL, configuration: config) { result in
-            defer { done.signal() }
-            guard case .success(let plan) = result, case .program(let program) = plan.modelStructure,
-                  let main = program.functions[config.functionName ?? "main"] ?? program.functions.values.first else { return }
-            var counts = ["Neural Engine": 0, "GPU": 0, "CPU": 0]
-            for op in main.block.operations {
-                switch plan.deviceUsage(for: op)?.preferred {
-                case .neuralEngine: counts["Neural Engine", default: 0] += 1
-                case .gpu: counts["GPU", default: 0] += 1
-                case .cpu: counts["CPU", default: 0] += 1
-                default: break
-                }
-            }
-            summary = "compute plan: ops on Neural Engine \(counts["Neural Engine"]!), GPU \(counts["GPU"]!), CPU \(counts["CPU"]!)" +
-                (model.meta.programs != nil ? " (trunk)" : "")
+        var function = "main"
+        if let programs = model.meta.programs {
+            guard #available(iOS 18.0, *) else { return nil }  // split packages need iOS 18 anyway
+            config.functionName = programs.trunk.name
+            function = programs.trunk.name
         }
-        done.wait()
-        return summary
+        guard let plan = try? await MLComputePlan.load(contentsOf: compiledURL, configuration: config),
+              case .program(let program) = plan.modelStructure,
+              let main = program.functions[function] ?? program.functions.values.first else { return nil }
+        var counts = ["Neural Engine": 0, "GPU": 0, "CPU": 0]
+        for op in main.block.operations {
+            switch plan.deviceUsage(for: op)?.preferred {
+            case .neuralEngine: counts["Neural Engine", default: 0] += 1
+            case .gpu: counts["GPU", default: 0] += 1
+            case .cpu: counts["CPU", default: 0] += 1
+            default: break
+            }
+        }
+        return "compute plan: ops on Neural Engine \(counts["Neural Engine"]!), GPU \(counts["GPU"]!), CPU \(counts["CPU"]!)" +
+            (model.meta.programs != nil ? " (trunk)" : "")
     }
 
-    /// The .json's parity set through this model: "parity: max diff X, top-1 agree Y/Z (ok)".
-    func paritySummary() -> String {
-        guard let set = model.meta.paritySet else { return "parity: no parity set in the .json (re-export with this mvmoe)" }
+    /// The .json's parity set through this model: "parity: max diff X, top-1 agree Y/Z, expert agree Y/Z (ok)",
+    /// with the tolerance widened to fp16's when Core ML may run off the CPU.
+    func paritySummary() -> (text: String, ok: Bool) {
+        guard let set = model.meta.paritySet else { return ("parity: no parity set in the .json (re-export with this mvmoe)", true) }
         do {
-            return try Parity.run(set, model.meta.input) { try predict(makeInput($0)).logits }.summary
+            let r = try Parity.runWithExperts(set, model.meta.input, accelerated: accelerated) { x in
+                let out = try predict(makeInput(x))
+                return (out.logits, out.expertProbs)
+            }
+            return (r.summary, r.ok)
         } catch {
-            return "parity: could not run (\(error.localizedDescription))"
+            return ("parity: could not run (\(error.localizedDescription))", false)
+        }
+    }
+
+    /// The bundled sample at full size through the app's own preprocessing against the exporter's logits.
+    func sampleSummary(_ image: RGBImage) -> String? {
+        guard let check = model.meta.sampleCheck else { return nil }
+        let sha = SHA256.hash(data: Data(image.rgb)).map { String(format: "%02x", $0) }.joined()
+        do {
+            return try Parity.sample(check, image: image, sha256: sha, input: model.meta.input, cropFraction: model.meta.cropFraction,
+                                     accelerated: accelerated) { try predict(makeInput($0)).logits }
+        } catch {
+            return "sample: could not run (\(error.localizedDescription))"
         }
     }
 }
@@ -206,6 +228,10 @@ final class ModelStore: ObservableObject {
                     continue
                 }
                 guard meta.target == "coreml" else { continue }
+                if let problem = Parity.runtimeProblem(meta, iosVersion: UIDevice.current.systemVersion) {
+                    problems.append(problem)  // e.g. a split (multifunction) package on iOS 17
+                    continue
+                }
                 let stem = json.deletingPathExtension().lastPathComponent
                 let candidates = [root.appendingPathComponent(stem + ".mlmodelc"), root.appendingPathComponent(stem + ".mlpackage")]
                 if let url = candidates.first(where: { fm.fileExists(atPath: $0.path) }) {

@@ -110,4 +110,30 @@ final class GoldenTests: XCTestCase {
         XCTAssertEqual(try p.tail(0).name, "tail_0")
         XCTAssertThrowsError(try p.tail(3))
     }
+
+    func testAntialiasTapsByHand() throws {
+        // 4 -> 2: scale 2, support 2; weights (.75, .75, .25) and (.25, .75, .75), each / 1.75 (as the Kotlin test)
+        let t = Preprocess.taps(out: 2, in: 4)
+        XCTAssertEqual(t.start, [0, 1])
+        for (got, want) in zip(t.weights[0] + t.weights[1], [0.75, 0.75, 0.25, 0.25, 0.75, 0.75].map { $0 / 1.75 }) {
+            XCTAssertEqual(got, want, accuracy: 1e-12)
+        }
+    }
+
+    func testParityToleranceExpertsAndRuntimeVersion() throws {
+        XCTAssertEqual(Parity.tolerance(1e-3, accelerated: true), 5e-2)
+        XCTAssertEqual(Parity.tolerance(1e-3, accelerated: false), 1e-3)
+        XCTAssertNil(Parity.tolerance(nil, accelerated: true))
+        let r = Parity.compare(expected: [[1, 2]], got: [[1, 2]], tolerance: 1e-3, expectedExperts: [[0.1, 0.9]], gotExperts: [[0.8, 0.2]])
+        XCTAssertEqual(r.expertAgree, 0)
+        XCTAssertFalse(r.ok)
+        XCTAssertTrue(r.summary.hasSuffix("FAILED (expert differs)"), r.summary)
+        XCTAssertEqual(Parity.compareVersions("18.0", "17.4.1"), 1)
+        XCTAssertEqual(Parity.compareVersions("17.4", "17.4.0"), 0)
+        var m = metas[0]
+        m.target = "coreml"
+        m.runtime = Runtime(name: "coreml", minVersion: "18.0", platforms: ["ios"])
+        XCTAssertNotNil(Parity.runtimeProblem(m, iosVersion: "17.5"))
+        XCTAssertNil(Parity.runtimeProblem(m, iosVersion: "18.1"))
+    }
 }

@@ -65,6 +65,10 @@ struct BenchmarkReport: Equatable {
     var expertLayout: String?
     var tailSwitchMs: [Double] = []
     var tailsCached: Int?
+    /// Where the model ran, e.g. "Core ML, compute units: Neural Engine (ops on Neural Engine 120, GPU 0, CPU 8)".
+    var accelerator: String?
+    /// The artifact .json's checkpoint_sha256: `mvmoe report` puts the numbers on that checkpoint's run.
+    var checkpointSha256: String?
 
     var stats: BenchStats { BenchStats(runsMs) }
 
@@ -79,6 +83,8 @@ struct BenchmarkReport: Equatable {
             "rss_mib_after_runs": rssMibAfterRuns.map { $0 as Any } ?? NSNull(),
             "expert_layout": expertLayout.map { $0 as Any } ?? NSNull(), "tail_switch_ms": tailSwitchMs,
             "tails_cached": tailsCached.map { $0 as Any } ?? NSNull(),
+            "accelerator": accelerator.map { $0 as Any } ?? NSNull(),
+            "checkpoint_sha256": checkpointSha256.map { $0 as Any } ?? NSNull(),
         ]
     }
 

@@ -76,12 +76,18 @@ struct ModelMetadata: Decodable, Equatable {
     var artifactFile: ArtifactFile?
     /// Split artifacts (`--experts split`): the trunk and tail functions; nil for one stacked program.
     var programs: SplitPrograms?
+    /// The bundled sample at full size with PyTorch's outputs after the app preprocessing.
+    var sampleCheck: SampleCheck?
+    /// SHA-256 of the checkpoint the artifact came from; the benchmark file carries it.
+    var checkpointSha256: String?
 
     enum CodingKeys: String, CodingKey {
         case model, target, backend, precision, artifact, input, outputs, labels, superclasses, experts, k, macs
         case preprocessing, runtime, programs
         case paritySet = "parity_set"
         case artifactFile = "artifact_file"
+        case sampleCheck = "sample_check"
+        case checkpointSha256 = "checkpoint_sha256"
     }
 
     /// Side of the centred square = round(min(H0, W0) * cropFraction); 1 = the largest square.

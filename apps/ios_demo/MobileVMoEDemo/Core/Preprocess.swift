@@ -25,7 +25,8 @@ struct CropBox: Equatable {
 }
 
 /// App preprocessing, identical to apps/golden/make_golden.py and the Kotlin `Preprocess` (docs/apps.md):
-/// [invert colours] -> center-crop a square of crop_fraction of the short side -> bilinear resize (half-pixel centres, no antialias) ->
+/// [invert colours] -> center-crop a square of crop_fraction of the short side -> antialiased bilinear resize
+/// (half-pixel centres; torch's F.interpolate(antialias=True), the eval transform's resampling) ->
 /// RGB / scale -> (x - mean) / std -> the declared layout. With preprocessing baked into the model the
 /// app stops after the resize and feeds raw [0, 255] floats.
 enum Preprocess {
@@ -36,20 +37,26 @@ enum Preprocess {
         return CropBox(top: (height - side) / 2, left: (width - side) / 2, side: side)
     }
 
-    /// Source taps for one axis: i0, i1 and the weight of i1 (half-pixel centres, clamped at 0).
-    private static func taps(out nOut: Int, in nIn: Int) -> (i0: [Int], i1: [Int], frac: [Double]) {
-        let ratio = Double(nIn) / Double(nOut)
-        var i0 = [Int](repeating: 0, count: nOut)
-        var i1 = i0
-        var frac = [Double](repeating: 0, count: nOut)
+    /// Antialiased bilinear (triangle filter) taps for one axis, as torch's _upsample_bilinear2d_aa and the
+    /// Kotlin `Preprocess.Taps`: scale = nIn / nOut, support = max(scale, 1), centre = scale * (o + 0.5),
+    /// source pixels [Int(centre - support + 0.5), Int(centre + support + 0.5)) clipped to the axis,
+    /// weight max(0, 1 - |(j - centre + 0.5) / support|), normalised to sum 1.
+    static func taps(out nOut: Int, in nIn: Int) -> (start: [Int], weights: [[Double]]) {
+        let scale = Double(nIn) / Double(nOut)
+        let support = max(scale, 1)
+        var start = [Int](repeating: 0, count: nOut)
+        var weights: [[Double]] = []
         for o in 0..<nOut {
-            let src = max((Double(o) + 0.5) * ratio - 0.5, 0)
-            let f = min(Int(src.rounded(.down)), nIn - 1)
-            i0[o] = f
-            i1[o] = min(f + 1, nIn - 1)
-            frac[o] = src - Double(f)
+            let centre = scale * (Double(o) + 0.5)
+            let lo = max(Int(centre - support + 0.5), 0)  // Int() truncates toward zero, like C
+            let hi = min(Int(centre + support + 0.5), nIn)
+            var w = (lo..<hi).map { j in max(0, 1 - abs((Double(j) - centre + 0.5) / support)) }
+            let total = w.reduce(0, +)
+            if total > 0 { w = w.map { $0 / total } }
+            start[o] = lo
+            weights.append(w)
         }
-        return (i0, i1, frac)
+        return (start, weights)
     }
 
     /// Image -> flat float32 model input of shape input.shape, in input.layout. `invert` maps
@@ -59,16 +66,26 @@ enum Preprocess {
         let h = input.height, w = input.width
         let box = centerCropBox(height: image.height, width: image.width, cropFraction: cropFraction)
         let ty = taps(out: h, in: box.side), tx = taps(out: w, in: box.side)
+        // horizontal pass over the crop's rows: (side, w, 3), then vertical per output pixel
+        var rows = [Double](repeating: 0, count: box.side * w * 3)
+        for r in 0..<box.side {
+            for x in 0..<w {
+                let wx = tx.weights[x]
+                for c in 0..<3 {
+                    var acc = 0.0
+                    for j in 0..<wx.count { acc += wx[j] * image.at(box.top + r, box.left + tx.start[x] + j, c) }
+                    rows[(r * w + x) * 3 + c] = acc
+                }
+            }
+        }
         var out = [Float](repeating: 0, count: 3 * h * w)
         for y in 0..<h {
-            let y0 = box.top + ty.i0[y], y1 = box.top + ty.i1[y], fy = ty.frac[y]
+            let wy = ty.weights[y]
             for x in 0..<w {
-                let x0 = box.left + tx.i0[x], x1 = box.left + tx.i1[x], fx = tx.frac[x]
                 for c in 0..<3 {
-                    let top = image.at(y0, x0, c) * (1 - fx) + image.at(y0, x1, c) * fx
-                    let bot = image.at(y1, x0, c) * (1 - fx) + image.at(y1, x1, c) * fx
-                    var v = top * (1 - fy) + bot * fy  // in [0, 255]
-                    if invert { v = 255 - v }
+                    var v = 0.0
+                    for i in 0..<wy.count { v += wy[i] * rows[((ty.start[y] + i) * w + x) * 3 + c] }  // in [0, 255]
+                    if invert { v = 255 - v }  // weights sum to 1: the same as inverting the source bytes
                     if !input.preprocessingBakedIn {
                         v = (v / Double(input.scale) - Double(input.mean[c])) / Double(input.std[c])
                     }

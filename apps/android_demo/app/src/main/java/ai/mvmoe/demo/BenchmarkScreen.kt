@@ -62,11 +62,8 @@ fun BenchmarkScreen(models: List<ModelAsset>) {
         }
         OutlinedTextField(runs, { runs = it.filter(Char::isDigit) }, label = { Text("Runs") })
         OutlinedTextField(warmup, { warmup = it.filter(Char::isDigit) }, label = { Text("Warm-up") })
-        if (asset.runtime == "executorch") {
-            OutlinedTextField(threads, { threads = it.filter(Char::isDigit) }, label = { Text("Threads (empty: default)") })
-        } else {
-            Text("LiteRT picks its CPU thread count itself (the app does not set it).")
-        }
+        // ExecuTorch: Module.load(path, mode, numThreads); LiteRT: CompiledModel.CpuOptions(numThreads)
+        OutlinedTextField(threads, { threads = it.filter(Char::isDigit) }, label = { Text("CPU threads (empty: the runtime's default)") })
         if (asset.meta.programs != null) {
             OutlinedTextField(maxTails, { maxTails = it.filter(Char::isDigit) }, label = { Text("Expert tails kept loaded") })
         }
@@ -105,14 +102,18 @@ fun BenchmarkScreen(models: List<ModelAsset>) {
 }
 
 /**
- * Times the runtime's `run` alone on the bundled sample image, and the preprocessing (image -> input)
- * and postprocessing (outputs -> top-5) of each run apart; model load and the first inference are
- * reported too. The live screen's camera is unbound while this tab is shown. Writes the JSON atomically.
+ * Times the runner's `run` on the bundled sample image (writing the input into the runtime's tensor,
+ * then CompiledModel.run / Module.forward), and the preprocessing (image -> input) and postprocessing
+ * (reading the outputs -> top-5) of each run apart; model load and the first inference are reported
+ * too. The live screen's model is closed and its camera unbound while this tab is shown. Writes the
+ * JSON atomically.
  */
 private fun measure(context: Context, asset: ModelAsset, units: String, runs: Int, warmup: Int, threads: Int?,
                     maxTails: Int): Pair<BenchmarkReport, File> {
     val image = ImageUtils.rgb(ImageUtils.sample(context, SAMPLE))
     fun rss() = Memory.rssMib(File("/proc/self/status").readText())
+    // ExecuTorch loads from a file: copy (and hash) a new .pte now, so load_ms is the load alone
+    if (asset.runtime == "executorch") ModelAssets.toFile(context, asset)
     val t0 = System.nanoTime()
     Runner.create(context, asset, units, threads, maxTails).use { runner ->
         val loadMs = (System.nanoTime() - t0) / 1e6
@@ -149,6 +150,7 @@ private fun measure(context: Context, asset: ModelAsset, units: String, runs: In
             rssMibAfterLoad = rssLoad, rssMibAfterRuns = rssRuns,
             expertLayout = if (asset.meta.experts > 0) (if (runner.tails != null) "split" else "fused") else null,
             tailSwitchMs = runner.tails?.switchMs?.toList() ?: emptyList(), tailsCached = runner.tails?.capacity,
+            checkpointSha256 = asset.meta.checkpointSha256,
         )
         val dir = File(context.cacheDir, "bench").apply { mkdirs() }
         val out = File(dir, report.fileName())

@@ -43,10 +43,10 @@ import androidx.compose.ui.Modifier
 import androidx.compose.ui.graphics.asImageBitmap
 import androidx.compose.ui.layout.ContentScale
 import androidx.compose.ui.platform.LocalContext
-import androidx.compose.ui.platform.LocalLifecycleOwner
 import androidx.compose.ui.unit.dp
 import androidx.compose.ui.viewinterop.AndroidView
 import androidx.core.content.ContextCompat
+import androidx.lifecycle.compose.LocalLifecycleOwner
 import java.util.concurrent.Executors
 import java.util.concurrent.atomic.AtomicBoolean
 
@@ -68,12 +68,15 @@ fun ClassifyScreen(models: List<ModelAsset>) {
     var medianMs by remember { mutableStateOf<Double?>(null) }
     var error by remember { mutableStateOf<String?>(null) }
     var status by remember { mutableStateOf("") }
+    var checksOk by remember { mutableStateOf(true) }  // false: the parity set or the sample check failed
     var photo by remember { mutableStateOf<Bitmap?>(null) }
     var runner by remember { mutableStateOf<Runner?>(null) }
     var hasCamera by remember {
         mutableStateOf(ContextCompat.checkSelfPermission(context, Manifest.permission.CAMERA) == PackageManager.PERMISSION_GRANTED)
     }
     val executor = remember { Executors.newSingleThreadExecutor() }
+    // Declared first, so Compose disposes it last: the load effect below still queues its close().
+    DisposableEffect(Unit) { onDispose { executor.shutdown() } }
     val busy = remember { AtomicBoolean(false) }
     val rolling = remember(asset, units) { RollingMedian(20) }
     val main = remember { ContextCompat.getMainExecutor(context) }
@@ -81,6 +84,7 @@ fun ClassifyScreen(models: List<ModelAsset>) {
     // Load on `executor` (never the main thread): model, .pte copy, first inference and the parity set.
     DisposableEffect(asset, units) {
         val a = asset
+        val gpu = units == "gpu"
         runner = null
         status = "loading ${a.meta.artifact}…"
         var loaded: Runner? = null
@@ -92,19 +96,27 @@ fun ClassifyScreen(models: List<ModelAsset>) {
                 val t1 = System.nanoTime()
                 r.infer(FloatArray(a.meta.input.shape.fold(1) { x, y -> x * y }))
                 val firstMs = (System.nanoTime() - t1) / 1e6
-                val parity = a.meta.paritySet?.let { set -> Parity.run(set, a.meta.input) { r.infer(it).logits }.summary() }
-                    ?: "parity: no parity set in the .json (re-export with this mvmoe)"
+                // GPU results may be fp16: the tolerance widens to fp16's (Parity.tolerance)
+                val parity = a.meta.paritySet?.let { set ->
+                    Parity.runWithExperts(set, a.meta.input, accelerated = gpu) { x -> r.infer(x).let { it.logits to it.expertProbs } }
+                }
+                val sample = a.meta.sampleCheck?.let { check ->
+                    Parity.sample(check, ImageUtils.rgb(ImageUtils.sample(context, SAMPLE)), a.meta.input, gpu) { r.infer(it).logits }
+                }
+                val ok = (parity?.ok ?: true) && (sample?.endsWith("FAILED") != true)
+                val lines = listOf(parity?.summary() ?: "parity: no parity set in the .json (re-export with this mvmoe)") + listOfNotNull(sample)
                 loaded = r
                 main.execute {
                     runner = r
                     error = null
-                    status = "${r.accelerator} · load %.0f ms, first inference %.1f ms\n$parity".format(loadMs, firstMs)
+                    checksOk = ok
+                    status = "${r.accelerator} · load %.0f ms, first inference %.1f ms\n".format(loadMs, firstMs) + lines.joinToString("\n")
                 }
             } catch (e: Exception) {
                 main.execute { error = "cannot load ${a.meta.artifact}: ${e.message}"; status = "" }
             }
         }
-        onDispose { executor.execute { loaded?.close() } }
+        onDispose { runCatching { executor.execute { loaded?.close() } }.onFailure { loaded?.close() } }
     }
     // The camera analyzer and the photo decoder are long-lived callbacks: they read the current state.
     val currentRunner by rememberUpdatedState(runner)
@@ -137,7 +149,7 @@ fun ClassifyScreen(models: List<ModelAsset>) {
     fun show(load: () -> Bitmap) {
         executor.execute {  // decode off the main thread, then classify the same bitmap
             val bmp = runCatching(load).getOrElse { e -> main.execute { error = "cannot open the image: ${e.message}" }; return@execute }
-            main.execute { photo = bmp; classify { ImageUtils.rgb(bmp) } }
+            main.execute { photo = bmp; classify { ImageUtils.rgb(bmp) } }  // a Bitmap stays valid: convert later
         }
     }
 
@@ -163,12 +175,14 @@ fun ClassifyScreen(models: List<ModelAsset>) {
             Text("This model expects light digits on a dark ground. Dark ink on paper: switch on Invert.")
             Row { Switch(invert, { invert = it }); Text(" Invert colours") }
         }
-        if (status.isNotEmpty()) Text(status, style = MaterialTheme.typography.bodySmall)
+        if (status.isNotEmpty()) Text(status, style = MaterialTheme.typography.bodySmall,
+            color = if (checksOk) MaterialTheme.colorScheme.onSurface else MaterialTheme.colorScheme.error)
         val shown = photo
         if (shown != null) {
             Image(shown.asImageBitmap(), null, Modifier.fillMaxWidth().height(280.dp), contentScale = ContentScale.Crop)
         } else if (hasCamera) {
-            CameraPreview(lifecycleOwner) { frame -> if (!busy.get()) classify { ImageUtils.rgb(frame) } }
+            // The frame arrives already converted (the analyzer copies it, then closes the ImageProxy).
+            CameraPreview(lifecycleOwner, wanted = { !busy.get() }) { rgb -> classify { rgb } }
         }
         error?.let { Text(it, color = MaterialTheme.colorScheme.error) }
         prediction?.let { p ->
@@ -189,12 +203,16 @@ const val SAMPLE = "digit.png"
 /**
  * CameraX preview + analysis bound to the lifecycle while this composable is shown, and unbound when
  * it leaves (tab switch, photo, benchmark), so no frame is analysed behind another screen.
- * [onFrame] is called on the analysis thread with a frame that must be converted before returning.
+ * On the analysis thread each frame is copied into an [RgbImage] (ImageProxy.toBitmap(), rotated
+ * upright) and only then closed, as the LiteRT samples do (toBitmap() first, close() after): the
+ * ImageProxy's buffers are reused by CameraX once it is closed. [onFrame] gets the copy, which stays
+ * valid on any thread. Frames are skipped unconverted while [wanted] says no (one in flight).
  */
 @Composable
-fun CameraPreview(lifecycleOwner: androidx.lifecycle.LifecycleOwner, onFrame: (ImageProxy) -> Unit) {
+fun CameraPreview(lifecycleOwner: androidx.lifecycle.LifecycleOwner, wanted: () -> Boolean, onFrame: (RgbImage) -> Unit) {
     val context = LocalContext.current
     val currentOnFrame by rememberUpdatedState(onFrame)
+    val currentWanted by rememberUpdatedState(wanted)
     val analysisExecutor = remember { Executors.newSingleThreadExecutor() }
     var provider by remember { mutableStateOf<ProcessCameraProvider?>(null) }
     DisposableEffect(lifecycleOwner) {
@@ -215,7 +233,14 @@ fun CameraPreview(lifecycleOwner: androidx.lifecycle.LifecycleOwner, onFrame: (I
                     .setBackpressureStrategy(ImageAnalysis.STRATEGY_KEEP_ONLY_LATEST)
                     .setOutputImageFormat(ImageAnalysis.OUTPUT_IMAGE_FORMAT_RGBA_8888)
                     .build()
-                analysis.setAnalyzer(analysisExecutor) { frame -> frame.use { currentOnFrame(it) } }
+                analysis.setAnalyzer(analysisExecutor) { frame: ImageProxy ->
+                    val rgb = try {
+                        if (currentWanted()) ImageUtils.rgb(frame) else null  // copy the pixels out ...
+                    } finally {
+                        frame.close()  // ... then hand the buffer back to CameraX
+                    }
+                    if (rgb != null) currentOnFrame(rgb)
+                }
                 p.unbindAll()
                 p.bindToLifecycle(lifecycleOwner, CameraSelector.DEFAULT_BACK_CAMERA, preview, analysis)
                 provider = p

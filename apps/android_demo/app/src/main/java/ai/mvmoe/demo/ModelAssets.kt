@@ -46,19 +46,22 @@ object ModelAssets {
 
     /**
      * ExecuTorch loads from a file path: copy the asset to the app's files dir, again whenever the copy
-     * is stale (a re-exported .pte of the same name): checked by size + SHA-256 against the .json's
-     * `artifact_file`, else by size + the APK's install time. Call off the main thread.
+     * is stale (a re-exported .pte of the same name). The copy is hashed once, while it is written, and
+     * its SHA-256 kept beside it (`<name>.sha256`): a load compares sizes and that stored hash with the
+     * .json's `artifact_file` and reads no model bytes. Without `artifact_file`: size + the APK's
+     * install time. Call off the main thread.
      */
     fun toFile(context: Context, asset: ModelAsset): File {
         val out = File(context.filesDir, asset.assetPath.substringAfterLast('/'))
+        val hashFile = File(out.path + ".sha256")
         val installed = context.packageManager.getPackageInfo(context.packageName, 0).lastUpdateTime
         val sourceBytes = context.assets.openFd(asset.assetPath).use { it.length }  // stored uncompressed (noCompress)
-        val copy = if (out.isFile) FileStamp(out.length(), out.lastModified(),
-            if (asset.meta.artifactFile != null) out.inputStream().use { StaleCopy.sha256Hex(it) } else null) else null
+        val copy = if (out.isFile) FileStamp(out.length(), out.lastModified(), hashFile.takeIf { it.isFile }?.readText()?.trim()) else null
         if (!StaleCopy.needsCopy(FileStamp(sourceBytes, installed), copy, asset.meta.artifactFile)) return out
         val tmp = File(out.path + ".tmp")
-        context.assets.open(asset.assetPath).use { input -> tmp.outputStream().use { input.copyTo(it) } }
+        val sha = context.assets.open(asset.assetPath).use { input -> tmp.outputStream().use { StaleCopy.copyHashing(input, it) } }
         check(tmp.renameTo(out)) { "cannot write $out" }
+        hashFile.writeText(sha)
         return out
     }
 }

@@ -35,15 +35,15 @@ interface Runner : AutoCloseable {
     val tails: TailCache<*>? get() = null
 
     companion object {
-        /** [threads]: ExecuTorch's threadpool size (null = its default); LiteRT picks its own. */
+        /** [threads]: ExecuTorch's threadpool size or LiteRT's CPU threads (null = the runtime's default). */
         fun create(context: Context, asset: ModelAsset, computeUnits: String, threads: Int? = null,
                    maxTails: Int = 2): Runner {
             val programs = asset.meta.programs
             return when {
                 programs != null && asset.runtime == "executorch" -> SplitExecuTorchRunner(context, asset, programs, threads, maxTails)
-                programs != null -> SplitLiteRtRunner(context, asset, programs, computeUnits, maxTails)
+                programs != null -> SplitLiteRtRunner(context, asset, programs, computeUnits, threads, maxTails)
                 asset.runtime == "executorch" -> ExecuTorchRunner(context, asset, threads)
-                else -> LiteRtRunner(context, asset, computeUnits)
+                else -> LiteRtRunner(context, asset, computeUnits, threads)
             }
         }
 
@@ -55,34 +55,56 @@ interface Runner : AutoCloseable {
     }
 }
 
+/**
+ * LiteRT options: the accelerator, and the CPU thread count when set (CompiledModel.CpuOptions(numThreads),
+ * google-ai-edge/LiteRT litert/kotlin/src/main/kotlin/com/google/ai/edge/litert/Model.kt); null = LiteRT's default.
+ */
+internal fun liteRtOptions(units: String, threads: Int?): CompiledModel.Options =
+    CompiledModel.Options(if (units == "gpu") Accelerator.GPU else Accelerator.CPU).apply {
+        if (threads != null) cpuOptions = CompiledModel.CpuOptions(numThreads = threads)
+    }
+
+/**
+ * One .tflite compiled on its own. Buffers are created and passed by the signature's tensor names
+ * (litert-torch names them args_<i> and output_<i> in program order; the exporter's io_quantization
+ * uses the same names), through CompiledModel.run(Map, Map): the list order of createOutputBuffers()
+ * is the signature's stored order, which nothing here has to assume.
+ */
+private class LiteRtProgram(context: Context, assetPath: String, units: String, threads: Int?, inputs: Int, outputs: Int) :
+    AutoCloseable {
+    val model: CompiledModel = CompiledModel.create(context.assets, assetPath, liteRtOptions(units, threads))
+    private val ins = (0 until inputs).associate { "args_$it" to model.createInputBuffer("args_$it") }
+    private val outs = (0 until outputs).associate { "output_$it" to model.createOutputBuffer("output_$it") }
+    fun input(i: Int): TensorBuffer = ins.getValue("args_$i")
+    fun output(i: Int): TensorBuffer = outs.getValue("output_$i")
+    fun run() = model.run(ins, outs)
+    override fun close() {
+        ins.values.forEach { it.close() }
+        outs.values.forEach { it.close() }
+        model.close()
+    }
+}
+
 /** LiteRT CompiledModel API (com.google.ai.edge.litert 2.x) on the CPU (XNNPACK) or the GPU accelerator. */
-class LiteRtRunner(context: Context, private val asset: ModelAsset, override val computeUnits: String) : Runner {
+class LiteRtRunner(context: Context, private val asset: ModelAsset, override val computeUnits: String,
+                   override val threads: Int? = null) : Runner {
     override val runtime = "litert"
-    override val threads: Int? = null  // LiteRT picks the CPU thread count itself
-    private val model = CompiledModel.create(
-        context.assets, asset.assetPath,
-        CompiledModel.Options(if (computeUnits == "gpu") Accelerator.GPU else Accelerator.CPU),
-    )
-    private val inputs = model.createInputBuffers()
-    private val outputs = model.createOutputBuffers()
+    private val program = LiteRtProgram(context, asset.assetPath, computeUnits, threads, 1, asset.meta.outputNames.size)
 
     // The .json's `ops` block says how much of the graph the exporter saw delegated (XNNPACK on the
     // desktop); ops the GPU delegate rejects fall back to the CPU, which LiteRT logs to logcat.
-    override val accelerator: String = "LiteRT ${computeUnits.uppercase()}" +
+    override val accelerator: String = "LiteRT ${computeUnits.uppercase()}${threads?.let { ", $it threads" } ?: ""}" +
         (asset.meta.opsDelegated?.let { (d, t) -> ", $d/$t ops delegated at export" } ?: "")
 
     override fun run(input: FloatArray) {
-        inputs[0].writeFloats(input, asset.meta.io?.input(0))
-        model.run(inputs, outputs)
+        program.input(0).writeFloats(input, asset.meta.io?.input(0))
+        program.run()
     }
 
-    override fun outputs(): Outputs = Runner.split(asset, outputs.mapIndexed { i, b -> b.readFloats(asset.meta.io?.output(i)) })
+    override fun outputs(): Outputs =
+        Runner.split(asset, asset.meta.outputNames.indices.map { i -> program.output(i).readFloats(asset.meta.io?.output(i)) })
 
-    override fun close() {
-        inputs.forEach { it.close() }
-        outputs.forEach { it.close() }
-        model.close()
-    }
+    override fun close() = program.close()
 }
 
 /** ExecuTorch Android module (org.pytorch.executorch), memory-mapped; XNNPACK-lowered .pte runs on the CPU. */
@@ -149,47 +171,34 @@ internal fun TensorBuffer.writeFloats(x: FloatArray, q: QuantParams?) = if (q ==
 
 internal fun TensorBuffer.readFloats(q: QuantParams?): FloatArray = if (q == null) readFloat() else q.dequantize(readInt8())
 
-/** One .tflite of a split LiteRT artifact folder, compiled on its own. */
-private class LiteRtProgram(context: Context, assetPath: String, units: String) : AutoCloseable {
-    val model: CompiledModel = CompiledModel.create(context.assets, assetPath,
-        CompiledModel.Options(if (units == "gpu") Accelerator.GPU else Accelerator.CPU))
-    val inputs = model.createInputBuffers()
-    val outputs = model.createOutputBuffers()
-    fun run() = model.run(inputs, outputs)
-    override fun close() {
-        inputs.forEach { it.close() }
-        outputs.forEach { it.close() }
-        model.close()
-    }
-}
-
 /** A split LiteRT artifact: a folder of trunk.tflite and tail_<e>.tflite, tails in an LRU of [maxTails]. */
 class SplitLiteRtRunner(private val context: Context, private val asset: ModelAsset, private val programs: SplitPrograms,
-                        override val computeUnits: String, maxTails: Int) : Runner {
+                        override val computeUnits: String, override val threads: Int?, maxTails: Int) : Runner {
     override val runtime = "litert"
-    override val threads: Int? = null
-    override val accelerator = "LiteRT ${computeUnits.uppercase()}, split: trunk + $maxTails expert tails"
-    private val trunk = LiteRtProgram(context, "${asset.assetPath}/${programs.trunk.file}", computeUnits)
+    override val accelerator = "LiteRT ${computeUnits.uppercase()}${threads?.let { ", $it threads" } ?: ""}, " +
+        "split: trunk + $maxTails expert tails"
+    private val trunk = LiteRtProgram(context, "${asset.assetPath}/${programs.trunk.file}", computeUnits, threads,
+        1, programs.trunkOutputs.size)
     private val cache = TailCache(maxTails, { e ->
-        LiteRtProgram(context, "${asset.assetPath}/${programs.tail(e).file}", computeUnits) })
+        LiteRtProgram(context, "${asset.assetPath}/${programs.tail(e).file}", computeUnits, threads, programs.tailFeed.size, 1) })
     override val tails: TailCache<*> get() = cache
     private var logits = FloatArray(0)
     private var probs: FloatArray? = null
 
     override fun run(input: FloatArray) {
         val trunkIo = programs.trunk.io
-        trunk.inputs[0].writeFloats(input, trunkIo?.input(0))
+        trunk.input(0).writeFloats(input, trunkIo?.input(0))
         trunk.run()
-        // LiteRT keeps the trunk's outputs in program order (output_0 ...): stream, expert_index, gate, expert_probs
-        val expert = trunk.outputs[programs.indexOutput].readInt()[0]
+        // output_<i> is the i-th trunk output of the .json: stream, expert_index, gate, expert_probs
+        val expert = trunk.output(programs.indexOutput).readInt()[0]
         val tail = cache.get(expert)
         val tailIo = programs.tail(expert).io  // int8 ends differ per tail: each has its own scales
         programs.tailFeed.forEachIndexed { i, o ->
-            tail.inputs[i].writeFloats(trunk.outputs[o].readFloats(trunkIo?.output(o)), tailIo?.input(i))
+            tail.input(i).writeFloats(trunk.output(o).readFloats(trunkIo?.output(o)), tailIo?.input(i))
         }
         tail.run()
-        logits = tail.outputs[0].readFloats(tailIo?.output(0))
-        probs = trunk.outputs[programs.probsOutput].readFloats(trunkIo?.output(programs.probsOutput))
+        logits = tail.output(0).readFloats(tailIo?.output(0))
+        probs = trunk.output(programs.probsOutput).readFloats(trunkIo?.output(programs.probsOutput))
     }
 
     override fun outputs(): Outputs = Outputs(logits, probs)

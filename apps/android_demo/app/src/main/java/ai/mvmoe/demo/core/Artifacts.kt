@@ -54,6 +54,22 @@ object StaleCopy {
         return copy.bytes != source.bytes || copy.modifiedMs < source.modifiedMs
     }
 
+    /**
+     * Copy [input] to [output] and return the SHA-256 of the bytes copied: the copy is hashed once,
+     * when it is written, never when a model is loaded (neither stream is closed).
+     */
+    fun copyHashing(input: java.io.InputStream, output: java.io.OutputStream): String {
+        val md = java.security.MessageDigest.getInstance("SHA-256")
+        val buf = ByteArray(1 shl 20)
+        while (true) {
+            val n = input.read(buf)
+            if (n < 0) break
+            md.update(buf, 0, n)
+            output.write(buf, 0, n)
+        }
+        return md.digest().joinToString("") { "%02x".format(it) }
+    }
+
     /** SHA-256 of a stream, read in 1 MiB chunks (the stream is not closed). */
     fun sha256Hex(input: java.io.InputStream): String {
         val md = java.security.MessageDigest.getInstance("SHA-256")

@@ -38,7 +38,7 @@ class RollingMedian(private val capacity: Int = 20) {
 
 /**
  * The benchmark file the app shares (docs/apps.md, "Benchmark file"); `mvmoe profile ingest FILE` reads it.
- * [runsMs] times the runtime's run call alone; [preprocessMs] (image -> input tensor) and
+ * [runsMs] times the runner's run: the input written into the runtime's tensor plus its run call; [preprocessMs] (image -> input tensor) and
  * [postprocessMs] (outputs -> top-5) are timed apart, one entry per run, or empty when not measured.
  * [loadMs] and [firstRunMs] are the model load and the first (untimed-warmup) inference.
  * [created] is an ISO-8601 string made by the caller (java.time.Instant.now() on Android), so tests stay deterministic.
@@ -66,6 +66,8 @@ data class BenchmarkReport(
     val expertLayout: String? = null,
     val tailSwitchMs: List<Double> = emptyList(),
     val tailsCached: Int? = null,
+    /** The artifact .json's checkpoint_sha256: `mvmoe report` puts the numbers on that checkpoint's run. */
+    val checkpointSha256: String? = null,
 ) {
     init {
         require(app == "ios_demo" || app == "android_demo") { "app must be ios_demo or android_demo, got '$app'" }
@@ -103,6 +105,7 @@ data class BenchmarkReport(
             "expert_layout" to expertLayout,
             "tail_switch_ms" to tailSwitchMs,
             "tails_cached" to tailsCached,
+            "checkpoint_sha256" to checkpointSha256,
         ),
         indent = 2,
     ) + "\n"

@@ -59,6 +59,10 @@ data class ModelMetadata(
     val io: IoQuantization? = null,
     /** (delegated, total) ops from the exporter's audit (`ops`), when it counted them. */
     val opsDelegated: Pair<Int, Int>? = null,
+    /** SHA-256 of the checkpoint the artifact was exported from; the benchmark file carries it. */
+    val checkpointSha256: String? = null,
+    /** The bundled sample at full size with PyTorch's outputs after the app preprocessing (`sample_check`). */
+    val sampleCheck: SampleCheck? = null,
 ) {
     /** True when the artifact has the router's `expert_probs` output (per-image MoE). */
     val hasExpertProbs: Boolean get() = experts > 0 && "expert_probs" in outputNames
@@ -147,6 +151,8 @@ data class ModelMetadata(
                 },
                 programs = SplitPrograms.fromMap(m["programs"] as? Map<*, *>),
                 io = IoQuantization.fromMap((m["ops"] as? Map<*, *>)?.get("io_quantization") as? Map<*, *>, "ops.io_quantization"),
+                checkpointSha256 = m["checkpoint_sha256"] as? String,
+                sampleCheck = (m["sample_check"] as? Map<*, *>)?.let { SampleCheck.fromMap(it, labels.size) },
             )
         }
 

@@ -2,8 +2,9 @@ package ai.mvmoe.demo.core
 
 /**
  * App preprocessing, identical to apps/golden/make_golden.py (docs/apps.md, "The app preprocessing"):
- * [invert colours] -> center-crop a square of crop_fraction of the short side -> bilinear resize
- * (half-pixel centres, no antialias) -> RGB / scale -> (x - mean) / std -> the declared layout. With
+ * [invert colours] -> center-crop a square of crop_fraction of the short side -> antialiased bilinear
+ * resize (half-pixel centres; torch's F.interpolate(antialias=True), the eval transform's resampling)
+ * -> RGB / scale -> (x - mean) / std -> the declared layout. With
  * preprocessing baked into the model the app stops after the resize and feeds raw [0, 255] floats.
  *
  * Platform-free: the Android side converts a Bitmap to [RgbImage] (ARGB ints) and nothing else.
@@ -43,27 +44,36 @@ object Preprocess {
         return CropBox((height - side) / 2, (width - side) / 2, side)
     }
 
-    /** Source taps for one axis: i0, i1 and the weight of i1 (half-pixel centres, clamped at 0). */
-    private class Taps(nOut: Int, nIn: Int) {
-        val i0 = IntArray(nOut)
-        val i1 = IntArray(nOut)
-        val frac = DoubleArray(nOut)
+    /**
+     * Antialiased bilinear (triangle filter) taps for one axis, as torch's _upsample_bilinear2d_aa:
+     * scale = nIn / nOut, support = max(scale, 1), centre = scale * (o + 0.5), source pixels
+     * [int(centre - support + 0.5), int(centre + support + 0.5)) clipped to the axis, weight
+     * max(0, 1 - |(j - centre + 0.5) / support|), normalised to sum 1. Downscaling averages every
+     * source pixel under an output pixel; upscaling is plain half-pixel bilinear.
+     */
+    class Taps(nOut: Int, nIn: Int) {
+        val start = IntArray(nOut)
+        val weights: Array<DoubleArray>
 
         init {
-            val ratio = nIn.toDouble() / nOut
-            for (o in 0 until nOut) {
-                val src = maxOf((o + 0.5) * ratio - 0.5, 0.0)
-                val f = minOf(Math.floor(src).toInt(), nIn - 1)
-                i0[o] = f
-                i1[o] = minOf(f + 1, nIn - 1)
-                frac[o] = src - f
+            val scale = nIn.toDouble() / nOut
+            val support = maxOf(scale, 1.0)
+            weights = Array(nOut) { o ->
+                val centre = scale * (o + 0.5)
+                val lo = maxOf((centre - support + 0.5).toInt(), 0)  // toInt truncates toward zero, like C
+                val hi = minOf((centre + support + 0.5).toInt(), nIn)
+                val w = DoubleArray(hi - lo) { j -> maxOf(0.0, 1.0 - Math.abs((lo + j - centre + 0.5) / support)) }
+                val total = w.sum()
+                if (total > 0) for (j in w.indices) w[j] /= total
+                start[o] = lo
+                w
             }
         }
     }
 
     /**
      * Image -> flat float32 model input of shape input.shape, in input.layout.
-     * The resize reads the crop window in place (no intermediate bitmap). [invert] maps v -> 255 - v
+     * The resize reads the crop window in place (one row buffer of side x w x 3 doubles). [invert] maps v -> 255 - v
      * first (a photo of dark ink for a light-on-dark model); [cropFraction] defaults to the metadata's
      * (the parity set passes 1.0: its images are already model-size).
      */
@@ -74,21 +84,27 @@ object Preprocess {
         val box = centerCropBox(image.height, image.width, cropFraction)
         val ty = Taps(h, box.side)
         val tx = Taps(w, box.side)
+        // horizontal pass over the crop's rows: (side, w, 3), then vertical per output pixel
+        val rows = DoubleArray(box.side * w * 3)
+        for (r in 0 until box.side) {
+            for (x in 0 until w) {
+                val wx = tx.weights[x]
+                for (c in 0 until 3) {
+                    var acc = 0.0
+                    for (j in wx.indices) acc += wx[j] * image.at(box.top + r, box.left + tx.start[x] + j, c)
+                    rows[(r * w + x) * 3 + c] = acc
+                }
+            }
+        }
         val out = FloatArray(3 * h * w)
         val baked = input.preprocessingBakedIn
         for (y in 0 until h) {
-            val y0 = box.top + ty.i0[y]
-            val y1 = box.top + ty.i1[y]
-            val fy = ty.frac[y]
+            val wy = ty.weights[y]
             for (x in 0 until w) {
-                val x0 = box.left + tx.i0[x]
-                val x1 = box.left + tx.i1[x]
-                val fx = tx.frac[x]
                 for (c in 0 until 3) {
-                    val top = image.at(y0, x0, c) * (1 - fx) + image.at(y0, x1, c) * fx
-                    val bot = image.at(y1, x0, c) * (1 - fx) + image.at(y1, x1, c) * fx
-                    var v = top * (1 - fy) + bot * fy  // in [0, 255]
-                    if (invert) v = 255.0 - v  // linear, so the same as inverting the source bytes
+                    var v = 0.0
+                    for (i in wy.indices) v += wy[i] * rows[((ty.start[y] + i) * w + x) * 3 + c]  // in [0, 255]
+                    if (invert) v = 255.0 - v  // weights sum to 1: the same as inverting the source bytes
                     if (!baked) v = (v / input.scale - input.mean[c]) / input.std[c]
                     val idx = if (input.layout == Layout.NCHW) (c * h + y) * w + x else (y * w + x) * 3 + c
                     out[idx] = v.toFloat()

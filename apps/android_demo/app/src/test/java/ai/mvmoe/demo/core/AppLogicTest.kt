@@ -54,7 +54,7 @@ class AppLogicTest {
         assertEquals(3.0, r.maxAbsDiff, 1e-12)
         assertEquals(1, r.top1Agree)
         assertFalse(r.ok)
-        assertEquals("parity: max diff 3.0, top-1 agree 1/2 (top-1 differs)", r.summary())
+        assertEquals("parity: max diff 3.0, top-1 agree 1/2 FAILED (top-1 differs)", r.summary())
         val one = Parity.compare(exp.take(1), listOf(floatArrayOf(1.5f, 1.75f)), 0.5)
         assertTrue(one.ok)
         assertFalse(one.copy(tolerance = 0.4).ok)
@@ -227,5 +227,69 @@ class AppLogicTest {
         assertThrows(IllegalArgumentException::class.java) {
             BenchmarkReport("m.pte", "android_demo", "Pixel", "executorch", "cpu", 4, 1, listOf(1.0), "t", tailSwitchMs = listOf(1.0))
         }
+    }
+
+    @Test
+    fun antialiasTapsByHand() {
+        // 4 -> 2: scale 2, support 2. Output 0: centre 1, taps 0..2, weights 1 - |j - 1 + 0.5| / 2 = .75, .75, .25;
+        // output 1: centre 3, taps 1..3 with .25, .75, .75; each divided by their sum 1.75.
+        val t = Preprocess.Taps(2, 4)
+        assertArrayEquals(intArrayOf(0, 1), t.start)
+        assertArrayEquals(doubleArrayOf(.75 / 1.75, .75 / 1.75, .25 / 1.75), t.weights[0], 1e-12)
+        assertArrayEquals(doubleArrayOf(.25 / 1.75, .75 / 1.75, .75 / 1.75), t.weights[1], 1e-12)
+        // same size: the identity (one tap of weight 1, a zero-weight neighbour)
+        val id = Preprocess.Taps(3, 3)
+        assertArrayEquals(intArrayOf(0, 1, 2), id.start)
+        assertEquals(1.0, id.weights[1][0], 0.0)
+    }
+
+    @Test
+    fun parityToleranceFollowsTheAcceleratorAndExpertsCount() {
+        assertEquals(5e-2, Parity.tolerance(1e-3, accelerated = true)!!, 0.0)
+        assertEquals(1e-3, Parity.tolerance(1e-3, accelerated = false)!!, 0.0)
+        assertNull(Parity.tolerance(null, accelerated = true))  // int8: top-1 only, on any accelerator
+        // same logits, but the router picked expert 0 instead of 1: not ok, and the line says why
+        val r = Parity.compare(listOf(floatArrayOf(1f, 2f)), listOf(floatArrayOf(1f, 2f)), 1e-3,
+            listOf(floatArrayOf(0.1f, 0.9f)), listOf(floatArrayOf(0.8f, 0.2f)))
+        assertEquals(0, r.expertAgree)
+        assertFalse(r.ok)
+        assertEquals("parity: max diff 0.0, top-1 agree 1/1, expert agree 0/1 FAILED (expert differs)", r.summary())
+        // no stored expert_probs (dense model or older .json): experts are not compared
+        assertNull(Parity.compare(listOf(floatArrayOf(1f)), listOf(floatArrayOf(1f)), null, listOf(null), listOf(null)).expertAgree)
+    }
+
+    @Test
+    fun sampleCheckComparesTheAppsOwnPreprocessing() {
+        // 2x2 sample, model input 1x1: the antialiased resize averages the four pixels (weights .5/.5 per axis)
+        val m = meta("tflite", null)
+        val input = m.input.copy(shape = listOf(1, 3, 1, 1), preprocessingBakedIn = true)
+        val img = RgbImage(2, 2, byteArrayOf(0, 0, 0, 100, 100, 100, 200.toByte(), 200.toByte(), 200.toByte(), 40, 40, 40))
+        val sha = StaleCopy.sha256Hex(img.rgb.inputStream())
+        val check = SampleCheck("s.png", 2, 2, sha, floatArrayOf(85f, 0f), 1e-3)
+        var fed = FloatArray(0)
+        val line = Parity.sample(check, img, input, accelerated = false) { fed = it; floatArrayOf(85f, 0f) }
+        assertArrayEquals(floatArrayOf(85f, 85f, 85f), fed, 1e-4f)  // (0 + 100 + 200 + 40) / 4
+        assertTrue(line, line.endsWith("same top-5 (ok)"))
+        val off = Parity.sample(check, img, input, accelerated = false) { floatArrayOf(0f, 85f) }
+        assertTrue(off, off.endsWith("top-5 differs FAILED"))
+        val other = Parity.sample(SampleCheck("s.png", 2, 2, "0".repeat(64), floatArrayOf(85f, 0f), 1e-3), img, input, false) { it }
+        assertTrue(other, other.contains("not compared"))
+    }
+
+    @Test
+    fun copyIsHashedWhileWritten() {
+        val out = java.io.ByteArrayOutputStream()
+        val sha = StaleCopy.copyHashing("abc".byteInputStream(), out)
+        assertEquals("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", sha)  // FIPS 180-2 "abc"
+        assertEquals("abc", out.toString())
+    }
+
+    @Test
+    fun benchmarkFileCarriesTheCheckpointHash() {
+        val r = BenchmarkReport("m.tflite", "android_demo", "d", "litert", "cpu", 2, 0, listOf(1.0), "t",
+            checkpointSha256 = "ab" + "0".repeat(62))
+        assertEquals("ab" + "0".repeat(62), (Json.parse(r.toJson()) as Map<*, *>)["checkpoint_sha256"])
+        val meta = meta("tflite", null, ""","checkpoint_sha256": "cd"""")
+        assertEquals("cd", meta.checkpointSha256)
     }
 }

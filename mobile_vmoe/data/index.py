@@ -1,0 +1,150 @@
+"""The file index of an ImageFolder split, built with os.scandir and never opening a file.
+
+``FolderIndex``: the class names, the files as one numpy byte-string array relative to the split
+folder (``b"n01440764/n01440764_10026.JPEG"``) and their labels. numpy arrays, not lists of str:
+DataLoader workers read them without touching Python refcounts, so forked workers share the
+pages instead of copying them.
+
+A cache (``load_or_build``) lets the ranks of one run share one scan: rank 0 scans and writes the
+cache atomically, the others wait for it. The cache records every folder's mtime; a file added to
+or removed from a class folder changes that folder's mtime, and a stale cache is rebuilt.
+Whether a file can be decoded is learnt when it is loaded (see imagefolder.py), never here.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MvmoeError
+from ..fileio import atomic_write_bytes
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+INDEX_VERSION = 1
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+
+
+def list_folder(folder: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """-> (sorted subfolder names, sorted image file names) of ``folder``; hidden entries skipped."""
+    dirs, images = [], []
+    with os.scandir(folder) as it:
+        for e in it:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir():  # d_type from the directory listing: no stat for plain entries
+                dirs.append(e.name)
+            elif is_image_file(e.name):
+                images.append(e.name)
+    dirs.sort()
+    images.sort()
+    return dirs, images
+
+
+@dataclass
+class FolderIndex:
+    """One split: ``files`` (N,) bytes relative to ``folder``, ``labels`` (N,) int32 into ``classes``."""
+
+    folder: str
+    classes: list[str]
+    files: np.ndarray
+    labels: np.ndarray
+    mtimes: dict  # folder (relative, "" = the split folder) -> st_mtime_ns, for the cache check
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def path(self, i: int) -> str:
+        return os.path.join(self.folder, self.files[i].decode())
+
+
+def scan_classes(folder: str | os.PathLike, dirs: list[str], index: dict[str, int]) -> FolderIndex:
+    """Index ``folder/<class>/<image>`` for the class folders ``dirs`` (labels from ``index``)."""
+    files: list[bytes] = []
+    labels: list[int] = []
+    mtimes = {"": os.stat(folder).st_mtime_ns}
+    for name in dirs:
+        class_dir = os.path.join(folder, name)
+        _, images = list_folder(class_dir)
+        if not images:
+            raise MvmoeError(f"class folder {class_dir} has no images ({', '.join(IMG_EXTENSIONS)}); "
+                             "remove it or add its images")
+        mtimes[name] = os.stat(class_dir).st_mtime_ns
+        prefix = name + "/"
+        files.extend((prefix + f).encode() for f in images)
+        labels.extend([index[name]] * len(images))
+    return FolderIndex(str(folder), list(index), np.array(files, dtype=np.bytes_),
+                       np.array(labels, dtype=np.int32), mtimes)
+
+
+def is_fresh(ix: FolderIndex) -> bool:
+    """True when no folder of the index changed since it was built (one stat per folder)."""
+    try:
+        return all(os.stat(os.path.join(ix.folder, d)).st_mtime_ns == t for d, t in ix.mtimes.items())
+    except OSError:
+        return False
+
+
+def save_indexes(path: str | os.PathLike, indexes: dict[str, FolderIndex]) -> None:
+    """Write ``{split: FolderIndex}`` to one .npz (atomic)."""
+    arrays = {"version": np.array(INDEX_VERSION)}
+    for split, ix in indexes.items():
+        meta = [ix.folder, "\n".join(ix.classes), "\n".join(f"{d}\t{t}" for d, t in ix.mtimes.items())]
+        arrays.update({f"{split}.files": ix.files, f"{split}.labels": ix.labels, f"{split}.meta": np.array(meta)})
+
+    def write(f):
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        f.write(buf.getvalue())
+
+    atomic_write_bytes(path, write)
+
+
+def load_indexes(path: str | os.PathLike) -> dict[str, FolderIndex] | None:
+    """The indexes of a cache file, or None when it is missing, unreadable, or of another version."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if int(z["version"]) != INDEX_VERSION:
+                return None
+            out = {}
+            for key in z.files:
+                if key.endswith(".meta"):
+                    split = key[: -len(".meta")]
+                    folder, classes, mt = (str(v) for v in z[key])
+                    mtimes = {d: int(t) for d, t in (line.split("\t") for line in mt.split("\n"))}
+                    out[split] = FolderIndex(folder, classes.split("\n"), z[f"{split}.files"],
+                                             z[f"{split}.labels"], mtimes)
+            return out
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def load_or_build(cache: str | os.PathLike | None, build, *, rank: int | None = None,
+                  wait_s: float = 1800.0) -> dict[str, FolderIndex]:
+    """The indexes from ``cache`` when fresh; else rank 0 calls ``build()`` and writes the cache
+    while other ranks wait for it (``rank`` defaults to $RANK, as torchrun sets it)."""
+    if cache is None:
+        return build()
+    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+    cached = load_indexes(cache)
+    if cached is not None and all(is_fresh(ix) for ix in cached.values()):
+        return cached
+    if rank == 0:
+        built = build()
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        save_indexes(cache, built)
+        return built
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:  # rank 0 is scanning: wait for its cache
+        time.sleep(0.5)
+        cached = load_indexes(cache)
+        if cached is not None and all(is_fresh(ix) for ix in cached.values()):
+            return cached
+    raise MvmoeError(f"rank {rank}: no fresh data index at {cache} after {wait_s:.0f} s (rank 0 writes it)")

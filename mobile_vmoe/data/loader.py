@@ -1,0 +1,176 @@
+"""The training loader of one process, built once per stage, and the device side of a batch.
+
+``build_train_loader(bundle, tcfg, info)`` picks the engine (``loader=auto|torch|dali``: auto is
+DALI when it is installed and the device is CUDA, else torch) and returns an object with::
+
+    loader.steps_per_epoch                 global steps per epoch (the same for every world size)
+    loader.epoch(epoch, start)             this rank's batches of epoch ``epoch``, ``start`` steps done
+    loader.to_device(images)               (B, C, H, W) on the device, normalised float32
+
+The torch engine is one DataLoader (persistent workers, ``prefetch`` batches per worker) over the
+global sample order of mobile_vmoe.data.sampler. Folder images arrive as uint8 (4x less to copy
+than float32) and are normalised on the device, where pixel-mode random erasing (DeiT/timm) runs
+too; in-memory sets arrive already normalised.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..errors import MvmoeError
+from .sampler import SeededSamples, ShardedBatchSampler
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_loader(loader: str, device: torch.device, files: bool = True) -> str:
+    """auto -> "dali" when DALI is installed, ``device`` is CUDA and the data are image ``files``
+    (not an in-memory set), else "torch"."""
+    if loader == "auto":
+        return "dali" if files and device.type == "cuda" and dali_available() else "torch"
+    if loader == "dali" and not dali_available():
+        raise MvmoeError("loader=dali needs NVIDIA DALI: uv sync --extra dali (or pip install 'mvmoe[dali]')")
+    return loader
+
+
+def build_train_loader(bundle, tcfg, info, *, global_batch: int | None = None):
+    """The training loader of this rank (``global_batch`` defaults to tcfg.batch_size)."""
+    global_batch = global_batch or tcfg.batch_size
+    kind = choose_loader(tcfg.loader, info.device, files=image_files(bundle.train) is not None)
+    if kind == "dali":
+        from .dali import DaliTrainLoader
+
+        return DaliTrainLoader(bundle, tcfg, info, global_batch=global_batch)
+    return TorchTrainLoader(bundle.train, global_batch=global_batch, world_size=info.world_size, rank=info.rank,
+                            seed=tcfg.seed, repeats=tcfg.repeated_aug, workers=tcfg.workers, prefetch=tcfg.prefetch,
+                            device=info.device, mean=bundle.mean, std=bundle.std, erasing=bundle.train_erasing)
+
+
+def image_files(dataset):
+    """(folder dataset, its sample ids) behind ``dataset`` (a Subset of it, e.g. the dense stage's
+    train split less the holdout), or None for in-memory sets."""
+    ids = None
+    while hasattr(dataset, "indices") and hasattr(dataset, "dataset"):  # torch Subset
+        ids = [dataset.indices[i] for i in ids] if ids is not None else list(dataset.indices)
+        dataset = dataset.dataset
+    if not hasattr(dataset, "path"):
+        return None
+    return dataset, ids if ids is not None else range(len(dataset))
+
+
+class DeviceNormalize:
+    """uint8 (B, C, H, W) on the host -> float32 normalised on ``device`` (+ random erasing)."""
+
+    def __init__(self, device: torch.device, mean, std, erasing: float = 0.0):
+        self.device, self.erasing = device, erasing
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0  # (1, C, 1, 1)
+        self.inv_std = 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if images.dtype != torch.uint8:  # in-memory sets: normalised by their transform already
+            return images
+        x = images.float().sub_(self.mean).mul_(self.inv_std)  # in place: one float copy of the batch
+        return random_erasing(x, self.erasing) if self.erasing > 0 else x
+
+
+def erasing_boxes(batch: int, height: int, width: int, prob: float, attempts: int = 10) -> torch.Tensor:
+    """(B, 4) int64 boxes (top, left, h, w) of timm's RandomErasing (area 2-33 %, aspect 0.3-3.3),
+    h = w = 0 for images left alone. Drawn on the CPU from torch's RNG: no device sync."""
+    area = height * width
+    apply = torch.rand(batch) < prob
+    target = torch.empty(batch, attempts).uniform_(0.02, 1 / 3) * area
+    aspect = torch.empty(batch, attempts).uniform_(math.log(0.3), math.log(1 / 0.3)).exp()
+    h = (target * aspect).sqrt().round().long()  # (B, attempts)
+    w = (target / aspect).sqrt().round().long()
+    ok = (h < height) & (w < width)
+    first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first attempt that fits
+    apply &= ok.any(dim=1)
+    h = torch.where(apply, h.gather(1, first).squeeze(1), 0)
+    w = torch.where(apply, w.gather(1, first).squeeze(1), 0)
+    top = (torch.rand(batch) * (height - h + 1)).long()  # randint(0, H - h) inclusive, as timm
+    left = (torch.rand(batch) * (width - w + 1)).long()
+    return torch.stack([top, left, h, w], dim=1)
+
+
+def random_erasing(x: torch.Tensor, prob: float) -> torch.Tensor:
+    """Pixel-mode random erasing of normalised images x (B, C, H, W), in place: each erased box is
+    filled with N(0, 1) noise per pixel and channel (timm ``mode="pixel"``). The boxes are known on
+    the host, so the loop over erased images launches small fills without a device sync."""
+    B, C, H, W = x.shape
+    for i, (top, left, h, w) in enumerate(erasing_boxes(B, H, W, prob).tolist()):
+        if h:
+            x[i, :, top:top + h, left:left + w] = torch.randn(C, h, w, device=x.device, dtype=x.dtype)
+    return x
+
+
+class TorchTrainLoader:
+    """One DataLoader over this rank's share of the global order, built once, re-iterated per epoch."""
+
+    kind = "torch"
+
+    def __init__(self, dataset, *, global_batch: int, world_size: int = 1, rank: int = 0, seed: int = 0,
+                 repeats: int = 1, workers: int = 0, prefetch: int = 2, device=torch.device("cpu"),
+                 mean=(0.0,), std=(1.0,), erasing: float = 0.0):
+        self.sampler = ShardedBatchSampler(len(dataset), global_batch, world_size, rank, seed=seed, repeats=repeats)
+        self.global_batch = global_batch
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        kw = {}
+        if workers > 0:
+            kw = {"persistent_workers": True, "prefetch_factor": prefetch}
+        # its own generator: creating or iterating the loader never draws from the training RNG
+        self.loader = DataLoader(SeededSamples(dataset), batch_sampler=self.sampler, num_workers=workers,
+                                 pin_memory=torch.device(device).type == "cuda",
+                                 generator=torch.Generator().manual_seed(seed), **kw)
+        self.to_device = DeviceNormalize(torch.device(device), mean, std, erasing)
+
+    def epoch(self, epoch: int, start: int = 0):
+        """Iterator over (images (B, C, H, W), labels (B,)) of the rest of ``epoch`` on this rank."""
+        self.sampler.set_epoch(epoch, start)
+        return iter(self.loader)
+
+
+def skipped_images(bundle, info=None) -> int:
+    """Images of ``bundle`` that could not be decoded so far, counted once over all ranks."""
+    failed = set()
+    for split, ds in (("train", bundle.train), ("val", bundle.val)):
+        while hasattr(ds, "dataset") and not hasattr(ds, "failed_indices"):  # Subset, SeededSamples
+            ds = ds.dataset
+        if hasattr(ds, "failed_indices"):
+            failed |= {(split, i) for i in ds.failed_indices()}
+    if info is not None and info.enabled and torch.distributed.is_initialized():
+        every = [None] * info.world_size
+        torch.distributed.all_gather_object(every, sorted(failed))
+        failed = {tuple(f) for part in every for f in part}
+    return len(failed)
+
+
+def sample_order(stage, state) -> dict:
+    """last.pt's record of where the run is in the global sample order."""
+    return {"engine": stage.loader.kind, "global_batch": stage.loader.global_batch, "world_size": stage.info.world_size,
+            "repeats": stage.tcfg.repeated_aug, "epoch": state.epoch,
+            "position": state.epoch_step * stage.tcfg.grad_accum * stage.loader.global_batch}
+
+
+def check_sample_order(stage, ck: dict) -> None:
+    """Refuse, in one line, a mid-epoch resume that could not continue the same sample order."""
+    saved, world = ck.get("sample_order"), stage.info.world_size
+    if not ck.get("epoch_step"):
+        return  # epoch boundary: the next epoch's order does not depend on what came before
+    old_world = saved["world_size"] if saved else len(ck.get("rng_per_rank") or [None])
+    engine = saved["engine"] if saved else "torch"
+    if engine != stage.loader.kind:
+        raise MvmoeError(f"the run stopped mid-epoch with loader={engine}; resume it with --set loader={engine} "
+                         "(another engine reads another order)")
+    if old_world != world and saved is None:
+        raise MvmoeError(f"the run stopped mid-epoch with {old_world} process(es), now {world}: its checkpoint has "
+                         f"no global sample position; resume with {old_world} process(es)")
