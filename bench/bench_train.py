@@ -1,5 +1,6 @@
 """Training throughput: a Mobile V-MoE preset against its dense twin at equal active MACs, and the
-MoE's grouped against its gather dispatch, measured side by side in one run.
+MoE's grouped (rows sorted by expert, F.grouped_mm, no host sync) against its gather dispatch,
+measured side by side in one run.
 
 One "step" = forward_with_routing + CE (+ 0.3 x router CE for the MoE) + backward + AdamW step on a
 random batch, exactly the work of mobile_vmoe/train/loop.py without data loading. The variants

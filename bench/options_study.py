@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from routing_study import STUDY_SETTINGS, ms, size_settings
+from routing_study import STUDY_SETTINGS, check_commits, ms, size_settings
 
 DISTILL = {"distill": "soft", "distill_weight": 0.5, "distill_tau": 1.0}
 ARMS = {"base": {}, "distill": DISTILL, "qk_norm": {"qk_norm": True}, "parallel": {"parallel_block": True},
@@ -41,7 +41,8 @@ ARMS = {"base": {}, "distill": DISTILL, "qk_norm": {"qk_norm": True}, "parallel"
 TEACHERS = {"teacher": {}, "teacher-lr": {"lr": 0.012}}  # lr 1.5e-3 at batch 64; the teacher each distill arm uses: ARM_TEACHER
 ARM_TEACHER = {"distill": "teacher", "distill-lr": "teacher-lr"}
 STUDENT, TEACHER, DATA, EXPERTS = "6x64", "6x128", "shapes", 10
-KEYS = ("model", "top1", "top5", "router_superclass_top1", "macs", "active_params", "params", "train_seconds")
+KEYS = ("model", "top1", "top5", "router_superclass_top1", "macs", "active_params", "params", "train_seconds",
+        "commit")
 
 
 def run_one(arm: str, seed: int, epochs: int, out: Path) -> dict:
@@ -92,10 +93,12 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="one-thread training processes side by side")
     ap.add_argument("--out", type=Path, default=Path("runs/study-options"))
     ap.add_argument("--summarize", action="store_true", help="only print the table from OUT/results.json")
+    ap.add_argument("--mixed-commits", action="store_true", help="with --summarize: pool runs of different commits")
     a = ap.parse_args(argv)
     res_path = a.out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else []
     if a.summarize:
+        check_commits(results, a.mixed_commits)  # rows of the first run have no commit: None
         print(summarize(results))
         return 0
     from mobile_vmoe.fileio import atomic_write_json

@@ -144,7 +144,7 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def make_out_dir(out_dir: Path) -> None:
-    """Create --out (after every check) and probe that a file can be written in it."""
+    """Create --out, after every check has passed (and probe it)."""
     writable_dir(out_dir, "--out")
 
 

@@ -340,38 +340,38 @@ SIXTEEN = np.array([[0, 257, 1000], [32896, 65280, 65535]], dtype=np.uint16)
 EIGHT = np.array([[0, 1, 4], [128, 254, 255]], dtype=np.uint8)
 
 
-def _decode_in_class_folder(tmp_path, save):
-    """The image as the training data loader decodes it from a class folder."""
-    from mobile_vmoe.data.imagefolder import ImageFolderDataset
+def _decoded(tmp_path, save, values):
+    """8-bit values the data pipeline delivers for uniform 16 x 16 images of the 16-bit ``values``
+    (``save(path, v)`` writes one): an ImageFolder tree with the first half in class c0, the rest
+    in c1, read back from the val split and un-normalised -> {label: sorted [(r, g, b)]}."""
+    from mobile_vmoe.data import build_data
 
-    path = tmp_path / "train" / "c0" / "img.png"
-    path.parent.mkdir(parents=True)
-    save(path)
-    from mobile_vmoe.data.imagefolder import scan_split
-    from mobile_vmoe.data.transforms import FolderTransform, PilResizeCenterCrop
-
-    from PIL import Image
-
-    index = scan_split(tmp_path, "train")
-    h, w = SIXTEEN.shape
-    crop = FolderTransform(PilResizeCenterCrop(h, h), lambda img: img)  # the training path's PIL-side crop
-    (plain, label), (cropped, _) = (ImageFolderDataset(index, t, where=str(tmp_path))[0] for t in (None, crop))
-    assert plain.mode == cropped.mode == "RGB" and label == 0 and plain.size == (w, h)
-    want = np.asarray(crop.load(Image.fromarray(np.asarray(plain))))  # the same crop of the 8-bit image
-    np.testing.assert_allclose(np.asarray(cropped).astype(int), want.astype(int), atol=1)
-    return np.asarray(plain)  # (H, W, 3)
+    half = len(values) // 2
+    for split in ("train", "val"):
+        for i, v in enumerate(values):
+            path = tmp_path / "tree" / split / f"c{int(i >= half)}" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save(path, v)
+    bundle = build_data(str(tmp_path / "tree"), 16, augment="none")
+    mean, std = torch.tensor(bundle.mean).view(3, 1, 1), torch.tensor(bundle.std).view(3, 1, 1)
+    out = {0: [], 1: []}
+    for i in range(len(bundle.val)):
+        x, label = bundle.val[i]  # (3, 16, 16) normalised
+        pixels = torch.round((x * std + mean) * 255)  # back to 0..255
+        assert bool((pixels == pixels[:, :1, :1]).all())  # a uniform image stays uniform
+        out[label].append(tuple(int(c) for c in pixels[:, 0, 0]))
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def test_sixteen_bit_gray_png_is_scaled_not_clipped(tmp_path):
     from PIL import Image
 
-    def save(path):
-        Image.fromarray(SIXTEEN).save(path)  # a 16-bit grayscale PNG
+    def save(path, v):
+        Image.fromarray(np.full((16, 16), v, dtype=np.uint16)).save(path)  # a 16-bit grayscale PNG
         assert Image.open(path).mode.startswith("I")
 
-    rgb = _decode_in_class_folder(tmp_path, save)
-    for c in range(3):
-        np.testing.assert_array_equal(rgb[..., c], EIGHT)
+    got = _decoded(tmp_path, save, SIXTEEN.flatten().tolist())
+    assert got == {0: [(0, 0, 0), (1, 1, 1), (4, 4, 4)], 1: [(128, 128, 128), (254, 254, 254), (255, 255, 255)]}
 
 
 def _png_rgb16(path, pixels):
@@ -388,12 +388,14 @@ def _png_rgb16(path, pixels):
 
 
 def test_sixteen_bit_rgb_png_keeps_its_range(tmp_path):
-    pixels = np.stack([SIXTEEN, SIXTEEN[::-1], np.full_like(SIXTEEN, 32896)], axis=-1)  # (2, 3, 3)
-    rgb = _decode_in_class_folder(tmp_path, lambda p: _png_rgb16(p, pixels))
-    expected = np.stack([EIGHT, EIGHT[::-1], np.full_like(EIGHT, 128)], axis=-1)
+    def save(path, v):  # red v, green 65535 - v, blue 32896 (= 128 x 257)
+        _png_rgb16(path, np.broadcast_to(np.array([v, 65535 - v, 32896], dtype=np.uint16), (16, 16, 3)))
+
+    got = _decoded(tmp_path, save, SIXTEEN.flatten().tolist())
+    expected = {0: [(0, 255, 128), (1, 254, 128), (4, 251, 128)], 1: [(128, 127, 128), (254, 1, 128), (255, 0, 128)]}
     # Pillow keeps the high byte (v >> 8): 1000 -> 3 where v / 257 rounds to 4; never more than 1 apart
-    assert np.abs(rgb.astype(int) - expected).max() <= 1
-    assert rgb[1, 2, 0] == 255 and rgb[0, 0, 0] == 0
+    for label in (0, 1):
+        assert np.abs(np.array(got[label]) - np.array(expected[label])).max() <= 1, got
 
 
 def test_other_high_bit_depth_modes():
@@ -424,7 +426,7 @@ def test_one_class_dataset_is_refused(tmp_path):
     code, _, err = mvmoe("train", "--data", tmp_path / "one", "--model", "vit-6x64-p32", "--set", "img_size=16",
                          "--set", "batch_size=2", "--epochs", "1", "-q", "--out", tmp_path / "run")
     _one_line_error(code, err, "one has 1 class (cat): a classifier needs at least 2")
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "run" / "run.json").exists()  # refused before the run began
 
 
 class _FixedLogits(torch.nn.Module):

@@ -135,7 +135,8 @@ def test_verdicts_from_results_by_hand():
 def test_summary_names_commit_compute_and_refuses_mixed_commits():
     res = _results()
     text = rs.summarize(res)
-    assert "commit(s): abc" in text
+    assert "commit(s): abc" in text and "wall:" not in text
+    assert "wall: 3.5 min (1.5 + 2.0 per invocation)" in rs.summarize({**res, "wall_minutes": [1.5, 2.0]})
     assert "| d | 6x32 | moe-sc | 5 | 56.0 ± 1.6 | 90.0 ± 0.0 / 80.0 ± 0.0 | 0.90 (min 0.90)" in text
     assert "2000 (2.00x)" in text  # training GMACs of moe-sc, dense stage included, against dense
     res["runs"][0]["commit"] = "def"
@@ -169,6 +170,12 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
     assert planted["class_to_superclass"] == [0, 1, 0, 1]
     text = capsys.readouterr().out
     assert "moe-sc - moe-e2e" in text and "| shapes-disjoint:4:2 | 3x16 | token |" in text
+    # the exploratory per-superclass table: balanced classes, so its row means are the arms' top-1
+    table = rs.per_superclass(res, "shapes-disjoint:4:2", "3x16").splitlines()
+    for arm in ("dense", "token"):
+        cells = [float(v) for v in next(l for l in table if l.startswith(f"| {arm} |")).strip("|").split("|")[1:]]
+        top1 = [r["top1"] for r in res["runs"] if r["kind"] == "arm" and r["arm"] == arm]
+        assert sum(cells) / len(cells) == pytest.approx(sum(top1) / len(top1), abs=0.06)
     # resuming a finished study trains nothing more
     n = len(res["runs"])
     assert rs.main(args) == 0 and len(json.loads((out / "results.json").read_text())["runs"]) == n
@@ -213,3 +220,14 @@ def test_tiny_distillation_2x2(tmp_path, capsys):
     # moe-sc-kd routes on moe-sc's superclasses of the same seed
     assert kd["superclasses_file"].endswith("seed0/moe-sc/superclasses.json")
     assert "moe-sc-kd - dense-kd" in capsys.readouterr().out
+
+
+def test_gpu_script_refuses_an_over_budget_plan(tmp_path):
+    import study_gpu
+
+    plan = {"over_budget": True, "projected_min": 11.5, "cuts": ["size 6x64", "control arm token"], "budget_min": 7.0}
+    (tmp_path / "results.json").write_text(json.dumps({"plan": plan}))
+    with pytest.raises(MvmoeError, match="projects 11.5 min after every cut .size 6x64, control arm token., over the 7.0"):
+        study_gpu.check_plan(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"plan": {**plan, "over_budget": False}}))
+    study_gpu.check_plan(tmp_path)  # fits: no error

@@ -172,3 +172,38 @@ def test_eval_on_two_gloo_processes_equals_one_process(tmp_path):
     assert got["confusion"] == ref["confusion"]
     assert got["metrics"]["images"] == 21 and sum(map(sum, got["confusion"])) == 21
     assert len(set(i for i, n in enumerate(got["metrics"]["expert_counts"]) if n)) > 1  # routes differ
+
+
+# ------------------------------------------------------------------------- the GPU check, dry
+def _gpu_check(monkeypatch, tmp_path, *extra: str) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import gpu_check
+
+    out = tmp_path / "gpu.json"
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--dry", "--out", str(out), *extra])
+    gpu_check.main()
+    return json.loads(out.read_text())
+
+
+def test_gpu_check_dry_train_and_dali(monkeypatch, tmp_path, capsys):
+    r = _gpu_check(monkeypatch, tmp_path, "--parts", "train,dali")
+    assert r["dry"] and r["device"] == "cpu" and "ddp" not in r
+    rows = r["train"]["rows"]
+    assert [(x["model"], x["compile"]) for x in rows] == [("vmoe-2x32-p8", False), ("vit-2x32-p8", False),
+                                                           ("vmoe-2x32-p8", True), ("vit-2x32-p8", True)]
+    assert all(x["images_per_sec"] > 0 and x["ms_per_step"] > 0 for x in rows)
+    eager = rows[0]["images_per_sec"] / rows[1]["images_per_sec"]
+    assert r["train"]["moe_over_dense"]["eager"] == pytest.approx(eager, abs=1e-3)
+    import importlib.util
+
+    if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
+        assert r["dali"] == "not installed"
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_ddp_runs_all_stages_on_two_gloo_processes(monkeypatch, tmp_path, capsys):
+    r = _gpu_check(monkeypatch, tmp_path, "--parts", "ddp")
+    d = r["ddp"]
+    assert d["ok"], d
+    assert (d["backend"], d["processes"], d["world_size"]) == ("gloo", 2, 2)
+    assert d["stages"] == ["dense", "model.pt", "superclasses.json"] and d["router_superclass_top1"] is not None

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from ..fileio import to_json
 from . import app
 
 data_app = typer.Typer(no_args_is_help=True, help="Dataset folders: sort the flat ImageNet val/.")
@@ -27,4 +27,4 @@ def sort_val_cmd(
     """Sort the official flat ImageNet val/ folder into val/<WNID>/ class folders."""
     from ..data.imagenet_val import sort_val
 
-    typer.echo(json.dumps(sort_val(val, labels, meta, out=out, mode=mode)))
+    typer.echo(to_json(sort_val(val, labels, meta, out=out, mode=mode)))

@@ -41,13 +41,14 @@ def setup_distributed(timeout_min: float = 60.0) -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
+        device = torch.device("cuda", local % torch.cuda.device_count())  # more processes than GPUs: they share
+        torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None,
+        # MVMOE_DIST_BACKEND=gloo: several processes on one GPU (NCCL refuses two ranks on one device)
+        backend = os.environ.get("MVMOE_DIST_BACKEND") or ("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None,
                                 timeout=timedelta(minutes=timeout_min))
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
