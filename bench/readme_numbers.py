@@ -33,11 +33,11 @@ SPAN = re.compile(r"<!-- numbers:([a-z0-9-]+) -->(.*?)<!-- /numbers -->", re.S)
 
 TEMPLATES = {
     # README, section 1: what the default run prints
-    "default-run": "**{top1:.2f} %** top-1, top-5 {top5:.0f} %, router superclass accuracy {router:.2f} %, expert use "
+    "default-run": "**{top1:.2f} %** top-1, top-5 {top5:.2f} %, router superclass accuracy {router:.2f} %, expert use "
                    "{usage} val images per expert. The dense stage's {dense_top1:.2f} % is not a baseline",
     # docs/training.md, the current default
     "default-run-training": "dense stage {dense_model} {dense_top1:.2f} % (its only job is the confusion matrix), MoE "
-                            "{model} **{top1:.2f} %** top-1, top-5 {top5:.0f} %, router superclass top-1 {router:.2f} %, "
+                            "{model} **{top1:.2f} %** top-1, top-5 {top5:.2f} %, router superclass top-1 {router:.2f} %, "
                             "superclasses {groups} ({sizes}), val images per expert {usage} (entropy "
                             "{entropy:.3f} of ln {experts} = {entropy_max:.3f})",
     # docs/export.md: the default run today, beside the dated export tables

@@ -149,6 +149,7 @@ def make_out_dir(out_dir: Path) -> None:
 
 
 def _probe(out_dir: Path, where: Path) -> None:
+    """Write and remove a file in ``where`` (--out, or its nearest existing parent)."""
     try:
         probe_write(where)
     except OSError as e:

@@ -120,7 +120,8 @@ def test_warnings_are_one_clean_line(tmp_path):
             for i in range(3):
                 Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(d / f"{i}.png")
     (tmp_path / "data" / "train" / "a" / "bad.png").write_bytes(b"not a png")
-    code, _, err = mvmoe("train", *TINY[2:], "--data", tmp_path / "data", "--epochs", "1", "--out", tmp_path / "run")
+    code, _, err = mvmoe("train", *TINY[2:], "--data", tmp_path / "data", "--epochs", "1", "--set", "batch_size=2",
+                         "--out", tmp_path / "run")
     lines = err.strip().splitlines()
     assert any(ln.startswith("warning: skipping") and "bad.png" in ln for ln in lines), err
     assert not [ln for ln in lines if "UserWarning" in ln or "warnings.warn" in ln or ".py:" in ln], err

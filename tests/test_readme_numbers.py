@@ -36,7 +36,7 @@ def test_spans_are_rewritten_and_the_rest_is_kept(tmp_path):
     vals = mod.values(_run(tmp_path))
     text = "before <!-- numbers:default-run -->96.67 % stale<!-- /numbers --> after; <!-- numbers:default-top1 -->1<!-- /numbers -->"
     new = mod.rewrite(text, vals)
-    assert new == ("before <!-- numbers:default-run -->**95.56 %** top-1, top-5 100 %, router superclass accuracy "
+    assert new == ("before <!-- numbers:default-run -->**95.56 %** top-1, top-5 100.00 %, router superclass accuracy "
                    "95.83 %, expert use 180/180 val images per expert. The dense stage's 80.83 % is not a baseline"
                    "<!-- /numbers --> after; <!-- numbers:default-top1 -->95.56 %<!-- /numbers -->")
     assert mod.rewrite(new, vals) == new  # idempotent

@@ -298,7 +298,7 @@ def check_finite(stage: Stage, state: TrainState, parts: LossParts) -> None:
     log intervals only: the check waits for the GPU."""
     if stage.amp_dtype != torch.float16 and not torch.isfinite(parts.total):
         tcfg = stage.tcfg
-        raise MvmoeError(f"{stage.name}: loss is {float(parts.total)} at step {state.step}; lower lr "
+        raise MvmoeError(f"{stage.name}: loss is {float(parts.total.detach())} at step {state.step}; lower lr "
                          f"(now {tcfg.lr} per 512 images, {tcfg.effective_lr:g} effective)")
 
 
