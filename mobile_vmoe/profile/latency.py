@@ -244,7 +244,8 @@ def cold_tail_switches(chain, x: np.ndarray) -> dict:
         t0 = len(chain.switch_ms)
         first.append(time_ms(lambda e=e: chain.tail(e)(stream, gate), 1, 0)[0])
         switch.append(chain.switch_ms[t0])
-    return {"expert_layout": "split", "tail_switch_ms": [round(v, 4) for v in switch],
+    switch = [round(v, 4) for v in switch]  # the median is of the values written
+    return {"expert_layout": "split", "tail_switch_ms": switch,
             "tail_switch_median_ms": float(np.median(switch)) if switch else None,
             "tail_load_run_ms": [round(v, 4) for v in first], "tails": chain.num_tails}
 
