@@ -55,30 +55,21 @@ object StaleCopy {
     }
 
     /**
-     * Copy [input] to [output] and return the SHA-256 of the bytes copied: the copy is hashed once,
-     * when it is written, never when a model is loaded (neither stream is closed).
+     * Copy [input] to [output] (none: only hash) and return the SHA-256 of the bytes read: the copy
+     * is hashed once, when it is written, never when a model is loaded (neither stream is closed).
      */
-    fun copyHashing(input: java.io.InputStream, output: java.io.OutputStream): String {
+    fun copyHashing(input: java.io.InputStream, output: java.io.OutputStream?): String {
         val md = java.security.MessageDigest.getInstance("SHA-256")
         val buf = ByteArray(1 shl 20)
         while (true) {
             val n = input.read(buf)
             if (n < 0) break
             md.update(buf, 0, n)
-            output.write(buf, 0, n)
+            output?.write(buf, 0, n)
         }
         return md.digest().joinToString("") { "%02x".format(it) }
     }
 
     /** SHA-256 of a stream, read in 1 MiB chunks (the stream is not closed). */
-    fun sha256Hex(input: java.io.InputStream): String {
-        val md = java.security.MessageDigest.getInstance("SHA-256")
-        val buf = ByteArray(1 shl 20)
-        while (true) {
-            val n = input.read(buf)
-            if (n < 0) break
-            md.update(buf, 0, n)
-        }
-        return md.digest().joinToString("") { "%02x".format(it) }
-    }
+    fun sha256Hex(input: java.io.InputStream): String = copyHashing(input, null)
 }
