@@ -91,7 +91,7 @@ def to_rgb8(raw: torch.Tensor) -> np.ndarray:
 
 def model_input(rgb8: np.ndarray, mean, std, baked: bool) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 as the app computes it for a model-size image."""
-    x = torch.from_numpy(rgb8).permute(0, 3, 1, 2).float()  # (N, 3, H, W) in [0, 255]
+    x = torch.as_tensor(np.array(rgb8)).permute(0, 3, 1, 2).float()  # (N, 3, H, W) in [0, 255] (a copy: rgb8 may be read-only)
     if baked:
         return x
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
