@@ -12,6 +12,7 @@ Every target module has the same small interface::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import errno
 import json
 import os
@@ -49,6 +50,7 @@ class ExportJob:
     target: str
     backend: str | None
     precision: str
+    experts: str = "fused"  # fused | split; "auto" until the model's config is known (resolve_layouts)
 
 
 @dataclass
@@ -64,12 +66,16 @@ class ExportResult:
         return self.error is None
 
 
-def plan(target: str, backend: str | None, precision: str, experts: str = "fused") -> tuple[list[ExportJob], list[str]]:
+EXPERT_LAYOUTS = ("auto", "fused", "split")
+
+
+def plan(target: str, backend: str | None, precision: str, experts: str = "auto") -> tuple[list[ExportJob], list[str]]:
     """Jobs for a --target/--backend/--precision/--experts choice, and notes on combinations skipped
-    under ``all``. A single target with an unsupported backend or precision is a user error."""
-    if experts not in ("fused", "split"):
-        raise MvmoeError(f"--experts {experts!r}: expected fused (one program, every expert) or split (trunk + one program "
-                         f"per expert){did_you_mean(experts, ('fused', 'split'))}")
+    under ``all``. A single target with an unsupported backend or precision is a user error.
+    ``auto`` jobs are planned as fused ones (auto never refuses) and resolved by resolve_layouts."""
+    if experts not in EXPERT_LAYOUTS:
+        raise MvmoeError(f"--experts {experts!r}: expected auto (split where it applies), fused (one program, every "
+                         f"expert) or split (trunk + one program per expert){did_you_mean(experts, EXPERT_LAYOUTS)}")
     from .split import unsupported
     if target not in (*TARGET_NAMES, "all"):
         raise MvmoeError(f"--target {target!r}: expected one of {', '.join(TARGET_NAMES)}, all"
@@ -87,18 +93,28 @@ def plan(target: str, backend: str | None, precision: str, experts: str = "fused
         if experts == "split":
             why = unsupported(t, b, precision)
             if why is None:
-                jobs.append(ExportJob(t, b, precision))
+                jobs.append(ExportJob(t, b, precision, "split"))
             elif target == "all":
                 skipped.append(why)
             else:
                 raise MvmoeError(why)
         elif precision in precisions_of(t, b):
-            jobs.append(ExportJob(t, b, precision))
+            jobs.append(ExportJob(t, b, precision, experts))
         elif target == "all":
             skipped.append(f"{t}{'-' + b if b else ''} has no {precision} export (it has {', '.join(precisions_of(t, b))})")
         else:
             raise MvmoeError(f"{t}{'-' + b if b else ''} exports {', '.join(precisions_of(t, b))}, not {precision}")
     return jobs, skipped
+
+
+def resolve_layouts(jobs: list[ExportJob], cfg, dispatch: str, layer_norm: str) -> list[ExportJob]:
+    """Each ``auto`` job as fused or split for this model (converters.split.choose_layout)."""
+    from .split import choose_layout
+
+    return [dataclasses.replace(j, experts=choose_layout(
+        j.experts, cfg, j.target, j.backend, j.precision, dispatch=dispatch,
+        decomposed_layernorm=layer_norm == "decomposed" and P.layernorm_option_applies(j.target, j.backend, j.precision)))
+        for j in jobs]
 
 
 @dataclass
@@ -173,6 +189,14 @@ def artifact_path(out_dir: Path, model_name: str, job: ExportJob, dispatch: str)
     return out_dir / (P.artifact_stem(model_name, job.target, job.backend, job.precision, dispatch) + ext)
 
 
+def name_dispatch(job: ExportJob, dispatch: str, per_image_moe: bool) -> str:
+    """The dispatch an artifact's name carries: split programs say so; a model without a
+    per-image MoE is named as gather whatever --dispatch was."""
+    if not per_image_moe:
+        return "gather"
+    return "split" if job.experts == "split" else dispatch
+
+
 def check_overwrite(paths: list[Path], identity: dict, force: bool) -> None:
     """Refuse to replace an artifact made from another checkpoint (or of unknown origin)."""
     if force:
@@ -193,13 +217,13 @@ def check_overwrite(paths: list[Path], identity: dict, force: bool) -> None:
                              "or --out another folder")
 
 
-def early_checks(cfg, images: P.EvalImages, jobs: list[ExportJob], experts: str, parity_data: str | None, say) -> None:
+def early_checks(cfg, images: P.EvalImages, jobs: list[ExportJob], parity_data: str | None, say) -> None:
     """What can refuse the export from the model's config and the images alone, before any
     export or conversion work: split layouts, real images for fp16/int8, calibration classes."""
-    if experts == "split":
-        from .split import check_splittable
+    from .split import check_splittable
 
-        for j in jobs:
+    for j in jobs:
+        if j.experts == "split":
             check_splittable(cfg, j.target, j.backend, j.precision)
     require_real_images(images, jobs)
     if parity_data is not None and images.labels is None and any(j.precision == "int8" for j in jobs):
@@ -233,13 +257,14 @@ def load_source(checkpoint, dispatch: str, fused_attention: bool, bake_preproces
 
 
 def convert_and_check(src: Source, job: ExportJob, path: Path, *, dispatch: str, layer_norm: str, fp32_tol: float,
-                      max_top1_drop: float | None, say, experts: str = "fused") -> dict:
+                      max_top1_drop: float | None, say) -> dict:
     """Convert one job into ``path`` (inside a temporary folder), run parity; -> the metadata."""
+    experts = job.experts
     meta = P.build_metadata(src.ckpt, src.wrapper, target=job.target, backend=job.backend, precision=job.precision,
                             artifact=path.name, dispatch="split" if experts == "split" else dispatch, macs=src.macs,
                             parity_result=P.not_run("not run yet"), ops={}, source=src.identity)
     meta["expert_layout"] = experts if src.wrapper.per_image_moe else None
-    ops, (run, why) = convert_one(src, job, path, meta, layer_norm, experts)
+    ops, (run, why) = convert_one(src, job, path, meta, layer_norm)
     check()  # a library that swallowed Ctrl-C has returned: stop now
     if run is None:
         par = P.not_run(why, images=0)
@@ -259,14 +284,14 @@ def convert_and_check(src: Source, job: ExportJob, path: Path, *, dispatch: str,
     return meta
 
 
-def convert_one(src: Source, job: ExportJob, path: Path, meta: dict, layer_norm: str, experts: str):
+def convert_one(src: Source, job: ExportJob, path: Path, meta: dict, layer_norm: str):
     """Write the artifact; -> (op audit, the target's load_runner result). Split programs also
     put their "programs" table into ``meta``."""
     import torch
 
     example = src.inputs[:1].clone()
     kw = {"metadata": meta} if job.target == "coreml" else {}
-    if experts == "split":
+    if job.experts == "split":
         from . import split
 
         meta["layer_norm"] = "native"
@@ -329,7 +354,7 @@ def export_checkpoint(checkpoint, target: str = "all", backend: str | None = Non
                       fused_attention: bool = False, bake_preprocessing: bool = False, parity_images: int = 256,
                       calibration_images: int = 32, fp32_tol: float = 1e-4, max_top1_drop: float | None = None,
                       layer_norm: str = "native", parity_data: str | None = None, force: bool = False,
-                      verbose: bool = False, progress=None, experts: str = "fused") -> list[ExportResult]:
+                      verbose: bool = False, progress=None, experts: str = "auto") -> list[ExportResult]:
     """Export one checkpoint to the chosen targets. Keeps going after a target fails; each
     result carries its error. ``progress(str)`` is called with one line per step if given.
     ``layer_norm="decomposed"`` rewrites LayerNorm for ExecuTorch XNNPACK fp32 jobs (see
@@ -338,7 +363,8 @@ def export_checkpoint(checkpoint, target: str = "all", backend: str | None = Non
     An existing artifact from another checkpoint is replaced only with ``force``. Libraries'
     own output is hidden unless ``verbose``. Ctrl-C raises KeyboardInterrupt and leaves no files.
     ``experts="split"``: a per-image MoE (k = 1) as a trunk and one program per expert
-    (converters.split), checked by running the chain."""
+    (converters.split), checked by running the chain; ``"fused"``: one program with every expert;
+    ``"auto"``: split for each job where it applies, fused elsewhere (split.choose_layout)."""
     def say(line: str) -> None:
         if progress:
             with loud():
@@ -353,17 +379,17 @@ def export_checkpoint(checkpoint, target: str = "all", backend: str | None = Non
     with sigint_guard(), quiet(verbose):
         src = load_source(checkpoint, dispatch, fused_attention, bake_preprocessing, max(parity_images, calibration_images),
                           parity_images, calibration_images, parity_data,
-                          early=lambda cfg, images: early_checks(cfg, images, jobs, experts, parity_data, say))
+                          early=lambda cfg, images: early_checks(cfg, images, jobs, parity_data, say))
         say(f"eval images: {src.images.source}")
         if src.images.is_random:
             say("warning: parity runs on random pixels, not real images (give --parity-data to use a dataset)")
-        dispatch = "split" if experts == "split" else dispatch
+        jobs = resolve_layouts(jobs, src.model.cfg, dispatch, layer_norm)
         make_out_dir(out_dir)
-        paths = [artifact_path(out_dir, src.model.cfg.name, j, dispatch if src.wrapper.per_image_moe else "gather")
+        paths = [artifact_path(out_dir, src.model.cfg.name, j, name_dispatch(j, dispatch, src.wrapper.per_image_moe))
                  for j in jobs]
         check_overwrite(paths, src.identity, force)
         results = [export_job(src, job, out_dir, path, say=say, verbose=verbose, dispatch=dispatch, layer_norm=layer_norm,
-                              fp32_tol=fp32_tol, max_top1_drop=max_top1_drop, experts=experts)
+                              fp32_tol=fp32_tol, max_top1_drop=max_top1_drop)
                    for job, path in zip(jobs, paths)]
     for s in skipped:
         say(f"skipped: {s}")

@@ -53,7 +53,8 @@ def tiny_ckpt(tmp_path_factory):
 def exported(tiny_ckpt, tmp_path_factory):
     """Every target once at fp32: Core ML, ExecuTorch-XNNPACK, TFLite, ONNX (about 3 minutes here)."""
     out = tmp_path_factory.mktemp("exports")
-    results = export_checkpoint(tiny_ckpt, "all", None, "fp32", out, parity_images=16, calibration_images=8)
+    results = export_checkpoint(tiny_ckpt, "all", None, "fp32", out, parity_images=16, calibration_images=8,
+                                experts="fused")
     return out, {(r.job.target, r.job.precision): r for r in results}
 
 
@@ -264,7 +265,8 @@ def test_op_audits(exported):
 def test_decomposed_layernorm_export_is_one_xnnpack_subgraph_per_side_of_the_gather(tiny_ckpt, tmp_path):
     """--layer-norm decomposed: LayerNorm delegated too, so one XNNPACK subgraph before the router's
     top-k and expert gather and one after; parity still against the native-LayerNorm PyTorch model."""
-    [r] = export_checkpoint(tiny_ckpt, "executorch", "xnnpack", "fp32", tmp_path, parity_images=8, layer_norm="decomposed")
+    [r] = export_checkpoint(tiny_ckpt, "executorch", "xnnpack", "fp32", tmp_path, parity_images=8, layer_norm="decomposed",
+                              experts="fused")
     assert r.ok, r.error
     ops = r.metadata["ops"]
     assert r.metadata["layer_norm"] == "decomposed" and r.metadata["parity"]["max_abs_diff"] < 1e-4
@@ -407,7 +409,7 @@ def test_litert_int8_moe_is_static_and_says_its_int8_ends(tmp_path):
     from test_export_pipeline import tiny_checkpoint
 
     (res,) = export_checkpoint(tiny_checkpoint(tmp_path / "m.pt"), "tflite", None, "int8", tmp_path, parity_images=16,
-                               parity_data="digits", max_top1_drop=1.0)
+                               parity_data="digits", max_top1_drop=1.0, experts="fused")
     assert res.ok, res.error
     meta = json.loads(res.artifact.with_suffix(".json").read_text())
     ops = meta["ops"]

@@ -197,7 +197,7 @@ def test_cli_app_copies_what_the_app_runs_and_says_where(fake, tmp_path, monkeyp
     monkeypatch.setattr(pipeline, "project_root", lambda: tmp_path / "checkout")
     ckpt = tiny_checkpoint(tmp_path / "a.pt")
     r = CliRunner().invoke(app, ["export", str(ckpt), "--target", "tflite", "--out", str(tmp_path / "out"),
-                                 "--parity-images", "4", "--app", "android"])
+                                 "--parity-images", "4", "--app", "android", "--experts", "fused"])
     assert r.exit_code == 0, r.output
     dest = tmp_path / "checkout" / pipeline.APP_DIRS["android"]
     assert f"copied vmoe-6x64-p32_tflite_fp32.onnx and vmoe-6x64-p32_tflite_fp32.json to {dest}" in r.stderr
@@ -218,7 +218,8 @@ def test_ctrl_c_inside_a_converter_that_swallows_it_stops_the_export(monkeypatch
     monkeypatch.setattr(pipeline, "target_module", lambda name: target)  # every target of "all"
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        pipeline.export_checkpoint(tiny_checkpoint(tmp_path / "a.pt"), "all", None, "fp32", out, parity_images=4)
+        pipeline.export_checkpoint(tiny_checkpoint(tmp_path / "a.pt"), "all", None, "fp32", out, parity_images=4,
+                                   experts="fused")
     assert len(target.converted) == 1  # the next target never started
     assert list(out.iterdir()) == []  # no artifact, no .json, no temporary folder
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

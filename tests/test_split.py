@@ -130,7 +130,8 @@ def test_split_export_matches_the_single_program_export(tmp_path, target):
     from mobile_vmoe.profile.latency import profile_latency
 
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
-    (one,) = export_checkpoint(ckpt, target, out_dir=tmp_path / "one", parity_images=32, parity_data="digits")
+    (one,) = export_checkpoint(ckpt, target, out_dir=tmp_path / "one", parity_images=32, parity_data="digits",
+                               experts="fused")
     (res,) = export_checkpoint(ckpt, target, out_dir=tmp_path / "split", parity_images=32, parity_data="digits",
                                experts="split")
     assert one.ok and res.ok, (one.error, res.error)
@@ -230,3 +231,54 @@ def test_coreml_split_is_one_multifunction_package(tmp_path):
     assert sorted(f.name for f in spec.description.functions) == ["tail_0", "tail_1", "trunk"]
     assert spec.description.defaultFunctionName == "trunk"
     assert json.loads(spec.description.metadata.userDefined["mvmoe"])["programs"]["chain"] == split.CHAIN
+
+
+# ------------------------------------------------------------------------------ --experts auto
+def _cfg(**kw):
+    from mobile_vmoe.config import ModelConfig
+
+    return ModelConfig(**{"depth": 4, "width": 32, "heads": 2, "img_size": 16, "patch_size": 8, "num_classes": 7,
+                          "num_experts": 3, "top_k": 1, "moe_blocks": 2, **kw})
+
+
+@pytest.mark.parametrize("target,precision", [("executorch-xnnpack", "fp32"), ("executorch-xnnpack", "int8"),
+                                              ("executorch-portable", "fp32"), ("tflite", "fp16"), ("tflite", "int8"),
+                                              ("coreml", "fp32"), ("coreml", "fp16")])
+def test_auto_splits_a_per_image_k1_moe_where_the_target_can(target, precision):
+    target, _, backend = target.partition("-")
+    assert split.choose_layout("auto", _cfg(), target, backend or None, precision) == "split"
+
+
+@pytest.mark.parametrize("cfg,target,precision,kw", [
+    ({"top_k": 2}, "executorch-xnnpack", "fp32", {}),
+    ({"routing": "token"}, "tflite", "fp32", {}),
+    ({"num_experts": 0, "top_k": 1, "moe_blocks": 0}, "executorch-xnnpack", "fp32", {}),  # dense
+    ({}, "onnx", "fp32", {}),
+    ({}, "executorch-coreml", "fp16", {}),
+    ({}, "executorch-portable", "int8", {}),
+    ({}, "executorch-xnnpack", "fp32", {"dispatch": "dense"}),
+    ({}, "executorch-xnnpack", "fp32", {"decomposed_layernorm": True}),
+])
+def test_auto_falls_back_to_fused_and_never_refuses(cfg, target, precision, kw):
+    target, _, backend = target.partition("-")
+    assert split.choose_layout("auto", _cfg(**cfg), target, backend or None, precision, **kw) == "fused"
+
+
+def test_an_explicit_layout_is_kept():
+    assert split.choose_layout("fused", _cfg(), "tflite", None, "fp32") == "fused"
+    assert split.choose_layout("split", _cfg(top_k=2), "onnx", None, "fp32") == "split"  # check_splittable refuses it
+
+
+def test_auto_jobs_resolve_per_target():
+    from mobile_vmoe.converters.pipeline import plan, resolve_layouts
+
+    jobs, skipped = plan("all", None, "fp32")  # auto: planned as fused, nothing skipped
+    assert skipped == [] and {j.experts for j in jobs} == {"auto"}
+    layouts = {j.target: j.experts for j in resolve_layouts(jobs, _cfg(), "gather", "native")}
+    assert layouts == {"coreml": "split", "executorch": "split", "tflite": "split", "onnx": "fused"}
+    token = resolve_layouts(jobs, _cfg(routing="token"), "gather", "native")
+    assert {j.experts for j in token} == {"fused"}
+    decomposed = {j.target: j.experts for j in resolve_layouts(jobs, _cfg(), "gather", "decomposed")}
+    assert decomposed["executorch"] == "fused" and decomposed["tflite"] == "split"  # the option applies to XNNPACK only
+    with pytest.raises(MvmoeError, match="expected auto"):
+        plan("onnx", None, "fp32", "automatic")

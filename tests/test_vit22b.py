@@ -361,7 +361,7 @@ def test_export_parity(option, target, tmp_path):
     from mobile_vmoe.converters.pipeline import export_checkpoint
 
     ckpt = option_checkpoint(option)
-    [r] = export_checkpoint(ckpt, target, None, "fp32", tmp_path, parity_images=16)
+    [r] = export_checkpoint(ckpt, target, None, "fp32", tmp_path, parity_images=16, experts="fused")
     assert r.ok, (r.error, r.notes)
     p = r.metadata["parity"]
     assert p["ran"] and p["images"] == 16 and p["max_abs_diff"] < 1e-4 and p["top1_agreement"] == 1.0
@@ -388,7 +388,8 @@ def test_coreml_converts_all_three_options(tmp_path):
     """Core ML lowers here (its prediction needs macOS, so parity is not run)."""
     from mobile_vmoe.converters.pipeline import export_checkpoint
 
-    [r] = export_checkpoint(option_checkpoint("all_three"), "coreml", None, "fp32", tmp_path, parity_images=4)
+    [r] = export_checkpoint(option_checkpoint("all_three"), "coreml", None, "fp32", tmp_path, parity_images=4,
+                            experts="fused")
     assert r.ok, (r.error, r.notes)
     assert r.metadata["ops"]["ops"]["gather"] == 2 * 2  # w1 and w2 of 2 MoE blocks: no expert biases
     assert r.metadata["model_config"]["qk_norm"] and not r.metadata["model_config"]["bias"]

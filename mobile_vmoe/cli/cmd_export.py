@@ -19,9 +19,10 @@ def export_cmd(
     out: Path = typer.Option(Path("exports"), "--out", "-o", help="output folder"),
     app_: Optional[str] = typer.Option(None, "--app", help="also copy into a demo app: ios | android"),
     dispatch: str = typer.Option("gather", help="gather (static top-k expert gather) | dense (all experts)"),
-    experts: str = typer.Option("fused", "--experts", help="fused (one program, all experts) | split (a trunk "
-                                "and one program per expert, so an app keeps only the experts it uses in memory; "
-                                "per-image MoE with k = 1; executorch, tflite, coreml; int8 on executorch-xnnpack and tflite)"),
+    experts: str = typer.Option("auto", "--experts", help="auto (default: split where it applies, fused elsewhere) | "
+                                "fused (one program, all experts) | split (a trunk and one program per expert, so an "
+                                "app keeps only the experts it uses in memory; per-image MoE with k = 1; executorch "
+                                "xnnpack/portable, tflite, coreml; int8 on executorch-xnnpack and tflite)"),
     bake_preprocessing: bool = typer.Option(False, help="input raw RGB [0,255]; normalisation inside the model"),
     fused_attention: bool = typer.Option(False, help="export attention as one SDPA op instead of matmul-softmax-matmul"),
     layer_norm: str = typer.Option("native", "--layer-norm", help="executorch xnnpack fp32: native | decomposed "
