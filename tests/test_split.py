@@ -132,8 +132,8 @@ def test_split_export_matches_the_single_program_export(tmp_path, target):
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
     (one,) = export_checkpoint(ckpt, target, out_dir=tmp_path / "one", parity_images=32, parity_data="digits",
                                experts="fused")
-    (res,) = export_checkpoint(ckpt, target, out_dir=tmp_path / "split", parity_images=32, parity_data="digits",
-                               experts="split")
+    (res,) = export_checkpoint(ckpt, target, out_dir=tmp_path / "split", parity_images=32,
+                               parity_data="digits")  # the default, auto: split for this per-image k = 1 MoE
     assert one.ok and res.ok, (one.error, res.error)
     meta = json.loads(res.artifact.with_suffix(".json").read_text())
     assert meta["dispatch"] == "split" and meta["expert_layout"] == "split" and meta["parity"]["max_abs_diff"] < 1e-5
