@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mobile_vmoe.data import Preprocess, spec_kind
+from mobile_vmoe.data.transforms import PREPROCESS
 from mobile_vmoe.errors import MvmoeError
 
 from .prepare import RESIZE, SCALE, EvalImages, spread
@@ -39,46 +41,46 @@ RUNTIME_PACKAGE = {"executorch": ("executorch", "executorch"), "tflite": ("liter
                    "onnx": ("onnxruntime", "onnxruntime")}
 COREML_MIN_IOS = "17.0"
 COREML_SPLIT_MIN_IOS = "18.0"  # multifunction packages (ct.target.iOS18, MLModelConfiguration.functionName)
-EVAL_CROP_RATIO = 0.875  # mobile_vmoe.data.transforms: ImageFolder eval = Resize(S / 0.875) + CenterCrop(S)
 # The sample both apps bundle (the same PNG in apps/android_demo assets/sample/ and apps/ios_demo Sample/).
 SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "apps" / "android_demo" / "app" / "src" / "main" / "assets" / "sample" / "digit.png"
 
 
 # ------------------------------------------------------------------------------------ preprocessing
-def dataset_kind(ckpt: dict) -> str:
-    """digits, synthetic or imagefolder, from the checkpoint's data.spec (older: data.name)."""
+def data_preprocess(ckpt: dict) -> Preprocess:
+    """The eval policy of the data that trained the checkpoint: its data.preprocess, stored at
+    training time. Checkpoints written before it was stored: the policy of the kind data.spec
+    (older: data.name) names; no spec at all -> synthetic."""
     data = ckpt.get("data") or {}
-    spec = str(data.get("spec") or data.get("name") or "")
-    if spec == "digits":
-        return "digits"
-    if spec.startswith("synthetic") or not spec:
-        return "synthetic"
-    return "imagefolder"
+    if isinstance(data.get("preprocess"), dict):
+        return Preprocess(**data["preprocess"])
+    spec = str(data.get("spec") or data.get("name") or "synthetic")
+    return PREPROCESS[spec_kind(spec)]
 
 
 def preprocessing_policy(ckpt: dict, meta_input: dict) -> dict:
     """The app preprocessing stated once: crop, resize, normalisation, layout and colour polarity.
 
-    crop_fraction: the centred square's side is round(min(H0, W0) * crop_fraction). ImageFolder's
-    eval transform resizes the short side to int(S / 0.875) and crops S, i.e. keeps S / int(S / 0.875)
-    of it; digits and synthetic images were square and uncropped (1.0).
+    crop_fraction: the centred square's side is round(min(H0, W0) * crop_fraction). A cropping eval
+    transform (ImageFolder) resizes the short side to int(S / r) and crops S, i.e. keeps
+    S / int(S / r) of it; digits, synthetic and shapes images are stored at S, uncropped (1.0).
     """
     size = int(meta_input["shape"][-1])
-    kind = dataset_kind(ckpt)
-    if kind == "imagefolder":
-        frac = size / int(size / EVAL_CROP_RATIO)
-        eval_tf = f"Resize({int(size / EVAL_CROP_RATIO)}, bilinear, antialias) + CenterCrop({size})"
+    pre = data_preprocess(ckpt)
+    if pre.crop_ratio < 1.0:
+        resize = int(size / pre.crop_ratio)
+        frac = size / resize
+        eval_tf = f"Resize({resize}, bilinear, antialias) + CenterCrop({size})"
     else:
         frac = 1.0
-        eval_tf = f"{kind} images are stored at {size}x{size}: no crop or resize"
+        eval_tf = f"{pre.kind} images are stored at {size}x{size}: no crop or resize"
     return {
         "resize": RESIZE, "crop": "center-square", "crop_fraction": frac, "interpolation": "bilinear",
         "align_corners": False, "antialias": True, "scale": SCALE, "mean": list(meta_input["mean"]),
         "std": list(meta_input["std"]), "layout": meta_input["layout"],
         "baked_in": bool(meta_input["preprocessing_baked_in"]),
-        # sklearn digits are ink = 16 on background 0: light strokes on a dark ground. A photo of
-        # dark ink on paper must be inverted (the apps offer the switch and say so).
-        "polarity": "light-on-dark" if kind == "digits" else None,
+        # light-on-dark (digits): a photo of dark ink on paper must be inverted (the apps offer the
+        # switch and say so).
+        "polarity": pre.polarity,
         "eval_transform": eval_tf,
     }
 

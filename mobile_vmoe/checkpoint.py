@@ -10,8 +10,9 @@ key with its type is in docs/formats.md)::
     ema             state_dict of the EMA weights (preferred for eval/export when present), ema_n_averaged
     class_names     list[str], index = class id
     superclasses    {"names": [...], "class_to_superclass": [int per class]} or None
-    data            {"name", "spec", "seed", "img_size", "in_chans", "mean", "std"}: what rebuilds the
-                    data and what the model expects
+    data            {"name", "spec", "seed", "img_size", "in_chans", "mean", "std", "preprocess"}: what
+                    rebuilds the data and what the model expects (preprocess: the eval crop policy,
+                    DataBundle.preprocess; absent from older checkpoints)
     train_config    TrainConfig.to_dict() (the training settings, "model" nested)
     metrics         dict of the last evaluation
     epoch, step     progress; last.pt adds the resume state of train.loop.TrainState.state_dict()

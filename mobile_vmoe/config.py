@@ -254,6 +254,7 @@ __all__ = ["ModelConfig", "parse_overrides", "field_names", "field", "ROUTINGS",
 # ====================================================================== training settings
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 LOADERS = ("auto", "torch", "dali")
+AUGMENTS = ("none", "light", "default", "deit")  # built by mobile_vmoe.data.transforms; "default" is per dataset
 LR_REFERENCE_BATCH = 512  # ``lr`` is stated for this many images per optimizer step
 
 
@@ -358,8 +359,8 @@ class TrainConfig:
             p.append(f"distill_weight={self.distill_weight} must be in [0, 1]")
         if not self.distill_tau > 0:
             p.append(f"distill_tau={self.distill_tau} must be > 0")
-        if self.augment not in ("none", "light", "default", "deit"):
-            p.append(f"augment={self.augment!r} must be one of none, light, default, deit")
+        if self.augment not in AUGMENTS:
+            p.append(f"augment={self.augment!r} must be one of {', '.join(AUGMENTS)}")
         return p
 
     def batch_size_ok(self) -> bool:

@@ -35,8 +35,37 @@ def test_preprocessing_policy_per_dataset():
     digits = A.preprocessing_policy({"data": {"name": "digits", "spec": "digits"}}, meta_input(True))
     assert (digits["crop_fraction"], digits["polarity"], digits["baked_in"]) == (1.0, "light-on-dark", True)
     assert (digits["mean"], digits["std"], digits["layout"], digits["scale"]) == (MEAN, STD, "NCHW", 255.0)
-    assert A.dataset_kind({"data": {"spec": "synthetic:20:4"}}) == "synthetic"
-    assert A.dataset_kind({}) == "synthetic"
+    assert A.data_preprocess({"data": {"spec": "synthetic:20:4"}}).kind == "synthetic"
+    assert A.data_preprocess({}).kind == "synthetic"
+
+
+def test_shapes_checkpoint_tells_the_apps_uncropped(tmp_path):
+    """The data bundle's policy travels in the checkpoint: a shapes model's images are stored at
+    the model size, so the apps must not crop (an ImageFolder model would keep 16/18)."""
+    from mobile_vmoe.checkpoint import load_checkpoint, save_checkpoint
+    from mobile_vmoe.data import build_data
+
+    data = build_data("shapes:4:2:4", 16, augment="none")
+    model = tiny_moe()
+    save_checkpoint(tmp_path / "model.pt", {"model_config": model.cfg, "model": model.state_dict(),
+                                            "class_names": data.class_names, "superclasses": None,
+                                            "data": data.checkpoint_info()})
+    ckpt = load_checkpoint(tmp_path / "model.pt")
+    assert ckpt["data"]["preprocess"] == {"kind": "shapes", "crop_ratio": 1.0, "polarity": None}
+    policy = A.preprocessing_policy(ckpt, meta_input(False))
+    assert (policy["crop_fraction"], policy["polarity"]) == (1.0, None)
+    assert policy["eval_transform"] == "shapes images are stored at 16x16: no crop or resize"
+
+
+def test_preprocess_stored_wins_and_old_checkpoints_fall_back_to_the_spec():
+    stored = {"kind": "imagefolder", "crop_ratio": 0.5, "polarity": None}  # Resize(32) + CenterCrop(16)
+    policy = A.preprocessing_policy({"data": {"spec": "shapes", "preprocess": stored}}, meta_input(False))
+    assert policy["crop_fraction"] == pytest.approx(0.5, abs=1e-12)
+    assert policy["eval_transform"].startswith("Resize(32,")
+    # checkpoints written before data.preprocess: the kind the spec names
+    for spec in ("shapes", "shapes:100:10:60", "shapes-disjoint:20:4"):
+        assert A.preprocessing_policy({"data": {"spec": spec}}, meta_input(False))["crop_fraction"] == 1.0
+    assert A.data_preprocess({"data": {"spec": "shapes-disjoint"}}).kind == "shapes-disjoint"
 
 
 def test_model_input_by_hand():

@@ -2,7 +2,7 @@ import pytest
 
 from mobile_vmoe.config import ModelConfig, parse_overrides
 from mobile_vmoe.errors import MvmoeError
-from mobile_vmoe.models.registry import create_model, dense_twin, get_config
+from mobile_vmoe.models.registry import create_model, dense_twin, get_config, is_grid_name, model_name
 
 
 @pytest.mark.parametrize(
@@ -84,3 +84,13 @@ def test_dense_twin_matches_backbone():
     m = create_model(moe)
     d = create_model(twin)
     assert m.num_active_params() - d.num_params() == sum(p.numel() for p in m.router.parameters())
+
+
+def test_model_name_says_what_is_built():
+    moe = get_config("vmoe-6x64-p32").replace(patch_size=8, num_experts=5, top_k=2)
+    assert model_name(moe) == "vmoe-6x64-p8-e5-k2"
+    assert model_name(moe.replace(routing="token", top_k=1, num_experts=10)) == "vmoe-6x64-p8-token"
+    twin = dense_twin(moe.replace(name=model_name(moe)))
+    assert (twin.name, twin.num_experts) == ("vit-6x64-p8", 0)
+    assert dense_twin(moe.replace(name="mine")).name == "mine-dense"
+    assert is_grid_name("vit-12x192-p32") and not is_grid_name("vmoe-6x64-p8-e5") and not is_grid_name("deit-tiny")

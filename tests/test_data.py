@@ -85,6 +85,7 @@ def test_checkpoint_info_rebuilds_the_same_data():
     d = build_data("synthetic", augment="none").checkpoint_info()
     assert (d["name"], d["spec"], d["seed"]) == ("synthetic", "synthetic:20:4", 0)
     assert build_data("digits").checkpoint_info()["spec"] == "digits"
+    assert d["preprocess"] == {"kind": "synthetic", "crop_ratio": 1.0, "polarity": None}
 
 
 def test_synthetic_spec_errors():

@@ -20,10 +20,21 @@ import os
 from pathlib import Path
 
 from ..errors import MvmoeError
-from .bundle import DataBundle, TensorImageDataset
+from .bundle import DataBundle, Preprocess, TensorImageDataset
 from .mixup import MixupCutmix, superclass_targets
 
-__all__ = ["DataBundle", "TensorImageDataset", "build_data", "MixupCutmix", "superclass_targets"]
+__all__ = ["DataBundle", "Preprocess", "TensorImageDataset", "build_data", "spec_kind", "MixupCutmix",
+           "superclass_targets"]
+
+
+def spec_kind(spec: str) -> str:
+    """The dataset kind a spec names: digits, synthetic, shapes, shapes-disjoint, else imagefolder
+    (whether the folder exists is build_data's to check)."""
+    spec = str(spec)
+    for kind in ("digits", "synthetic", "shapes-disjoint", "shapes"):
+        if spec == kind or (kind != "digits" and spec.startswith(kind + ":")):
+            return kind
+    return "imagefolder"
 
 
 def build_data(spec: str, img_size: int | None = None, *, augment: str = "default", seed: int = 0,
@@ -42,23 +53,22 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
     if img_size is not None and (not isinstance(img_size, int) or img_size < 4):
         raise MvmoeError(f"img_size must be an integer >= 4, got {img_size!r}")
     spec = str(spec)
-    if spec == "digits":
+    kind = spec_kind(spec)
+    if kind == "digits":
         from .digits import build_digits
 
         bundle = build_digits(img_size, augment)
         bundle.spec = spec
         return bundle
-    if spec == "synthetic" or spec.startswith("synthetic:"):
+    if kind == "synthetic":
         from .synthetic import build_synthetic, parse_synthetic_spec
 
         num_classes, num_superclasses = parse_synthetic_spec(spec)
         bundle = build_synthetic(num_classes, num_superclasses, img_size, augment, seed=seed)
         bundle.spec, bundle.seed = f"synthetic:{num_classes}:{num_superclasses}", seed
         return bundle
-    if spec == "shapes-disjoint" or spec.startswith("shapes-disjoint:"):
-        return _shapes(spec, "shapes-disjoint", img_size, augment, seed)
-    if spec == "shapes" or spec.startswith("shapes:"):
-        return _shapes(spec, "shapes", img_size, augment, seed)
+    if kind in ("shapes", "shapes-disjoint"):
+        return _shapes(spec, kind, img_size, augment, seed)
     path = Path(os.path.expanduser(spec))
     if path.exists() or os.sep in spec or spec.startswith("."):
         from .imagefolder import build_imagefolder

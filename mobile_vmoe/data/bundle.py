@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch.utils.data import Dataset
 
 from ..errors import MvmoeError
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a dataset's eval images reach the model: the policy an exported model's app must repeat.
+
+    kind: digits | synthetic | shapes | shapes-disjoint | imagefolder.
+    crop_ratio: 1.0 = images stored at the model size S, fed uncropped; r < 1 = the eval transform
+    resizes the short side to int(S / r) and centre-crops S (ImageFolder: 0.875).
+    polarity: "light-on-dark" when strokes are light on a dark ground (digits), else None.
+    """
+
+    kind: str
+    crop_ratio: float = 1.0
+    polarity: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -29,6 +47,7 @@ class DataBundle:
     in_chans: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    preprocess: Preprocess  # stored in the checkpoint: the exporter reads it, never guesses from names
     planted_superclasses: list[int] | None = None  # generated sets: class id -> true superclass id
     stats: dict = field(default_factory=dict)
     spec: str = ""  # what rebuilds it: build_data(spec, img_size, seed=seed) ("digits", "synthetic:20:4", an absolute path)
@@ -42,7 +61,8 @@ class DataBundle:
     def checkpoint_info(self) -> dict:
         """The checkpoint's ``data`` entry: what an exported model must be fed."""
         return {"name": self.name, "spec": self.spec or self.name, "seed": self.seed, "img_size": self.img_size,
-                "in_chans": self.in_chans, "mean": list(self.mean), "std": list(self.std)}
+                "in_chans": self.in_chans, "mean": list(self.mean), "std": list(self.std),
+                "preprocess": self.preprocess.to_dict()}
 
 
 def check_classes(name: str, class_names: list[str]) -> None:

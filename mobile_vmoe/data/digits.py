@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .bundle import DataBundle, TensorImageDataset
-from .transforms import channel_stats, check_augment, tensor_transform
+from .transforms import PREPROCESS, channel_stats, check_augment, tensor_transform
 
 SPLIT_SEED = 0
 VAL_FRACTION = 0.2
@@ -54,6 +54,7 @@ def build_digits(img_size: int | None = None, augment: str = "default") -> DataB
         in_chans=3,
         mean=mean,
         std=std,
+        preprocess=PREPROCESS["digits"],
         planted_superclasses=None,
         stats={"train_images": len(ty), "val_images": len(vy), "skipped_images": 0},
     )

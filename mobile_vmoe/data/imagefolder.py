@@ -27,8 +27,8 @@ from torch.utils.data import Dataset
 from ..errors import MvmoeError
 from .bundle import DataBundle, check_classes
 from .index import IMG_EXTENSIONS, FolderIndex, is_image_file, list_folder, load_or_build, scan_classes  # noqa: F401
-from .transforms import (IMAGENET_MEAN, IMAGENET_STD, check_augment, device_erasing, folder_eval_transform,
-                         folder_train_transform)
+from .transforms import (IMAGENET_MEAN, IMAGENET_STD, PREPROCESS, check_augment, device_erasing,
+                         folder_eval_transform, folder_train_transform)
 
 SORT_HINT = ("give its labels: put LOC_val_solution.csv (or the devkit's ILSVRC2012_validation_ground_truth.txt "
              "and meta.mat) in {root}, or sort it once with `mvmoe data sort-val {folder} --labels FILE`")
@@ -179,7 +179,7 @@ def build_imagefolder(path: str | os.PathLike, img_size: int | None = None, augm
                              max_bad_fraction=max_bad_fraction)
     return DataBundle(
         name=root.resolve().name, train=train, val=val, class_names=ix["train"].classes, img_size=img_size,
-        in_chans=3, mean=mean, std=std, planted_superclasses=None,
+        in_chans=3, mean=mean, std=std, preprocess=PREPROCESS["imagefolder"], planted_superclasses=None,
         stats={"root": str(root.resolve()), "train_images": len(train), "val_images": len(val)},
         train_erasing=device_erasing(augment),
     )

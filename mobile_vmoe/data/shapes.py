@@ -42,7 +42,7 @@ import torch
 
 from ..errors import MvmoeError
 from .bundle import DataBundle, TensorImageDataset, split_class_spec
-from .transforms import channel_stats, check_augment, tensor_transform
+from .transforms import PREPROCESS, channel_stats, check_augment, tensor_transform
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross", "hbar", "vbar", "diamond", "x", "halfdisk")
 CUES = ("texture", "part", "layout")
@@ -219,7 +219,7 @@ def build_shapes(num_classes: int = 100, num_superclasses: int = 10, img_size: i
         train=TensorImageDataset(tx, ty, tensor_transform(img_size, mean, std, augment, flip=False)),
         val=TensorImageDataset(vx, vy, tensor_transform(img_size, mean, std, "none")),
         class_names=class_names(num_classes, num_superclasses, disjoint),
-        img_size=img_size, in_chans=3, mean=mean, std=std,
+        img_size=img_size, in_chans=3, mean=mean, std=std, preprocess=PREPROCESS[base],
         planted_superclasses=[c % num_superclasses for c in range(num_classes)],
         stats={"train_images": len(ty), "val_images": len(vy), "skipped_images": 0, "seed": seed},
     )

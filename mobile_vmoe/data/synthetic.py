@@ -29,7 +29,7 @@ import torch
 
 from ..errors import MvmoeError
 from .bundle import DataBundle, TensorImageDataset, split_class_spec
-from .transforms import channel_stats, check_augment, tensor_transform
+from .transforms import PREPROCESS, channel_stats, check_augment, tensor_transform
 
 TRAIN_PER_CLASS = 100
 VAL_PER_CLASS = 25
@@ -126,6 +126,7 @@ def build_synthetic(num_classes: int = 20, num_superclasses: int = 4, img_size: 
         in_chans=3,
         mean=mean,
         std=std,
+        preprocess=PREPROCESS["synthetic"],
         planted_superclasses=planted_superclasses(num_classes, num_superclasses),
         stats={"train_images": len(ty), "val_images": len(vy), "skipped_images": 0, "seed": seed},
     )

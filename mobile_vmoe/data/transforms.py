@@ -23,13 +23,23 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from ..config import AUGMENTS
 from ..errors import MvmoeError
+from .bundle import Preprocess
 from .decode import to_rgb8
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUGMENTS = ("none", "light", "default", "deit")
-EVAL_CROP_RATIO = 0.875
+EVAL_CROP_RATIO = 0.875  # ImageFolder eval: Resize(int(S / 0.875)) + CenterCrop(S), the DeiT/timm ratio
+# Each builder's eval policy by dataset kind (stored in checkpoints as data.preprocess). In-memory
+# sets are generated or stored at the model size: no crop.
+PREPROCESS = {
+    "digits": Preprocess("digits", polarity="light-on-dark"),  # sklearn digits: ink 16 on background 0
+    "synthetic": Preprocess("synthetic"),
+    "shapes": Preprocess("shapes"),
+    "shapes-disjoint": Preprocess("shapes-disjoint"),
+    "imagefolder": Preprocess("imagefolder", crop_ratio=EVAL_CROP_RATIO),
+}
 
 
 def check_augment(augment: str) -> str:

@@ -14,6 +14,7 @@ Heads: width 384 -> 6, 192 -> 3 (head dim 64, as DeiT); width 96 -> 3, 64 -> 2 (
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..config import ModelConfig
@@ -26,6 +27,23 @@ PATCHES = (32, 16)
 HEADS = {384: 6, 192: 3, 96: 3, 64: 2}
 
 _PRESETS: dict[str, ModelConfig] = {}
+_GRID_NAME = re.compile(r"(vit|vmoe)-\d+x\d+-p\d+")
+
+
+def model_name(cfg: ModelConfig) -> str:
+    """The grid name of what ``cfg`` builds: vit-<depth>x<width>-p<patch> (dense) or vmoe-...; an
+    MoE adds -e<E>, -k<k>, -token where it differs from the preset's E=10, k=1, per-image routing."""
+    name = f"{'vmoe' if cfg.is_moe else 'vit'}-{cfg.depth}x{cfg.width}-p{cfg.patch_size}"
+    if cfg.is_moe:
+        name += "" if cfg.num_experts == 10 else f"-e{cfg.num_experts}"
+        name += "" if cfg.top_k == 1 else f"-k{cfg.top_k}"
+        name += "-token" if cfg.routing == "token" else ""
+    return name
+
+
+def is_grid_name(name: str) -> bool:
+    """True for a plain grid preset name (vit-12x192-p32, vmoe-6x64-p8), the names model_name writes."""
+    return _GRID_NAME.fullmatch(name) is not None
 
 
 def register(cfg: ModelConfig) -> ModelConfig:
@@ -39,9 +57,10 @@ for _d in DEPTHS:
     for _w in WIDTHS:
         for _p in PATCHES:
             _base = dict(depth=_d, width=_w, heads=HEADS[_w], patch_size=_p, img_size=224, num_classes=1000)
-            register(ModelConfig(name=f"vit-{_d}x{_w}-p{_p}", **_base))
-            register(ModelConfig(name=f"vmoe-{_d}x{_w}-p{_p}", num_experts=10, top_k=1, moe_blocks=2,
-                                 routing="image", **_base))
+            _dense = ModelConfig(name="", **_base)
+            _moe = _dense.replace(num_experts=10, top_k=1, moe_blocks=2, routing="image")
+            register(_dense.replace(name=model_name(_dense)))
+            register(_moe.replace(name=model_name(_moe)))
 register(ModelConfig(name="deit-tiny", depth=12, width=192, heads=3, patch_size=16))
 register(ModelConfig(name="deit-small", depth=12, width=384, heads=6, patch_size=16))
 
@@ -66,9 +85,12 @@ def get_config(name: str, **overrides: Any) -> ModelConfig:
 
 def dense_twin(cfg: ModelConfig) -> ModelConfig:
     """The dense model with the same backbone: equal active MACs to a top-1 per-image MoE
-    (up to the router), the baseline the paper compares against."""
-    name = cfg.name.replace("vmoe-", "vit-", 1) if cfg.name.startswith("vmoe-") else f"{cfg.name}-dense"
-    return cfg.replace(name=name, num_experts=0, mlp_ratio=cfg.expert_mlp_ratio or cfg.mlp_ratio, expert_mlp_ratio=0.0)
+    (up to the router), the baseline the paper compares against. A grid-named MoE's twin gets the
+    dense grid name (vmoe-6x64-p8-e5 -> vit-6x64-p8)."""
+    twin = cfg.replace(num_experts=0, mlp_ratio=cfg.expert_mlp_ratio or cfg.mlp_ratio, expert_mlp_ratio=0.0)
+    if cfg.name == model_name(cfg):
+        return twin.replace(name=model_name(twin))
+    return twin.replace(name=cfg.name.replace("vmoe-", "vit-", 1) if cfg.name.startswith("vmoe-") else f"{cfg.name}-dense")
 
 
 def create_model(name_or_cfg: str | ModelConfig, **overrides: Any) -> MobileVMoE:

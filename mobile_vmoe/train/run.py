@@ -35,7 +35,7 @@ from ..config import ModelConfig, TrainConfig, field_names
 from ..data.bundle import check_classes
 from ..errors import MvmoeError
 from ..fileio import atomic_write_json, read_json_object
-from ..models.registry import dense_twin, get_config
+from ..models.registry import dense_twin, get_config, is_grid_name, model_name
 from .. import runlock
 from ..provenance import provenance
 from .distributed import DistInfo, barrier, cleanup, setup_distributed
@@ -122,13 +122,8 @@ def adapt_to_data(cfg: ModelConfig, bundle, model_overrides: dict[str, Any]) -> 
     if bundle.img_size % patch:
         raise MvmoeError(f"img_size={bundle.img_size} is not divisible by patch_size={patch}: set --set patch_size=N")
     new = cfg.replace(**changes)
-    if "name" not in model_overrides and re.fullmatch(r"(vit|vmoe)-\d+x\d+-p\d+", cfg.name):
-        name = f"{'vmoe' if new.is_moe else 'vit'}-{new.depth}x{new.width}-p{new.patch_size}"
-        if new.is_moe:
-            name += "" if new.num_experts == 10 else f"-e{new.num_experts}"
-            name += "" if new.top_k == 1 else f"-k{new.top_k}"
-            name += "-token" if new.routing == "token" else ""
-        new = new.replace(name=name)
+    if "name" not in model_overrides and is_grid_name(cfg.name):
+        new = new.replace(name=model_name(new))
     return new
 
 
@@ -263,7 +258,6 @@ def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, in
 
     path = out / "superclasses.json"
     dense_model = dense_twin(tcfg.model)
-    dense_model = dense_model.replace(name=re.sub(r"-(e\d+|k\d+|token)", "", dense_model.name))
     dense_tcfg = tcfg.replace(model=dense_model, epochs=tcfg.dense_epochs or tcfg.epochs, teacher="")
     rest, holdout = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
     dense = fit(dense_tcfg, rest, out / "dense", dist_info=info, resume=resume, quiet=quiet, stage="dense")
