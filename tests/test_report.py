@@ -312,3 +312,26 @@ def test_two_latency_files_for_one_cell_are_a_conflict(tmp_path):
     b.write_text(json.dumps({**lat, "median_ms": 2.0}))
     with pytest.raises(MvmoeError, match=r"a\.json and .*b\.json both measure onnx fp32 @ local \(ms\)"):
         make_report([d], [a, b], tmp_path / "o", published=False)
+
+
+def test_latency_and_memory_land_in_their_own_typed_fields(tmp_path):
+    """A latency file fills Row.latency (ms), a memory file Row.memory (MiB); the kind is read once
+    from the file (median_ms or rss_mib), never guessed from the column's text afterwards."""
+    from mobile_vmoe.profile.report import LATENCY, MEMORY, attach_latency, load_latency, load_runs
+
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "summary.json").write_text(json.dumps(_summary(expert_usage=None)))
+    files = []
+    for name, extra in (("lat", {"median_ms": 1.5}), ("mem", {"rss_mib": 17.25, "loader": "mmap"})):
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps({"artifact": "vmoe-6x64-p8-e5_tflite_int8.tflite", "device": "local", **extra}))
+        files.append(f)
+    rows = load_runs([d])
+    cols = attach_latency(rows, load_latency(files))
+    assert [(c.kind, c.label) for c in cols] == [(LATENCY, "tflite int8 @ local (ms)"),
+                                                  (MEMORY, "tflite int8 mmap @ local (MiB)")]
+    assert rows[0].latency == {cols[0]: 1.5} and rows[0].memory == {cols[1]: 17.25}
+    assert [rows[0].measured(c) for c in cols] == [1.5, 17.25]
+    assert [c.head(csv=True) for c in cols] == ["latency_ms tflite int8 @ local (ms)",
+                                                "memory_mib tflite int8 mmap @ local (MiB)"]
