@@ -207,9 +207,9 @@ def test_metadata_round_trip(exported, tiny_ckpt):
     from mobile_vmoe.profile.flops import profile_flops
 
     assert meta["macs"] == profile_flops(model_from_checkpoint(tiny_ckpt)[0], dispatch="gather").macs
-    from mobile_vmoe.converters.coreml import read_metadata
+    from helpers import read_coreml_metadata
 
-    ud = read_metadata(out / "vmoe-6x64-p32_coreml_fp32.mlpackage")
+    ud = read_coreml_metadata(out / "vmoe-6x64-p32_coreml_fp32.mlpackage")
     assert json.loads(ud["labels"]) == meta["labels"]
     assert json.loads(ud["mvmoe"])["superclasses"] == meta["superclasses"]
 
