@@ -404,7 +404,7 @@ def test_litert_int8_moe_is_static_and_says_its_int8_ends(tmp_path):
     .json says so, and it lists the int8 ends an app quantizes with (those of the file itself)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from test_export_pipeline import tiny_checkpoint
+    from helpers import tiny_checkpoint
 
     (res,) = export_checkpoint(tiny_checkpoint(tmp_path / "m.pt"), "tflite", None, "int8", tmp_path, parity_images=16,
                                parity_data="digits", max_top1_drop=1.0)
