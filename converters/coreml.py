@@ -49,14 +49,6 @@ def write_metadata(mlmodel, meta: dict) -> None:
     ud["mvmoe"] = to_json({k: v for k, v in meta.items() if k not in ("parity", "ops")})
 
 
-def read_metadata(path: Path) -> dict:
-    """The user_defined_metadata of a saved .mlpackage (readable on Linux)."""
-    import coremltools as ct
-
-    spec = ct.utils.load_spec(str(path))
-    return dict(spec.description.metadata.userDefined)
-
-
 def audit(spec, precision: str) -> dict:
     """MIL op types with counts, from the main function of the mlprogram."""
     ops: dict[str, int] = {}

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import write_imagefolder
 from mobile_vmoe.data import MixupCutmix, build_data, superclass_targets
-from mobile_vmoe.data.synthetic import write_imagefolder
 from mobile_vmoe.errors import MvmoeError
 
 

@@ -208,9 +208,9 @@ def test_metadata_round_trip(exported, tiny_ckpt):
     from mobile_vmoe.profile.flops import profile_flops
 
     assert meta["macs"] == profile_flops(model_from_checkpoint(tiny_ckpt)[0], dispatch="gather").macs
-    from mobile_vmoe.converters.coreml import read_metadata
+    from helpers import read_coreml_metadata
 
-    ud = read_metadata(out / "vmoe-6x64-p32_coreml_fp32.mlpackage")
+    ud = read_coreml_metadata(out / "vmoe-6x64-p32_coreml_fp32.mlpackage")
     assert json.loads(ud["labels"]) == meta["labels"]
     assert json.loads(ud["mvmoe"])["superclasses"] == meta["superclasses"]
 
@@ -406,7 +406,7 @@ def test_litert_int8_moe_is_static_and_says_its_int8_ends(tmp_path):
     .json says so, and it lists the int8 ends an app quantizes with (those of the file itself)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from test_export_pipeline import tiny_checkpoint
+    from helpers import tiny_checkpoint
 
     (res,) = export_checkpoint(tiny_checkpoint(tmp_path / "m.pt"), "tflite", None, "int8", tmp_path, parity_images=16,
                                parity_data="digits", max_top1_drop=1.0, experts="fused")

@@ -17,23 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import DIGITS, tiny_checkpoint
 from mobile_vmoe.converters import pipeline
 from mobile_vmoe.converters import prepare as P
-from mobile_vmoe import create_model
-from mobile_vmoe.checkpoint import save_checkpoint
 from mobile_vmoe.errors import MvmoeError
 
-DIGITS = {"name": "digits", "spec": "digits", "seed": 0, "img_size": 16, "in_chans": 3, "mean": [0.5] * 3, "std": [0.5] * 3}
 GONE = {**DIGITS, "name": "gone", "spec": "/nonexistent/imagefolder"}
-
-
-def tiny_checkpoint(path: Path, data: dict = DIGITS, seed: int = 0) -> Path:
-    """3 blocks (last 2 MoE, E=2, k=1), 16 px, 10 classes named like the digits."""
-    torch.manual_seed(seed)
-    m = create_model("vmoe-6x64-p32", depth=3, width=32, heads=2, img_size=16, patch_size=8, num_classes=10, num_experts=2)
-    save_checkpoint(path, {"model_config": m.cfg, "model": m.state_dict(), "class_names": [str(i) for i in range(10)],
-                           "data": data})
-    return path
 
 
 class FakeTarget:

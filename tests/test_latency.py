@@ -7,32 +7,20 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
+from helpers import TinyConvNet, write_artifact_meta, write_tiny_onnx
 from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.profile.ingest import ingest_app_benchmark
 from mobile_vmoe.profile.latency import parse_device, profile_latency, summarize
 
 
-class Tiny(nn.Module):
-    """A conv stem + linear head: enough ops for every runtime, converts in seconds."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 4, stride=4)
-        self.fc = nn.Linear(8 * 4 * 4, 5)
-
-    def forward(self, x):  # (1, 3, 16, 16)
-        return self.fc(torch.relu(self.conv(x)).flatten(1))  # (1, 5)
-
-
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
     d = tmp_path_factory.mktemp("artifacts")
-    m, x = Tiny().eval(), (torch.randn(1, 3, 16, 16),)
+    m, x = TinyConvNet().eval(), (torch.randn(1, 3, 16, 16),)
     out = {}
     out["onnx"] = d / "tiny_onnx_fp32.onnx"
-    _onnx_graph(m, out["onnx"])
+    write_tiny_onnx(m, out["onnx"])
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
@@ -44,36 +32,8 @@ def artifacts(tmp_path_factory):
     out["tflite"] = d / "tiny_tflite_fp32.tflite"
     litert_torch.convert(m, x).export(str(out["tflite"]))
     for path in out.values():
-        _meta_for(path)
+        write_artifact_meta(path)
     return out
-
-
-def _meta_for(path, **keys):
-    """The .json `mvmoe export` writes beside an artifact: at least its name, size and sha256."""
-    from mobile_vmoe.converters.prepare import tree_sha256
-
-    size, sha = tree_sha256(path)
-    path.with_suffix(".json").write_text(json.dumps({"artifact": path.name, "artifact_size": size,
-                                                     "artifact_sha256": sha, **keys}))
-    return path
-
-
-def _onnx_graph(m: Tiny, path) -> None:
-    """The same network written with onnx.helper: torch.onnx.export (dynamo) costs ~30 s of import
-    and tracing on the shared CI box, and the runner only needs a valid ONNX file."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = {k: numpy_helper.from_array(v.detach().numpy(), k) for k, v in
-         {"conv_w": m.conv.weight, "conv_b": m.conv.bias, "fc_w": m.fc.weight, "fc_b": m.fc.bias}.items()}
-    nodes = [helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["c"], strides=[4, 4], kernel_shape=[4, 4]),
-             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Flatten", ["r"], ["f"], axis=1),
-             helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["logits"], transB=1)]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])], list(w.values()))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
 
 
 def test_summarize_hand_numbers():
@@ -148,7 +108,7 @@ def test_metadata_json_is_read_and_checked(artifacts, tmp_path):
     onnx = artifacts["onnx"]
     meta = onnx.with_suffix(".json")
     try:
-        _meta_for(onnx, model="tiny", target="onnx", precision="fp32", dispatch="gather", macs=123,
+        write_artifact_meta(onnx, model="tiny", target="onnx", precision="fp32", dispatch="gather", macs=123,
                   input={"shape": [1, 3, 16, 16], "dtype": "float32"})
         d = profile_latency(onnx, warmup=0, runs=2)
         assert (d["model"], d["target"], d["macs"], d["dispatch"]) == ("tiny", "onnx", 123, "gather")
@@ -156,13 +116,13 @@ def test_metadata_json_is_read_and_checked(artifacts, tmp_path):
         with pytest.raises(MvmoeError, match="does not match"):
             profile_latency(_with_meta(artifacts["pte"], tmp_path, [1, 3, 32, 32]), runs=1)
     finally:
-        _meta_for(onnx)
+        write_artifact_meta(onnx)
 
 
 def _with_meta(pte, tmp_path, shape):
     copy = tmp_path / pte.name
     copy.write_bytes(pte.read_bytes())
-    return _meta_for(copy, input={"shape": shape})
+    return write_artifact_meta(copy, input={"shape": shape})
 
 
 def test_bad_inputs(artifacts, tmp_path):

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from helpers import write_imagefolder
 from mobile_vmoe.data import build_data
 from mobile_vmoe.data.loader import DeviceNormalize, TorchTrainLoader, erasing_boxes
 from mobile_vmoe.data.sampler import ShardedBatchSampler, epoch_order, sample_seed
-from mobile_vmoe.data.synthetic import write_imagefolder
 
 
 def _batches(n, B, W, rank, epoch=0, start=0, repeats=1, seed=0):

@@ -250,11 +250,11 @@ def test_metrics_log_on_an_unwritable_path_is_one_line(tmp_path):
 
 
 def _report_run(tmp_path):
-    from test_report import _summary
+    from helpers import run_summary
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "summary.json").write_text(json.dumps(_summary()))
+    (run / "summary.json").write_text(json.dumps(run_summary()))
     return run
 
 
@@ -302,12 +302,12 @@ def test_report_on_a_full_disk_is_one_line_and_keeps_old_files(tmp_path, monkeyp
 # ------------------------------------------------------------------------- artifacts checked when measured
 @pytest.fixture
 def onnx_artifact(tmp_path):
-    from test_latency import Tiny, _meta_for, _onnx_graph
+    from helpers import TinyConvNet, write_artifact_meta, write_tiny_onnx
 
     path = tmp_path / "tiny_onnx_fp32.onnx"
-    _onnx_graph(Tiny().eval(), path)
-    return _meta_for(path, model="tiny", target="onnx", checkpoint="model.pt", checkpoint_sha256="ab" * 32,
-                     model_config={}, input={"shape": [1, 3, 16, 16], "dtype": "float32"})
+    write_tiny_onnx(TinyConvNet().eval(), path)
+    return write_artifact_meta(path, model="tiny", target="onnx", checkpoint="model.pt", checkpoint_sha256="ab" * 32,
+                               model_config={}, input={"shape": [1, 3, 16, 16], "dtype": "float32"})
 
 
 def _fake_memory_child(monkeypatch):

@@ -7,32 +7,22 @@ import json
 
 import pytest
 
+from helpers import run_summary
 from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.profile.report import latency_column, make_report, parse_artifact_name
-
-
-def _summary(**kw):
-    d = {"model": "vmoe-6x64-p8-e5", "dataset": "digits", "top1": 91.25, "top5": 99.5, "router_superclass_top1": 88.0,
-         "macs": 5433024, "params": 579343, "active_params": 314639, "epochs": 8, "images_per_sec": 180.0,
-         "routing": "image", "num_experts": 5, "top_k": 1, "router_weight": 0.3, "seed": 0,
-         "superclass_names": ["sc0: 0/6", "sc1: 1/7", "sc2: 2/3", "sc3: 4/9", "sc4: 5/8"],
-         "expert_usage": [[70, 2, 0, 0, 0], [1, 69, 2, 0, 0], [0, 0, 72, 0, 0], [0, 3, 0, 68, 1], [0, 0, 0, 0, 72]],
-         "checkpoint": "model.pt"}
-    d.update(kw)
-    return d
 
 
 @pytest.fixture
 def runs(tmp_path):
     moe = tmp_path / "run_moe"
     (moe / "dense").mkdir(parents=True)
-    (moe / "summary.json").write_text(json.dumps(_summary()))
-    (moe / "dense" / "summary.json").write_text(json.dumps(_summary(
+    (moe / "summary.json").write_text(json.dumps(run_summary()))
+    (moe / "dense" / "summary.json").write_text(json.dumps(run_summary(
         model="vit-6x64-p8", top1=89.5, top5=99.0, router_superclass_top1=None, macs=5432704, params=314186,
         active_params=314186, routing="none", num_experts=0, expert_usage=None, superclass_names=None)))
     tok = tmp_path / "run_token"
     tok.mkdir()
-    (tok / "summary.json").write_text(json.dumps(_summary(model="vmoe-6x64-p8-e5-token", top1=90.0, routing="token",
+    (tok / "summary.json").write_text(json.dumps(run_summary(model="vmoe-6x64-p8-e5-token", top1=90.0, routing="token",
                                                           router_superclass_top1=None, expert_usage=None)))
     lat = tmp_path / "lat_pte.json"
     lat.write_text(json.dumps({"artifact": "vmoe-6x64-p8-e5_executorch-xnnpack_fp32.pte", "device": "local (Linux x86_64)",
@@ -65,7 +55,7 @@ def test_latency_goes_to_the_run_whose_checkpoint_made_the_artifact(tmp_path):
         d = tmp_path / name
         d.mkdir()
         (d / "model.pt").write_bytes(weights)
-        (d / "summary.json").write_text(json.dumps(_summary(checkpoint=str(d / "model.pt"), expert_usage=None)))
+        (d / "summary.json").write_text(json.dumps(run_summary(checkpoint=str(d / "model.pt"), expert_usage=None)))
         lat = tmp_path / f"lat_{name}.json"
         lat.write_text(json.dumps({"artifact": "vmoe-6x64-p8-e5_onnx_fp32.onnx", "device": "local", "runtime": "onnxruntime",
                                    "runs": 3, "min_ms": 1.0, "median_ms": {"run_a": 1.5, "run_b": 2.5}[name],
@@ -92,7 +82,7 @@ def test_memory_files_get_a_memory_column_beside_latency(tmp_path):
     d = tmp_path / "run"
     d.mkdir()
     (d / "model.pt").write_bytes(b"weights")
-    (d / "summary.json").write_text(json.dumps(_summary(checkpoint=str(d / "model.pt"), expert_usage=None)))
+    (d / "summary.json").write_text(json.dumps(run_summary(checkpoint=str(d / "model.pt"), expert_usage=None)))
     sha = hashlib.sha256(b"weights").hexdigest()
     files = []
     for name, extra in (("lat", {"median_ms": 1.5}), ("mem", {"rss_mib": 17.25, "loader": "mmap"})):
@@ -114,7 +104,7 @@ def test_memory_files_get_a_memory_column_beside_latency(tmp_path):
 def test_non_numeric_top1_names_the_file(tmp_path, value):
     d = tmp_path / "run"
     d.mkdir()
-    (d / "summary.json").write_text(json.dumps(_summary(top1=value)))
+    (d / "summary.json").write_text(json.dumps(run_summary(top1=value)))
     if value is None:  # null is allowed (an unfinished metric); only text or booleans are wrong
         make_report([d], [], tmp_path / "rep", published=False)
         return
@@ -221,12 +211,12 @@ def test_seeds_aggregate_into_mean_and_std(tmp_path):
     for seed, top1 in enumerate((90.0, 92.0, 94.0)):
         d = tmp_path / f"s{seed}"
         d.mkdir()
-        (d / "summary.json").write_text(json.dumps(_summary(seed=seed, top1=top1, superclass_names=None,
+        (d / "summary.json").write_text(json.dumps(run_summary(seed=seed, top1=top1, superclass_names=None,
                                                             expert_usage=None, routing="image")))
         dirs.append(d)
     longer = tmp_path / "long"
     longer.mkdir()
-    (longer / "summary.json").write_text(json.dumps(_summary(epochs=30, top1=95.0, superclass_names=None,
+    (longer / "summary.json").write_text(json.dumps(run_summary(epochs=30, top1=95.0, superclass_names=None,
                                                              expert_usage=None)))
     points = {(p.arm, p.epochs): p for p in aggregate(load_runs(dirs + [longer]))}
     p = points[("moe-e2e", 8)]
@@ -239,7 +229,7 @@ def test_seeds_aggregate_into_mean_and_std(tmp_path):
 def _run(tmp_path, name, **kw):
     d = tmp_path / name
     d.mkdir()
-    (d / "summary.json").write_text(json.dumps(_summary(**{"superclass_names": None, "expert_usage": None, **kw})))
+    (d / "summary.json").write_text(json.dumps(run_summary(**{"superclass_names": None, "expert_usage": None, **kw})))
     return d
 
 
@@ -297,8 +287,8 @@ def test_published_labels_are_whole_and_inside_the_figure(tmp_path):
 def test_routing_panels_have_distinct_titles(tmp_path):
     from mobile_vmoe.profile.report import load_runs, routing_titles
 
-    rows = load_runs([_run(tmp_path, "a", expert_usage=_summary()["expert_usage"]),
-                      _run(tmp_path, "b", expert_usage=_summary()["expert_usage"])])
+    rows = load_runs([_run(tmp_path, "a", expert_usage=run_summary()["expert_usage"]),
+                      _run(tmp_path, "b", expert_usage=run_summary()["expert_usage"])])
     titles = routing_titles(rows)
     assert len(set(titles)) == 2 and "/a)" in titles[0] and "/b)" in titles[1]
 
@@ -312,3 +302,26 @@ def test_two_latency_files_for_one_cell_are_a_conflict(tmp_path):
     b.write_text(json.dumps({**lat, "median_ms": 2.0}))
     with pytest.raises(MvmoeError, match=r"a\.json and .*b\.json both measure onnx fp32 @ local \(ms\)"):
         make_report([d], [a, b], tmp_path / "o", published=False)
+
+
+def test_latency_and_memory_land_in_their_own_typed_fields(tmp_path):
+    """A latency file fills Row.latency (ms), a memory file Row.memory (MiB); the kind is read once
+    from the file (median_ms or rss_mib), never guessed from the column's text afterwards."""
+    from mobile_vmoe.profile.report import LATENCY, MEMORY, attach_latency, load_latency, load_runs
+
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "summary.json").write_text(json.dumps(run_summary(expert_usage=None)))
+    files = []
+    for name, extra in (("lat", {"median_ms": 1.5}), ("mem", {"rss_mib": 17.25, "loader": "mmap"})):
+        f = tmp_path / f"{name}.json"
+        f.write_text(json.dumps({"artifact": "vmoe-6x64-p8-e5_tflite_int8.tflite", "device": "local", **extra}))
+        files.append(f)
+    rows = load_runs([d])
+    cols = attach_latency(rows, load_latency(files))
+    assert [(c.kind, c.label) for c in cols] == [(LATENCY, "tflite int8 @ local (ms)"),
+                                                  (MEMORY, "tflite int8 mmap @ local (MiB)")]
+    assert rows[0].latency == {cols[0]: 1.5} and rows[0].memory == {cols[1]: 17.25}
+    assert [rows[0].measured(c) for c in cols] == [1.5, 17.25]
+    assert [c.head(csv=True) for c in cols] == ["latency_ms tflite int8 @ local (ms)",
+                                                "memory_mib tflite int8 mmap @ local (MiB)"]

@@ -4,19 +4,18 @@ of tails, the refusals, and real ExecuTorch / LiteRT / Core ML split exports."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import mvmoe
+from helpers import tiny_checkpoint
 from mobile_vmoe import create_model
 from mobile_vmoe.converters import split
 from mobile_vmoe.converters.prepare import prepare_for_export
 from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.models.routing import ImageRoute
-from test_export_pipeline import tiny_checkpoint
 
 
 def tiny_moe(**kw):

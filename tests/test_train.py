@@ -145,8 +145,8 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path):
 @pytest.mark.slow
 def test_end_to_end_imagefolder_all_stages(tmp_path):
     """Dense twin -> superclasses.json -> MoE on a PNG tree; the summary's numbers are the model's."""
+    from helpers import write_imagefolder
     from mobile_vmoe.data import build_data
-    from mobile_vmoe.data.synthetic import write_imagefolder
     from mobile_vmoe.train.evaluate import evaluate
 
     root = write_imagefolder(tmp_path / "data", 4, 2, 16, train_per_class=16, val_per_class=6)

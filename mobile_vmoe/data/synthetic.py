@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import colorsys
 import math
-from pathlib import Path
 
 import torch
 
@@ -130,23 +129,3 @@ def build_synthetic(num_classes: int = 20, num_superclasses: int = 4, img_size: 
         planted_superclasses=planted_superclasses(num_classes, num_superclasses),
         stats={"train_images": len(ty), "val_images": len(vy), "skipped_images": 0, "seed": seed},
     )
-
-
-def write_imagefolder(root: str | Path, num_classes: int = 20, num_superclasses: int = 4, img_size: int = 32, *,
-                      train_per_class: int = 8, val_per_class: int = 4, seed: int = 0) -> Path:
-    """Write the synthetic set as PNGs: root/train/<class>/<i>.png and root/val/<class>/<i>.png.
-
-    For tests and demos of the ImageFolder path. Returns ``root``.
-    """
-    from PIL import Image
-
-    root = Path(root)
-    names = class_names(num_classes, num_superclasses)
-    for split, per_class, split_seed in (("train", train_per_class, 2 * seed), ("val", val_per_class, 2 * seed + 1)):
-        x, y = make_split(num_classes, num_superclasses, per_class, img_size, split_seed)
-        pixels = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (B, H, W, 3)
-        for i, (img, label) in enumerate(zip(pixels, y.tolist())):
-            d = root / split / names[label]
-            d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(d / f"{i:05d}.png")
-    return root

@@ -44,6 +44,37 @@ PUBLISHED = [
 ]
 
 
+LATENCY, MEMORY = "latency", "memory"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One measured column: what ran where (``label``), holding latency medians in ms or resident
+    memory in MiB (``kind``)."""
+
+    label: str  # 'executorch-xnnpack fp32 @ local (ms)', 'tflite int8 mmap @ local (MiB)'
+    kind: str  # LATENCY | MEMORY
+
+    def head(self, csv: bool = False) -> str:
+        """'latency executorch-xnnpack fp32 @ local (ms)' (CSV: 'latency_ms ...', 'memory_mib ...')."""
+        if self.kind == MEMORY:
+            return f"{'memory_mib' if csv else 'memory'} {self.label}"
+        return f"{'latency_ms' if csv else 'latency'} {self.label}"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One latency or memory file, read: its column, its value and what it matches runs by."""
+
+    file: str  # for conflict messages
+    artifact: str
+    model: str
+    column: Column
+    value: float  # median ms (LATENCY) or resident MiB (MEMORY)
+    checkpoint_sha256: str | None = None
+    macs: int | None = None
+
+
 @dataclass
 class Row:
     model: str
@@ -57,7 +88,8 @@ class Row:
     router_top1: float | None
     source: str  # run dir, or "published: ..."
     published: bool = False
-    latency: dict = field(default_factory=dict)  # column -> median ms
+    latency: dict[Column, float] = field(default_factory=dict)  # LATENCY column -> median ms
+    memory: dict[Column, float] = field(default_factory=dict)  # MEMORY column -> resident MiB
     expert_usage: list | None = None
     superclass_names: list | None = None
     checkpoint: Path | None = None  # the run's model.pt, to match latency files by checkpoint_sha256
@@ -65,6 +97,10 @@ class Row:
     arm: str = "dense"  # dense | moe-sc | moe-e2e | token | superclass-source | a peer's name
     seed: int | None = None
     top_k: int = 0  # experts per image (0: dense)
+
+    def measured(self, col: Column) -> float | None:
+        """The row's value in a latency or memory column (None: not measured)."""
+        return (self.memory if col.kind == MEMORY else self.latency).get(col)
 
 
 SUPERCLASS_SOURCE = "superclass-source"
@@ -146,7 +182,8 @@ def parse_artifact_name(name: str) -> dict:
             "dispatch": dispatch or "gather"}
 
 
-def load_latency(files: list[str | Path]) -> list[dict]:
+def load_latency(files: list[str | Path]) -> list[Measurement]:
+    """Read latency and memory files (a file is memory when it has rss_mib and no median_ms)."""
     out = []
     for f in files:
         f = Path(f)
@@ -158,18 +195,20 @@ def load_latency(files: list[str | Path]) -> list[dict]:
         if missing:
             raise MvmoeError(f"{f}: missing key(s) {', '.join(missing)}; expected the JSON of "
                              "`mvmoe profile latency --out`, `mvmoe profile memory --out` or `mvmoe profile ingest --out`")
-        d["_file"] = str(f)  # for conflict messages; never written out
-        out.append(d)
+        kind = MEMORY if is_memory(d) else LATENCY
+        out.append(Measurement(str(f), d["artifact"], d.get("model") or parse_artifact_name(d["artifact"])["model"],
+                               Column(latency_column(d), kind), d["rss_mib"] if kind == MEMORY else d["median_ms"],
+                               d.get("checkpoint_sha256"), d.get("macs")))
     return out
 
 
 def is_memory(d: dict) -> bool:
-    """A `profile memory` result (rss_mib) rather than a latency (median_ms)."""
+    """A `profile memory` file's JSON (rss_mib) rather than a latency one (median_ms)."""
     return "rss_mib" in d and "median_ms" not in d
 
 
 def latency_column(lat: dict) -> str:
-    """The column of a latency ("... (ms)") or memory ("... <loader> (MiB)") file."""
+    """The column label of a latency ("... (ms)") or memory ("... <loader> (MiB)") file's JSON."""
     a = parse_artifact_name(lat["artifact"])
     target = a["target"] + (f"-{a['backend']}" if a["backend"] else "")
     dispatch = lat.get("dispatch") or a["dispatch"]
@@ -179,20 +218,13 @@ def latency_column(lat: dict) -> str:
     return f"{what} @ {lat['device']} (ms)"
 
 
-def column_head(col: str, csv: bool = False) -> str:
-    if col.endswith("(MiB)"):
-        return f"{'memory_mib' if csv else 'memory'} {col}"
-    return f"{'latency_ms' if csv else 'latency'} {col}"
-
-
-def _rows_of(lat: dict, rows: list[Row], hashes: dict) -> list[Row]:
-    """The runs a latency belongs to: the one whose checkpoint made the artifact when the file says
-    which (checkpoint_sha256), else every run of the model name."""
+def _rows_of(m: Measurement, rows: list[Row], hashes: dict) -> list[Row]:
+    """The runs a measurement belongs to: the one whose checkpoint made the artifact when the file
+    says which (checkpoint_sha256), else every run of the model name."""
     ours = [r for r in rows if not r.published]
-    if lat.get("checkpoint_sha256"):
-        return [r for r in ours if r.checkpoint is not None and _sha256(r.checkpoint, hashes) == lat["checkpoint_sha256"]]
-    model = lat.get("model") or parse_artifact_name(lat["artifact"])["model"]
-    return [r for r in ours if r.model == model]
+    if m.checkpoint_sha256:
+        return [r for r in ours if r.checkpoint is not None and _sha256(r.checkpoint, hashes) == m.checkpoint_sha256]
+    return [r for r in ours if r.model == m.model]
 
 
 def _sha256(path: Path, cache: dict) -> str:
@@ -201,32 +233,31 @@ def _sha256(path: Path, cache: dict) -> str:
     return cache[path]
 
 
-def attach_latency(rows: list[Row], lats: list[dict]) -> list[str]:
-    """Put each latency median on the row of the run it measured. Returns the columns. A latency
-    that matches no run gets a row of its own (named by its artifact). Two files for one cell (same
-    run, target, precision, dispatch and device) are a conflict: refused, naming both files."""
-    cols: list[str] = []
+def attach_latency(rows: list[Row], measurements: list[Measurement]) -> list[Column]:
+    """Put each latency median or memory figure on the row of the run it measured. Returns the
+    columns in the order first seen. A measurement that matches no run gets a row of its own (named
+    by its artifact). Two files for one cell (same run, target, precision, dispatch, device and
+    kind) are a conflict: refused, naming both files."""
+    cols: list[Column] = []
     hashes: dict = {}
     orphans: dict[str, Row] = {}  # one row per unmatched checkpoint (or model name)
     filled: dict[tuple, str] = {}  # (row id, column) -> the file that filled it
-    for lat in lats:
-        model = lat.get("model") or parse_artifact_name(lat["artifact"])["model"]
-        col = latency_column(lat)
-        if col not in cols:
-            cols.append(col)
-        match = _rows_of(lat, rows, hashes)
+    for m in measurements:
+        if m.column not in cols:
+            cols.append(m.column)
+        match = _rows_of(m, rows, hashes)
         if not match:
-            key = lat.get("checkpoint_sha256") or model
+            key = m.checkpoint_sha256 or m.model
             if key not in orphans:
-                orphans[key] = Row(model, "?", "?", lat.get("macs"), None, None, None, None, None, lat["artifact"])
+                orphans[key] = Row(m.model, "?", "?", m.macs, None, None, None, None, None, m.artifact)
                 rows.append(orphans[key])
             match = [orphans[key]]
         for r in match:
-            first = filled.setdefault((id(r), col), lat.get("_file", lat["artifact"]))
-            if first != lat.get("_file", lat["artifact"]):
-                raise MvmoeError(f"{first} and {lat.get('_file', lat['artifact'])} both measure {col} of {r.model} "
+            first = filled.setdefault((id(r), m.column), m.file)
+            if first != m.file:
+                raise MvmoeError(f"{first} and {m.file} both measure {m.column.label} of {r.model} "
                                  f"({r.source}); give one of them")
-            r.latency[col] = lat["rss_mib"] if is_memory(lat) else lat["median_ms"]
+            (r.memory if m.column.kind == MEMORY else r.latency)[m.column] = m.value
     return cols
 
 
@@ -275,10 +306,10 @@ HEAD = ["model", "dataset", "routing", "arm", "epochs", "active MACs", "params",
         "top-5 (%)", "router superclass top-1 (%)"]
 
 
-def table_rows(rows: list[Row], cols: list[str]) -> list[list]:
-    """Raw values (for CSV) in HEAD + latency column order."""
+def table_rows(rows: list[Row], cols: list[Column]) -> list[list]:
+    """Raw values (for CSV) in HEAD + measured column order."""
     return [[r.model + (" [published]" if r.published else ""), r.dataset, r.routing, r.arm, r.epochs, r.macs,
-             r.params, r.active_params, r.top1, r.top5, r.router_top1] + [r.latency.get(c) for c in cols]
+             r.params, r.active_params, r.top1, r.top5, r.router_top1] + [r.measured(c) for c in cols]
             for r in rows]
 
 
@@ -323,10 +354,10 @@ def render_points(points: list[Point]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(rows: list[Row], cols: list[str]) -> str:
+def render_markdown(rows: list[Row], cols: list[Column]) -> str:
     kinds = ["", "", "", "", "", "count", "count", "count", "pct", "pct", "pct"] + [
-        "mib" if c.endswith("(MiB)") else "ms" for c in cols]
-    head = HEAD + [column_head(c) for c in cols] + ["run"]
+        "mib" if c.kind == MEMORY else "ms" for c in cols]
+    head = HEAD + [c.head() for c in cols] + ["run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r, vals in zip(rows, table_rows(rows, cols)):
         run = "published" if r.published else "/".join(Path(r.source).parts[-2:])  # tells same-named runs apart
@@ -345,11 +376,11 @@ def render_markdown(rows: list[Row], cols: list[str]) -> str:
     return "\n".join(lines) + "\n" + note + "\n" + seeds
 
 
-def render_csv(rows: list[Row], cols: list[str]) -> str:
+def render_csv(rows: list[Row], cols: list[Column]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["model", "dataset", "routing", "arm", "epochs", "active_macs", "params", "active_params", "top1", "top5",
-                "router_superclass_top1"] + [column_head(c, csv=True) for c in cols] + ["published", "source"])
+                "router_superclass_top1"] + [c.head(csv=True) for c in cols] + ["published", "source"])
     for r, vals in zip(rows, table_rows(rows, cols)):
         w.writerow([r.model] + ["" if v is None else v for v in vals[1:]] + [int(r.published), r.source])
     return buf.getvalue()
@@ -534,11 +565,12 @@ def plot_routing(rows: list[Row], path: Path, max_runs: int = 6) -> None:
 
 # ---------------------------------------------------------------------------------------- main
 
-def summary_lines(rows: list[Row], cols: list[str], max_rows: int = 12) -> list[str]:
+def summary_lines(rows: list[Row], cols: list[Column], max_rows: int = 12) -> list[str]:
     """A short console summary (the wide table is in table.md): one line per measured run."""
     ours = [r for r in rows if not r.published]
     lines = [f"{r.model} · {r.dataset} · {r.arm} · {_fmt(r.epochs)} ep: top-1 {_fmt(r.top1, 'pct')} %, "
-             f"{_fmt(r.macs, 'count')} MACs" + (f", {len(r.latency)} latency/memory figure(s)" if r.latency else "")
+             f"{_fmt(r.macs, 'count')} MACs" + (f", {len(r.latency) + len(r.memory)} latency/memory figure(s)"
+                                                 if r.latency or r.memory else "")
              for r in ours[:max_rows]]
     if len(ours) > max_rows:
         lines.append(f"... and {len(ours) - max_rows} more runs")
