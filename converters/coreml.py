@@ -15,9 +15,10 @@ import torch
 from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.fileio import to_json
 
-TARGET, EXT = "coreml", ".mlpackage"
-BACKENDS = (None,)
-PRECISIONS = ("fp32", "fp16")
+from . import targets
+
+_T = targets.find("coreml")
+TARGET, EXT, BACKENDS, PRECISIONS = _T.name, _T.suffix, (None,), _T.precisions
 
 
 def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, backend: str | None = None,

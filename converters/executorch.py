@@ -14,11 +14,13 @@ import torch
 
 from mobile_vmoe.errors import MvmoeError
 
+from . import targets
 from .prepare import as_args, pt2e_quantize
 
-TARGET, EXT = "executorch", ".pte"
-BACKENDS = ("xnnpack", "coreml", "portable")
-PRECISIONS = {"xnnpack": ("fp32", "int8"), "coreml": ("fp32", "fp16"), "portable": ("fp32",)}
+_TS = [t for t in targets.TARGETS if t.name == "executorch"]
+TARGET, EXT = "executorch", _TS[0].suffix
+BACKENDS = tuple(t.backend for t in _TS)
+PRECISIONS = {t.backend: t.precisions for t in _TS}
 
 
 def quantize_int8_xnnpack(wrapper, example, calibration) -> torch.export.ExportedProgram:

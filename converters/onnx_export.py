@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-TARGET, EXT = "onnx", ".onnx"
-BACKENDS = (None,)
-PRECISIONS = ("fp32",)
+from . import targets
+
+_T = targets.find("onnx")
+TARGET, EXT, BACKENDS, PRECISIONS = _T.name, _T.suffix, (None,), _T.precisions
 
 
 def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, backend: str | None = None,

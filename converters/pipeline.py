@@ -26,23 +26,22 @@ from mobile_vmoe.errors import MvmoeError, did_you_mean
 from mobile_vmoe.fileio import probe_write, to_json, writable_dir
 
 from . import prepare as P
+from . import targets as T
 from .app_metadata import app_metadata
 from .interrupt import check, held, sigint_guard
 from .quiet import loud, quiet, ticking
 
-TARGET_NAMES = ("coreml", "executorch", "tflite", "onnx")
-
 
 def target_module(name: str):
+    """The converter module of ``--target name`` (converters.targets)."""
     import importlib
 
-    mod = {"coreml": "coreml", "executorch": "executorch", "tflite": "tflite", "onnx": "onnx_export"}[name]
-    return importlib.import_module(f"{__package__}.{mod}")
+    return importlib.import_module(f"{__package__}.{T.find(name).module}")
 
 
 def precisions_of(target: str, backend: str | None) -> tuple[str, ...]:
     p = target_module(target).PRECISIONS
-    return p[backend or "xnnpack"] if isinstance(p, dict) else p
+    return p[backend or T.DEFAULT_BACKEND[target]] if isinstance(p, dict) else p
 
 
 @dataclass
@@ -77,19 +76,19 @@ def plan(target: str, backend: str | None, precision: str, experts: str = "auto"
         raise MvmoeError(f"--experts {experts!r}: expected auto (split where it applies), fused (one program, every "
                          f"expert) or split (trunk + one program per expert){did_you_mean(experts, EXPERT_LAYOUTS)}")
     from .split import unsupported
-    if target not in (*TARGET_NAMES, "all"):
-        raise MvmoeError(f"--target {target!r}: expected one of {', '.join(TARGET_NAMES)}, all"
-                         + did_you_mean(target, (*TARGET_NAMES, "all")))
+    if target not in (*T.TARGET_NAMES, "all"):
+        raise MvmoeError(f"--target {target!r}: expected one of {', '.join(T.TARGET_NAMES)}, all"
+                         + did_you_mean(target, (*T.TARGET_NAMES, "all")))
     if precision not in ("fp32", "fp16", "int8"):
         raise MvmoeError(f"--precision {precision!r}: expected fp32, fp16 or int8" + did_you_mean(precision, ("fp32", "fp16", "int8")))
-    if backend is not None and backend not in ("xnnpack", "coreml", "portable"):
-        raise MvmoeError(f"--backend {backend!r}: expected xnnpack, coreml or portable"
-                         + did_you_mean(backend, ("xnnpack", "coreml", "portable")))
+    if backend is not None and backend not in T.BACKENDS:
+        raise MvmoeError(f"--backend {backend!r}: expected {', '.join(T.BACKENDS[:-1])} or {T.BACKENDS[-1]}"
+                         + did_you_mean(backend, T.BACKENDS))
     if backend is not None and target not in ("executorch", "all"):
         raise MvmoeError(f"--backend applies to --target executorch only (got --target {target})")
     jobs, skipped = [], []
-    for t in TARGET_NAMES if target == "all" else (target,):
-        b = (backend or "xnnpack") if t == "executorch" else None
+    for t in T.TARGET_NAMES if target == "all" else (target,):
+        b = (backend or T.DEFAULT_BACKEND[t]) if t in T.DEFAULT_BACKEND else None
         if experts == "split":
             why = unsupported(t, b, precision)
             if why is None:
@@ -413,8 +412,7 @@ def _install(src: Path, dst: Path) -> None:
 # ML packages; the Android app runs LiteRT and ExecuTorch XNNPACK / portable programs.
 APP_DIRS = {"android": Path("apps/android_demo/app/src/main/assets/mvmoe"),
             "ios": Path("apps/ios_demo/MobileVMoEDemo/Models")}
-APP_RUNS = {"ios": {("coreml", None)},
-            "android": {("tflite", None), ("executorch", "xnnpack"), ("executorch", "portable")}}
+APP_RUNS = {app: {(t.name, t.backend) for t in T.TARGETS if app in t.apps} for app in APP_DIRS}
 APP_RUNS_TEXT = {"ios": "the iOS demo app runs Core ML .mlpackage files only",
                  "android": "the Android demo app runs .tflite and ExecuTorch XNNPACK/portable .pte files only"}
 

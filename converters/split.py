@@ -41,23 +41,25 @@ import torch.nn.functional as F
 
 from mobile_vmoe.errors import MvmoeError
 
-TARGETS = {"executorch": ".pte", "tflite": "", "coreml": ".mlpackage"}  # artifact suffix ("" = a folder)
-PRECISIONS = {"executorch": ("fp32", "int8"), "tflite": ("fp32", "fp16", "int8"), "coreml": ("fp32", "fp16")}
+from . import targets as T
+
+TARGETS = {t.name: t.split_suffix for t in T.TARGETS if t.split_precisions}  # artifact suffix ("" = a folder)
 TRUNK_OUTPUTS = ["stream", "expert_index", "gate", "expert_probs"]
 TAIL_INPUTS = ["stream", "gate"]
 CHAIN = "trunk(image) -> stream, expert_index, gate, expert_probs; tail_<expert_index>(stream, gate) -> logits"
 
 
 def unsupported(target: str, backend: str | None, precision: str) -> str | None:
-    """Why the split path does not export this target, backend and precision (None: it does)."""
-    if target not in TARGETS:
-        return f"--experts split exports to {', '.join(TARGETS)}, not {target}"
-    if target == "executorch" and (backend or "xnnpack") not in ("xnnpack", "portable"):
-        return f"--experts split: executorch-{backend} is not supported (xnnpack or portable)"
-    if precision not in PRECISIONS[target]:
-        return f"--experts split on {target} exports {', '.join(PRECISIONS[target])}, not {precision}"
-    if target == "executorch" and backend == "portable" and precision != "fp32":
-        return f"--experts split: executorch-portable exports fp32, not {precision}"
+    """Why the split path does not export this target, backend and precision (None: it does);
+    the split columns of converters.targets."""
+    if target not in T.split_names():
+        return f"--experts split exports to {', '.join(T.split_names())}, not {target}"
+    rec = T.find(target, backend)
+    if rec is None or not rec.split_precisions:
+        ok = [t.backend for t in T.TARGETS if t.name == target and t.split_precisions]
+        return f"--experts split: {target}-{backend} is not supported ({' or '.join(ok)})"
+    if precision not in rec.split_precisions:
+        return f"--experts split on {rec.label} exports {', '.join(rec.split_precisions)}, not {precision}"
     return None
 
 

@@ -13,11 +13,11 @@ import torch
 
 from mobile_vmoe.errors import MvmoeError
 
+from . import targets
 from .prepare import as_args, pt2e_quantize
 
-TARGET, EXT = "tflite", ".tflite"
-BACKENDS = (None,)
-PRECISIONS = ("fp32", "fp16", "int8")
+_T = targets.find("tflite")
+TARGET, EXT, BACKENDS, PRECISIONS = _T.name, _T.suffix, (None,), _T.precisions
 
 
 class FlexOpsError(MvmoeError):

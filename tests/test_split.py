@@ -96,7 +96,8 @@ def test_lru_of_tails_hand_worked():
 @pytest.mark.parametrize("kw, target, precision, message", [
     ({"top_k": 2}, "executorch", "fp32", "top_k = 1"),
     ({"routing": "token"}, "executorch", "fp32", "not a per-image MoE"),
-    ({}, "onnx", "fp32", "exports to executorch, tflite, coreml"),
+    ({}, "onnx", "fp32", "exports to coreml, executorch, tflite"),
+    ({}, "executorch-coreml", "fp16", "executorch-coreml is not supported \\(xnnpack or portable\\)"),
     ({}, "coreml", "int8", "exports fp32, fp16, not int8"),
     ({}, "executorch-portable", "int8", "executorch-portable exports fp32, not int8"),
 ])

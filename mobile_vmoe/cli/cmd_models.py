@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from mobile_vmoe.converters.targets import ARTIFACT_SUFFIXES as TARGET_SUFFIXES
+
 from ..fileio import to_json
 from . import app, profile_app
 
@@ -57,7 +59,7 @@ def models_cmd(
     Console(width=140).print(t)
 
 
-ARTIFACT_SUFFIXES = (".pte", ".tflite", ".onnx", ".mlpackage", ".json")
+ARTIFACT_SUFFIXES = (*TARGET_SUFFIXES, ".json")
 
 
 def artifact_metadata(path: Path) -> dict:

@@ -30,13 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
+from mobile_vmoe.converters.targets import RUNTIME_OF_SUFFIX
+
 from ..errors import MvmoeError
 from .timing import time_ms
 
 # carried from the artifact's .json into the latency JSON; the checkpoint hash lets `mvmoe report`
 # put the latency on the run that made the artifact, not on every run of the same model name
 META_KEYS = ("model", "target", "backend", "precision", "dispatch", "macs", "checkpoint", "checkpoint_sha256")
-RUNTIMES = {".pte": "executorch", ".tflite": "litert", ".onnx": "onnxruntime", ".mlpackage": "coreml"}
+RUNTIMES = RUNTIME_OF_SUFFIX  # artifact suffix -> runtime (converters.targets)
 
 
 # ---------------------------------------------------------------------------------------- stats

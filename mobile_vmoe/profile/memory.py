@@ -33,12 +33,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mobile_vmoe.converters.targets import LOADERS, RUNTIME_OF_SUFFIX, TARGET_OF_RUNTIME, find
+
 from ..errors import MvmoeError
 from ..fileio import to_json
 
 STATUS = {"VmRSS": "rss_mib", "RssAnon": "heap_mib", "RssFile": "file_mib", "VmHWM": "peak_rss_mib"}
-LOADERS = {"executorch": ("mmap", "file"), "litert": ("mmap", "file"), "onnxruntime": ("file",)}
-RUNTIME_OF = {".pte": "executorch", ".tflite": "litert", ".onnx": "onnxruntime", ".mlpackage": "coreml"}
+RUNTIME_OF = RUNTIME_OF_SUFFIX  # artifact suffix -> runtime; LOADERS: runtime -> loaders (converters.targets)
 
 
 def read_status(text: str | None = None) -> dict[str, float]:
@@ -81,7 +82,7 @@ def open_artifact(spec: dict):
     # the runners export's parity and `profile latency` use, with the loader asked for
     from mobile_vmoe.converters.pipeline import target_module
 
-    target = {"executorch": "executorch", "litert": "tflite", "onnxruntime": "onnx"}[runtime]
+    target = TARGET_OF_RUNTIME[runtime]
     kw = {} if runtime == "onnxruntime" else {"loader": loader}
     runner, _ = target_module(target).load_runner(path, threads=threads, **kw)
     return runner, runner.input_shape, None
@@ -141,8 +142,7 @@ def profile_memory(artifact: str | Path, loader: str = "mmap", *, images: int = 
 
     path = check_artifact(artifact)
     split = split_programs(path) is not None
-    runtime = RUNTIME_OF[path.suffix] if not split else \
-        {"executorch": "executorch", "tflite": "litert"}[artifact_meta(path)["target"]]
+    runtime = RUNTIME_OF[path.suffix] if not split else find(artifact_meta(path)["target"]).runtime
     check_options(path, runtime, loader, images, threads, max_tails)
     _, carried = measured_meta(path, verify)
     spec = {"artifact": str(path.resolve()), "runtime": runtime, "loader": loader, "images": images,
