@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from mobile_vmoe.errors import MvmoeError
+from mobile_vmoe.models.vit import layer_norm_by_means
 
 SCALE = 255.0
 RESIZE = "center-crop-then-bilinear"
@@ -92,16 +93,7 @@ class DecomposedLayerNorm(nn.Module):
         self.eps, self.weight, self.bias = ln.eps, ln.weight, ln.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead, D = x.shape[:-1], x.shape[-1]
-        rows = x.numel() // D
-
-        def mean(t: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., 1)
-            # reshape, not view: QK-norm's input is a strided slice of the qkv output
-            return t.reshape(1, rows, D, 1).mean(dim=(2, 3), keepdim=True).reshape(*lead, 1)
-
-        xc = x - mean(x)
-        y = xc * torch.rsqrt(mean(xc * xc) + self.eps) * self.weight
-        return y if self.bias is None else y + self.bias  # bias None: a LayerNorm built with bias=False
+        return layer_norm_by_means(x, self)  # (..., D); bias None: a LayerNorm built with bias=False
 
 
 def decompose_layernorm(module: nn.Module) -> nn.Module:

@@ -93,12 +93,17 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON file that must hold one object (metadata, summaries); MvmoeError naming the file if not."""
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's value; MvmoeError naming the file when it is not JSON (or not UTF-8 text)."""
     try:
-        d = json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MvmoeError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file that must hold one object (metadata, summaries); MvmoeError naming the file if not."""
+    d = read_json(path)
     if not isinstance(d, dict):
         raise MvmoeError(f"{path}: expected a JSON object")
     return d

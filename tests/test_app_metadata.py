@@ -40,21 +40,22 @@ def test_preprocessing_policy_per_dataset():
 
 
 def test_shapes_checkpoint_tells_the_apps_uncropped(tmp_path):
-    """The data bundle's policy travels in the checkpoint: a shapes model's images are stored at
-    the model size, so the apps must not crop (an ImageFolder model would keep 16/18)."""
+    """The data bundle's policy travels in the checkpoint: shapes images are stored at the model
+    size (32 px), so the apps must not crop (an ImageFolder model would keep 32/36)."""
     from mobile_vmoe.checkpoint import load_checkpoint, save_checkpoint
     from mobile_vmoe.data import build_data
 
-    data = build_data("shapes:4:2:4", 16, augment="none")
-    model = tiny_moe()
+    data = build_data("shapes:4:2:4", augment="none")  # its natural 32 px
+    model = create_model("vmoe-6x64-p32", depth=3, width=16, heads=1, img_size=32, patch_size=16, num_classes=4,
+                         num_experts=2)
     save_checkpoint(tmp_path / "model.pt", {"model_config": model.cfg, "model": model.state_dict(),
                                             "class_names": data.class_names, "superclasses": None,
                                             "data": data.checkpoint_info()})
     ckpt = load_checkpoint(tmp_path / "model.pt")
     assert ckpt["data"]["preprocess"] == {"kind": "shapes", "crop_ratio": 1.0, "polarity": None}
-    policy = A.preprocessing_policy(ckpt, meta_input(False))
+    policy = A.preprocessing_policy(ckpt, {**meta_input(False), "shape": [1, 3, 32, 32]})
     assert (policy["crop_fraction"], policy["polarity"]) == (1.0, None)
-    assert policy["eval_transform"] == "shapes images are stored at 16x16: no crop or resize"
+    assert policy["eval_transform"] == "shapes images are stored at 32x32: no crop or resize"
 
 
 def test_preprocess_stored_wins_and_old_checkpoints_fall_back_to_the_spec():

@@ -170,6 +170,7 @@ def test_end_to_end_imagefolder_all_stages(tmp_path):
     assert ev["top1"] == pytest.approx(s["top1"]) and ev["router_superclass_top1"] == pytest.approx(s["router_superclass_top1"])
     assert ev["expert_usage"] == s["expert_usage"] and sum(map(sum, s["expert_usage"])) == 24
     assert ck["class_names"] == bundle.class_names and ck["data"]["img_size"] == 16
+    assert ck["data"]["preprocess"] == {"kind": "imagefolder", "crop_ratio": 0.875, "polarity": None}  # for the exporter
     assert s["active_params"] < s["params"] and s["macs"] > 0 and s["images_per_sec"] > 0
     assert sc["classes"] == bundle.class_names
     kinds = [json.loads(line)["kind"] for line in (out / "metrics.jsonl").read_text().splitlines()]

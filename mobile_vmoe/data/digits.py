@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .bundle import DataBundle, TensorImageDataset
-from .transforms import PREPROCESS, channel_stats, check_augment, tensor_transform
+from .bundle import DataBundle
+from .in_memory import tensor_bundle
+from .transforms import PREPROCESS, check_augment
 
 SPLIT_SEED = 0
 VAL_FRACTION = 0.2
@@ -37,24 +38,6 @@ def load_digits_tensors(img_size: int = 32) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def build_digits(img_size: int | None = None, augment: str = "default") -> DataBundle:
-    img_size = img_size or 32
-    augment = check_augment(augment)
-    if augment == "default":
-        augment = "light"
-    tx, ty, vx, vy = load_digits_tensors(img_size)
-    mean, std = channel_stats(tx)
-    train_tf = tensor_transform(img_size, mean, std, augment, flip=False)  # a mirrored digit is another glyph
-    val_tf = tensor_transform(img_size, mean, std, "none")
-    return DataBundle(
-        name="digits",
-        train=TensorImageDataset(tx, ty, train_tf),
-        val=TensorImageDataset(vx, vy, val_tf),
-        class_names=[str(i) for i in range(10)],
-        img_size=img_size,
-        in_chans=3,
-        mean=mean,
-        std=std,
-        preprocess=PREPROCESS["digits"],
-        planted_superclasses=None,
-        stats={"train_images": len(ty), "val_images": len(vy), "skipped_images": 0},
-    )
+    check_augment(augment)
+    tx, ty, vx, vy = load_digits_tensors(img_size or 32)
+    return tensor_bundle("digits", (tx, ty), (vx, vy), [str(i) for i in range(10)], augment, PREPROCESS["digits"])

@@ -41,8 +41,9 @@ import math
 import torch
 
 from ..errors import MvmoeError
-from .bundle import DataBundle, TensorImageDataset, split_class_spec
-from .transforms import PREPROCESS, channel_stats, check_augment, tensor_transform
+from .bundle import DataBundle, split_class_spec
+from .in_memory import tensor_bundle
+from .transforms import PREPROCESS, check_augment
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross", "hbar", "vbar", "diamond", "x", "halfdisk")
 CUES = ("texture", "part", "layout")
@@ -205,21 +206,12 @@ def build_shapes(num_classes: int = 100, num_superclasses: int = 10, img_size: i
     """In-memory ``shapes`` (or, ``disjoint``, ``shapes-disjoint``) DataBundle; train and val use
     different generator streams of ``seed``. ``planted_superclasses`` holds class -> superclass."""
     img_size = img_size or 32
-    augment = check_augment(augment)
-    if augment == "default":
-        augment = "light"
-    tx, ty = make_split(num_classes, num_superclasses, train_per_class, img_size, 2 * seed, disjoint)
-    vx, vy = make_split(num_classes, num_superclasses, val_per_class, img_size, 2 * seed + 1, disjoint)
-    mean, std = channel_stats(tx)
+    check_augment(augment)
+    train = make_split(num_classes, num_superclasses, train_per_class, img_size, 2 * seed, disjoint)
+    val = make_split(num_classes, num_superclasses, val_per_class, img_size, 2 * seed + 1, disjoint)
     base = "shapes-disjoint" if disjoint else "shapes"
     name = shapes_spec(base, num_classes, num_superclasses, train_per_class)
     name = base if name == f"{base}:100:10" else name
-    return DataBundle(
-        name=name,
-        train=TensorImageDataset(tx, ty, tensor_transform(img_size, mean, std, augment, flip=False)),
-        val=TensorImageDataset(vx, vy, tensor_transform(img_size, mean, std, "none")),
-        class_names=class_names(num_classes, num_superclasses, disjoint),
-        img_size=img_size, in_chans=3, mean=mean, std=std, preprocess=PREPROCESS[base],
-        planted_superclasses=[c % num_superclasses for c in range(num_classes)],
-        stats={"train_images": len(ty), "val_images": len(vy), "skipped_images": 0, "seed": seed},
-    )
+    return tensor_bundle(name, train, val, class_names(num_classes, num_superclasses, disjoint), augment,
+                         PREPROCESS[base], planted_superclasses=[c % num_superclasses for c in range(num_classes)],
+                         stats={"seed": seed})

@@ -21,14 +21,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..fileio import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, read_json
 from ..errors import MvmoeError
 
 UNIFORM_AFFINITY = 1e-3  # relative to the mean off-diagonal affinity; keeps the graph connected
@@ -239,11 +238,7 @@ def load_superclasses(path: str | os.PathLike, class_names: list[str] | None = N
     path = Path(path)
     if not path.is_file():
         raise MvmoeError(f"superclasses file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MvmoeError(f"{path} is not valid JSON ({e})") from None
-    return _validate(data, class_names, str(path))
+    return _validate(read_json(path), class_names, str(path))
 
 
 def _validate(data, class_names: list[str] | None, where: str) -> dict:

@@ -27,8 +27,9 @@ import math
 import torch
 
 from ..errors import MvmoeError
-from .bundle import DataBundle, TensorImageDataset, split_class_spec
-from .transforms import PREPROCESS, channel_stats, check_augment, tensor_transform
+from .bundle import DataBundle, split_class_spec
+from .in_memory import tensor_bundle
+from .transforms import PREPROCESS, check_augment
 
 TRAIN_PER_CLASS = 100
 VAL_PER_CLASS = 25
@@ -105,27 +106,11 @@ def build_synthetic(num_classes: int = 20, num_superclasses: int = 4, img_size: 
                     val_per_class: int = VAL_PER_CLASS) -> DataBundle:
     """In-memory synthetic DataBundle. Train and val use different generator streams of ``seed``."""
     img_size = img_size or 32
-    augment = check_augment(augment)
-    if augment == "default":
-        augment = "light"
-    tx, ty = make_split(num_classes, num_superclasses, train_per_class, img_size, seed=2 * seed)
-    vx, vy = make_split(num_classes, num_superclasses, val_per_class, img_size, seed=2 * seed + 1)
-    mean, std = channel_stats(tx)
-    # Flips keep colour and frequency but mirror the orientation (theta -> 180 - theta), which maps
-    # one superclass onto another: no flips.
-    train_tf = tensor_transform(img_size, mean, std, augment, flip=False)
-    val_tf = tensor_transform(img_size, mean, std, "none")
+    check_augment(augment)
+    train = make_split(num_classes, num_superclasses, train_per_class, img_size, seed=2 * seed)
+    val = make_split(num_classes, num_superclasses, val_per_class, img_size, seed=2 * seed + 1)
+    # No flips (tensor_bundle): they keep colour and frequency but mirror the orientation
+    # (theta -> 180 - theta), which maps one superclass onto another.
     name = "synthetic" if (num_classes, num_superclasses) == (20, 4) else f"synthetic:{num_classes}:{num_superclasses}"
-    return DataBundle(
-        name=name,
-        train=TensorImageDataset(tx, ty, train_tf),
-        val=TensorImageDataset(vx, vy, val_tf),
-        class_names=class_names(num_classes, num_superclasses),
-        img_size=img_size,
-        in_chans=3,
-        mean=mean,
-        std=std,
-        preprocess=PREPROCESS["synthetic"],
-        planted_superclasses=planted_superclasses(num_classes, num_superclasses),
-        stats={"train_images": len(ty), "val_images": len(vy), "skipped_images": 0, "seed": seed},
-    )
+    return tensor_bundle(name, train, val, class_names(num_classes, num_superclasses), augment, PREPROCESS["synthetic"],
+                         planted_superclasses=planted_superclasses(num_classes, num_superclasses), stats={"seed": seed})

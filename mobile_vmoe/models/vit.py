@@ -29,12 +29,15 @@ def layer_norm_by_means(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
 
     The export form of QK-norm: XNNPACK has no LayerNorm kernel, so a native LayerNorm between
     the qkv projection and the attention matmuls would split the delegated attention in two. The
-    mean over the last dim is a 4-D mean over dims (2, 3), which XNNPACK takes. x (..., d) -> (..., d).
+    mean over the last dim is a 4-D mean over dims (2, 3), which XNNPACK takes. Also every LayerNorm
+    of an export with ``--layer-norm decomposed`` (converters.prepare.DecomposedLayerNorm).
+    x (..., d) -> (..., d).
     """
     lead, d = x.shape[:-1], x.shape[-1]
     rows = x.numel() // d
 
     def mean(t: torch.Tensor) -> torch.Tensor:  # (..., d) -> (..., 1)
+        # reshape, not view: QK-norm's input is a strided slice of the qkv output
         return t.reshape(1, rows, d, 1).mean(dim=(2, 3), keepdim=True).reshape(*lead, 1)
 
     xc = x - mean(x)

@@ -12,10 +12,10 @@ Output {"artifact", "device", "runtime", "runs", "min_ms", "median_ms", "p90_ms"
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import MvmoeError
+from ..fileio import read_json
 from .latency import LatencyResult
 
 FORMAT = "mvmoe-app-benchmark"
@@ -27,10 +27,7 @@ def ingest_app_benchmark(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise MvmoeError(f"benchmark file not found: {path}")
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MvmoeError(f"{path}: not valid JSON ({e})") from None
+    d = read_json(path)
     if not isinstance(d, dict) or d.get("format") != FORMAT:
         got = d.get("format") if isinstance(d, dict) else type(d).__name__
         raise MvmoeError(f"{path}: not an app benchmark file (format {got!r}, expected {FORMAT!r})")

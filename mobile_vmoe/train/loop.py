@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import signal
 import time
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..data.loader import build_train_loader, check_sample_order, sample_order, skipped_images
 from ..errors import MvmoeError
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, read_json_object
 from ..models import MobileVMoE
 from .distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, broadcast_flag, shard
 from .ema import build_ema, ema_state, load_ema_state
@@ -527,7 +526,7 @@ def finish(stage: Stage, state: TrainState, stopped: str | None, extra_summary: 
 
 def finished_summary(out: Path) -> dict:
     """The summary.json of a finished stage, its paths made to point where the run is now."""
-    summary = json.loads((out / "summary.json").read_text())
+    summary = read_json_object(out / "summary.json")
     summary["checkpoint"] = str(out / "model.pt")
     return summary
 
