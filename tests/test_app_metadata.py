@@ -9,18 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import save_tiny_checkpoint, tiny_moe
 from mobile_vmoe.converters import app_metadata as A
 from mobile_vmoe.converters import prepare as P
-from mobile_vmoe import create_model
 from mobile_vmoe.errors import MvmoeError
 
 MEAN, STD = [0.5, 0.25, 0.125], [0.25, 0.5, 1.0]
-
-
-def tiny_moe():
-    torch.manual_seed(0)
-    return create_model("vmoe-6x64-p32", depth=3, width=32, heads=2, img_size=16, patch_size=8, num_classes=4,
-                        num_experts=3)
 
 
 def meta_input(baked: bool) -> dict:
@@ -81,7 +75,7 @@ def test_model_input_by_hand():
 
 @pytest.mark.parametrize("baked", [False, True])
 def test_parity_set_logits_are_the_wrappers_on_the_stored_bytes(baked):
-    wrapper = P.prepare_for_export(tiny_moe(), bake_preprocessing=baked, mean=MEAN, std=STD)
+    wrapper = P.prepare_for_export(tiny_moe(4, 3, seed=0), bake_preprocessing=baked, mean=MEAN, std=STD)
     g = torch.Generator().manual_seed(3)
     raw = torch.rand(20, 3, 16, 16, generator=g) * 255  # not integers: the set stores rounded bytes
     images = P.EvalImages((raw / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1),
@@ -90,7 +84,7 @@ def test_parity_set_logits_are_the_wrappers_on_the_stored_bytes(baked):
     ps = json.loads(json.dumps(ps))  # what the app reads
     assert (ps["encoding"], ps["height"], ps["width"], ps["max_abs_diff_tol"]) == ("rgb8-base64", 16, 16, 1e-3)
     assert [e["label"] for e in ps["images"]] == [0, 1, 2, 2, 3]  # spread(20, 5) = 0, 5, 10, 14, 19 (mod 4)
-    plain = P.prepare_for_export(tiny_moe(), mean=MEAN, std=STD)
+    plain = P.prepare_for_export(tiny_moe(4, 3, seed=0), mean=MEAN, std=STD)
     for e in ps["images"]:
         rgb = A.decode_rgb8(e, 16, 16)  # (16, 16, 3)
         x = (torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) \
@@ -121,14 +115,13 @@ def test_exported_json_parity_set_matches_pytorch_and_the_artifact(tmp_path):
     import onnxruntime as ort
 
     from mobile_vmoe.converters.pipeline import export_checkpoint
-    from mobile_vmoe.checkpoint import model_from_checkpoint, save_checkpoint
+    from mobile_vmoe.checkpoint import model_from_checkpoint
     from mobile_vmoe.data import build_data
 
     data = build_data("digits", 16, augment="none")
-    model = tiny_moe()
+    model = tiny_moe(4, 3, seed=0)
     ckpt = tmp_path / "model.pt"
-    save_checkpoint(ckpt, {"model_config": model.cfg, "model": model.state_dict(), "class_names": list("abcd"),
-                           "superclasses": None, "data": data.checkpoint_info()})
+    save_tiny_checkpoint(ckpt, model, list("abcd"), superclasses=None, data=data.checkpoint_info())
     [r] = export_checkpoint(ckpt, "onnx", None, "fp32", tmp_path / "out", parity_images=8, calibration_images=4)
     assert r.ok, r.error
     meta = json.loads(r.artifact.with_suffix(".json").read_text())

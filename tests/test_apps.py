@@ -288,11 +288,10 @@ def test_kotlin_benchmark_json_is_read_by_profile_ingest(kotlin_build, tmp_path)
 def test_kotlin_pipeline_on_a_real_model_and_export_metadata(kotlin_build, tmp_path):
     """Metadata from the converter's build_metadata -> Kotlin preprocessing -> the exported interface
     (ExportWrapper, in torch) -> Kotlin decoding: what the app shows is what the model says."""
+    from helpers import tiny_moe
     from mobile_vmoe.converters.prepare import build_metadata, not_run, prepare_for_export
-    from mobile_vmoe.models.registry import create_model
 
-    model = create_model("vmoe-6x64-p32", img_size=32, num_classes=10, num_experts=3, patch_size=8, depth=3,
-                         width=32, heads=2).eval()
+    model = tiny_moe(10, 3, img_size=32).eval()
     labels = [f"digit {i}" for i in range(10)]
     sc = {"names": ["sc0: 0/1/2", "sc1: 3/4/5", "sc2: 6/7/8/9"], "class_to_superclass": [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]}
     ckpt = {"model_config": model.cfg.to_dict(), "class_names": labels, "superclasses": sc,
@@ -498,13 +497,11 @@ def test_sample_check_is_the_wrapper_on_the_app_preprocessing(baked):
 
     from PIL import Image
 
+    from helpers import tiny_moe
     from mobile_vmoe.converters import app_metadata as A
     from mobile_vmoe.converters.prepare import prepare_for_export
-    from mobile_vmoe.models.registry import create_model
 
-    torch.manual_seed(0)
-    model = create_model("vmoe-6x64-p32", img_size=16, num_classes=7, num_experts=3, patch_size=8, depth=3,
-                         width=32, heads=2).eval()
+    model = tiny_moe(7, 3, seed=0).eval()
     wrapper = prepare_for_export(model, bake_preprocessing=baked, mean=mg.MEAN, std=mg.STD)
     inp = {"shape": [1, 3, 16, 16], "layout": "NCHW", "mean": mg.MEAN, "std": mg.STD, "preprocessing_baked_in": baked}
     policy = {"crop_fraction": 14 / 16}

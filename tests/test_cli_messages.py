@@ -40,13 +40,9 @@ def test_with_settings_suggests_too():
 def test_superclasses_refuses_an_moe_checkpoint(tmp_path):
     """An MoE trained on the whole training split, the holdout included: its confusions there are
     not held out, so `mvmoe superclasses` refuses it in one line and writes nothing."""
-    from mobile_vmoe.checkpoint import save_checkpoint
-    from mobile_vmoe.models.registry import create_model
+    from helpers import save_tiny_checkpoint, tiny_moe
 
-    model = create_model("vmoe-6x64-p32", depth=2, width=32, heads=2, num_experts=2, moe_blocks=1, img_size=16, patch_size=8,
-                         num_classes=4)
-    ckpt = tmp_path / "model.pt"
-    save_checkpoint(ckpt, {"model_config": model.cfg.to_dict(), "model": model.state_dict()})
+    ckpt = save_tiny_checkpoint(tmp_path / "model.pt", tiny_moe(4, 2, depth=2, moe_blocks=1))
     code, _, err = mvmoe("superclasses", "--checkpoint", ckpt, "--data", "synthetic:4:2", "--num", "2",
                          "--out", tmp_path / "sc.json")
     assert code == 1 and "is an MoE" in err and "dense/model.pt" in err

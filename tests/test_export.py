@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from helpers import tiny_moe
 from mobile_vmoe.converters import prepare as P
 from mobile_vmoe.converters.pipeline import export_checkpoint, plan
 from mobile_vmoe import create_model
@@ -59,15 +60,9 @@ def exported(tiny_ckpt, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------ no export needed
-def small_moe(experts: int):
-    """3 blocks (last 2 MoE), width 32, 16 px images in 2x2 patches of 8: fast to export."""
-    return create_model("vmoe-6x64-p32", depth=3, width=32, heads=2, img_size=16, patch_size=8, num_classes=3,
-                        num_experts=experts)
-
-
 def test_baked_preprocessing_hand_numbers():
     """mean 0.5, std 0.25: pixel 255 -> (1 - 0.5) / 0.25 = 2, pixel 0 -> -2, pixel 51 -> (0.2-0.5)/0.25 = -1.2."""
-    model = small_moe(2)
+    model = tiny_moe(3, 2)
     w = P.prepare_for_export(model, bake_preprocessing=True, mean=[0.5] * 3, std=[0.25] * 3)
     raw = torch.tensor([255.0, 0.0, 51.0]).view(1, 3, 1, 1)
     got = raw * w.pre_scale + w.pre_shift
@@ -83,7 +78,7 @@ def test_baked_preprocessing_hand_numbers():
 
 
 def test_expert_probs_are_router_softmax():
-    model = small_moe(4).eval()
+    model = tiny_moe(3, 4).eval()
     w = P.prepare_for_export(model)
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
@@ -104,7 +99,7 @@ def test_decomposed_layernorm_hand_numbers_and_equality():
         ln.weight.copy_(torch.tensor([1.0, 2.0, 1.0, 1.0]))
         ln.bias.fill_(0.5)
     assert torch.allclose(d(x), torch.tensor([[-0.8416, -0.3944, 0.9472, 1.8416]]), atol=1e-4)
-    model = small_moe(2).eval()
+    model = tiny_moe(3, 2).eval()
     w = P.prepare_for_export(model)
     wd = P.decompose_layernorm(P.prepare_for_export(model))
     assert not any(isinstance(m, nn.LayerNorm) for m in wd.modules())  # the router's LayerNorm (B, D) too
@@ -125,7 +120,7 @@ def test_audit_rejects_data_dependent_control_flow():
 
 
 def test_audit_rejects_symbolic_batch_and_accepts_the_moe():
-    model = small_moe(2)
+    model = tiny_moe(3, 2)
     w = P.prepare_for_export(model)
     x = torch.randn(2, 3, 16, 16)
     dyn = torch.export.export(w, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=8)},), strict=False)

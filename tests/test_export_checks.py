@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from mobile_vmoe.checkpoint import save_checkpoint
+from helpers import save_tiny_checkpoint, tiny_moe
 from mobile_vmoe.converters import pipeline
 from mobile_vmoe.errors import MvmoeError
-from mobile_vmoe.models.registry import create_model
-
-TINY = dict(depth=2, width=32, heads=2, num_experts=2, moe_blocks=1, img_size=16, patch_size=8)
 
 
 class Reached(Exception):
@@ -27,11 +24,7 @@ def no_export(monkeypatch):
 
 def _ckpt(tmp_path, class_names=None, **cfg):
     """A tiny 10-class checkpoint that names no dataset."""
-    model = create_model("vmoe-6x64-p32", **TINY, num_classes=10, **cfg)
-    path = tmp_path / "model.pt"
-    save_checkpoint(path, {"model_config": model.cfg.to_dict(), "model": model.state_dict(),
-                           "class_names": class_names or [str(i) for i in range(10)]})
-    return path
+    return save_tiny_checkpoint(tmp_path / "model.pt", tiny_moe(10, 2, depth=2, moe_blocks=1, **cfg), class_names)
 
 
 def test_split_of_a_token_model_is_refused_before_export(tmp_path, no_export):

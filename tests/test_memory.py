@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import mvmoe
+from helpers import save_tiny_checkpoint
 from mobile_vmoe import create_model
-from mobile_vmoe.checkpoint import save_checkpoint
 from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.models.registry import dense_twin
 from mobile_vmoe.profile import memory
@@ -53,12 +53,6 @@ def test_coreml_is_refused_off_macos(tmp_path):
         memory.profile_memory(tmp_path / "m.mlpackage")
 
 
-def _checkpoint(path, model):
-    save_checkpoint(path, {"model_config": model.cfg, "model": model.state_dict(),
-                           "class_names": [str(i) for i in range(model.cfg.num_classes)], "data": None})
-    return path
-
-
 @pytest.mark.slow
 def test_split_experts_cost_one_expert_over_the_dense_twin(tmp_path):
     """E = 16 experts of hidden 1024 in 2 MoE blocks (16 MiB of expert weights, 1 MiB per expert
@@ -75,7 +69,7 @@ def test_split_experts_cost_one_expert_over_the_dense_twin(tmp_path):
     expert_mib = 2 * bank.params_per_expert() * 4 / 2**20  # one expert in both MoE blocks, fp32
     arts = {}
     for name, model, experts in [("dense", dense, "fused"), ("stacked", moe, "fused"), ("split", moe, "split")]:
-        ckpt = _checkpoint(tmp_path / f"{name}.pt", model)
+        ckpt = save_tiny_checkpoint(tmp_path / f"{name}.pt", model, data=None)
         (res,) = export_checkpoint(ckpt, "executorch", out_dir=tmp_path / name, parity_images=2, experts=experts)
         assert res.ok, res.error
         arts[name] = memory.profile_memory(res.artifact, "mmap", images=1)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import mvmoe
-from mobile_vmoe.checkpoint import load_checkpoint, save_checkpoint
+from helpers import save_tiny_checkpoint
+from mobile_vmoe.checkpoint import load_checkpoint
 from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.fileio import atomic_write_json, to_json
 from mobile_vmoe.models.registry import create_model
@@ -18,10 +19,6 @@ from mobile_vmoe.models.registry import create_model
 
 def _model():
     return create_model("vit-6x64-p32", depth=1, img_size=16, patch_size=8, num_classes=3)
-
-
-def _save(path, model):
-    return save_checkpoint(path, {"model_config": model.cfg, "model": model.state_dict(), "class_names": ["a", "b", "c"]})
 
 
 def _flip_member_bytes(path, member_suffix="data/0"):
@@ -71,7 +68,7 @@ def test_parity_fails_on_nonfinite_logits():
 
 
 def test_damaged_checkpoint_is_refused_naming_the_file(tmp_path):
-    path = _save(tmp_path / "model.pt", _model())
+    path = save_tiny_checkpoint(tmp_path / "model.pt", _model(), ["a", "b", "c"])
     load_checkpoint(path)  # intact: loads
     _flip_member_bytes(path)
     with pytest.raises(MvmoeError, match=r"model\.pt is damaged: .*data/0 fails its CRC check"):
@@ -84,7 +81,7 @@ def test_nonfinite_weights_are_refused(tmp_path):
     model = _model()
     with torch.no_grad():
         model.head.weight[0, 0] = float("nan")
-    path = _save(tmp_path / "model.pt", model)  # a valid archive holding a NaN
+    path = save_tiny_checkpoint(tmp_path / "model.pt", model, ["a", "b", "c"])  # a valid archive holding a NaN
     with pytest.raises(MvmoeError, match=r"model\.pt: weight model\.head\.weight holds NaN or Inf"):
         load_checkpoint(path)
 

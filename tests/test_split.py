@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import mvmoe
-from helpers import tiny_checkpoint
+from helpers import tiny_checkpoint, tiny_moe
 from mobile_vmoe import create_model
 from mobile_vmoe.converters import split
 from mobile_vmoe.converters.prepare import prepare_for_export
@@ -18,15 +18,12 @@ from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.models.routing import ImageRoute
 
 
-def tiny_moe(**kw):
-    """depth 4 (the last 2 MoE), width 32, E = 3, 16 px, patch 8 (T = 5 tokens)."""
-    torch.manual_seed(0)
-    return create_model("vmoe-6x64-p32", depth=4, width=32, heads=2, img_size=16, patch_size=8, num_classes=7,
-                        num_experts=3, **kw).eval()
+# the tiny MoE one block deeper (the last 2 MoE), 7 classes, E = 3 (T = 5 tokens)
+SPLIT = dict(num_classes=7, num_experts=3, depth=4, seed=0)
 
 
 def test_one_expert_is_the_banks_expert_times_the_gate():
-    bank = tiny_moe().blocks[-1].mlp.experts
+    bank = tiny_moe(**SPLIT).eval().blocks[-1].mlp.experts
     x, gate = torch.randn(1, 5, 32), torch.tensor([[0.25]])
     with torch.no_grad():
         got = split.OneExpert(bank, 2)(x, gate)
@@ -37,7 +34,7 @@ def test_one_expert_is_the_banks_expert_times_the_gate():
 @pytest.mark.parametrize("options", [{}, {"qk_norm": True}, {"parallel_block": True}, {"bias": False}])
 def test_every_tail_computes_the_model_with_that_expert(options):
     """tail_e(stream, gate) == the MoE blocks run with the route forced to expert e."""
-    model = tiny_moe(**options)
+    model = tiny_moe(**SPLIT, **options).eval()
     wrapper = prepare_for_export(model)
     progs = split.programs(wrapper, torch.randn(1, 3, 16, 16))
     trunk, (image,) = progs["trunk"]
@@ -54,7 +51,7 @@ def test_every_tail_computes_the_model_with_that_expert(options):
 
 
 def test_the_chain_is_the_single_program_on_its_own_choice():
-    wrapper = prepare_for_export(tiny_moe(), bake_preprocessing=True, mean=[0.5] * 3, std=[0.25] * 3)
+    wrapper = prepare_for_export(tiny_moe(**SPLIT).eval(), bake_preprocessing=True, mean=[0.5] * 3, std=[0.25] * 3)
     progs = split.programs(wrapper, torch.zeros(1, 3, 16, 16))
     with torch.no_grad():
         for i in range(8):
@@ -66,7 +63,7 @@ def test_the_chain_is_the_single_program_on_its_own_choice():
 
 
 def test_program_table_names_files_shapes_and_chain():
-    progs = split.programs(prepare_for_export(tiny_moe()), torch.zeros(1, 3, 16, 16))
+    progs = split.programs(prepare_for_export(tiny_moe(**SPLIT).eval()), torch.zeros(1, 3, 16, 16))
     t = split.program_table(progs, "tflite", "m_tflite_fp32-split")
     assert t["trunk"] == {"name": "trunk", "file": "trunk.tflite", "inputs": ["image"], "outputs": split.TRUNK_OUTPUTS,
                           "input_shapes": [[1, 3, 16, 16]], "output_shapes": [[1, 5, 32], [1, 1], [1, 1], [1, 3]]}
@@ -104,7 +101,7 @@ def test_lru_of_tails_hand_worked():
 def test_what_split_refuses(kw, target, precision, message):
     target, _, backend = target.partition("-")
     with pytest.raises(MvmoeError, match=message):
-        split.check_splittable(tiny_moe(**kw).cfg, target, backend or None, precision)
+        split.check_splittable(tiny_moe(**SPLIT, **kw).cfg, target, backend or None, precision)
     with pytest.raises(MvmoeError, match="not a per-image MoE"):
         split.check_splittable(create_model("vit-6x64-p32", depth=2, width=32, heads=2, img_size=16,
                                             patch_size=8).cfg, "executorch", None, "fp32")
@@ -156,7 +153,7 @@ def test_split_export_matches_the_single_program_export(tmp_path, target):
 def test_int8_calibration_sets_are_the_images_and_the_fp32_trunks_streams():
     """The trunk is calibrated on the images; every tail on the (stream, gate) the fp32 trunk gives
     for each of them, whichever expert it chose."""
-    progs = split.programs(prepare_for_export(tiny_moe()), torch.zeros(1, 3, 16, 16))
+    progs = split.programs(prepare_for_export(tiny_moe(**SPLIT).eval()), torch.zeros(1, 3, 16, 16))
     images = torch.randn(4, 3, 16, 16)
     sets = split.calibration_sets(progs, images)
     assert sets["trunk"] is images and sorted(sets) == ["tail_0", "tail_1", "tail_2", "trunk"]
