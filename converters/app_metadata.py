@@ -123,14 +123,6 @@ def parity_set(wrapper: nn.Module, images: EvalImages, meta_input: dict, precisi
             "source": images.source, "max_abs_diff_tol": PARITY_SET_TOL.get(precision), "images": entries}
 
 
-def decode_rgb8(entry: dict, height: int, width: int) -> np.ndarray:
-    """One parity-set entry -> (H, W, 3) uint8."""
-    raw = base64.b64decode(entry["rgb"])
-    if len(raw) != height * width * 3:
-        raise MvmoeError(f"parity_set image has {len(raw)} bytes, expected {height}x{width}x3")
-    return np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
-
-
 # ------------------------------------------------------------------------------------ sample check
 def app_preprocess(rgb8: np.ndarray, meta_input: dict, crop_fraction: float) -> torch.Tensor:
     """(H0, W0, 3) uint8 -> (1, 3, H, W) float32, the apps' preprocessing (docs/apps.md): centred

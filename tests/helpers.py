@@ -3,9 +3,11 @@ models and checkpoints, and readers the library itself never needs."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -120,3 +122,10 @@ def read_coreml_metadata(path: Path) -> dict:
 
     spec = ct.utils.load_spec(str(path))
     return dict(spec.description.metadata.userDefined)
+
+
+def decode_rgb8(entry: dict, height: int, width: int) -> np.ndarray:
+    """One parity-set entry of an artifact's .json (rgb8-base64) -> (H, W, 3) uint8."""
+    raw = base64.b64decode(entry["rgb"])
+    assert len(raw) == height * width * 3, f"parity_set image has {len(raw)} bytes, expected {height}x{width}x3"
+    return np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
