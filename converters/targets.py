@@ -30,6 +30,7 @@ class ExportTarget:
     split_suffix: str | None = None  # the split artifact's suffix ("" = a folder)
     loaders: tuple[str, ...] = ()  # `profile memory --loader` choices; () = not measured
     apps: tuple[str, ...] = ()  # demo apps that run the artifact
+    auto_split: bool = False  # --experts auto picks split programs here (where they were measured faster)
 
     @property
     def label(self) -> str:
@@ -41,13 +42,14 @@ TARGETS = (
     ExportTarget("coreml", None, "coreml", ".mlpackage", "coreml", ("fp32", "fp16"),
                  split_precisions=("fp32", "fp16"), split_suffix=".mlpackage", apps=("ios",)),
     ExportTarget("executorch", "xnnpack", "executorch", ".pte", "executorch", ("fp32", "int8"),
-                 split_precisions=("fp32", "int8"), split_suffix=".pte", loaders=("mmap", "file"), apps=("android",)),
+                 split_precisions=("fp32", "int8"), split_suffix=".pte", loaders=("mmap", "file"), apps=("android",),
+                 auto_split=True),
     ExportTarget("executorch", "coreml", "executorch", ".pte", "executorch", ("fp32", "fp16"), loaders=("mmap", "file")),
     ExportTarget("executorch", "portable", "executorch", ".pte", "executorch", ("fp32",),
                  split_precisions=("fp32",), split_suffix=".pte", loaders=("mmap", "file"), apps=("android",)),
     ExportTarget("tflite", None, "tflite", ".tflite", "litert", ("fp32", "fp16", "int8"),
                  split_precisions=("fp32", "fp16", "int8"), split_suffix="", loaders=("mmap", "file"),
-                 apps=("android",)),
+                 apps=("android",), auto_split=True),
     ExportTarget("onnx", None, "onnx_export", ".onnx", "onnxruntime", ("fp32",), loaders=("file",)),
 )
 DEFAULT_BACKEND = {"executorch": "xnnpack"}  # --backend when not given

@@ -19,7 +19,7 @@ def export_cmd(
     out: Path = typer.Option(Path("exports"), "--out", "-o", help="output folder"),
     app_: Optional[str] = typer.Option(None, "--app", help="also copy into a demo app: ios | android"),
     dispatch: str = typer.Option("gather", help="gather (static top-k expert gather) | dense (all experts)"),
-    experts: str = typer.Option("auto", "--experts", help="auto (default: split where it applies, fused elsewhere) | "
+    experts: str = typer.Option("auto", "--experts", help="auto (default: split on ExecuTorch XNNPACK and LiteRT where it applies, fused elsewhere) | "
                                 "fused (one program, all experts) | split (a trunk and one program per expert, so an "
                                 "app keeps only the experts it uses in memory; per-image MoE with k = 1; executorch "
                                 "xnnpack/portable, tflite, coreml; int8 on executorch-xnnpack and tflite)"),
