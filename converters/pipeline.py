@@ -22,6 +22,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mobile_vmoe.artifact_name import artifact_stem
 from mobile_vmoe.errors import MvmoeError, did_you_mean
 from mobile_vmoe.fileio import probe_write, to_json, writable_dir
 
@@ -185,7 +186,7 @@ def artifact_path(out_dir: Path, model_name: str, job: ExportJob, dispatch: str)
     from .split import TARGETS as SPLIT_EXT
 
     ext = SPLIT_EXT[job.target] if dispatch == "split" else target_module(job.target).EXT
-    return out_dir / (P.artifact_stem(model_name, job.target, job.backend, job.precision, dispatch) + ext)
+    return out_dir / (artifact_stem(model_name, job.target, job.backend, job.precision, dispatch) + ext)
 
 
 def name_dispatch(job: ExportJob, dispatch: str, per_image_moe: bool) -> str:

@@ -378,12 +378,6 @@ def versions() -> dict:
     return out
 
 
-def artifact_stem(model_name: str, target: str, backend: str | None, precision: str, dispatch: str = "gather") -> str:
-    """``<model>_<target>[-<backend>]_<precision>[-<dispatch>]``: the dispatch only when it is not
-    the default gather, so a ``--dispatch dense`` export never replaces the gather one."""
-    return f"{model_name}_{target}{'-' + backend if backend else ''}_{precision}{'' if dispatch == 'gather' else '-' + dispatch}"
-
-
 def tree_sha256(path: str | Path) -> tuple[int, str]:
     """(size in bytes, sha256) of a file, or of a folder (.mlpackage) as its files' relative
     paths and contents in sorted order."""

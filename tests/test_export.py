@@ -17,6 +17,7 @@ from helpers import tiny_moe
 from mobile_vmoe.converters import prepare as P
 from mobile_vmoe.converters.pipeline import export_checkpoint, plan
 from mobile_vmoe import create_model
+from mobile_vmoe.artifact_name import artifact_stem
 from mobile_vmoe.checkpoint import save_checkpoint
 from mobile_vmoe.errors import MvmoeError
 
@@ -148,7 +149,7 @@ def test_plan_names_and_bad_combinations():
     jobs, skipped = plan("all", None, "int8")
     assert [(j.target, j.backend) for j in jobs] == [("executorch", "xnnpack"), ("tflite", None)]
     assert any("coreml has no int8" in s for s in skipped)
-    assert P.artifact_stem("vmoe-6x64-p32", "executorch", "xnnpack", "fp32") == "vmoe-6x64-p32_executorch-xnnpack_fp32"
+    assert artifact_stem("vmoe-6x64-p32", "executorch", "xnnpack", "fp32") == "vmoe-6x64-p32_executorch-xnnpack_fp32"
     with pytest.raises(MvmoeError, match="--backend applies to --target executorch"):
         plan("onnx", "xnnpack", "fp32")
     with pytest.raises(MvmoeError, match="not int8"):
@@ -303,8 +304,8 @@ def test_copy_to_app_puts_artifact_and_json_where_the_apps_look(tmp_path):
 
 
 def test_artifact_names_tell_the_dispatch_apart():
-    assert P.artifact_stem("m", "onnx", None, "fp32", "dense") == "m_onnx_fp32-dense"
-    assert P.artifact_stem("m", "executorch", "xnnpack", "int8", "gather") == "m_executorch-xnnpack_int8"
+    assert artifact_stem("m", "onnx", None, "fp32", "dense") == "m_onnx_fp32-dense"
+    assert artifact_stem("m", "executorch", "xnnpack", "int8", "gather") == "m_executorch-xnnpack_int8"
 
 
 def test_converters_raise_mvmoe_errors_for_user_errors():

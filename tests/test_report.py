@@ -9,7 +9,8 @@ import pytest
 
 from helpers import run_summary
 from mobile_vmoe.errors import MvmoeError
-from mobile_vmoe.profile.report import latency_column, make_report, parse_artifact_name
+from mobile_vmoe.artifact_name import artifact_stem, parse_artifact_name
+from mobile_vmoe.profile.report import latency_column, make_report
 
 
 @pytest.fixture
@@ -41,6 +42,12 @@ def test_artifact_names():
     assert parse_artifact_name("vit-6x64-p8_tflite_int8.tflite") == {
         "model": "vit-6x64-p8", "target": "tflite", "backend": None, "precision": "int8", "dispatch": "gather"}
     assert parse_artifact_name("m_onnx_fp32-dense.onnx")["dispatch"] == "dense"
+    for model, target, backend, precision, dispatch in [("vmoe-6x64-p8-e5", "executorch", "xnnpack", "int8", "gather"),
+                                                        ("vit-6x64-p32", "tflite", None, "fp16", "dense"),
+                                                        ("m", "coreml", None, "fp32", "split")]:  # the writer's names read back
+        name = artifact_stem(model, target, backend, precision, dispatch) + ".pte"
+        assert parse_artifact_name(name) == {"model": model, "target": target, "backend": backend,
+                                             "precision": precision, "dispatch": dispatch}
     assert latency_column({"artifact": "m_onnx_fp32.onnx", "device": "local"}) == "onnx fp32 @ local (ms)"
     assert latency_column({"artifact": "m_onnx_fp32-dense.onnx", "device": "local"}) == "onnx fp32 dense @ local (ms)"
 

@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..artifact_name import parse_artifact_name
 from ..fileio import atomic_write_bytes, atomic_write_text, file_sha256, read_json_object, writable_dir
 from ..errors import MvmoeError
 
@@ -167,19 +168,6 @@ def load_runs(run_dirs: list[str | Path]) -> list[Row]:
                 rows.append(_row_from_summary(read_json_object(sub / "summary.json"), str(sub),
                                               superclass_source=sub != d))
     return rows
-
-
-def parse_artifact_name(name: str) -> dict:
-    """'vmoe-6x64-p8-e5_executorch-xnnpack_fp32.pte' -> model, target, backend, precision, dispatch
-    ('..._fp32-dense.pte': the all-experts dispatch)."""
-    stem = name.rsplit(".", 1)[0] if "." in name else name
-    parts = stem.split("_")
-    if len(parts) < 3:
-        return {"model": stem, "target": "?", "backend": None, "precision": "?", "dispatch": "gather"}
-    target, _, backend = parts[-2].partition("-")
-    precision, _, dispatch = parts[-1].partition("-")
-    return {"model": "_".join(parts[:-2]), "target": target, "backend": backend or None, "precision": precision,
-            "dispatch": dispatch or "gather"}
 
 
 def load_latency(files: list[str | Path]) -> list[Measurement]:
