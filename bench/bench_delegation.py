@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from mobile_vmoe.converters import executorch as et
-from mobile_vmoe.converters.prepare import decompose_layernorm, export_static, prepare_for_export
+from converters import executorch as et
+from converters.prepare import decompose_layernorm, export_static, prepare_for_export
 from mobile_vmoe import create_model
 from mobile_vmoe.config import parse_overrides
 

@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mobile_vmoe.converters import executorch as et
-from mobile_vmoe.converters import onnx_export, tflite
-from mobile_vmoe.converters.prepare import decompose_layernorm, export_static, prepare_for_export
+from converters import executorch as et
+from converters import onnx_export, tflite
+from converters.prepare import decompose_layernorm, export_static, prepare_for_export
 from mobile_vmoe import create_model, dense_twin
 from mobile_vmoe.profile.flops import profile_flops
 from mobile_vmoe.profile.timing import time_interleaved
@@ -98,7 +98,7 @@ def random_calibration(model) -> torch.Tensor:
 def build_split(model, w, x, rt: str, stem: Path, threads: int, audits: dict):
     """The MoE as split programs for ``rt`` (converted, or reused from ``stem``), every tail loaded:
     the timed runs are warm."""
-    from mobile_vmoe.converters import split
+    from converters import split
 
     target = "executorch" if rt.startswith("xnnpack") else "tflite"
     path = stem.with_name(stem.name + split.TARGETS[target])

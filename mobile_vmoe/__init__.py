@@ -1,9 +1,5 @@
 """mvmoe: Mobile Vision Mixture-of-Experts, trained and shipped to phones."""
 
-from ._checkout import install_converters_finder
-
-install_converters_finder()
-
 from .config import ModelConfig, parse_overrides
 from .models import MobileVMoE, ModelOutput
 from .models.registry import create_model, dense_twin, get_config, list_models

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from helpers import decode_rgb8, save_tiny_checkpoint, tiny_moe
-from mobile_vmoe.converters import app_metadata as A
-from mobile_vmoe.converters import prepare as P
+from converters import app_metadata as A
+from converters import prepare as P
 
 MEAN, STD = [0.5, 0.25, 0.125], [0.25, 0.5, 1.0]
 
@@ -112,7 +112,7 @@ def test_exported_json_parity_set_matches_pytorch_and_the_artifact(tmp_path):
     (from the checkpoint) and in onnxruntime on the artifact, the fingerprint is the file's."""
     import onnxruntime as ort
 
-    from mobile_vmoe.converters.pipeline import export_checkpoint
+    from converters.pipeline import export_checkpoint
     from mobile_vmoe.checkpoint import model_from_checkpoint
     from mobile_vmoe.data import build_data
 

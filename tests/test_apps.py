@@ -289,7 +289,7 @@ def test_kotlin_pipeline_on_a_real_model_and_export_metadata(kotlin_build, tmp_p
     """Metadata from the converter's build_metadata -> Kotlin preprocessing -> the exported interface
     (ExportWrapper, in torch) -> Kotlin decoding: what the app shows is what the model says."""
     from helpers import tiny_moe
-    from mobile_vmoe.converters.prepare import build_metadata, not_run, prepare_for_export
+    from converters.prepare import build_metadata, not_run, prepare_for_export
 
     model = tiny_moe(10, 3, img_size=32).eval()
     labels = [f"digit {i}" for i in range(10)]
@@ -483,7 +483,7 @@ SAMPLE_IOS = APPS / "ios_demo/MobileVMoEDemo/Sample/digit.png"
 
 
 def test_both_apps_bundle_the_sample_the_exporter_reads():
-    from mobile_vmoe.converters import app_metadata as A
+    from converters import app_metadata as A
 
     assert SAMPLE_ANDROID.read_bytes() == SAMPLE_IOS.read_bytes()
     assert A.SAMPLE_IMAGE.resolve() == SAMPLE_ANDROID.resolve()
@@ -498,8 +498,8 @@ def test_sample_check_is_the_wrapper_on_the_app_preprocessing(baked):
     from PIL import Image
 
     from helpers import tiny_moe
-    from mobile_vmoe.converters import app_metadata as A
-    from mobile_vmoe.converters.prepare import prepare_for_export
+    from converters import app_metadata as A
+    from converters.prepare import prepare_for_export
 
     model = tiny_moe(7, 3, seed=0).eval()
     wrapper = prepare_for_export(model, bake_preprocessing=baked, mean=mg.MEAN, std=mg.STD)
@@ -521,7 +521,7 @@ def test_sample_check_is_the_wrapper_on_the_app_preprocessing(baked):
 def test_split_core_ml_packages_say_they_need_ios_18():
     """A split package is multifunction (converted for iOS 18, loaded with functionName): its .json says
     so, and the iOS app refuses it on an older iOS (Parity.runtimeProblem) instead of failing to load."""
-    from mobile_vmoe.converters import app_metadata as A
+    from converters import app_metadata as A
 
     assert A.runtime_requirement("coreml", None)["min_version"] == "17.0"
     assert A.runtime_requirement("coreml", None, split=True)["min_version"] == "18.0"

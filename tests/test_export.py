@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from helpers import tiny_moe
-from mobile_vmoe.converters import prepare as P
-from mobile_vmoe.converters.pipeline import export_checkpoint, plan
+from converters import prepare as P
+from converters.pipeline import export_checkpoint, plan
 from mobile_vmoe import create_model
 from mobile_vmoe.artifact_name import artifact_stem
 from mobile_vmoe.checkpoint import save_checkpoint
@@ -280,7 +280,7 @@ def test_failed_parity_leaves_nothing_behind(tiny_ckpt, tmp_path):
 
 
 def test_copy_to_app_puts_artifact_and_json_where_the_apps_look(tmp_path):
-    from mobile_vmoe.converters.pipeline import APP_DIRS, copy_to_app
+    from converters.pipeline import APP_DIRS, copy_to_app
 
     src = tmp_path / "exports"
     (src / "m_coreml_fp16.mlpackage" / "Data").mkdir(parents=True)
@@ -309,7 +309,7 @@ def test_artifact_names_tell_the_dispatch_apart():
 
 
 def test_converters_raise_mvmoe_errors_for_user_errors():
-    from mobile_vmoe.converters import tflite
+    from converters import tflite
 
     with pytest.raises(MvmoeError, match="int8 needs calibration images"):
         tflite.quant_config("int8", None, torch.zeros(1), None)
@@ -343,14 +343,14 @@ def test_pt2e_quantize_calibrates_one_image_at_a_time(monkeypatch):
     assert seen == [(1, 8)] * 6
     with torch.no_grad():
         assert torch.allclose(q(calib[2:3]), net(calib[2:3]), atol=0.05)
-    from mobile_vmoe.converters import executorch, tflite
+    from converters import executorch, tflite
 
     assert executorch.pt2e_quantize is P.pt2e_quantize and tflite.pt2e_quantize is P.pt2e_quantize
 
 
 def test_litert_int8_io_is_fed_and_read_as_float():
     """A fully int8 LiteRT model: x -> round(x / scale) + zero point, clipped to int8; outputs back."""
-    from mobile_vmoe.converters import tflite
+    from converters import tflite
 
     det = {"dtype": np.int8, "quantization": (0.5, -10)}
     q = tflite.quantize_input(np.array([0.0, 1.26, -100.0, 200.0], np.float32), det)
@@ -371,7 +371,7 @@ def test_litert_softmax_after_a_quantized_op_gets_the_fixed_output_qparams():
     from litert_torch.quantize.pt2e_quantizer import get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    from mobile_vmoe.converters import tflite
+    from converters import tflite
 
     class Net(nn.Module):
         def __init__(self):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import save_tiny_checkpoint, tiny_moe
-from mobile_vmoe.converters import pipeline
+from converters import pipeline
 from mobile_vmoe.errors import MvmoeError
 
 
@@ -61,7 +61,7 @@ def test_a_long_conversion_says_it_is_still_running(tmp_path, monkeypatch):
     closing line with the elapsed time; no clock is compared."""
     import threading
 
-    from mobile_vmoe.converters import quiet as Q
+    from converters import quiet as Q
 
     lines, ticked = [], threading.Event()
 

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from helpers import DIGITS, tiny_checkpoint
-from mobile_vmoe.converters import pipeline
-from mobile_vmoe.converters import prepare as P
+from converters import pipeline
+from converters import prepare as P
 from mobile_vmoe.errors import MvmoeError
 
 GONE = {**DIGITS, "name": "gone", "spec": "/nonexistent/imagefolder"}
@@ -268,7 +268,7 @@ def test_full_filesystem_during_conversion_is_one_line(monkeypatch, tmp_path):
 # ---------------------------------------------------------------------------- library noise
 QUIET_SCRIPT = """
 import logging, os, sys, warnings
-from mobile_vmoe.converters.quiet import loud, quiet
+from converters.quiet import loud, quiet
 verbose = sys.argv[1] == "verbose"
 with quiet(verbose), quiet(verbose, log=sys.argv[2]):  # the pipeline nests them: one per target
     os.write(1, b"cpuinfo: native stdout\\n")

@@ -67,8 +67,8 @@ def test_latency_opens_artifacts_with_the_converters_runner(artifacts, monkeypat
     """One place opens each runtime: profile latency uses converters' load_runner (as parity does)."""
     import numpy as np
 
-    from mobile_vmoe.converters import onnx_export
-    from mobile_vmoe.converters.runner import Runner
+    from converters import onnx_export
+    from converters.runner import Runner
 
     opened = []
 

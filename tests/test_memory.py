@@ -59,7 +59,7 @@ def test_split_experts_cost_one_expert_over_the_dense_twin(tmp_path):
     over both blocks) on a small trunk. With one image (k = 1 expert used), the split program must
     stay within dense twin + one expert + 10 % (+ 1 MiB for allocator noise between processes);
     the stacked program, whose expert stacks the loader maps and pins, must not."""
-    from mobile_vmoe.converters.pipeline import export_checkpoint
+    from converters.pipeline import export_checkpoint
 
     torch.manual_seed(0)
     moe = create_model("vmoe-6x64-p32", depth=4, width=64, heads=4, img_size=16, patch_size=8, num_classes=10,

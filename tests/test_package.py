@@ -1,5 +1,6 @@
 """The wheel: built with `uv build`, installed into a clean virtual environment, it gives a working
-`mvmoe` (models, train, export) and claims no top-level name but `mobile_vmoe`."""
+`mvmoe` (models, train, export) and installs exactly two import packages: `mobile_vmoe` and
+`converters` (the same names a checkout imports, with no import hook)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path):
     wheel = next((tmp_path / "dist").glob("mvmoe-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
-    assert tops == {"mobile_vmoe"}, tops  # no generic top-level package such as "converters"
-    assert "mobile_vmoe/converters/pipeline.py" in names
+    assert tops == {"mobile_vmoe", "converters"}, tops
+    assert "converters/pipeline.py" in names
 
     # the locked versions (so the install comes from uv's cache, as `uv sync` left it), then the wheel
     req = tmp_path / "requirements.txt"
@@ -40,7 +41,7 @@ def test_wheel_installs_into_a_clean_venv_and_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["OMP_NUM_THREADS"] = "1"
     mvmoe = str(venv / "bin" / "mvmoe")
-    where = _run([str(venv / "bin" / "python"), "-c", "import mobile_vmoe.converters as c; print(c.__file__)"],
+    where = _run([str(venv / "bin" / "python"), "-c", "import converters as c; print(c.__file__)"],
                  cwd=tmp_path, env=env)
     assert str(venv) in where  # the installed copy, not the source tree
     assert "vmoe-12x192-p32" in _run([mvmoe, "models"], cwd=tmp_path, env=env)

@@ -54,7 +54,7 @@ def test_metrics_log_writes_strict_json(tmp_path):
 
 
 def test_parity_fails_on_nonfinite_logits():
-    from mobile_vmoe.converters import prepare as P
+    from converters import prepare as P
 
     ref = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
     got = np.array([[np.nan, np.nan], [np.nan, np.nan]], dtype=np.float32)

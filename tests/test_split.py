@@ -12,8 +12,8 @@ import torch
 from conftest import mvmoe
 from helpers import tiny_checkpoint, tiny_moe
 from mobile_vmoe import create_model
-from mobile_vmoe.converters import split
-from mobile_vmoe.converters.prepare import prepare_for_export
+from converters import split
+from converters.prepare import prepare_for_export
 from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.models.routing import ImageRoute
 
@@ -122,8 +122,8 @@ def test_split_export_matches_the_single_program_export(tmp_path, target):
     """Both exports of one checkpoint on the digits eval images: the chained programs agree with
     the single-program artifact within 1e-5; the .json describes the programs; latency reports
     the cold tail switches apart."""
-    from mobile_vmoe.converters.pipeline import export_checkpoint
-    from mobile_vmoe.converters.prepare import eval_images, run_all
+    from converters.pipeline import export_checkpoint
+    from converters.prepare import eval_images, run_all
     from mobile_vmoe.profile.latency import profile_latency
 
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
@@ -138,7 +138,7 @@ def test_split_export_matches_the_single_program_export(tmp_path, target):
     if target == "tflite":
         assert res.artifact.is_dir() and sorted(p.name for p in res.artifact.iterdir()) == \
             ["tail_0.tflite", "tail_1.tflite", "trunk.tflite"]
-    mod = __import__(f"mobile_vmoe.converters.{target}", fromlist=["load_runner"])
+    mod = __import__(f"converters.{target}", fromlist=["load_runner"])
     single, _ = mod.load_runner(one.artifact)
     chain, _ = split.load_runner(target, res.artifact)
     images = eval_images(torch.load(ckpt, weights_only=False), count=32, spec="digits").inputs(False)
@@ -174,7 +174,7 @@ def test_int8_split_runs_every_program_in_int8(tmp_path, target):
     on the XNNPACK delegate, or LiteRT's static int8 FULLY_CONNECTED, which the router softmax's
     fixed output qparams let LiteRT allocate), and the chain stays close to PyTorch: the logits of
     this untrained 16-px model span a few tenths, int8 moves them by a few hundredths."""
-    from mobile_vmoe.converters.pipeline import export_checkpoint
+    from converters.pipeline import export_checkpoint
 
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
     (res,) = export_checkpoint(ckpt, target, precision="int8", out_dir=tmp_path, parity_images=32,
@@ -219,7 +219,7 @@ def test_int8_split_runs_every_program_in_int8(tmp_path, target):
 def test_coreml_split_is_one_multifunction_package(tmp_path):
     import coremltools as ct
 
-    from mobile_vmoe.converters.pipeline import export_checkpoint
+    from converters.pipeline import export_checkpoint
 
     (res,) = export_checkpoint(tiny_checkpoint(tmp_path / "m.pt"), "coreml", out_dir=tmp_path, parity_images=4,
                                experts="split")
@@ -269,7 +269,7 @@ def test_an_explicit_layout_is_kept():
 
 
 def test_auto_jobs_resolve_per_target():
-    from mobile_vmoe.converters.pipeline import plan, resolve_layouts
+    from converters.pipeline import plan, resolve_layouts
 
     jobs, skipped = plan("all", None, "fp32")  # auto: planned as fused, nothing skipped
     assert skipped == [] and {j.experts for j in jobs} == {"auto"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mobile_vmoe.converters import pipeline, split
-from mobile_vmoe.converters import targets as T
+from converters import pipeline, split
+from converters import targets as T
 from mobile_vmoe.errors import MvmoeError
 
 

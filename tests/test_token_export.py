@@ -13,7 +13,7 @@ TINY = dict(depth=2, width=32, heads=2, num_experts=2, moe_blocks=1, img_size=16
 
 
 def test_token_model_exports_without_scatter_or_asserts():
-    from mobile_vmoe.converters.prepare import export_static, prepare_for_export
+    from converters.prepare import export_static, prepare_for_export
 
     model = create_model("vmoe-6x64-p32", **TINY).eval()
     wrapper = prepare_for_export(model)
@@ -29,7 +29,7 @@ def test_token_model_exports_without_scatter_or_asserts():
 @pytest.mark.parametrize("target", ["coreml", "tflite"])
 def test_token_model_converts_to_core_ml_and_litert(tmp_path, target):
     from mobile_vmoe.checkpoint import save_checkpoint
-    from mobile_vmoe.converters.pipeline import export_checkpoint
+    from converters.pipeline import export_checkpoint
 
     model = create_model("vmoe-6x64-p32", **TINY)
     save_checkpoint(tmp_path / "model.pt", {"model_config": model.cfg.to_dict(), "model": model.state_dict()})

@@ -305,7 +305,7 @@ def test_static_export_of_every_option(option):
 def test_decomposed_layernorm_export_form_with_all_options(fused):
     """`--layer-norm decomposed` swaps every LayerNorm, QK-norm's too (fed a strided slice of qkv
     when attention is fused), and gives the same numbers."""
-    from mobile_vmoe.converters import prepare as P
+    from converters import prepare as P
 
     model = randomize(tiny("all_three", "image"), std=0.2).eval()
     w = P.prepare_for_export(model, fused_attention=fused)
@@ -358,7 +358,7 @@ def option_checkpoint(option: str) -> dict:
 @pytest.mark.parametrize("option", list(OPTIONS))
 @pytest.mark.parametrize("target", ["executorch", "tflite", "onnx"])
 def test_export_parity(option, target, tmp_path):
-    from mobile_vmoe.converters.pipeline import export_checkpoint
+    from converters.pipeline import export_checkpoint
 
     ckpt = option_checkpoint(option)
     [r] = export_checkpoint(ckpt, target, None, "fp32", tmp_path, parity_images=16, experts="fused")
@@ -386,7 +386,7 @@ def test_export_parity(option, target, tmp_path):
 @pytest.mark.slow
 def test_coreml_converts_all_three_options(tmp_path):
     """Core ML lowers here (its prediction needs macOS, so parity is not run)."""
-    from mobile_vmoe.converters.pipeline import export_checkpoint
+    from converters.pipeline import export_checkpoint
 
     [r] = export_checkpoint(option_checkpoint("all_three"), "coreml", None, "fp32", tmp_path, parity_images=4,
                             experts="fused")

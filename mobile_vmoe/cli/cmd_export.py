@@ -39,17 +39,17 @@ def export_cmd(
     """Export a checkpoint, check each artifact against PyTorch, write <stem>.json beside it."""
     from rich.console import Console
 
-    from mobile_vmoe.converters.pipeline import app_runs, check_app, export_checkpoint, plan
+    from converters.pipeline import app_runs, check_app, export_checkpoint, plan
     from ..errors import MvmoeError
 
     jobs, _ = plan(target, backend, precision, experts)  # bad combinations fail before the checkpoint is read
     if app_ is not None:
-        from mobile_vmoe.converters.pipeline import project_root
+        from converters.pipeline import project_root
 
         check_app(app_)
         project_root()  # no demo apps around this installation: say so before converting
         if not any(app_runs(app_, j.target, j.backend) for j in jobs):
-            from mobile_vmoe.converters.pipeline import APP_RUNS_TEXT
+            from converters.pipeline import APP_RUNS_TEXT
 
             raise MvmoeError(f"--app {app_}: {APP_RUNS_TEXT[app_]}; nothing of --target {target} to copy")
     console = Console(stderr=True, width=140)
@@ -101,7 +101,7 @@ def results_table(results, out: Path):
 
 def copy_results(results, app: str) -> None:
     """Copy what the app runs into its folder (in this checkout), say where; name what is not copied."""
-    from mobile_vmoe.converters.pipeline import APP_RUNS_TEXT, app_runs, copy_to_app
+    from converters.pipeline import APP_RUNS_TEXT, app_runs, copy_to_app
 
     for r in results:
         if not r.ok:

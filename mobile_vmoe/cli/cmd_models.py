@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mobile_vmoe.converters.targets import ARTIFACT_SUFFIXES as TARGET_SUFFIXES
+from converters.targets import ARTIFACT_SUFFIXES as TARGET_SUFFIXES
 
 from ..fileio import to_json
 from . import app, profile_app

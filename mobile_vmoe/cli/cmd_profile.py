@@ -52,7 +52,7 @@ def _say_unverified(d: dict) -> None:
 
 def _quiet_runtimes(verbose: bool):
     """The runtimes' own chatter (torch pytree warnings, cpuinfo, LiteRT INFO) hidden unless --verbose."""
-    from mobile_vmoe.converters.quiet import quiet
+    from converters.quiet import quiet
 
     return quiet(verbose)
 

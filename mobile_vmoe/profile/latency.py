@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobile_vmoe.converters.targets import RUNTIME_OF_SUFFIX
+from converters.targets import RUNTIME_OF_SUFFIX
 
 from ..errors import MvmoeError
 from .timing import time_ms
@@ -99,7 +99,7 @@ def verify_artifact(path: str | Path) -> dict:
     """The .json of an exported artifact (given the artifact or the .json), after checking that it
     belongs to the artifact: size and sha256 as recorded at export. MvmoeError otherwise. Every
     command that reads an artifact calls this (profile flops, latency, memory)."""
-    from mobile_vmoe.converters.prepare import tree_sha256
+    from converters.prepare import tree_sha256
 
     meta_path = Path(path).with_suffix(".json")
     meta = artifact_meta(Path(path))
@@ -146,7 +146,7 @@ def measured_meta(path: Path, verify: bool) -> tuple[dict | None, dict]:
 
 
 def split_programs(path: Path) -> dict | None:
-    """The .json's "programs" when ``path`` is a split artifact (mobile_vmoe.converters.split), else None."""
+    """The .json's "programs" when ``path`` is a split artifact (converters.split), else None."""
     meta = artifact_meta(path) if path.with_suffix(".json").is_file() else None
     progs = (meta or {}).get("programs")
     return progs if isinstance(progs, dict) else None
@@ -188,11 +188,11 @@ TARGETS = {".pte": "executorch", ".tflite": "tflite", ".onnx": "onnx", ".mlpacka
 def open_runner(path: Path, threads: int | None, per_op: bool = False):
     """The artifact opened by its converter's ``load_runner`` (the same runner export's parity
     uses); MvmoeError where it cannot run here."""
-    from mobile_vmoe.converters.pipeline import target_module
+    from converters.pipeline import target_module
 
     kw = {"per_op": True} if per_op else {}
     if split_programs(path) is not None:
-        from mobile_vmoe.converters.split import load_runner
+        from converters.split import load_runner
 
         runner, why = load_runner(artifact_meta(path).get("target"), path, threads=threads)
         if runner is None:

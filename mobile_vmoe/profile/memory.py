@@ -33,7 +33,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mobile_vmoe.converters.targets import LOADERS, RUNTIME_OF_SUFFIX, TARGET_OF_RUNTIME, find
+from converters.targets import LOADERS, RUNTIME_OF_SUFFIX, TARGET_OF_RUNTIME, find
 
 from ..errors import MvmoeError
 from ..fileio import to_json
@@ -72,7 +72,7 @@ def open_artifact(spec: dict):
     """In the child: -> (run(x) -> outputs, input shape, chain or None). Imports the runtime."""
     runtime, loader, path, threads = spec["runtime"], spec["loader"], Path(spec["artifact"]), spec["threads"]
     if spec["split"]:
-        from mobile_vmoe.converters.split import executorch_chain, litert_chain
+        from converters.split import executorch_chain, litert_chain
 
         if runtime == "litert" and loader != "mmap":
             raise MvmoeError("a split LiteRT artifact loads with mmap only (one file per program)")
@@ -80,7 +80,7 @@ def open_artifact(spec: dict):
                  else litert_chain(path, threads, spec["max_tails"]))
         return chain, chain.input_shape, chain
     # the runners export's parity and `profile latency` use, with the loader asked for
-    from mobile_vmoe.converters.pipeline import target_module
+    from converters.pipeline import target_module
 
     target = TARGET_OF_RUNTIME[runtime]
     kw = {} if runtime == "onnxruntime" else {"loader": loader}
@@ -94,8 +94,8 @@ def child(spec: dict) -> dict:
 
     import torch  # noqa: F401 - part of the baseline: every runtime here is used next to torch
 
-    import mobile_vmoe.converters.pipeline  # noqa: F401 - the runners' code, also in the baseline
-    import mobile_vmoe.converters.split  # noqa: F401
+    import converters.pipeline  # noqa: F401 - the runners' code, also in the baseline
+    import converters.split  # noqa: F401
 
     if spec["runtime"] == "executorch":
         import executorch.runtime  # noqa: F401
