@@ -107,7 +107,7 @@ def build_split(model, w, x, rt: str, stem: Path, threads: int, audits: dict):
         print(f"  reusing {path.name}", flush=True)
     else:
         calib = random_calibration(model) if precision == "int8" else None
-        ops, _ = split.convert(target, w, x, path, precision=precision, backend="xnnpack" if target == "executorch" else None,
+        ops = split.convert(target, w, x, path, precision=precision, backend="xnnpack" if target == "executorch" else None,
                                calibration=calib)
         if precision == "int8":
             audits[f"moe-split int8 ({rt})"] = ops

@@ -29,18 +29,13 @@ from mobile_vmoe.data import Preprocess, spec_kind
 from mobile_vmoe.data.transforms import PREPROCESS
 from mobile_vmoe.errors import MvmoeError
 
+from . import targets as T
 from .prepare import RESIZE, SCALE, EvalImages, spread
 
 PARITY_SET_IMAGES = 8
 # Largest |logit difference| an app accepts for the parity set; None: top-1 agreement only.
 # fp32 leaves room for a phone's CPU kernels (different summation order, FMA); fp16 for half floats.
 PARITY_SET_TOL = {"fp32": 1e-3, "fp16": 5e-2, "int8": None}
-# Minimum runtime per target: the exporter's own release line (a runtime promises to read artifacts
-# of its own and older releases only). Core ML: the deployment target the converters ask for.
-RUNTIME_PACKAGE = {"executorch": ("executorch", "executorch"), "tflite": ("litert", "ai-edge-litert"),
-                   "onnx": ("onnxruntime", "onnxruntime")}
-COREML_MIN_IOS = "17.0"
-COREML_SPLIT_MIN_IOS = "18.0"  # multifunction packages (ct.target.iOS18, MLModelConfiguration.functionName)
 # The sample both apps bundle (the same PNG in apps/android_demo assets/sample/ and apps/ios_demo Sample/).
 SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "apps" / "android_demo" / "app" / "src" / "main" / "assets" / "sample" / "digit.png"
 
@@ -163,15 +158,16 @@ def sample_check(wrapper: nn.Module, meta_input: dict, policy: dict, precision: 
 
 # ------------------------------------------------------------------------------------ runtime, file
 def runtime_requirement(target: str, backend: str | None, split: bool = False) -> dict:
-    """{name, min_version, backend}: the runtime release an app needs to load the artifact. Core ML:
-    the iOS deployment target the package was converted for (a split package is multifunction: 18)."""
-    if target == "coreml" or backend == "coreml":
-        name = "coreml" if target == "coreml" else "executorch"
-        version = (COREML_SPLIT_MIN_IOS if split else COREML_MIN_IOS) if target == "coreml" else _version("executorch")
-        return {"name": name, "min_version": version, "backend": backend, "platforms": ["ios"]}
-    name, package = RUNTIME_PACKAGE[target]
-    platforms = {"executorch": ["android", "ios"], "tflite": ["android"], "onnx": []}[target]
-    return {"name": name, "min_version": _version(package), "backend": backend, "platforms": platforms}
+    """{name, min_version, backend, platforms}: the runtime release an app needs to load the artifact
+    (converters.targets). Core ML: the iOS deployment target the package was converted for (a split
+    package is multifunction: 18). Else the exporter's own release line (a runtime promises to read
+    artifacts of its own and older releases only)."""
+    record = T.find(target, backend)
+    if record.runtime == "coreml":
+        version = record.split_min_ios if split else record.min_ios
+    else:
+        version = _version(record.runtime_package)
+    return {"name": record.runtime, "min_version": version, "backend": backend, "platforms": list(record.platforms)}
 
 
 def _version(package: str) -> str | None:

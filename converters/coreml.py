@@ -8,6 +8,8 @@ and parity is recorded as not run.
 from __future__ import annotations
 
 import platform
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -16,6 +18,7 @@ from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.fileio import to_json
 
 from . import targets
+from .programs import export_each, input_names, merge_audits, output_names
 
 _T = targets.find("coreml")
 TARGET, EXT, BACKENDS, PRECISIONS = _T.name, _T.suffix, (None,), _T.precisions
@@ -33,13 +36,51 @@ def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, b
         inputs=[ct.TensorType(name="image", shape=tuple(example.shape))],
         outputs=[ct.TensorType(name=n) for n in wrapper.output_names],
         compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
-        minimum_deployment_target=ct.target.iOS17,
+        minimum_deployment_target=getattr(ct.target, targets.ios_target(_T.min_ios)),
     )
     if metadata:
         write_metadata(mlmodel, metadata)
     ops = audit(mlmodel.get_spec(), precision)
     mlmodel.save(str(path))
     return ops
+
+
+def convert_split(progs: dict, path: Path, table: dict, *, precision: str, backend: str | None = None,
+                  calibration: torch.Tensor | None = None, metadata: dict | None = None) -> dict:
+    """Split programs as one mlprogram each, merged into a multifunction .mlpackage (functions
+    ``trunk`` and ``tail_<e>``, iOS 18 loads one with MLModelConfiguration.functionName); -> the
+    merged audit. ``metadata`` (with ``table`` as its "programs") goes into the package."""
+    import coremltools as ct
+
+    tmp = Path(tempfile.mkdtemp(prefix=".split-", dir=Path(path).parent))
+    try:
+        desc = ct.utils.MultiFunctionDescriptor()
+        audits = {}
+        for name, ep in export_each(progs).items():
+            _, args = progs[name]
+            m = ct.convert(ep.run_decompositions({}), convert_to="mlprogram",
+                           inputs=[ct.TensorType(name=n, shape=tuple(a.shape)) for n, a in zip(input_names(name), args)],
+                           outputs=[ct.TensorType(name=n) for n in output_names(name)],
+                           compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+                           minimum_deployment_target=getattr(ct.target, targets.ios_target(_T.split_min_ios)))
+            audits[name] = audit(m.get_spec(), precision)
+            m.save(str(tmp / f"{name}{EXT}"))
+            desc.add_function(str(tmp / f"{name}{EXT}"), src_function_name="main", target_function_name=name)
+        desc.default_function_name = "trunk"
+        ct.utils.save_multifunction(desc, str(tmp / f"merged{EXT}"))
+        merged = ct.models.MLModel(str(tmp / f"merged{EXT}"), skip_model_load=True)
+        if metadata:
+            write_metadata(merged, metadata)  # converters.split put the table into it
+        merged.save(str(path))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return merge_audits(audits)
+
+
+def load_split_runner(path: Path, threads: int | None = None, max_tails: int | None = None, loader: str = "mmap"):
+    """Core ML prediction needs macOS: -> (None, why) here (the multifunction package is converted
+    here, not run)."""
+    return None, "Core ML prediction needs macOS (the multifunction package is converted here, not run)"
 
 
 def write_metadata(mlmodel, meta: dict) -> None:

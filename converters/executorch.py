@@ -16,6 +16,8 @@ from mobile_vmoe.errors import MvmoeError
 
 from . import targets
 from .prepare import as_args, pt2e_quantize
+from .programs import export_each, merge_audits
+from .runner import Runner, SplitChain, first_line
 
 _TS = [t for t in targets.TARGETS if t.name == "executorch"]
 TARGET, EXT = "executorch", _TS[0].suffix
@@ -47,8 +49,9 @@ def partitioners(backend: str, precision: str) -> list:
         from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
         cp = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
+        ios = getattr(ct.target, targets.ios_target(targets.find("executorch", "coreml").min_ios))
         return [CoreMLPartitioner(compile_specs=CoreMLBackend.generate_compile_specs(
-            compute_precision=cp, minimum_deployment_target=ct.target.iOS17))]
+            compute_precision=cp, minimum_deployment_target=ios))]
     return []
 
 
@@ -70,6 +73,21 @@ def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, b
     with open(path, "wb") as f:
         prog.write_to_file(f)
     return ops
+
+
+def convert_split(progs: dict, path: Path, table: dict, *, precision: str, backend: str | None = "xnnpack",
+                  calibration: torch.Tensor | None = None, metadata: dict | None = None) -> dict:
+    """Split programs as one .pte, one method per program, lowered with the backend's partitioner
+    (int8: each program pt2e-quantized on its calibration set); -> the merged audit."""
+    from executorch.exir import to_edge_transform_and_lower
+
+    backend = backend or "xnnpack"
+    eps = export_each(progs, quantize_int8_xnnpack if precision == "int8" else None, calibration)
+    edge = to_edge_transform_and_lower(eps, partitioner=partitioners(backend, precision))
+    audits = {name: audit(edge.exported_program(name).graph_module, backend) for name in eps}
+    with open(path, "wb") as f:
+        edge.to_executorch().write_to_file(f)
+    return merge_audits(audits)
 
 
 def audit(graph_module, backend: str) -> dict:
@@ -107,8 +125,6 @@ def load_runner(path: Path, threads: int | None = None, per_op: bool = False, lo
         return None, "the Core ML delegate runs only on Apple devices (lowered here, not run)"
     from executorch.runtime import Runtime
 
-    from .runner import Runner, first_line
-
     name = Path(path).name
     kw = {"enable_etdump": True, "debug_buffer_size": 0} if per_op else {}
     threads = set_threads(threads)  # before loading: a delegate keeps the pool it was loaded with
@@ -126,3 +142,39 @@ def load_runner(path: Path, threads: int | None = None, per_op: bool = False, lo
         return [o.numpy() for o in method.execute([torch.from_numpy(x)])]
 
     return Runner(run, "executorch", shape, "float32", threads, program), None
+
+
+def load_split_runner(path: Path, threads: int | None = None, max_tails: int | None = None, loader: str = "mmap"):
+    """-> (Runner over a SplitChain, None): ``trunk`` loaded now, ``tail_<e>`` on first use.
+    ``loader="mmap"``: every tail is loaded from its own Program over the mapped file (as an app
+    keeps one Module per tail), so evicting it frees its packed weights: a Method dropped from a
+    shared Program leaves them in memory (measured: +4 MiB per tail at vmoe-12x192-p32).
+    ``loader="file"``: the whole file is read into memory once and every method comes from that
+    one Program."""
+    import numpy as np
+    from executorch.runtime import Runtime
+
+    set_threads(threads)
+    source = Path(path) if loader == "mmap" else Path(path).read_bytes()
+    try:
+        program = Runtime.get().load_program(source)
+        trunk = program.load_method("trunk")
+    except (RuntimeError, ValueError) as e:
+        raise MvmoeError(f"{Path(path).name}: the ExecuTorch runtime cannot load its trunk ({first_line(e)})") from None
+
+    def run_trunk(x):
+        return [np.array(o.numpy()) for o in trunk.execute([torch.from_numpy(x)])]  # copies: buffers are reused
+
+    def load_tail(e):
+        own = Runtime.get().load_program(source) if loader == "mmap" else program
+        method = own.load_method(f"tail_{e}")
+
+        def run(s, g, own=own):  # holds its Program (and the file's bytes) while the tail lives
+            return np.array(method.execute([torch.from_numpy(s), torch.from_numpy(g)])[0].numpy())
+
+        return run
+
+    tails = sum(1 for name in program.method_names if name.startswith("tail_"))
+    chain = SplitChain(run_trunk, load_tail, tails, max_tails)
+    chain.program, chain.input_shape = program, [int(s) for s in trunk.metadata.input_tensor_meta(0).sizes()]
+    return chain.runner("executorch", threads), None

@@ -2,11 +2,13 @@
 temporary folder, run the artifact for parity, write the metadata .json, and only then move both
 into place with os.replace. A failed conversion or parity check, or Ctrl-C, leaves nothing behind.
 
-Every target module has the same small interface::
+Every target module has the same small interface (its facts are its record in converters.targets)::
 
-    TARGET, EXT, BACKENDS, PRECISIONS
     convert(wrapper, ep, example, path, *, precision, backend, calibration) -> op audit dict
     load_runner(path, threads=None) -> (Runner, None) or (None, why not)   (see converters.runner)
+    convert_split(progs, path, table, *, precision, backend, calibration, metadata) -> op audit dict
+    load_split_runner(path, threads, max_tails, loader) -> (Runner, None) or (None, why not)
+    (the last two where the record has split programs; see converters.split)
 """
 
 from __future__ import annotations
@@ -33,16 +35,8 @@ from .interrupt import check, held, sigint_guard
 from .quiet import loud, quiet, ticking
 
 
-def target_module(name: str):
-    """The converter module of ``--target name`` (converters.targets)."""
-    import importlib
-
-    return importlib.import_module(f"{__package__}.{T.find(name).module}")
-
-
 def precisions_of(target: str, backend: str | None) -> tuple[str, ...]:
-    p = target_module(target).PRECISIONS
-    return p[backend or T.DEFAULT_BACKEND[target]] if isinstance(p, dict) else p
+    return T.find(target, backend).precisions
 
 
 @dataclass
@@ -183,9 +177,8 @@ def require_real_images(images: P.EvalImages, jobs: list[ExportJob]) -> None:
 
 def artifact_path(out_dir: Path, model_name: str, job: ExportJob, dispatch: str) -> Path:
     """``dispatch="split"``: the split programs, whose LiteRT artifact is a folder (no suffix)."""
-    from .split import TARGETS as SPLIT_EXT
-
-    ext = SPLIT_EXT[job.target] if dispatch == "split" else target_module(job.target).EXT
+    record = T.find(job.target, job.backend)
+    ext = record.split_suffix if dispatch == "split" else record.suffix
     return out_dir / (artifact_stem(model_name, job.target, job.backend, job.precision, dispatch) + ext)
 
 
@@ -290,16 +283,16 @@ def convert_one(src: Source, job: ExportJob, path: Path, meta: dict, layer_norm:
     import torch
 
     example = src.inputs[:1].clone()
-    kw = {"metadata": meta} if job.target == "coreml" else {}
     if job.experts == "split":
         from . import split
 
         meta["layer_norm"] = "native"
         with torch.no_grad():
-            ops, meta["programs"] = split.convert(job.target, src.wrapper, example, path, precision=job.precision,
-                                                  backend=job.backend, calibration=src.calibration, **kw)
+            ops = split.convert(job.target, src.wrapper, example, path, precision=job.precision, backend=job.backend,
+                                metadata=meta, calibration=src.calibration)
         return ops, split.load_runner(job.target, path)
-    mod = target_module(job.target)
+    kw = {"metadata": meta} if job.target == "coreml" else {}
+    mod = T.module_of(job.target)
     wrapper, ep = src.wrapper, src.ep
     if layer_norm == "decomposed" and P.layernorm_option_applies(job.target, job.backend, job.precision):
         # parity is still against the native-LayerNorm reference
@@ -409,17 +402,19 @@ def _install(src: Path, dst: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------- demo apps
-# Where each demo app looks for models, and what it runs (apps/*/README.md): the iOS app runs Core
-# ML packages; the Android app runs LiteRT and ExecuTorch XNNPACK / portable programs.
-APP_DIRS = {"android": Path("apps/android_demo/app/src/main/assets/mvmoe"),
-            "ios": Path("apps/ios_demo/MobileVMoEDemo/Models")}
-APP_RUNS = {app: {(t.name, t.backend) for t in T.TARGETS if app in t.apps} for app in APP_DIRS}
-APP_RUNS_TEXT = {"ios": "the iOS demo app runs Core ML .mlpackage files only",
-                 "android": "the Android demo app runs .tflite and ExecuTorch XNNPACK/portable .pte files only"}
+# What each demo app runs (apps/*/README.md), from the target records' ``apps``; where it looks
+# for models is converters.targets.APP_DIRS.
+APP_RUNS = {app: {(t.name, t.backend) for t in T.TARGETS if app in t.apps} for app in T.APP_DIRS}
+
+
+def app_runs_text(app: str) -> str:
+    """"the iOS demo app runs coreml (.mlpackage) artifacts only", from the target table."""
+    labels = [f"{t.label} ({t.suffix})" for t in T.TARGETS if app in t.apps]
+    return f"the {T.APP_NAMES[app]} demo app runs {', '.join(labels)} artifacts only"
 
 
 def check_app(app: str) -> None:
-    if app not in APP_DIRS:
+    if app not in T.APP_DIRS:
         raise MvmoeError(f"--app {app!r}: expected ios or android")
 
 
@@ -449,8 +444,8 @@ def copy_to_app(artifact: Path, app: str, root: Path | None = None) -> Path:
 
     meta = read_json_object(meta_path)
     if not app_runs(app, meta.get("target"), meta.get("backend")):
-        raise MvmoeError(f"not copying {artifact.name}: {APP_RUNS_TEXT[app]}")
-    dest = (root if root is not None else project_root()) / APP_DIRS[app]
+        raise MvmoeError(f"not copying {artifact.name}: {app_runs_text(app)}")
+    dest = (root if root is not None else project_root()) / T.APP_DIRS[app]
     dest.mkdir(parents=True, exist_ok=True)
     for src in (artifact, meta_path):
         tmp = dest / f".{src.name}.tmp-{os.getpid()}"

@@ -27,6 +27,8 @@ import torch.nn as nn
 from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.models.vit import layer_norm_by_means
 
+from . import targets as T
+
 SCALE = 255.0
 RESIZE = "center-crop-then-bilinear"
 
@@ -43,24 +45,33 @@ class ExportWrapper(nn.Module):
         self.model = model
         self.bake_preprocessing = bake_preprocessing
         self.per_image_moe = model.router is not None
-        if bake_preprocessing:
-            mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)  # (1, C, 1, 1)
-            std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-            # (x / 255 - mean) / std == x * a + b: one mul and one add in the graph.
-            self.register_buffer("pre_scale", 1.0 / (SCALE * std), persistent=False)
-            self.register_buffer("pre_shift", -mean / std, persistent=False)
+        self.preprocess = BakedNormalize(mean, std) if bake_preprocessing else nn.Identity()
 
     @property
     def output_names(self) -> list[str]:
         return ["logits", "expert_probs"] if self.per_image_moe else ["logits"]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = image * self.pre_scale + self.pre_shift if self.bake_preprocessing else image  # (1, C, H, W)
-        feats, route, _ = self.model.forward_features(x)  # (1, T, D)
+        feats, route, _ = self.model.forward_features(self.preprocess(image))  # (1, T, D)
         logits = self.model.forward_head(feats)  # (1, N)
         if route is None:
             return (logits,)
         return logits, route.logits.softmax(dim=-1)  # (1, N), (1, E)
+
+
+class BakedNormalize(nn.Module):
+    """Raw RGB [0, 255] (1, C, H, W) -> normalised: (x / 255 - mean) / std == x * scale + shift,
+    one mul and one add in the graph."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)  # (1, C, 1, 1)
+        std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.register_buffer("scale", 1.0 / (SCALE * std), persistent=False)
+        self.register_buffer("shift", -mean / std, persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image * self.scale + self.shift
 
 
 def prepare_for_export(model: nn.Module, *, dispatch: str = "gather", fused_attention: bool = False,
@@ -114,9 +125,11 @@ def decompose_layernorm(module: nn.Module) -> nn.Module:
 
 
 def layernorm_option_applies(target: str, backend: str | None, precision: str) -> bool:
-    """--layer-norm decomposed is for ExecuTorch XNNPACK at fp32 (int8 keeps the native op, which
-    the pt2e XNNPACK quantizer handles as a unit; other targets have their own LayerNorm)."""
-    return target == "executorch" and (backend or "xnnpack") == "xnnpack" and precision == "fp32"
+    """--layer-norm decomposed is for the precisions a target's record lists (ExecuTorch XNNPACK at
+    fp32: int8 keeps the native op, which the pt2e XNNPACK quantizer handles as a unit; other
+    targets have their own LayerNorm)."""
+    record = T.find(target, backend)
+    return record is not None and precision in record.decomposed_layernorm
 
 
 # ---------------------------------------------------------------------------- static-shape audit

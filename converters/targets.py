@@ -8,14 +8,18 @@
     tflite      -          tflite       .tflite     litert       fp32 fp16 int8   fp32 fp16 int8 (a folder, a file each)
     onnx        -          onnx_export  .onnx       onnxruntime  fp32             -
 
-``module`` (in this package) converts the target and loads its runner; ``loaders`` are the ways
-`mvmoe profile memory` can load the artifact; ``apps`` the demo apps that run it. Adding a target is
-one record here and one converter module.
+``module`` (in this package) converts the target and loads its runner (``convert``,
+``load_runner``, and where it has split programs ``convert_split``, ``load_split_runner``);
+``loaders`` are the ways `mvmoe profile memory` can load the artifact; ``apps`` the demo apps that
+run it; ``platforms``, ``runtime_package`` and ``min_ios`` what the .json tells an app it needs.
+Adding a target is one record here and one converter module.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,11 @@ class ExportTarget:
     loaders: tuple[str, ...] = ()  # `profile memory --loader` choices; () = not measured
     apps: tuple[str, ...] = ()  # demo apps that run the artifact
     auto_split: bool = False  # --experts auto picks split programs here (where they were measured faster)
+    platforms: tuple[str, ...] = ()  # phone OSes whose runtime loads the artifact
+    runtime_package: str | None = None  # the Python package whose release is the app's minimum runtime
+    min_ios: str | None = None  # the iOS deployment target a Core ML conversion asks for
+    split_min_ios: str | None = None  # the same for split programs (multifunction packages: 18)
+    decomposed_layernorm: tuple[str, ...] = ()  # precisions where --layer-norm decomposed applies
 
     @property
     def label(self) -> str:
@@ -40,18 +49,27 @@ class ExportTarget:
 
 TARGETS = (
     ExportTarget("coreml", None, "coreml", ".mlpackage", "coreml", ("fp32", "fp16"),
-                 split_precisions=("fp32", "fp16"), split_suffix=".mlpackage", apps=("ios",)),
+                 split_precisions=("fp32", "fp16"), split_suffix=".mlpackage", apps=("ios",), platforms=("ios",),
+                 min_ios="17.0", split_min_ios="18.0"),
     ExportTarget("executorch", "xnnpack", "executorch", ".pte", "executorch", ("fp32", "int8"),
                  split_precisions=("fp32", "int8"), split_suffix=".pte", loaders=("mmap", "file"), apps=("android",),
-                 auto_split=True),
-    ExportTarget("executorch", "coreml", "executorch", ".pte", "executorch", ("fp32", "fp16"), loaders=("mmap", "file")),
+                 auto_split=True, platforms=("android", "ios"), runtime_package="executorch",
+                 decomposed_layernorm=("fp32",)),
+    ExportTarget("executorch", "coreml", "executorch", ".pte", "executorch", ("fp32", "fp16"), loaders=("mmap", "file"),
+                 platforms=("ios",), runtime_package="executorch", min_ios="17.0"),
     ExportTarget("executorch", "portable", "executorch", ".pte", "executorch", ("fp32",),
-                 split_precisions=("fp32",), split_suffix=".pte", loaders=("mmap", "file"), apps=("android",)),
+                 split_precisions=("fp32",), split_suffix=".pte", loaders=("mmap", "file"), apps=("android",),
+                 platforms=("android", "ios"), runtime_package="executorch"),
     ExportTarget("tflite", None, "tflite", ".tflite", "litert", ("fp32", "fp16", "int8"),
                  split_precisions=("fp32", "fp16", "int8"), split_suffix="", loaders=("mmap", "file"),
-                 apps=("android",), auto_split=True),
-    ExportTarget("onnx", None, "onnx_export", ".onnx", "onnxruntime", ("fp32",), loaders=("file",)),
+                 apps=("android",), auto_split=True, platforms=("android",), runtime_package="ai-edge-litert"),
+    ExportTarget("onnx", None, "onnx_export", ".onnx", "onnxruntime", ("fp32",), loaders=("file",),
+                 runtime_package="onnxruntime"),
 )
+# The demo apps: where each looks for models (copy_to_app); which artifacts it runs is each record's ``apps``.
+APP_DIRS = {"android": Path("apps/android_demo/app/src/main/assets/mvmoe"),
+            "ios": Path("apps/ios_demo/MobileVMoEDemo/Models")}
+APP_NAMES = {"android": "Android", "ios": "iOS"}
 DEFAULT_BACKEND = {"executorch": "xnnpack"}  # --backend when not given
 
 TARGET_NAMES = tuple(dict.fromkeys(t.name for t in TARGETS))  # coreml, executorch, tflite, onnx
@@ -71,3 +89,16 @@ def find(name: str, backend: str | None = None) -> ExportTarget | None:
 def split_names() -> tuple[str, ...]:
     """Targets with split programs for some backend: executorch, tflite, coreml."""
     return tuple(dict.fromkeys(t.name for t in TARGETS if t.split_precisions))
+
+
+def module_of(name: str):
+    """The converter module of ``--target name`` (its record's ``module``, in this package)."""
+    record = find(name)
+    if record is None:
+        raise KeyError(name)
+    return importlib.import_module(f"{__package__}.{record.module}")
+
+
+def ios_target(version: str) -> str:
+    """"17.0" -> "iOS17": the name of coremltools' ct.target member for a deployment target."""
+    return f"iOS{version.split('.')[0]}"

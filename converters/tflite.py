@@ -15,6 +15,8 @@ from mobile_vmoe.errors import MvmoeError
 
 from . import targets
 from .prepare import as_args, pt2e_quantize
+from .programs import calibration_sets, merge_audits
+from .runner import SplitChain
 
 _T = targets.find("tflite")
 TARGET, EXT, BACKENDS, PRECISIONS = _T.name, _T.suffix, (None,), _T.precisions
@@ -122,6 +124,31 @@ def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, b
     return ops
 
 
+def convert_split(progs: dict, path: Path, table: dict, *, precision: str, backend: str | None = None,
+                  calibration: torch.Tensor | None = None, metadata: dict | None = None) -> dict:
+    """Split programs as a folder of one .tflite per program (int8: each quantized on its calibration
+    set; each program's int8 ends go into its ``table`` entry); -> the merged audit."""
+    from .interrupt import check
+
+    sets = calibration_sets(progs, calibration) if precision == "int8" else {}
+    path.mkdir()
+    audits = {}
+    for name, (module, args) in progs.items():
+        check()
+        content, scheme = to_tflite(module, args, precision, sets.get(name))
+        audits[name] = audit(content)
+        if scheme:
+            audits[name]["int8_scheme"] = scheme
+        (path / f"{name}{EXT}").write_bytes(content)
+    for entry in [table["trunk"], *table["tails"]]:
+        entry["io_quantization"] = audits[entry["name"]].pop("io_quantization")
+    out = merge_audits(audits)
+    schemes = sorted({a["int8_scheme"] for a in audits.values() if "int8_scheme" in a})
+    if schemes:
+        out["int8_scheme"] = schemes[0] if len(schemes) == 1 else "; ".join(schemes)
+    return out
+
+
 def _allocate(content: bytes) -> None:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -212,3 +239,38 @@ def dequantize_output(y, det):
         return y
     scale, zero = det["quantization"]
     return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+def load_split_runner(path: Path, threads: int | None = None, max_tails: int | None = None, loader: str = "mmap"):
+    """-> (Runner over a SplitChain, None): one interpreter per .tflite of the folder, the trunk now,
+    tails on first use, each run through its serving signature (inputs args_0, args_1, ... and
+    outputs output_0, ... in program order)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    if loader != "mmap":
+        raise MvmoeError("a split LiteRT artifact loads with mmap only (one file per program)")
+    folder = Path(path)
+
+    def open_file(name):
+        f = folder / f"{name}{EXT}"
+        if not f.is_file():
+            raise MvmoeError(f"{f} not found: a split LiteRT artifact is a folder of trunk{EXT} and tail_<e>{EXT}")
+        interp = Interpreter(model_path=str(f), num_threads=threads or None)
+        sig = interp.get_signature_runner()
+        ins, outs = sig.get_input_details(), sig.get_output_details()  # int8 programs: int8 ends, with qparams
+
+        def run(*xs):
+            out = sig(**{f"args_{i}": quantize_input(x, ins[f"args_{i}"]) for i, x in enumerate(xs)})
+            return [dequantize_output(out[f"output_{i}"], outs[f"output_{i}"]).copy() for i in range(len(outs))]
+
+        run.input_shape = [int(v) for v in interp.get_input_details()[0]["shape"]]
+        return run
+
+    def load_tail(e):
+        run = open_file(f"tail_{e}")
+        return lambda s, g: run(s, g)[0]
+
+    trunk = open_file("trunk")
+    chain = SplitChain(trunk, load_tail, len(list(folder.glob(f"tail_*{EXT}"))), max_tails)
+    chain.input_shape = trunk.input_shape
+    return chain.runner("litert", threads), None

@@ -66,7 +66,7 @@ def test_baked_preprocessing_hand_numbers():
     model = tiny_moe(3, 2)
     w = P.prepare_for_export(model, bake_preprocessing=True, mean=[0.5] * 3, std=[0.25] * 3)
     raw = torch.tensor([255.0, 0.0, 51.0]).view(1, 3, 1, 1)
-    got = raw * w.pre_scale + w.pre_shift
+    got = w.preprocess(raw)
     assert torch.allclose(got.flatten(), torch.tensor([2.0, -2.0, -1.2]), atol=1e-6)
     # The wrapped copy gives the model's numbers; the original keeps its dispatch and attention.
     x = torch.rand(1, 3, 16, 16) * 255
@@ -280,7 +280,8 @@ def test_failed_parity_leaves_nothing_behind(tiny_ckpt, tmp_path):
 
 
 def test_copy_to_app_puts_artifact_and_json_where_the_apps_look(tmp_path):
-    from converters.pipeline import APP_DIRS, copy_to_app
+    from converters.pipeline import copy_to_app
+    from converters.targets import APP_DIRS
 
     src = tmp_path / "exports"
     (src / "m_coreml_fp16.mlpackage" / "Data").mkdir(parents=True)
@@ -299,7 +300,7 @@ def test_copy_to_app_puts_artifact_and_json_where_the_apps_look(tmp_path):
     assert (ios / "m_coreml_fp16.mlpackage" / "Data" / "w.bin").read_bytes() == b"v2"
     with pytest.raises(MvmoeError, match="expected ios or android"):
         copy_to_app(src / "m_tflite_fp32.tflite", "web", root=tmp_path)
-    with pytest.raises(MvmoeError, match="iOS demo app runs Core ML"):
+    with pytest.raises(MvmoeError, match=r"iOS demo app runs coreml \(\.mlpackage\)"):
         copy_to_app(src / "m_tflite_fp32.tflite", "ios", root=tmp_path)
 
 

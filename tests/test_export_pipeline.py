@@ -7,6 +7,7 @@ these tests take seconds; the real converters are exercised in tests/test_export
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -20,6 +21,7 @@ import torch
 from helpers import DIGITS, tiny_checkpoint
 from converters import pipeline
 from converters import prepare as P
+from converters import targets as T
 from mobile_vmoe.errors import MvmoeError
 
 GONE = {**DIGITS, "name": "gone", "spec": "/nonexistent/imagefolder"}
@@ -28,7 +30,7 @@ GONE = {**DIGITS, "name": "gone", "spec": "/nonexistent/imagefolder"}
 class FakeTarget:
     """Writes a small file per artifact and runs the exported wrapper itself (exact parity)."""
 
-    TARGET, EXT, BACKENDS, PRECISIONS = "onnx", ".onnx", (None,), ("fp32", "fp16", "int8")
+    PRECISIONS = ("fp32", "fp16", "int8")  # its record in the target table (``fake`` puts it there)
 
     def __init__(self, during_convert=None):
         self.during_convert = during_convert
@@ -49,9 +51,12 @@ class FakeTarget:
 
 @pytest.fixture
 def fake(monkeypatch):
+    """The onnx record of the target table with the fake's precisions, converted by the fake."""
     target = FakeTarget()
-    real = pipeline.target_module
-    monkeypatch.setattr(pipeline, "target_module", lambda name: target if name == "onnx" else real(name))
+    record = dataclasses.replace(T.find("onnx"), precisions=FakeTarget.PRECISIONS)
+    monkeypatch.setattr(T, "TARGETS", tuple(record if t.name == "onnx" else t for t in T.TARGETS))
+    real = T.module_of
+    monkeypatch.setattr(T, "module_of", lambda name: target if name == "onnx" else real(name))
     return target
 
 
@@ -150,7 +155,7 @@ def test_app_copies_only_what_the_app_runs(tmp_path):
     onnx = _artifact(ex, "m_onnx_fp32.onnx", "onnx")
     et_coreml = _artifact(ex, "m_executorch-coreml_fp16.pte", "executorch", "coreml")
     et_xnn = _artifact(ex, "m_executorch-xnnpack_fp32.pte", "executorch", "xnnpack")
-    with pytest.raises(MvmoeError, match="iOS demo app runs Core ML .mlpackage files only"):
+    with pytest.raises(MvmoeError, match=r"iOS demo app runs coreml \(\.mlpackage\) artifacts only"):
         pipeline.copy_to_app(onnx, "ios", root=tmp_path)
     for art in (onnx, et_coreml):
         with pytest.raises(MvmoeError, match="Android demo app runs"):
@@ -165,7 +170,7 @@ def test_app_folder_is_this_checkout_whatever_the_cwd(tmp_path, monkeypatch):
     assert pipeline.project_root() == repo
     monkeypatch.setattr(pipeline, "project_root", lambda: tmp_path / "checkout")
     art = _artifact(tmp_path / "exports", "m_tflite_fp32.tflite", "tflite")
-    assert pipeline.copy_to_app(art, "android") == tmp_path / "checkout" / pipeline.APP_DIRS["android"]
+    assert pipeline.copy_to_app(art, "android") == tmp_path / "checkout" / T.APP_DIRS["android"]
     assert not (tmp_path / "apps").exists()
 
 
@@ -174,7 +179,7 @@ def test_cli_app_refuses_a_target_the_app_cannot_run(tmp_path):
 
     code, _, err = mvmoe("export", tmp_path / "none.pt", "--target", "onnx", "--app", "ios")
     err = err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and "runs Core ML .mlpackage files only" in err[0]
+    assert code == 1 and len(err) == 1 and "runs coreml (.mlpackage) artifacts only" in err[0]
 
 
 def test_cli_app_copies_what_the_app_runs_and_says_where(fake, tmp_path, monkeypatch):
@@ -182,15 +187,15 @@ def test_cli_app_copies_what_the_app_runs_and_says_where(fake, tmp_path, monkeyp
 
     from mobile_vmoe.cli import app
 
-    monkeypatch.setattr(pipeline, "target_module", lambda name: fake)  # tflite through the fake converter
+    monkeypatch.setattr(T, "module_of", lambda name: fake)  # tflite through the fake converter
     monkeypatch.setattr(pipeline, "project_root", lambda: tmp_path / "checkout")
     ckpt = tiny_checkpoint(tmp_path / "a.pt")
     r = CliRunner().invoke(app, ["export", str(ckpt), "--target", "tflite", "--out", str(tmp_path / "out"),
                                  "--parity-images", "4", "--app", "android", "--experts", "fused"])
     assert r.exit_code == 0, r.output
-    dest = tmp_path / "checkout" / pipeline.APP_DIRS["android"]
-    assert f"copied vmoe-6x64-p32_tflite_fp32.onnx and vmoe-6x64-p32_tflite_fp32.json to {dest}" in r.stderr
-    assert sorted(p.name for p in dest.iterdir()) == ["vmoe-6x64-p32_tflite_fp32.json", "vmoe-6x64-p32_tflite_fp32.onnx"]
+    dest = tmp_path / "checkout" / T.APP_DIRS["android"]
+    assert f"copied vmoe-6x64-p32_tflite_fp32.tflite and vmoe-6x64-p32_tflite_fp32.json to {dest}" in r.stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["vmoe-6x64-p32_tflite_fp32.json", "vmoe-6x64-p32_tflite_fp32.tflite"]
 
 
 # ---------------------------------------------------------------------------------- interrupts
@@ -204,7 +209,7 @@ def _ctrl_c_swallowed():
 
 def test_ctrl_c_inside_a_converter_that_swallows_it_stops_the_export(monkeypatch, tmp_path):
     target = FakeTarget(during_convert=_ctrl_c_swallowed)
-    monkeypatch.setattr(pipeline, "target_module", lambda name: target)  # every target of "all"
+    monkeypatch.setattr(T, "module_of", lambda name: target)  # every target of "all"
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         pipeline.export_checkpoint(tiny_checkpoint(tmp_path / "a.pt"), "all", None, "fp32", out, parity_images=4,
@@ -220,7 +225,7 @@ def test_cli_ctrl_c_is_one_line_and_exit_130(monkeypatch, tmp_path):
     from mobile_vmoe.cli import app
 
     target = FakeTarget(during_convert=_ctrl_c_swallowed)
-    monkeypatch.setattr(pipeline, "target_module", lambda name: target)
+    monkeypatch.setattr(T, "module_of", lambda name: target)
     ckpt = tiny_checkpoint(tmp_path / "a.pt")
     r = CliRunner().invoke(app, ["export", str(ckpt), "--target", "onnx", "--out", str(tmp_path / "out"),
                                  "--parity-images", "4"])
@@ -259,7 +264,7 @@ def test_full_filesystem_during_conversion_is_one_line(monkeypatch, tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     target = FakeTarget(during_convert=full)
-    monkeypatch.setattr(pipeline, "target_module", lambda name: target)
+    monkeypatch.setattr(T, "module_of", lambda name: target)
     with pytest.raises(MvmoeError, match="cannot write to .*out: No space left on device"):
         export(tiny_checkpoint(tmp_path / "a.pt"), tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []

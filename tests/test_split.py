@@ -12,9 +12,12 @@ import torch
 from conftest import mvmoe
 from helpers import tiny_checkpoint, tiny_moe
 from mobile_vmoe import create_model
+from converters import programs as PR
 from converters import split
+from converters.runner import SplitChain
 from converters.prepare import prepare_for_export
 from mobile_vmoe.errors import MvmoeError
+from mobile_vmoe.models.programs import OneExpert
 from mobile_vmoe.models.routing import ImageRoute
 
 
@@ -26,7 +29,7 @@ def test_one_expert_is_the_banks_expert_times_the_gate():
     bank = tiny_moe(**SPLIT).eval().blocks[-1].mlp.experts
     x, gate = torch.randn(1, 5, 32), torch.tensor([[0.25]])
     with torch.no_grad():
-        got = split.OneExpert(bank, 2)(x, gate)
+        got = OneExpert(bank, 2)(x, gate)
         want = 0.25 * bank.expert(2, x)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
@@ -36,7 +39,7 @@ def test_every_tail_computes_the_model_with_that_expert(options):
     """tail_e(stream, gate) == the MoE blocks run with the route forced to expert e."""
     model = tiny_moe(**SPLIT, **options).eval()
     wrapper = prepare_for_export(model)
-    progs = split.programs(wrapper, torch.randn(1, 3, 16, 16))
+    progs = PR.programs(wrapper, torch.randn(1, 3, 16, 16))
     trunk, (image,) = progs["trunk"]
     with torch.no_grad():
         stream, index, gate, probs = trunk(image)
@@ -52,7 +55,7 @@ def test_every_tail_computes_the_model_with_that_expert(options):
 
 def test_the_chain_is_the_single_program_on_its_own_choice():
     wrapper = prepare_for_export(tiny_moe(**SPLIT).eval(), bake_preprocessing=True, mean=[0.5] * 3, std=[0.25] * 3)
-    progs = split.programs(wrapper, torch.zeros(1, 3, 16, 16))
+    progs = PR.programs(wrapper, torch.zeros(1, 3, 16, 16))
     with torch.no_grad():
         for i in range(8):
             image = 255 * torch.rand(1, 3, 16, 16)
@@ -63,13 +66,13 @@ def test_the_chain_is_the_single_program_on_its_own_choice():
 
 
 def test_program_table_names_files_shapes_and_chain():
-    progs = split.programs(prepare_for_export(tiny_moe(**SPLIT).eval()), torch.zeros(1, 3, 16, 16))
-    t = split.program_table(progs, "tflite", "m_tflite_fp32-split")
-    assert t["trunk"] == {"name": "trunk", "file": "trunk.tflite", "inputs": ["image"], "outputs": split.TRUNK_OUTPUTS,
+    progs = PR.programs(prepare_for_export(tiny_moe(**SPLIT).eval()), torch.zeros(1, 3, 16, 16))
+    t = PR.program_table(progs, "tflite", "m_tflite_fp32-split")
+    assert t["trunk"] == {"name": "trunk", "file": "trunk.tflite", "inputs": ["image"], "outputs": PR.TRUNK_OUTPUTS,
                           "input_shapes": [[1, 3, 16, 16]], "output_shapes": [[1, 5, 32], [1, 1], [1, 1], [1, 3]]}
     assert [(d["expert"], d["name"], d["file"]) for d in t["tails"]] == [(e, f"tail_{e}", f"tail_{e}.tflite") for e in range(3)]
     assert t["tail_input_shapes"] == [[1, 5, 32], [1, 1]] and t["tail_output_shapes"] == [[1, 7]]
-    assert {d["file"] for d in split.program_table(progs, "executorch", "m.pte")["tails"]} == {"m.pte"}
+    assert {d["file"] for d in PR.program_table(progs, "executorch", "m.pte")["tails"]} == {"m.pte"}
 
 
 def test_lru_of_tails_hand_worked():
@@ -81,13 +84,13 @@ def test_lru_of_tails_hand_worked():
         return lambda s, g: np.array([[float(e)]])
 
     route = iter([0, 1, 0, 2, 1])
-    chain = split.SplitChain(lambda x: [x, np.array([[next(route)]], np.int32), np.ones((1, 1)), None], load_tail, 3, 2)
+    chain = SplitChain(lambda x: [x, np.array([[next(route)]], np.int32), np.ones((1, 1)), None], load_tail, 3, 2)
     outs = [float(chain(np.zeros(1))[0][0, 0]) for _ in range(5)]
     assert outs == [0.0, 1.0, 0.0, 2.0, 1.0]
     assert loads == [0, 1, 2, 1] and chain.tail_loads == 4 and len(chain.switch_ms) == 4
     assert list(chain.tails) == [2, 1]
     with pytest.raises(MvmoeError, match="max_tails"):
-        split.SplitChain(None, None, 3, 0)
+        SplitChain(None, None, 3, 0)
 
 
 @pytest.mark.parametrize("kw, target, precision, message", [
@@ -153,9 +156,9 @@ def test_split_export_matches_the_single_program_export(tmp_path, target):
 def test_int8_calibration_sets_are_the_images_and_the_fp32_trunks_streams():
     """The trunk is calibrated on the images; every tail on the (stream, gate) the fp32 trunk gives
     for each of them, whichever expert it chose."""
-    progs = split.programs(prepare_for_export(tiny_moe(**SPLIT).eval()), torch.zeros(1, 3, 16, 16))
+    progs = PR.programs(prepare_for_export(tiny_moe(**SPLIT).eval()), torch.zeros(1, 3, 16, 16))
     images = torch.randn(4, 3, 16, 16)
-    sets = split.calibration_sets(progs, images)
+    sets = PR.calibration_sets(progs, images)
     assert sets["trunk"] is images and sorted(sets) == ["tail_0", "tail_1", "tail_2", "trunk"]
     with torch.no_grad():
         for i, (stream, gate) in enumerate(sets["tail_2"]):
@@ -164,7 +167,7 @@ def test_int8_calibration_sets_are_the_images_and_the_fp32_trunks_streams():
             torch.testing.assert_close(gate, want_gate, atol=0, rtol=0)
     assert len(sets["tail_0"]) == 4 and sets["tail_0"] == sets["tail_1"]
     with pytest.raises(MvmoeError, match="int8 needs calibration images"):
-        split.export_programs(progs, "int8", None)
+        PR.export_each(progs, quantize=lambda m, a, c: None, calibration=None)
 
 
 @pytest.mark.slow

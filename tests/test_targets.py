@@ -28,7 +28,7 @@ def test_derived_tables():
 
 def test_every_record_names_a_module_with_the_same_facts():
     for t in T.TARGETS:
-        mod = pipeline.target_module(t.name)
+        mod = T.module_of(t.name)
         assert mod.TARGET == t.name and mod.EXT == t.suffix
         assert pipeline.precisions_of(t.name, t.backend) == t.precisions
 

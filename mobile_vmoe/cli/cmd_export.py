@@ -49,9 +49,9 @@ def export_cmd(
         check_app(app_)
         project_root()  # no demo apps around this installation: say so before converting
         if not any(app_runs(app_, j.target, j.backend) for j in jobs):
-            from converters.pipeline import APP_RUNS_TEXT
+            from converters.pipeline import app_runs_text
 
-            raise MvmoeError(f"--app {app_}: {APP_RUNS_TEXT[app_]}; nothing of --target {target} to copy")
+            raise MvmoeError(f"--app {app_}: {app_runs_text(app_)}; nothing of --target {target} to copy")
     console = Console(stderr=True, width=140)
     try:
         results = export_checkpoint(checkpoint, target, backend, precision, out, dispatch=dispatch,
@@ -101,7 +101,7 @@ def results_table(results, out: Path):
 
 def copy_results(results, app: str) -> None:
     """Copy what the app runs into its folder (in this checkout), say where; name what is not copied."""
-    from converters.pipeline import APP_RUNS_TEXT, app_runs, copy_to_app
+    from converters.pipeline import app_runs, app_runs_text, copy_to_app
 
     for r in results:
         if not r.ok:
@@ -110,4 +110,4 @@ def copy_results(results, app: str) -> None:
             dest = copy_to_app(r.artifact, app)
             typer.echo(f"copied {r.artifact.name} and {r.artifact.with_suffix('.json').name} to {dest}", err=True)
         else:
-            typer.echo(f"not copied to the {app} app: {r.artifact.name} ({APP_RUNS_TEXT[app]})", err=True)
+            typer.echo(f"not copied to the {app} app: {r.artifact.name} ({app_runs_text(app)})", err=True)

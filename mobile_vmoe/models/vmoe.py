@@ -118,19 +118,25 @@ class MobileVMoE(nn.Module):
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         return torch.cat([cls, x], dim=1) + self.pos_embed
 
+    def forward_trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, ImageRoute | None]:
+        """Images (B, C, H, W) -> tokens after the last dense block (B, T, D) and the per-image
+        route (None unless routing == "image"): everything before the first MoE block."""
+        x, _ = run_blocks(self.blocks[: self.cfg.first_moe_block], self.embed(x))
+        return x, (self.router(x) if self.router is not None else None)  # once per image
+
+    def forward_moe_blocks(self, x: torch.Tensor, route: ImageRoute | None) -> tuple[torch.Tensor, list[TokenRoute]]:
+        """Tokens after the last dense block (B, T, D) -> final normalised tokens (B, T, D) and the
+        token routes of the per-token MoE blocks; every MoE block uses the one per-image ``route``."""
+        kw = {"route": route} if route is not None else {}
+        x, token_routes = run_blocks(self.blocks[self.cfg.first_moe_block:], x, **kw)
+        return self.norm(x), token_routes
+
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ImageRoute | None, list[TokenRoute]]:
         """Images -> final normalised tokens (B, T, D), the per-image route (None if not used) and
         the token routes of the per-token MoE blocks (empty unless routing == "token")."""
-        x = self.embed(x)
-        route = None
-        token_routes: list[TokenRoute] = []
-        for i, block in enumerate(self.blocks):
-            if self.router is not None and i == self.cfg.first_moe_block:
-                route = self.router(x)  # once per image, on the output of the last dense block
-            x, token_route = block(x, route=route) if route is not None and self.cfg.is_moe_block(i) else block(x)
-            if token_route is not None:
-                token_routes.append(token_route)
-        return self.norm(x), route, token_routes
+        x, route = self.forward_trunk(x)
+        x, token_routes = self.forward_moe_blocks(x, route)
+        return x, route, token_routes
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens (B, T, D) -> logits (B, num_classes) from the class token."""
@@ -188,6 +194,17 @@ class MobileVMoE(nn.Module):
     def num_active_params(self) -> int:
         """Parameters one image uses (see ``count_active_params``)."""
         return count_active_params(self, self.cfg)
+
+
+def run_blocks(blocks, x: torch.Tensor, **route) -> tuple[torch.Tensor, list[TokenRoute]]:
+    """x (B, T, D) through ``blocks`` in order; ``route`` (``route=`` the per-image route, or what a
+    block's MLP takes) goes to every block's MLP. -> ((B, T, D), the token routes the blocks made)."""
+    token_routes: list[TokenRoute] = []
+    for block in blocks:
+        x, token_route = block(x, **route)
+        if token_route is not None:
+            token_routes.append(token_route)
+    return x, token_routes
 
 
 def count_active_params(module: nn.Module, cfg: ModelConfig) -> int:

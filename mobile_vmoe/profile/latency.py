@@ -188,7 +188,7 @@ TARGETS = {".pte": "executorch", ".tflite": "tflite", ".onnx": "onnx", ".mlpacka
 def open_runner(path: Path, threads: int | None, per_op: bool = False):
     """The artifact opened by its converter's ``load_runner`` (the same runner export's parity
     uses); MvmoeError where it cannot run here."""
-    from converters.pipeline import target_module
+    from converters.targets import module_of
 
     kw = {"per_op": True} if per_op else {}
     if split_programs(path) is not None:
@@ -203,7 +203,7 @@ def open_runner(path: Path, threads: int | None, per_op: bool = False):
 
         check_macos(path)
         kw = {"compute_units": "all"}
-    runner, why = target_module(TARGETS[path.suffix]).load_runner(path, threads=threads, **kw)
+    runner, why = module_of(TARGETS[path.suffix]).load_runner(path, threads=threads, **kw)
     if runner is None:
         raise MvmoeError(f"{path.name}: cannot run here: {why}")
     return runner

@@ -72,19 +72,16 @@ def open_artifact(spec: dict):
     """In the child: -> (run(x) -> outputs, input shape, chain or None). Imports the runtime."""
     runtime, loader, path, threads = spec["runtime"], spec["loader"], Path(spec["artifact"]), spec["threads"]
     if spec["split"]:
-        from converters.split import executorch_chain, litert_chain
+        from converters.split import load_runner
 
-        if runtime == "litert" and loader != "mmap":
-            raise MvmoeError("a split LiteRT artifact loads with mmap only (one file per program)")
-        chain = (executorch_chain(path, threads, spec["max_tails"], loader=loader) if runtime == "executorch"
-                 else litert_chain(path, threads, spec["max_tails"]))
-        return chain, chain.input_shape, chain
+        runner, _ = load_runner(TARGET_OF_RUNTIME[runtime], path, threads, spec["max_tails"], loader)
+        return runner.native, runner.input_shape, runner.native
     # the runners export's parity and `profile latency` use, with the loader asked for
-    from converters.pipeline import target_module
+    from converters.targets import module_of
 
     target = TARGET_OF_RUNTIME[runtime]
     kw = {} if runtime == "onnxruntime" else {"loader": loader}
-    runner, _ = target_module(target).load_runner(path, threads=threads, **kw)
+    runner, _ = module_of(target).load_runner(path, threads=threads, **kw)
     return runner, runner.input_shape, None
 
 
