@@ -230,7 +230,7 @@ def test_coreml_split_is_one_multifunction_package(tmp_path):
     spec = ct.utils.load_spec(str(res.artifact))
     assert sorted(f.name for f in spec.description.functions) == ["tail_0", "tail_1", "trunk"]
     assert spec.description.defaultFunctionName == "trunk"
-    assert json.loads(spec.description.metadata.userDefined["mvmoe"])["programs"]["chain"] == split.CHAIN
+    assert json.loads(spec.description.metadata.userDefined["mvmoe"])["programs"]["chain"] == PR.CHAIN
 
 
 # ------------------------------------------------------------------------------ --experts auto

@@ -1,0 +1,132 @@
+"""The import rules of docs/architecture.md ("What may import what"), checked on the source: every
+import in mobile_vmoe/ and converters/ (at module top or inside a function) goes from a layer to
+one it may use, the layers form no cycle, and function-level imports are only of the optional heavy
+backends (or say why with a ``noqa`` comment)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Module name prefix -> layer; the longest matching prefix wins.
+LAYER_OF = {
+    "mobile_vmoe": "api",  # the package's own __init__: the public names
+    "mobile_vmoe.errors": "base", "mobile_vmoe.fileio": "base", "mobile_vmoe.config": "base",
+    "mobile_vmoe.artifact_name": "base", "mobile_vmoe.provenance": "base", "mobile_vmoe.runlock": "base",
+    "mobile_vmoe.models": "models",
+    "mobile_vmoe.data": "data",
+    "mobile_vmoe.checkpoint": "checkpoint",
+    "mobile_vmoe.train": "train",
+    "converters.targets": "targets",
+    "converters": "converters",
+    "mobile_vmoe.profile": "profile",
+    "mobile_vmoe.cli": "cli",
+}
+# Layer -> the layers it may import (besides itself).
+MAY_IMPORT = {
+    "base": set(),
+    "targets": set(),
+    "models": {"base"},
+    "data": {"base"},
+    "api": {"base", "models"},
+    "checkpoint": {"base", "models", "data"},
+    "train": {"base", "models", "data", "checkpoint"},
+    "converters": {"base", "models", "data", "checkpoint", "targets"},
+    "profile": {"base", "models", "data", "checkpoint", "targets", "converters"},
+    "cli": {"base", "models", "data", "checkpoint", "train", "targets", "converters", "profile", "api"},
+}
+# Imported inside functions only: optional or heavy backends, and platform modules.
+LAZY = {"executorch", "coremltools", "litert_torch", "ai_edge_litert", "onnxruntime", "onnx", "onnxscript",
+        "torchao", "nvidia", "matplotlib", "adbutils", "sklearn", "scipy", "tensorflow", "fcntl", "msvcrt"}
+
+
+def layer(module: str) -> str | None:
+    """"mobile_vmoe.train.loop" -> "train"; None for modules outside the project."""
+    best = max((p for p in LAYER_OF if module == p or module.startswith(p + ".")), key=len, default=None)
+    return LAYER_OF[best] if best else None
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(module: str, source: str, is_package: bool = False) -> list[tuple[str, int, bool, str]]:
+    """(imported module, line, inside a function, the line's text) for every import in ``source``."""
+    lines = source.splitlines()
+    package = module if is_package else module.rpartition(".")[0]
+    out = []
+
+    def visit(node, in_func):
+        for child in ast.iter_child_nodes(node):
+            inner = in_func or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.Import):
+                out.extend((a.name, child.lineno, in_func, lines[child.lineno - 1]) for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    up = package.split(".")[: len(package.split(".")) - (child.level - 1)]
+                    base = ".".join(up + ([base] if base else []))
+                names = [f"{base}.{a.name}" if layer(f"{base}.{a.name}") != layer(base) else base for a in child.names]
+                out.extend((n, child.lineno, in_func, lines[child.lineno - 1]) for n in dict.fromkeys(names))
+            visit(child, inner)
+
+    visit(ast.parse(source), False)
+    return out
+
+
+def check(module: str, source: str, is_package: bool = False) -> list[str]:
+    """The rule breaks in one module's source, one line each."""
+    own = layer(module)
+    bad = []
+    for name, line, in_func, text in imports(module, source, is_package):
+        other = layer(name)
+        if other is not None and other != own and other not in MAY_IMPORT[own]:
+            bad.append(f"{module}:{line}: {own} may not import {other} ({name})")
+        if in_func and name.split(".")[0] not in LAZY and "noqa" not in text:
+            bad.append(f"{module}:{line}: {name} is imported inside a function (not an optional backend)")
+    return bad
+
+
+def sources():
+    for top in ("mobile_vmoe", "converters"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            yield module_name(path), path.read_text(), path.name == "__init__.py"
+
+
+def test_the_layers_form_no_cycle():
+    done: set[str] = set()
+    while len(done) < len(MAY_IMPORT):
+        ready = {k for k, v in MAY_IMPORT.items() if k not in done and v <= done}
+        assert ready, f"a cycle among {sorted(set(MAY_IMPORT) - done)}"
+        done |= ready
+
+
+def test_every_module_has_a_layer():
+    assert [m for m, _, _ in sources() if layer(m) is None] == []
+
+
+def test_the_project_keeps_its_import_rules():
+    bad = [b for m, src, pkg in sources() for b in check(m, src, pkg)]
+    assert bad == [], "\n".join(bad)
+
+
+@pytest.mark.parametrize("module, source, message", [
+    ("mobile_vmoe.models.vmoe", "from converters import pipeline\n", "models may not import converters"),
+    ("mobile_vmoe.models.vmoe", "from ..train import loop\n", "models may not import train"),
+    ("converters.pipeline", "from mobile_vmoe.profile import latency\n", "converters may not import profile"),
+    ("converters.targets", "from . import prepare\n", "targets may not import converters"),
+    ("mobile_vmoe.train.loop", "def f():\n    import json\n", "json is imported inside a function"),
+])
+def test_a_forbidden_import_is_caught(module, source, message):
+    """The checker itself: each of these added to the project would fail the test above."""
+    assert any(message in b for b in check(module, source)), check(module, source)
+
+
+def test_lazy_backends_and_said_reasons_may_stay_in_functions():
+    src = "def f():\n    import coremltools as ct\n    import torch  # noqa: F401 - part of the baseline\n"
+    assert check("converters.coreml", src) == []
