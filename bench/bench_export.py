@@ -39,7 +39,7 @@ from converters import executorch as et
 from converters import onnx_export, tflite
 from converters.prepare import decompose_layernorm, export_static, prepare_for_export
 from mobile_vmoe import create_model, dense_twin
-from mobile_vmoe.profile.flops import profile_flops
+from mobile_vmoe.models.flops import profile_flops
 from mobile_vmoe.profile.timing import time_interleaved
 
 
@@ -98,10 +98,10 @@ def random_calibration(model) -> torch.Tensor:
 def build_split(model, w, x, rt: str, stem: Path, threads: int, audits: dict):
     """The MoE as split programs for ``rt`` (converted, or reused from ``stem``), every tail loaded:
     the timed runs are warm."""
-    from converters import split
+    from converters import split, targets
 
     target = "executorch" if rt.startswith("xnnpack") else "tflite"
-    path = stem.with_name(stem.name + split.TARGETS[target])
+    path = stem.with_name(stem.name + targets.find(target).split_suffix)
     precision = "int8" if rt.endswith("-int8") else "fp32"
     if path.exists():
         print(f"  reusing {path.name}", flush=True)

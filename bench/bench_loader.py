@@ -58,7 +58,8 @@ def loaders(root: Path, batch: int, size: int) -> dict:
     from torchvision import datasets, transforms
 
     from mobile_vmoe.data import build_data
-    from mobile_vmoe.data.loader import DeviceNormalize, TorchTrainLoader, dali_available
+    from mobile_vmoe.data.device_batch import DeviceNormalize
+    from mobile_vmoe.data.loader import TorchTrainLoader, dali_available
 
     out = {}
     bundle = build_data(str(root), size, augment="deit")

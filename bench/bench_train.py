@@ -25,7 +25,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from mobile_vmoe.profile.flops import analytic_macs
+from mobile_vmoe.models.flops import analytic_macs
 from mobile_vmoe.profile.timing import time_interleaved
 from mobile_vmoe.models.registry import create_model, dense_twin, get_config
 from mobile_vmoe.train.losses import distillation_loss

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.io import ImageReadMode, decode_image
 
 from mobile_vmoe.data import Preprocess, spec_kind
 from mobile_vmoe.data.transforms import PREPROCESS
@@ -145,8 +146,6 @@ def sample_check(wrapper: nn.Module, meta_input: dict, policy: dict, precision: 
     the sample is not beside the code (an installed package without apps/)."""
     if not image.is_file():
         return None
-    from torchvision.io import ImageReadMode, decode_image
-
     rgb8 = decode_image(str(image), mode=ImageReadMode.RGB).permute(1, 2, 0).contiguous().numpy()  # (H0, W0, 3)
     with torch.no_grad():
         logits = wrapper(app_preprocess(rgb8, meta_input, policy["crop_fraction"]))[0][0]  # (N,)

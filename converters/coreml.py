@@ -19,6 +19,7 @@ from mobile_vmoe.fileio import to_json
 
 from . import targets
 from .programs import export_each, input_names, merge_audits, output_names
+from .runner import Runner, first_line
 
 _T = targets.find("coreml")
 TARGET, EXT, BACKENDS, PRECISIONS = _T.name, _T.suffix, (None,), _T.precisions
@@ -108,8 +109,6 @@ def load_runner(path: Path, threads: int | None = None, compute_units: str = "cp
     if platform.system() != "Darwin":
         return None, "Core ML prediction needs macOS"
     import coremltools as ct
-
-    from .runner import Runner, first_line
 
     units = {"cpu": ct.ComputeUnit.CPU_ONLY, "all": ct.ComputeUnit.ALL}[compute_units]
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mobile_vmoe.errors import MvmoeError
@@ -151,7 +152,6 @@ def load_split_runner(path: Path, threads: int | None = None, max_tails: int | N
     shared Program leaves them in memory (measured: +4 MiB per tail at vmoe-12x192-p32).
     ``loader="file"``: the whole file is read into memory once and every method comes from that
     one Program."""
-    import numpy as np
     from executorch.runtime import Runtime
 
     set_threads(threads)

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import torch
 
+from mobile_vmoe.errors import MvmoeError
+
 from . import targets
+from .runner import Runner, first_line
 
 _T = targets.find("onnx")
 TARGET, EXT, BACKENDS, PRECISIONS = _T.name, _T.suffix, (None,), _T.precisions
@@ -42,10 +45,6 @@ def audit(model) -> dict:
 def load_runner(path: Path, threads: int | None = None):
     """-> (Runner, None) with onnxruntime on CPU; ``threads`` intra-op threads (one inter-op)."""
     import onnxruntime as ort
-
-    from mobile_vmoe.errors import MvmoeError
-
-    from .runner import Runner, first_line
 
     so = ort.SessionOptions()
     if threads:

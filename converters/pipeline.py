@@ -24,15 +24,21 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from mobile_vmoe.artifact_name import artifact_stem
+from mobile_vmoe.checkpoint import load_checkpoint, model_from_checkpoint
 from mobile_vmoe.errors import MvmoeError, did_you_mean
-from mobile_vmoe.fileio import probe_write, to_json, writable_dir
+from mobile_vmoe.fileio import probe_write, read_json_object, to_json, writable_dir
+from mobile_vmoe.models.flops import profile_flops
 
 from . import prepare as P
+from . import split
 from . import targets as T
 from .app_metadata import app_metadata
 from .interrupt import check, held, sigint_guard
 from .quiet import loud, quiet, ticking
+from .split import check_splittable, choose_layout, unsupported
 
 
 def precisions_of(target: str, backend: str | None) -> tuple[str, ...]:
@@ -70,7 +76,6 @@ def plan(target: str, backend: str | None, precision: str, experts: str = "auto"
     if experts not in EXPERT_LAYOUTS:
         raise MvmoeError(f"--experts {experts!r}: expected auto (split where it applies), fused (one program, every "
                          f"expert) or split (trunk + one program per expert){did_you_mean(experts, EXPERT_LAYOUTS)}")
-    from .split import unsupported
     if target not in (*T.TARGET_NAMES, "all"):
         raise MvmoeError(f"--target {target!r}: expected one of {', '.join(T.TARGET_NAMES)}, all"
                          + did_you_mean(target, (*T.TARGET_NAMES, "all")))
@@ -103,8 +108,6 @@ def plan(target: str, backend: str | None, precision: str, experts: str = "auto"
 
 def resolve_layouts(jobs: list[ExportJob], cfg, dispatch: str, layer_norm: str) -> list[ExportJob]:
     """Each ``auto`` job as fused or split for this model (converters.split.choose_layout)."""
-    from .split import choose_layout
-
     return [dataclasses.replace(j, experts=choose_layout(
         j.experts, cfg, j.target, j.backend, j.precision, dispatch=dispatch,
         decomposed_layernorm=layer_norm == "decomposed" and P.layernorm_option_applies(j.target, j.backend, j.precision)))
@@ -213,8 +216,6 @@ def check_overwrite(paths: list[Path], identity: dict, force: bool) -> None:
 def early_checks(cfg, images: P.EvalImages, jobs: list[ExportJob], parity_data: str | None, say) -> None:
     """What can refuse the export from the model's config and the images alone, before any
     export or conversion work: split layouts, real images for fp16/int8, calibration classes."""
-    from .split import check_splittable
-
     for j in jobs:
         if j.experts == "split":
             check_splittable(cfg, j.target, j.backend, j.precision)
@@ -228,9 +229,6 @@ def load_source(checkpoint, dispatch: str, fused_attention: bool, bake_preproces
                 parity_images: int, calibration_images: int, parity_data: str | None, early=None) -> Source:
     """The checkpoint's model ready for export, its images and reference logits; ``early(cfg,
     images)`` runs once both are known, before the (slow) export."""
-    from mobile_vmoe.checkpoint import load_checkpoint, model_from_checkpoint
-    from mobile_vmoe.profile.flops import profile_flops
-
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model, ckpt = model_from_checkpoint(ckpt)
     data = ckpt.get("data") or {}
@@ -280,12 +278,8 @@ def convert_and_check(src: Source, job: ExportJob, path: Path, *, dispatch: str,
 def convert_one(src: Source, job: ExportJob, path: Path, meta: dict, layer_norm: str):
     """Write the artifact; -> (op audit, the target's load_runner result). Split programs also
     put their "programs" table into ``meta``."""
-    import torch
-
     example = src.inputs[:1].clone()
     if job.experts == "split":
-        from . import split
-
         meta["layer_norm"] = "native"
         with torch.no_grad():
             ops = split.convert(job.target, src.wrapper, example, path, precision=job.precision, backend=job.backend,
@@ -440,8 +434,6 @@ def copy_to_app(artifact: Path, app: str, root: Path | None = None) -> Path:
     meta_path = artifact.with_suffix(".json")
     if not meta_path.is_file():
         raise MvmoeError(f"{meta_path} not found: an app needs the .json beside {artifact.name}")
-    from mobile_vmoe.fileio import read_json_object
-
     meta = read_json_object(meta_path)
     if not app_runs(app, meta.get("target"), meta.get("backend")):
         raise MvmoeError(f"not copying {artifact.name}: {app_runs_text(app)}")

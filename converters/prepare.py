@@ -15,6 +15,8 @@ inside the graph, so an app only resizes.
 from __future__ import annotations
 
 import copy
+import hashlib
+import importlib.metadata as md
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +26,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from mobile_vmoe.checkpoint import config_from_checkpoint
+from mobile_vmoe.data import build_data
 from mobile_vmoe.errors import MvmoeError
+from mobile_vmoe.fileio import file_sha256
 from mobile_vmoe.models.vit import layer_norm_by_means
 
 from . import targets as T
+from .interrupt import check
 
 SCALE = 255.0
 RESIZE = "center-crop-then-bilinear"
@@ -219,9 +225,6 @@ def dataset_images(spec: str, ckpt: dict, count: int) -> EvalImages:
     """``count`` images evenly spaced over the val split of dataset ``spec`` (build_data), fed as
     the checkpoint's model expects them (its mean/std). Labels only when the dataset has the
     checkpoint's classes."""
-    from mobile_vmoe.checkpoint import config_from_checkpoint
-    from mobile_vmoe.data import build_data
-
     cfg = config_from_checkpoint(ckpt)
     data = ckpt.get("data") or {}
     seed = int(data.get("seed", 0)) if spec == (data.get("spec") or data.get("name")) else 0
@@ -245,8 +248,6 @@ def _channels(values) -> torch.Tensor:
 
 def random_images(ckpt: dict, count: int, reason: str, seed: int = 0) -> EvalImages:
     """Seeded random pixels: enough to compare fp32 logits, never to calibrate or judge accuracy."""
-    from mobile_vmoe.checkpoint import config_from_checkpoint
-
     cfg = config_from_checkpoint(ckpt)
     data = ckpt.get("data") or {}
     mean = _channels(data.get("mean", [0.5] * cfg.in_chans))
@@ -299,8 +300,6 @@ def pt2e_quantize(wrapper: nn.Module, example, calibration, quantizer, **convert
     ``convert_kw`` goes to convert_pt2e."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from .interrupt import check
-
     prepared = prepare_pt2e(torch.export.export(wrapper, as_args(example), strict=False).module(), quantizer)
     with torch.no_grad():
         for args in calibration_args(calibration):
@@ -315,8 +314,6 @@ Runner = Callable[[np.ndarray], list[np.ndarray]]  # one image (1, C, H, W) -> o
 
 def run_all(run: Runner, images: torch.Tensor) -> np.ndarray:
     """Logits (N, classes) of ``run`` over images fed one at a time (artifacts have batch 1)."""
-    from .interrupt import check
-
     logits = []
     for i in range(len(images)):
         check()
@@ -379,8 +376,6 @@ def check_parity(p: dict, precision: str, fp32_tol: float = 1e-4, max_top1_drop:
 
 # -------------------------------------------------------------------------------------- metadata
 def versions() -> dict:
-    import importlib.metadata as md
-
     out = {}
     for name in ("mvmoe", "torch", "executorch", "coremltools", "litert-torch", "ai-edge-litert", "onnx",
                  "onnxruntime", "onnxscript"):
@@ -394,10 +389,6 @@ def versions() -> dict:
 def tree_sha256(path: str | Path) -> tuple[int, str]:
     """(size in bytes, sha256) of a file, or of a folder (.mlpackage) as its files' relative
     paths and contents in sorted order."""
-    import hashlib
-
-    from mobile_vmoe.fileio import file_sha256
-
     path = Path(path)
     if not path.is_dir():
         return path.stat().st_size, file_sha256(path)
@@ -413,8 +404,6 @@ def checkpoint_identity(checkpoint) -> dict:
     checkpoint given as a dict)."""
     if isinstance(checkpoint, dict):
         return {"checkpoint": None, "checkpoint_sha256": None}
-    from mobile_vmoe.fileio import file_sha256
-
     return {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": file_sha256(checkpoint)}
 
 
@@ -423,8 +412,6 @@ def build_metadata(ckpt: dict, wrapper: ExportWrapper, *, target: str, backend: 
                    source: dict | None = None) -> dict:
     """The .json beside an artifact (format: docs/formats.md): everything an app needs to feed and
     read it. ``source``: checkpoint_identity() of the checkpoint it came from."""
-    from mobile_vmoe.checkpoint import config_from_checkpoint
-
     cfg = config_from_checkpoint(ckpt)
     data = ckpt.get("data") or {}
     labels = ckpt.get("class_names") or [str(i) for i in range(cfg.num_classes)]

@@ -15,6 +15,8 @@ import io
 import logging
 import os
 import sys
+import threading
+import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -111,9 +113,6 @@ def _elapsed(seconds: float) -> str:
 def ticking(say, what: str):
     """While the block runs, ``say("<what>: still running, <elapsed>")`` every TICK_SECONDS from a
     daemon thread; afterwards ``say("<what>: done after <elapsed>")`` ("failed", "stopped" on Ctrl-C)."""
-    import threading
-    import time
-
     t0, stop = time.monotonic(), threading.Event()
 
     def tick():

@@ -43,9 +43,6 @@ from mobile_vmoe.errors import MvmoeError
 from . import targets as T
 from .programs import program_table, programs
 
-TARGETS = {t.name: t.split_suffix for t in T.TARGETS if t.split_precisions}  # artifact suffix ("" = a folder)
-
-
 def unsupported(target: str, backend: str | None, precision: str) -> str | None:
     """Why the split path does not export this target, backend and precision (None: it does);
     the split columns of converters.targets."""

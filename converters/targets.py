@@ -72,12 +72,24 @@ APP_DIRS = {"android": Path("apps/android_demo/app/src/main/assets/mvmoe"),
 APP_NAMES = {"android": "Android", "ios": "iOS"}
 DEFAULT_BACKEND = {"executorch": "xnnpack"}  # --backend when not given
 
-TARGET_NAMES = tuple(dict.fromkeys(t.name for t in TARGETS))  # coreml, executorch, tflite, onnx
-BACKENDS = tuple(t.backend for t in TARGETS if t.backend)
-RUNTIME_OF_SUFFIX = {t.suffix: t.runtime for t in TARGETS}  # .pte -> executorch, ...
-ARTIFACT_SUFFIXES = tuple(RUNTIME_OF_SUFFIX)
-LOADERS = {t.runtime: t.loaders for t in TARGETS if t.loaders}  # runtime -> profile memory loaders
-TARGET_OF_RUNTIME = {t.runtime: t.name for t in TARGETS}  # litert -> tflite, ...
+
+
+def derived(targets: tuple[ExportTarget, ...]) -> dict:
+    """The lookup tables other modules read, computed from the records (this module's constants)."""
+    return {
+        "TARGET_NAMES": tuple(dict.fromkeys(t.name for t in targets)),  # coreml, executorch, tflite, onnx
+        "BACKENDS": tuple(t.backend for t in targets if t.backend),
+        "RUNTIME_OF_SUFFIX": {t.suffix: t.runtime for t in targets},  # .pte -> executorch, ...
+        "ARTIFACT_SUFFIXES": tuple(dict.fromkeys(t.suffix for t in targets)),
+        "LOADERS": {t.runtime: t.loaders for t in targets if t.loaders},  # runtime -> profile memory loaders
+        "TARGET_OF_RUNTIME": {t.runtime: t.name for t in targets},  # litert -> tflite, ...
+    }
+
+
+_TABLES = derived(TARGETS)
+TARGET_NAMES, BACKENDS = _TABLES["TARGET_NAMES"], _TABLES["BACKENDS"]
+RUNTIME_OF_SUFFIX, ARTIFACT_SUFFIXES = _TABLES["RUNTIME_OF_SUFFIX"], _TABLES["ARTIFACT_SUFFIXES"]
+LOADERS, TARGET_OF_RUNTIME = _TABLES["LOADERS"], _TABLES["TARGET_OF_RUNTIME"]
 
 
 def find(name: str, backend: str | None = None) -> ExportTarget | None:

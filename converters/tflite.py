@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mobile_vmoe.errors import MvmoeError
 
 from . import targets
+from .interrupt import check
 from .prepare import as_args, pt2e_quantize
 from .programs import calibration_sets, merge_audits
-from .runner import SplitChain
+from .runner import Runner, SplitChain, first_line
 
 _T = targets.find("tflite")
 TARGET, EXT, BACKENDS, PRECISIONS = _T.name, _T.suffix, (None,), _T.precisions
@@ -128,8 +130,6 @@ def convert_split(progs: dict, path: Path, table: dict, *, precision: str, backe
                   calibration: torch.Tensor | None = None, metadata: dict | None = None) -> dict:
     """Split programs as a folder of one .tflite per program (int8: each quantized on its calibration
     set; each program's int8 ends go into its ``table`` entry); -> the merged audit."""
-    from .interrupt import check
-
     sets = calibration_sets(progs, calibration) if precision == "int8" else {}
     path.mkdir()
     audits = {}
@@ -194,10 +194,7 @@ def io_quantization(interp) -> dict:
 def load_runner(path: Path, threads: int | None = None, loader: str = "mmap"):
     """-> (Runner, None); outputs are reordered to the wrapper's order (logits first) by name.
     ``loader``: mmap (the interpreter maps the file) or file (its bytes, ``model_content``)."""
-    import numpy as np
     from ai_edge_litert.interpreter import Interpreter
-
-    from .runner import Runner, first_line
 
     try:
         source = {"model_path": str(path)} if loader == "mmap" else {"model_content": Path(path).read_bytes()}
@@ -222,8 +219,6 @@ def load_runner(path: Path, threads: int | None = None, loader: str = "mmap"):
 def quantize_input(x, det):
     """float32 -> the input's dtype with its (scale, zero point); float (or unquantized) inputs are
     only cast."""
-    import numpy as np
-
     dtype = np.dtype(det["dtype"])
     if dtype.kind == "f" or not det["quantization"][0]:
         return np.asarray(x).astype(dtype, copy=False)
@@ -233,8 +228,6 @@ def quantize_input(x, det):
 
 
 def dequantize_output(y, det):
-    import numpy as np
-
     if np.dtype(det["dtype"]).kind == "f" or not det["quantization"][0]:  # float, or an index (scale 0)
         return y
     scale, zero = det["quantization"]

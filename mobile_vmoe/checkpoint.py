@@ -25,6 +25,7 @@ MvmoeError; torch.load(weights_only=True) means loading never runs code from the
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import torch
 from .config import ModelConfig
 from .errors import MvmoeError
 from .fileio import atomic_write_bytes
+from .models import MobileVMoE
 
 FORMAT = "mvmoe-checkpoint"
 VERSION = 1
@@ -81,8 +83,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if path.is_dir():
         hint = " (did you mean its model.pt or last.pt?)" if (path / "model.pt").exists() or (path / "last.pt").exists() else ""
         raise MvmoeError(f"checkpoint {path} is a directory{hint}")
-    import zipfile
-
     if not zipfile.is_zipfile(path):
         raise MvmoeError(f"{path} is not a PyTorch checkpoint (not a zip archive: truncated or a different format)")
     check_archive(path)
@@ -105,8 +105,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def check_archive(path: Path) -> None:
     """Every member of the checkpoint's zip archive matches its CRC-32 (torch.load does not check
     them, so a flipped byte would load as a silently wrong weight)."""
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
@@ -139,8 +137,6 @@ def model_from_checkpoint(path_or_ckpt: str | os.PathLike | dict[str, Any], pref
 
     Returns (model in eval mode, checkpoint dict).
     """
-    from .models import MobileVMoE
-
     ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt)
     model = MobileVMoE(config_from_checkpoint(ckpt))
     state = ckpt.get("ema") if prefer_ema and ckpt.get("ema") is not None else ckpt["model"]

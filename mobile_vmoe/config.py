@@ -7,6 +7,7 @@ turns those strings into typed values and ``ModelConfig.replace`` applies them w
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,8 +201,6 @@ def expert_capacity(tokens: int, k: int, num_experts: int, ratio: float) -> int:
 
     E.g. 17 tokens, k 1, E 4, ratio 1.05: ceil(4.4625) = 5.
     """
-    import math
-
     return max(1, math.ceil(ratio * k * tokens / num_experts))
 
 

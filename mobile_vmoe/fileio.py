@@ -11,6 +11,7 @@ either refused (an MvmoeError naming its key) or, where the caller asks for it, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -84,8 +85,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 hex digest of a file's bytes, read in 1 MiB blocks."""
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-VERSIONED = ("torch", "torchvision", "numpy", "scikit-learn", "executorch", "coremltools", "litert-torch",
+VERSIONED = ("mvmoe", "torch", "torchvision", "numpy", "scikit-learn", "executorch", "coremltools", "litert-torch",
              "onnxruntime")  # reported when installed
 
 
@@ -49,9 +49,7 @@ def git_state(path: Path = PACKAGE_DIR) -> tuple[str | None, bool | None]:
 
 def versions() -> dict[str, str]:
     """python, mvmoe and the installed versions of the libraries that shape results."""
-    from . import __version__
-
-    out = {"python": platform.python_version(), "mvmoe": __version__}
+    out = {"python": platform.python_version()}
     for name in VERSIONED:
         try:
             out[name] = metadata.version(name)

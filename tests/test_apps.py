@@ -141,7 +141,7 @@ def test_golden_reference_by_hand():
 
 
 def test_golden_stats_match_profile_latency_definitions():
-    from mobile_vmoe.profile.latency import summarize
+    from mobile_vmoe.profile.timing import summarize
 
     for b in json.loads(GOLDEN.read_text(encoding="utf-8"))["bench"]:
         s = summarize(b["runs_ms"])
@@ -289,6 +289,7 @@ def test_kotlin_pipeline_on_a_real_model_and_export_metadata(kotlin_build, tmp_p
     """Metadata from the converter's build_metadata -> Kotlin preprocessing -> the exported interface
     (ExportWrapper, in torch) -> Kotlin decoding: what the app shows is what the model says."""
     from helpers import tiny_moe
+
     from converters.prepare import build_metadata, not_run, prepare_for_export
 
     model = tiny_moe(10, 3, img_size=32).eval()
@@ -495,9 +496,9 @@ def test_sample_check_is_the_wrapper_on_the_app_preprocessing(baked):
     the Kotlin and Swift code reproduce) into the model, and nothing else."""
     import hashlib
 
+    from helpers import tiny_moe
     from PIL import Image
 
-    from helpers import tiny_moe
     from converters import app_metadata as A
     from converters.prepare import prepare_for_export
 

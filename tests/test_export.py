@@ -201,7 +201,7 @@ def test_metadata_round_trip(exported, tiny_ckpt):
     assert meta["input"]["shape"] == [1, 3, 32, 32] and meta["input"]["scale"] == 255.0
     assert meta["outputs"] == [{"name": "logits", "shape": [1, 10]}, {"name": "expert_probs", "shape": [1, 5]}]
     from mobile_vmoe.checkpoint import model_from_checkpoint
-    from mobile_vmoe.profile.flops import profile_flops
+    from mobile_vmoe.models.flops import profile_flops
 
     assert meta["macs"] == profile_flops(model_from_checkpoint(tiny_ckpt)[0], dispatch="gather").macs
     from helpers import read_coreml_metadata

@@ -7,7 +7,7 @@ import torch
 
 from mobile_vmoe.config import ModelConfig
 from mobile_vmoe.models import MobileVMoE
-from mobile_vmoe.profile.flops import analytic_macs, count_macs, profile_flops
+from mobile_vmoe.models.flops import analytic_macs, count_macs, profile_flops
 from mobile_vmoe.models.registry import create_model, get_config
 
 # img 8, patch 4 -> 4 patches + cls = T 5; D 8; 2 heads; mlp_ratio 4 -> H 32; depth 2; 3 classes
@@ -108,7 +108,7 @@ def test_importing_flops_leaves_torchs_formula_registry_alone():
     import sys
 
     code = ("from torch.utils import flop_counter as fc; n = len(fc.flop_registry); "
-            "import mobile_vmoe.profile.flops; print(n, len(fc.flop_registry))")
+            "import mobile_vmoe.models.flops; print(n, len(fc.flop_registry))")
     before, after = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                    check=True).stdout.split()
     assert before == after
@@ -118,7 +118,7 @@ def test_attention_macs_counted_inside_our_counter_only():
     """SDPA on CPU: our counter sees the 2*T*T*D attention MACs, a plain FlopCounterMode may not."""
     import torch.nn.functional as F
 
-    from mobile_vmoe.profile.flops import flop_counter
+    from mobile_vmoe.models.flops import flop_counter
 
     q = torch.randn(1, 2, 5, 4)  # (B, h, T, d): QK^T and AV are 2 * (h * T * T * d) = 2 * 200 MACs
     with torch.no_grad(), flop_counter() as mode:

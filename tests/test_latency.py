@@ -7,11 +7,12 @@ import sys
 
 import pytest
 import torch
-
 from helpers import TinyConvNet, write_artifact_meta, write_tiny_onnx
+
 from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.profile.ingest import ingest_app_benchmark
-from mobile_vmoe.profile.latency import parse_device, profile_latency, summarize
+from mobile_vmoe.profile.latency import parse_device, profile_latency
+from mobile_vmoe.profile.timing import summarize
 
 
 @pytest.fixture(scope="module")

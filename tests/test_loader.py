@@ -8,10 +8,11 @@ import json
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from helpers import write_imagefolder
+
 from mobile_vmoe.data import build_data
-from mobile_vmoe.data.loader import DeviceNormalize, TorchTrainLoader, erasing_boxes
+from mobile_vmoe.data.device_batch import DeviceNormalize, erasing_boxes
+from mobile_vmoe.data.loader import TorchTrainLoader
 from mobile_vmoe.data.sampler import ShardedBatchSampler, epoch_order, sample_seed
 
 

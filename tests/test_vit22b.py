@@ -17,7 +17,7 @@ from mobile_vmoe.models import MobileVMoE
 from mobile_vmoe.models.dispatch import dense_dispatch, gather_dispatch, grouped_dispatch
 from mobile_vmoe.models.experts import ExpertBank
 from mobile_vmoe.models.vit import Attention, Block, Mlp
-from mobile_vmoe.profile.flops import analytic_macs, profile_flops
+from mobile_vmoe.models.flops import analytic_macs, profile_flops
 
 OPTIONS = {
     "qk_norm": dict(qk_norm=True),

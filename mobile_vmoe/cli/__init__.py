@@ -6,6 +6,8 @@ themselves on ``app`` / ``profile_app`` when imported below.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import sys
 import warnings
 
@@ -51,9 +53,6 @@ def fail(message: str, code: int = 1) -> "typer.Exit":
 
 
 def _load_commands() -> None:
-    import importlib
-    import pkgutil
-
     for mod in pkgutil.iter_modules(__path__):
         if mod.name.startswith("cmd_"):
             importlib.import_module(f"{__name__}.{mod.name}")

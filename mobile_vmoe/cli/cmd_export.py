@@ -6,7 +6,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from converters.pipeline import app_runs, app_runs_text, check_app, copy_to_app, export_checkpoint, plan, project_root
+
+from ..errors import MvmoeError
 from . import app
 
 
@@ -37,20 +42,11 @@ def export_cmd(
     verbose: bool = typer.Option(False, "--verbose", help="show the conversion libraries' own output"),
 ) -> None:
     """Export a checkpoint, check each artifact against PyTorch, write <stem>.json beside it."""
-    from rich.console import Console
-
-    from converters.pipeline import app_runs, check_app, export_checkpoint, plan
-    from ..errors import MvmoeError
-
     jobs, _ = plan(target, backend, precision, experts)  # bad combinations fail before the checkpoint is read
     if app_ is not None:
-        from converters.pipeline import project_root
-
         check_app(app_)
         project_root()  # no demo apps around this installation: say so before converting
         if not any(app_runs(app_, j.target, j.backend) for j in jobs):
-            from converters.pipeline import app_runs_text
-
             raise MvmoeError(f"--app {app_}: {app_runs_text(app_)}; nothing of --target {target} to copy")
     console = Console(stderr=True, width=140)
     try:
@@ -75,8 +71,6 @@ def export_cmd(
 
 def results_table(results, out: Path):
     """artifact | parity | max |diff| | top-1 agree | accuracy change | ops; random-pixel parity said so."""
-    from rich.table import Table
-
     t = Table()
     for col in ("artifact", "parity", "max |diff|", "top-1 agree", "int8/fp16 acc change", "ops (delegated)"):
         t.add_column(col, overflow="fold")
@@ -101,8 +95,6 @@ def results_table(results, out: Path):
 
 def copy_results(results, app: str) -> None:
     """Copy what the app runs into its folder (in this checkout), say where; name what is not copied."""
-    from converters.pipeline import app_runs, app_runs_text, copy_to_app
-
     for r in results:
         if not r.ok:
             continue

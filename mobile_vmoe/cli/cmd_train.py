@@ -8,7 +8,17 @@ from typing import Optional
 
 import typer
 
+from ..checkpoint import model_from_checkpoint
+from ..config import TrainConfig, parse_overrides
+from ..data import build_data
+from ..data.holdout import split_for_superclasses
+from ..errors import MvmoeError
 from ..fileio import to_json
+from ..train import DEFAULT_DATA, resolve, train
+from ..train import resume as resume_run
+from ..train.recipes import get_recipe
+from ..train.recipes import list_recipes as names
+from ..train.run import fit_superclasses
 from . import app
 
 
@@ -30,9 +40,6 @@ def train_cmd(
 ) -> None:
     """Train a (Mobile V-MoE) model. With no arguments: a small Mobile V-MoE on digits, dense
     twin -> superclasses -> MoE, in a few minutes on a laptop CPU."""
-    from ..config import parse_overrides
-    from ..train import DEFAULT_DATA, resolve, resume as resume_run, train
-
     if list_recipes:
         print_recipes()
         return
@@ -54,8 +61,6 @@ def train_cmd(
 
 def refuse_with_resume(out: Optional[Path], **given) -> None:
     """--resume continues a run with its own settings: options that would change them are refused."""
-    from ..errors import MvmoeError
-
     if out is None:
         raise MvmoeError("--resume needs --out DIR (the run to continue)")
     changed = [k for k, v in given.items() if v is not None]
@@ -65,8 +70,6 @@ def refuse_with_resume(out: Optional[Path], **given) -> None:
 
 
 def print_recipes() -> None:
-    from ..train.recipes import get_recipe, list_recipes as names
-
     for name in names():
         r = get_recipe(name)
         paper = f"{r.paper_top1:.2f}%" if r.paper_top1 is not None else "-"
@@ -108,13 +111,6 @@ def superclasses_cmd(
     """Cluster classes into superclasses from a dense model's confusion matrix on a stratified
     holdout of the training split (the model must not have trained on it: `mvmoe train`'s dense
     stage leaves it out). The evaluation split is never used."""
-    from ..checkpoint import model_from_checkpoint
-    from ..config import TrainConfig
-    from ..data import build_data
-    from ..data.holdout import split_for_superclasses
-    from ..errors import MvmoeError
-    from ..train.run import fit_superclasses
-
     model, ck = model_from_checkpoint(checkpoint)
     if model.cfg.is_moe:  # superclasses come from a model that never saw the holdout
         raise MvmoeError(f"{checkpoint} is an MoE ({model.cfg.name}), trained on the whole training split including "

@@ -21,7 +21,12 @@ from pathlib import Path
 
 from ..errors import MvmoeError
 from .bundle import DataBundle, Preprocess, TensorImageDataset
+from .digits import build_digits
+from .imagefolder import build_imagefolder
 from .mixup import MixupCutmix, superclass_targets
+from .shapes import VAL_PER_CLASS, build_shapes, parse_shapes_size, shapes_spec
+from .synthetic import build_synthetic, parse_synthetic_spec
+from .transforms import check_augment
 
 __all__ = ["DataBundle", "Preprocess", "TensorImageDataset", "build_data", "spec_kind", "MixupCutmix",
            "superclass_targets"]
@@ -47,22 +52,16 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
     max_bad_fraction: ImageFolder only; more unreadable images than this fraction is an error.
     index_cache: ImageFolder only; a file where the file index is cached and shared by the ranks.
     """
-    from .transforms import check_augment
-
     check_augment(augment)
     if img_size is not None and (not isinstance(img_size, int) or img_size < 4):
         raise MvmoeError(f"img_size must be an integer >= 4, got {img_size!r}")
     spec = str(spec)
     kind = spec_kind(spec)
     if kind == "digits":
-        from .digits import build_digits
-
         bundle = build_digits(img_size, augment)
         bundle.spec = spec
         return bundle
     if kind == "synthetic":
-        from .synthetic import build_synthetic, parse_synthetic_spec
-
         num_classes, num_superclasses = parse_synthetic_spec(spec)
         bundle = build_synthetic(num_classes, num_superclasses, img_size, augment, seed=seed)
         bundle.spec, bundle.seed = f"synthetic:{num_classes}:{num_superclasses}", seed
@@ -71,8 +70,6 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
         return _shapes(spec, kind, img_size, augment, seed)
     path = Path(os.path.expanduser(spec))
     if path.exists() or os.sep in spec or spec.startswith("."):
-        from .imagefolder import build_imagefolder
-
         bundle = build_imagefolder(path, img_size, augment, max_bad_fraction=max_bad_fraction,
                                    index_cache=index_cache)
         bundle.spec = str(path.resolve())
@@ -83,8 +80,6 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
 
 def _shapes(spec: str, name: str, img_size: int | None, augment: str, seed: int) -> DataBundle:
     """shapes / shapes-disjoint, ``NAME[:N:S[:P]]`` (P training images per class, eval P / 3, at least 20)."""
-    from .shapes import VAL_PER_CLASS, build_shapes, parse_shapes_size, shapes_spec
-
     n, s, per_class = parse_shapes_size(spec, name)
     bundle = build_shapes(n, s, img_size, augment, seed=seed, train_per_class=per_class,
                           val_per_class=max(VAL_PER_CLASS, per_class // 3), disjoint=name == "shapes-disjoint")

@@ -25,7 +25,7 @@ import warnings
 import torch
 
 from ..errors import MvmoeError
-from .loader import DeviceNormalize, image_files
+from .device_batch import DeviceNormalize, image_files
 from .sampler import ShardedBatchSampler, epoch_order
 
 

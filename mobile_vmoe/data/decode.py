@@ -17,6 +17,7 @@ Every image-loading path of the project goes through it (ImageFolder decoding).
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -34,8 +35,6 @@ def gray_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
 def to_rgb8(im):
     """A PIL image of any mode -> an 8-bit RGB PIL image (decodes it fully: a truncated file raises
     OSError here)."""
-    from PIL import Image
-
     if im.mode in SIXTEEN_BIT or im.mode == "F":
         gray = gray_to_uint8(np.asarray(im), im.mode)  # (H, W)
         return Image.fromarray(gray).convert("RGB")  # uint8 (H, W): mode L

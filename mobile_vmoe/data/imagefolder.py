@@ -22,13 +22,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import MvmoeError
 from .bundle import DataBundle, check_classes
+from .decode import to_rgb8
+from .imagenet_val import find_label_files, label_flat_files, val_labels
 from .index import IMG_EXTENSIONS, FolderIndex, is_image_file, list_folder, load_or_build, scan_classes  # noqa: F401
-from .transforms import (IMAGENET_MEAN, IMAGENET_STD, PREPROCESS, check_augment, device_erasing,
-                         folder_eval_transform, folder_train_transform)
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PREPROCESS,
+    check_augment,
+    device_erasing,
+    folder_eval_transform,
+    folder_train_transform,
+)
 
 SORT_HINT = ("give its labels: put LOC_val_solution.csv (or the devkit's ILSVRC2012_validation_ground_truth.txt "
              "and meta.mat) in {root}, or sort it once with `mvmoe data sort-val {folder} --labels FILE`")
@@ -68,8 +78,6 @@ def scan_split(root: Path, split: str, classes: list[str] | None = None) -> Fold
 
 def scan_flat(root: Path, folder: Path, files: list[str], classes: list[str]) -> FolderIndex:
     """A flat folder of images labelled by the label file found in ``root``."""
-    from .imagenet_val import find_label_files, label_flat_files, val_labels
-
     found = find_label_files(root)
     if found is None:
         raise MvmoeError(f"{folder} holds {len(files)} image file(s) directly instead of one folder per class "
@@ -122,10 +130,6 @@ class ImageFolderDataset(Dataset):
         return torch.nonzero(self._failed).flatten().tolist()
 
     def _load(self, i: int):
-        from PIL import Image
-
-        from .decode import to_rgb8
-
         if self._failed[i]:
             return None
         path = self.index.path(i)

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import MvmoeError
+from .index import list_folder
 
 CSV_NAME = "LOC_val_solution.csv"
 GT_NAME = "ILSVRC2012_validation_ground_truth.txt"
@@ -130,8 +131,6 @@ def sort_val(val_dir: str | os.PathLike, labels: str | os.PathLike, meta: str | 
     mode: move | link (hard links: the flat originals stay, no extra space; needs another ``out``)
     | copy. -> {"images", "classes", "mode", "out"}.
     """
-    from .index import list_folder
-
     if mode not in ("move", "link", "copy"):
         raise MvmoeError(f"mode {mode!r}: use move, link or copy")
     val = Path(val_dir)

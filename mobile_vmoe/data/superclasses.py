@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..fileio import atomic_write_json, read_json
 from ..errors import MvmoeError
+from ..fileio import atomic_write_json, read_json
 
 UNIFORM_AFFINITY = 1e-3  # relative to the mean off-diagonal affinity; keeps the graph connected
 

@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import v2
+from torchvision.transforms import RandAugment, RandomResizedCrop, v2
 
 from ..config import AUGMENTS
 from ..errors import MvmoeError
@@ -115,8 +115,6 @@ class PilRandomResizedCrop:
         self.size, self.scale, self.ratio = size, scale, ratio
 
     def __call__(self, im):
-        from torchvision.transforms import RandomResizedCrop
-
         top, left, h, w = RandomResizedCrop.get_params(im, list(self.scale), list(self.ratio))  # torch RNG
         img, box = _decode_box(im, (left, top, left + w, top + h), self.size)
         return img.resize((self.size, self.size), Image.Resampling.BICUBIC, box=box)
@@ -169,9 +167,7 @@ def folder_train_transform(img_size: int, augment: str = "deit") -> FolderTransf
     scale = (0.35, 1.0) if augment == "light" else (0.08, 1.0)
     ops: list = [PilFlip()]
     if augment == "deit":
-        from torchvision.transforms import RandAugment  # the PIL-native one: less dispatch than v2's on PIL
-
-        ops.append(RandAugment(num_ops=2, magnitude=9))  # on the cropped PIL image
+        ops.append(RandAugment(num_ops=2, magnitude=9))  # on the cropped PIL image (the PIL-native one: less dispatch than v2's)
     return FolderTransform(PilRandomResizedCrop(img_size, scale), v2.Compose([*ops, pil_to_uint8]))
 
 

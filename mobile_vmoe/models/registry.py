@@ -14,6 +14,8 @@ Heads: width 384 -> 6, 192 -> 3 (head dim 64, as DeiT); width 96 -> 3, 64 -> 2 (
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import re
 from typing import Any
 
@@ -66,16 +68,12 @@ register(ModelConfig(name="deit-small", depth=12, width=384, heads=6, patch_size
 
 
 def list_models(pattern: str | None = None) -> list[str]:
-    import fnmatch
-
     names = list(_PRESETS)
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
 
 
 def get_config(name: str, **overrides: Any) -> ModelConfig:
     if name not in _PRESETS:
-        import difflib
-
         close = difflib.get_close_matches(name, _PRESETS, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `mvmoe models`"
         raise MvmoeError(f"unknown model {name!r}{hint}")

@@ -21,7 +21,7 @@ from ..errors import MvmoeError
 from .dispatch import IMAGE_DISPATCH, token_dispatch
 from .experts import ExpertBank
 from .routing import ImageRoute, PerImageRouter, PerTokenRouter, TokenRoute
-from .vit import Block, Mlp, PatchEmbed
+from .vit import Attention, Block, Mlp, PatchEmbed
 
 
 @dataclass
@@ -180,8 +180,6 @@ class MobileVMoE(nn.Module):
         return self
 
     def set_fused_attention(self, fused: bool) -> "MobileVMoE":
-        from .vit import Attention
-
         for m in self.modules():
             if isinstance(m, Attention):
                 m.fused = fused

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import MvmoeError
-from .latency import percentile
+from .timing import percentile
 
 REMOTE_ROOT = "/data/local/tmp"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import MvmoeError
 from ..fileio import read_json
-from .latency import LatencyResult
+from .timing import LatencyResult, percentile
 
 FORMAT = "mvmoe-app-benchmark"
 REQUIRED = ("artifact", "device", "runtime", "runs_ms")
@@ -68,8 +68,6 @@ def memory_keys(path: Path, d: dict) -> dict:
     if not isinstance(switches, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in switches):
         raise MvmoeError(f"{path}: tail_switch_ms must be a list of milliseconds")
     if switches:
-        from .latency import percentile
-
         out.update(tail_switch_ms=[float(v) for v in switches], tail_switch_median_ms=percentile(switches, 50),
                    tails_cached=d.get("tails_cached"))
     return out

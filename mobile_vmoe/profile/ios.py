@@ -19,7 +19,7 @@ import platform
 from pathlib import Path
 
 from ..errors import MvmoeError
-from .latency import LatencyResult
+from .timing import LatencyResult
 
 IOS_HOWTO = ("run the iOS demo app's Benchmark screen (apps/ios_demo) on the phone, share its JSON, then "
              "`mvmoe profile ingest FILE.json`; or use Xcode's Core ML performance report")

@@ -23,61 +23,30 @@ artifact, checked against the runtime's own input signature.
 
 from __future__ import annotations
 
-import math
 import platform
-from dataclasses import dataclass, field
+import re
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from converters.targets import RUNTIME_OF_SUFFIX
+from converters.prepare import tree_sha256
+from converters.split import load_runner
+from converters import targets as T
 
 from ..errors import MvmoeError
-from .timing import time_ms
+from ..fileio import read_json_object
+from .android import profile_android
+from .ios import check_macos, profile_ios
+from .timing import LatencyResult, time_ms
 
 # carried from the artifact's .json into the latency JSON; the checkpoint hash lets `mvmoe report`
 # put the latency on the run that made the artifact, not on every run of the same model name
 META_KEYS = ("model", "target", "backend", "precision", "dispatch", "macs", "checkpoint", "checkpoint_sha256")
-RUNTIMES = RUNTIME_OF_SUFFIX  # artifact suffix -> runtime (converters.targets)
 
 
 # ---------------------------------------------------------------------------------------- stats
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), q in [0, 100]."""
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
-
-
-def summarize(runs_ms: list[float]) -> dict:
-    """min / median / p90 / mean of per-run times in ms (the latency JSON's keys)."""
-    if not runs_ms:
-        raise MvmoeError("no timed runs to summarise (runs must be >= 1)")
-    bad = [r for r in runs_ms if not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0)]
-    if bad:
-        raise MvmoeError(f"run times must be finite and >= 0 ms, got {bad[:3]}")
-    return {"runs": len(runs_ms), "min_ms": float(min(runs_ms)), "median_ms": percentile(runs_ms, 50),
-            "p90_ms": percentile(runs_ms, 90), "mean_ms": float(sum(runs_ms) / len(runs_ms))}
-
-
-@dataclass
-class LatencyResult:
-    """One latency measurement: where, with what, and the per-run times."""
-
-    artifact: str  # file name
-    device: str  # "local (Linux x86_64)", "Pixel 8 (Android 15)", ...
-    runtime: str  # executorch | litert | onnxruntime | coreml | <binary name>
-    runs_ms: list[float]
-    threads: int | None = None
-    warmup: int = 0
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        d = {"artifact": self.artifact, "device": self.device, "runtime": self.runtime}
-        d.update(summarize(self.runs_ms))
-        d.update({"threads": self.threads, "warmup": self.warmup, "runs_ms": [round(r, 4) for r in self.runs_ms]})
-        d.update(self.extra)
-        return d
-
 
 # ------------------------------------------------------------------------------------ artifacts
 
@@ -86,8 +55,6 @@ def artifact_meta(path: Path) -> dict | None:
     meta_path = path.with_suffix(".json")
     if not meta_path.is_file():
         return None
-    from ..fileio import read_json_object
-
     return read_json_object(meta_path)
 
 
@@ -99,8 +66,6 @@ def verify_artifact(path: str | Path) -> dict:
     """The .json of an exported artifact (given the artifact or the .json), after checking that it
     belongs to the artifact: size and sha256 as recorded at export. MvmoeError otherwise. Every
     command that reads an artifact calls this (profile flops, latency, memory)."""
-    from converters.prepare import tree_sha256
-
     meta_path = Path(path).with_suffix(".json")
     meta = artifact_meta(Path(path))
     if meta is None:
@@ -160,8 +125,8 @@ def check_artifact(path: str | Path) -> Path:
     if path.is_dir() and path.suffix != ".mlpackage" and not split:
         raise MvmoeError(f"{path.name}: a folder that is neither a .mlpackage nor a split LiteRT artifact "
                          "(its .json beside it has no \"programs\")")
-    if path.suffix not in RUNTIMES and not split:
-        raise MvmoeError(f"{path.name}: unknown artifact type {path.suffix!r}; expected one of {', '.join(RUNTIMES)}")
+    if path.suffix not in T.RUNTIME_OF_SUFFIX and not split:
+        raise MvmoeError(f"{path.name}: unknown artifact type {path.suffix!r}; expected one of {', '.join(T.RUNTIME_OF_SUFFIX)}")
     return path
 
 
@@ -182,28 +147,22 @@ def _meta_shape(meta: dict | None) -> tuple[list[int] | None, str]:
 
 # -------------------------------------------------------------------------------------- runners
 
-TARGETS = {".pte": "executorch", ".tflite": "tflite", ".onnx": "onnx", ".mlpackage": "coreml"}
 
 
 def open_runner(path: Path, threads: int | None, per_op: bool = False):
     """The artifact opened by its converter's ``load_runner`` (the same runner export's parity
     uses); MvmoeError where it cannot run here."""
-    from converters.targets import module_of
-
     kw = {"per_op": True} if per_op else {}
     if split_programs(path) is not None:
-        from converters.split import load_runner
-
         runner, why = load_runner(artifact_meta(path).get("target"), path, threads=threads)
         if runner is None:
             raise MvmoeError(f"{path.name}: cannot run here: {why}")
         return runner
     if path.suffix == ".mlpackage":
-        from .ios import check_macos
-
         check_macos(path)
         kw = {"compute_units": "all"}
-    runner, why = module_of(TARGETS[path.suffix]).load_runner(path, threads=threads, **kw)
+    target = T.TARGET_OF_RUNTIME[T.RUNTIME_OF_SUFFIX[path.suffix]]
+    runner, why = T.module_of(target).load_runner(path, threads=threads, **kw)
     if runner is None:
         raise MvmoeError(f"{path.name}: cannot run here: {why}")
     return runner
@@ -260,10 +219,6 @@ def etdump_per_op(program, path: Path, out_dir: Path | None = None, top: int = 2
     come with `delegated: true`; "DELEGATE_CALL" / "OPERATOR_CALL" wrappers and the whole-method
     "Method::execute" event are dropped because they contain the ops listed. `ms` = sum over the op's calls in one inference of their mean time.
     """
-    import re
-    import tempfile
-    import warnings
-
     from executorch.devtools import Inspector
 
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="mvmoe-etdump-"))
@@ -318,13 +273,9 @@ def profile_latency(artifact: str | Path, device: str = "local", *, warmup: int 
     meta, carried = measured_meta(path, verify)
     shape, _ = _meta_shape(meta)
     if kind == "android":
-        from .android import profile_android
-
         res = profile_android(path, binary=binary, serial=ident, warmup=warmup, runs=runs, threads=threads,
                               host=adb_host, port=adb_port)
     elif kind == "ios":
-        from .ios import profile_ios
-
         res = profile_ios(path, udid=ident, warmup=warmup, runs=runs)
     else:
         res = run_local(path, warmup, runs, threads, shape, per_op=per_op)

@@ -33,13 +33,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from converters.targets import LOADERS, RUNTIME_OF_SUFFIX, TARGET_OF_RUNTIME, find
+import numpy as np
+
+from converters.split import load_runner
+from converters import targets as T
 
 from ..errors import MvmoeError
 from ..fileio import to_json
+from .latency import artifact_meta, check_artifact, local_device, measured_meta, split_programs
 
 STATUS = {"VmRSS": "rss_mib", "RssAnon": "heap_mib", "RssFile": "file_mib", "VmHWM": "peak_rss_mib"}
-RUNTIME_OF = RUNTIME_OF_SUFFIX  # artifact suffix -> runtime; LOADERS: runtime -> loaders (converters.targets)
 
 
 def read_status(text: str | None = None) -> dict[str, float]:
@@ -72,23 +75,17 @@ def open_artifact(spec: dict):
     """In the child: -> (run(x) -> outputs, input shape, chain or None). Imports the runtime."""
     runtime, loader, path, threads = spec["runtime"], spec["loader"], Path(spec["artifact"]), spec["threads"]
     if spec["split"]:
-        from converters.split import load_runner
-
-        runner, _ = load_runner(TARGET_OF_RUNTIME[runtime], path, threads, spec["max_tails"], loader)
+        runner, _ = load_runner(T.TARGET_OF_RUNTIME[runtime], path, threads, spec["max_tails"], loader)
         return runner.native, runner.input_shape, runner.native
     # the runners export's parity and `profile latency` use, with the loader asked for
-    from converters.targets import module_of
-
-    target = TARGET_OF_RUNTIME[runtime]
+    target = T.TARGET_OF_RUNTIME[runtime]
     kw = {} if runtime == "onnxruntime" else {"loader": loader}
-    runner, _ = module_of(target).load_runner(path, threads=threads, **kw)
+    runner, _ = T.module_of(target).load_runner(path, threads=threads, **kw)
     return runner, runner.input_shape, None
 
 
 def child(spec: dict) -> dict:
     """Measure in this (fresh) process; -> the status figures over the baseline."""
-    import numpy as np
-
     import torch  # noqa: F401 - part of the baseline: every runtime here is used next to torch
 
     import converters.pipeline  # noqa: F401 - the runners' code, also in the baseline
@@ -120,8 +117,8 @@ def child(spec: dict) -> dict:
 def check_options(path: Path, runtime: str, loader: str, images: int, threads: int | None, max_tails: int) -> None:
     if runtime == "coreml":
         raise MvmoeError(f"{path.name}: Core ML runs only on macOS; measure it on the device (Xcode Instruments)")
-    if loader not in LOADERS[runtime]:
-        raise MvmoeError(f"--loader {loader}: {runtime} loads with {' or '.join(LOADERS[runtime])} here")
+    if loader not in T.LOADERS[runtime]:
+        raise MvmoeError(f"--loader {loader}: {runtime} loads with {' or '.join(T.LOADERS[runtime])} here")
     if images < 0:
         raise MvmoeError(f"--images {images}: must be >= 0")
     if threads is not None and threads < 1:
@@ -135,11 +132,9 @@ def profile_memory(artifact: str | Path, loader: str = "mmap", *, images: int = 
     """Resident memory of ``artifact`` loaded with ``loader`` and after ``images`` runs, measured in
     a fresh process; the memory JSON (docs/formats.md). ``verify``: refuse an artifact whose size or
     sha256 differ from its .json's (latency.measured_meta)."""
-    from .latency import artifact_meta, check_artifact, local_device, measured_meta, split_programs
-
     path = check_artifact(artifact)
     split = split_programs(path) is not None
-    runtime = RUNTIME_OF[path.suffix] if not split else find(artifact_meta(path)["target"]).runtime
+    runtime = T.RUNTIME_OF_SUFFIX[path.suffix] if not split else T.find(artifact_meta(path)["target"]).runtime
     check_options(path, runtime, loader, images, threads, max_tails)
     _, carried = measured_meta(path, verify)
     spec = {"artifact": str(path.resolve()), "runtime": runtime, "loader": loader, "images": images,

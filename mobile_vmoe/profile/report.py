@@ -32,9 +32,15 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from ..artifact_name import parse_artifact_name
-from ..fileio import atomic_write_bytes, atomic_write_text, file_sha256, read_json_object, writable_dir
 from ..errors import MvmoeError
+from ..fileio import atomic_write_bytes, atomic_write_text, file_sha256, read_json_object, writable_dir
+from ..models import MobileVMoE
+from ..models.flops import analytic_macs
+from ..models.registry import get_config
 
 # (name, kind, preset for MACs or None, MACs if no preset, top-1, note): the papers' ImageNet-1k numbers
 PUBLISHED = [
@@ -250,12 +256,6 @@ def attach_latency(rows: list[Row], measurements: list[Measurement]) -> list[Col
 
 
 def published_rows() -> list[Row]:
-    import torch
-
-    from ..models import MobileVMoE
-    from ..profile.flops import analytic_macs
-    from ..models.registry import get_config
-
     rows = []
     for name, kind, preset, macs, top1, note in PUBLISHED:
         params = active = None
@@ -519,8 +519,6 @@ def plot_routing(rows: list[Row], path: Path, max_runs: int = 6) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-
     rs = [r for r in rows if r.expert_usage][:max_runs]
     n = max(1, len(rs))
     fig, axes = plt.subplots(1, n, figsize=(5.8 * n, 4.4), squeeze=False)

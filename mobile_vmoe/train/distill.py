@@ -13,12 +13,15 @@ writes it as ``{"format": "mvmoe-torchvision-teacher", "arch", "num_classes", "i
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
+import torchvision
 
+from ..checkpoint import model_from_checkpoint
 from ..errors import MvmoeError
-
+from ..fileio import atomic_write_bytes, file_sha256
 
 TORCHVISION_FORMAT = "mvmoe-torchvision-teacher"
 
@@ -26,8 +29,6 @@ TORCHVISION_FORMAT = "mvmoe-torchvision-teacher"
 def save_torchvision_teacher(path: str | Path, model: torch.nn.Module, arch: str, bundle,
                              top1: float | None = None) -> Path:
     """A torchvision classifier trained on ``bundle`` as a teacher file ``load_teacher`` reads."""
-    from ..fileio import atomic_write_bytes
-
     ck = {"format": TORCHVISION_FORMAT, "arch": arch, "num_classes": bundle.num_classes, "img_size": bundle.img_size,
           "in_chans": bundle.in_chans, "class_names": list(bundle.class_names), "state_dict": model.state_dict(),
           "top1": top1}
@@ -36,8 +37,6 @@ def save_torchvision_teacher(path: str | Path, model: torch.nn.Module, arch: str
 
 def read_torchvision_teacher(path: Path) -> dict | None:
     """The dict of a ``save_torchvision_teacher`` file, or None for any other file."""
-    import zipfile
-
     if not path.is_file() or not zipfile.is_zipfile(path):
         return None
     try:
@@ -51,9 +50,6 @@ def load_teacher(path: str | Path, bundle, device: torch.device | str = "cpu") -
     """-> (frozen model in eval mode on ``device``, {"checkpoint", "sha256", "model", "top1"}).
 
     Refuses a teacher trained on other classes or images of another size than ``bundle``'s."""
-    from ..checkpoint import model_from_checkpoint
-    from ..fileio import file_sha256
-
     path = Path(path)
     tv = read_torchvision_teacher(path)
     if tv is not None:
@@ -72,10 +68,6 @@ def load_teacher(path: str | Path, bundle, device: torch.device | str = "cpu") -
 
 
 def torchvision_teacher(ck: dict, path: Path, bundle, device) -> tuple[torch.nn.Module, dict]:
-    import torchvision
-
-    from ..fileio import file_sha256
-
     if list(ck["class_names"]) != list(bundle.class_names):
         raise MvmoeError(f"--teacher {path} was trained on other classes than {bundle.name}'s {bundle.num_classes}")
     if (ck["img_size"], ck["in_chans"]) != (bundle.img_size, bundle.in_chans):

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import Subset
 
 
 @dataclass
@@ -81,8 +82,6 @@ def shard(dataset, info: DistInfo):
     exactly one rank, none padded or repeated, unlike DistributedSampler)."""
     if not info.enabled:
         return dataset
-    from torch.utils.data import Subset
-
     return Subset(dataset, range(info.rank, len(dataset), info.world_size))
 
 

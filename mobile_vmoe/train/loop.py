@@ -35,10 +35,14 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import TrainConfig
+from ..data import MixupCutmix, superclass_targets
 from ..data.loader import build_train_loader, check_sample_order, sample_order, skipped_images
 from ..errors import MvmoeError
 from ..fileio import atomic_write_json, read_json_object
 from ..models import MobileVMoE
+from ..models.flops import profile_flops
+from ..provenance import git_state
+from .distill import load_teacher
 from .distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, broadcast_flag, shard
 from .ema import build_ema, ema_state, load_ema_state
 from .evaluate import evaluate
@@ -143,14 +147,10 @@ class Stage:
         self.amp_dtype = amp_dtype_for(self.tcfg.amp, self.device)
         self.mixer = None
         if self.tcfg.mixup > 0 or self.tcfg.cutmix > 0:
-            from ..data import MixupCutmix
-
             self.mixer = MixupCutmix(cfg.num_classes, self.tcfg.mixup, self.tcfg.cutmix, self.tcfg.mix_prob)
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=info.is_main)
         self.teacher, self.teacher_info = None, None
         if self.tcfg.teacher:
-            from .distill import load_teacher
-
             self.teacher, self.teacher_info = load_teacher(self.tcfg.teacher, self.bundle, self.device)
 
     @property
@@ -240,8 +240,6 @@ def targets(stage: Stage, images: torch.Tensor, labels: torch.Tensor):
         target = F.one_hot(labels, cfg.num_classes).float()  # (B, N)
     sc_target = None
     if stage.c2s is not None:
-        from ..data import superclass_targets
-
         sc_target = superclass_targets(target, stage.c2s, cfg.num_experts)  # (B, E)
     return images, target, sc_target
 
@@ -537,9 +535,6 @@ USAGE_KEYS = ("expert_usage_unit", "expert_counts", "expert_entropy", "expert_en
 
 def make_summary(stage: Stage, state: TrainState) -> dict:
     """summary.json of a stage: the documented keys first, then details (docs/formats.md)."""
-    from ..profile.flops import profile_flops
-    from ..provenance import git_state
-
     cfg, tcfg, ev, sc = stage.tcfg.model, stage.tcfg, state.metrics, stage.superclasses
     report = profile_flops(MobileVMoE(cfg), dispatch="gather")
     routing = "none" if not cfg.is_moe else cfg.routing

@@ -6,6 +6,9 @@ import json
 import math
 from pathlib import Path
 
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress as Bar
+
 from ..errors import MvmoeError
 from ..fileio import atomic_write_text, to_json
 
@@ -47,9 +50,6 @@ class Progress:
         self._bar = None
         if not enabled:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
-
         self._bar = Bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())

@@ -24,6 +24,7 @@ Launch (``--no-python`` runs the ``mvmoe`` console script on every process)::
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,8 +88,6 @@ def list_recipes() -> list[str]:
 
 def get_recipe(name: str) -> Recipe:
     if name not in _RECIPES:
-        import difflib
-
         close = difflib.get_close_matches(name, _RECIPES, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(_RECIPES)}"
         raise MvmoeError(f"unknown recipe {name!r}{hint}")

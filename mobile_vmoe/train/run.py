@@ -23,6 +23,7 @@ but the directory.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -30,16 +31,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
-from ..config import ModelConfig, TrainConfig, field_names
-from ..data.bundle import check_classes
-from ..errors import MvmoeError
-from ..fileio import atomic_write_json, read_json_object
-from ..models.registry import dense_twin, get_config, is_grid_name, model_name
 from .. import runlock
+from ..checkpoint import model_from_checkpoint
+from ..config import ModelConfig, TrainConfig, field_names
+from ..data import build_data
+from ..data.bundle import check_classes
+from ..data.holdout import HOLDOUT_SPLIT, split_for_superclasses
+from ..data.superclasses import confusion_matrix, load_superclasses, save_superclasses, superclasses_from_confusion
+from ..errors import MvmoeError
+from ..fileio import atomic_write_json, file_sha256, read_json_object
+from ..models.registry import dense_twin, get_config, is_grid_name, model_name
 from ..provenance import provenance
-from .distributed import DistInfo, barrier, cleanup, setup_distributed
-from .loop import fit
+from .distill import load_teacher
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, setup_distributed, shard
+from .loop import amp_dtype_for, fit
+from .recipes import get_recipe
 
 # The embedded default: `mvmoe train` with no arguments (see docs/training.md for why).
 DEFAULT_MODEL = "vmoe-6x64-p32"
@@ -53,8 +61,6 @@ RESUMABLE_KEYS = ("stop_after_steps", "workers", "prefetch", "log_every", "dist_
 def base_config(model: str | ModelConfig | None, recipe: str | None) -> TrainConfig:
     """The starting TrainConfig: a recipe's, a preset's, or the embedded default's."""
     if recipe is not None:
-        from .recipes import get_recipe
-
         r = get_recipe(recipe)
         tcfg = TrainConfig(model=get_config(r.model).replace(**r.model_overrides), **r.train)
     elif model is None:
@@ -77,8 +83,6 @@ def resolve(model: str | ModelConfig | None = None, data: str = DEFAULT_DATA, se
     model is then fitted to the data (``adapt_to_data``). out: the run folder, when known, where a
     dataset folder's file index is cached and shared by the ranks (``index_cache``).
     """
-    from ..data import build_data
-
     settings = dict(settings or {})
     if epochs is not None:
         if epochs <= 0:
@@ -137,8 +141,6 @@ def check_run(tcfg: TrainConfig, bundle, superclasses: str, out: Path) -> None:
         raise MvmoeError(f"{cfg.num_experts} experts but {bundle.name} has {bundle.num_classes} classes: superclasses "
                          "cluster classes, one per expert; lower num_experts or use --superclasses none")
     if cfg.is_per_image and superclasses not in ("auto", "none"):
-        from ..data.superclasses import load_superclasses
-
         n = load_superclasses(superclasses, bundle.class_names)["num_superclasses"]
         if n != cfg.num_experts:
             raise MvmoeError(f"{superclasses} has {n} superclasses for {cfg.num_experts} experts: they must be equal")
@@ -148,8 +150,6 @@ def check_run(tcfg: TrainConfig, bundle, superclasses: str, out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise MvmoeError(f"--out {out} is a file, not a directory")
     if tcfg.teacher:
-        from .distill import load_teacher
-
         load_teacher(tcfg.teacher, bundle)  # a missing or unfitting teacher fails before training
 
 
@@ -179,8 +179,6 @@ def train(tcfg: TrainConfig, bundle, out_dir: str | Path | None = None, *, super
                    "superclasses": str(superclasses), "provenance": provenance(),
                    "lr": {"per_512": tcfg.lr, "global_batch": tcfg.global_batch, "effective": tcfg.effective_lr}}
             if tcfg.teacher:
-                from ..fileio import file_sha256
-
                 run["teacher_sha256"] = file_sha256(tcfg.teacher)
             atomic_write_json(out / "run.json", run)
         barrier(info)
@@ -193,8 +191,6 @@ def train(tcfg: TrainConfig, bundle, out_dir: str | Path | None = None, *, super
 def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet: bool = False) -> dict:
     """Continue the run in ``out_dir`` from its run.json and last.pt files; only RESUMABLE_KEYS may
     change (``settings``)."""
-    from ..data import build_data
-
     out = Path(out_dir)
     if not (out / "run.json").is_file():
         raise MvmoeError(f"nothing to resume in {out}: no run.json there (is it the run's top folder?)")
@@ -225,8 +221,6 @@ def check_teacher_unchanged(tcfg: TrainConfig, run: dict) -> None:
     """A resumed run must distill from the very teacher it started with."""
     if not tcfg.teacher:
         return
-    from ..fileio import file_sha256
-
     if not Path(tcfg.teacher).is_file():
         raise MvmoeError(f"the run's teacher {tcfg.teacher} is gone; it is needed to resume")
     if run.get("teacher_sha256") and file_sha256(tcfg.teacher) != run["teacher_sha256"]:
@@ -250,12 +244,8 @@ def run_stages(tcfg: TrainConfig, bundle, out: Path, superclasses: str, info: Di
 def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, info: DistInfo, resume: bool,
                      quiet: bool) -> tuple[dict | None, dict]:
     """Stages 1-2 (or a given file): -> (superclasses dict, extra summary keys)."""
-    from ..data.superclasses import load_superclasses
-
     if superclasses != "auto":
         return load_superclasses(superclasses, bundle.class_names), {"superclasses_file": str(superclasses)}
-    from ..data.holdout import split_for_superclasses
-
     path = out / "superclasses.json"
     dense_model = dense_twin(tcfg.model)
     dense_tcfg = tcfg.replace(model=dense_model, epochs=tcfg.dense_epochs or tcfg.epochs, teacher="")
@@ -282,16 +272,6 @@ def fit_superclasses(dense_path: Path, holdout, bundle, tcfg: TrainConfig, path:
 
     Every rank runs its shard of the holdout (with ``workers`` loader processes) and the counts are
     summed over ranks; rank 0 clusters and writes, the others wait and return what it wrote."""
-    import functools
-
-    from torch.utils.data import DataLoader
-
-    from ..checkpoint import model_from_checkpoint
-    from ..data.holdout import HOLDOUT_SPLIT
-    from ..data.superclasses import confusion_matrix, save_superclasses, superclasses_from_confusion
-    from .distributed import all_reduce_sum, shard
-    from .loop import amp_dtype_for
-
     info = info or DistInfo(device=torch.device(device))
     model, _ = model_from_checkpoint(dense_path)
     loader = DataLoader(shard(holdout, info), batch_size=256, shuffle=False, num_workers=tcfg.workers,
@@ -309,6 +289,4 @@ def fit_superclasses(dense_path: Path, holdout, bundle, tcfg: TrainConfig, path:
         if not quiet:
             print("superclasses: " + "; ".join(found["names"]) + f" (sizes {found['sizes']}) -> {path}")
     barrier(info)
-    from ..data.superclasses import load_superclasses
-
     return load_superclasses(path, bundle.class_names)

@@ -16,12 +16,13 @@ Convention: MACs = multiply-accumulates (what papers and fvcore call "FLOPs"); F
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch.utils import flop_counter as fc
 
-from ..models.vmoe import count_active_params
+from .vmoe import count_active_params
 
 aten = torch.ops.aten
 
@@ -84,8 +85,6 @@ def profile_flops(model, dispatch: str | None = "gather", batch: int = 1) -> Flo
     dispatch: "gather" (what export runs by default; only active experts), "dense" (all experts,
     the fallback path), or None to keep the model's own setting. Works on a deepcopy.
     """
-    import copy
-
     cfg = model.cfg
     m = copy.deepcopy(model).eval()
     if dispatch is not None and cfg.is_per_image:
