@@ -29,7 +29,7 @@ import torch
 from mobile_vmoe.artifact_name import artifact_stem
 from mobile_vmoe.checkpoint import load_checkpoint, model_from_checkpoint
 from mobile_vmoe.errors import MvmoeError, did_you_mean
-from mobile_vmoe.fileio import probe_write, read_json_object, to_json, writable_dir
+from mobile_vmoe.fileio import read_json_object, to_json, writable_dir
 from mobile_vmoe.models.flops import profile_flops
 
 from . import prepare as P
@@ -148,25 +148,12 @@ def check_options(parity_images: int, calibration_images: int, fp32_tol: float, 
 def check_out_dir(out_dir: Path) -> None:
     """--out must be a folder we can write. Nothing is created yet (a refusal leaves no empty
     folder): a file is written and removed in --out, or in its nearest existing parent."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MvmoeError(f"--out {out_dir} is a file, not a folder")
-    nearest = next(p for p in (out_dir.absolute(), *out_dir.absolute().parents) if p.exists())
-    if not nearest.is_dir():
-        raise MvmoeError(f"--out {out_dir}: cannot write there ({nearest} is a file)")
-    _probe(out_dir, nearest)
+    writable_dir(out_dir, "--out", create=False)
 
 
 def make_out_dir(out_dir: Path) -> None:
     """Create --out, after every check has passed (and probe it)."""
     writable_dir(out_dir, "--out")
-
-
-def _probe(out_dir: Path, where: Path) -> None:
-    """Write and remove a file in ``where`` (--out, or its nearest existing parent)."""
-    try:
-        probe_write(where)
-    except OSError as e:
-        raise MvmoeError(f"--out {out_dir}: cannot write there ({e.strerror or e})") from None
 
 
 def require_real_images(images: P.EvalImages, jobs: list[ExportJob]) -> None:

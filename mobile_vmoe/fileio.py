@@ -65,15 +65,23 @@ def probe_write(folder: str | os.PathLike) -> None:
     os.unlink(probe)
 
 
-def writable_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+def writable_dir(path: str | os.PathLike, what: str = "--out", create: bool = True) -> Path:
     """``path`` as a folder this process can write into (created if missing): one MvmoeError
-    naming it when it is a file, sits below a file, or is read-only / on a full or read-only disk."""
+    naming it when it is a file, sits below a file, or is read-only / on a full or read-only disk.
+    ``create=False`` creates nothing (a refusal later leaves no empty folder): a file is written and
+    removed in ``path``, or in its nearest existing parent."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MvmoeError(f"{what} {path} is a file, not a folder")
+    where = path
+    if not create:
+        where = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+        if not where.is_dir():
+            raise MvmoeError(f"{what} {path}: cannot write there ({where} is a file)")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe_write(path)
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+        probe_write(where)
     except OSError as e:
         raise MvmoeError(f"{what} {path}: cannot write there ({e.strerror or e})") from None
     return path

@@ -4,11 +4,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mobile_vmoe.models.dispatch import (dense_dispatch, gather_dispatch, grouped_dispatch, sparse_gate_vector,
-                                         token_dispatch)
+from mobile_vmoe.models.dispatch import (
+    dense_dispatch,
+    gather_dispatch,
+    grouped_dispatch,
+    slot_tokens,
+    sparse_gate_vector,
+    token_dispatch,
+)
 from mobile_vmoe.models.experts import ExpertBank
-from mobile_vmoe.models.routing import TokenRoute
 from mobile_vmoe.models.registry import create_model
+from mobile_vmoe.models.routing import TokenRoute
 
 
 def hand_bank() -> ExpertBank:
@@ -111,6 +117,23 @@ def test_token_dispatch_by_hand():
     g = lambda v: float(F.gelu(torch.tensor(v)))
     expected = torch.tensor([[[0.5 * -g(3.0)], [0.0], [3 * g(3.0) + 0.5]]])
     assert torch.allclose(token_dispatch(bank, x, route), expected, atol=1e-6)
+
+
+def test_slot_tokens_by_hand_and_scatter_equals_compare():
+    """T = 3 tokens, k = 1, 4 slots: token 0 -> slot 1, token 1 dropped (slot 4), token 2 -> slot 0;
+    empty slots 2 and 3 point at the zero row 3."""
+    slot = torch.tensor([[1, 4, 0]])
+    for compare in (False, True):
+        assert slot_tokens(slot, 3, 1, 4, compare=compare).tolist() == [[2, 0, 3, 3]]
+    # random routes with capacity drops, k = 2: the training (scatter) and export (compare) forms agree
+    g = torch.Generator().manual_seed(0)
+    B, T, k, E, C = 3, 10, 2, 4, 3
+    slot = torch.full((B, T * k), E * C)
+    for b in range(B):
+        taken = torch.randperm(E * C, generator=g)[: T]  # half the token-choices get a slot, no slot twice
+        chosen = torch.randperm(T * k, generator=g)[: T]
+        slot[b, chosen] = taken
+    assert torch.equal(slot_tokens(slot, T, k, E * C), slot_tokens(slot, T, k, E * C, compare=True))
 
 
 def test_grouped_dispatch_compiles_without_graph_breaks():

@@ -8,12 +8,12 @@ import types
 
 import pytest
 import torch
+from helpers import tiny_checkpoint
 
 from converters import pipeline
 from converters import targets as T
 from converters.programs import export_each
 from converters.runner import Runner, SplitChain
-from helpers import tiny_checkpoint
 from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.profile.latency import profile_latency
 

@@ -103,17 +103,29 @@ def grouped_dispatch(bank: ExpertBank, x: torch.Tensor, index: torch.Tensor, gat
 IMAGE_DISPATCH = {"gather": gather_dispatch, "dense": dense_dispatch, "grouped": grouped_dispatch}
 
 
+def slot_tokens(slot: torch.Tensor, T: int, k: int, slots: int, compare: bool = False) -> torch.Tensor:
+    """Which token fills each buffer slot: slot (B, T*k) in [0, slots] (``slots`` = dropped) ->
+    (B, slots) token ids, T for an empty slot (the zero row). Training scatters the ids; under
+    export (``compare``) it is a compare and a sum instead, which Core ML and LiteRT convert (their
+    scatter lowering fails on integer data) but which builds a (B, T*k, slots) mask: fine at batch 1,
+    tens of MB per block at training batches."""
+    B = slot.shape[0]
+    token = torch.arange(T, device=slot.device).view(1, T, 1).expand(B, T, k).reshape(B, T * k)
+    if compare:
+        hit = slot.unsqueeze(2) == torch.arange(slots, device=slot.device).view(1, 1, slots)  # (B, T*k, slots)
+        return (hit.long() * (token - T).unsqueeze(2)).sum(1) + T  # at most one token per slot
+    out = torch.full((B, slots + 1), T, dtype=token.dtype, device=slot.device)  # column ``slots``: the dropped
+    return out.scatter_(1, slot, token)[:, :slots]
+
+
 def token_dispatch(bank: ExpertBank, x: torch.Tensor, route: TokenRoute) -> torch.Tensor:
     """Per-token routing with capacity. x (B, T, D) -> (B, T, D); dropped tokens give zeros."""
     B, T, D = x.shape
     E, C = bank.num_experts, route.capacity
     k = route.slot.shape[-1]
     slot = route.slot.reshape(B, T * k)  # (B, T*k) in [0, E*C]; E*C = dropped
-    # Which token fills each slot; empty slots point at the zero row T. A compare and a sum, not a
-    # scatter: Core ML and LiteRT convert it (their scatter lowering fails on integer data).
-    token = torch.arange(T, device=x.device).view(1, T, 1).expand(B, T, k).reshape(B, T * k)
-    hit = slot.unsqueeze(2) == torch.arange(E * C, device=x.device).view(1, 1, E * C)  # (B, T*k, E*C), <= 1 per slot
-    token_of_slot = (hit.long() * (token - T).unsqueeze(2)).sum(1) + T  # (B, E*C)
+    exporting = torch.compiler.is_exporting() or torch.jit.is_tracing()
+    token_of_slot = slot_tokens(slot, T, k, E * C, compare=exporting)  # (B, E*C)
     x_pad = torch.cat([x, x.new_zeros(B, 1, D)], dim=1)  # (B, T+1, D)
     buf = x_pad.gather(1, token_of_slot.unsqueeze(-1).expand(B, E * C, D))  # (B, E*C, D)
     buf = buf.view(B, E, C, D).transpose(0, 1).reshape(E, B * C, D)
