@@ -4,8 +4,10 @@
 
 Inference (batch 1): MoE with gather dispatch (k=1) vs its dense twin (equal active MACs) vs the
 all-experts ("dense") dispatch fallback. Training (forward + backward, batch --train-batch):
-gather vs grouped vs dense dispatch vs the dense twin. The variants are timed interleaved, round
-by round, so machine noise hits all of them alike; medians and ratios are printed.
+gather vs grouped vs dense dispatch vs the dense twin. Per-token routing's slot filling (one
+routing group of --train-batch images): the scatter training uses vs the compare-and-sum the
+exporters need. The variants are timed interleaved, round by round, so machine noise hits all of
+them alike; medians and ratios are printed.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import statistics
 
 import torch
 
-from mobile_vmoe.profile.timing import time_interleaved
+from mobile_vmoe.config import expert_capacity
+from mobile_vmoe.models.dispatch import slot_tokens
 from mobile_vmoe.models.registry import create_model, dense_twin, get_config
+from mobile_vmoe.profile.timing import time_interleaved
 
 
 def interleaved(fns: dict, runs: int, warmup: int = 3) -> dict[str, float]:
@@ -68,6 +72,26 @@ def main() -> None:
     print(f"\ntraining step (forward + backward), batch {args.train_batch}, median of {args.train_runs}")
     for k, v in ms.items():
         print(f"  {k:16s} {v:8.1f} ms  {args.train_batch / v * 1e3:7.1f} img/s   {v / ms['dense twin']:.2f}x dense twin")
+    token_slots(cfg, args.train_batch, args.train_runs)
+
+
+def token_slots(cfg, images: int, runs: int) -> None:
+    """Which token fills each expert slot, for one routing group of ``images`` images (k = 1,
+    capacity ratio 1.05): scatter (training) vs compare-and-sum (export), time and mask size."""
+    T = images * cfg.num_tokens  # tokens in the group
+    E, C = cfg.num_experts, expert_capacity(T, 1, cfg.num_experts, 1.05)
+    g = torch.Generator().manual_seed(0)
+    slot = torch.full((1, T), E * C)  # dropped unless given a slot below
+    kept = torch.randperm(T, generator=g)[: min(T, E * C)]
+    slot[0, kept] = torch.randperm(E * C, generator=g)[: len(kept)]
+    with torch.inference_mode():
+        ms = interleaved({"scatter": lambda: slot_tokens(slot, T, 1, E * C),
+                          "compare": lambda: slot_tokens(slot, T, 1, E * C, compare=True)}, runs, warmup=1)
+    mask_mb = T * E * C * (1 + 8) / 2**20  # the bool mask and its int64 copy
+    print(f"\nper-token slot filling, one group of {images} images ({T} tokens, {E}x{C} slots), median of {runs}")
+    for k, v in ms.items():
+        print(f"  {k:16s} {v:8.2f} ms   {v / ms['scatter']:.1f}x scatter")
+    print(f"  compare builds a ({T}, {E * C}) mask: {mask_mb:.0f} MiB per group per MoE block")
 
 
 if __name__ == "__main__":
