@@ -22,7 +22,7 @@ from .programs import export_each, input_names, merge_audits, output_names
 from .runner import Runner, first_line
 
 _T = targets.find("coreml")
-TARGET, EXT, BACKENDS, PRECISIONS = _T.name, _T.suffix, (None,), _T.precisions
+EXT, PRECISIONS = _T.suffix, _T.precisions
 
 
 def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, backend: str | None = None,

@@ -21,8 +21,6 @@ from .programs import export_each, merge_audits
 from .runner import Runner, SplitChain, first_line
 
 _TS = [t for t in targets.TARGETS if t.name == "executorch"]
-TARGET, EXT = "executorch", _TS[0].suffix
-BACKENDS = tuple(t.backend for t in _TS)
 PRECISIONS = {t.backend: t.precisions for t in _TS}
 
 

@@ -11,11 +11,7 @@ import torch
 
 from mobile_vmoe.errors import MvmoeError
 
-from . import targets
 from .runner import Runner, first_line
-
-_T = targets.find("onnx")
-TARGET, EXT, BACKENDS, PRECISIONS = _T.name, _T.suffix, (None,), _T.precisions
 
 
 def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, backend: str | None = None,

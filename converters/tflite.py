@@ -21,7 +21,7 @@ from .programs import calibration_sets, merge_audits
 from .runner import Runner, SplitChain, first_line
 
 _T = targets.find("tflite")
-TARGET, EXT, BACKENDS, PRECISIONS = _T.name, _T.suffix, (None,), _T.precisions
+EXT, PRECISIONS = _T.suffix, _T.precisions
 
 
 class FlexOpsError(MvmoeError):

@@ -39,7 +39,8 @@ def test_derived_tables():
 def test_every_record_names_a_module_with_the_same_facts():
     for t in T.TARGETS:
         mod = T.module_of(t.name)
-        assert mod.TARGET == t.name and mod.EXT == t.suffix
+        assert callable(mod.convert) and callable(mod.load_runner)
+        assert not t.split_precisions or callable(mod.convert_split) and callable(mod.load_split_runner)
         assert pipeline.precisions_of(t.name, t.backend) == t.precisions
 
 
