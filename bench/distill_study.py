@@ -99,7 +99,7 @@ def run_student(arm: str, seed: int, lr: float, epochs: int, size: str, data: st
     import torch
 
     from mobile_vmoe.provenance import git_state
-    from mobile_vmoe.train import resolve, train
+    from mobile_vmoe.train import resolve
 
     torch.set_num_threads(1)
     t0 = time.time()
@@ -110,7 +110,7 @@ def run_student(arm: str, seed: int, lr: float, epochs: int, size: str, data: st
     base = "vit-6x64-p32" if arm.startswith("dense") else "vmoe-6x64-p32"
     tcfg, bundle = resolve(base, data, s, epochs=epochs, seed=seed)
     where = out / f"seed{seed}" / arm
-    summ = train(tcfg, bundle, where, superclasses=sc, quiet=True)
+    summ = rs.train_or_continue(tcfg, bundle, where, sc)
     macs = rs.train_macs(summ["macs"], epochs, len(bundle.train), tcfg.batch_size)
     if arm == "moe-sc":
         macs += rs.train_macs(summ["dense"]["macs"], epochs, int(len(bundle.train) * (1 - tcfg.superclass_holdout)),

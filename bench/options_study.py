@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from routing_study import STUDY_SETTINGS, check_commits, ms, size_settings
+from routing_study import STUDY_SETTINGS, check_commits, ms, size_settings, train_or_continue
 
 DISTILL = {"distill": "soft", "distill_weight": 0.5, "distill_tau": 1.0}
 ARMS = {"base": {}, "distill": DISTILL, "qk_norm": {"qk_norm": True}, "parallel": {"parallel_block": True},
@@ -49,7 +49,7 @@ def run_one(arm: str, seed: int, epochs: int, out: Path) -> dict:
     """Train one run in a worker process (one thread); returns its result row."""
     import torch
 
-    from mobile_vmoe.train import resolve, train
+    from mobile_vmoe.train import resolve
 
     torch.set_num_threads(1)
     t0 = time.time()
@@ -57,7 +57,7 @@ def run_one(arm: str, seed: int, epochs: int, out: Path) -> dict:
         settings = {**size_settings(TEACHER), **STUDY_SETTINGS, **TEACHERS[arm]}
         tcfg, bundle = resolve("vit-6x64-p32", DATA, settings, epochs=epochs, seed=seed)
         where = out / arm
-        s = train(tcfg, bundle, where, superclasses="none", quiet=True)
+        s = train_or_continue(tcfg, bundle, where, "none")
     else:
         where = out / f"seed{seed}" / arm
         settings = {**size_settings(STUDENT), **STUDY_SETTINGS, "num_experts": EXPERTS, **ARMS[arm]}
@@ -65,7 +65,7 @@ def run_one(arm: str, seed: int, epochs: int, out: Path) -> dict:
             settings["teacher"] = str(out / ARM_TEACHER[arm] / "model.pt")
         sc = "auto" if arm == "base" else str(out / f"seed{seed}" / "base" / "superclasses.json")
         tcfg, bundle = resolve("vmoe-6x64-p32", DATA, settings, epochs=epochs, seed=seed)
-        s = train(tcfg, bundle, where, superclasses=sc, quiet=True)
+        s = train_or_continue(tcfg, bundle, where, sc)
     return {"arm": arm, "seed": seed, "epochs": epochs, **{k: s.get(k) for k in KEYS},
             "wall_seconds": round(time.time() - t0, 1), "dir": str(where)}
 

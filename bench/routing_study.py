@@ -59,6 +59,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -138,7 +139,7 @@ def run_lr(data: str, size: str, lr: float, epochs: int, out: Path, extra: dict)
     tcfg, bundle = resolve("vit-6x64-p32", data, settings, epochs=epochs, seed=0)
     rest, holdout = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
     where = out / data.replace(":", "-") / "lr" / f"{size}-lr{lr:g}"
-    s = fit(tcfg, dataclasses.replace(rest, val=holdout), where, quiet=True, stage="dense")
+    s = fit(tcfg, dataclasses.replace(rest, val=holdout), where, quiet=True, stage="dense", resume=True)  # a stopped lr run continues
     curve = [json.loads(line)["top1"] for line in (where / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "eval"]
     return {"kind": "lr", "data": data, "size": size, "lr": lr, "epochs": epochs, "holdout_top1": s["top1"],
@@ -146,12 +147,27 @@ def run_lr(data: str, size: str, lr: float, epochs: int, out: Path, extra: dict)
             "commit": s.get("commit"), "dirty": git_state()[1], "dir": str(where)}
 
 
+def train_or_continue(tcfg, bundle, where: Path, superclasses: str) -> dict:
+    """``train`` into ``where``; a run that a stopped study left there half-trained is continued
+    (``resume``, exact on CPU), not refused. A run there with other settings is an error."""
+    from mobile_vmoe.fileio import read_json_object
+    from mobile_vmoe.train import resume, train
+
+    if not (where / "run.json").is_file():
+        return train(tcfg, bundle, where, superclasses=superclasses, quiet=True)
+    run = read_json_object(where / "run.json")
+    want = json.loads(json.dumps(tcfg.replace(stop_after_steps=0).to_dict()))
+    if run.get("train_config") != want or run.get("superclasses") != str(superclasses):
+        raise MvmoeError(f"{where} holds a run with other settings: move it away or pick another --out")
+    return resume(where, quiet=True)
+
+
 def run_arm(data: str, size: str, seed: int, arm: str, lr: float, epochs: int, out: Path, extra: dict) -> dict:
     """Train one arm; score it (token at batch 1 and 64, routers on the holdout); -> result row."""
     import torch
 
     from mobile_vmoe.provenance import git_state
-    from mobile_vmoe.train import resolve, train
+    from mobile_vmoe.train import resolve
 
     torch.set_num_threads(1)
     t0 = time.time()
@@ -159,7 +175,7 @@ def run_arm(data: str, size: str, seed: int, arm: str, lr: float, epochs: int, o
     tcfg, bundle = resolve(base, data, settings_for(arm, data, size, lr, epochs, extra), epochs=epochs, seed=seed)
     where = out / data.replace(":", "-") / f"seed{seed}" / size / arm
     sc = {"moe-sc": "auto", "moe-sc-planted": str(planted_file(out, data))}.get(arm, "none")
-    s = train(tcfg, bundle, where, superclasses=sc, quiet=True)
+    s = train_or_continue(tcfg, bundle, where, sc)
     row = {"kind": "arm", "data": data, "size": size, "seed": seed, "arm": arm, "lr": lr, "epochs": epochs,
            "top1": s["top1"], "top5": s["top5"], "macs": s["macs"], "active_params": s["active_params"],
            "params": s["params"], "router_eval_top1": s.get("router_superclass_top1"),
@@ -218,6 +234,8 @@ def probe_one(size: str, kind: str, data: str, out: Path, extra: dict) -> dict:
     tcfg, bundle = resolve("vit-6x64-p32" if kind == "dense" else "vmoe-6x64-p32", data,
                            settings_for(arm, data, size, LR_GRID[0], 1, extra), epochs=1, seed=0)
     where = out / "probe" / f"{size}-{kind}"
+    if where.exists():  # a probe a stopped study left: its timing is worthless, time it afresh
+        shutil.rmtree(where)
     s = train(tcfg, bundle, where, superclasses="none", quiet=True)
     wall = time.time() - t0
     t1 = time.time()

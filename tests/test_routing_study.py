@@ -231,3 +231,20 @@ def test_gpu_script_refuses_an_over_budget_plan(tmp_path):
         study_gpu.check_plan(tmp_path)
     (tmp_path / "results.json").write_text(json.dumps({"plan": {**plan, "over_budget": False}}))
     study_gpu.check_plan(tmp_path)  # fits: no error
+
+
+# ----------------------------------------------------------------------------- stopped runs
+def test_a_stopped_run_is_continued_not_refused(tmp_path):
+    from mobile_vmoe.train import resolve, train
+
+    settings = {**rs.size_settings("3x16"), "batch_size": 16, "threads": 1}
+    tcfg, bundle = resolve("vit-6x64-p32", "shapes-disjoint:4:2", settings, epochs=2, seed=0)
+    where = tmp_path / "dense"
+    stopped = train(tcfg.replace(stop_after_steps=3), bundle, where, superclasses="none", quiet=True)
+    assert stopped["stopped"] and not (where / "summary.json").exists()  # as a killed study leaves it
+    done = rs.train_or_continue(tcfg, bundle, where, "none")
+    assert done["epochs"] == 2 and 0 <= done["top1"] <= 100 and (where / "summary.json").exists()
+    again = rs.train_or_continue(tcfg, bundle, where, "none")  # finished: returned, not retrained
+    assert again["top1"] == done["top1"]
+    with pytest.raises(MvmoeError, match="holds a run with other settings"):
+        rs.train_or_continue(tcfg.replace(lr=tcfg.lr * 2), bundle, where, "none")
