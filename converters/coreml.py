@@ -37,7 +37,7 @@ def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, b
         inputs=[ct.TensorType(name="image", shape=tuple(example.shape))],
         outputs=[ct.TensorType(name=n) for n in wrapper.output_names],
         compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
-        minimum_deployment_target=getattr(ct.target, targets.ios_target(_T.min_ios)),
+        minimum_deployment_target=targets.ios_target(ct, _T.min_ios),
     )
     if metadata:
         write_metadata(mlmodel, metadata)
@@ -63,7 +63,7 @@ def convert_split(progs: dict, path: Path, table: dict, *, precision: str, backe
                            inputs=[ct.TensorType(name=n, shape=tuple(a.shape)) for n, a in zip(input_names(name), args)],
                            outputs=[ct.TensorType(name=n) for n in output_names(name)],
                            compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
-                           minimum_deployment_target=getattr(ct.target, targets.ios_target(_T.split_min_ios)))
+                           minimum_deployment_target=targets.ios_target(ct, _T.split_min_ios))
             audits[name] = audit(m.get_spec(), precision)
             m.save(str(tmp / f"{name}{EXT}"))
             desc.add_function(str(tmp / f"{name}{EXT}"), src_function_name="main", target_function_name=name)

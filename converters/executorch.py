@@ -48,7 +48,7 @@ def partitioners(backend: str, precision: str) -> list:
         from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
         cp = ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
-        ios = getattr(ct.target, targets.ios_target(targets.find("executorch", "coreml").min_ios))
+        ios = targets.ios_target(ct, targets.find("executorch", "coreml").min_ios)
         return [CoreMLPartitioner(compile_specs=CoreMLBackend.generate_compile_specs(
             compute_precision=cp, minimum_deployment_target=ios))]
     return []

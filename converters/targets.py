@@ -111,6 +111,7 @@ def module_of(name: str):
     return importlib.import_module(f"{__package__}.{record.module}")
 
 
-def ios_target(version: str) -> str:
-    """"17.0" -> "iOS17": the name of coremltools' ct.target member for a deployment target."""
-    return f"iOS{version.split('.')[0]}"
+def ios_target(ct, version: str):
+    """"17.0" -> ``ct.target.iOS17``: coremltools' member for a deployment target (``ct``: the
+    imported coremltools module, which this table does not import)."""
+    return getattr(ct.target, f"iOS{version.split('.')[0]}")

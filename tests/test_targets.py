@@ -131,3 +131,16 @@ def test_a_new_target_is_one_record_and_one_module(monkeypatch, tmp_path, expert
     else:
         lat = profile_latency(res.artifact, runs=2, warmup=0)
         assert lat["runtime"] == "fakert" and lat["runs"] == 2
+
+
+def test_ios_target_names_the_coremltools_member():
+    from types import SimpleNamespace
+
+    ct = pytest.importorskip("coremltools")
+
+    fake = SimpleNamespace(target=SimpleNamespace(iOS17="seventeen", iOS18="eighteen"))
+    assert T.ios_target(fake, "17.0") == "seventeen" and T.ios_target(fake, "18") == "eighteen"
+    for record in T.TARGETS:  # every deployment target the table names exists in the installed coremltools
+        for version in {record.min_ios, record.split_min_ios} - {None, ""}:
+            assert T.ios_target(ct, version) in list(ct.target)
+    assert T.ios_target(ct, "17.0") is ct.target.iOS17 and T.ios_target(ct, "18.0") is ct.target.iOS18
