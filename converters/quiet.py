@@ -61,19 +61,27 @@ def _redirect_fds(target: Path | None):
         os.close(sink)
 
 
+_loud_lock = threading.RLock()  # one loud() block at a time, across threads (the ticker and the pipeline)
+
+
 @contextmanager
 def loud():
-    """Inside ``quiet()``: let this block's writes to sys.stderr reach the real terminal."""
-    if not _terminals or _fileno(sys.stderr) != 2:  # not redirected (or captured by a test runner)
-        yield
-        return
-    real = sys.stderr
-    sys.stderr = _terminals[0]  # the outermost redirect saved the real terminal
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        sys.stderr = real
+    """Inside ``quiet()``: let this block's writes to sys.stderr reach the real terminal.
+
+    sys.stderr is process-wide, so blocks from different threads take turns: otherwise one thread
+    could restore the redirect while another is still writing its line, which then lands in the
+    log. Library output written by another thread during a block reaches the terminal too."""
+    with _loud_lock:
+        if not _terminals or _fileno(sys.stderr) != 2:  # not redirected (or captured by a test runner)
+            yield
+            return
+        real = sys.stderr
+        sys.stderr = _terminals[0]  # the outermost redirect saved the real terminal
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            sys.stderr = real
 
 
 @contextmanager

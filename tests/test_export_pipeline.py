@@ -306,6 +306,44 @@ def test_quiet_hides_library_output_but_not_ours(verbose, tmp_path):
         assert "XNNPACK INFO: native stderr" in log.read_text()
 
 
+TWO_THREADS_SCRIPT = """
+import sys, threading
+from converters.quiet import loud, quiet
+inside, release, second_in = threading.Event(), threading.Event(), threading.Event()
+def first():
+    with loud():
+        inside.set()
+        release.wait(5)
+        print("first line", file=sys.stderr)  # written after the other thread tried to enter
+def second():
+    inside.wait(5)
+    with loud():
+        second_in.set()
+        print("second line", file=sys.stderr)
+with quiet(False, log=sys.argv[1]):
+    a, b = threading.Thread(target=first), threading.Thread(target=second)
+    a.start(); b.start()
+    overlapped = second_in.wait(1.0)  # the second block must wait for the first to end
+    release.set(); a.join(); b.join()
+print("overlapped" if overlapped else "took turns")
+"""
+
+
+@pytest.mark.slow
+def test_loud_blocks_of_two_threads_take_turns(tmp_path):
+    """The ticker thread and the pipeline both print progress: neither may restore the redirect
+    while the other is writing (its line would land in the log)."""
+    import subprocess
+
+    repo = Path(pipeline.__file__).resolve().parents[1]
+    log = tmp_path / "library.log"
+    r = subprocess.run([sys.executable, "-c", TWO_THREADS_SCRIPT, str(log)], cwd=repo, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "took turns"
+    assert "first line" in r.stderr and "second line" in r.stderr and "line" not in log.read_text()
+
+
 # ---------------------------------------------------------------------------- profile flops
 def test_profile_flops_rejects_a_json_copied_beside_another_file(fake, tmp_path):
     from conftest import mvmoe
