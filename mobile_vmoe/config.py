@@ -300,6 +300,7 @@ class TrainConfig:
     dense_epochs: int = 0  # --superclasses auto: epochs of the dense stage (0 = same as epochs)
     superclass_holdout: float = 0.1  # --superclasses auto: stratified share of train the confusion is fit on
     superclass_clustering: str = "balanced"  # balanced (equal-size superclasses) | spectral
+    superclass_confusion: str = "counts"  # counts (argmax per image) | soft (mean softmax mass per class)
     teacher: str = ""  # a checkpoint this project wrote: distill from it (--teacher); "" = no teacher
     distill: str = "soft"  # soft (KL at distill_tau) | hard (CE on the teacher's argmax, DeiT)
     distill_weight: float = 0.5  # loss = (1 - w) CE + w distillation
@@ -352,6 +353,8 @@ class TrainConfig:
             p.append(f"superclass_holdout={self.superclass_holdout} must be in (0, 1)")
         if self.superclass_clustering not in ("balanced", "spectral"):
             p.append(f"superclass_clustering={self.superclass_clustering!r} must be balanced or spectral")
+        if self.superclass_confusion not in ("counts", "soft"):
+            p.append(f"superclass_confusion={self.superclass_confusion!r} must be counts or soft")
         if self.distill not in ("soft", "hard"):
             p.append(f"distill={self.distill!r} must be soft or hard")
         if not 0.0 <= self.distill_weight <= 1.0:

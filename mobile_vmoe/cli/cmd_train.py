@@ -106,6 +106,7 @@ def superclasses_cmd(
     holdout: Optional[float] = typer.Option(None, "--holdout", help="share of the training split held out for the "
                                             "confusion matrix (default: the checkpoint's superclass_holdout, else 0.1)"),
     clustering: str = typer.Option("balanced", "--clustering", help="balanced (equal sizes) | spectral"),
+    confusion: str = typer.Option("counts", "--confusion", help="counts (argmax per image) | soft (mean softmax mass)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="holdout and clustering seed (default: the checkpoint's)"),
 ) -> None:
     """Cluster classes into superclasses from a dense model's confusion matrix on a stratified
@@ -124,7 +125,8 @@ def superclasses_cmd(
         raise MvmoeError(f"{checkpoint} was trained on other classes than {data}'s {bundle.num_classes}")
     if model.cfg.num_classes != bundle.num_classes:
         raise MvmoeError(f"{checkpoint} has {model.cfg.num_classes} outputs, {data} has {bundle.num_classes} classes")
-    tcfg = TrainConfig(model=model.cfg, seed=seed, superclass_holdout=holdout, superclass_clustering=clustering)
+    tcfg = TrainConfig(model=model.cfg, seed=seed, superclass_holdout=holdout, superclass_clustering=clustering,
+                       superclass_confusion=confusion)
     _, held = split_for_superclasses(bundle, holdout, seed)
     found = fit_superclasses(Path(checkpoint), held, bundle, tcfg, out, "cpu", quiet=True, num=num)
     typer.echo(to_json({"num_superclasses": found["num_superclasses"], "names": found["names"],

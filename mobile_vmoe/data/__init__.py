@@ -10,6 +10,10 @@
     "shapes-disjoint[:<N>:<S>]"   the same, but each superclass owns its hue band and its own
                                   detail family (shapes' details are shared across outlines)
     "shapes[-disjoint]:N:S:P"     either, with P training images per class (eval P / 3, at least 20)
+    "graded[:N:S[:P[:L]]]"        generated, 500 classes in 10 planted superclasses by default, each
+                                  class a prototype with 1-2 of 6 attributes changed (graded
+                                  confusions), P training images per class (eval P / 5, at least 20),
+                                  nuisance level L (default 0.5)
     PATH                          ImageFolder: PATH/train/<class>/*, PATH/val/<class>/* (or the flat
                                   ImageNet val/ with its label file in PATH)
 """
@@ -22,6 +26,7 @@ from pathlib import Path
 from ..errors import MvmoeError
 from .bundle import DataBundle, Preprocess, TensorImageDataset
 from .digits import build_digits
+from .graded import build_graded
 from .imagefolder import build_imagefolder
 from .mixup import MixupCutmix, superclass_targets
 from .shapes import VAL_PER_CLASS, build_shapes, parse_shapes_size, shapes_spec
@@ -33,10 +38,10 @@ __all__ = ["DataBundle", "Preprocess", "TensorImageDataset", "build_data", "spec
 
 
 def spec_kind(spec: str) -> str:
-    """The dataset kind a spec names: digits, synthetic, shapes, shapes-disjoint, else imagefolder
-    (whether the folder exists is build_data's to check)."""
+    """The dataset kind a spec names: digits, synthetic, shapes, shapes-disjoint, graded, else
+    imagefolder (whether the folder exists is build_data's to check)."""
     spec = str(spec)
-    for kind in ("digits", "synthetic", "shapes-disjoint", "shapes"):
+    for kind in ("digits", "synthetic", "shapes-disjoint", "shapes", "graded"):
         if spec == kind or (kind != "digits" and spec.startswith(kind + ":")):
             return kind
     return "imagefolder"
@@ -68,6 +73,8 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
         return bundle
     if kind in ("shapes", "shapes-disjoint"):
         return _shapes(spec, kind, img_size, augment, seed)
+    if kind == "graded":
+        return build_graded(spec, img_size, augment, seed=seed)
     path = Path(os.path.expanduser(spec))
     if path.exists() or os.sep in spec or spec.startswith("."):
         bundle = build_imagefolder(path, img_size, augment, max_bad_fraction=max_bad_fraction,
@@ -75,6 +82,7 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
         bundle.spec = str(path.resolve())
         return bundle
     raise MvmoeError(f"unknown dataset {spec!r}: use digits, synthetic, synthetic:<classes>:<superclasses>, shapes, shapes-disjoint, "
+                     "graded, "
                      "or the path of a folder with train/<class>/ and val/<class>/ subfolders")
 
 

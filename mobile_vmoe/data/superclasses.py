@@ -1,6 +1,9 @@
 """Superclasses from a trained dense model's confusions (the Mobile V-MoE recipe).
 
-1. ``confusion_matrix``: counts (N, N) on held-out data, rows = true class.
+1. ``confusion_matrix``: counts (N, N) on held-out data, rows = true class; or, ``mode="soft"``,
+   the softmax mass each true class puts on every class (N, N) float: with few held-out images and
+   a model that is often right, counts leave most class pairs at zero (a sparse graph that the
+   clustering must cut at random), while every image spreads some mass over its near classes.
 2. ``cluster_superclasses``: row-normalise (so big classes do not dominate), drop the diagonal
    (correct predictions say nothing about which classes are alike), symmetrise
    A = (C + C.T) / 2, add a small uniform affinity so the graph is connected even when a class
@@ -33,24 +36,37 @@ from ..fileio import atomic_write_json, read_json
 UNIFORM_AFFINITY = 1e-3  # relative to the mean off-diagonal affinity; keeps the graph connected
 
 
+CONFUSIONS = ("counts", "soft")
+
+
 @torch.no_grad()
 def confusion_matrix(model: torch.nn.Module, loader, num_classes: int, device: str | torch.device = "cpu", *,
-                     amp_dtype: torch.dtype | None = None, reduce=None) -> np.ndarray:
-    """Counts (N, N) int64: entry [t, p] = images of true class t predicted as p.
+                     amp_dtype: torch.dtype | None = None, reduce=None, mode: str = "counts") -> np.ndarray:
+    """``mode="counts"``: (N, N) int64, entry [t, p] = images of true class t predicted as p.
+    ``mode="soft"``: (N, N) float64, entry [t, p] = summed softmax probability of class p over the
+    images of true class t (each row sums to that class's image count; row-normalised by the
+    clustering, it is the mean softmax mass).
 
-    Distributed: ``loader`` holds this rank's shard and ``reduce`` sums the (N*N,) counts over the
+    Distributed: ``loader`` holds this rank's shard and ``reduce`` sums the (N*N,) matrix over the
     ranks, so every rank gets the matrix of the whole set."""
+    if mode not in CONFUSIONS:
+        raise MvmoeError(f"confusion {mode!r}: use one of {', '.join(CONFUSIONS)}")
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    counts = torch.zeros(num_classes * num_classes, dtype=torch.int64)
+    soft = mode == "soft"
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.float64 if soft else torch.int64)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     for images, labels in loader:
         with autocast:
             logits = model(images.to(device, non_blocking=True))  # (B, N)
-        pred = logits.float().argmax(dim=-1).cpu()
         labels = torch.as_tensor(labels).long().cpu()
-        counts += torch.bincount(labels * num_classes + pred, minlength=num_classes * num_classes)
+        if soft:
+            probs = logits.float().softmax(dim=-1).cpu().double()  # (B, N)
+            counts += torch.zeros(num_classes, num_classes, dtype=torch.float64).index_add_(0, labels, probs).flatten()
+        else:
+            pred = logits.float().argmax(dim=-1).cpu()
+            counts += torch.bincount(labels * num_classes + pred, minlength=num_classes * num_classes)
     model.train(was_training)
     if reduce is not None:
         counts = reduce(counts)
@@ -178,11 +194,11 @@ def superclass_names(class_names: list[str], class_to_superclass, confusion: np.
 
 def superclasses_from_model(model: torch.nn.Module, loader, class_names: list[str], num_superclasses: int, *,
                             seed: int = 0, device: str | torch.device = "cpu", source: str = "",
-                            method: str = "balanced", fit_on: dict | None = None) -> dict:
+                            method: str = "balanced", fit_on: dict | None = None, confusion: str = "counts") -> dict:
     """Confusion on ``loader`` (held-out data) -> clustering -> names, as the dict that
     ``save_superclasses`` writes. ``fit_on``: what the loader holds, e.g. {"split": "train-holdout",
-    "images": 144}."""
-    conf = confusion_matrix(model, loader, len(class_names), device)
+    "images": 144}; ``confusion``: "counts" or "soft" (``confusion_matrix``'s mode)."""
+    conf = confusion_matrix(model, loader, len(class_names), device, mode=confusion)
     return superclasses_from_confusion(conf, class_names, num_superclasses, seed=seed, source=source, method=method,
                                        fit_on=fit_on)
 
@@ -212,7 +228,9 @@ def make_superclasses(class_names: list[str], class_to_superclass, names: list[s
         "fit_on": fit_on,
     }
     if confusion is not None:
-        out["confusion"] = np.asarray(confusion).astype(int).tolist()
+        conf = np.asarray(confusion)
+        out["confusion"] = (conf.astype(int).tolist() if np.issubdtype(conf.dtype, np.integer)
+                            else np.round(conf.astype(np.float64), 4).tolist())  # soft: summed softmax mass
     return _validate(out, None, "<superclasses>")
 
 

@@ -38,6 +38,7 @@ PREPROCESS = {
     "synthetic": Preprocess("synthetic"),
     "shapes": Preprocess("shapes"),
     "shapes-disjoint": Preprocess("shapes-disjoint"),
+    "graded": Preprocess("graded"),
     "imagefolder": Preprocess("imagefolder", crop_ratio=EVAL_CROP_RATIO),
 }
 

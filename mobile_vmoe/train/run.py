@@ -278,13 +278,13 @@ def fit_superclasses(dense_path: Path, holdout, bundle, tcfg: TrainConfig, path:
                         pin_memory=torch.device(device).type == "cuda")
     conf = confusion_matrix(model.to(device), loader, len(bundle.class_names), device,
                             amp_dtype=amp_dtype_for(tcfg.amp, torch.device(device)),
-                            reduce=functools.partial(all_reduce_sum, info=info))
+                            reduce=functools.partial(all_reduce_sum, info=info), mode=tcfg.superclass_confusion)
     if info.is_main:
         found = superclasses_from_confusion(
             conf, bundle.class_names, num or tcfg.model.num_experts, seed=tcfg.seed, method=tcfg.superclass_clustering,
             source=f"confusion of {model.cfg.name} ({dense_path}) on a {bundle.name} train holdout",
             fit_on={"split": HOLDOUT_SPLIT, "images": len(holdout), "fraction": tcfg.superclass_holdout,
-                    "seed": tcfg.seed})
+                    "seed": tcfg.seed, "confusion": tcfg.superclass_confusion})
         save_superclasses(path, found)
         if not quiet:
             print("superclasses: " + "; ".join(found["names"]) + f" (sizes {found['sizes']}) -> {path}")
