@@ -367,8 +367,6 @@ class TrainConfig:
             p.append(f"moe_init={self.moe_init!r} must be one of {', '.join(MOE_INITS)}")
         if self.dense_stage not in DENSE_STAGES:
             p.append(f"dense_stage={self.dense_stage!r} must be one of {', '.join(DENSE_STAGES)}")
-        if self.dense_stage == "init" and not self.init:
-            p.append("dense_stage=init takes the dense stage from --init: give --init PATH")
         if self.distill not in ("soft", "hard"):
             p.append(f"distill={self.distill!r} must be soft or hard")
         if not 0.0 <= self.distill_weight <= 1.0:

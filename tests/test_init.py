@@ -337,3 +337,18 @@ def test_upcycle_without_a_dense_model_is_refused(tmp_path):
                                  "--out", str(tmp_path / "run")])
     assert r.exit_code == 1
     assert r.stderr.strip().startswith("error: moe_init=upcycle copies the experts from a dense model")
+
+
+def test_upcycling_recipe_starts_from_deit_tiny(tmp_path):
+    from mobile_vmoe.train.run import base_config, check_init, stage_inits, upcycles
+
+    torch.save(_timm("deit_tiny_patch16_224").state_dict(), tmp_path / "deit.pth")
+    tcfg = base_config(None, "imagenet-vmoe-12x192-p16-upcycle")
+    assert (tcfg.epochs, tcfg.moe_init, tcfg.dense_stage, tcfg.model.name) == (150, "upcycle", "init", "vmoe-12x192-p16")
+    with pytest.raises(MvmoeError, match="dense_stage=init takes the dense stage from --init"):
+        check_init(tcfg, "auto")
+    tcfg = tcfg.replace(init=str(tmp_path / "deit.pth"))
+    check_init(tcfg, "auto")  # DeiT-Tiny's weights fit the dense twin and, upcycled, the MoE
+    assert upcycles(tcfg)
+    assert stage_inits(tcfg, "auto", tmp_path / "run") == (str(tmp_path / "deit.pth"),
+                                                           str(tmp_path / "run" / "dense" / "model.pt"))

@@ -78,7 +78,7 @@ def print_recipes() -> None:
     for name in names():
         r = get_recipe(name)
         paper = f"{r.paper_top1:.2f}%" if r.paper_top1 is not None else "-"
-        typer.echo(f"{name:28s} model {r.model:16s} paper top-1 {paper:7s} {r.train['epochs']} epochs, "
+        typer.echo(f"{name:33s} model {r.model:16s} paper top-1 {paper:7s} {r.train['epochs']} epochs, "
                    f"global batch {r.train['batch_size']}")
 
 

@@ -134,6 +134,9 @@ def check_init(tcfg: TrainConfig, superclasses: str) -> None:
     if tcfg.model.is_moe and tcfg.moe_init == "upcycle" and not has_dense_stage(tcfg, superclasses) and not tcfg.init:
         raise MvmoeError("moe_init=upcycle copies the experts from a dense model: give --init DENSE_WEIGHTS "
                          "(or use --superclasses auto, whose dense stage it upcycles)")
+    if tcfg.dense_stage == "init" and not tcfg.init:
+        raise MvmoeError("dense_stage=init takes the dense stage from --init: give --init DENSE_WEIGHTS "
+                         "(e.g. DeiT-Tiny's state dict for the 12x192-p16 upcycling recipe)")
     if tcfg.dense_stage == "init" and not (has_dense_stage(tcfg, superclasses) and is_dense_weights(tcfg.init)):
         raise MvmoeError("dense_stage=init needs a per-image MoE with --superclasses auto and dense --init weights")
     if not tcfg.init:
