@@ -36,6 +36,9 @@ def train_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (same as --set seed=N)"),
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="distill from this checkpoint (any mvmoe model.pt "
                                            "on the same data); --set distill=soft|hard, distill_weight=W, distill_tau=T"),
+    init: Optional[Path] = typer.Option(None, "--init", help="start from these weights: an mvmoe model.pt / "
+                                        "model.safetensors, or a timm / DeiT / torchvision ViT state dict (.pth .pt .bin "
+                                        ".safetensors); an MoE preset given dense weights upcycles them"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or per-epoch lines"),
 ) -> None:
     """Train a (Mobile V-MoE) model. With no arguments: a small Mobile V-MoE on digits, dense
@@ -46,9 +49,11 @@ def train_cmd(
     settings = parse_overrides(set_)  # --set is parsed once, here
     if teacher is not None:
         settings["teacher"] = str(teacher.resolve())
+    if init is not None:
+        settings["init"] = str(init.resolve())
     if resume:
         refuse_with_resume(out, model=model, data=data, recipe=recipe, epochs=epochs, seed=seed,
-                           superclasses=superclasses, teacher=teacher)
+                           superclasses=superclasses, teacher=teacher, init=init)
         summary = resume_run(out, settings, quiet=quiet)
     else:
         tcfg, bundle = resolve(model, data or DEFAULT_DATA, settings, epochs=epochs, seed=seed, recipe=recipe, out=out)
@@ -73,7 +78,7 @@ def print_recipes() -> None:
     for name in names():
         r = get_recipe(name)
         paper = f"{r.paper_top1:.2f}%" if r.paper_top1 is not None else "-"
-        typer.echo(f"{name:28s} model {r.model:16s} paper top-1 {paper:7s} {r.train['epochs']} epochs, "
+        typer.echo(f"{name:33s} model {r.model:16s} paper top-1 {paper:7s} {r.train['epochs']} epochs, "
                    f"global batch {r.train['batch_size']}")
 
 

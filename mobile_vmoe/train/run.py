@@ -42,11 +42,13 @@ from ..data.holdout import HOLDOUT_SPLIT, split_for_superclasses
 from ..data.superclasses import confusion_matrix, load_superclasses, save_superclasses, superclasses_from_confusion
 from ..errors import MvmoeError
 from ..fileio import atomic_write_json, file_sha256, read_json_object
+from ..models import MobileVMoE
 from ..models.registry import dense_twin, get_config, is_grid_name, model_name
+from ..models.weights import fit_state, is_dense_weights, read_weights
 from ..provenance import provenance
 from .distill import load_teacher
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, setup_distributed, shard
-from .loop import amp_dtype_for, fit
+from .loop import adopt, amp_dtype_for, finished_summary, fit
 from .recipes import get_recipe
 
 # The embedded default: `mvmoe train` with no arguments (see docs/training.md for why).
@@ -95,7 +97,55 @@ def resolve(model: str | ModelConfig | None = None, data: str = DEFAULT_DATA, se
     check_out_free(out)
     bundle = build_data(data, model_keys.get("img_size"), augment=tcfg.augment, seed=tcfg.seed,
                         index_cache=index_cache(out))
+    if "gate" not in model_keys and upcycles(tcfg):
+        model_keys["gate"] = "unit"  # the upcycled MoE starts as the dense model (models/routing.topk_gates)
     return tcfg.replace(model=adapt_to_data(tcfg.model, bundle, model_keys)), bundle
+
+
+def upcycles(tcfg: TrainConfig) -> bool:
+    """True when the MoE stage starts from dense weights: ``moe_init=upcycle``, or ``--init`` of a
+    dense model given to an MoE preset."""
+    if not tcfg.model.is_moe:
+        return False
+    return tcfg.moe_init == "upcycle" or (bool(tcfg.init) and is_dense_weights(tcfg.init))
+
+
+def has_dense_stage(tcfg: TrainConfig, superclasses: str) -> bool:
+    """The recipe's dense twin runs first (per-image MoE, ``--superclasses auto``)."""
+    return tcfg.model.is_per_image and superclasses == "auto"
+
+
+def stage_inits(tcfg: TrainConfig, superclasses: str, out: Path) -> tuple[str | None, str | None]:
+    """(weights the dense stage starts from, weights the main stage starts from), None = random.
+
+    Dense stage: ``--init`` when it is a dense model. Main stage: with ``moe_init=upcycle`` the
+    dense stage's model.pt (or ``--init`` when there is no dense stage); otherwise ``--init`` (a
+    dense one upcycled into an MoE)."""
+    init = tcfg.init or None
+    dense_init = init if init and has_dense_stage(tcfg, superclasses) and is_dense_weights(init) else None
+    main = init
+    if tcfg.model.is_moe and tcfg.moe_init == "upcycle" and has_dense_stage(tcfg, superclasses):
+        main = str(out / "dense" / "model.pt")
+    return dense_init, main
+
+
+def check_init(tcfg: TrainConfig, superclasses: str) -> None:
+    """Fail before any work when the start weights cannot fit the models that will load them."""
+    if tcfg.model.is_moe and tcfg.moe_init == "upcycle" and not has_dense_stage(tcfg, superclasses) and not tcfg.init:
+        raise MvmoeError("moe_init=upcycle copies the experts from a dense model: give --init DENSE_WEIGHTS "
+                         "(or use --superclasses auto, whose dense stage it upcycles)")
+    if tcfg.dense_stage == "init" and not tcfg.init:
+        raise MvmoeError("dense_stage=init takes the dense stage from --init: give --init DENSE_WEIGHTS "
+                         "(e.g. DeiT-Tiny's state dict for the 12x192-p16 upcycling recipe)")
+    if tcfg.dense_stage == "init" and not (has_dense_stage(tcfg, superclasses) and is_dense_weights(tcfg.init)):
+        raise MvmoeError("dense_stage=init needs a per-image MoE with --superclasses auto and dense --init weights")
+    if not tcfg.init:
+        return
+    dense_init, main = stage_inits(tcfg, superclasses, Path("."))
+    if dense_init:
+        fit_state(read_weights(dense_init).state, MobileVMoE(dense_twin(tcfg.model)))
+    if main == tcfg.init:
+        fit_state(read_weights(main).state, MobileVMoE(tcfg.model))
 
 
 def check_out_free(out: str | Path | None) -> None:
@@ -151,6 +201,7 @@ def check_run(tcfg: TrainConfig, bundle, superclasses: str, out: Path) -> None:
         raise MvmoeError(f"--out {out} is a file, not a directory")
     if tcfg.teacher:
         load_teacher(tcfg.teacher, bundle)  # a missing or unfitting teacher fails before training
+    check_init(tcfg, superclasses)
 
 
 def default_out_dir(model_name: str, data: str) -> Path:
@@ -180,6 +231,8 @@ def train(tcfg: TrainConfig, bundle, out_dir: str | Path | None = None, *, super
                    "lr": {"per_512": tcfg.lr, "global_batch": tcfg.global_batch, "effective": tcfg.effective_lr}}
             if tcfg.teacher:
                 run["teacher_sha256"] = file_sha256(tcfg.teacher)
+            if tcfg.init:
+                run["init_sha256"] = file_sha256(tcfg.init)
             atomic_write_json(out / "run.json", run)
         barrier(info)
         return run_stages(tcfg, bundle, out, str(superclasses), info, resume=False, quiet=quiet)
@@ -207,6 +260,7 @@ def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet
     bundle = build_data(run["data"], tcfg.model.img_size, augment=tcfg.augment, seed=tcfg.seed,
                         index_cache=index_cache(out))
     check_teacher_unchanged(tcfg, run)
+    check_init_unchanged(tcfg, run, out)
     info = setup_distributed(tcfg.dist_timeout_min)
     lock = None
     try:
@@ -227,6 +281,17 @@ def check_teacher_unchanged(tcfg: TrainConfig, run: dict) -> None:
         raise MvmoeError(f"the run's teacher {tcfg.teacher} changed since the run started; cannot resume exactly")
 
 
+def check_init_unchanged(tcfg: TrainConfig, run: dict, out: Path) -> None:
+    """A resumed run whose stages have not all started reads ``--init`` again: it must be the file
+    the run started with."""
+    if not tcfg.init or (out / "last.pt").exists():  # the main stage started: --init is not read again
+        return
+    if not Path(tcfg.init).is_file():
+        raise MvmoeError(f"the run's --init {tcfg.init} is gone; it is needed to resume")
+    if run.get("init_sha256") and file_sha256(tcfg.init) != run["init_sha256"]:
+        raise MvmoeError(f"the run's --init {tcfg.init} changed since the run started; cannot resume exactly")
+
+
 def run_stages(tcfg: TrainConfig, bundle, out: Path, superclasses: str, info: DistInfo, *, resume: bool,
                quiet: bool) -> dict:
     """Stages 1-2 when the run needs them, then the model itself."""
@@ -236,8 +301,12 @@ def run_stages(tcfg: TrainConfig, bundle, out: Path, superclasses: str, info: Di
         sc, extra = superclass_stage(tcfg, bundle, out, superclasses, info, resume, quiet)
         if sc is None:  # the dense stage was stopped early
             return {**extra, "run_dir": str(out)}
+    _, init = stage_inits(tcfg, superclasses, out)
+    if init is not None and not quiet and info.is_main and not (resume and (out / "last.pt").exists()):
+        what = "upcycled from" if upcycles(tcfg) and tcfg.model.is_moe else "starting from"
+        print(f"{'moe' if tcfg.model.is_moe else 'dense'}: {what} {init}")
     summary = fit(tcfg, bundle, out, superclasses=sc, dist_info=info, resume=resume, quiet=quiet,
-                  stage="moe" if tcfg.model.is_moe else "dense", extra_summary=extra)
+                  stage="moe" if tcfg.model.is_moe else "dense", extra_summary=extra, init=init)
     return {**summary, "run_dir": str(out)} if summary.get("stopped") else summary
 
 
@@ -248,9 +317,15 @@ def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, in
         return load_superclasses(superclasses, bundle.class_names), {"superclasses_file": str(superclasses)}
     path = out / "superclasses.json"
     dense_model = dense_twin(tcfg.model)
-    dense_tcfg = tcfg.replace(model=dense_model, epochs=tcfg.dense_epochs or tcfg.epochs, teacher="")
+    dense_tcfg = tcfg.replace(model=dense_model.replace(gate="prob"), epochs=tcfg.dense_epochs or tcfg.epochs,
+                              teacher="", moe_init="scratch")
     rest, holdout = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
-    dense = fit(dense_tcfg, rest, out / "dense", dist_info=info, resume=resume, quiet=quiet, stage="dense")
+    dense_init, _ = stage_inits(tcfg, superclasses, out)
+    if tcfg.dense_stage == "init":
+        dense = adopt_dense(dense_tcfg, rest, out / "dense", info, quiet)
+    else:
+        dense = fit(dense_tcfg, rest, out / "dense", dist_info=info, resume=resume, quiet=quiet, stage="dense",
+                    init=dense_init)
     if dense.get("stopped"):
         return None, dense
     if not (resume and path.exists()):
@@ -263,6 +338,14 @@ def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, in
 
         extra["superclass_ari"] = float(adjusted_rand_score(bundle.planted_superclasses, sc["class_to_superclass"]))
     return sc, extra
+
+
+def adopt_dense(dense_tcfg: TrainConfig, rest, out: Path, info: DistInfo, quiet: bool) -> dict:
+    """``dense_stage=init``: the ``--init`` weights are the dense stage, untrained here: evaluated and
+    written as out/model.pt (+ model.safetensors, summary.json) as a trained dense stage leaves them."""
+    if (out / "summary.json").exists():
+        return finished_summary(out)
+    return adopt(dense_tcfg, rest, out, dense_tcfg.init, dist_info=info, quiet=quiet, stage="dense")
 
 
 def fit_superclasses(dense_path: Path, holdout, bundle, tcfg: TrainConfig, path: Path, device, quiet: bool,
