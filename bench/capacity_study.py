@@ -51,8 +51,9 @@ PROTOCOL, fixed before any run (the constants below hold it; OUT/results.json re
                      with CE + 0.3 router CE (the step-3 method)
     moe-e2e          router end to end (importance + Switch balancing loss)
     moe-sc-upcycled  moe-sc with ``moe_init=upcycle``: every expert starts as a copy of the dense
-                     stage's MLP, the router new (the dense stage trains again in this arm's
-                     folder: the same seed, data and settings as moe-sc's)
+                     stage's MLP, the router new, ``gate=unit`` (the trainer's default for an
+                     upcycled MoE: it starts as the dense model); the dense stage trains again in
+                     this arm's folder with the same seed, data and settings as moe-sc's
     dense-long       the dense twin trained for the epochs that match moe-sc-upcycled's total
                      training compute (dense stage + MoE stage): round(EPOCHS x (1 - holdout +
                      MoE MACs / dense MACs))

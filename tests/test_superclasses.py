@@ -51,20 +51,20 @@ class LogitModel(torch.nn.Module):
 
 
 def test_soft_confusion_sums_softmax_mass_per_true_class():
-    # logits ln(p): softmax gives p back. Class 0: [.5 .5 0], [.7 .1 .2]; class 1: [.2 .6 .2]
-    probs = torch.tensor([[0.5, 0.5, 1e-12], [0.7, 0.1, 0.2], [0.2, 0.6, 0.2]])
+    # logits ln(p): softmax gives p back. Class 0: [.6 .4 0], [.7 .1 .2]; class 1: [.2 .6 .2]
+    probs = torch.tensor([[0.6, 0.4, 1e-12], [0.7, 0.1, 0.2], [0.2, 0.6, 0.2]])
     images = torch.zeros(3, 3, 1, 3)
     images[:, 0, 0, :] = probs.log()
     labels = torch.tensor([0, 0, 1])
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=2)
     soft = confusion_matrix(LogitModel(3), loader, 3, mode="soft")
     assert soft.dtype == np.float64
-    np.testing.assert_allclose(soft, [[1.2, 0.6, 0.2], [0.2, 0.6, 0.2], [0, 0, 0]], rtol=1e-6, atol=1e-6)  # float32 softmax
-    assert confusion_matrix(LogitModel(3), loader, 3).tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 0]]  # argmax
+    np.testing.assert_allclose(soft, [[1.3, 0.5, 0.2], [0.2, 0.6, 0.2], [0, 0, 0]], rtol=1e-6, atol=1e-6)  # float32 softmax
+    assert confusion_matrix(LogitModel(3), loader, 3).tolist() == [[2, 0, 0], [0, 1, 0], [0, 0, 0]]  # argmax
     with pytest.raises(MvmoeError, match="confusion 'hard'"):
         confusion_matrix(LogitModel(3), loader, 3, mode="hard")
     sc = make_superclasses(["a", "b", "c"], [0, 0, 1], confusion=soft)  # floats kept (4 decimals)
-    assert sc["confusion"][0] == [1.2, 0.6, 0.2]
+    assert sc["confusion"][0] == [1.3, 0.5, 0.2]
 
 
 def test_affinity_is_row_normalised_symmetrised_off_diagonal():
