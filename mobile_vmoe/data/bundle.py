@@ -14,7 +14,7 @@ from ..errors import MvmoeError
 class Preprocess:
     """How a dataset's eval images reach the model: the policy an exported model's app must repeat.
 
-    kind: digits | synthetic | shapes | shapes-disjoint | imagefolder.
+    kind: digits | synthetic | shapes | shapes-disjoint | graded | imagefolder.
     crop_ratio: 1.0 = images stored at the model size S, fed uncropped; r < 1 = the eval transform
     resizes the short side to int(S / r) and centre-crops S (ImageFolder: 0.875).
     polarity: "light-on-dark" when strokes are light on a dark ground (digits), else None.
