@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import capacity_study as cs  # noqa: E402
 import study_stats as st  # noqa: E402
 
+from mobile_vmoe.errors import MvmoeError  # noqa: E402
+
 
 def _cmp(arm, ref, diffs, ref_top1=50.0):
     return {"arm": arm, "ref": ref, "ref_top1": ref_top1, **st.paired(diffs, min_gain=0.0)}
@@ -88,6 +90,17 @@ def test_calibration_bisects_towards_the_band(monkeypatch, tmp_path):
     res = {"runs": []}
     cs.calibrate(_Args(), tmp_path, res, lambda: None, {})
     assert not res["calibration"]["in_band"] and len(res["calibration"]["tried"]) == 6
+
+
+def test_study_stops_before_its_arms_when_the_calibration_misses(monkeypatch, tmp_path):
+    monkeypatch.setattr(cs, "run_holdout_dense", _fake_dense(lambda lv, lr: 95.0))
+    args = ["--data", "graded:12:3:10", "--sizes", "3x16", "--seeds", "2", "--epochs", "2", "--jobs", "1",
+            "--no-probe", "--out", str(tmp_path)]
+    with pytest.raises(MvmoeError, match="calibration missed the band"):
+        cs.main(args)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert not res["calibration"]["in_band"] and len(res["calibration"]["tried"]) == 6
+    assert "1-calibration" in res["steps"] and "4-arms" not in res["steps"]
 
 
 def test_lr_grid_extends_at_its_edge(monkeypatch, tmp_path):
