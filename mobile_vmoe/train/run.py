@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from .. import runlock
+from .. import pins, runlock
 from ..checkpoint import model_from_checkpoint
 from ..config import ModelConfig, TrainConfig, field_names
 from ..data import build_data
@@ -233,7 +233,7 @@ def train(tcfg: TrainConfig, bundle, out_dir: str | Path | None = None, *, super
                 run["teacher_sha256"] = file_sha256(tcfg.teacher)
             if tcfg.init:
                 run["init_sha256"] = file_sha256(tcfg.init)
-            atomic_write_json(out / "run.json", run)
+            atomic_write_json(out / "run.json", pins.pin_new_run(run, out, str(superclasses), RESUMABLE_KEYS))
         barrier(info)
         return run_stages(tcfg, bundle, out, str(superclasses), info, resume=False, quiet=quiet)
     finally:
@@ -248,6 +248,7 @@ def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet
     if not (out / "run.json").is_file():
         raise MvmoeError(f"nothing to resume in {out}: no run.json there (is it the run's top folder?)")
     run = read_json_object(out / "run.json")
+    pins.verify_settings(out, run, RESUMABLE_KEYS)  # a hand-edited run.json is refused, naming it
     blocked = sorted(set(settings or {}) - set(RESUMABLE_KEYS))
     if blocked:
         raise MvmoeError(f"--resume keeps the run's settings; cannot change {', '.join(blocked)} "
@@ -259,6 +260,7 @@ def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet
     check_out_free(out)
     bundle = build_data(run["data"], tcfg.model.img_size, augment=tcfg.augment, seed=tcfg.seed,
                         index_cache=index_cache(out))
+    pins.verify(out, "data_index")
     check_teacher_unchanged(tcfg, run)
     check_init_unchanged(tcfg, run, out)
     info = setup_distributed(tcfg.dist_timeout_min)
@@ -314,6 +316,7 @@ def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, in
                      quiet: bool) -> tuple[dict | None, dict]:
     """Stages 1-2 (or a given file): -> (superclasses dict, extra summary keys)."""
     if superclasses != "auto":
+        pins.verify_or_pin(out, "superclasses", superclasses, is_main=info.is_main)
         return load_superclasses(superclasses, bundle.class_names), {"superclasses_file": str(superclasses)}
     path = out / "superclasses.json"
     dense_model = dense_twin(tcfg.model)
@@ -328,8 +331,14 @@ def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, in
                     init=dense_init)
     if dense.get("stopped"):
         return None, dense
-    if not (resume and path.exists()):
+    pins.verify_or_pin(out, "dense_checkpoint", out / "dense" / "model.pt", is_main=info.is_main)
+    if resume and path.exists():
+        pins.verify_or_pin(out, "superclasses", path, is_main=info.is_main)
+    else:
         fit_superclasses(out / "dense" / "model.pt", holdout, bundle, tcfg, path, info.device, quiet, info=info)
+        if info.is_main:
+            pins.pin(out, "superclasses", path)
+        barrier(info)
     sc = load_superclasses(path, bundle.class_names)
     extra = {"superclasses_file": str(path), "superclass_sizes": sc.get("sizes"), "dense": {k: dense.get(k) for k in
                                                      ("model", "top1", "top5", "macs", "params", "epochs", "checkpoint")}}
