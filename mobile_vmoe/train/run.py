@@ -27,6 +27,7 @@ import functools
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -163,22 +164,41 @@ def index_cache(out: str | Path | None) -> Path | None:
 def adapt_to_data(cfg: ModelConfig, bundle, model_overrides: dict[str, Any]) -> ModelConfig:
     """The preset made to fit the data: img_size, num_classes, in_chans from the bundle.
 
-    Small images (<= 64 px: digits, synthetic) get patch_size = img_size // 4 unless set, i.e.
+    Small images (<= 64 px: digits, synthetic) get patch_size = img_size // 4 unless set (the
+    largest divisor of img_size up to that when it does not divide; ``pick_patch``), i.e.
     a 4 x 4 grid of 16 tokens (a 32-px image with the preset's patch 32 would be one token; 16 is
     the token count of the paper's 224-px p32 models, 49, within a factor of 3 and keeps a CPU run
     to minutes). Preset-style names are rewritten to say what was built: vmoe-6x64-p8-e5.
     """
     changes: dict[str, Any] = dict(model_overrides)
     changes.update(img_size=bundle.img_size, num_classes=bundle.num_classes, in_chans=bundle.in_chans)
-    if "patch_size" not in model_overrides and bundle.img_size <= 64 and bundle.img_size != cfg.img_size:
-        changes["patch_size"] = max(1, bundle.img_size // 4)
-    patch = changes.get("patch_size", cfg.patch_size)
-    if bundle.img_size % patch:
-        raise MvmoeError(f"img_size={bundle.img_size} is not divisible by patch_size={patch}: set --set patch_size=N")
+    changes["patch_size"] = pick_patch(cfg, bundle.img_size, model_overrides.get("patch_size"))
     new = cfg.replace(**changes)
     if "name" not in model_overrides and is_grid_name(cfg.name):
         new = new.replace(name=model_name(new))
     return new
+
+
+def pick_patch(cfg: ModelConfig, img_size: int, given: int | None) -> int:
+    """The patch size for ``img_size``: the one given with --set; else, for small images (<= 64 px)
+    that the preset was not made for, the largest divisor of img_size up to img_size // 4 (a grid of
+    at least 4 x 4), said in one warning line; else the preset's. A patch that does not divide the
+    image is refused, saying where it came from and which sizes would fit."""
+    if given is not None:
+        patch, origin = given, "set with --set"
+    elif img_size <= 64 and img_size != cfg.img_size:
+        patch = max(d for d in range(1, max(1, img_size // 4) + 1) if img_size % d == 0)
+        warnings.warn(f"patch_size {patch} instead of {cfg.name}'s {cfg.patch_size}: {img_size}-px images get a "
+                      f"{img_size // patch} x {img_size // patch} grid of patches (set --set patch_size=N to choose)",
+                      stacklevel=3)
+        return patch
+    else:
+        patch, origin = cfg.patch_size, f"{cfg.name}'s patch"
+    if img_size % patch:
+        fits = [d for d in range(2, img_size // 2 + 1) if img_size % d == 0][-4:] or [1]
+        raise MvmoeError(f"img_size={img_size} is not divisible by patch_size={patch} ({origin}): set --set "
+                         f"patch_size=N with N dividing {img_size}, e.g. {', '.join(map(str, fits))}")
+    return patch
 
 
 def check_run(tcfg: TrainConfig, bundle, superclasses: str, out: Path) -> None:
