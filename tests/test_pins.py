@@ -105,6 +105,7 @@ def run_copy(stopped_moe_run, tmp_path):
     return out
 
 
+@pytest.mark.slow
 def test_resume_refuses_an_edited_superclasses_file(run_copy):
     path = run_copy / "superclasses.json"
     sc = json.loads(path.read_text())
@@ -115,6 +116,7 @@ def test_resume_refuses_an_edited_superclasses_file(run_copy):
     assert not (run_copy / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_hand_edited_run_json_but_takes_resumable_keys(run_copy):
     path = run_copy / "run.json"
     original = path.read_text()
@@ -133,6 +135,7 @@ def test_resume_refuses_a_hand_edited_run_json_but_takes_resumable_keys(run_copy
     assert code == 0 and "stopped at epoch 1 (step 13)" in stdout, err
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_replaced_dense_checkpoint(run_copy):
     ck = torch.load(run_copy / "dense" / "model.pt", weights_only=False)
     ck["epoch"] = ck.get("epoch", 0)  # same content, saved again: other bytes are enough to refuse
@@ -141,6 +144,7 @@ def test_resume_refuses_a_replaced_dense_checkpoint(run_copy):
     one_line_error(code, err, "dense/model.pt", "dense stage's checkpoint")
 
 
+@pytest.mark.slow
 def test_data_index_pinned_and_a_changed_dataset_refused(tmp_path):
     data = write_imagefolder(tmp_path / "data", num_classes=4, num_superclasses=2, img_size=16,
                              train_per_class=8, val_per_class=2)
