@@ -134,7 +134,8 @@ def pinned(out: str | os.PathLike, role: str) -> dict | None:
 
 def _changed(out: Path, role: str, shown: str, want: str, got: str | None) -> MvmoeError:
     what = "is gone" if got is None else f"changed since the run pinned it (sha256 {want[:12]}… now {got[:12]}…)"
-    return MvmoeError(f"{shown} in {out}: {DESCRIBE[role]} {what}; {HINT[role]}")
+    return MvmoeError(f"{shown} in {out}: {DESCRIBE.get(role, f'the {role} file')} {what}; "
+                      f"{HINT.get(role, 'put it back or start a new --out')}")
 
 
 def verify(out: str | os.PathLike, role: str, path: str | os.PathLike | None = None) -> None:

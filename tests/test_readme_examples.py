@@ -63,7 +63,7 @@ def test_every_readme_command_parses(args):
     assert ctx.params is not None
 
 
-TINY = ["--epochs", "1", "--set", "dense_epochs=1", "--set", "depth=2", "--set", "threads=2"]
+TINY = ["--epochs", "1", "--set", "dense_epochs=1", "--set", "depth=3", "--set", "threads=2"]
 
 
 @pytest.mark.slow
