@@ -280,7 +280,7 @@ def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet
     check_out_free(out)
     bundle = build_data(run["data"], tcfg.model.img_size, augment=tcfg.augment, seed=tcfg.seed,
                         index_cache=index_cache(out))
-    pins.verify(out, "data_index")
+    pins.verify_or_pin(out, "data_index", index_cache(out), is_main=int(os.environ.get("RANK", "0")) == 0)
     check_teacher_unchanged(tcfg, run)
     check_init_unchanged(tcfg, run, out)
     info = setup_distributed(tcfg.dist_timeout_min)
