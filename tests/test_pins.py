@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import mvmoe
 from helpers import write_imagefolder
-from mobile_vmoe import pins
+from mobile_vmoe.train import pins
 from mobile_vmoe.data.index import FolderIndex, save_indexes
 
 TINY = ["--set", "img_size=16", "--set", "depth=2", "--set", "width=32", "--set", "heads=2",

@@ -37,20 +37,27 @@ def test_patch_for_small_images_is_said_and_derived_so_it_divides():
     from mobile_vmoe.train.run import pick_patch
 
     cfg = get_config("vmoe-6x64-p32")
-    with pytest.warns(UserWarning, match=r"patch_size 8 instead of vmoe-6x64-p32's 32: 32-px images get a 4 x 4 grid"):
-        assert pick_patch(cfg, 32, None) == 8
+    patch, note = pick_patch(cfg, 32, None)
+    assert patch == 8 and note.startswith("patch_size 8 instead of vmoe-6x64-p32's 32: 32-px images get a 4 x 4 grid")
     # 30 px: 30 // 4 = 7 does not divide 30; the largest divisor up to 7 is 6 (a 5 x 5 grid)
-    with pytest.warns(UserWarning, match=r"patch_size 6 .* 30-px images get a 5 x 5 grid"):
-        assert pick_patch(cfg, 30, None) == 6
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # nothing derived: no line
-        assert pick_patch(cfg, 30, 5) == 5
-        assert pick_patch(cfg.replace(img_size=224), 224, None) == 32
+    patch, note = pick_patch(cfg, 30, None)
+    assert patch == 6 and "30-px images get a 5 x 5 grid" in note
+    assert pick_patch(cfg, 30, 5) == (5, None)  # nothing derived: no line
+    assert pick_patch(cfg.replace(img_size=224), 224, None) == (32, None)
     with pytest.raises(MvmoeError, match=r"img_size=30 is not divisible by patch_size=7 \(set with --set\): set --set "
                                          r"patch_size=N with N dividing 30, e\.g\. 5, 6, 10, 15"):
         pick_patch(cfg, 30, 7)
     with pytest.raises(MvmoeError, match=r"img_size=100 is not divisible by patch_size=32 \(vmoe-6x64-p32's patch\)"):
         pick_patch(cfg, 100, None)
+
+
+def test_the_derived_patch_is_said_once_the_run_goes_ahead_and_not_before_an_error(tmp_path):
+    common = ["train", "--data", "synthetic:4:2", "--set", "img_size=16", "--set", "num_experts=2", "-q"]
+    code, _, err = mvmoe(*common, "--set", "num_experts=6", "--out", tmp_path / "a")
+    one_line_error(code, err, "6 experts")
+    assert "warning" not in err  # the error alone
+    code, _, err = mvmoe(*common, "--superclasses", "none", "--set", "stop_after_steps=1", "--out", tmp_path / "b")
+    assert code == 0 and "warning: patch_size 4 instead of vmoe-6x64-p32's 32: 16-px images get a 4 x 4 grid" in err
 
 
 def test_profile_memory_defaults_to_a_loader_the_runtime_has_and_wants_images(tmp_path):

@@ -31,8 +31,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import MvmoeError
-from .fileio import atomic_write_json, file_sha256, read_json_object
+from ..data.index import load_indexes
+from ..errors import MvmoeError
+from ..fileio import atomic_write_json, file_sha256, read_json_object
 
 PINS_KEY = "pins"
 UNPINNED_RUN_KEYS = (PINS_KEY, "provenance", "lr")
@@ -60,8 +61,6 @@ def settings_digest(run: dict[str, Any], resumable: Iterable[str]) -> str:
 
 def index_digest(path: str | os.PathLike) -> str | None:
     """sha256 of a data index's content (mobile_vmoe.data.index .npz), or None when it cannot be read."""
-    from .data.index import load_indexes
-
     indexes = load_indexes(path)
     if indexes is None:
         return None
