@@ -107,6 +107,8 @@ def flops_cmd(
     else:
         cfg = config_from_checkpoint(load_checkpoint(checkpoint))
         cfg = cfg.replace(**overrides) if overrides else cfg
+    if not as_json:  # the count takes a while on a busy CPU: say what is running (--json output stays one object)
+        typer.echo(f"counting the MACs of {cfg.name} at {cfg.img_size} px: one forward pass on the CPU…", err=True)
     report = profile_flops(MobileVMoE(cfg), dispatch=dispatch or "gather")
     d = report.to_dict()
     if artifact is not None:

@@ -101,8 +101,9 @@ def ingest_cmd(
 @profile_app.command("memory")
 def memory_cmd(
     artifact: Path = typer.Argument(..., help="an exported .pte / .tflite / .onnx, or a split artifact"),
-    loader: str = typer.Option("mmap", help="mmap (the runtime maps the file) | file (read whole into memory)"),
-    images: int = typer.Option(20, help="batch-1 runs after loading (seeded noise, one per image)"),
+    loader: Optional[str] = typer.Option(None, help="mmap (the runtime maps the file) | file (read whole into "
+                                         "memory); default: mmap where the runtime maps files, else file (ONNX Runtime)"),
+    images: int = typer.Option(20, help="batch-1 runs after loading (seeded noise, one per image; at least 1)"),
     threads: Optional[int] = typer.Option(None, help="CPU threads of the runtime"),
     max_tails: int = typer.Option(1, help="split artifacts: expert tails kept loaded (LRU)"),
     out: Optional[Path] = typer.Option(None, help="also write the JSON here (for `mvmoe report --memory`)"),

@@ -78,8 +78,13 @@ def print_recipes() -> None:
     for name in names():
         r = get_recipe(name)
         paper = f"{r.paper_top1:.2f}%" if r.paper_top1 is not None else "-"
-        typer.echo(f"{name:33s} model {r.model:16s} paper top-1 {paper:7s} {r.train['epochs']} epochs, "
+        typer.echo(f"{name:33s} model {r.model:16s} paper top-1 {paper:7s} {epochs_text(r.train['epochs'])}, "
                    f"global batch {r.train['batch_size']}")
+
+
+def epochs_text(n) -> str:
+    """'1 epoch', '20 epochs', '? epochs'."""
+    return "1 epoch" if n == 1 else f"{'?' if n is None else n} epochs"
 
 
 def print_summary(summary: dict) -> None:
@@ -92,7 +97,7 @@ def print_summary(summary: dict) -> None:
     if summary.get("router_superclass_top1") is not None:
         parts.append(f"router superclass top-1 {summary['router_superclass_top1']:.2f}%")
     if summary.get("dense"):
-        parts.append(f"dense twin ({summary['dense'].get('epochs', '?')} epochs, superclass source) "
+        parts.append(f"dense twin ({epochs_text(summary['dense'].get('epochs'))}, superclass source) "
                      f"top-1 {summary['dense']['top1']:.2f}%")
     typer.echo(", ".join(parts))
     typer.echo(f"{summary['macs'] / 1e6:.2f}M MACs/image, {summary['active_params'] / 1e6:.3f}M of "

@@ -29,7 +29,7 @@ from ..errors import MvmoeError
 from .bundle import DataBundle, check_classes
 from .decode import to_rgb8
 from .imagenet_val import find_label_files, label_flat_files, val_labels
-from .index import IMG_EXTENSIONS, FolderIndex, is_image_file, list_folder, load_or_build, scan_classes  # noqa: F401
+from .index import IMG_EXTENSIONS, FolderIndex, is_image_file, list_folder, load_or_build, nested_images, scan_classes  # noqa: F401
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -176,6 +176,11 @@ def build_imagefolder(path: str | os.PathLike, img_size: int | None = None, augm
         return {"train": train, "val": scan_split(root, "val", train.classes)}
 
     ix = load_or_build(index_cache, scan, folders={s: str(root / s) for s in ("train", "val")})
+    nested = {s: nested_images(ix[s]) for s in ("train", "val")}
+    if any(nested.values()):
+        warnings.warn(f"{root}: " + ", ".join(f"{n} of {len(ix[s])} {s} images" for s, n in nested.items() if n)
+                      + " are in subfolders of their class folders; they are included in that class, as torchvision's "
+                      "ImageFolder includes them", stacklevel=2)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     train = ImageFolderDataset(ix["train"], folder_train_transform(img_size, augment), where=str(root / "train"),
                                max_bad_fraction=max_bad_fraction)
@@ -184,6 +189,7 @@ def build_imagefolder(path: str | os.PathLike, img_size: int | None = None, augm
     return DataBundle(
         name=root.resolve().name, train=train, val=val, class_names=ix["train"].classes, img_size=img_size,
         in_chans=3, mean=mean, std=std, preprocess=PREPROCESS["imagefolder"], planted_superclasses=None,
-        stats={"root": str(root.resolve()), "train_images": len(train), "val_images": len(val)},
+        stats={"root": str(root.resolve()), "train_images": len(train), "val_images": len(val),
+               "images_in_class_subfolders": nested},
         train_erasing=device_erasing(augment),
     )
