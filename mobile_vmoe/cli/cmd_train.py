@@ -8,18 +8,12 @@ from typing import Optional
 
 import typer
 
-from ..checkpoint import model_from_checkpoint
-from ..config import TrainConfig, parse_overrides
-from ..data import build_data
-from ..data.holdout import split_for_superclasses
+from ..config import parse_overrides
 from ..errors import MvmoeError
 from ..fileio import to_json
-from ..train import DEFAULT_DATA, resolve, train
-from ..train import resume as resume_run
-from ..train.recipes import get_recipe
-from ..train.recipes import list_recipes as names
-from ..train.run import fit_superclasses
 from . import app
+
+# torch, the data and the trainer are imported inside the commands: `--help` stays fast
 
 
 @app.command("train")
@@ -43,6 +37,9 @@ def train_cmd(
     if list_recipes:
         print_recipes()
         return
+    from ..train import DEFAULT_DATA, resolve, train
+    from ..train import resume as resume_run
+
     settings = parse_overrides(set_)  # --set is parsed once, here
     if teacher is not None:
         settings["teacher"] = str(teacher.resolve())
@@ -70,6 +67,9 @@ def refuse_with_resume(out: Optional[Path], **given) -> None:
 
 
 def print_recipes() -> None:
+    from ..train.recipes import get_recipe
+    from ..train.recipes import list_recipes as names
+
     for name in names():
         r = get_recipe(name)
         paper = f"{r.paper_top1:.2f}%" if r.paper_top1 is not None else "-"
@@ -111,6 +111,12 @@ def superclasses_cmd(
     """Cluster classes into superclasses from a dense model's confusion matrix on a stratified
     holdout of the training split (the model must not have trained on it: `mvmoe train`'s dense
     stage leaves it out). The evaluation split is never used."""
+    from ..checkpoint import model_from_checkpoint
+    from ..config import TrainConfig
+    from ..data import build_data
+    from ..data.holdout import split_for_superclasses
+    from ..train.run import fit_superclasses
+
     model, ck = model_from_checkpoint(checkpoint)
     if model.cfg.is_moe:  # superclasses come from a model that never saw the holdout
         raise MvmoeError(f"{checkpoint} is an MoE ({model.cfg.name}), trained on the whole training split including "
