@@ -301,6 +301,7 @@ class TrainConfig:
     superclass_holdout: float = 0.1  # --superclasses auto: stratified share of train the confusion is fit on
     superclass_clustering: str = "balanced"  # balanced (equal-size superclasses) | spectral
     teacher: str = ""  # a checkpoint this project wrote: distill from it (--teacher); "" = no teacher
+    class_names: str = ""  # ImageFolder: a file with one human name per class folder (--class-names); "" = found or none
     distill: str = "soft"  # soft (KL at distill_tau) | hard (CE on the teacher's argmax, DeiT)
     distill_weight: float = 0.5  # loss = (1 - w) CE + w distillation
     distill_tau: float = 1.0  # soft distillation temperature

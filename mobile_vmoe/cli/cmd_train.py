@@ -31,6 +31,9 @@ def train_cmd(
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="distill from this checkpoint (any mvmoe model.pt "
                                            "on the same data); --set distill=soft|hard, distill_weight=W, distill_tau=T"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or per-epoch lines"),
+    class_names: Optional[Path] = typer.Option(None, "--class-names", help="ImageFolder: a text file with one human "
+                                               "class name per line, in the sorted order of the class folders (default: "
+                                               "ImageNet's LOC_synset_mapping.txt or devkit meta.mat when found)"),
 ) -> None:
     """Train a (Mobile V-MoE) model. With no arguments: a small Mobile V-MoE on digits, dense
     twin -> superclasses -> MoE, in a few minutes on a laptop CPU."""
@@ -43,9 +46,11 @@ def train_cmd(
     settings = parse_overrides(set_)  # --set is parsed once, here
     if teacher is not None:
         settings["teacher"] = str(teacher.resolve())
+    if class_names is not None:
+        settings["class_names"] = str(class_names.resolve())
     if resume:
         refuse_with_resume(out, model=model, data=data, recipe=recipe, epochs=epochs, seed=seed,
-                           superclasses=superclasses, teacher=teacher)
+                           superclasses=superclasses, teacher=teacher, class_names=class_names)
         summary = resume_run(out, settings, quiet=quiet)
     else:
         tcfg, bundle = resolve(model, data or DEFAULT_DATA, settings, epochs=epochs, seed=seed, recipe=recipe, out=out)
@@ -63,7 +68,7 @@ def refuse_with_resume(out: Optional[Path], **given) -> None:
     changed = [k for k, v in given.items() if v is not None]
     if changed:
         raise MvmoeError(f"--resume continues {out} with its saved settings; drop "
-                         + ", ".join(f"--{k}" for k in changed))
+                         + ", ".join(f"--{k.replace('_', '-')}" for k in changed))
 
 
 def print_recipes() -> None:

@@ -94,7 +94,7 @@ def resolve(model: str | ModelConfig | None = None, data: str = DEFAULT_DATA, se
     tcfg = base_config(model, recipe).with_settings({k: v for k, v in settings.items() if k not in model_keys})
     check_out_free(out)
     bundle = build_data(data, model_keys.get("img_size"), augment=tcfg.augment, seed=tcfg.seed,
-                        index_cache=index_cache(out))
+                        index_cache=index_cache(out), class_names=tcfg.class_names or None)
     return tcfg.replace(model=adapt_to_data(tcfg.model, bundle, model_keys)), bundle
 
 
@@ -205,7 +205,7 @@ def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet
     tcfg = TrainConfig.from_dict(saved).replace(**{"stop_after_steps": 0, **(settings or {})})
     check_out_free(out)
     bundle = build_data(run["data"], tcfg.model.img_size, augment=tcfg.augment, seed=tcfg.seed,
-                        index_cache=index_cache(out))
+                        index_cache=index_cache(out), class_names=tcfg.class_names or None)
     check_teacher_unchanged(tcfg, run)
     info = setup_distributed(tcfg.dist_timeout_min)
     lock = None
