@@ -18,6 +18,7 @@ the process had loaded (and whether torch was among them).
 
     uv run python bench/bench_startup.py              # ~1 min on a quiet machine, more on a busy one
     uv run python bench/bench_startup.py --runs 9
+    uv run python bench/bench_startup.py --before ../other-checkout   # adds that checkout's `mvmoe --help`
 """
 
 from __future__ import annotations
@@ -55,9 +56,12 @@ CASES = {
 }
 
 
-def run_once(cmd: list[str]) -> tuple[float, int, bool]:
+def run_once(cmd: list[str], pythonpath: str | None = None) -> tuple[float, int, bool]:
+    env = {**os.environ, "COLUMNS": "100"}
+    if pythonpath:  # another checkout's mobile_vmoe ahead of this environment's (editable) install
+        env["PYTHONPATH"] = pythonpath
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "COLUMNS": "100"})
+    res = subprocess.run(cmd, cwd=pythonpath or ROOT, capture_output=True, text=True, env=env)
     dt = time.perf_counter() - t0
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:3])} failed ({res.returncode}): {res.stderr[-500:]}")
@@ -81,26 +85,31 @@ def console_script_time(runs: int) -> float | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5, help="processes per case (the median is reported)")
+    ap.add_argument("--before", type=Path, help="another checkout (e.g. before a change): its `mvmoe --help` is "
+                    "timed too, with this environment's packages")
     args = ap.parse_args()
-    times: dict[str, list[float]] = {name: [] for name in CASES}
+    cases = {name: (cmd, None) for name, cmd in CASES.items()}
+    if args.before:
+        cases[f"mvmoe --help ({args.before.name})"] = (cli("--help"), str(args.before.resolve()))
+    times: dict[str, list[float]] = {name: [] for name in cases}
     info: dict[str, tuple[int, bool]] = {}
     run_once(CASES["import torch"])  # warm the file cache once, untimed
     for _ in range(args.runs):
-        for name, cmd in CASES.items():
-            dt, n, torch_loaded = run_once(cmd)
+        for name, (cmd, pythonpath) in cases.items():
+            dt, n, torch_loaded = run_once(cmd, pythonpath)
             times[name].append(dt)
             info[name] = (n, torch_loaded)
     script = console_script_time(args.runs)
     base = statistics.median(times["import torch"])
     print(f"start-up, median of {args.runs} fresh processes each, interleaved (python {sys.version.split()[0]}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
-    print(f"{'case':24s} {'median s':>9s} {'min s':>7s} {'/ import torch':>15s} {'modules':>8s} {'torch':>6s}")
+    print(f"{'case':28s} {'median s':>9s} {'min s':>7s} {'/ import torch':>15s} {'modules':>8s} {'torch':>6s}")
     for name, ts in times.items():
         n, torch_loaded = info[name]
-        print(f"{name:24s} {statistics.median(ts):9.3f} {min(ts):7.3f} {statistics.median(ts) / base:15.2f} "
+        print(f"{name:28s} {statistics.median(ts):9.3f} {min(ts):7.3f} {statistics.median(ts) / base:15.2f} "
               f"{n:8d} {'yes' if torch_loaded else 'no':>6s}")
     if script is not None:
-        print(f"{'mvmoe --help (script)':24s} {script:9.3f} {'':7s} {script / base:15.2f}")
+        print(f"{'mvmoe --help (script)':28s} {script:9.3f} {'':7s} {script / base:15.2f}")
 
 
 if __name__ == "__main__":
