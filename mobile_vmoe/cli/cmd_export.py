@@ -19,8 +19,8 @@ DEFAULT_TARGET = "all"  # every target this installation converts, each checked 
 @app.command("export")
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="a checkpoint written by `mvmoe train` (model.pt)"),
-    target: str = typer.Option(DEFAULT_TARGET, "--target", "-t", help=f"{' | '.join(TARGET_NAMES)} | all (default "
-                               "all: every format, each checked against PyTorch, so one run shows what works)"),
+    target: str = typer.Option(DEFAULT_TARGET, "--target", "-t", help=f"{' | '.join(TARGET_NAMES)} | all (all: every "
+                               "format, each checked against PyTorch, so one run shows what works)"),
     backend: Optional[str] = typer.Option(None, help="executorch only: xnnpack (default) | coreml | portable"),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (int8 calibrated on eval images)"),
     out: Path = typer.Option(Path("exports"), "--out", "-o", help="output folder"),
