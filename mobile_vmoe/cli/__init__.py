@@ -1,7 +1,10 @@
 """The ``mvmoe`` command line. Thin: parse, call library functions, print.
 
 Commands live in one module per area (models/flops, train, export, profile/report) and register
-themselves on ``app`` / ``profile_app`` when imported below.
+themselves on ``app`` / ``profile_app`` when imported below. Those modules import at their top only
+the standard library, typer, the base layer and the target table; each command imports torch, the
+trainer or the converters in its body, so ``mvmoe --help`` and every ``--help`` load no torch and a
+command loads only what it uses (tests/test_imports.py, tests/test_startup.py).
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def resolve(model: str | ModelConfig | None = None, data: str = DEFAULT_DATA, se
     tcfg = base_config(model, recipe).with_settings({k: v for k, v in settings.items() if k not in model_keys})
     check_out_free(out)
     bundle = build_data(data, model_keys.get("img_size"), augment=tcfg.augment, seed=tcfg.seed,
-                        index_cache=index_cache(out))
+                        index_cache=index_cache(out), class_names=tcfg.class_names or None)
     if "gate" not in model_keys and upcycles(tcfg):
         model_keys["gate"] = "unit"  # the upcycled MoE starts as the dense model (models/routing.topk_gates)
     # what was derived (a patch for small images) is said once the run's own checks pass (train)
@@ -288,7 +288,7 @@ def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet
     tcfg = TrainConfig.from_dict(saved).replace(**{"stop_after_steps": 0, **(settings or {})})
     check_out_free(out)
     bundle = build_data(run["data"], tcfg.model.img_size, augment=tcfg.augment, seed=tcfg.seed,
-                        index_cache=index_cache(out))
+                        index_cache=index_cache(out), class_names=tcfg.class_names or None)
     pins.verify_or_pin(out, "data_index", index_cache(out), is_main=int(os.environ.get("RANK", "0")) == 0)
     check_teacher_unchanged(tcfg, run)
     check_init_unchanged(tcfg, run, out)
