@@ -313,6 +313,7 @@ class TrainConfig:
     init: str = ""  # weights to start from (--init): an mvmoe checkpoint or a timm / torchvision ViT state dict
     moe_init: str = "scratch"  # scratch (from --init when given, else random) | upcycle (experts = the dense stage's MLP)
     dense_stage: str = "train"  # --superclasses auto: train the dense twin | init (the --init weights are the dense stage)
+    class_names: str = ""  # ImageFolder: a file with one human name per class folder (--class-names); "" = found or none
     distill: str = "soft"  # soft (KL at distill_tau) | hard (CE on the teacher's argmax, DeiT)
     distill_weight: float = 0.5  # loss = (1 - w) CE + w distillation
     distill_tau: float = 1.0  # soft distillation temperature

@@ -352,3 +352,24 @@ def test_upcycling_recipe_starts_from_deit_tiny(tmp_path):
     assert upcycles(tcfg)
     assert stage_inits(tcfg, "auto", tmp_path / "run") == (str(tmp_path / "deit.pth"),
                                                            str(tmp_path / "run" / "dense" / "model.pt"))
+
+
+@pytest.mark.slow
+def test_upcycled_run_on_two_gloo_processes(tmp_path):
+    """The recipe's dense stage, then the MoE upcycled from it, under torchrun with 2 processes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    mvmoe = str(Path(sys.executable).with_name("mvmoe"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--no-python",
+           mvmoe, "train", "--data", "synthetic:4:2", "--set", "depth=3", "--set", "width=32", "--set", "heads=2",
+           "--set", "num_experts=2", "--set", "batch_size=16", "--epochs", "1", "--set", "moe_init=upcycle",
+           "--quiet", "--out", str(tmp_path / "run")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["model_config"]["gate"] == "unit"
+    assert (tmp_path / "run" / "model.safetensors").is_file()

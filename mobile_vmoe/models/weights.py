@@ -38,6 +38,8 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 
 from ..config import ModelConfig
 from ..errors import MvmoeError
@@ -46,6 +48,7 @@ from ..fileio import atomic_write_bytes, atomic_write_json
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 SAFETENSORS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
 CONFIG_FORMAT = "mvmoe-config"
+CHECKPOINT_FORMAT = "mvmoe-checkpoint"  # the "format" entry of this project's .pt checkpoints (checkpoint.py)
 
 # torchvision's VisionTransformer -> this project's names (per block: encoder.layers.encoder_layer_N.*)
 TORCHVISION_NAMES = {
@@ -122,9 +125,6 @@ def read_weights(path: str | os.PathLike) -> Loaded:
 
 
 def _read_safetensors(path: Path) -> Loaded:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -137,8 +137,6 @@ def _read_safetensors(path: Path) -> Loaded:
 
 
 def _read_torch(path: Path) -> Loaded:
-    from ..checkpoint import FORMAT, check_finite, config_from_checkpoint
-
     if not zipfile.is_zipfile(path):
         raise MvmoeError(f"{path} is not a PyTorch weights file (not a zip archive: truncated, or saved in the "
                          "legacy format; re-save it with torch.save)")
@@ -147,11 +145,16 @@ def _read_torch(path: Path) -> Loaded:
     except Exception as e:  # a pickle that needs code, a damaged archive
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise MvmoeError(f"{path} cannot be read as weights ({reason})") from None
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:  # an mvmoe checkpoint
-        check_finite(obj, path)
-        state = obj["ema"] if obj.get("ema") is not None else obj["model"]
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:  # an mvmoe checkpoint
+        state = obj.get("ema") if obj.get("ema") is not None else obj.get("model")
+        try:
+            cfg = ModelConfig.from_dict(obj["model_config"])
+        except (KeyError, TypeError, ValueError, MvmoeError) as e:
+            raise MvmoeError(f"{path}: an mvmoe checkpoint without a valid model config ({e})") from None
+        if not _is_state_dict(state):
+            raise MvmoeError(f"{path}: an mvmoe checkpoint without weights")
         meta = {k: obj.get(k) for k in ("class_names", "superclasses", "data")}
-        return Loaded(dict(state), "mvmoe", config_from_checkpoint(obj), meta)
+        return Loaded(dict(state), "mvmoe", cfg, meta)
     if isinstance(obj, dict):
         for key in ("model_ema", "state_dict_ema", "model", "state_dict"):  # DeiT / timm training checkpoints
             if isinstance(obj.get(key), dict) and _is_state_dict(obj[key]):
@@ -344,8 +347,6 @@ def save_pretrained(out_dir: str | os.PathLike, cfg: ModelConfig, state: dict[st
                     meta: dict[str, Any] | None = None) -> Path:
     """``out_dir/model.safetensors`` + ``out_dir/config.json``, both written atomically; returns the
     safetensors path. Tensors are made contiguous and unshared (safetensors stores no views)."""
-    from safetensors.torch import save
-
     bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
     if bad is not None:
         raise MvmoeError(f"weight {bad} holds NaN or Inf; not saving it")

@@ -27,6 +27,7 @@ import functools
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from ..models import MobileVMoE
 from ..models.registry import dense_twin, get_config, is_grid_name, model_name
 from ..models.weights import fit_state, is_dense_weights, read_weights
 from ..provenance import provenance
+from . import pins
 from .distill import load_teacher
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, setup_distributed, shard
 from .loop import adopt, amp_dtype_for, finished_summary, fit
@@ -96,10 +98,12 @@ def resolve(model: str | ModelConfig | None = None, data: str = DEFAULT_DATA, se
     tcfg = base_config(model, recipe).with_settings({k: v for k, v in settings.items() if k not in model_keys})
     check_out_free(out)
     bundle = build_data(data, model_keys.get("img_size"), augment=tcfg.augment, seed=tcfg.seed,
-                        index_cache=index_cache(out))
+                        index_cache=index_cache(out), class_names=tcfg.class_names or None)
     if "gate" not in model_keys and upcycles(tcfg):
         model_keys["gate"] = "unit"  # the upcycled MoE starts as the dense model (models/routing.topk_gates)
-    return tcfg.replace(model=adapt_to_data(tcfg.model, bundle, model_keys)), bundle
+    # what was derived (a patch for small images) is said once the run's own checks pass (train)
+    return tcfg.replace(model=adapt_to_data(tcfg.model, bundle, model_keys,
+                                            notes=bundle.stats.setdefault("notes", []))), bundle
 
 
 def upcycles(tcfg: TrainConfig) -> bool:
@@ -160,25 +164,48 @@ def index_cache(out: str | Path | None) -> Path | None:
     return Path(out) / "data_index.npz" if out is not None else None
 
 
-def adapt_to_data(cfg: ModelConfig, bundle, model_overrides: dict[str, Any]) -> ModelConfig:
+def adapt_to_data(cfg: ModelConfig, bundle, model_overrides: dict[str, Any],
+                  notes: list[str] | None = None) -> ModelConfig:
     """The preset made to fit the data: img_size, num_classes, in_chans from the bundle.
 
-    Small images (<= 64 px: digits, synthetic) get patch_size = img_size // 4 unless set, i.e.
+    Small images (<= 64 px: digits, synthetic) get patch_size = img_size // 4 unless set (the
+    largest divisor of img_size up to that when it does not divide; ``pick_patch``), i.e.
     a 4 x 4 grid of 16 tokens (a 32-px image with the preset's patch 32 would be one token; 16 is
     the token count of the paper's 224-px p32 models, 49, within a factor of 3 and keeps a CPU run
     to minutes). Preset-style names are rewritten to say what was built: vmoe-6x64-p8-e5.
+    A derived patch is said in one line: appended to ``notes`` when given, else a warning.
     """
     changes: dict[str, Any] = dict(model_overrides)
     changes.update(img_size=bundle.img_size, num_classes=bundle.num_classes, in_chans=bundle.in_chans)
-    if "patch_size" not in model_overrides and bundle.img_size <= 64 and bundle.img_size != cfg.img_size:
-        changes["patch_size"] = max(1, bundle.img_size // 4)
-    patch = changes.get("patch_size", cfg.patch_size)
-    if bundle.img_size % patch:
-        raise MvmoeError(f"img_size={bundle.img_size} is not divisible by patch_size={patch}: set --set patch_size=N")
+    changes["patch_size"], note = pick_patch(cfg, bundle.img_size, model_overrides.get("patch_size"))
+    if note and notes is not None:
+        notes.append(note)
+    elif note:
+        warnings.warn(note, stacklevel=2)
     new = cfg.replace(**changes)
     if "name" not in model_overrides and is_grid_name(cfg.name):
         new = new.replace(name=model_name(new))
     return new
+
+
+def pick_patch(cfg: ModelConfig, img_size: int, given: int | None) -> tuple[int, str | None]:
+    """The patch size for ``img_size`` and, when it was derived, the line that says so: the one given
+    with --set; else, for small images (<= 64 px) that the preset was not made for, the largest
+    divisor of img_size up to img_size // 4 (a grid of at least 4 x 4); else the preset's. A patch
+    that does not divide the image is refused, saying where it came from and which sizes would fit."""
+    if given is not None:
+        patch, origin = given, "set with --set"
+    elif img_size <= 64 and img_size != cfg.img_size:
+        patch = max(d for d in range(1, max(1, img_size // 4) + 1) if img_size % d == 0)
+        return patch, (f"patch_size {patch} instead of {cfg.name}'s {cfg.patch_size}: {img_size}-px images get a "
+                       f"{img_size // patch} x {img_size // patch} grid of patches (set --set patch_size=N to choose)")
+    else:
+        patch, origin = cfg.patch_size, f"{cfg.name}'s patch"
+    if img_size % patch:
+        fits = [d for d in range(2, img_size // 2 + 1) if img_size % d == 0][-4:] or [1]
+        raise MvmoeError(f"img_size={img_size} is not divisible by patch_size={patch} ({origin}): set --set "
+                         f"patch_size=N with N dividing {img_size}, e.g. {', '.join(map(str, fits))}")
+    return patch, None
 
 
 def check_run(tcfg: TrainConfig, bundle, superclasses: str, out: Path) -> None:
@@ -233,7 +260,9 @@ def train(tcfg: TrainConfig, bundle, out_dir: str | Path | None = None, *, super
                 run["teacher_sha256"] = file_sha256(tcfg.teacher)
             if tcfg.init:
                 run["init_sha256"] = file_sha256(tcfg.init)
-            atomic_write_json(out / "run.json", run)
+            atomic_write_json(out / "run.json", pins.pin_new_run(run, out, str(superclasses), RESUMABLE_KEYS))
+            for note in bundle.stats.pop("notes", []):  # what resolve derived, said now that the run goes ahead
+                warnings.warn(note, stacklevel=2)
         barrier(info)
         return run_stages(tcfg, bundle, out, str(superclasses), info, resume=False, quiet=quiet)
     finally:
@@ -248,6 +277,7 @@ def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet
     if not (out / "run.json").is_file():
         raise MvmoeError(f"nothing to resume in {out}: no run.json there (is it the run's top folder?)")
     run = read_json_object(out / "run.json")
+    pins.verify_settings(out, run, RESUMABLE_KEYS)  # a hand-edited run.json is refused, naming it
     blocked = sorted(set(settings or {}) - set(RESUMABLE_KEYS))
     if blocked:
         raise MvmoeError(f"--resume keeps the run's settings; cannot change {', '.join(blocked)} "
@@ -258,7 +288,8 @@ def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet
     tcfg = TrainConfig.from_dict(saved).replace(**{"stop_after_steps": 0, **(settings or {})})
     check_out_free(out)
     bundle = build_data(run["data"], tcfg.model.img_size, augment=tcfg.augment, seed=tcfg.seed,
-                        index_cache=index_cache(out))
+                        index_cache=index_cache(out), class_names=tcfg.class_names or None)
+    pins.verify_or_pin(out, "data_index", index_cache(out), is_main=int(os.environ.get("RANK", "0")) == 0)
     check_teacher_unchanged(tcfg, run)
     check_init_unchanged(tcfg, run, out)
     info = setup_distributed(tcfg.dist_timeout_min)
@@ -314,6 +345,7 @@ def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, in
                      quiet: bool) -> tuple[dict | None, dict]:
     """Stages 1-2 (or a given file): -> (superclasses dict, extra summary keys)."""
     if superclasses != "auto":
+        pins.verify_or_pin(out, "superclasses", superclasses, is_main=info.is_main)
         return load_superclasses(superclasses, bundle.class_names), {"superclasses_file": str(superclasses)}
     path = out / "superclasses.json"
     dense_model = dense_twin(tcfg.model)
@@ -328,8 +360,14 @@ def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, in
                     init=dense_init)
     if dense.get("stopped"):
         return None, dense
-    if not (resume and path.exists()):
+    pins.verify_or_pin(out, "dense_checkpoint", out / "dense" / "model.pt", is_main=info.is_main)
+    if resume and path.exists():
+        pins.verify_or_pin(out, "superclasses", path, is_main=info.is_main)
+    else:
         fit_superclasses(out / "dense" / "model.pt", holdout, bundle, tcfg, path, info.device, quiet, info=info)
+        if info.is_main:
+            pins.pin(out, "superclasses", path)
+        barrier(info)
     sc = load_superclasses(path, bundle.class_names)
     extra = {"superclasses_file": str(path), "superclass_sizes": sc.get("sizes"), "dense": {k: dense.get(k) for k in
                                                      ("model", "top1", "top5", "macs", "params", "epochs", "checkpoint")}}
