@@ -180,12 +180,12 @@ def test_imagefolder_layout_errors(tmp_path, tree):
 def test_imagefolder_unreadable_images_found_at_load_counted_and_limited(tree):
     from mobile_vmoe.data.loader import skipped_images
 
-    jpeg = _jpeg_bytes()
-    # random bytes with an image name, and a truncated JPEG (valid header, fails only when decoded)
-    (tree / "train" / "c02" / "random.jpg").write_bytes(np.random.default_rng(1).bytes(500))
-    (tree / "train" / "c01" / "00000_trunc.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    noise = np.random.default_rng(1).bytes(500)
+    # files that pass the index's cheap check (right start and end bytes) and fail only when decoded
+    (tree / "train" / "c02" / "random.jpg").write_bytes(b"\xff\xd8" + noise + b"\xff\xd9")
+    (tree / "train" / "c01" / "00000_trunc.jpg").write_bytes(b"\xff\xd8\xff\xe0" + noise[:100] + b"\xff\xd9")
     b = build_data(str(tree), img_size=16, augment="none", max_bad_fraction=0.2)
-    assert len(b.train) == 14 and b.train.load_failures == 0  # indexing opens no file
+    assert len(b.train) == 14 and b.train.load_failures == 0  # the cheap check passed them
     i = b.train.paths.index(str(tree / "train" / "c01" / "00000_trunc.jpg"))
     with pytest.warns(UserWarning, match="00000_trunc.jpg"):
         x, y = b.train[i]
@@ -202,6 +202,45 @@ def test_imagefolder_unreadable_images_found_at_load_counted_and_limited(tree):
     b.train[i]
     with pytest.raises(MvmoeError, match="2 of 14 images"):
         b.train[j]
+
+
+def test_cheap_check_reads_only_the_ends_of_a_file(tmp_path):
+    from mobile_vmoe.data.index import TAIL_BYTES, broken_reason
+
+    def f(name, data):
+        (tmp_path / name).write_bytes(data)
+        return broken_reason(tmp_path / name)
+
+    jpeg = _jpeg_bytes()
+    assert f("ok.jpg", jpeg) is None
+    assert f("padded.JPEG", jpeg + b"\x00" * 100) is None  # zeros after the end marker: allowed
+    assert f("empty.jpg", b"") == "empty file"
+    assert f("page.jpg", b"<html>" * 20) == "no JPEG start marker"
+    assert f("cut.jpg", jpeg[: len(jpeg) - 2]).startswith("no JPEG end marker")
+    assert f("far.jpg", jpeg + b"\x01" * TAIL_BYTES) .startswith("no JPEG end marker")  # FF D9 beyond the tail
+    assert f("ok.png", b"\x89PNG\r\n\x1a\n" + b"x" * 10) is None  # the signature only: decoding tells the rest
+    assert f("bad.png", b"GIF89a" + b"x" * 10) == "no PNG signature"
+    assert f("any.bmp", b"BM" + b"x" * 10) is None  # other formats: only emptiness is checked
+    assert f("empty.bmp", b"") == "empty file"
+
+
+@pytest.mark.filterwarnings("ignore:skipping")
+def test_broken_files_are_flagged_at_indexing_and_cached(tree):
+    from mobile_vmoe.data.loader import skipped_files
+
+    jpeg = _jpeg_bytes()
+    (tree / "train" / "c01" / "zero.jpg").write_bytes(b"")
+    (tree / "train" / "c01" / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (tree / "val" / "c00" / "page.jpg").write_bytes(b"<html>not found</html>")
+    cache = tree / "index.npz"
+    with pytest.warns(UserWarning, match=r"skipping 2 broken file\(s\) in .*train \(.*\): c01/cut.jpg, c01/zero.jpg"):
+        b = build_data(str(tree), img_size=16, augment="none", max_bad_fraction=0.5, index_cache=cache)
+    assert b.train.load_failures == 2 and b.val.load_failures == 1
+    assert skipped_files(b) == {"train": ["c01/cut.jpg", "c01/zero.jpg"], "val": ["c00/page.jpg"]}
+    i = b.train.paths.index(str(tree / "train" / "c01" / "cut.jpg"))
+    assert b.train[i][1] == b.train[b.train.next_readable(i)][1]  # stands in without a decode attempt
+    b2 = build_data(str(tree), img_size=16, augment="none", max_bad_fraction=0.5, index_cache=cache)
+    assert b2.train.load_failures == 2  # the cached index keeps the flags
 
 
 # --- MixUp / CutMix and superclass targets --------------------------------------------------------
