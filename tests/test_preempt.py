@@ -158,8 +158,10 @@ def test_sigterm_to_every_process_torch_loader_then_resume_on_two_and_on_one(tmp
     assert rest and min(rest) == start
     assert rest == {k: v for k, v in full.items() if k >= start}
     a, b = load_checkpoint(tmp_path / "full" / "model.pt"), load_checkpoint(tmp_path / "to_one" / "model.pt")
-    for name, t in a["model"].items():  # close, not equal: the gradient sums differ in order
-        torch.testing.assert_close(b["model"][name], t, rtol=1e-3, atol=1e-4)
+    # close, not equal: the gradient sums differ in order, and AdamW turns a tiny gradient difference into
+    # up to one lr-sized step (effective lr 3e-3 here) where a gradient is near zero
+    for name, t in a["model"].items():
+        torch.testing.assert_close(b["model"][name], t, rtol=0, atol=5e-3)
 
 
 @pytest.mark.slow

@@ -436,10 +436,11 @@ def say_world_size_change(stage: Stage, ck: dict) -> None:
     if old == new:
         return
     engine = (ck.get("sample_order") or {}).get("engine", stage.loader.kind)
-    draws = ("; DALI's augmentation draws (one stream per process) differ too" if engine == "dali" else "")
+    draws = "DALI's augmentation, " if engine == "dali" else ""
     stage.say(f"{stage.name}: resuming with {new} process(es) a run saved by {old}: the same samples in the same "
               f"order from epoch {ck['epoch']}, step {ck['step']}, but the numbers will differ from an uninterrupted "
-              f"run by float summation order (gradients summed over {new} partial sums instead of {old}){draws}")
+              f"run by float summation order (gradients summed over {new} partial sums instead of {old}; "
+              f"{draws}MixUp, drop path and router noise draw from new per-process streams)")
 
 
 # ------------------------------------------------------------------------------------- fit
