@@ -3,8 +3,10 @@
     uv run python bench/gpu_check.py --out gpu_check.json          # on a CUDA machine
     uv run python bench/gpu_check.py --dry --out /tmp/dry.json     # CPU: tiny model, gloo, few steps (tests)
 
-It measures, in this order (each part records its error instead of stopping the rest, and the JSON
-is rewritten atomically after every part, so a timeout keeps what finished):
+It measures three parts, run in the order train, ddp, dali (each records its error instead of
+stopping the rest; the JSON is rewritten atomically after every part, so a timeout or a crash keeps
+what finished; ddp runs in subprocesses before the in-process dali part, because DALI's CPU decoder
+crashed this machine's test process after a decode error, see docs/data.md):
 
 1. ``train``: training-step images/s (forward_with_routing + CE + 0.3 router CE + backward +
    fused AdamW, bf16 autocast, random batch, no data loading) of vmoe-12x192-p32 and its dense
@@ -24,8 +26,9 @@ is rewritten atomically after every part, so a timeout keeps what finished):
    ``--resume`` finishes dense twin -> superclasses -> MoE.
 
 ``--dry`` runs the same code on the CPU with a tiny model, the eager compile backend, 2 steps, 2
-gloo processes, the torch loader when DALI is missing, and compile off in the trainer (inductor
-on this CPU takes minutes), so the tests exercise every path without a GPU.
+gloo processes, the torch loader when DALI is missing, compile off in the trainer (inductor on
+this CPU takes minutes) and without the file that fails only when decoded (DALI's CPU mode crashed
+on it here), so the tests exercise every path without a GPU.
 """
 
 from __future__ import annotations
@@ -47,10 +50,10 @@ import torch.nn.functional as F
 
 REAL = dict(model="vmoe-12x192-p32", img_size=224, batch=256, classes=1000, warmup=5, steps=20, backend="inductor",
             ddp_img=64, ddp_classes=10, ddp_batch=256, jpeg_size=(500, 375), dali_batch=128, dali_batches=24,
-            workers=8, trainer_compile=True, amp="bf16")
+            workers=8, trainer_compile=True, amp="bf16", decode_failure=True)
 DRY = dict(model="vmoe-2x32-p8", img_size=32, batch=8, classes=10, warmup=1, steps=2, backend="eager",
-           ddp_img=16, ddp_classes=4, ddp_batch=8, jpeg_size=(40, 30), dali_batch=8, dali_batches=20,
-           workers=1, trainer_compile=False, amp="none")
+           ddp_img=16, ddp_classes=4, ddp_batch=8, jpeg_size=(40, 30), dali_batch=8, dali_batches=23,
+           workers=1, trainer_compile=False, amp="none", decode_failure=False)
 
 
 # ------------------------------------------------------------------------------- 1. train step
@@ -130,9 +133,10 @@ def check_train(p: dict, device: torch.device) -> dict:
 
 
 # ------------------------------------------------------------------------------ generated data
-def write_imagenet_folder(root: Path, classes: int, train_images: int, size: tuple[int, int]) -> Path:
+def write_imagenet_folder(root: Path, classes: int, train_images: int, size: tuple[int, int],
+                          decode_failure: bool = True) -> Path:
     """root/train/n<8 digits>/<i>.JPEG (``train_images`` in all: smooth class-coloured images +
-    noise), three broken train files (empty, truncated, noise between JPEG markers), and the
+    noise), three broken train files (empty, truncated, noise after a PNG signature), and the
     official flat root/val/ILSVRC2012_val_<8 digits>.JPEG with root/LOC_val_solution.csv."""
     import io
 
@@ -168,9 +172,10 @@ def write_imagenet_folder(root: Path, classes: int, train_images: int, size: tup
     Image.fromarray(bases[0].clip(0, 255).astype(np.uint8)).save(buf, "JPEG")
     jpeg = buf.getvalue()
     broken = {"z_empty.JPEG": b"", "z_truncated.JPEG": jpeg[: len(jpeg) // 2],
-              "z_noise.JPEG": b"\xff\xd8" + rng.bytes(2000) + b"\xff\xd9"}  # the last fails only when decoded
+              "z_noise.png": b"\x89PNG\r\n\x1a\n" + rng.bytes(2000)}  # the last passes the index check, fails to decode
     for k, (name, data) in enumerate(broken.items()):
-        (root / "train" / wnids[k % classes] / name).write_bytes(data)
+        if decode_failure or name != "z_noise.png":
+            (root / "train" / wnids[k % classes] / name).write_bytes(data)
     return root
 
 
@@ -350,11 +355,12 @@ def main() -> None:
             record("train", guarded(check_train, p, device))
         if parts & {"dali", "ddp"}:
             images = (p["dali_batches"] + 2) * p["dali_batch"]
-            folder = write_imagenet_folder(Path(tmp) / "imagenet", p["ddp_classes"], images, p["jpeg_size"])
+            folder = write_imagenet_folder(Path(tmp) / "imagenet", p["ddp_classes"], images, p["jpeg_size"],
+                                           p["decode_failure"])
+        if "ddp" in parts:  # before dali: its subprocesses survive a DALI crash, the in-process part would not
+            record("ddp", guarded(check_ddp, p, device, folder, Path(tmp) / "run"))
         if "dali" in parts:
             record("dali", guarded(check_dali, p, device, folder))
-        if "ddp" in parts:
-            record("ddp", guarded(check_ddp, p, device, folder, Path(tmp) / "run"))
     record("finished", True)
 
 

@@ -20,12 +20,13 @@ N_CLASSES = 320  # one image each: a label names its sample; 3 broken files stay
 BROKEN = {  # class folder -> (file, what is wrong with it)
     "c003": ("z_zero.jpg", "empty"),  # the index's cheap check flags it
     "c007": ("z_cut.jpg", "truncated"),  # the same (no JPEG end marker)
-    "c011": ("z_noise.jpg", "start and end markers around noise"),  # passes the check, fails to decode
+    "c011": ("z_noise.png", "a PNG signature before noise"),  # passes the check, fails to decode
 }
 
 
-def write_dataset(root: Path) -> Path:
-    """root/train/c<kkk>/0.jpg (one 24x24 image per class), the BROKEN files, root/val/c<kkk>/0.jpg."""
+def write_dataset(root: Path, decode_failure: bool = True) -> Path:
+    """root/train/c<kkk>/0.jpg (one 24x24 image per class), the BROKEN files, root/val/c<kkk>/0.jpg;
+    ``decode_failure=False`` leaves out the file that fails only when decoded (see test_preempt.py)."""
     import io
 
     import numpy as np
@@ -42,9 +43,10 @@ def write_dataset(root: Path) -> Path:
     Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(buf, "JPEG")
     jpeg = buf.getvalue()
     data = {"empty": b"", "truncated": jpeg[: len(jpeg) // 2],
-            "start and end markers around noise": b"\xff\xd8" + rng.bytes(300) + b"\xff\xd9"}
+            "a PNG signature before noise": b"\x89PNG\r\n\x1a\n" + rng.bytes(300)}
     for folder, (name, kind) in BROKEN.items():
-        (root / "train" / folder / name).write_bytes(data[kind])
+        if decode_failure or kind in ("empty", "truncated"):
+            (root / "train" / folder / name).write_bytes(data[kind])
     return root
 
 

@@ -102,7 +102,7 @@ def run_pipeline(p, steps: int, device: torch.device):
     for k, out in enumerate(it):
         if k >= steps:
             break
-        yield out[0]["images"], out[0]["labels"].view(-1).long()
+        yield out[0]["images"].clone(), out[0]["labels"].view(-1).long()  # the iterator reuses its buffers
 
 
 def undecodable(files: list[str]) -> list[str]:
@@ -169,9 +169,11 @@ class DaliTrainLoader:
     def epoch(self, epoch: int, start: int = 0):
         """Iterator over this rank's (images uint8 (B, 3, S, S), labels (B,)) of ``epoch`` from step
         ``start`` (the first ``start`` batches are decoded and dropped: see the module docstring)."""
+        self.close()  # the previous epoch's pipeline, if a stop left it running
         if start >= self.steps_per_epoch:
             return iter(())
-        return self._batches(epoch, start)
+        self._live = self._batches(epoch, start)
+        return self._live
 
     def _batches(self, epoch: int, start: int):
         done = start  # batches already handed out (or done before a resume)
@@ -194,7 +196,8 @@ class DaliTrainLoader:
                     raise
                 self.skip_undecodable(idx[done * local:(done + self.tcfg.prefetch + 2) * local], e)
             finally:
-                del p
+                p._shutdown()  # now, not when the garbage collector gets to it: a DALI pipeline
+                del p  # left running while the next one is built was seen to crash the process
 
     def skip_undecodable(self, in_flight: list[int], error: Exception) -> None:
         """Find the samples of ``in_flight`` that stopped the pipeline, warn naming them, flag them."""
@@ -211,4 +214,7 @@ class DaliTrainLoader:
             check()
 
     def close(self) -> None:
-        """Nothing to shut down: a pipeline lives for one epoch."""
+        """Shut down the pipeline of an epoch left unfinished (a stop mid-epoch)."""
+        live, self._live = getattr(self, "_live", None), None
+        if live is not None:
+            live.close()  # runs _batches' finally: the pipeline's _shutdown

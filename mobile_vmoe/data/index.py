@@ -5,9 +5,9 @@ folder (``b"n01440764/n01440764_10026.JPEG"``) and their labels. numpy arrays, n
 DataLoader workers read them without touching Python refcounts, so forked workers share the
 pages instead of copying them.
 
-Each file also gets a cheap check (``broken_reason``: its first and last bytes, never decoded):
-an empty file, a .jpg without the JPEG start (FF D8) or end (FF D9) marker, a .png without the PNG
-signature. Those are marked in ``FolderIndex.bad`` and both training loaders skip and count them
+Each file also gets a cheap check (``broken_reason``: a few reads, never decoded): an empty file,
+a .jpg without the JPEG start (FF D8) or end (FF D9) marker or whose header segments do not chain
+up to the image data, a .png without the PNG signature. Those are marked in ``FolderIndex.bad`` and both training loaders skip and count them
 like the files that fail to decode later (see imagefolder.py).
 
 A cache (``load_or_build``) lets the ranks of one run share one scan: rank 0 scans and writes the
@@ -57,10 +57,35 @@ def list_folder(folder: str | os.PathLike) -> tuple[list[str], list[str]]:
     return dirs, images
 
 
+def jpeg_header_reason(f, size: int) -> str | None:
+    """Walk a JPEG's marker segments from after SOI to the start of scan (SOS), reading 4 bytes per
+    segment and seeking over the rest: None when they chain up (a frame header, SOF, included);
+    else what is wrong. Random bytes between a start and an end marker fail here (DALI's CPU decoder
+    was seen to crash on such a file rather than raise)."""
+    pos, frame = 2, False
+    while pos + 4 <= size:
+        f.seek(pos)
+        marker, length = f.read(2), int.from_bytes(f.read(2), "big")
+        if marker[0] != 0xFF:
+            return "bad JPEG header (no marker where one must be)"
+        kind = marker[1]
+        if kind == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if kind in (0xD8, 0xD9) or 0xD0 <= kind <= 0xD7 or kind == 0x01 or length < 2:
+            return "bad JPEG header (unexpected marker before the image data)"
+        if kind == 0xDA:
+            return None if frame else "bad JPEG header (no frame header)"
+        frame |= kind in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+        pos += 2 + length
+    return "bad JPEG header (it ends before the image data)"
+
+
 def broken_reason(path: str | os.PathLike) -> str | None:
-    """Why the file at ``path`` cannot be an image, from its first and last bytes (no decoding);
-    None when it looks whole. The JPEG end marker FF D9 is searched in the last TAIL_BYTES (entropy
-    data never holds FF D9: FF is stuffed as FF 00), so padding after it is allowed."""
+    """Why the file at ``path`` cannot be an image, without decoding it; None when it looks whole.
+    JPEG: the start marker, the header segments up to the image data (``jpeg_header_reason``) and
+    the end marker FF D9, searched in the last TAIL_BYTES (entropy data never holds FF D9: FF is
+    stuffed as FF 00), so padding after it is allowed. PNG: the signature. Any file: not empty."""
     name = str(path).lower()
     try:
         with open(path, "rb") as f:
@@ -70,9 +95,11 @@ def broken_reason(path: str | os.PathLike) -> str | None:
             if name.endswith(JPEG_EXTENSIONS):
                 if head[:2] != b"\xff\xd8":
                     return "no JPEG start marker"
-                f.seek(max(0, os.fstat(f.fileno()).st_size - TAIL_BYTES))
+                size = os.fstat(f.fileno()).st_size
+                f.seek(max(0, size - TAIL_BYTES))
                 if b"\xff\xd9" not in f.read(TAIL_BYTES):
                     return "no JPEG end marker (truncated?)"
+                return jpeg_header_reason(f, size)
             elif name.endswith(".png") and head != PNG_SIGNATURE:
                 return "no PNG signature"
     except OSError as e:
