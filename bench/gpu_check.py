@@ -250,7 +250,8 @@ def trainer_cmd(p: dict, nproc: int, out: Path, folder: Path | None, loader: str
         return cmd + ["--resume"]
     s = {"img_size": p["ddp_img"], "batch_size": p["ddp_batch"], "epochs": 2, "dense_epochs": 2, "num_experts": 2,
          "workers": p["workers"], "loader": loader, "compile": str(p["trainer_compile"]).lower(), "amp": p["amp"],
-         "log_every": 1, "warmup_epochs": 0.5, "eval_every": 1, "dist_timeout_min": 5}
+         "log_every": 1, "warmup_epochs": 0.5, "eval_every": 1, "dist_timeout_min": 5,
+         "min_lr": 1e-6}  # below the effective lr of the dry run's global batch of 8 (7.8e-6)
     if p is DRY:
         s.update(depth=2, width=32, heads=2, moe_blocks=1)
     cmd += ["--recipe", "imagenet-vmoe-6x64-p32", "--data", str(folder)]
@@ -296,7 +297,7 @@ def check_ddp(p: dict, device: torch.device, folder: Path, out: Path) -> dict:
                       "saved_at": {k: saved.get(k) for k in ("epoch", "epoch_step", "step")},
                       "mid_epoch": bool(saved.get("epoch_step")),
                       "skipped_files": (saved.get("skipped_files") or {}).get("train"),
-                      "stderr_tail": err.strip().splitlines()[-1:] if err.strip() else []}
+                      "errors": [line for line in err.splitlines() if line.startswith("error:")][:5]}
     t1 = time.perf_counter()
     res = subprocess.run(trainer_cmd(p, nproc, out, None, loader), env=env, capture_output=True, text=True,
                          timeout=420)
