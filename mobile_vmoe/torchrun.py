@@ -13,6 +13,7 @@ keeps torchrun's own report and exit code 1.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -43,5 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's exit-time finalizers: after a signal torch's rendezvous leaves a
+    keep-alive thread whose finalizer prints 'RuntimeError: cannot join current thread' with a
+    traceback. The ranks are already shut down (or failed) at this point."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code in STOP_CODES:
+        exit_now(code)
+    sys.exit(code)
