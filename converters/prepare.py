@@ -414,7 +414,8 @@ def build_metadata(ckpt: dict, wrapper: ExportWrapper, *, target: str, backend: 
     read it. ``source``: checkpoint_identity() of the checkpoint it came from."""
     cfg = config_from_checkpoint(ckpt)
     data = ckpt.get("data") or {}
-    labels = ckpt.get("class_names") or [str(i) for i in range(cfg.num_classes)]
+    label_ids = ckpt.get("class_names") or [str(i) for i in range(cfg.num_classes)]  # the dataset's class ids
+    labels = data.get("labels") or label_ids  # human names when the data gave them (ImageFolder)
     sc = ckpt.get("superclasses")
     outputs = [{"name": "logits", "shape": [1, cfg.num_classes]}]
     if wrapper.per_image_moe:
@@ -425,7 +426,7 @@ def build_metadata(ckpt: dict, wrapper: ExportWrapper, *, target: str, backend: 
                   "dtype": "float32", "mean": [float(v) for v in data.get("mean", [0.5] * cfg.in_chans)],
                   "std": [float(v) for v in data.get("std", [0.5] * cfg.in_chans)], "scale": SCALE,
                   "preprocessing_baked_in": bool(wrapper.bake_preprocessing), "resize": RESIZE},
-        "outputs": outputs, "labels": list(labels),
+        "outputs": outputs, "labels": list(labels), "label_ids": list(label_ids),
         "superclasses": ({"names": list(sc["names"]), "class_to_superclass": [int(c) for c in sc["class_to_superclass"]]}
                          if sc else None),
         "experts": cfg.num_experts, "k": cfg.top_k if cfg.is_moe else 0, "dispatch": dispatch if cfg.is_moe else "dense",

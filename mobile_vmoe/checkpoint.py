@@ -35,8 +35,9 @@ from .config import ModelConfig
 from .errors import MvmoeError
 from .fileio import atomic_write_bytes
 from .models import MobileVMoE
+from .models.weights import CHECKPOINT_FORMAT
 
-FORMAT = "mvmoe-checkpoint"
+FORMAT = CHECKPOINT_FORMAT
 VERSION = 1
 
 

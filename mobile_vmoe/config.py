@@ -16,6 +16,7 @@ from .errors import MvmoeError, did_you_mean
 ROUTINGS = ("image", "token")
 DISPATCHES = ("auto", "gather", "dense", "grouped")
 ROUTER_INPUTS = ("cls", "mean")
+GATES = ("prob", "unit")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class ModelConfig:
     router_input: str = "cls"  # per-image router reads the class token or the mean patch token
     dispatch: str = "auto"  # auto | gather | dense | grouped (see models/experts.py)
     num_superclasses: int = 0  # router targets; 0 = num_experts (one superclass per expert)
+    # prob: a k=1 gate is the router's probability (V-MoE, Switch); unit: the chosen gates sum to 1
+    # for every k (k=1: value 1, gradient of log p), so an upcycled MoE starts as its dense model
+    gate: str = "prob"
     # per-token (V-MoE) routing only
     capacity_ratio: float = 1.05  # expert buffer = ceil(ratio * k * group tokens / E) per group
     eval_capacity_ratio: float = 0.0  # the ratio in eval mode (0 = capacity_ratio): V-MoE's compute/accuracy knob
@@ -91,6 +95,8 @@ class ModelConfig:
             p.append(f"routing={self.routing!r} must be one of {ROUTINGS}")
         if self.dispatch not in DISPATCHES:
             p.append(f"dispatch={self.dispatch!r} must be one of {DISPATCHES}")
+        if self.gate not in GATES:
+            p.append(f"gate={self.gate!r} must be one of {GATES}")
         if self.router_input not in ROUTER_INPUTS:
             p.append(f"router_input={self.router_input!r} must be one of {ROUTER_INPUTS}")
         if self.num_experts < 0 or self.num_experts == 1:
@@ -254,6 +260,8 @@ __all__ = ["ModelConfig", "parse_overrides", "field_names", "field", "ROUTINGS",
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 LOADERS = ("auto", "torch", "dali")
 AUGMENTS = ("none", "light", "default", "deit")  # built by mobile_vmoe.data.transforms; "default" is per dataset
+MOE_INITS = ("scratch", "upcycle")
+DENSE_STAGES = ("train", "init")
 LR_REFERENCE_BATCH = 512  # ``lr`` is stated for this many images per optimizer step
 
 
@@ -301,6 +309,10 @@ class TrainConfig:
     superclass_holdout: float = 0.1  # --superclasses auto: stratified share of train the confusion is fit on
     superclass_clustering: str = "balanced"  # balanced (equal-size superclasses) | spectral
     teacher: str = ""  # a checkpoint this project wrote: distill from it (--teacher); "" = no teacher
+    init: str = ""  # weights to start from (--init): an mvmoe checkpoint or a timm / torchvision ViT state dict
+    moe_init: str = "scratch"  # scratch (from --init when given, else random) | upcycle (experts = the dense stage's MLP)
+    dense_stage: str = "train"  # --superclasses auto: train the dense twin | init (the --init weights are the dense stage)
+    class_names: str = ""  # ImageFolder: a file with one human name per class folder (--class-names); "" = found or none
     distill: str = "soft"  # soft (KL at distill_tau) | hard (CE on the teacher's argmax, DeiT)
     distill_weight: float = 0.5  # loss = (1 - w) CE + w distillation
     distill_tau: float = 1.0  # soft distillation temperature
@@ -352,6 +364,10 @@ class TrainConfig:
             p.append(f"superclass_holdout={self.superclass_holdout} must be in (0, 1)")
         if self.superclass_clustering not in ("balanced", "spectral"):
             p.append(f"superclass_clustering={self.superclass_clustering!r} must be balanced or spectral")
+        if self.moe_init not in MOE_INITS:
+            p.append(f"moe_init={self.moe_init!r} must be one of {', '.join(MOE_INITS)}")
+        if self.dense_stage not in DENSE_STAGES:
+            p.append(f"dense_stage={self.dense_stage!r} must be one of {', '.join(DENSE_STAGES)}")
         if self.distill not in ("soft", "hard"):
             p.append(f"distill={self.distill!r} must be soft or hard")
         if not 0.0 <= self.distill_weight <= 1.0:

@@ -293,10 +293,10 @@ def test_kotlin_pipeline_on_a_real_model_and_export_metadata(kotlin_build, tmp_p
     from converters.prepare import build_metadata, not_run, prepare_for_export
 
     model = tiny_moe(10, 3, img_size=32).eval()
-    labels = [f"digit {i}" for i in range(10)]
+    labels = [f"digit {i}, the number" for i in range(10)]  # human names (data.labels) beside the folder ids
     sc = {"names": ["sc0: 0/1/2", "sc1: 3/4/5", "sc2: 6/7/8/9"], "class_to_superclass": [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]}
-    ckpt = {"model_config": model.cfg.to_dict(), "class_names": labels, "superclasses": sc,
-            "data": {"name": "digits", "img_size": 32, "in_chans": 3, "mean": mg.MEAN, "std": mg.STD}}
+    ckpt = {"model_config": model.cfg.to_dict(), "class_names": [f"n0000000{i}" for i in range(10)], "superclasses": sc,
+            "data": {"name": "digits", "img_size": 32, "in_chans": 3, "mean": mg.MEAN, "std": mg.STD, "labels": labels}}
     rgb = np.random.default_rng(7).integers(0, 256, size=(37, 50, 3), dtype=np.uint8)
     (tmp_path / "image.json").write_text(json.dumps({"width": 50, "height": 37, "rgb": rgb.reshape(-1).tolist()}))
 

@@ -121,3 +121,18 @@ def test_warnings_are_one_clean_line(tmp_path):
     lines = err.strip().splitlines()
     assert any(ln.startswith("warning: skipping") and "bad.png" in ln for ln in lines), err
     assert not [ln for ln in lines if "UserWarning" in ln or "warnings.warn" in ln or ".py:" in ln], err
+
+
+def test_export_without_target_exports_every_target(tmp_path, monkeypatch):
+    """`mvmoe export CKPT` alone means --target all (no 'Missing option'); what the pipeline is asked
+    for is recorded, not run."""
+    import converters.pipeline as pipeline
+
+    asked = []
+    monkeypatch.setattr(pipeline, "export_checkpoint", lambda ckpt, target, *a, **kw: asked.append(target) or [])
+    code, out, err = mvmoe("export", tmp_path / "model.pt", "--out", tmp_path / "x")
+    assert (code, asked) == (0, ["all"]), err
+    code, _, _ = mvmoe("export", tmp_path / "model.pt", "--target", "onnx", "--out", tmp_path / "x")
+    assert asked == ["all", "onnx"]
+    jobs, _ = pipeline.plan("all", None, "fp32")  # what `all` plans at the default precision
+    assert sorted({j.target for j in jobs}) == ["coreml", "executorch", "onnx", "tflite"]

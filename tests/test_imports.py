@@ -1,11 +1,14 @@
 """The import rules of docs/architecture.md ("What may import what"), checked on the source: every
 import in mobile_vmoe/ and converters/ (at module top or inside a function) goes from a layer to
 one it may use, the layers form no cycle, and function-level imports are only of the optional heavy
-backends (or say why with a ``noqa`` comment)."""
+backends (or say why with a ``noqa`` comment). The CLI is the other way round: its modules import
+at the top only what ``mvmoe --help`` needs (the standard library, typer, the base layer and the
+target table), and each command imports the rest inside its body when it runs."""
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +45,10 @@ MAY_IMPORT = {
 # Imported inside functions only: optional or heavy backends, and platform modules.
 LAZY = {"executorch", "coremltools", "litert_torch", "ai_edge_litert", "onnxruntime", "onnx", "onnxscript",
         "torchao", "nvidia", "matplotlib", "adbutils", "sklearn", "scipy", "tensorflow", "fcntl", "msvcrt"}
+# Layers whose modules import lazily: at the top only these project layers and these outside
+# packages (besides the standard library); anything may be imported inside their functions.
+LAZY_LAYERS = {"cli": {"base", "targets", "cli"}}
+LIGHT_PACKAGES = {"typer", "click"}
 
 
 def layer(module: str) -> str | None:
@@ -87,9 +94,23 @@ def check(module: str, source: str, is_package: bool = False) -> list[str]:
         other = layer(name)
         if other is not None and other != own and other not in MAY_IMPORT[own]:
             bad.append(f"{module}:{line}: {own} may not import {other} ({name})")
-        if in_func and name.split(".")[0] not in LAZY and "noqa" not in text:
+        if own in LAZY_LAYERS:
+            if not in_func and not light_at_top(name, LAZY_LAYERS[own]):
+                bad.append(f"{module}:{line}: {name} is imported at the top of a {own} module (import it in the "
+                           "command that uses it: `mvmoe --help` must not load it)")
+        elif in_func and name.split(".")[0] not in LAZY and "noqa" not in text:
             bad.append(f"{module}:{line}: {name} is imported inside a function (not an optional backend)")
     return bad
+
+
+def light_at_top(name: str, layers: set[str]) -> bool:
+    """May a lazily importing layer import ``name`` at module top? Its allowed project layers, the
+    standard library and LIGHT_PACKAGES."""
+    other = layer(name)
+    if other is not None:
+        return other in layers
+    top = name.split(".")[0]
+    return top in sys.stdlib_module_names or top in LIGHT_PACKAGES or top == "__future__"
 
 
 def sources():
@@ -121,6 +142,12 @@ def test_the_project_keeps_its_import_rules():
     ("converters.pipeline", "from mobile_vmoe.profile import latency\n", "converters may not import profile"),
     ("converters.targets", "from . import prepare\n", "targets may not import converters"),
     ("mobile_vmoe.train.loop", "def f():\n    import json\n", "json is imported inside a function"),
+    ("mobile_vmoe.cli.cmd_train", "import torch\n", "torch is imported at the top of a cli module"),
+    ("mobile_vmoe.cli.cmd_train", "from ..train import train\n", "mobile_vmoe.train is imported at the top"),
+    ("mobile_vmoe.cli.cmd_export", "from converters.pipeline import plan\n", "converters.pipeline is imported at the top"),
+    ("mobile_vmoe.cli.cmd_models", "from mobile_vmoe import create_model\n", "mobile_vmoe is imported at the top"),
+    ("mobile_vmoe.cli.cmd_models", "from rich.table import Table\n", "rich.table is imported at the top"),
+    ("mobile_vmoe.cli.cmd_data", "from ..data.imagenet_val import sort_val\n", "mobile_vmoe.data.imagenet_val is imported at the top"),
 ])
 def test_a_forbidden_import_is_caught(module, source, message):
     """The checker itself: each of these added to the project would fail the test above."""
@@ -130,3 +157,12 @@ def test_a_forbidden_import_is_caught(module, source, message):
 def test_lazy_backends_and_said_reasons_may_stay_in_functions():
     src = "def f():\n    import coremltools as ct\n    import torch  # noqa: F401 - part of the baseline\n"
     assert check("converters.coreml", src) == []
+
+
+def test_cli_commands_import_in_their_bodies():
+    """The CLI's top may hold the standard library, typer, the base layer and the target table; a
+    command body imports torch, the trainer or the converters when it runs."""
+    src = ("from __future__ import annotations\nimport os\nfrom pathlib import Path\nimport typer\n"
+           "from converters.targets import TARGET_NAMES\nfrom ..errors import MvmoeError\nfrom . import app\n"
+           "def cmd():\n    import torch\n    from ..train import train\n    from converters.pipeline import plan\n")
+    assert check("mobile_vmoe.cli.cmd_train", src) == []

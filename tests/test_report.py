@@ -71,12 +71,40 @@ def test_latency_goes_to_the_run_whose_checkpoint_made_the_artifact(tmp_path):
     stray = tmp_path / "lat_stray.json"
     stray.write_text(json.dumps({"artifact": "vmoe-6x64-p8-e5_onnx_fp32.onnx", "device": "local", "median_ms": 9.0,
                                  "checkpoint_sha256": "0" * 64}))
-    paths = make_report([d for d, _ in rows.values()], [lat for _, lat in rows.values()] + [stray], tmp_path / "rep",
+    paths = make_report([d for d, _ in rows.values()], [lat for _, lat in rows.values()], tmp_path / "rep",
                         published=False)
     by_run = {r["source"].split("/")[-1]: r for r in csv.DictReader(paths["table.csv"].open())}
     col = "latency_ms onnx fp32 @ local (ms)"
     assert float(by_run["run_a"][col]) == 1.5 and float(by_run["run_b"][col]) == 2.5
-    assert float(by_run["vmoe-6x64-p8-e5_onnx_fp32.onnx"][col]) == 9.0  # another checkpoint: a row of its own
+    assert len(by_run) == 2
+    # a file of another checkpoint: refused, naming the file and the runs given (no invented row)
+    with pytest.raises(MvmoeError, match=r"lat_stray\.json measured an artifact of checkpoint sha256 000000000000…, "
+                                         r"made by none of the runs given \(.*run_a, .*run_b\)"):
+        make_report([d for d, _ in rows.values()], [stray], tmp_path / "rep2", published=False)
+    # a file whose checkpoint is run_a's but whose model is another preset: conflicting, refused
+    wrong = tmp_path / "lat_wrong.json"
+    wrong.write_text(json.dumps({**json.loads(rows["run_a"][1].read_text()), "model": "vmoe-12x192-p32",
+                                 "macs": 123_000_000}))
+    with pytest.raises(MvmoeError, match=r"lat_wrong\.json names model vmoe-12x192-p32, 123\.00M MACs but its "
+                                         r"checkpoint_sha256 is the checkpoint of .*run_a \(vmoe-6x64-p8-e5"):
+        make_report([rows["run_a"][0]], [wrong], tmp_path / "rep3", published=False)
+
+
+@pytest.mark.parametrize("key,value", [("median_ms", -5.0), ("median_ms", 0), ("median_ms", float("nan")),
+                                       ("median_ms", float("inf")), ("median_ms", "1.0"), ("p90_ms", -1.0),
+                                       ("median_ms", None)])
+def test_impossible_latencies_are_refused_naming_the_file_and_key(tmp_path, key, value):
+    d = _run(tmp_path, "r")
+    lat = {"artifact": "vmoe-6x64-p8-e5_onnx_fp32.onnx", "device": "local", "runtime": "onnxruntime", "runs": 5,
+           "min_ms": 1.0, "median_ms": 1.0, "p90_ms": 1.0, "mean_ms": 1.0, key: value}
+    f = tmp_path / "lat.json"
+    f.write_text(json.dumps(lat))  # json.dumps writes NaN / Infinity, as a hand edit might
+    with pytest.raises(MvmoeError, match=rf"lat\.json: {key} is .*must be a finite number above zero"):
+        make_report([d], [f], tmp_path / "o", published=False)
+    mem = {"artifact": "vmoe-6x64-p8-e5_onnx_fp32.onnx", "device": "local", "loader": "file", "rss_mib": -3.0}
+    f.write_text(json.dumps(mem))
+    with pytest.raises(MvmoeError, match=r"rss_mib is -3\.0; a resident size must be"):
+        make_report([d], [f], tmp_path / "o", published=False)
 
 
 def test_memory_files_get_a_memory_column_beside_latency(tmp_path):

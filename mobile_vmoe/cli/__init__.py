@@ -1,11 +1,15 @@
 """The ``mvmoe`` command line. Thin: parse, call library functions, print.
 
 Commands live in one module per area (models/flops, train, export, profile/report) and register
-themselves on ``app`` / ``profile_app`` when imported below.
+themselves on ``app`` / ``profile_app`` when imported below. Those modules import at their top only
+the standard library, typer, the base layer and the target table; each command imports torch, the
+trainer or the converters in its body, so ``mvmoe --help`` and every ``--help`` load no torch and a
+command loads only what it uses (tests/test_imports.py, tests/test_startup.py).
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import pkgutil
 import sys
@@ -35,6 +39,11 @@ class OneLineErrors(TyperGroup):
         except MvmoeError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
+        except OSError as e:
+            if e.errno != errno.ENAMETOOLONG:  # a path the user typed that no file system takes: their error
+                raise
+            typer.echo(f"error: {name_too_long(e)}", err=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
@@ -44,6 +53,15 @@ app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
                   help="Mobile Vision Mixture-of-Experts: train, export, profile, report.")
 profile_app = typer.Typer(no_args_is_help=True, help="Profilers: flops (MACs, params), latency (local or on a phone), memory (resident MiB), ingest (a demo app's benchmark JSON).")
 app.add_typer(profile_app, name="profile")
+
+
+def name_too_long(e: OSError) -> str:
+    """One line for ENAMETOOLONG: the path component that is too long (file systems take 255 bytes)."""
+    path = str(e.filename or "")
+    longest = max(path.split("/"), key=lambda p: len(p.encode()), default="")
+    shown = longest if len(longest) <= 40 else f"{longest[:20]}…{longest[-12:]}"
+    return (f"a file or folder name of {len(longest.encode())} bytes ({shown}) is longer than the file system "
+            f"allows (255 bytes per name): shorten it (--out, or the path given)")
 
 
 def fail(message: str, code: int = 1) -> "typer.Exit":

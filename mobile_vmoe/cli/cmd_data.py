@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from ..data.imagenet_val import sort_val
 from ..fileio import to_json
 from . import app
 
@@ -26,4 +25,6 @@ def sort_val_cmd(
     mode: str = typer.Option("move", "--mode", help="move | link (hard links, needs --out) | copy"),
 ) -> None:
     """Sort the official flat ImageNet val/ folder into val/<WNID>/ class folders."""
+    from ..data.imagenet_val import sort_val
+
     typer.echo(to_json(sort_val(val, labels, meta, out=out, mode=mode)))

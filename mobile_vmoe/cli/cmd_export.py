@@ -6,19 +6,21 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from converters.pipeline import app_runs, app_runs_text, check_app, copy_to_app, export_checkpoint, plan, project_root
+from converters.targets import TARGET_NAMES
 
 from ..errors import MvmoeError
 from . import app
+
+# the converters (torch, the export backends) and rich are imported inside the command: `--help` stays fast
+DEFAULT_TARGET = "all"  # every target this installation converts, each checked (docs/export.md)
 
 
 @app.command("export")
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="a checkpoint written by `mvmoe train` (model.pt)"),
-    target: str = typer.Option(..., "--target", "-t", help="coreml | executorch | tflite | onnx | all"),
+    target: str = typer.Option(DEFAULT_TARGET, "--target", "-t", help=f"{' | '.join(TARGET_NAMES)} | all (all: every "
+                               "format, each checked against PyTorch, so one run shows what works)"),
     backend: Optional[str] = typer.Option(None, help="executorch only: xnnpack (default) | coreml | portable"),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (int8 calibrated on eval images)"),
     out: Path = typer.Option(Path("exports"), "--out", "-o", help="output folder"),
@@ -42,6 +44,10 @@ def export_cmd(
     verbose: bool = typer.Option(False, "--verbose", help="show the conversion libraries' own output"),
 ) -> None:
     """Export a checkpoint, check each artifact against PyTorch, write <stem>.json beside it."""
+    from rich.console import Console
+
+    from converters.pipeline import app_runs, app_runs_text, check_app, export_checkpoint, plan, project_root
+
     jobs, _ = plan(target, backend, precision, experts)  # bad combinations fail before the checkpoint is read
     if app_ is not None:
         check_app(app_)
@@ -71,6 +77,8 @@ def export_cmd(
 
 def results_table(results, out: Path):
     """artifact | parity | max |diff| | top-1 agree | accuracy change | ops; random-pixel parity said so."""
+    from rich.table import Table
+
     t = Table()
     for col in ("artifact", "parity", "max |diff|", "top-1 agree", "int8/fp16 acc change", "ops (delegated)"):
         t.add_column(col, overflow="fold")
@@ -95,6 +103,8 @@ def results_table(results, out: Path):
 
 def copy_results(results, app: str) -> None:
     """Copy what the app runs into its folder (in this checkout), say where; name what is not copied."""
+    from converters.pipeline import app_runs, app_runs_text, copy_to_app
+
     for r in results:
         if not r.ok:
             continue

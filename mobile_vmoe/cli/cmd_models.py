@@ -5,22 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from converters.targets import ARTIFACT_SUFFIXES as TARGET_SUFFIXES
 
-from ..checkpoint import config_from_checkpoint, load_checkpoint
 from ..config import ModelConfig, parse_overrides
 from ..errors import MvmoeError
 from ..fileio import to_json
-from ..models import MobileVMoE
-from ..models.flops import analytic_macs, profile_flops
-from ..models.registry import get_config, list_models
-from ..profile.latency import VERIFIED, verified_metadata
 from . import app, profile_app
+
+# torch, the models and rich are imported inside the commands: `--help` stays fast
 
 
 def _human(n: float) -> str:
@@ -36,6 +30,14 @@ def models_cmd(
     as_json: bool = typer.Option(False, "--json", help="one JSON list instead of the table"),
 ) -> None:
     """List the model presets with their shapes, parameters and MACs per image."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..models import MobileVMoE
+    from ..models.flops import analytic_macs
+    from ..models.registry import get_config, list_models
+
     rows = []
     for name in list_models(pattern):
         cfg = get_config(name)
@@ -67,6 +69,8 @@ ARTIFACT_SUFFIXES = (*TARGET_SUFFIXES, ".json")
 def artifact_metadata(path: Path) -> dict:
     """The metadata .json of an exported artifact (the artifact itself or its .json), checked
     against the artifact's size and sha256 recorded at export."""
+    from ..profile.latency import verified_metadata
+
     return verified_metadata(path)
 
 
@@ -85,6 +89,15 @@ def flops_cmd(
     On an exported artifact this counts what the artifact runs: its model at its dispatch (the
     static gather runs k experts per MoE block, the all-experts fallback runs all E).
     """
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..checkpoint import config_from_checkpoint, load_checkpoint
+    from ..models import MobileVMoE
+    from ..models.flops import profile_flops
+    from ..models.registry import get_config
+    from ..profile.latency import VERIFIED
+
     if (checkpoint is None) == (model is None):
         raise MvmoeError("give exactly one of --model NAME or a CHECKPOINT file")
     if dispatch not in (None, "gather", "dense"):
@@ -107,6 +120,8 @@ def flops_cmd(
     else:
         cfg = config_from_checkpoint(load_checkpoint(checkpoint))
         cfg = cfg.replace(**overrides) if overrides else cfg
+    if not as_json:  # the count takes a while on a busy CPU: say what is running (--json output stays one object)
+        typer.echo(f"counting the MACs of {cfg.name} at {cfg.img_size} px: one forward pass on the CPU…", err=True)
     report = profile_flops(MobileVMoE(cfg), dispatch=dispatch or "gather")
     d = report.to_dict()
     if artifact is not None:

@@ -6,19 +6,17 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
-from converters.quiet import quiet
 
 from ..fileio import atomic_write_json, to_json
-from ..profile.ingest import ingest_app_benchmark
-from ..profile.latency import profile_latency
-from ..profile.memory import profile_memory
 from . import profile_app
+
+# the profilers, their runtimes and rich are imported inside the commands: `--help` stays fast
 
 
 def _print_latency(d: dict, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     if as_json:
         typer.echo(to_json(d))
         return
@@ -56,6 +54,8 @@ def _say_unverified(d: dict) -> None:
 
 def _quiet_runtimes(verbose: bool):
     """The runtimes' own chatter (torch pytree warnings, cpuinfo, LiteRT INFO) hidden unless --verbose."""
+    from converters.quiet import quiet
+
     return quiet(verbose)
 
 
@@ -77,6 +77,8 @@ def latency_cmd(
 ) -> None:
     """Latency of one artifact: min / median / p90 / mean over timed runs, batch 1. The artifact
     must match the size and sha256 its .json recorded at export (else one line, exit 1)."""
+    from ..profile.latency import profile_latency
+
     with _quiet_runtimes(verbose):
         d = profile_latency(artifact, device, warmup=warmup, runs=runs, threads=threads, per_op=per_op,
                             binary=binary, adb_port=adb_port, verify=not no_verify)
@@ -92,6 +94,8 @@ def ingest_cmd(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """A demo app's benchmark screen result -> the same keys as `profile latency`."""
+    from ..profile.ingest import ingest_app_benchmark
+
     d = ingest_app_benchmark(file)
     if out is not None:
         atomic_write_json(out, d)
@@ -101,8 +105,9 @@ def ingest_cmd(
 @profile_app.command("memory")
 def memory_cmd(
     artifact: Path = typer.Argument(..., help="an exported .pte / .tflite / .onnx, or a split artifact"),
-    loader: str = typer.Option("mmap", help="mmap (the runtime maps the file) | file (read whole into memory)"),
-    images: int = typer.Option(20, help="batch-1 runs after loading (seeded noise, one per image)"),
+    loader: Optional[str] = typer.Option(None, help="mmap (the runtime maps the file) | file (read whole into "
+                                         "memory); default: mmap where the runtime maps files, else file (ONNX Runtime)"),
+    images: int = typer.Option(20, help="batch-1 runs after loading (seeded noise, one per image; at least 1)"),
     threads: Optional[int] = typer.Option(None, help="CPU threads of the runtime"),
     max_tails: int = typer.Option(1, help="split artifacts: expert tails kept loaded (LRU)"),
     out: Optional[Path] = typer.Option(None, help="also write the JSON here (for `mvmoe report --memory`)"),
@@ -111,6 +116,11 @@ def memory_cmd(
 ) -> None:
     """Resident memory of one artifact (MiB over the runtime's baseline), in a fresh process. The
     artifact must match the size and sha256 its .json recorded at export (else one line, exit 1)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..profile.memory import profile_memory
+
     d = profile_memory(artifact, loader, images=images, threads=threads, max_tails=max_tails, verify=not no_verify)
     if out is not None:
         atomic_write_json(out, d)

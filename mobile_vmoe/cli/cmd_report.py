@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 
-from ..profile.report import make_report
 from . import app
 
 
@@ -21,6 +20,8 @@ def report_cmd(
 ) -> None:
     """One table (accuracy, MACs, params, latency and memory per target and device) and two plots;
     the console gets a short summary, the full table is in DIR/table.md."""
+    from ..profile.report import make_report
+
     # typer options take one value each: let `mvmoe report RUN lat/*.json` work too
     files = [p for p in run_dirs or [] if p.suffix == ".json" and p.is_file()]
     dirs = [p for p in run_dirs or [] if p not in files]

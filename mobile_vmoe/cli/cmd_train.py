@@ -8,18 +8,12 @@ from typing import Optional
 
 import typer
 
-from ..checkpoint import model_from_checkpoint
-from ..config import TrainConfig, parse_overrides
-from ..data import build_data
-from ..data.holdout import split_for_superclasses
+from ..config import parse_overrides
 from ..errors import MvmoeError
 from ..fileio import to_json
-from ..train import DEFAULT_DATA, resolve, train
-from ..train import resume as resume_run
-from ..train.recipes import get_recipe
-from ..train.recipes import list_recipes as names
-from ..train.run import fit_superclasses
 from . import app
+
+# torch, the data and the trainer are imported inside the commands: `--help` stays fast
 
 
 @app.command("train")
@@ -36,19 +30,32 @@ def train_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (same as --set seed=N)"),
     teacher: Optional[Path] = typer.Option(None, "--teacher", help="distill from this checkpoint (any mvmoe model.pt "
                                            "on the same data); --set distill=soft|hard, distill_weight=W, distill_tau=T"),
+    init: Optional[Path] = typer.Option(None, "--init", help="start from these weights: an mvmoe model.pt / "
+                                        "model.safetensors, or a timm / DeiT / torchvision ViT state dict (.pth .pt .bin "
+                                        ".safetensors); an MoE preset given dense weights upcycles them"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or per-epoch lines"),
+    class_names: Optional[Path] = typer.Option(None, "--class-names", help="ImageFolder: a text file with one human "
+                                               "class name per line, in the sorted order of the class folders (default: "
+                                               "ImageNet's LOC_synset_mapping.txt or devkit meta.mat when found)"),
 ) -> None:
     """Train a (Mobile V-MoE) model. With no arguments: a small Mobile V-MoE on digits, dense
     twin -> superclasses -> MoE, in a few minutes on a laptop CPU."""
     if list_recipes:
         print_recipes()
         return
+    from ..train import DEFAULT_DATA, resolve, train
+    from ..train import resume as resume_run
+
     settings = parse_overrides(set_)  # --set is parsed once, here
     if teacher is not None:
         settings["teacher"] = str(teacher.resolve())
+    if init is not None:
+        settings["init"] = str(init.resolve())
+    if class_names is not None:
+        settings["class_names"] = str(class_names.resolve())
     if resume:
         refuse_with_resume(out, model=model, data=data, recipe=recipe, epochs=epochs, seed=seed,
-                           superclasses=superclasses, teacher=teacher)
+                           superclasses=superclasses, teacher=teacher, init=init, class_names=class_names)
         summary = resume_run(out, settings, quiet=quiet)
     else:
         tcfg, bundle = resolve(model, data or DEFAULT_DATA, settings, epochs=epochs, seed=seed, recipe=recipe, out=out)
@@ -66,15 +73,23 @@ def refuse_with_resume(out: Optional[Path], **given) -> None:
     changed = [k for k, v in given.items() if v is not None]
     if changed:
         raise MvmoeError(f"--resume continues {out} with its saved settings; drop "
-                         + ", ".join(f"--{k}" for k in changed))
+                         + ", ".join(f"--{k.replace('_', '-')}" for k in changed))
 
 
 def print_recipes() -> None:
+    from ..train.recipes import get_recipe
+    from ..train.recipes import list_recipes as names
+
     for name in names():
         r = get_recipe(name)
         paper = f"{r.paper_top1:.2f}%" if r.paper_top1 is not None else "-"
-        typer.echo(f"{name:28s} model {r.model:16s} paper top-1 {paper:7s} {r.train['epochs']} epochs, "
+        typer.echo(f"{name:33s} model {r.model:16s} paper top-1 {paper:7s} {epochs_text(r.train['epochs'])}, "
                    f"global batch {r.train['batch_size']}")
+
+
+def epochs_text(n) -> str:
+    """'1 epoch', '20 epochs', '? epochs'."""
+    return "1 epoch" if n == 1 else f"{'?' if n is None else n} epochs"
 
 
 def print_summary(summary: dict) -> None:
@@ -87,7 +102,7 @@ def print_summary(summary: dict) -> None:
     if summary.get("router_superclass_top1") is not None:
         parts.append(f"router superclass top-1 {summary['router_superclass_top1']:.2f}%")
     if summary.get("dense"):
-        parts.append(f"dense twin ({summary['dense'].get('epochs', '?')} epochs, superclass source) "
+        parts.append(f"dense twin ({epochs_text(summary['dense'].get('epochs'))}, superclass source) "
                      f"top-1 {summary['dense']['top1']:.2f}%")
     typer.echo(", ".join(parts))
     typer.echo(f"{summary['macs'] / 1e6:.2f}M MACs/image, {summary['active_params'] / 1e6:.3f}M of "
@@ -111,6 +126,12 @@ def superclasses_cmd(
     """Cluster classes into superclasses from a dense model's confusion matrix on a stratified
     holdout of the training split (the model must not have trained on it: `mvmoe train`'s dense
     stage leaves it out). The evaluation split is never used."""
+    from ..checkpoint import model_from_checkpoint
+    from ..config import TrainConfig
+    from ..data import build_data
+    from ..data.holdout import split_for_superclasses
+    from ..train.run import fit_superclasses
+
     model, ck = model_from_checkpoint(checkpoint)
     if model.cfg.is_moe:  # superclasses come from a model that never saw the holdout
         raise MvmoeError(f"{checkpoint} is an MoE ({model.cfg.name}), trained on the whole training split including "

@@ -43,7 +43,8 @@ def spec_kind(spec: str) -> str:
 
 
 def build_data(spec: str, img_size: int | None = None, *, augment: str = "default", seed: int = 0,
-               max_bad_fraction: float = 0.01, index_cache: str | os.PathLike | None = None) -> DataBundle:
+               max_bad_fraction: float = 0.01, index_cache: str | os.PathLike | None = None,
+               class_names: str | os.PathLike | None = None) -> DataBundle:
     """Build the DataBundle named by ``spec``.
 
     img_size None -> the dataset's natural size (digits 32, synthetic 32, folder 224).
@@ -51,12 +52,15 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
     seed: the generation seed of ``synthetic`` (digits' split and folder contents never depend on it).
     max_bad_fraction: ImageFolder only; more unreadable images than this fraction is an error.
     index_cache: ImageFolder only; a file where the file index is cached and shared by the ranks.
+    class_names: ImageFolder only; a file with one human name per class folder (``--class-names``).
     """
     check_augment(augment)
     if img_size is not None and (not isinstance(img_size, int) or img_size < 4):
         raise MvmoeError(f"img_size must be an integer >= 4, got {img_size!r}")
     spec = str(spec)
     kind = spec_kind(spec)
+    if class_names and kind != "imagefolder":
+        raise MvmoeError(f"--class-names names the class folders of an ImageFolder dataset; {spec} keeps its own labels")
     if kind == "digits":
         bundle = build_digits(img_size, augment)
         bundle.spec = spec
@@ -71,7 +75,7 @@ def build_data(spec: str, img_size: int | None = None, *, augment: str = "defaul
     path = Path(os.path.expanduser(spec))
     if path.exists() or os.sep in spec or spec.startswith("."):
         bundle = build_imagefolder(path, img_size, augment, max_bad_fraction=max_bad_fraction,
-                                   index_cache=index_cache)
+                                   index_cache=index_cache, class_names=class_names)
         bundle.spec = str(path.resolve())
         return bundle
     raise MvmoeError(f"unknown dataset {spec!r}: use digits, synthetic, synthetic:<classes>:<superclasses>, shapes, shapes-disjoint, "

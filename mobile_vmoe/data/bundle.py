@@ -53,6 +53,8 @@ class DataBundle:
     spec: str = ""  # what rebuilds it: build_data(spec, img_size, seed=seed) ("digits", "synthetic:20:4", an absolute path)
     seed: int = 0  # generation seed (synthetic only; 0 otherwise)
     train_erasing: float = 0.0  # random erasing probability of uint8 train batches (on the device)
+    label_names: list[str] | None = None  # human names of class_names (ImageFolder: data/class_names.py), else None
+    label_names_from: str | None = None  # the file they were read from
 
     @property
     def num_classes(self) -> int:
@@ -60,9 +62,12 @@ class DataBundle:
 
     def checkpoint_info(self) -> dict:
         """The checkpoint's ``data`` entry: what an exported model must be fed."""
-        return {"name": self.name, "spec": self.spec or self.name, "seed": self.seed, "img_size": self.img_size,
+        info = {"name": self.name, "spec": self.spec or self.name, "seed": self.seed, "img_size": self.img_size,
                 "in_chans": self.in_chans, "mean": list(self.mean), "std": list(self.std),
                 "preprocess": self.preprocess.to_dict()}
+        if self.label_names is not None:  # human names beside the ids (class_names): the export's labels
+            info.update(labels=list(self.label_names), labels_from=self.label_names_from)
+        return info
 
 
 def check_classes(name: str, class_names: list[str]) -> None:

@@ -28,9 +28,10 @@ from torch.utils.data import Dataset
 
 from ..errors import MvmoeError
 from .bundle import DataBundle, check_classes
+from .class_names import class_names_of
 from .decode import to_rgb8
 from .imagenet_val import find_label_files, label_flat_files, val_labels
-from .index import IMG_EXTENSIONS, FolderIndex, is_image_file, list_folder, load_or_build, scan_classes  # noqa: F401
+from .index import IMG_EXTENSIONS, FolderIndex, is_image_file, list_folder, load_or_build, nested_images, scan_classes  # noqa: F401
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -46,7 +47,7 @@ SORT_HINT = ("give its labels: put LOC_val_solution.csv (or the devkit's ILSVRC2
 
 
 def scan_split(root: Path, split: str, classes: list[str] | None = None) -> FolderIndex:
-    """Index root/split/<class>/* (no file is opened).
+    """Index root/split/<class>/* (each file gets the cheap check of index.py, nothing is decoded).
 
     ``classes`` None: take the class list from this split (train). Otherwise every class folder
     here must be one of ``classes`` and labels index into it. A flat folder of images is read with
@@ -180,10 +181,13 @@ class ImageFolderDataset(Dataset):
 
 
 def build_imagefolder(path: str | os.PathLike, img_size: int | None = None, augment: str = "default", *,
-                      max_bad_fraction: float = 0.01, index_cache: str | os.PathLike | None = None) -> DataBundle:
+                      max_bad_fraction: float = 0.01, index_cache: str | os.PathLike | None = None,
+                      class_names: str | os.PathLike | None = None) -> DataBundle:
     """DataBundle of PATH/train and PATH/val; ImageNet mean/std; eval = resize 1/0.875 + center crop.
 
     index_cache: a file (e.g. in the run folder) holding the scan, shared by the ranks of a run.
+    class_names: a file with one human name per class folder (data/class_names.py); without it,
+    names are read from ImageNet's LOC_synset_mapping.txt or the devkit's meta.mat when found.
     """
     root = Path(path).expanduser()
     if not root.exists():
@@ -201,6 +205,12 @@ def build_imagefolder(path: str | os.PathLike, img_size: int | None = None, augm
         return {"train": train, "val": scan_split(root, "val", train.classes)}
 
     ix = load_or_build(index_cache, scan, folders={s: str(root / s) for s in ("train", "val")})
+    nested = {s: nested_images(ix[s]) for s in ("train", "val")}
+    if any(nested.values()):
+        warnings.warn(f"{root}: " + ", ".join(f"{n} of {len(ix[s])} {s} images" for s, n in nested.items() if n)
+                      + " are in subfolders of their class folders; they are included in that class, as torchvision's "
+                      "ImageFolder includes them", stacklevel=2)
+    named = class_names_of(root, ix["train"].classes, class_names)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     train = ImageFolderDataset(ix["train"], folder_train_transform(img_size, augment), where=str(root / "train"),
                                max_bad_fraction=max_bad_fraction)
@@ -209,6 +219,8 @@ def build_imagefolder(path: str | os.PathLike, img_size: int | None = None, augm
     return DataBundle(
         name=root.resolve().name, train=train, val=val, class_names=ix["train"].classes, img_size=img_size,
         in_chans=3, mean=mean, std=std, preprocess=PREPROCESS["imagefolder"], planted_superclasses=None,
-        stats={"root": str(root.resolve()), "train_images": len(train), "val_images": len(val)},
-        train_erasing=device_erasing(augment),
+        stats={"root": str(root.resolve()), "train_images": len(train), "val_images": len(val),
+               "images_in_class_subfolders": nested},
+        train_erasing=device_erasing(augment), label_names=named[0] if named else None,
+        label_names_from=named[1] if named else None,
     )

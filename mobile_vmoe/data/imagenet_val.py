@@ -51,8 +51,9 @@ def read_solution_csv(path: str | os.PathLike) -> dict[str, str]:
     return out
 
 
-def read_devkit_meta(path: str | os.PathLike) -> dict[int, str]:
-    """meta.mat -> {ILSVRC2012_ID: WNID} of the 1000 leaf synsets (num_children == 0)."""
+def read_devkit_synsets(path: str | os.PathLike) -> list[tuple[int, str, str]]:
+    """meta.mat -> (ILSVRC2012_ID, WNID, words) of the 1000 leaf synsets (num_children == 0);
+    words is the class name, e.g. "tench, Tinca tinca"."""
     try:
         from scipy.io import loadmat
         from scipy.io.matlab import MatReadError
@@ -61,13 +62,19 @@ def read_devkit_meta(path: str | os.PathLike) -> dict[int, str]:
                          f"{CSV_NAME} instead") from None
     try:
         synsets = loadmat(str(path), squeeze_me=True)["synsets"]
-        out = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
+        out = [(int(s["ILSVRC2012_ID"]), str(s["WNID"]), str(s["words"])) for s in synsets
+               if int(s["num_children"]) == 0]
     except (OSError, ValueError, KeyError, TypeError, IndexError, MatReadError) as e:
         raise MvmoeError(f"{path} is not the ImageNet devkit's meta.mat (a 'synsets' struct with "
-                         f"ILSVRC2012_ID, WNID, num_children): {e}") from None
+                         f"ILSVRC2012_ID, WNID, words, num_children): {e}") from None
     if not out:
         raise MvmoeError(f"{path} has no leaf synsets (num_children == 0)")
     return out
+
+
+def read_devkit_meta(path: str | os.PathLike) -> dict[int, str]:
+    """meta.mat -> {ILSVRC2012_ID: WNID} of the 1000 leaf synsets (num_children == 0)."""
+    return {i: wnid for i, wnid, _ in read_devkit_synsets(path)}
 
 
 def read_ground_truth(path: str | os.PathLike, meta: str | os.PathLike) -> dict[str, str]:

@@ -12,7 +12,8 @@ like the files that fail to decode later (see imagefolder.py).
 
 A cache (``load_or_build``) lets the ranks of one run share one scan: rank 0 scans and writes the
 cache atomically, the others wait for it. The cache records every folder's mtime; a file added to
-or removed from a class folder changes that folder's mtime, and a stale cache is rebuilt.
+or removed from a class folder (or a subfolder of it: images there belong to the class, as in
+torchvision's ImageFolder) changes that folder's mtime, and a stale cache is rebuilt.
 Whether a file that passes the check can be decoded is learnt when it is loaded (imagefolder.py).
 """
 
@@ -31,7 +32,7 @@ from ..errors import MvmoeError
 from ..fileio import atomic_write_bytes
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-INDEX_VERSION = 2  # 2: the cheap check's ``bad`` flags
+INDEX_VERSION = 3  # 2: images in subfolders of a class folder are indexed; 3: the cheap check's ``bad`` flags
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TAIL_BYTES = 1024  # where the JPEG end marker is looked for (cameras may pad after it)
@@ -138,20 +139,46 @@ class FolderIndex:
         return os.path.join(self.folder, self.files[i].decode())
 
 
+def _walk_visible(top: str):
+    """os.walk(top, followlinks=True) as torchvision's ImageFolder walks a class folder, hidden
+    folders pruned: -> (folder, file names) pairs."""
+    for root, dirs, names in os.walk(top, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        yield root, names
+
+
+def class_images(folder: str, name: str) -> tuple[list[str], dict[str, int]]:
+    """The images of class folder ``folder/name``, subfolders included, as paths relative to
+    ``folder`` in torchvision ImageFolder's order (``sorted(os.walk(...))``: by folder path, then file
+    name); hidden files and folders are skipped. -> (paths, {relative folder: st_mtime_ns})."""
+    images: list[str] = []
+    mtimes: dict[str, int] = {}
+    start = len(folder.rstrip(os.sep)) + 1
+    for root, names in sorted(_walk_visible(os.path.join(folder, name))):
+        rel = root[start:].replace(os.sep, "/")
+        mtimes[rel] = os.stat(root).st_mtime_ns
+        images.extend(f"{rel}/{f}" for f in sorted(names) if is_image_file(f))
+    return images, mtimes
+
+
+def nested_images(ix: FolderIndex) -> int:
+    """How many of an index's files sit in a subfolder of their class folder (``class/sub/x.png``)."""
+    return int((np.char.count(ix.files, b"/") > 1).sum()) if len(ix.files) else 0
+
+
 def scan_classes(folder: str | os.PathLike, dirs: list[str], index: dict[str, int]) -> FolderIndex:
-    """Index ``folder/<class>/<image>`` for the class folders ``dirs`` (labels from ``index``)."""
+    """Index ``folder/<class>/**/<image>`` for the class folders ``dirs`` (labels from ``index``):
+    images in subfolders of a class folder belong to that class, as in torchvision's ImageFolder."""
     files: list[bytes] = []
     labels: list[int] = []
     mtimes = {"": os.stat(folder).st_mtime_ns}
     for name in dirs:
-        class_dir = os.path.join(folder, name)
-        _, images = list_folder(class_dir)
+        images, folders = class_images(str(folder), name)
         if not images:
-            raise MvmoeError(f"class folder {class_dir} has no images ({', '.join(IMG_EXTENSIONS)}); "
-                             "remove it or add its images")
-        mtimes[name] = os.stat(class_dir).st_mtime_ns
-        prefix = name + "/"
-        files.extend((prefix + f).encode() for f in images)
+            raise MvmoeError(f"class folder {os.path.join(folder, name)} has no images ({', '.join(IMG_EXTENSIONS)}), "
+                             "in it or its subfolders; remove it or add its images")
+        mtimes.update(folders)
+        files.extend(f.encode() for f in images)
         labels.extend([index[name]] * len(images))
     return FolderIndex(str(folder), list(index), np.array(files, dtype=np.bytes_),
                        np.array(labels, dtype=np.int32), mtimes)

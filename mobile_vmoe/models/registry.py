@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 from ..config import ModelConfig
 from ..errors import MvmoeError
 from .vmoe import MobileVMoE
+from .weights import CONFIG_NAME, load_pretrained, read_config_json
 
 DEPTHS = (12, 9, 6)
 WIDTHS = (384, 192, 96, 64)
@@ -91,10 +94,25 @@ def dense_twin(cfg: ModelConfig) -> ModelConfig:
     return twin.replace(name=cfg.name.replace("vmoe-", "vit-", 1) if cfg.name.startswith("vmoe-") else f"{cfg.name}-dense")
 
 
-def create_model(name_or_cfg: str | ModelConfig, **overrides: Any) -> MobileVMoE:
-    """timm-style factory: ``create_model("vmoe-12x192-p32", num_classes=10, img_size=32)``."""
+def create_model(name_or_cfg: str | ModelConfig | os.PathLike, pretrained: str | os.PathLike | None = None,
+                 **overrides: Any) -> MobileVMoE:
+    """timm-style factory: ``create_model("vmoe-12x192-p32", num_classes=10, img_size=32)``.
+
+    ``name_or_cfg``: a preset name, a ModelConfig, or a ``config.json`` (or the folder holding it)
+    written beside ``model.safetensors``. ``pretrained``: weights to start from: a folder or
+    ``model.safetensors`` of this project, an mvmoe checkpoint, or a timm / DeiT / torchvision ViT
+    state dict (``models.weights.load_pretrained``: position embeddings resampled, a head of
+    another class count re-initialised, a dense MLP upcycled into an MoE block's experts).
+    """
     if isinstance(name_or_cfg, ModelConfig):
         cfg = name_or_cfg.replace(**overrides) if overrides else name_or_cfg
+    elif isinstance(name_or_cfg, os.PathLike) or str(name_or_cfg).endswith(".json") or os.path.isdir(str(name_or_cfg)):
+        path = Path(name_or_cfg)
+        cfg, _ = read_config_json(path / CONFIG_NAME if path.is_dir() else path)
+        cfg = cfg.replace(**overrides) if overrides else cfg
     else:
         cfg = get_config(name_or_cfg, **overrides)
-    return MobileVMoE(cfg)
+    model = MobileVMoE(cfg)
+    if pretrained is not None:
+        load_pretrained(model, pretrained, say=None)
+    return model

@@ -30,25 +30,34 @@ class ImageRoute:
     aux_loss: torch.Tensor | None = None  # () balancing loss, used when the router has no superclass target
 
 
-def topk_gates(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_gates(probs: torch.Tensor, k: int, unit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k experts of ``probs`` (..., E) and their gates (..., k).
 
     k > 1: gates renormalised to sum to 1. k == 1: the raw probability is kept as the gate (as in
     V-MoE and Switch), so the classification loss still sends a gradient to the router; with a
     renormalised k=1 gate (always 1.0) an end-to-end router could not learn.
+
+    ``unit=True`` (ModelConfig.gate == "unit"): the gates sum to 1 for every k. For k == 1 the gate
+    is p / stop_gradient(p): its value is exactly 1 (x / x is exact in IEEE arithmetic) and its
+    gradient is that of log p, so the router still learns from the classification loss. An MoE
+    whose experts are copies of one MLP then computes that MLP whatever the routing (upcycling).
+    E.g. probs [0.2, 0.5, 0.3], k 1: prob gate 0.5, unit gate 1.0, both for expert 1.
     """
     gates, index = probs.topk(k, dim=-1)
     if k > 1:
         gates = gates / gates.sum(dim=-1, keepdim=True)
+    elif unit:
+        gates = gates / gates.detach() if torch.is_grad_enabled() else torch.ones_like(gates)
     return gates, index
 
 
 class PerImageRouter(nn.Module):
     """LayerNorm -> Linear(D, E) on one vector per image, softmax, top-k."""
 
-    def __init__(self, dim: int, num_experts: int, top_k: int, router_input: str = "cls"):
+    def __init__(self, dim: int, num_experts: int, top_k: int, router_input: str = "cls", unit_gate: bool = False):
         super().__init__()
         self.top_k = top_k
+        self.unit_gate = unit_gate
         self.router_input = router_input
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.proj = nn.Linear(dim, num_experts)
@@ -58,7 +67,7 @@ class PerImageRouter(nn.Module):
         v = x[:, :1].flatten(1) if self.router_input == "cls" else x[:, 1:].mean(dim=1)  # (B, D)
         logits = self.proj(self.norm(v))  # (B, E)
         probs = logits.softmax(dim=-1)  # (B, E)
-        gates, index = topk_gates(probs, self.top_k)  # (B, k), (B, k)
+        gates, index = topk_gates(probs, self.top_k, self.unit_gate)  # (B, k), (B, k)
         aux = None
         if self.training:
             aux = importance_loss(probs) + switch_load_loss(probs, index[:, 0])
@@ -124,8 +133,10 @@ class PerTokenRouter(nn.Module):
     """
 
     def __init__(self, dim: int, num_experts: int, top_k: int, capacity_ratio: float,
-                 batch_priority: bool = True, noise: float = 1.0, eval_capacity_ratio: float = 0.0):
+                 batch_priority: bool = True, noise: float = 1.0, eval_capacity_ratio: float = 0.0,
+                 unit_gate: bool = False):
         super().__init__()
+        self.unit_gate = unit_gate
         self.num_experts = num_experts
         self.top_k = top_k
         self.capacity_ratio = capacity_ratio
@@ -149,7 +160,10 @@ class PerTokenRouter(nn.Module):
         if self.training and self.noise_std > 0:
             noisy = logits + self.noise_std * torch.randn_like(logits)
         probs = noisy.softmax(dim=-1)  # (B, T, E)
-        gates, index = probs.topk(k, dim=-1)  # (B, T, k) raw probabilities, as in V-MoE
+        if self.unit_gate:  # (B, T, k) summing to 1 (see topk_gates)
+            gates, index = topk_gates(probs, k, unit=True)
+        else:
+            gates, index = probs.topk(k, dim=-1)  # (B, T, k) raw probabilities, as in V-MoE
         C = self.capacity(T)
         slot, kept = assign_slots(index, gates[..., 0], E, C, self.batch_priority)
         gates = gates * kept.to(gates.dtype)

@@ -48,7 +48,8 @@ class MoEMlp(nn.Module):
         self.router = None
         if cfg.routing == "token":
             self.router = PerTokenRouter(cfg.width, cfg.num_experts, cfg.top_k, cfg.capacity_ratio,
-                                         cfg.batch_priority, cfg.router_noise, cfg.eval_capacity_ratio)
+                                         cfg.batch_priority, cfg.router_noise, cfg.eval_capacity_ratio,
+                                         unit_gate=cfg.gate == "unit")
         self.group_size = cfg.token_group_size
 
     def resolve_dispatch(self, batch: int, k: int) -> str:
@@ -92,7 +93,7 @@ class MobileVMoE(nn.Module):
         )
         self.router = None
         if cfg.is_per_image:
-            self.router = PerImageRouter(D, cfg.num_experts, cfg.top_k, cfg.router_input)
+            self.router = PerImageRouter(D, cfg.num_experts, cfg.top_k, cfg.router_input, unit_gate=cfg.gate == "unit")
         self.norm = nn.LayerNorm(D, eps=1e-6, bias=cfg.bias)
         self.head_drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(D, cfg.num_classes)

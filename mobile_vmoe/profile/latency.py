@@ -23,6 +23,7 @@ artifact, checked against the runtime's own input signature.
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import tempfile
@@ -251,6 +252,27 @@ def local_device() -> str:
     return f"local ({platform.system()} {platform.machine()})"
 
 
+def per_op_unavailable(path: Path, kind: str) -> str | None:
+    """Why ``--per-op`` gives no per-op times for this artifact and device, or None when it does."""
+    if path.suffix != ".pte":
+        return "per-op: not measured; per-op times come from ExecuTorch ETDump: .pte only"
+    if split_programs(path) is not None:
+        return ("per-op: not measured for a split .pte (trunk and expert tails are separate methods); export the "
+                "single program with --experts fused for per-op times")
+    if kind != "local":
+        return "per-op: not measured; ETDump per-op times are read on this machine only (--device local)"
+    return None
+
+
+def warn_threads(threads: int | None) -> None:
+    """One warning line when more threads are asked for than this machine has cores: the runs then
+    time the threads' contention, not the model."""
+    cores = os.cpu_count() or 1
+    if threads is not None and threads > cores:
+        warnings.warn(f"--threads {threads} is more than the {cores} CPU cores here: the threads will take turns "
+                      f"and the times measure that; use at most --threads {cores}")
+
+
 def parse_device(device: str) -> tuple[str, str | None]:
     """'local' | 'android[:SERIAL]' | 'ios[:UDID]' -> (kind, id)."""
     kind, _, ident = device.partition(":")
@@ -269,6 +291,7 @@ def profile_latency(artifact: str | Path, device: str = "local", *, warmup: int 
         raise MvmoeError(f"need --warmup >= 0 and --runs >= 1, got {warmup} and {runs}")
     if threads is not None and threads < 1:
         raise MvmoeError(f"--threads must be >= 1, got {threads}")
+    warn_threads(threads)
     kind, ident = parse_device(device)
     meta, carried = measured_meta(path, verify)
     shape, _ = _meta_shape(meta)
@@ -279,8 +302,8 @@ def profile_latency(artifact: str | Path, device: str = "local", *, warmup: int 
         res = profile_ios(path, udid=ident, warmup=warmup, runs=runs)
     else:
         res = run_local(path, warmup, runs, threads, shape, per_op=per_op)
-        if per_op and path.suffix != ".pte":
-            res.extra["per_op"] = None
-            res.extra["per_op_note"] = "per-op times come from ExecuTorch ETDump: .pte only"
+    if per_op and (note := per_op_unavailable(path, kind)):
+        res.extra["per_op"] = None
+        res.extra["per_op_note"] = note  # printed under the table: --per-op is never dropped silently
     res.extra.update(carried)
     return res.to_dict()

@@ -40,7 +40,7 @@ from converters import targets as T
 
 from ..errors import MvmoeError
 from ..fileio import to_json
-from .latency import artifact_meta, check_artifact, local_device, measured_meta, split_programs
+from .latency import artifact_meta, check_artifact, local_device, measured_meta, split_programs, warn_threads
 
 STATUS = {"VmRSS": "rss_mib", "RssAnon": "heap_mib", "RssFile": "file_mib", "VmHWM": "peak_rss_mib"}
 
@@ -119,22 +119,30 @@ def check_options(path: Path, runtime: str, loader: str, images: int, threads: i
         raise MvmoeError(f"{path.name}: Core ML runs only on macOS; measure it on the device (Xcode Instruments)")
     if loader not in T.LOADERS[runtime]:
         raise MvmoeError(f"--loader {loader}: {runtime} loads with {' or '.join(T.LOADERS[runtime])} here")
-    if images < 0:
-        raise MvmoeError(f"--images {images}: must be >= 0")
+    if images < 1:
+        raise MvmoeError(f"--images {images}: must be >= 1 (the load alone is always measured too: after.load)")
     if threads is not None and threads < 1:
         raise MvmoeError(f"--threads must be >= 1, got {threads}")
+    warn_threads(threads)
     if max_tails < 1:
         raise MvmoeError(f"--max-tails {max_tails}: must be >= 1")
 
 
-def profile_memory(artifact: str | Path, loader: str = "mmap", *, images: int = 20, threads: int | None = None,
+def default_loader(runtime: str) -> str:
+    """The loader ``--loader`` defaults to: mmap where the runtime maps files, else what it supports."""
+    loaders = T.LOADERS.get(runtime) or ("mmap",)
+    return "mmap" if "mmap" in loaders else loaders[0]
+
+
+def profile_memory(artifact: str | Path, loader: str | None = None, *, images: int = 20, threads: int | None = None,
                    max_tails: int = 1, verify: bool = True) -> dict:
-    """Resident memory of ``artifact`` loaded with ``loader`` and after ``images`` runs, measured in
-    a fresh process; the memory JSON (docs/formats.md). ``verify``: refuse an artifact whose size or
-    sha256 differ from its .json's (latency.measured_meta)."""
+    """Resident memory of ``artifact`` loaded with ``loader`` (None: ``default_loader`` of its runtime)
+    and after ``images`` runs, measured in a fresh process; the memory JSON (docs/formats.md).
+    ``verify``: refuse an artifact whose size or sha256 differ from its .json's (latency.measured_meta)."""
     path = check_artifact(artifact)
     split = split_programs(path) is not None
     runtime = T.RUNTIME_OF_SUFFIX[path.suffix] if not split else T.find(artifact_meta(path)["target"]).runtime
+    loader = loader or default_loader(runtime)
     check_options(path, runtime, loader, images, threads, max_tails)
     _, carried = measured_meta(path, verify)
     spec = {"artifact": str(path.resolve()), "runtime": runtime, "loader": loader, "images": images,

@@ -15,8 +15,10 @@ Inputs (formats: docs/formats.md)
   the run whose checkpoint made the artifact (``checkpoint_sha256``, carried from the artifact's
   .json), else, for files without it, by the model name in the artifact name
   `<model>_<target>[-<backend>]_<precision>[-<dispatch>].<ext>`; each distinct (target,
-  precision, dispatch, device) becomes one column holding the median in ms. Two files for one
-  run and column are refused as a conflict (never last-wins).
+  precision, dispatch, device) becomes one column holding the median in ms. Refused, in one line
+  naming the files or runs involved: two files for one run and column (never last-wins), a file
+  whose checkpoint is none of the runs given, a file whose model disagrees with the run its
+  checkpoint_sha256 names, and a latency or resident size that is not a finite number above zero.
 - published reference numbers (Mobile V-MoE, arXiv 2309.04354; DeiT; MobileNetV3), ImageNet-1k:
   rows marked "published", MACs computed from our presets at 224 px with the same counting
   convention, drawn in a separate panel (another dataset, not comparable to small-data runs).
@@ -190,10 +192,27 @@ def load_latency(files: list[str | Path]) -> list[Measurement]:
             raise MvmoeError(f"{f}: missing key(s) {', '.join(missing)}; expected the JSON of "
                              "`mvmoe profile latency --out`, `mvmoe profile memory --out` or `mvmoe profile ingest --out`")
         kind = MEMORY if is_memory(d) else LATENCY
+        check_measured_values(d, kind, f)
         out.append(Measurement(str(f), d["artifact"], d.get("model") or parse_artifact_name(d["artifact"])["model"],
                                Column(latency_column(d), kind), d["rss_mib"] if kind == MEMORY else d["median_ms"],
                                d.get("checkpoint_sha256"), d.get("macs")))
     return out
+
+
+TIMES = ("median_ms", "min_ms", "p90_ms", "mean_ms")
+
+
+def check_measured_values(d: dict, kind: str, f: Path) -> None:
+    """A latency or memory figure is a finite number above zero: a negative, zero, NaN or infinite
+    latency (a hand-edited or corrupted file) is refused, naming the file and the key."""
+    for key in (("rss_mib",) if kind == MEMORY else TIMES):
+        v = d.get(key)
+        if v is None and key != ("rss_mib" if kind == MEMORY else "median_ms"):
+            continue  # optional statistics
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        if not ok:
+            raise MvmoeError(f"{f}: {key} is {v!r}; a {'resident size' if kind == MEMORY else 'latency'} must be a "
+                             "finite number above zero (was the file edited?)")
 
 
 def is_memory(d: dict) -> bool:
@@ -229,21 +248,34 @@ def _sha256(path: Path, cache: dict) -> str:
 
 def attach_latency(rows: list[Row], measurements: list[Measurement]) -> list[Column]:
     """Put each latency median or memory figure on the row of the run it measured. Returns the
-    columns in the order first seen. A measurement that matches no run gets a row of its own (named
-    by its artifact). Two files for one cell (same run, target, precision, dispatch, device and
-    kind) are a conflict: refused, naming both files."""
+    columns in the order first seen. A measurement without checkpoint_sha256 that matches no run's
+    model gets a row of its own (named by its artifact, arm "?"). Refused, naming the file and the
+    runs or the other file: a checkpoint_sha256 of none of the runs; a model that disagrees with the
+    run of its checkpoint_sha256; two files for one cell (same run, target, precision, dispatch,
+    device and kind)."""
     cols: list[Column] = []
     hashes: dict = {}
-    orphans: dict[str, Row] = {}  # one row per unmatched checkpoint (or model name)
+    orphans: dict[str, Row] = {}  # one row per unmatched model name
     filled: dict[tuple, str] = {}  # (row id, column) -> the file that filled it
     for m in measurements:
         if m.column not in cols:
             cols.append(m.column)
         match = _rows_of(m, rows, hashes)
+        if not match and m.checkpoint_sha256:
+            given = ", ".join(r.source for r in rows if not r.published) or "none"
+            raise MvmoeError(f"{m.file} measured an artifact of checkpoint sha256 {m.checkpoint_sha256[:12]}…, made by "
+                             f"none of the runs given ({given}); add that run's folder or leave the file out")
+        for r in match:
+            if m.checkpoint_sha256 and r.model != m.model:
+                raise MvmoeError(f"{m.file} names model {m.model}{_macs_note(m.macs)} but its checkpoint_sha256 is the "
+                                 f"checkpoint of {r.source} ({r.model}{_macs_note(r.macs)}); the two disagree: "
+                                 "measure the artifact again or leave the file out")
         if not match:
-            key = m.checkpoint_sha256 or m.model
+            # no checkpoint named (an older or a peer's file) and no run of its model: a row of its own,
+            # its arm unknown
+            key = m.model
             if key not in orphans:
-                orphans[key] = Row(m.model, "?", "?", m.macs, None, None, None, None, None, m.artifact)
+                orphans[key] = Row(m.model, "?", "?", m.macs, None, None, None, None, None, m.artifact, arm="?")
                 rows.append(orphans[key])
             match = [orphans[key]]
         for r in match:
@@ -253,6 +285,10 @@ def attach_latency(rows: list[Row], measurements: list[Measurement]) -> list[Col
                                  f"({r.source}); give one of them")
             (r.memory if m.column.kind == MEMORY else r.latency)[m.column] = m.value
     return cols
+
+
+def _macs_note(macs) -> str:
+    return f", {macs / 1e6:.2f}M MACs" if isinstance(macs, (int, float)) and not isinstance(macs, bool) else ""
 
 
 def published_rows() -> list[Row]:

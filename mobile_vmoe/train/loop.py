@@ -22,6 +22,7 @@ world size that divides the batch; other ranks' RNG streams are then reseeded).
 from __future__ import annotations
 
 import contextlib
+import os
 import functools
 import signal
 import time
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import TrainConfig
+from ..config import ModelConfig, TrainConfig
 from ..data import MixupCutmix, superclass_targets
 from ..data.loader import (
     build_train_loader,
@@ -49,6 +50,7 @@ from ..errors import MvmoeError
 from ..fileio import atomic_write_json, read_json_object
 from ..models import MobileVMoE
 from ..models.flops import profile_flops
+from ..models.weights import load_pretrained, save_pretrained
 from ..provenance import git_state
 from .distill import load_teacher
 from .distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, broadcast_flag, shard
@@ -107,11 +109,15 @@ class TrainState:
             self.scaler.load_state_dict(d["scaler"])
 
 
-def build_state(stage: "Stage") -> TrainState:
-    """A fresh model (seeded), its EMA, AdamW and the warmup + cosine schedule."""
+def build_state(stage: "Stage", init: str | os.PathLike | None = None) -> TrainState:
+    """A fresh model (seeded; its weights loaded from ``init`` when given: pretrained or upcycled,
+    ``models.weights.load_pretrained``), its EMA, AdamW and the warmup + cosine schedule."""
     tcfg = stage.tcfg
     seed_everything(tcfg.seed)
-    model = MobileVMoE(tcfg.model).to(stage.device)
+    model = MobileVMoE(tcfg.model)
+    if init is not None:
+        load_pretrained(model, init, say=stage.say)
+    model = model.to(stage.device)
     lr = tcfg.effective_lr  # lr per 512 images, scaled to the global batch
     optimizer = build_optimizer(model, lr, tcfg.weight_decay, (tcfg.betas1, tcfg.betas2))
     total = stage.steps_per_epoch * tcfg.epochs
@@ -396,11 +402,7 @@ def save_state(stage: Stage, state: TrainState, path: Path, *, final: bool = Fal
     skipped = skipped_files(stage.bundle, stage.info)  # every rank's failures, for the count and resume
     if not stage.info.is_main:
         return
-    sc = stage.superclasses
-    ck = {"model_config": stage.tcfg.model.to_dict(), "class_names": list(stage.bundle.class_names),
-          "superclasses": {"names": list(sc["names"]), "class_to_superclass": list(sc["class_to_superclass"])}
-          if sc else None,
-          "data": stage.bundle.checkpoint_info(), "train_config": stage.tcfg.to_dict()}
+    ck = {"model_config": stage.tcfg.model.to_dict(), **checkpoint_meta(stage), "train_config": stage.tcfg.to_dict()}
     full = state.state_dict()
     if final:
         ck.update({k: full[k] for k in ("model", "ema", "ema_n_averaged", "metrics", "epoch", "step")})
@@ -411,13 +413,22 @@ def save_state(stage: Stage, state: TrainState, path: Path, *, final: bool = Fal
     save_checkpoint(path, ck)
 
 
+def checkpoint_meta(stage: Stage) -> dict:
+    """class_names, superclasses and data: what a checkpoint and config.json say besides the weights."""
+    sc = stage.superclasses
+    return {"class_names": list(stage.bundle.class_names),
+            "superclasses": {"names": list(sc["names"]), "class_to_superclass": list(sc["class_to_superclass"])}
+            if sc else None,
+            "data": stage.bundle.checkpoint_info()}
+
+
 def resume_state(stage: Stage, state: TrainState, path: Path) -> dict | None:
     """Load ``path`` into ``state``; returns the checkpoint dict (None when there is none yet)."""
     if not path.exists():
         stage.say(f"{stage.name}: no {path} yet, starting from scratch")
         return None
     ck = load_checkpoint(path, map_location=stage.device)
-    if ck["model_config"] != stage.tcfg.model.to_dict():
+    if ModelConfig.from_dict(ck["model_config"]) != stage.tcfg.model:  # (keys added later take their defaults)
         raise MvmoeError(f"{path} was written for another model config; use a new --out or drop --resume")
     if ck.get("steps_per_epoch") != stage.steps_per_epoch:
         raise MvmoeError(f"{path}: {ck.get('steps_per_epoch')} steps per epoch there, {stage.steps_per_epoch} now "
@@ -446,21 +457,22 @@ def say_world_size_change(stage: Stage, ck: dict) -> None:
 # ------------------------------------------------------------------------------------- fit
 def fit(tcfg: TrainConfig, bundle, out_dir: str | Path, *, superclasses: dict | None = None,
         dist_info: DistInfo | None = None, resume: bool = False, quiet: bool = False, stage: str = "train",
-        extra_summary: dict | None = None) -> dict:
+        extra_summary: dict | None = None, init: str | os.PathLike | None = None) -> dict:
     """Train ``tcfg.model`` on ``bundle`` for ``tcfg.epochs`` epochs into ``out_dir``; returns the summary.
 
     superclasses: a superclasses.json dict (``class_to_superclass``, S == num_experts) for a
     per-image MoE: its router is trained towards it with ``router_weight`` and evaluated on it.
     resume: continue from DIR/last.pt (a finished stage just returns its summary). The summary is
     ``{"stopped": True, ...}`` when SIGTERM/Ctrl-C or ``stop_after_steps`` ended it early.
-    torch's thread count is restored afterwards.
+    init: weights the stage starts from (``models.weights.load_pretrained``), read only when the
+    stage has no last.pt to resume. torch's thread count is restored afterwards.
     """
     threads = torch.get_num_threads()
     st = Stage(tcfg, bundle, Path(out_dir), stage, dist_info or DistInfo(), superclasses, quiet)
     if tcfg.threads and st.device.type == "cpu":
         torch.set_num_threads(tcfg.threads)
     try:
-        state = build_state(st)
+        state = build_state(st, None if resume and (st.out / "last.pt").exists() else init)
         ck = resume_state(st, state, st.out / "last.pt") if resume else None
         if ck is not None and state.epoch >= tcfg.epochs and (st.out / "summary.json").exists():
             st.say(f"{stage}: already finished in {st.out}")
@@ -475,6 +487,20 @@ def fit(tcfg: TrainConfig, bundle, out_dir: str | Path, *, superclasses: dict | 
         if close is not None:
             close()  # the loader's workers ignore SIGTERM: shut them down before the process exits
         torch.set_num_threads(threads)
+
+
+def adopt(tcfg: TrainConfig, bundle, out_dir: str | Path, init: str | os.PathLike, *,
+          dist_info: DistInfo | None = None, quiet: bool = False, stage: str = "dense") -> dict:
+    """A stage of zero epochs: ``tcfg.model`` with the weights of ``init``, evaluated and saved as a
+    finished stage (model.pt, model.safetensors, summary.json with ``epochs`` 0); returns the summary."""
+    st = Stage(tcfg, bundle, Path(out_dir), stage, dist_info or DistInfo(), None, quiet)
+    state = build_state(st, init)
+    state.metrics = {**evaluate(state.eval_model, st.val_loader(), device=st.device, amp_dtype=st.amp_dtype,
+                                reduce=functools.partial(all_reduce_sum, info=st.info)), "weights": "model"}
+    st.say(f"{stage}: {init} taken as it is (0 epochs), val top-1 {state.metrics['top1']:.2f}%")
+    if st.info.is_main:
+        st.out.mkdir(parents=True, exist_ok=True)
+    return finish(st, state, None, {"epochs": 0, "init": str(init)})
 
 
 def run_epochs(stage: Stage, state: TrainState) -> str | None:
@@ -554,6 +580,8 @@ def finish(stage: Stage, state: TrainState, stopped: str | None, extra_summary: 
         stage.say(f"{stage.name}: stopped at epoch {state.epoch}, step {state.step}; saved {last}")
         return {"stopped": True, "reason": stopped, "epoch": state.epoch, "step": state.step, "last": str(last)}
     save_state(stage, state, stage.out / "model.pt", final=True)
+    if stage.info.is_main:  # the same weights in the ecosystem's format, beside model.pt
+        save_pretrained(stage.out, stage.tcfg.model, state.eval_model.state_dict(), checkpoint_meta(stage))
     summary = make_summary(stage, state)
     summary.update(extra_summary or {})
     if stage.info.is_main:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -51,9 +50,10 @@ class Progress:
         if not enabled:
             return
         self._bar = Bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.3f}"), TextColumn("{task.fields[ips]:.0f} img/s"),
+                        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[ips]:.0f} img/s"),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-        self._task = self._bar.add_task(stage, total=total, completed=done, loss=math.nan, ips=0.0)
+        # "-" until the loop reads a loss (at log_every steps): a stage shorter than that shows no loss, not nan
+        self._task = self._bar.add_task(stage, total=total, completed=done, loss="-", ips=0.0)
 
     def __enter__(self):
         if self._bar is not None:
@@ -68,7 +68,7 @@ class Progress:
     def update(self, step: int, loss: float | None, ips: float) -> None:
         """loss None keeps the last one shown (the loop reads the loss at log steps only)."""
         if self._bar is not None:
-            fields = {"ips": ips} if loss is None else {"ips": ips, "loss": loss}
+            fields = {"ips": ips} if loss is None else {"ips": ips, "loss": f"{loss:.3f}"}
             self._bar.update(self._task, completed=step, **fields)
 
     def note(self, text: str) -> None:

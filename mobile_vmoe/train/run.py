@@ -27,6 +27,7 @@ import functools
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,14 @@ from ..data.loader import ignore_stop_signals
 from ..data.superclasses import confusion_matrix, load_superclasses, save_superclasses, superclasses_from_confusion
 from ..errors import MvmoeError
 from ..fileio import atomic_write_json, file_sha256, read_json_object
+from ..models import MobileVMoE
 from ..models.registry import dense_twin, get_config, is_grid_name, model_name
+from ..models.weights import fit_state, is_dense_weights, read_weights
 from ..provenance import provenance
+from . import pins
 from .distill import load_teacher
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, setup_distributed, shard
-from .loop import amp_dtype_for, fit
+from .loop import adopt, amp_dtype_for, finished_summary, fit
 from .recipes import get_recipe
 
 # The embedded default: `mvmoe train` with no arguments (see docs/training.md for why).
@@ -95,8 +99,58 @@ def resolve(model: str | ModelConfig | None = None, data: str = DEFAULT_DATA, se
     tcfg = base_config(model, recipe).with_settings({k: v for k, v in settings.items() if k not in model_keys})
     check_out_free(out)
     bundle = build_data(data, model_keys.get("img_size"), augment=tcfg.augment, seed=tcfg.seed,
-                        index_cache=index_cache(out))
-    return tcfg.replace(model=adapt_to_data(tcfg.model, bundle, model_keys)), bundle
+                        index_cache=index_cache(out), class_names=tcfg.class_names or None)
+    if "gate" not in model_keys and upcycles(tcfg):
+        model_keys["gate"] = "unit"  # the upcycled MoE starts as the dense model (models/routing.topk_gates)
+    # what was derived (a patch for small images) is said once the run's own checks pass (train)
+    return tcfg.replace(model=adapt_to_data(tcfg.model, bundle, model_keys,
+                                            notes=bundle.stats.setdefault("notes", []))), bundle
+
+
+def upcycles(tcfg: TrainConfig) -> bool:
+    """True when the MoE stage starts from dense weights: ``moe_init=upcycle``, or ``--init`` of a
+    dense model given to an MoE preset."""
+    if not tcfg.model.is_moe:
+        return False
+    return tcfg.moe_init == "upcycle" or (bool(tcfg.init) and is_dense_weights(tcfg.init))
+
+
+def has_dense_stage(tcfg: TrainConfig, superclasses: str) -> bool:
+    """The recipe's dense twin runs first (per-image MoE, ``--superclasses auto``)."""
+    return tcfg.model.is_per_image and superclasses == "auto"
+
+
+def stage_inits(tcfg: TrainConfig, superclasses: str, out: Path) -> tuple[str | None, str | None]:
+    """(weights the dense stage starts from, weights the main stage starts from), None = random.
+
+    Dense stage: ``--init`` when it is a dense model. Main stage: with ``moe_init=upcycle`` the
+    dense stage's model.pt (or ``--init`` when there is no dense stage); otherwise ``--init`` (a
+    dense one upcycled into an MoE)."""
+    init = tcfg.init or None
+    dense_init = init if init and has_dense_stage(tcfg, superclasses) and is_dense_weights(init) else None
+    main = init
+    if tcfg.model.is_moe and tcfg.moe_init == "upcycle" and has_dense_stage(tcfg, superclasses):
+        main = str(out / "dense" / "model.pt")
+    return dense_init, main
+
+
+def check_init(tcfg: TrainConfig, superclasses: str) -> None:
+    """Fail before any work when the start weights cannot fit the models that will load them."""
+    if tcfg.model.is_moe and tcfg.moe_init == "upcycle" and not has_dense_stage(tcfg, superclasses) and not tcfg.init:
+        raise MvmoeError("moe_init=upcycle copies the experts from a dense model: give --init DENSE_WEIGHTS "
+                         "(or use --superclasses auto, whose dense stage it upcycles)")
+    if tcfg.dense_stage == "init" and not tcfg.init:
+        raise MvmoeError("dense_stage=init takes the dense stage from --init: give --init DENSE_WEIGHTS "
+                         "(e.g. DeiT-Tiny's state dict for the 12x192-p16 upcycling recipe)")
+    if tcfg.dense_stage == "init" and not (has_dense_stage(tcfg, superclasses) and is_dense_weights(tcfg.init)):
+        raise MvmoeError("dense_stage=init needs a per-image MoE with --superclasses auto and dense --init weights")
+    if not tcfg.init:
+        return
+    dense_init, main = stage_inits(tcfg, superclasses, Path("."))
+    if dense_init:
+        fit_state(read_weights(dense_init).state, MobileVMoE(dense_twin(tcfg.model)))
+    if main == tcfg.init:
+        fit_state(read_weights(main).state, MobileVMoE(tcfg.model))
 
 
 def check_out_free(out: str | Path | None) -> None:
@@ -111,25 +165,48 @@ def index_cache(out: str | Path | None) -> Path | None:
     return Path(out) / "data_index.npz" if out is not None else None
 
 
-def adapt_to_data(cfg: ModelConfig, bundle, model_overrides: dict[str, Any]) -> ModelConfig:
+def adapt_to_data(cfg: ModelConfig, bundle, model_overrides: dict[str, Any],
+                  notes: list[str] | None = None) -> ModelConfig:
     """The preset made to fit the data: img_size, num_classes, in_chans from the bundle.
 
-    Small images (<= 64 px: digits, synthetic) get patch_size = img_size // 4 unless set, i.e.
+    Small images (<= 64 px: digits, synthetic) get patch_size = img_size // 4 unless set (the
+    largest divisor of img_size up to that when it does not divide; ``pick_patch``), i.e.
     a 4 x 4 grid of 16 tokens (a 32-px image with the preset's patch 32 would be one token; 16 is
     the token count of the paper's 224-px p32 models, 49, within a factor of 3 and keeps a CPU run
     to minutes). Preset-style names are rewritten to say what was built: vmoe-6x64-p8-e5.
+    A derived patch is said in one line: appended to ``notes`` when given, else a warning.
     """
     changes: dict[str, Any] = dict(model_overrides)
     changes.update(img_size=bundle.img_size, num_classes=bundle.num_classes, in_chans=bundle.in_chans)
-    if "patch_size" not in model_overrides and bundle.img_size <= 64 and bundle.img_size != cfg.img_size:
-        changes["patch_size"] = max(1, bundle.img_size // 4)
-    patch = changes.get("patch_size", cfg.patch_size)
-    if bundle.img_size % patch:
-        raise MvmoeError(f"img_size={bundle.img_size} is not divisible by patch_size={patch}: set --set patch_size=N")
+    changes["patch_size"], note = pick_patch(cfg, bundle.img_size, model_overrides.get("patch_size"))
+    if note and notes is not None:
+        notes.append(note)
+    elif note:
+        warnings.warn(note, stacklevel=2)
     new = cfg.replace(**changes)
     if "name" not in model_overrides and is_grid_name(cfg.name):
         new = new.replace(name=model_name(new))
     return new
+
+
+def pick_patch(cfg: ModelConfig, img_size: int, given: int | None) -> tuple[int, str | None]:
+    """The patch size for ``img_size`` and, when it was derived, the line that says so: the one given
+    with --set; else, for small images (<= 64 px) that the preset was not made for, the largest
+    divisor of img_size up to img_size // 4 (a grid of at least 4 x 4); else the preset's. A patch
+    that does not divide the image is refused, saying where it came from and which sizes would fit."""
+    if given is not None:
+        patch, origin = given, "set with --set"
+    elif img_size <= 64 and img_size != cfg.img_size:
+        patch = max(d for d in range(1, max(1, img_size // 4) + 1) if img_size % d == 0)
+        return patch, (f"patch_size {patch} instead of {cfg.name}'s {cfg.patch_size}: {img_size}-px images get a "
+                       f"{img_size // patch} x {img_size // patch} grid of patches (set --set patch_size=N to choose)")
+    else:
+        patch, origin = cfg.patch_size, f"{cfg.name}'s patch"
+    if img_size % patch:
+        fits = [d for d in range(2, img_size // 2 + 1) if img_size % d == 0][-4:] or [1]
+        raise MvmoeError(f"img_size={img_size} is not divisible by patch_size={patch} ({origin}): set --set "
+                         f"patch_size=N with N dividing {img_size}, e.g. {', '.join(map(str, fits))}")
+    return patch, None
 
 
 def check_run(tcfg: TrainConfig, bundle, superclasses: str, out: Path) -> None:
@@ -152,6 +229,7 @@ def check_run(tcfg: TrainConfig, bundle, superclasses: str, out: Path) -> None:
         raise MvmoeError(f"--out {out} is a file, not a directory")
     if tcfg.teacher:
         load_teacher(tcfg.teacher, bundle)  # a missing or unfitting teacher fails before training
+    check_init(tcfg, superclasses)
 
 
 def default_out_dir(model_name: str, data: str) -> Path:
@@ -181,7 +259,11 @@ def train(tcfg: TrainConfig, bundle, out_dir: str | Path | None = None, *, super
                    "lr": {"per_512": tcfg.lr, "global_batch": tcfg.global_batch, "effective": tcfg.effective_lr}}
             if tcfg.teacher:
                 run["teacher_sha256"] = file_sha256(tcfg.teacher)
-            atomic_write_json(out / "run.json", run)
+            if tcfg.init:
+                run["init_sha256"] = file_sha256(tcfg.init)
+            atomic_write_json(out / "run.json", pins.pin_new_run(run, out, str(superclasses), RESUMABLE_KEYS))
+            for note in bundle.stats.pop("notes", []):  # what resolve derived, said now that the run goes ahead
+                warnings.warn(note, stacklevel=2)
         barrier(info)
         return run_stages(tcfg, bundle, out, str(superclasses), info, resume=False, quiet=quiet)
     finally:
@@ -196,6 +278,7 @@ def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet
     if not (out / "run.json").is_file():
         raise MvmoeError(f"nothing to resume in {out}: no run.json there (is it the run's top folder?)")
     run = read_json_object(out / "run.json")
+    pins.verify_settings(out, run, RESUMABLE_KEYS)  # a hand-edited run.json is refused, naming it
     blocked = sorted(set(settings or {}) - set(RESUMABLE_KEYS))
     if blocked:
         raise MvmoeError(f"--resume keeps the run's settings; cannot change {', '.join(blocked)} "
@@ -206,8 +289,10 @@ def resume(out_dir: str | Path, settings: dict[str, Any] | None = None, *, quiet
     tcfg = TrainConfig.from_dict(saved).replace(**{"stop_after_steps": 0, **(settings or {})})
     check_out_free(out)
     bundle = build_data(run["data"], tcfg.model.img_size, augment=tcfg.augment, seed=tcfg.seed,
-                        index_cache=index_cache(out))
+                        index_cache=index_cache(out), class_names=tcfg.class_names or None)
+    pins.verify_or_pin(out, "data_index", index_cache(out), is_main=int(os.environ.get("RANK", "0")) == 0)
     check_teacher_unchanged(tcfg, run)
+    check_init_unchanged(tcfg, run, out)
     info = setup_distributed(tcfg.dist_timeout_min)
     lock = None
     try:
@@ -228,6 +313,17 @@ def check_teacher_unchanged(tcfg: TrainConfig, run: dict) -> None:
         raise MvmoeError(f"the run's teacher {tcfg.teacher} changed since the run started; cannot resume exactly")
 
 
+def check_init_unchanged(tcfg: TrainConfig, run: dict, out: Path) -> None:
+    """A resumed run whose stages have not all started reads ``--init`` again: it must be the file
+    the run started with."""
+    if not tcfg.init or (out / "last.pt").exists():  # the main stage started: --init is not read again
+        return
+    if not Path(tcfg.init).is_file():
+        raise MvmoeError(f"the run's --init {tcfg.init} is gone; it is needed to resume")
+    if run.get("init_sha256") and file_sha256(tcfg.init) != run["init_sha256"]:
+        raise MvmoeError(f"the run's --init {tcfg.init} changed since the run started; cannot resume exactly")
+
+
 def run_stages(tcfg: TrainConfig, bundle, out: Path, superclasses: str, info: DistInfo, *, resume: bool,
                quiet: bool) -> dict:
     """Stages 1-2 when the run needs them, then the model itself."""
@@ -237,8 +333,12 @@ def run_stages(tcfg: TrainConfig, bundle, out: Path, superclasses: str, info: Di
         sc, extra = superclass_stage(tcfg, bundle, out, superclasses, info, resume, quiet)
         if sc is None:  # the dense stage was stopped early
             return {**extra, "run_dir": str(out)}
+    _, init = stage_inits(tcfg, superclasses, out)
+    if init is not None and not quiet and info.is_main and not (resume and (out / "last.pt").exists()):
+        what = "upcycled from" if upcycles(tcfg) and tcfg.model.is_moe else "starting from"
+        print(f"{'moe' if tcfg.model.is_moe else 'dense'}: {what} {init}")
     summary = fit(tcfg, bundle, out, superclasses=sc, dist_info=info, resume=resume, quiet=quiet,
-                  stage="moe" if tcfg.model.is_moe else "dense", extra_summary=extra)
+                  stage="moe" if tcfg.model.is_moe else "dense", extra_summary=extra, init=init)
     return {**summary, "run_dir": str(out)} if summary.get("stopped") else summary
 
 
@@ -246,16 +346,29 @@ def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, in
                      quiet: bool) -> tuple[dict | None, dict]:
     """Stages 1-2 (or a given file): -> (superclasses dict, extra summary keys)."""
     if superclasses != "auto":
+        pins.verify_or_pin(out, "superclasses", superclasses, is_main=info.is_main)
         return load_superclasses(superclasses, bundle.class_names), {"superclasses_file": str(superclasses)}
     path = out / "superclasses.json"
     dense_model = dense_twin(tcfg.model)
-    dense_tcfg = tcfg.replace(model=dense_model, epochs=tcfg.dense_epochs or tcfg.epochs, teacher="")
+    dense_tcfg = tcfg.replace(model=dense_model.replace(gate="prob"), epochs=tcfg.dense_epochs or tcfg.epochs,
+                              teacher="", moe_init="scratch")
     rest, holdout = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
-    dense = fit(dense_tcfg, rest, out / "dense", dist_info=info, resume=resume, quiet=quiet, stage="dense")
+    dense_init, _ = stage_inits(tcfg, superclasses, out)
+    if tcfg.dense_stage == "init":
+        dense = adopt_dense(dense_tcfg, rest, out / "dense", info, quiet)
+    else:
+        dense = fit(dense_tcfg, rest, out / "dense", dist_info=info, resume=resume, quiet=quiet, stage="dense",
+                    init=dense_init)
     if dense.get("stopped"):
         return None, dense
-    if not (resume and path.exists()):
+    pins.verify_or_pin(out, "dense_checkpoint", out / "dense" / "model.pt", is_main=info.is_main)
+    if resume and path.exists():
+        pins.verify_or_pin(out, "superclasses", path, is_main=info.is_main)
+    else:
         fit_superclasses(out / "dense" / "model.pt", holdout, bundle, tcfg, path, info.device, quiet, info=info)
+        if info.is_main:
+            pins.pin(out, "superclasses", path)
+        barrier(info)
     sc = load_superclasses(path, bundle.class_names)
     extra = {"superclasses_file": str(path), "superclass_sizes": sc.get("sizes"), "dense": {k: dense.get(k) for k in
                                                      ("model", "top1", "top5", "macs", "params", "epochs", "checkpoint")}}
@@ -264,6 +377,14 @@ def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, in
 
         extra["superclass_ari"] = float(adjusted_rand_score(bundle.planted_superclasses, sc["class_to_superclass"]))
     return sc, extra
+
+
+def adopt_dense(dense_tcfg: TrainConfig, rest, out: Path, info: DistInfo, quiet: bool) -> dict:
+    """``dense_stage=init``: the ``--init`` weights are the dense stage, untrained here: evaluated and
+    written as out/model.pt (+ model.safetensors, summary.json) as a trained dense stage leaves them."""
+    if (out / "summary.json").exists():
+        return finished_summary(out)
+    return adopt(dense_tcfg, rest, out, dense_tcfg.init, dist_info=info, quiet=quiet, stage="dense")
 
 
 def fit_superclasses(dense_path: Path, holdout, bundle, tcfg: TrainConfig, path: Path, device, quiet: bool,

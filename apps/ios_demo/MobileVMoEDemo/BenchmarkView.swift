@@ -74,6 +74,12 @@ struct BenchmarkView: View {
                 }
             }
             .navigationTitle("Benchmark")
+            // The picker starts at a tagged model (the live screen's, else the first), and follows the
+            // list when the bundle is read or the chosen model is gone.
+            .onChange(of: store.models, initial: true) { _, models in
+                if let c = chosen, models.contains(c) { return }
+                chosen = store.selected ?? models.first
+            }
         }
     }
 
@@ -101,9 +107,10 @@ struct BenchmarkView: View {
         }
     }
 
-    /// Loads the model with the chosen compute units; per run times the image -> input preprocessing,
-    /// the prediction (MLMultiArray in, `prediction(from:)`, output feature values read) and the
-    /// decoding apart, on the bundled sample through the app preprocessing (the Android app's input
+    /// Loads the model with the chosen compute units; per run times the image -> input array
+    /// preprocessing, the run (the array written into the input `MLMultiArray` and `prediction(from:)`,
+    /// as the Android app times writing its input tensor and the run call) and the postprocessing
+    /// (output feature values read, softmax, top-5) apart, on the bundled sample through the app preprocessing (the Android app's input
     /// too); records resident memory after loading and after the runs (the Classify tab released its
     /// model when it was left), and for a split artifact the cold expert-tail loads.
     /// Writes the JSON atomically to the temp folder.
@@ -120,11 +127,14 @@ struct BenchmarkView: View {
         for _ in 0..<warmup { _ = try runner.predict(try runner.makeInput(Preprocess.toInput(sample, model.meta.input, cropFraction: crop))) }
         var pre: [Double] = [], times: [Double] = [], post: [Double] = []
         for _ in 0..<runs {
+            // the spans of the Android app: image -> input array | array written into the MLMultiArray +
+            // prediction | outputs read + top-5
             let a = DispatchTime.now().uptimeNanoseconds
-            let input = try runner.makeInput(Preprocess.toInput(sample, model.meta.input, cropFraction: crop))
+            let values = Preprocess.toInput(sample, model.meta.input, cropFraction: crop)
             let b = DispatchTime.now().uptimeNanoseconds
-            let (logits, experts) = try runner.predict(input)
+            let raw = try runner.run(values)
             let c = DispatchTime.now().uptimeNanoseconds
+            let (logits, experts) = try runner.read(raw)
             _ = Postprocess.decode(model.meta, logits: logits, expertProbs: experts)
             let d = DispatchTime.now().uptimeNanoseconds
             pre.append(Double(b - a) / 1e6); times.append(Double(c - b) / 1e6); post.append(Double(d - c) / 1e6)

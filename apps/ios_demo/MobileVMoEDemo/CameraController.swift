@@ -1,20 +1,33 @@
 import AVFoundation
 import SwiftUI
 
-/// Back camera frames (BGRA, portrait) delivered to `onFrame` on a background queue.
-/// Frames arriving while the previous one is still being classified are dropped.
-final class CameraController: NSObject, ObservableObject, AVCaptureVideoDataOutputSampleBufferDelegate {
+/// Back camera frames (BGRA, portrait) delivered to the frame handler on the session queue.
+/// Every piece of session state (the handler, whether the camera is wanted, the configuration) lives on
+/// that one serial queue, so `start()` and `stop()` take effect in the order they were called: a
+/// `stop()` right after a `start()` leaves the camera off even when the permission answer arrives
+/// later. Frames arriving while the previous one is still being classified are dropped by the handler.
+final class CameraController: NSObject, ObservableObject, AVCaptureVideoDataOutputSampleBufferDelegate, @unchecked Sendable {
     let session = AVCaptureSession()
     @Published var denied = false
-    var onFrame: ((CVPixelBuffer) -> Void)?
     private let queue = DispatchQueue(label: "camera.frames")
+    // Only touched on `queue`:
+    private var onFrame: (@Sendable (CVPixelBuffer) -> Void)?
+    private var wanted = false
     private var configured = false
 
+    /// The handler runs on the camera queue, never on the main actor: it must be `@Sendable` and hop to
+    /// the main actor itself for anything that touches the UI.
+    func setFrameHandler(_ handler: (@Sendable (CVPixelBuffer) -> Void)?) {
+        queue.async { self.onFrame = handler }
+    }
+
     func start() {
+        queue.async { self.wanted = true }  // ordered before any later stop()
         AVCaptureDevice.requestAccess(for: .video) { granted in
             DispatchQueue.main.async { self.denied = !granted }
             guard granted else { return }
             self.queue.async {
+                guard self.wanted else { return }  // stop() came first on the queue
                 if !self.configured { self.configure() }
                 if !self.session.isRunning { self.session.startRunning() }
             }
@@ -22,7 +35,10 @@ final class CameraController: NSObject, ObservableObject, AVCaptureVideoDataOutp
     }
 
     func stop() {
-        queue.async { if self.session.isRunning { self.session.stopRunning() } }
+        queue.async {
+            self.wanted = false
+            if self.session.isRunning { self.session.stopRunning() }
+        }
     }
 
     private func configure() {

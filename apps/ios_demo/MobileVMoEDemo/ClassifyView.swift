@@ -1,3 +1,4 @@
+import CoreVideo
 import PhotosUI
 import SwiftUI
 import UIKit
@@ -55,14 +56,17 @@ struct ClassifyView: View {
             .navigationTitle(store.selected?.meta.model ?? "Mobile V-MoE")
             .toolbar { modelMenu }
         }
-        .onAppear { setUp() }
+        // One load per appearance and per selection: SwiftUI starts this task when the view appears,
+        // cancels it when the view disappears and restarts it when the selection changes, and a load
+        // whose task was cancelled (or whose model is no longer the selected one) shows nothing.
+        .task(id: store.selected) { await load(store.selected) }
         .onDisappear {
             // Release the live model while another tab is shown, so the benchmark measures (and its
-            // phys_footprint counts) only the model it loads itself; onAppear loads it again.
+            // phys_footprint counts) only the model it loads itself; the task above loads it again.
             camera.stop()
+            camera.setFrameHandler(nil)
             runner = nil
         }
-        .onChange(of: store.selected) { _, _ in setUp() }
         .onChange(of: useCamera) { _, on in on ? camera.start() : camera.stop() }
         .onChange(of: photoItem) { _, item in Task { await loadPhoto(item) } }
     }
@@ -119,13 +123,17 @@ struct ClassifyView: View {
         }
     }
 
-    /// Compiles/loads the model off the main thread, then shows load and first-inference time and the parity set.
-    private func setUp() {
-        guard let model = store.selected else { return }
+    /// Compiles/loads the model off the main thread, then shows load and first-inference time and the
+    /// parity set. The result is dropped when the view left or the selection changed meanwhile.
+    private func load(_ model: BundledModel?) async {
         runner = nil
+        prediction = nil
+        guard let model else { return }
         status = "loading \(model.meta.artifact)…"
         rolling = RollingMedian(capacity: 20)
-        Task.detached(priority: .userInitiated) {
+        camera.setFrameHandler(ClassifyView.frameHandler(gate: gate) { img in classify(img, gated: true) })
+        if useCamera { camera.start() }
+        let (result, text, passed) = await Task.detached(priority: .userInitiated) { () -> (Result<ModelRunner, Error>, String, Bool) in
             let t0 = DispatchTime.now().uptimeNanoseconds
             let result = Result { try ModelRunner(model, computeUnits: .all) }
             let loadMs = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
@@ -144,27 +152,34 @@ struct ClassifyView: View {
                 }
                 if #available(iOS 17.4, *), let plan = await r.computePlanSummary() { line += "\n" + plan }
             }
-            let (text, passed) = (line, ok)
-            await MainActor.run {
-                switch result {
-                case .success(let r):
-                    runner = r
-                    message = nil
-                    status = text
-                    checksOK = passed
-                case .failure(let error):
-                    message = "Cannot load \(model.meta.artifact): \(error.localizedDescription)"
-                    status = nil
-                }
-            }
+            return (result, line, ok)
+        }.value
+        // The view disappeared (task cancelled) or another model was picked while this one loaded:
+        // its runner is released here, never shown under another model's title or kept behind the benchmark.
+        guard !Task.isCancelled, store.selected == model else { return }
+        switch result {
+        case .success(let r):
+            runner = r
+            message = nil
+            status = text
+            checksOK = passed
+        case .failure(let error):
+            message = "Cannot load \(model.meta.artifact): \(error.localizedDescription)"
+            status = nil
         }
-        let gate = self.gate
-        camera.onFrame = { pb in
+    }
+
+    /// The camera's frame handler, made outside the main actor: it runs on the camera queue, drops a
+    /// frame before converting it while one is in flight, and hands the converted image to `deliver`
+    /// on the main actor.
+    nonisolated private static func frameHandler(gate: FrameGate,
+                                                 deliver: @escaping @MainActor (RGBImage) -> Void) -> @Sendable (CVPixelBuffer) -> Void {
+        let box = MainActorBox(deliver)
+        return { pb in
             guard gate.enter() else { return }  // drop the frame before converting it
             guard let img = ImageConversion.rgb(from: pb) else { gate.leave(); return }
-            classify(img, gated: true)
+            Task { @MainActor in box.value(img) }
         }
-        if useCamera { camera.start() }
     }
 
     /// The bundled sample (Sample/digit.png: a light-on-dark digit 3, as the digits models expect).
@@ -229,4 +244,10 @@ final class FrameGate: @unchecked Sendable {
     func leave() {
         lock.lock(); inFlight = false; lock.unlock()
     }
+}
+
+/// Carries a main-actor closure through a `@Sendable` one; it is only ever called on the main actor.
+private final class MainActorBox: @unchecked Sendable {
+    let value: @MainActor (RGBImage) -> Void
+    init(_ value: @escaping @MainActor (RGBImage) -> Void) { self.value = value }
 }

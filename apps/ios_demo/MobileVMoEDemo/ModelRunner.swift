@@ -102,22 +102,39 @@ final class ModelRunner {
         return try MLDictionaryFeatureProvider(dictionary: [model.meta.input.name: MLFeatureValue(multiArray: arr)])
     }
 
-    /// Run the model on an already-built input; returns the raw outputs. Split: trunk, then the
-    /// chosen tail fed with the trunk's outputs named in the .json.
-    func predict(_ input: MLFeatureProvider) throws -> (logits: [Float], expertProbs: [Float]?) {
-        var out = try mlModel.prediction(from: input)
+    /// What a run leaves before any output is read: the last program's outputs and, for a split
+    /// artifact, the trunk's `expert_probs` (the tail does not return it).
+    struct RawOutputs {
+        let features: MLFeatureProvider
+        let trunkProbs: MLMultiArray?
+    }
+
+    /// The timed part of a run, the same span as Android's `Runner.run`: the input written into its
+    /// `MLMultiArray` and the prediction (split: trunk, then the chosen tail fed with the trunk's
+    /// outputs named in the .json). No output is read into Swift arrays here.
+    func run(_ values: [Float]) throws -> RawOutputs {
+        try run(makeInput(values))
+    }
+
+    func run(_ input: MLFeatureProvider) throws -> RawOutputs {
+        let out = try mlModel.prediction(from: input)
         let probs = out.featureValue(for: "expert_probs")?.multiArrayValue
-        if let tails, let programs = model.meta.programs {
-            guard let index = out.featureValue(for: "expert_index")?.multiArrayValue else {
-                throw ModelMetadata.Invalid(message: "the trunk returned no expert_index")
-            }
-            let feed = try MLDictionaryFeatureProvider(dictionary: Dictionary(uniqueKeysWithValues: programs.tailInputs.map {
-                ($0, out.featureValue(for: $0) ?? MLFeatureValue(double: 0))
-            }))
-            out = try tails.get(index[0].intValue).prediction(from: feed)
+        guard let tails, let programs = model.meta.programs else { return RawOutputs(features: out, trunkProbs: nil) }
+        guard let index = out.featureValue(for: "expert_index")?.multiArrayValue else {
+            throw ModelMetadata.Invalid(message: "the trunk returned no expert_index")
         }
+        let feed = try MLDictionaryFeatureProvider(dictionary: Dictionary(uniqueKeysWithValues: programs.tailInputs.map {
+            ($0, out.featureValue(for: $0) ?? MLFeatureValue(double: 0))
+        }))
+        return RawOutputs(features: try tails.get(index[0].intValue).prediction(from: feed), trunkProbs: probs)
+    }
+
+    /// Reads the logits and expert probabilities of a run into arrays (the start of postprocessing,
+    /// as Android's `Runner.outputs`).
+    func read(_ raw: RawOutputs) throws -> (logits: [Float], expertProbs: [Float]?) {
         func floats(_ name: String) -> [Float]? {
-            guard let a = (name == "expert_probs" ? probs : out.featureValue(for: name)?.multiArrayValue) else { return nil }
+            guard let a = (name == "expert_probs" && raw.trunkProbs != nil ? raw.trunkProbs
+                           : raw.features.featureValue(for: name)?.multiArrayValue) else { return nil }
             return (0..<a.count).map { a[$0].floatValue }  // handles fp16 and fp32 outputs alike
         }
         guard let logits = floats(logitsName) else {
@@ -126,12 +143,19 @@ final class ModelRunner {
         return (logits, expertName.flatMap(floats))
     }
 
-    /// Image -> prediction and the time of the prediction call alone (ms).
+    /// Run and read in one call (load checks, parity set, sample check).
+    func predict(_ input: MLFeatureProvider) throws -> (logits: [Float], expertProbs: [Float]?) {
+        try read(run(input))
+    }
+
+    /// Image -> prediction and the time of the run (input array written + prediction) in ms, the span
+    /// the benchmark's `runs_ms` and the Android app's live latency time.
     func classify(_ image: RGBImage, invert: Bool = false) throws -> (Prediction, Double) {
-        let input = try makeInput(Preprocess.toInput(image, model.meta.input, cropFraction: model.meta.cropFraction, invert: invert))
+        let values = Preprocess.toInput(image, model.meta.input, cropFraction: model.meta.cropFraction, invert: invert)
         let t0 = DispatchTime.now().uptimeNanoseconds
-        let (logits, experts) = try predict(input)
+        let raw = try run(values)
         let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+        let (logits, experts) = try read(raw)
         return (Postprocess.decode(model.meta, logits: logits, expertProbs: experts), ms)
     }
 }

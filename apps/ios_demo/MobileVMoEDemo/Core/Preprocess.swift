@@ -1,7 +1,7 @@
 import Foundation
 
 /// RGB pixels, row-major, 3 bytes per pixel. The platform layer (CGImage / CVPixelBuffer) fills it.
-struct RGBImage: Equatable {
+struct RGBImage: Equatable, Sendable {
     let width: Int
     let height: Int
     let rgb: [UInt8]

@@ -1,11 +1,14 @@
 package ai.mvmoe.demo
 
+import ai.mvmoe.demo.core.LateBinding
+import ai.mvmoe.demo.core.LiveSlot
 import ai.mvmoe.demo.core.Parity
 import ai.mvmoe.demo.core.Postprocess
 import ai.mvmoe.demo.core.Prediction
 import ai.mvmoe.demo.core.Preprocess
 import ai.mvmoe.demo.core.RgbImage
 import ai.mvmoe.demo.core.RollingMedian
+import ai.mvmoe.demo.core.SerialWorker
 import android.Manifest
 import android.content.pm.PackageManager
 import android.graphics.Bitmap
@@ -48,7 +51,6 @@ import androidx.compose.ui.viewinterop.AndroidView
 import androidx.core.content.ContextCompat
 import androidx.lifecycle.compose.LocalLifecycleOwner
 import java.util.concurrent.Executors
-import java.util.concurrent.atomic.AtomicBoolean
 
 /**
  * Live screen: camera frames (CameraX ImageAnalysis), a picked photo or the bundled sample -> top-5
@@ -70,29 +72,35 @@ fun ClassifyScreen(models: List<ModelAsset>) {
     var status by remember { mutableStateOf("") }
     var checksOk by remember { mutableStateOf(true) }  // false: the parity set or the sample check failed
     var photo by remember { mutableStateOf<Bitmap?>(null) }
-    var runner by remember { mutableStateOf<Runner?>(null) }
     var hasCamera by remember {
         mutableStateOf(ContextCompat.checkSelfPermission(context, Manifest.permission.CAMERA) == PackageManager.PERMISSION_GRANTED)
     }
-    val executor = remember { Executors.newSingleThreadExecutor() }
-    // Declared first, so Compose disposes it last: the load effect below still queues its close().
-    DisposableEffect(Unit) { onDispose { executor.shutdown() } }
-    val busy = remember { AtomicBoolean(false) }
+    // One worker thread for the load, the frames and the photos; the runner in use lives in `slot`
+    // (core/Lifecycle.kt). Posting after the screen left is refused, not a RejectedExecutionException.
+    val worker = remember { SerialWorker(Executors.newSingleThreadExecutor()) }
+    val slot = remember { LiveSlot<Runner>() }
+    // Declared before the load effect, so Compose disposes it after: the load's onDispose below still
+    // queues the runner's close(), which then runs after any frame in flight, before the thread ends.
+    DisposableEffect(Unit) { onDispose { worker.close() } }
     val rolling = remember(asset, units) { RollingMedian(20) }
     val main = remember { ContextCompat.getMainExecutor(context) }
 
-    // Load on `executor` (never the main thread): model, .pte copy, first inference and the parity set.
+    // Load on the worker (never the main thread): model, .pte copy, first inference and the parity set.
+    // A model or accelerator change, or leaving the screen, retires this load's ticket: a load finishing
+    // after that closes its runner instead of publishing it, and the live runner is closed on the worker
+    // after any frame still running on it; then the worker stops (when the screen leaves).
     DisposableEffect(asset, units) {
         val a = asset
         val gpu = units == "gpu"
-        runner = null
+        val ticket = slot.begin()
         status = "loading ${a.meta.artifact}…"
-        var loaded: Runner? = null
-        executor.execute {
+        worker.post {
+            var owned: Runner? = null  // closed in `finally` unless the slot took it
             try {
                 val t0 = System.nanoTime()
-                val r = Runner.create(context, a, units)
+                val r = Runner.create(context, a, units).also { owned = it }
                 val loadMs = (System.nanoTime() - t0) / 1e6
+                if (!slot.isCurrent(ticket)) return@post  // superseded during the load: skip the checks
                 val t1 = System.nanoTime()
                 r.infer(FloatArray(a.meta.input.shape.fold(1) { x, y -> x * y }))
                 val firstMs = (System.nanoTime() - t1) / 1e6
@@ -105,32 +113,37 @@ fun ClassifyScreen(models: List<ModelAsset>) {
                 }
                 val ok = (parity?.ok ?: true) && (sample?.endsWith("FAILED") != true)
                 val lines = listOf(parity?.summary() ?: "parity: no parity set in the .json (re-export with this mvmoe)") + listOfNotNull(sample)
-                loaded = r
+                if (slot.publish(ticket, r)) owned = null else return@post
                 main.execute {
-                    runner = r
+                    if (!slot.isCurrent(ticket)) return@execute
                     error = null
                     checksOk = ok
                     status = "${r.accelerator} · load %.0f ms, first inference %.1f ms\n".format(loadMs, firstMs) + lines.joinToString("\n")
                 }
             } catch (e: Exception) {
-                main.execute { error = "cannot load ${a.meta.artifact}: ${e.message}"; status = "" }
+                main.execute { if (slot.isCurrent(ticket)) { error = "cannot load ${a.meta.artifact}: ${e.message}"; status = "" } }
+            } finally {
+                owned?.close()
             }
         }
-        onDispose { runCatching { executor.execute { loaded?.close() } }.onFailure { loaded?.close() } }
+        onDispose {
+            val live = slot.retire(ticket)
+            if (live != null && !worker.post { live.close() }) live.close()
+        }
     }
-    // The camera analyzer and the photo decoder are long-lived callbacks: they read the current state.
-    val currentRunner by rememberUpdatedState(runner)
     val currentAsset by rememberUpdatedState(asset)
     val currentInvert by rememberUpdatedState(invert)
 
-    // Runs on `executor`; frames arriving while one is in flight are dropped before any conversion.
+    // Runs on the worker with the live runner; a frame arriving while one is in flight is dropped before
+    // any conversion, and one arriving after the screen left (or between two models) does nothing.
     fun classify(image: () -> RgbImage) {
-        val r = currentRunner ?: return
+        if (slot.current() == null) return
         val a = currentAsset
-        if (!busy.compareAndSet(false, true)) return
-        executor.execute {
+        val inv = currentInvert
+        worker.postFrame {
+            val r = slot.current() ?: return@postFrame
             try {
-                val input = Preprocess.toInput(image(), a.meta.input, invert = currentInvert)
+                val input = Preprocess.toInput(image(), a.meta.input, invert = inv)
                 val t0 = System.nanoTime()
                 r.run(input)
                 val ms = (System.nanoTime() - t0) / 1e6
@@ -140,15 +153,13 @@ fun ClassifyScreen(models: List<ModelAsset>) {
                 main.execute { prediction = p; lastMs = ms; medianMs = med; error = null }
             } catch (e: Exception) {
                 main.execute { error = e.message }
-            } finally {
-                busy.set(false)
             }
         }
     }
 
     fun show(load: () -> Bitmap) {
-        executor.execute {  // decode off the main thread, then classify the same bitmap
-            val bmp = runCatching(load).getOrElse { e -> main.execute { error = "cannot open the image: ${e.message}" }; return@execute }
+        worker.post {  // decode off the main thread, then classify the same bitmap (dropped if the screen left)
+            val bmp = runCatching(load).getOrElse { e -> main.execute { error = "cannot open the image: ${e.message}" }; return@post }
             main.execute { photo = bmp; classify { ImageUtils.rgb(bmp) } }  // a Bitmap stays valid: convert later
         }
     }
@@ -182,7 +193,7 @@ fun ClassifyScreen(models: List<ModelAsset>) {
             Image(shown.asImageBitmap(), null, Modifier.fillMaxWidth().height(280.dp), contentScale = ContentScale.Crop)
         } else if (hasCamera) {
             // The frame arrives already converted (the analyzer copies it, then closes the ImageProxy).
-            CameraPreview(lifecycleOwner, wanted = { !busy.get() }) { rgb -> classify { rgb } }
+            CameraPreview(lifecycleOwner, wanted = { !worker.busy }) { rgb -> classify { rgb } }
         }
         error?.let { Text(it, color = MaterialTheme.colorScheme.error) }
         prediction?.let { p ->
@@ -202,7 +213,8 @@ const val SAMPLE = "digit.png"
 
 /**
  * CameraX preview + analysis bound to the lifecycle while this composable is shown, and unbound when
- * it leaves (tab switch, photo, benchmark), so no frame is analysed behind another screen.
+ * it leaves (tab switch, photo, benchmark), so no frame is analysed behind another screen; a provider
+ * that arrives after the preview left is never bound ([LateBinding]).
  * On the analysis thread each frame is copied into an [RgbImage] (ImageProxy.toBitmap(), rotated
  * upright) and only then closed, as the LiteRT samples do (toBitmap() first, close() after): the
  * ImageProxy's buffers are reused by CameraX once it is closed. [onFrame] gets the copy, which stays
@@ -214,10 +226,12 @@ fun CameraPreview(lifecycleOwner: androidx.lifecycle.LifecycleOwner, wanted: () 
     val currentOnFrame by rememberUpdatedState(onFrame)
     val currentWanted by rememberUpdatedState(wanted)
     val analysisExecutor = remember { Executors.newSingleThreadExecutor() }
-    var provider by remember { mutableStateOf<ProcessCameraProvider?>(null) }
+    // CameraX hands over its provider in a callback that may run after this preview left the screen:
+    // the binding happens only while the preview is shown, and is undone exactly once when it goes.
+    val binding = remember(lifecycleOwner) { LateBinding() }
     DisposableEffect(lifecycleOwner) {
         onDispose {
-            provider?.unbindAll()
+            binding.dispose()
             analysisExecutor.shutdown()
         }
     }
@@ -227,6 +241,7 @@ fun CameraPreview(lifecycleOwner: androidx.lifecycle.LifecycleOwner, wanted: () 
             val view = PreviewView(ctx)
             val future = ProcessCameraProvider.getInstance(ctx)
             future.addListener({
+                if (binding.isDisposed) return@addListener  // left before the provider arrived: never bind
                 val p = future.get()
                 val preview = Preview.Builder().build().also { it.setSurfaceProvider(view.surfaceProvider) }
                 val analysis = ImageAnalysis.Builder()
@@ -241,9 +256,12 @@ fun CameraPreview(lifecycleOwner: androidx.lifecycle.LifecycleOwner, wanted: () 
                     }
                     if (rgb != null) currentOnFrame(rgb)
                 }
-                p.unbindAll()
-                p.bindToLifecycle(lifecycleOwner, CameraSelector.DEFAULT_BACK_CAMERA, preview, analysis)
-                provider = p
+                binding.bind {
+                    p.unbindAll()
+                    p.bindToLifecycle(lifecycleOwner, CameraSelector.DEFAULT_BACK_CAMERA, preview, analysis)
+                    val undo: () -> Unit = { p.unbind(preview, analysis) }
+                    undo
+                }
             }, ContextCompat.getMainExecutor(context))
             view
         },

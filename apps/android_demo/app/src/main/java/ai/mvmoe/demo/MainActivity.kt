@@ -11,17 +11,19 @@ import androidx.compose.foundation.layout.padding
 import androidx.compose.material3.MaterialTheme
 import androidx.compose.material3.Surface
 import androidx.compose.material3.Tab
-import androidx.compose.material3.TabRow
+import androidx.compose.material3.PrimaryTabRow
 import androidx.compose.material3.Text
 import androidx.compose.runtime.Composable
 import androidx.compose.runtime.getValue
 import androidx.compose.runtime.mutableIntStateOf
-import androidx.compose.runtime.remember
+import androidx.compose.runtime.produceState
 import androidx.compose.runtime.saveable.rememberSaveable
 import androidx.compose.runtime.setValue
 import androidx.compose.ui.Modifier
 import androidx.compose.ui.platform.LocalContext
 import androidx.compose.ui.unit.dp
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.withContext
 
 /** Two tabs: live classification (camera or a picked photo) and the benchmark screen. */
 class MainActivity : ComponentActivity() {
@@ -35,18 +37,27 @@ class MainActivity : ComponentActivity() {
 @Composable
 fun App() {
     val context = LocalContext.current
-    val (models, problems) = remember { ModelAssets.list(context) }
+    // Reading and parsing every .json in assets/mvmoe/ is file work: off the main thread, once.
+    val listing by produceState<Pair<List<ModelAsset>, List<String>>?>(null) {
+        value = withContext(Dispatchers.IO) { ModelAssets.list(context) }
+    }
     var tab by rememberSaveable { mutableIntStateOf(0) }
     Column(Modifier.fillMaxSize().safeDrawingPadding()) {
-        TabRow(selectedTabIndex = tab) {
+        PrimaryTabRow(selectedTabIndex = tab) {
             Tab(selected = tab == 0, onClick = { tab = 0 }, text = { Text("Classify") })
             Tab(selected = tab == 1, onClick = { tab = 1 }, text = { Text("Benchmark") })
         }
-        problems.forEach { Text(it, color = MaterialTheme.colorScheme.error, modifier = Modifier.padding(8.dp)) }
-        if (models.isNotEmpty()) {
-            when (tab) {
-                0 -> ClassifyScreen(models)
-                else -> BenchmarkScreen(models)
+        val found = listing
+        if (found == null) {
+            Text("Reading assets/mvmoe/…", modifier = Modifier.padding(8.dp))
+        } else {
+            val (models, problems) = found
+            problems.forEach { Text(it, color = MaterialTheme.colorScheme.error, modifier = Modifier.padding(8.dp)) }
+            if (models.isNotEmpty()) {
+                when (tab) {
+                    0 -> ClassifyScreen(models)
+                    else -> BenchmarkScreen(models)
+                }
             }
         }
     }

@@ -20,6 +20,7 @@ object ModelAssets {
     /** The runtimes this APK bundles (gradle/libs.versions.toml, through BuildConfig). */
     val BUNDLED = mapOf("executorch" to BuildConfig.EXECUTORCH_VERSION, "litert" to BuildConfig.LITERT_VERSION)
 
+    /** Reads and parses every .json in assets/mvmoe/: call off the main thread (App() runs it on Dispatchers.IO). */
     fun list(context: Context): Pair<List<ModelAsset>, List<String>> {
         val files = context.assets.list(DIR)?.toSet() ?: emptySet()
         val found = mutableListOf<ModelAsset>()
