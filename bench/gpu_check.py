@@ -3,20 +3,32 @@
     uv run python bench/gpu_check.py --out gpu_check.json          # on a CUDA machine
     uv run python bench/gpu_check.py --dry --out /tmp/dry.json     # CPU: tiny model, gloo, few steps (tests)
 
-It measures, in this order (each part records its error instead of stopping the rest):
+It measures three parts, run in the order train, ddp, dali (each records its error instead of
+stopping the rest; the JSON is rewritten atomically after every part, so a timeout or a crash keeps
+what finished; ddp runs in subprocesses before the in-process dali part, because DALI's CPU decoder
+crashed this machine's test process after a decode error, see docs/data.md):
 
 1. ``train``: training-step images/s (forward_with_routing + CE + 0.3 router CE + backward +
    fused AdamW, bf16 autocast, random batch, no data loading) of vmoe-12x192-p32 and its dense
    twin at 224 px, eager and with torch.compile; the MoE / dense ratio of each.
-2. ``dali``: the DALI training loader's images/s on the GPU (decode + crop + RandAugment +
-   normalise, ``mobile_vmoe.data.loader.build_train_loader`` with loader=dali) over a generated
-   folder of 500x375 JPEGs; ``"not installed"`` without DALI (``uv sync --extra dali``).
-3. ``ddp``: ``torchrun`` on one node through dense twin -> superclasses -> MoE on a generated
-   ImageNet-format folder (every GPU, at least 2 processes: NCCL with one process per GPU; on a
-   single GPU 2 processes share it over gloo, since NCCL refuses two ranks on one device).
+2. ``dali``: the DALI training loader's images/s (decode + crop + RandAugment + normalise,
+   ``build_train_loader`` with loader=dali) over ``dali_batches`` (>= 20) batches of ONE epoch of
+   a generated folder of 500x375 JPEGs, after a first batch that is timed apart; it counts the
+   pipelines built (1: no rebuilds) and checks the broken files were skipped; ``"not installed"``
+   without DALI (``uv sync --extra dali``).
+3. ``ddp``: the ImageNet recipe through the trainer (``--recipe imagenet-vmoe-6x64-p32``: repeated
+   augmentation, DeiT augmentation, MixUp/CutMix, EMA) with loader=dali, ``workers``, compile=true
+   and bf16, on a generated ImageNet-format folder with broken files in train/ and the official
+   flat val/ + LOC_val_solution.csv, launched by ``python -m mobile_vmoe.torchrun``: NCCL, one
+   process per GPU (one GPU: world size 1, so the trainer makes no process group, and NCCL is
+   checked apart by a world-size-1 all_reduce, ``nccl``). The run is preempted: SIGTERM to the
+   launcher once the dense stage has logged steps; it must exit 143 with last.pt saved; then
+   ``--resume`` finishes dense twin -> superclasses -> MoE.
 
-``--dry`` runs the same code on the CPU with a tiny model, the eager compile backend, 2 steps and
-gloo, so the tests exercise every path without a GPU.
+``--dry`` runs the same code on the CPU with a tiny model, the eager compile backend, 2 steps, 2
+gloo processes, the torch loader when DALI is missing, compile off in the trainer (inductor on
+this CPU takes minutes) and without the file that fails only when decoded (DALI's CPU mode crashed
+on it here), so the tests exercise every path without a GPU.
 """
 
 from __future__ import annotations
@@ -24,20 +36,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 REAL = dict(model="vmoe-12x192-p32", img_size=224, batch=256, classes=1000, warmup=5, steps=20, backend="inductor",
-            ddp_img=64, ddp_classes=10, ddp_train=120, ddp_epochs=2, jpeg_size=(500, 375), dali_batches=30)
+            ddp_img=64, ddp_classes=10, ddp_batch=256, jpeg_size=(500, 375), dali_batch=128, dali_batches=24,
+            workers=8, trainer_compile=True, amp="bf16", decode_failure=True)
 DRY = dict(model="vmoe-2x32-p8", img_size=32, batch=8, classes=10, warmup=1, steps=2, backend="eager",
-           ddp_img=16, ddp_classes=4, ddp_train=16, ddp_epochs=1, jpeg_size=(40, 30), dali_batches=2)
+           ddp_img=16, ddp_classes=4, ddp_batch=8, jpeg_size=(40, 30), dali_batch=8, dali_batches=23,
+           workers=1, trainer_compile=False, amp="none", decode_failure=False)
 
 
 # ------------------------------------------------------------------------------- 1. train step
@@ -117,90 +133,183 @@ def check_train(p: dict, device: torch.device) -> dict:
 
 
 # ------------------------------------------------------------------------------ generated data
-def write_jpeg_folder(root: Path, classes: int, train_per_class: int, size: tuple[int, int]) -> Path:
-    """root/train/c<k>/<i>.jpg and root/val/c<k>/<i>.jpg: smooth class-coloured images + noise."""
+def write_imagenet_folder(root: Path, classes: int, train_images: int, size: tuple[int, int],
+                          decode_failure: bool = True) -> Path:
+    """root/train/n<8 digits>/<i>.JPEG (``train_images`` in all: smooth class-coloured images +
+    noise), three broken train files (empty, truncated, noise after a PNG signature), and the
+    official flat root/val/ILSVRC2012_val_<8 digits>.JPEG with root/LOC_val_solution.csv."""
+    import io
+
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
-    for split, n in (("train", train_per_class), ("val", max(2, train_per_class // 4))):
-        for c in range(classes):
-            d = root / split / f"c{c:03d}"
-            d.mkdir(parents=True, exist_ok=True)
-            base = np.stack([np.sin(xx * (c + 1) * 3), np.cos(yy * (c + 2) * 2), xx * yy], -1)
-            for i in range(n):
-                img = 127 + 90 * base + rng.normal(0, 25, (h, w, 3))
-                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"{i}.jpg", quality=90)
+    wnids = [f"n{c:08d}" for c in range(classes)]
+    bases = [127 + 90 * np.stack([np.sin(xx * (c + 1) * 3), np.cos(yy * (c + 2) * 2), xx * yy], -1)
+             for c in range(classes)]
+    noise = [rng.normal(0, 25, (h, w, 3)) for _ in range(8)]
+
+    def save(path: Path, c: int, i: int) -> None:
+        img = bases[c] + np.roll(noise[i % 8], i, axis=1)
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+
+    jobs = []
+    for c, wnid in enumerate(wnids):
+        (root / "train" / wnid).mkdir(parents=True, exist_ok=True)
+        jobs += [(root / "train" / wnid / f"{wnid}_{i}.JPEG", c, i) for i in range(c, train_images, classes)]
+    (root / "val").mkdir(parents=True, exist_ok=True)
+    rows = ["ImageId,PredictionString"]
+    for i in range(max(2 * classes, train_images // 10)):
+        name = f"ILSVRC2012_val_{i + 1:08d}"
+        jobs.append((root / "val" / f"{name}.JPEG", i % classes, i))
+        rows.append(f"{name},{wnids[i % classes]} 0 0 {w - 1} {h - 1}")
+    with ThreadPoolExecutor(8) as pool:  # PIL encodes without the GIL
+        list(pool.map(lambda job: save(*job), jobs))
+    (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    buf = io.BytesIO()
+    Image.fromarray(bases[0].clip(0, 255).astype(np.uint8)).save(buf, "JPEG")
+    jpeg = buf.getvalue()
+    broken = {"z_empty.JPEG": b"", "z_truncated.JPEG": jpeg[: len(jpeg) // 2],
+              "z_noise.png": b"\x89PNG\r\n\x1a\n" + rng.bytes(2000)}  # the last passes the index check, fails to decode
+    for k, (name, data) in enumerate(broken.items()):
+        if decode_failure or name != "z_noise.png":
+            (root / "train" / wnids[k % classes] / name).write_bytes(data)
     return root
 
 
 # ------------------------------------------------------------------------------- 2. DALI loader
 def check_dali(p: dict, device: torch.device, folder: Path) -> dict | str:
-    """The DALI loader's images/s, or "not installed"."""
-    try:
-        from mobile_vmoe.data.loader import build_train_loader, dali_available
-    except ImportError:
-        return "not installed"
+    """The DALI loader's images/s over ``dali_batches`` batches of one epoch, or "not installed"."""
+    from mobile_vmoe.data.loader import build_train_loader, dali_available, skipped_files
+
     if not dali_available():
         return "not installed"
+    import mobile_vmoe.data.dali as dali
     from mobile_vmoe.config import TrainConfig
     from mobile_vmoe.data import build_data
     from mobile_vmoe.train.distributed import DistInfo
 
     bundle = build_data(str(folder), 224 if device.type == "cuda" else 32, augment="deit")
-    tcfg = TrainConfig(batch_size=p["batch"], workers=8).with_settings({"loader": "dali"})
+    tcfg = TrainConfig(batch_size=p["dali_batch"], workers=p["workers"]).with_settings({"loader": "dali"})
     loader = build_train_loader(bundle, tcfg, DistInfo(device=device))
-    n, k, t0, first = 0, 0, time.perf_counter(), None
-    epoch = 0
-    while k <= p["dali_batches"]:  # a few epochs of the small folder (each builds its pipeline)
-        for images, _ in loader.epoch(epoch):
+    if loader.steps_per_epoch < p["dali_batches"] + 1:
+        raise RuntimeError(f"{loader.steps_per_epoch} batches per epoch: too few for {p['dali_batches']} + 1")
+    builds, build = [0], dali.dali_pipeline
+
+    def counted(*args, **kwargs):
+        builds[0] += 1
+        return build(*args, **kwargs)
+
+    dali.dali_pipeline = counted
+    try:
+        n, t0, first = 0, time.perf_counter(), None
+        for k, (images, _) in enumerate(loader.epoch(0)):
             images = loader.to_device(images)
             if k == 0:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
                 first = time.perf_counter() - t0  # pipeline build + first batch
                 t0 = time.perf_counter()
             else:
                 n += images.shape[0]
-            k += 1
-            if k > p["dali_batches"]:
+            if k == p["dali_batches"]:
                 break
-        epoch += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    secs = time.perf_counter() - t0
-    return {"images_per_sec": round(n / max(secs, 1e-9), 1), "images": n, "first_batch_seconds": round(first or 0, 2),
-            "batch": p["batch"], "jpeg_size": list(p["jpeg_size"])}
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        secs = time.perf_counter() - t0
+    finally:
+        dali.dali_pipeline = build
+    return {"images_per_sec": round(n / max(secs, 1e-9), 1), "images": n, "batches": p["dali_batches"],
+            "first_batch_seconds": round(first or 0, 2), "pipelines_built": builds[0], "batch": p["dali_batch"],
+            "jpeg_size": list(p["jpeg_size"]), "skipped_files": skipped_files(bundle)["train"]}
 
 
 # ------------------------------------------------------------------------------------ 3. DDP
+def nccl_world_of_one(device: torch.device) -> dict:
+    """NCCL itself on one GPU: a world-size-1 process group, one all_reduce and a barrier."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MVMOE_NCCL_PORT", "29533"))
+    dist.init_process_group("nccl", rank=0, world_size=1, device_id=device)
+    try:
+        t = torch.arange(4.0, device=device)
+        dist.all_reduce(t)
+        dist.barrier()
+        return {"ok": t.tolist() == [0.0, 1.0, 2.0, 3.0], "backend": dist.get_backend(), "world_size": 1}
+    finally:
+        dist.destroy_process_group()
+
+
+def trainer_cmd(p: dict, nproc: int, out: Path, folder: Path | None, loader: str) -> list[str]:
+    mvmoe = str(Path(sys.executable).parent / "mvmoe")
+    cmd = [sys.executable, "-m", "mobile_vmoe.torchrun", "--standalone", "--nproc_per_node", str(nproc),
+           "--shutdown_timeout", "120", "--no-python", mvmoe, "train", "--out", str(out), "-q"]
+    if folder is None:
+        return cmd + ["--resume"]
+    s = {"img_size": p["ddp_img"], "batch_size": p["ddp_batch"], "epochs": 2, "dense_epochs": 2, "num_experts": 2,
+         "workers": p["workers"], "loader": loader, "compile": str(p["trainer_compile"]).lower(), "amp": p["amp"],
+         "log_every": 1, "warmup_epochs": 0.5, "eval_every": 1, "dist_timeout_min": 5,
+         "min_lr": 1e-6}  # below the effective lr of the dry run's global batch of 8 (7.8e-6)
+    if p is DRY:
+        s.update(depth=2, width=32, heads=2, moe_blocks=1)
+    cmd += ["--recipe", "imagenet-vmoe-6x64-p32", "--data", str(folder)]
+    return cmd + [a for k, v in s.items() for a in ("--set", f"{k}={v}")]
+
+
+def wait_for_steps(proc: subprocess.Popen, metrics: Path, steps: int, timeout: float) -> bool:
+    """True once ``metrics`` (a metrics.jsonl) holds ``steps`` step rows while ``proc`` runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and sum('"kind": "step"' in line for line in metrics.read_text().splitlines()) >= steps:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def check_ddp(p: dict, device: torch.device, folder: Path, out: Path) -> dict:
-    """torchrun through dense twin -> superclasses -> MoE on ``folder``; the MoE summary's figures."""
+    """The recipe through torchrun and the trainer, SIGTERM mid-run, --resume to the end."""
+    from mobile_vmoe.checkpoint import load_checkpoint
+    from mobile_vmoe.data.loader import dali_available
+
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-    nproc = max(2, gpus)
+    nproc = gpus if gpus else 2
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    backend = "nccl" if gpus >= 2 else "gloo"
-    if gpus == 1:
-        env["MVMOE_DIST_BACKEND"] = "gloo"  # two ranks on one GPU
     if device.type != "cuda":
         env["CUDA_VISIBLE_DEVICES"] = ""
-    mvmoe = str(Path(sys.executable).parent / "mvmoe")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "--no-python", mvmoe, "train", "--model", "vmoe-6x64-p32", "--data", str(folder),
-           "--epochs", str(p["ddp_epochs"]), "--out", str(out), "-q", "--set", f"img_size={p['ddp_img']}",
-           "--set", "num_experts=2", "--set", f"batch_size={4 * nproc}", "--set", "workers=1",
-           "--set", "dist_timeout_min=5"]
-    if p is DRY:
-        cmd += ["--set", "depth=2", "--set", "width=32", "--set", "heads=2", "--set", "moe_blocks=1"]
+    loader = "dali" if dali_available() else "torch"
+    rec: dict = {"backend": "nccl" if gpus else "gloo", "processes": nproc, "gpus": gpus, "loader": loader,
+                 "compile": p["trainer_compile"], "amp": p["amp"]}
+    if gpus == 1:
+        rec["note"] = ("one GPU: the trainer ran as one process (world size 1, no process group); "
+                       "NCCL was checked apart with a world-size-1 all_reduce")
+        rec["nccl"] = nccl_world_of_one(device)
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420)
-    secs = round(time.perf_counter() - t0, 1)
+    proc = subprocess.Popen(trainer_cmd(p, nproc, out, folder, loader), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    reached = wait_for_steps(proc, out / "dense" / "metrics.jsonl", 3, 300)
+    if reached:
+        proc.send_signal(signal.SIGTERM)  # to the launcher (torchrun's agent), which forwards it
+    _, err = proc.communicate(timeout=300)
+    saved = load_checkpoint(out / "dense" / "last.pt") if (out / "dense" / "last.pt").exists() else {}
+    rec["preempt"] = {"signal_sent": reached, "exit": proc.returncode, "seconds": round(time.perf_counter() - t0, 1),
+                      "saved_at": {k: saved.get(k) for k in ("epoch", "epoch_step", "step")},
+                      "mid_epoch": bool(saved.get("epoch_step")),
+                      "skipped_files": (saved.get("skipped_files") or {}).get("train"),
+                      "errors": [line for line in err.splitlines() if line.startswith("error:")][:5]}
+    t1 = time.perf_counter()
+    res = subprocess.run(trainer_cmd(p, nproc, out, None, loader), env=env, capture_output=True, text=True,
+                         timeout=420)
+    rec["resume"] = {"exit": res.returncode, "seconds": round(time.perf_counter() - t1, 1)}
     if res.returncode != 0:
-        return {"ok": False, "backend": backend, "processes": nproc, "seconds": secs, "stderr": res.stderr[-2000:]}
+        return {**rec, "ok": False, "stderr": res.stderr[-2000:]}
     s = json.loads((out / "summary.json").read_text())
-    return {"ok": True, "backend": backend, "processes": nproc, "gpus": gpus, "seconds": secs,
-            "stages": sorted(x.name for x in out.iterdir() if x.name in ("dense", "superclasses.json", "model.pt")),
-            **{k: s.get(k) for k in ("model", "top1", "router_superclass_top1", "world_size", "epochs")}}
+    ok = reached and proc.returncode == 143 and rec["preempt"]["saved_at"]["step"] is not None
+    return {**rec, "ok": ok, "stages": sorted(x.name for x in out.iterdir() if x.name in ("dense", "superclasses.json",
+                                                                                          "model.pt")),
+            **{k: s.get(k) for k in ("model", "top1", "router_superclass_top1", "world_size", "epochs",
+                                     "skipped_images", "val_images")}}
 
 
 # ------------------------------------------------------------------------------------- main
@@ -214,7 +323,7 @@ def guarded(fn, *args):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, help="the JSON of figures")
+    ap.add_argument("--out", required=True, help="the JSON of figures (rewritten after every part)")
     ap.add_argument("--dry", action="store_true", help="CPU, tiny model, gloo, few steps")
     ap.add_argument("--parts", default="train,dali,ddp", help="comma-separated subset of train,dali,ddp")
     args = ap.parse_args()
@@ -226,25 +335,34 @@ def main() -> None:
         raise MvmoeError("no CUDA device: run on a GPU machine, or use --dry for the CPU rehearsal")
     if args.dry:
         torch.set_num_threads(1)  # tiny ops: a second thread only waits on a busy machine
+    from mobile_vmoe.fileio import atomic_write_json
+
     parts = set(args.parts.split(","))
     t0 = time.perf_counter()
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "dry": args.dry,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "cuda": torch.version.cuda}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = write_jpeg_folder(Path(tmp) / "data", p["ddp_classes"], p["ddp_train"], p["jpeg_size"])
-        if "train" in parts:
-            report["train"] = guarded(check_train, p, device)
-        if "dali" in parts:
-            report["dali"] = guarded(check_dali, p, device, folder)
-        if "ddp" in parts:
-            report["ddp"] = guarded(check_ddp, p, device, folder, Path(tmp) / "run")
-    report["seconds"] = round(time.perf_counter() - t0, 1)
+              "torch": torch.__version__, "cuda": torch.version.cuda, "done": []}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    from mobile_vmoe.fileio import atomic_write_json
 
-    atomic_write_json(args.out, report)
-    print(json.dumps(report, indent=1))
+    def record(name: str, value) -> None:
+        report[name] = value
+        report["done"].append(name)
+        report["seconds"] = round(time.perf_counter() - t0, 1)
+        atomic_write_json(args.out, report)  # a timeout keeps every finished part
+        print(json.dumps({name: value})[:2000], flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if "train" in parts:
+            record("train", guarded(check_train, p, device))
+        if parts & {"dali", "ddp"}:
+            images = (p["dali_batches"] + 2) * p["dali_batch"]
+            folder = write_imagenet_folder(Path(tmp) / "imagenet", p["ddp_classes"], images, p["jpeg_size"],
+                                           p["decode_failure"])
+        if "ddp" in parts:  # before dali: its subprocesses survive a DALI crash, the in-process part would not
+            record("ddp", guarded(check_ddp, p, device, folder, Path(tmp) / "run"))
+        if "dali" in parts:
+            record("dali", guarded(check_dali, p, device, folder))
+    record("finished", True)
 
 
 if __name__ == "__main__":

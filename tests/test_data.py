@@ -180,20 +180,20 @@ def test_imagefolder_layout_errors(tmp_path, tree):
 def test_imagefolder_unreadable_images_found_at_load_counted_and_limited(tree):
     from mobile_vmoe.data.loader import skipped_images
 
-    jpeg = _jpeg_bytes()
-    # random bytes with an image name, and a truncated JPEG (valid header, fails only when decoded)
-    (tree / "train" / "c02" / "random.jpg").write_bytes(np.random.default_rng(1).bytes(500))
-    (tree / "train" / "c01" / "00000_trunc.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    noise = np.random.default_rng(1).bytes(500)
+    # files that pass the index's cheap check (the right signature) and fail only when decoded
+    (tree / "train" / "c02" / "random.png").write_bytes(b"\x89PNG\r\n\x1a\n" + noise)
+    (tree / "train" / "c01" / "00000_trunc.png").write_bytes(b"\x89PNG\r\n\x1a\n" + noise[:100])
     b = build_data(str(tree), img_size=16, augment="none", max_bad_fraction=0.2)
-    assert len(b.train) == 14 and b.train.load_failures == 0  # indexing opens no file
-    i = b.train.paths.index(str(tree / "train" / "c01" / "00000_trunc.jpg"))
-    with pytest.warns(UserWarning, match="00000_trunc.jpg"):
+    assert len(b.train) == 14 and b.train.load_failures == 0  # the cheap check passed them
+    i = b.train.paths.index(str(tree / "train" / "c01" / "00000_trunc.png"))
+    with pytest.warns(UserWarning, match="00000_trunc.png"):
         x, y = b.train[i]
     # replaced by the next sample in the list (c01/00001.png), label 1
     assert y == 1 and b.train.load_failures == 1
     assert torch.equal(x, b.train[i + 1][0])
-    j = b.train.paths.index(str(tree / "train" / "c02" / "random.jpg"))
-    with pytest.warns(UserWarning, match="random.jpg"):
+    j = b.train.paths.index(str(tree / "train" / "c02" / "random.png"))
+    with pytest.warns(UserWarning, match="random.png"):
         assert b.train[j][1] == 3  # the last file of c02: replaced by c03/00000.png
     b.train[j]  # flagged once: not counted again
     assert b.train.load_failures == 2 and skipped_images(b) == 2
@@ -202,6 +202,53 @@ def test_imagefolder_unreadable_images_found_at_load_counted_and_limited(tree):
     b.train[i]
     with pytest.raises(MvmoeError, match="2 of 14 images"):
         b.train[j]
+
+
+def test_cheap_check_reads_a_few_bytes_and_never_decodes(tmp_path):
+    from mobile_vmoe.data.index import TAIL_BYTES, broken_reason
+
+    def f(name, data):
+        (tmp_path / name).write_bytes(data)
+        return broken_reason(tmp_path / name)
+
+    jpeg = _jpeg_bytes()
+    assert f("ok.jpg", jpeg) is None
+    assert f("padded.JPEG", jpeg + b"\x00" * 100) is None  # zeros after the end marker: allowed
+    assert f("empty.jpg", b"") == "empty file"
+    assert f("page.jpg", b"<html>" * 20) == "no JPEG start marker"
+    assert f("cut.jpg", jpeg[: len(jpeg) - 2]).startswith("no JPEG end marker")
+    assert f("far.jpg", jpeg + b"\x01" * TAIL_BYTES) .startswith("no JPEG end marker")  # FF D9 beyond the tail
+    assert f("noise.jpg", b"\xff\xd8" + b"\x12\x34" * 50 + b"\xff\xd9").startswith("bad JPEG header")
+    sof = b"\xff\xc0\x00\x0b\x08\x00\x10\x00\x10\x01\x01\x11\x00"  # 16 x 16, one component
+    sos = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"
+    app = b"\xff\xe0\x00\x04ab"
+    assert f("chain.jpg", b"\xff\xd8" + app + b"\xff" + sof + sos + b"\x00" * 9 + b"\xff\xd9") is None  # fill byte
+    assert f("noframe.jpg", b"\xff\xd8" + app + sos + b"\xff\xd9") == "bad JPEG header (no frame header)"
+    assert f("short.jpg", b"\xff\xd8" + app + b"\xff\xd9") == "bad JPEG header (it ends before the image data)"
+    assert f("rst.jpg", b"\xff\xd8" + b"\xff\xd0\x00\x04" + b"\x00" * 8 + b"\xff\xd9").endswith("before the image data)")
+    assert f("ok.png", b"\x89PNG\r\n\x1a\n" + b"x" * 10) is None  # the signature only: decoding tells the rest
+    assert f("bad.png", b"GIF89a" + b"x" * 10) == "no PNG signature"
+    assert f("any.bmp", b"BM" + b"x" * 10) is None  # other formats: only emptiness is checked
+    assert f("empty.bmp", b"") == "empty file"
+
+
+@pytest.mark.filterwarnings("ignore:skipping")
+def test_broken_files_are_flagged_at_indexing_and_cached(tree):
+    from mobile_vmoe.data.loader import skipped_files
+
+    jpeg = _jpeg_bytes()
+    (tree / "train" / "c01" / "zero.jpg").write_bytes(b"")
+    (tree / "train" / "c01" / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (tree / "val" / "c00" / "page.jpg").write_bytes(b"<html>not found</html>")
+    cache = tree / "index.npz"
+    with pytest.warns(UserWarning, match=r"skipping 2 broken file\(s\) in .*train \(.*\): c01/cut.jpg, c01/zero.jpg"):
+        b = build_data(str(tree), img_size=16, augment="none", max_bad_fraction=0.5, index_cache=cache)
+    assert b.train.load_failures == 2 and b.val.load_failures == 1
+    assert skipped_files(b) == {"train": ["c01/cut.jpg", "c01/zero.jpg"], "val": ["c00/page.jpg"]}
+    i = b.train.paths.index(str(tree / "train" / "c01" / "cut.jpg"))
+    assert b.train[i][1] == b.train[b.train.next_readable(i)][1]  # stands in without a decode attempt
+    b2 = build_data(str(tree), img_size=16, augment="none", max_bad_fraction=0.5, index_cache=cache)
+    assert b2.train.load_failures == 2  # the cached index keeps the flags
 
 
 # --- MixUp / CutMix and superclass targets --------------------------------------------------------

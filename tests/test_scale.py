@@ -200,23 +200,52 @@ def _gpu_check(monkeypatch, tmp_path, *extra: str) -> dict:
 
 def test_gpu_check_dry_train_and_dali(monkeypatch, tmp_path, capsys):
     r = _gpu_check(monkeypatch, tmp_path, "--parts", "train,dali")
-    assert r["dry"] and r["device"] == "cpu" and "ddp" not in r
+    assert r["dry"] and r["device"] == "cpu" and "ddp" not in r and r["done"] == ["train", "dali", "finished"]
     rows = r["train"]["rows"]
     assert [(x["model"], x["compile"]) for x in rows] == [("vmoe-2x32-p8", False), ("vit-2x32-p8", False),
                                                            ("vmoe-2x32-p8", True), ("vit-2x32-p8", True)]
     assert all(x["images_per_sec"] > 0 and x["ms_per_step"] > 0 for x in rows)
     eager = rows[0]["images_per_sec"] / rows[1]["images_per_sec"]
     assert r["train"]["moe_over_dense"]["eager"] == pytest.approx(eager, abs=1e-3)
-    import importlib.util
+    from mobile_vmoe.data.loader import dali_available
 
-    if importlib.util.find_spec("nvidia") is None or importlib.util.find_spec("nvidia.dali") is None:
+    if not dali_available():
         assert r["dali"] == "not installed"
+        return
+    d = r["dali"]
+    assert d["batches"] >= 20 and d["pipelines_built"] == 1 and d["images"] == d["batches"] * d["batch"], d
+    assert {"n00000000/z_empty.JPEG", "n00000001/z_truncated.JPEG"} <= set(d["skipped_files"])
+
+
+def test_gpu_check_writes_its_json_after_each_part(monkeypatch, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import gpu_check
+
+    seen = []
+    real = gpu_check.check_train
+
+    def train_then_look(p, device):
+        out = real(p, device)
+        seen.append(json.loads((tmp_path / "gpu.json").read_text()) if (tmp_path / "gpu.json").exists() else None)
+        return out
+
+    def failing_dali(*args):
+        seen.append(json.loads((tmp_path / "gpu.json").read_text()))
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(gpu_check, "check_train", train_then_look)
+    monkeypatch.setattr(gpu_check, "check_dali", failing_dali)
+    r = _gpu_check(monkeypatch, tmp_path, "--parts", "train,dali")
+    assert seen[0] is None and seen[1]["done"] == ["train"] and "rows" in seen[1]["train"]  # on disk before dali
+    assert r["dali"] == {"error": "RuntimeError: boom"} and r["done"] == ["train", "dali", "finished"]
 
 
 @pytest.mark.slow
-def test_gpu_check_dry_ddp_runs_all_stages_on_two_gloo_processes(monkeypatch, tmp_path, capsys):
+def test_gpu_check_dry_ddp_preempts_and_resumes_the_recipe_on_two_gloo_processes(monkeypatch, tmp_path, capsys):
     r = _gpu_check(monkeypatch, tmp_path, "--parts", "ddp")
     d = r["ddp"]
     assert d["ok"], d
     assert (d["backend"], d["processes"], d["world_size"]) == ("gloo", 2, 2)
+    assert d["preempt"]["exit"] == 143 and d["preempt"]["signal_sent"] and d["resume"]["exit"] == 0
     assert d["stages"] == ["dense", "model.pt", "superclasses.json"] and d["router_superclass_top1"] is not None
+    assert d["skipped_images"] >= 2 and d["val_images"] > 0  # broken train files skipped; the flat val read

@@ -10,7 +10,8 @@ Indexing lists folders with os.scandir and never opens a file (mobile_vmoe.data.
 bytes, an HTML page saved as .JPEG, a truncated download) is found when it is loaded: the sample is
 replaced by the next readable one, a warning is issued once per file, and the file is flagged in a
 shared-memory table so DataLoader workers share the count (``dataset.load_failures``; the run's
-summary.json reports ``skipped_images``). More failures than ``max_bad_fraction`` of the split's
+summary.json reports ``skipped_images``, and last.pt keeps the list, so it survives a resume).
+Files that fail the index's cheap check (index.py ``broken_reason``) start out flagged. More failures than ``max_bad_fraction`` of the split's
 files raise MvmoeError.
 """
 
@@ -46,7 +47,7 @@ SORT_HINT = ("give its labels: put LOC_val_solution.csv (or the devkit's ILSVRC2
 
 
 def scan_split(root: Path, split: str, classes: list[str] | None = None) -> FolderIndex:
-    """Index root/split/<class>/* (no file is opened).
+    """Index root/split/<class>/* (each file gets the cheap check of index.py, nothing is decoded).
 
     ``classes`` None: take the class list from this split (train). Otherwise every class folder
     here must be one of ``classes`` and labels index into it. A flat folder of images is read with
@@ -110,7 +111,15 @@ class ImageFolderDataset(Dataset):
         self.labels = torch.from_numpy(index.labels.astype(np.int64))
         self.transform = transform
         self.where, self.max_bad_fraction = where, max_bad_fraction
-        self._failed = torch.zeros(len(index), dtype=torch.uint8).share_memory_()  # seen by all workers
+        # 1 = skipped (failed the index's cheap check, or to decode); shared memory: seen by all workers
+        self._failed = torch.from_numpy(np.asarray(index.bad, dtype=np.uint8)).share_memory_()
+        if index.bad.any():
+            if os.environ.get("RANK", "0") == "0":
+                shown = [index.files[i].decode() for i in np.flatnonzero(index.bad)[:5]]
+                warnings.warn(f"skipping {int(index.bad.sum())} broken file(s) in {where} (empty, or a JPEG/PNG "
+                              f"without its start or end marker): {', '.join(shown)}"
+                              + (" ..." if index.bad.sum() > 5 else ""), stacklevel=2)
+            _check_bad_fraction(self.load_failures, len(self), max_bad_fraction, where)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -129,6 +138,22 @@ class ImageFolderDataset(Dataset):
 
     def failed_indices(self) -> list[int]:
         return torch.nonzero(self._failed).flatten().tolist()
+
+    def check_bad_fraction(self) -> None:
+        _check_bad_fraction(self.load_failures, len(self), self.max_bad_fraction, self.where)
+
+    def mark_failed(self, indices) -> None:
+        """Skip these samples from now on (failures another rank or an earlier run found)."""
+        self._failed[list(indices)] = 1
+
+    def next_readable(self, i: int) -> int:
+        """The sample that stands in for ``i``: the first not known to fail from ``i`` on (cyclic),
+        the rule ``__getitem__`` follows."""
+        n = len(self)
+        for k in range(n):
+            if not self._failed[(i + k) % n]:
+                return (i + k) % n
+        raise MvmoeError(f"no readable image left in {self.where}")
 
     def _load(self, i: int):
         if self._failed[i]:

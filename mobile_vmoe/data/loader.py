@@ -15,6 +15,9 @@ too; in-memory sets arrive already normalised.
 
 from __future__ import annotations
 
+import signal
+
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -69,7 +72,7 @@ class TorchTrainLoader:
             kw = {"persistent_workers": True, "prefetch_factor": prefetch}
         # its own generator: creating or iterating the loader never draws from the training RNG
         self.loader = DataLoader(SeededSamples(dataset), batch_sampler=self.sampler, num_workers=workers,
-                                 pin_memory=torch.device(device).type == "cuda",
+                                 pin_memory=torch.device(device).type == "cuda", worker_init_fn=ignore_stop_signals,
                                  generator=torch.Generator().manual_seed(seed), **kw)
         self.to_device = DeviceNormalize(torch.device(device), mean, std, erasing)
 
@@ -78,20 +81,59 @@ class TorchTrainLoader:
         self.sampler.set_epoch(epoch, start)
         return iter(self.loader)
 
+    def close(self) -> None:
+        """Shut the persistent workers down now (they ignore SIGTERM, so they must be told)."""
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader._iterator = None
 
-def skipped_images(bundle, info=None) -> int:
-    """Images of ``bundle`` that could not be decoded so far, counted once over all ranks."""
-    failed = set()
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of every DataLoader: the workers ignore SIGTERM and SIGINT, which the main
+    process owns (it stops at an agreed step and saves last.pt). A signal sent to the whole process
+    group (SLURM, Kubernetes, Ctrl-C, torchrun's agent) would otherwise kill the workers first and
+    the main process would die with "DataLoader worker ... is killed by signal". The workers still
+    exit when the main process shuts them down or dies."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def folder_datasets(bundle):
+    """(split, dataset) of ``bundle``'s splits that track unreadable files (ImageFolderDataset)."""
     for split, ds in (("train", bundle.train), ("val", bundle.val)):
         while hasattr(ds, "dataset") and not hasattr(ds, "failed_indices"):  # Subset, SeededSamples
             ds = ds.dataset
         if hasattr(ds, "failed_indices"):
-            failed |= {(split, i) for i in ds.failed_indices()}
+            yield split, ds
+
+
+def skipped_files(bundle, info=None) -> dict[str, list[str]]:
+    """{split: sorted file names (relative to the split folder)} skipped so far by any rank: failed
+    the index's cheap check or failed to decode. Every rank must call it (one all_gather)."""
+    found = {split: {ds.index.files[i].decode() for i in ds.failed_indices()} for split, ds in folder_datasets(bundle)}
     if info is not None and info.enabled and torch.distributed.is_initialized():
         every = [None] * info.world_size
-        torch.distributed.all_gather_object(every, sorted(failed))
-        failed = {tuple(f) for part in every for f in part}
-    return len(failed)
+        torch.distributed.all_gather_object(every, {k: sorted(v) for k, v in found.items()})
+        found = {k: set().union(*(part.get(k, ()) for part in every)) for k in found}
+    return {k: sorted(v) for k, v in found.items()}
+
+
+def skipped_images(bundle, info=None) -> int:
+    """Images of ``bundle`` skipped so far (``skipped_files``), counted once over all ranks."""
+    return sum(len(v) for v in skipped_files(bundle, info).values())
+
+
+def restore_skipped(bundle, saved: dict[str, list[str]] | None) -> int:
+    """Flag the files a checkpoint recorded as skipped (``skipped_files``); -> how many were found."""
+    n = 0
+    for split, ds in folder_datasets(bundle):
+        names = [f.encode() for f in (saved or {}).get(split, ())]
+        if names:
+            idx = np.flatnonzero(np.isin(ds.index.files, np.array(names, dtype=np.bytes_)))
+            ds.mark_failed(idx.tolist())
+            n += len(idx)
+    return n
 
 
 def sample_order(stage, state) -> dict:

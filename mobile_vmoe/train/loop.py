@@ -37,7 +37,15 @@ from torch.utils.data import DataLoader
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import ModelConfig, TrainConfig
 from ..data import MixupCutmix, superclass_targets
-from ..data.loader import build_train_loader, check_sample_order, sample_order, skipped_images
+from ..data.loader import (
+    build_train_loader,
+    check_sample_order,
+    ignore_stop_signals,
+    restore_skipped,
+    sample_order,
+    skipped_files,
+    skipped_images,
+)
 from ..errors import MvmoeError
 from ..fileio import atomic_write_json, read_json_object
 from ..models import MobileVMoE
@@ -179,7 +187,8 @@ class Stage:
     def val_loader(self) -> DataLoader:
         """This rank's shard of the evaluation split (``distributed.shard``), with the workers."""
         return DataLoader(shard(self.bundle.val, self.info), batch_size=max(self.local_batch, 64), shuffle=False,
-                          num_workers=self.tcfg.workers, pin_memory=self.device.type == "cuda")
+                          num_workers=self.tcfg.workers, pin_memory=self.device.type == "cuda",
+                          worker_init_fn=ignore_stop_signals)
 
 
 def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
@@ -210,11 +219,18 @@ class RoutingForward(nn.Module):
 
 
 class StopRequest:
-    """SIGTERM / Ctrl-C set a flag; the loop finishes its step, saves last.pt and returns."""
+    """SIGTERM / Ctrl-C set a flag; the loop finishes its step, saves last.pt and returns.
+
+    A repeated signal is expected and ignored: under SLURM every process gets SIGTERM and torchrun's
+    agent then forwards its own copy to the ranks (Ctrl-C under torchrun: the same with SIGINT). Only
+    a second Ctrl-C at least ``GIVE_UP_AFTER_S`` after the first gives up at once (KeyboardInterrupt)."""
+
+    GIVE_UP_AFTER_S = 2.0
 
     def __init__(self):
         self.flag = False
         self.signum: int | None = None  # the signal that asked to stop
+        self.since = 0.0  # time.monotonic() of the first signal
         self._old = {}
 
     def __enter__(self):
@@ -226,9 +242,10 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        if self.flag:  # second signal: give up at once
-            raise KeyboardInterrupt
-        self.flag, self.signum = True, signum
+        if not self.flag:
+            self.flag, self.signum, self.since = True, signum, time.monotonic()
+        elif signum == signal.SIGINT and time.monotonic() - self.since >= self.GIVE_UP_AFTER_S:
+            raise KeyboardInterrupt  # a second Ctrl-C from the user: give up at once
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -382,6 +399,7 @@ def save_state(stage: Stage, state: TrainState, path: Path, *, final: bool = Fal
     if stage.info.enabled:
         per_rank = [None] * stage.info.world_size
         torch.distributed.all_gather_object(per_rank, rng)
+    skipped = skipped_files(stage.bundle, stage.info)  # every rank's failures, for the count and resume
     if not stage.info.is_main:
         return
     ck = {"model_config": stage.tcfg.model.to_dict(), **checkpoint_meta(stage), "train_config": stage.tcfg.to_dict()}
@@ -390,7 +408,8 @@ def save_state(stage: Stage, state: TrainState, path: Path, *, final: bool = Fal
         ck.update({k: full[k] for k in ("model", "ema", "ema_n_averaged", "metrics", "epoch", "step")})
     else:
         ck.update(full, rng=rng, rng_per_rank=per_rank, steps_per_epoch=stage.steps_per_epoch,
-                  finished=state.epoch >= stage.tcfg.epochs, sample_order=sample_order(stage, state))
+                  finished=state.epoch >= stage.tcfg.epochs, sample_order=sample_order(stage, state),
+                  skipped_files=skipped)
     save_checkpoint(path, ck)
 
 
@@ -416,7 +435,23 @@ def resume_state(stage: Stage, state: TrainState, path: Path) -> dict | None:
                          "(different data or batch size); cannot resume exactly")
     check_sample_order(stage, ck)
     state.load_state_dict(ck)
+    restore_skipped(stage.bundle, ck.get("skipped_files"))  # skipped_images counts them again
+    say_world_size_change(stage, ck)
     return ck
+
+
+def say_world_size_change(stage: Stage, ck: dict) -> None:
+    """One line when the run resumes with another number of processes than it stopped with."""
+    old = (ck.get("sample_order") or {}).get("world_size") or len(ck.get("rng_per_rank") or [None])
+    new = stage.info.world_size
+    if old == new:
+        return
+    engine = (ck.get("sample_order") or {}).get("engine", stage.loader.kind)
+    draws = "DALI's augmentation, " if engine == "dali" else ""
+    stage.say(f"{stage.name}: resuming with {new} process(es) a run saved by {old}: the same samples in the same "
+              f"order from epoch {ck['epoch']}, step {ck['step']}, but the numbers will differ from an uninterrupted "
+              f"run by float summation order (gradients summed over {new} partial sums instead of {old}; "
+              f"{draws}MixUp, drop path and router noise draw from new per-process streams)")
 
 
 # ------------------------------------------------------------------------------------- fit
@@ -448,6 +483,9 @@ def fit(tcfg: TrainConfig, bundle, out_dir: str | Path, *, superclasses: dict | 
         stopped = run_epochs(st, state)
         return finish(st, state, stopped, extra_summary)
     finally:
+        close = getattr(st.loader, "close", None)
+        if close is not None:
+            close()  # the loader's workers ignore SIGTERM: shut them down before the process exits
         torch.set_num_threads(threads)
 
 
@@ -490,6 +528,8 @@ def run_epochs(stage: Stage, state: TrainState) -> str | None:
             save_state(stage, state, last)
             if r.stopped:
                 return stop_reason(stop) if state.epoch < tcfg.epochs else None
+            if state.epoch < tcfg.epochs and broadcast_flag(stop.flag, info):  # a signal after the last check
+                return stop_reason(stop)
     return None
 
 

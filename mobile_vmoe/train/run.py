@@ -40,6 +40,7 @@ from ..config import ModelConfig, TrainConfig, field_names
 from ..data import build_data
 from ..data.bundle import check_classes
 from ..data.holdout import HOLDOUT_SPLIT, split_for_superclasses
+from ..data.loader import ignore_stop_signals
 from ..data.superclasses import confusion_matrix, load_superclasses, save_superclasses, superclasses_from_confusion
 from ..errors import MvmoeError
 from ..fileio import atomic_write_json, file_sha256, read_json_object
@@ -396,7 +397,7 @@ def fit_superclasses(dense_path: Path, holdout, bundle, tcfg: TrainConfig, path:
     info = info or DistInfo(device=torch.device(device))
     model, _ = model_from_checkpoint(dense_path)
     loader = DataLoader(shard(holdout, info), batch_size=256, shuffle=False, num_workers=tcfg.workers,
-                        pin_memory=torch.device(device).type == "cuda")
+                        pin_memory=torch.device(device).type == "cuda", worker_init_fn=ignore_stop_signals)
     conf = confusion_matrix(model.to(device), loader, len(bundle.class_names), device,
                             amp_dtype=amp_dtype_for(tcfg.amp, torch.device(device)),
                             reduce=functools.partial(all_reduce_sum, info=info), mode=tcfg.superclass_confusion)
