@@ -136,3 +136,15 @@ def test_export_without_target_exports_every_target(tmp_path, monkeypatch):
     assert asked == ["all", "onnx"]
     jobs, _ = pipeline.plan("all", None, "fp32")  # what `all` plans at the default precision
     assert sorted({j.target for j in jobs}) == ["coreml", "executorch", "onnx", "tflite"]
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["export"], ["profile", "latency"], ["report"]])
+def test_help_shows_no_type_for_on_off_flags(command):
+    from typer.testing import CliRunner
+
+    from mobile_vmoe.cli import app
+
+    out = CliRunner().invoke(app, [*command, "--help"], terminal_width=120).output
+    assert "--help" in out and "<bool>" not in out
+    if command == ["train"]:
+        assert "<int>" in out  # options that take a value keep their type

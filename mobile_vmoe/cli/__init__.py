@@ -16,7 +16,7 @@ import sys
 import warnings
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from ..errors import MvmoeError
 
@@ -48,6 +48,15 @@ class OneLineErrors(TyperGroup):
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
 
+
+def _flag_without_type(self, ctx):
+    """typer 0.29 prints a type column for on/off flags too (``--quiet  <bool>``), which reads as if
+    the flag took a value; a flag gets no type there."""
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_without_type
 
 app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Mobile Vision Mixture-of-Experts: train, export, profile, report.")

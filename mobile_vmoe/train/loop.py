@@ -483,10 +483,15 @@ def fit(tcfg: TrainConfig, bundle, out_dir: str | Path, *, superclasses: dict | 
         stopped = run_epochs(st, state)
         return finish(st, state, stopped, extra_summary)
     finally:
-        close = getattr(st.loader, "close", None)
-        if close is not None:
-            close()  # the loader's workers ignore SIGTERM: shut them down before the process exits
+        close_loader(st)
         torch.set_num_threads(threads)
+
+
+def close_loader(stage: Stage) -> None:
+    """The loader's workers ignore SIGTERM: shut them down before the process exits."""
+    close = getattr(stage.loader, "close", None)
+    if close is not None:
+        close()
 
 
 def adopt(tcfg: TrainConfig, bundle, out_dir: str | Path, init: str | os.PathLike, *,
@@ -494,13 +499,16 @@ def adopt(tcfg: TrainConfig, bundle, out_dir: str | Path, init: str | os.PathLik
     """A stage of zero epochs: ``tcfg.model`` with the weights of ``init``, evaluated and saved as a
     finished stage (model.pt, model.safetensors, summary.json with ``epochs`` 0); returns the summary."""
     st = Stage(tcfg, bundle, Path(out_dir), stage, dist_info or DistInfo(), None, quiet)
-    state = build_state(st, init)
-    state.metrics = {**evaluate(state.eval_model, st.val_loader(), device=st.device, amp_dtype=st.amp_dtype,
-                                reduce=functools.partial(all_reduce_sum, info=st.info)), "weights": "model"}
-    st.say(f"{stage}: {init} taken as it is (0 epochs), val top-1 {state.metrics['top1']:.2f}%")
-    if st.info.is_main:
-        st.out.mkdir(parents=True, exist_ok=True)
-    return finish(st, state, None, {"epochs": 0, "init": str(init)})
+    try:
+        state = build_state(st, init)
+        state.metrics = {**evaluate(state.eval_model, st.val_loader(), device=st.device, amp_dtype=st.amp_dtype,
+                                    reduce=functools.partial(all_reduce_sum, info=st.info)), "weights": "model"}
+        st.say(f"{stage}: {init} taken as it is (0 epochs), val top-1 {state.metrics['top1']:.2f}%")
+        if st.info.is_main:
+            st.out.mkdir(parents=True, exist_ok=True)
+        return finish(st, state, None, {"epochs": 0, "init": str(init)})
+    finally:
+        close_loader(st)
 
 
 def run_epochs(stage: Stage, state: TrainState) -> str | None:
