@@ -18,13 +18,10 @@ docstring) with these changes, fixed before any run:
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import capacity_study as cs
-
-from mobile_vmoe.errors import MvmoeError
+from study_gpu import gpu_main
 
 DATA = "graded:500:10:300"
 SIZES = ["6x32", "6x48"]
@@ -73,24 +70,8 @@ def dry_run(out: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/capacity-gpu"))
-    ap.add_argument("--dry", action="store_true", help="check and plan on any machine; train nothing")
-    ap.add_argument("--force", action="store_true", help="run even when the probe's plan is over budget")
-    a = ap.parse_args(argv)
-    if a.dry:
-        print(json.dumps(dry_run(a.out), indent=1, allow_nan=False))
-        return 0
-    import torch
-
-    if not torch.cuda.is_available():
-        raise MvmoeError("no CUDA device here: bench/capacity_gpu.py is for a GPU machine (use --dry to check it on CPU)")
-    cs.main([*study_args(a.out), "--probe-only"])
-    plan = json.loads((a.out / "results.json").read_text())["plan"]
-    if plan.get("over_budget") and not a.force:
-        raise MvmoeError(f"the probe projects {plan['projected_min']} min after every cut, over the "
-                         f"{plan['budget_min']} min budget: not started (--force runs it anyway)")
-    return cs.main(study_args(a.out))
+    return gpu_main(argv, doc=__doc__, script="bench/capacity_gpu.py", default_out=Path("runs/capacity-gpu"), dry_run=dry_run,
+                    study_main=cs.main, study_args=study_args)
 
 
 if __name__ == "__main__":

@@ -78,9 +78,11 @@ def dry_run(out: Path) -> dict:
     return info
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/study-gpu"))
+def gpu_main(argv, *, doc: str, script: str, default_out: Path, dry_run, study_main, study_args) -> int:
+    """The GPU variant of a study: ``--dry`` plans on any machine; otherwise the study's probe,
+    a refusal when even its cut plan is over budget (unless ``--force``), then the study itself."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=default_out)
     ap.add_argument("--dry", action="store_true", help="check and plan on any machine; train nothing")
     ap.add_argument("--force", action="store_true", help="run even when the probe's plan is over budget")
     a = ap.parse_args(argv)
@@ -90,11 +92,16 @@ def main(argv=None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        raise MvmoeError("no CUDA device here: bench/study_gpu.py is for a GPU machine (use --dry to check it on CPU)")
-    routing_study.main([*study_args(a.out), "--probe-only"])
+        raise MvmoeError(f"no CUDA device here: {script} is for a GPU machine (use --dry to check it on CPU)")
+    study_main([*study_args(a.out), "--probe-only"])
     if not a.force:
         check_plan(a.out)
-    return routing_study.main(study_args(a.out))
+    return study_main(study_args(a.out))
+
+
+def main(argv=None) -> int:
+    return gpu_main(argv, doc=__doc__, script="bench/study_gpu.py", default_out=Path("runs/study-gpu"), dry_run=dry_run,
+                    study_main=routing_study.main, study_args=study_args)
 
 
 def check_plan(out: Path) -> None:

@@ -14,6 +14,15 @@ from torch import nn
 from mobile_vmoe import create_model
 from mobile_vmoe.checkpoint import save_checkpoint
 
+def one_line_error(code: int, err: str, *needles: str) -> str:
+    """A CLI refusal: exit 1 and one ``error:`` line (warning lines aside) holding every needle; -> that line."""
+    lines = [ln for ln in err.strip().splitlines() if ln and not ln.startswith("warning: ")]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
 # ------------------------------------------------------------------------------ tiny models
 
 # 3 blocks (the last 2 MoE in a vmoe preset), width 32, 16 px images in 2x2 patches of 8:

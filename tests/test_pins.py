@@ -13,20 +13,12 @@ import torch
 from PIL import Image
 
 from conftest import mvmoe
-from helpers import write_imagefolder
+from helpers import one_line_error, write_imagefolder
 from mobile_vmoe.train import pins
 from mobile_vmoe.data.index import FolderIndex, save_indexes
 
 TINY = ["--set", "img_size=16", "--set", "depth=2", "--set", "width=32", "--set", "heads=2",
         "--set", "batch_size=32"]
-
-
-def one_line_error(code: int, err: str, *needles: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln and not ln.startswith("warning: ")]
-    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 # ----------------------------------------------------------------------------- digests by hand

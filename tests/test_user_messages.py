@@ -10,15 +10,8 @@ import warnings
 import pytest
 
 from conftest import mvmoe
+from helpers import one_line_error
 from mobile_vmoe.errors import MvmoeError
-
-
-def one_line_error(code: int, err: str, *needles: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln and not ln.startswith("warning: ")]
-    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def test_a_300_character_out_folder_name_is_one_line(tmp_path):
