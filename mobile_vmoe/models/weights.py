@@ -27,6 +27,7 @@ uses, so the folder can be uploaded as it is.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -316,7 +317,16 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike,
 
 
 def is_dense_weights(path: str | os.PathLike) -> bool:
-    """True when ``path``'s weights are a dense ViT's (no expert bank)."""
+    """True when ``path``'s weights are a dense ViT's (no expert bank). A run asks this of its
+    ``--init`` file several times while it plans its stages: the file is read once per version."""
+    if not Path(path).is_file():  # a folder (its model.safetensors) or a missing file: read_weights says which
+        return _is_dense.__wrapped__(str(path), 0, 0)
+    st = Path(path).stat()
+    return _is_dense(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _is_dense(path: str, mtime_ns: int, size: int) -> bool:  # (mtime, size): a rewritten file is read again
     return not any(".mlp.experts." in k for k in read_weights(path).state)
 
 
