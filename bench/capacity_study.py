@@ -90,7 +90,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -247,50 +246,17 @@ def run_arm(data: str, size: str, seed: int, arm: str, lr: float, epochs: int, o
 
 def score(arm: str, tcfg, bundle, where: Path, s: dict) -> dict:
     """Training compute (dense stage included), ARI, router top-1 on the holdout."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from mobile_vmoe.checkpoint import model_from_checkpoint
-    from mobile_vmoe.data.holdout import split_for_superclasses
-    from mobile_vmoe.data.superclasses import load_superclasses, planted_ari
-    from mobile_vmoe.train.evaluate import evaluate
-
-    n, b = len(bundle.train), tcfg.batch_size
-    out = {"train_macs": rs.train_macs(s["macs"], tcfg.epochs, n, b), "train_seconds": s["train_seconds"]}
-    if arm in ("moe-sc", "moe-sc-upcycled"):
-        rest, _ = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
-        out["train_macs"] += rs.train_macs(s["dense"]["macs"], s["dense"]["epochs"], len(rest.train), b)
-        out["train_seconds"] += json.loads((where / "dense" / "summary.json").read_text())["train_seconds"]
-        sc = load_superclasses(where / "superclasses.json", bundle.class_names)
-        out["ari"] = planted_ari(bundle.planted_superclasses, sc["class_to_superclass"])
-    if arm in ("moe-sc", "moe-sc-upcycled", "moe-planted"):
-        model, ck = model_from_checkpoint(where / "model.pt")
-        _, holdout = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
-        c2s = torch.tensor(ck["superclasses"]["class_to_superclass"])
-        out["router_holdout_top1"] = evaluate(model, DataLoader(holdout, batch_size=256),
-                                              class_to_superclass=c2s)["router_superclass_top1"]
-    return out
+    sc_arms = ("moe-sc", "moe-sc-upcycled")
+    return rs.stage_scores(tcfg, bundle, where, s, arm in sc_arms, arm in sc_arms + ("moe-planted",))
 
 
 def probe_one(size: str, kind: str, data: str, out: Path, extra: dict) -> dict:
     """One epoch of ``kind`` (dense | moe | moe-all) at ``size`` -> seconds of setup, train and eval."""
-    import torch
-
-    from mobile_vmoe.train import resolve, train
-
-    torch.set_num_threads(1)
-    t0 = time.time()
     arm = {"dense": "dense", "moe": "moe-e2e", "moe-all": "moe-all"}[kind]
-    tcfg, bundle = resolve("vit-6x64-p32" if kind == "dense" else "vmoe-6x64-p32", data,
-                           settings_for(arm, data, size, LR_GRID[0], 1, extra), epochs=1, seed=0)
-    where = out / "probe" / f"{size}-{kind}"
-    if where.exists():  # a probe a stopped study left: time it afresh
-        shutil.rmtree(where)
-    t1 = time.time()
-    s = train(tcfg, bundle, where, superclasses="none", quiet=True)
-    wall = time.time() - t1
+    s, _, setup, wall = rs.probe_train("vit-6x64-p32" if kind == "dense" else "vmoe-6x64-p32", data,
+                                       settings_for(arm, data, size, LR_GRID[0], 1, extra), out / "probe" / f"{size}-{kind}")
     return {"size": size, "kind": kind, "train_epoch_s": s["train_seconds"],
-            "eval_s": round(max(wall - s["train_seconds"], 0.0), 2), "setup_s": round(t1 - t0, 2)}
+            "eval_s": round(max(wall - s["train_seconds"], 0.0), 2), "setup_s": round(setup, 2)}
 
 
 # ---------------------------------------------------------------------------- projection
@@ -490,17 +456,7 @@ def verdict_table(res: dict) -> str:
 
 
 def summarize(res: dict, allow_mixed: bool = False) -> str:
-    commits = rs.check_commits(res["runs"], allow_mixed)
-    prov = res.get("provenance") or {}
-    head = [f"commit(s): {', '.join(sorted(str(c) for c in commits))}; study command: {prov.get('command')}"]
-    if res.get("wall_minutes"):
-        head.append(f"wall: {sum(res['wall_minutes']):.1f} min ({' + '.join(map(str, res['wall_minutes']))} per invocation)")
-    if len(commits) > 1:
-        head.append(f"WARNING: runs made at {len(commits)} different commits are pooled below")
-    if any(r.get("dirty") for r in res["runs"]):
-        head.append("WARNING: some runs were made with uncommitted changes (dirty checkout)")
-    if res.get("quick"):
-        head.append("SMOKE CHECK (--quick): tiny data and epochs; it checks that the study runs, its numbers mean nothing")
+    head = rs.provenance_lines(res, allow_mixed, "tiny data and epochs")
     p = res.get("plan") or {}
     if p:
         head.append(f"plan: sizes {p.get('sizes')}, seeds {p.get('seeds')}, arms {p.get('arms')}, cuts "
@@ -661,25 +617,11 @@ def run_probe(a, out: Path, res: dict, save, extra: dict) -> None:
 
 def run_study(a, out: Path) -> int:
     from mobile_vmoe.config import parse_overrides
-    from mobile_vmoe.fileio import atomic_write_json
-    from mobile_vmoe.provenance import provenance
 
     for size in a.sizes:
         rs.size_settings(size)
     extra = parse_overrides(a.set)
-    path = out / "results.json"
-    res = json.loads(path.read_text()) if path.exists() else new_results(a)
-    if path.exists():
-        res["resumed_by"].append(provenance())
-
-    def save():
-        atomic_write_json(path, res)
-
-    def add(row):
-        res["runs"].append(row)
-        save()
-        print(json.dumps({k: row.get(k) for k in ("size", "seed", "arm", "top1", "wall_seconds")}, allow_nan=False),
-              flush=True)
+    res, save, add = rs.ledger(out / "results.json", lambda: new_results(a), ("size", "seed", "arm", "top1", "wall_seconds"))
 
     if a.quick:
         print("SMOKE CHECK (--quick): tiny data and epochs; it checks that the study runs, not the claim")

@@ -187,8 +187,9 @@ def run_arm(data: str, size: str, seed: int, arm: str, lr: float, epochs: int, o
     return row
 
 
-def score(arm: str, tcfg, bundle, where: Path, s: dict) -> dict:
-    """Compute, ARI, router accuracy on the holdout, the token arm at batch 1 and at the training group."""
+def stage_scores(tcfg, bundle, where: Path, s: dict, dense_stage: bool, router: bool, dev: str = "cpu") -> dict:
+    """Training compute and seconds (the dense stage's added where the arm had one), the ARI of its
+    superclasses, and its router's superclass top-1 on the holdout (``router``)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -197,53 +198,74 @@ def score(arm: str, tcfg, bundle, where: Path, s: dict) -> dict:
     from mobile_vmoe.data.superclasses import load_superclasses, planted_ari
     from mobile_vmoe.train.evaluate import evaluate
 
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
     n, b = len(bundle.train), tcfg.batch_size
     out = {"train_macs": train_macs(s["macs"], tcfg.epochs, n, b), "train_seconds": s["train_seconds"]}
-    if arm == "moe-sc":
-        rest, _ = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
+    rest, holdout = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
+    if dense_stage:
         out["train_macs"] += train_macs(s["dense"]["macs"], s["dense"]["epochs"], len(rest.train), b)
         out["train_seconds"] += json.loads((where / "dense" / "summary.json").read_text())["train_seconds"]
         sc = load_superclasses(where / "superclasses.json", bundle.class_names)
         out["ari"] = planted_ari(bundle.planted_superclasses, sc["class_to_superclass"])
-    model, ck = model_from_checkpoint(where / "model.pt")
-    if arm in SUPERCLASS_ARMS:
-        _, holdout = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
+    if router:
+        model, ck = model_from_checkpoint(where / "model.pt")
         c2s = torch.tensor(ck["superclasses"]["class_to_superclass"])
         ev = evaluate(model.to(dev), DataLoader(holdout, batch_size=256), class_to_superclass=c2s, device=dev)
         out["router_holdout_top1"] = ev["router_superclass_top1"]
-    if arm == "token":
-        out["top1_group"] = evaluate(model.to(dev), DataLoader(bundle.val, batch_size=b), device=dev)["top1"]
-        out["top1_batch1"] = evaluate(model.to(dev), DataLoader(bundle.val, batch_size=1), device=dev)["top1"]
-        out["top1"] = out["top1_batch1"]  # as exported: one image per routing group
     return out
 
 
-def probe_one(size: str, kind: str, data: str, out: Path, extra: dict) -> dict:
-    """One epoch of ``kind`` (dense | moe | token) at ``size``: -> seconds of setup, train and eval."""
+def score(arm: str, tcfg, bundle, where: Path, s: dict) -> dict:
+    """Compute, ARI, router accuracy on the holdout, the token arm at batch 1 and at the training group."""
     import torch
     from torch.utils.data import DataLoader
 
     from mobile_vmoe.checkpoint import model_from_checkpoint
-    from mobile_vmoe.train import resolve, train
     from mobile_vmoe.train.evaluate import evaluate
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    out = stage_scores(tcfg, bundle, where, s, arm == "moe-sc", arm in SUPERCLASS_ARMS, dev)
+    if arm == "token":
+        model = model_from_checkpoint(where / "model.pt")[0].to(dev)
+        b = tcfg.batch_size
+        out["top1_group"] = evaluate(model, DataLoader(bundle.val, batch_size=b), device=dev)["top1"]
+        out["top1_batch1"] = evaluate(model, DataLoader(bundle.val, batch_size=1), device=dev)["top1"]
+        out["top1"] = out["top1_batch1"]  # as exported: one image per routing group
+    return out
+
+
+def probe_train(base: str, data: str, settings: dict, where: Path) -> tuple[dict, object, float, float]:
+    """One timed epoch of ``base`` with ``settings`` into ``where`` -> (summary, data bundle, setup s,
+    train+eval wall s)."""
+    import torch
+
+    from mobile_vmoe.train import resolve, train
 
     torch.set_num_threads(1)
     t0 = time.time()
-    arm = {"dense": "dense", "moe": "moe-e2e", "token": "token"}[kind]
-    tcfg, bundle = resolve("vit-6x64-p32" if kind == "dense" else "vmoe-6x64-p32", data,
-                           settings_for(arm, data, size, LR_GRID[0], 1, extra), epochs=1, seed=0)
-    where = out / "probe" / f"{size}-{kind}"
+    tcfg, bundle = resolve(base, data, settings, epochs=1, seed=0)
     if where.exists():  # a probe a stopped study left: its timing is worthless, time it afresh
         shutil.rmtree(where)
+    t1 = time.time()
     s = train(tcfg, bundle, where, superclasses="none", quiet=True)
-    wall = time.time() - t0
+    return s, bundle, t1 - t0, time.time() - t1
+
+
+def probe_one(size: str, kind: str, data: str, out: Path, extra: dict) -> dict:
+    """One epoch of ``kind`` (dense | moe | token) at ``size``: -> seconds of setup, train and eval."""
+    from torch.utils.data import DataLoader
+
+    from mobile_vmoe.checkpoint import model_from_checkpoint
+    from mobile_vmoe.train.evaluate import evaluate
+
+    arm = {"dense": "dense", "moe": "moe-e2e", "token": "token"}[kind]
+    where = out / "probe" / f"{size}-{kind}"
+    s, bundle, setup, _ = probe_train("vit-6x64-p32" if kind == "dense" else "vmoe-6x64-p32", data,
+                              settings_for(arm, data, size, LR_GRID[0], 1, extra), where)
     t1 = time.time()
     model = model_from_checkpoint(where / "model.pt")[0]
     evaluate(model, DataLoader(bundle.val, batch_size=64))
-    ev = time.time() - t1
-    row = {"size": size, "kind": kind, "train_epoch_s": s["train_seconds"], "eval_s": round(ev, 2),
-           "setup_s": round(max(wall - s["train_seconds"] - ev, 0.0), 2), "batch1_s": 0.0}
+    row = {"size": size, "kind": kind, "train_epoch_s": s["train_seconds"], "eval_s": round(time.time() - t1, 2),
+           "setup_s": round(setup, 2), "batch1_s": 0.0}
     if kind == "token":  # the arm is also scored at batch 1
         t2 = time.time()
         evaluate(model, DataLoader(bundle.val, batch_size=1))
@@ -415,7 +437,8 @@ def verdict_table(res: dict) -> str:
     return "\n".join(lines)
 
 
-def summarize(res: dict, allow_mixed: bool = False) -> str:
+def provenance_lines(res: dict, allow_mixed: bool, quick: str) -> list[str]:
+    """The head of a study's summary: commits and command, wall time, mixed-commit and dirty warnings."""
     commits = check_commits(res["runs"], allow_mixed)
     prov = res.get("provenance") or {}
     head = [f"commit(s): {', '.join(sorted(str(c) for c in commits))}; study command: {prov.get('command')}"]
@@ -426,8 +449,12 @@ def summarize(res: dict, allow_mixed: bool = False) -> str:
     if any(r.get("dirty") for r in res["runs"]):
         head.append("WARNING: some runs were made with uncommitted changes (dirty checkout)")
     if res.get("quick"):
-        head.append("SMOKE CHECK (--quick): tiny data, 5 epochs; it checks that the study runs, "
-                    "its numbers mean nothing")
+        head.append(f"SMOKE CHECK (--quick): {quick}; it checks that the study runs, its numbers mean nothing")
+    return head
+
+
+def summarize(res: dict, allow_mixed: bool = False) -> str:
+    head = provenance_lines(res, allow_mixed, "tiny data, 5 epochs")
     plan_ = res.get("plan") or {}
     if plan_:
         head.append(f"plan: sizes {plan_.get('sizes')}, control arms {plan_.get('control_arms')}, cuts "
@@ -539,16 +566,13 @@ def run_probe(a, out: Path, res: dict, save, extra: dict) -> None:
     print("plan: " + json.dumps(res["plan"], allow_nan=False), flush=True)
 
 
-def run_study(a, out: Path) -> int:
-    from mobile_vmoe.config import parse_overrides
+def ledger(path: Path, fresh, keys: tuple):
+    """The study's results file: -> (results, save(), add(row)). A file a stopped study left is
+    continued (its ``resumed_by`` grows); ``add`` appends a run row, saves and prints ``keys`` of it."""
     from mobile_vmoe.fileio import atomic_write_json
     from mobile_vmoe.provenance import provenance
 
-    for size in a.sizes:
-        size_settings(size)  # fail before training
-    extra = parse_overrides(a.set)
-    path = out / "results.json"
-    res = json.loads(path.read_text()) if path.exists() else new_results(a)
+    res = json.loads(path.read_text()) if path.exists() else fresh()
     if path.exists():
         res["resumed_by"].append(provenance())
 
@@ -558,8 +582,19 @@ def run_study(a, out: Path) -> int:
     def add(row):
         res["runs"].append(row)
         save()
-        print(json.dumps({k: row.get(k) for k in ("data", "size", "lr", "seed", "arm", "top1", "holdout_top1",
-                                                  "wall_seconds")}, allow_nan=False), flush=True)
+        print(json.dumps({k: row.get(k) for k in keys}, allow_nan=False), flush=True)
+
+    return res, save, add
+
+
+def run_study(a, out: Path) -> int:
+    from mobile_vmoe.config import parse_overrides
+
+    for size in a.sizes:
+        size_settings(size)  # fail before training
+    extra = parse_overrides(a.set)
+    res, save, add = ledger(out / "results.json", lambda: new_results(a),
+                            ("data", "size", "lr", "seed", "arm", "top1", "holdout_top1", "wall_seconds"))
 
     if a.quick:
         print("SMOKE CHECK (--quick): tiny data, 5 epochs, 2 seeds; it checks that the study runs, not the claim")
