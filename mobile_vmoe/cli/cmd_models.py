@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from converters.targets import ARTIFACT_SUFFIXES as TARGET_SUFFIXES
+from converters import targets as T
 from converters.targets import label
 
 from ..config import ModelConfig, parse_overrides
@@ -64,9 +64,6 @@ def models_cmd(
     Console(width=140).print(t)
 
 
-ARTIFACT_SUFFIXES = (*TARGET_SUFFIXES, ".json")
-
-
 def artifact_metadata(path: Path) -> dict:
     """The metadata .json of an exported artifact (the artifact itself or its .json), checked
     against the artifact's size and sha256 recorded at export."""
@@ -78,7 +75,7 @@ def artifact_metadata(path: Path) -> dict:
 @profile_app.command("flops")
 def flops_cmd(
     checkpoint: Optional[Path] = typer.Argument(None, help="a checkpoint (model.pt / last.pt) or an exported artifact "
-                                                f"({'/'.join(TARGET_SUFFIXES)} or its .json)", show_default=False),
+                                                f"({'/'.join(T.ARTIFACT_SUFFIXES)} or its .json)", show_default=False),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="a preset name (see `mvmoe models`)"),
     set_: list[str] = typer.Option([], "--set", help="override a ModelConfig field, KEY=VALUE (repeatable)"),
     dispatch: Optional[str] = typer.Option(None, help="gather (export default: active experts only) | dense (all "
@@ -107,7 +104,7 @@ def flops_cmd(
     artifact = None
     if model is not None:
         cfg = get_config(model, **overrides)
-    elif checkpoint.suffix in ARTIFACT_SUFFIXES or checkpoint.is_dir():  # a folder: a split artifact
+    elif checkpoint.suffix in (*T.ARTIFACT_SUFFIXES, ".json") or checkpoint.is_dir():  # a folder: a split artifact
         meta = artifact_metadata(checkpoint)
         try:
             cfg = ModelConfig.from_dict(meta["model_config"])
