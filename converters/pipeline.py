@@ -162,7 +162,7 @@ def require_real_images(images: P.EvalImages, jobs: list[ExportJob]) -> None:
 
 
 def artifact_path(out_dir: Path, model_name: str, job: ExportJob, dispatch: str) -> Path:
-    """``dispatch="split"``: the split programs, whose LiteRT artifact is a folder (no suffix)."""
+    """``dispatch="split"``: the split programs, with the record's split suffix ("": a folder)."""
     record = T.find(job.target, job.backend)
     ext = record.split_suffix if dispatch == "split" else record.suffix
     return out_dir / (artifact_stem(model_name, job.target, job.backend, job.precision, dispatch) + ext)

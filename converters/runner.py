@@ -25,7 +25,7 @@ class Runner:
     (logits first)."""
 
     fn: Callable[[np.ndarray], list[np.ndarray]]
-    runtime: str  # executorch | litert | onnxruntime | coreml
+    runtime: str  # the record's runtime (converters.targets)
     input_shape: list[int]  # what the runtime's input signature says
     input_dtype: str  # numpy dtype name
     threads: int | None  # the thread count in effect; None: the runtime decides
