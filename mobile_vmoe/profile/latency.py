@@ -162,19 +162,17 @@ def _meta_shape(meta: dict | None) -> tuple[list[int] | None, str]:
 
 
 # -------------------------------------------------------------------------------------- runners
-
-
-
-def open_runner(path: Path, threads: int | None, per_op: bool = False):
+def open_runner(path: Path, record: T.ExportTarget, threads: int | None, per_op: bool = False):
     """The artifact opened by its converter's ``load_runner`` (the same runner export's parity
-    uses), with the record's ``latency_options`` (and per_op where asked and it applies);
-    MvmoeError where it cannot run here."""
-    record = artifact_record(path)
+    uses), with the record's ``latency_options``, and ``per_op`` where the runner takes it (a
+    single program); MvmoeError where it cannot run here."""
     check_runs_here(path, record)
     if split_programs(path) is not None:
         runner, why = load_runner(record, path, threads, split=True)
     else:
-        options = {**dict(record.latency_options), **({"per_op": True} if per_op else {})}
+        options = dict(record.latency_options)
+        if per_op and "per_op" in record.runner_options:
+            options["per_op"] = True
         runner, why = load_runner(record, path, threads, **options)
     if runner is None:
         raise MvmoeError(f"{path.name}: cannot run here: {why}")
@@ -193,7 +191,7 @@ def run_local(path: Path, warmup: int, runs: int, threads: int | None, shape=Non
     """Time ``runs`` calls of the artifact's runner on this machine, after ``warmup`` untimed ones."""
     split = split_programs(path) is not None
     record = artifact_record(path)
-    runner = open_runner(path, threads, per_op=per_op and "per_op" in record.runner_options and not split)
+    runner = open_runner(path, record, threads, per_op=per_op)
     check_shape(path, shape, runner.input_shape)
     x = example_input(runner.input_shape, runner.input_dtype)
     times = time_ms(lambda: runner(x), runs, warmup)
