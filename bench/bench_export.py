@@ -99,6 +99,7 @@ def build_split(model, w, x, rt: str, stem: Path, threads: int, audits: dict):
     """The MoE as split programs for ``rt`` (converted, or reused from ``stem``), every tail loaded:
     the timed runs are warm."""
     from converters import split, targets
+    from converters.target_modules import load_runner
 
     target = "executorch" if rt.startswith("xnnpack") else "tflite"
     path = stem.with_name(stem.name + targets.find(target).split_suffix)
@@ -111,7 +112,7 @@ def build_split(model, w, x, rt: str, stem: Path, threads: int, audits: dict):
                                calibration=calib)
         if precision == "int8":
             audits[f"moe-split int8 ({rt})"] = ops
-    run, _ = split.load_runner(target, path, threads=threads)
+    run, _ = load_runner(targets.find(target), path, threads, split=True)
     for e in range(model.cfg.num_experts):
         run.native.tail(e)
     return run

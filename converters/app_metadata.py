@@ -158,11 +158,11 @@ def sample_check(wrapper: nn.Module, meta_input: dict, policy: dict, precision: 
 # ------------------------------------------------------------------------------------ runtime, file
 def runtime_requirement(target: str, backend: str | None, split: bool = False) -> dict:
     """{name, min_version, backend, platforms}: the runtime release an app needs to load the artifact
-    (converters.targets). Core ML: the iOS deployment target the package was converted for (a split
-    package is multifunction: 18). Else the exporter's own release line (a runtime promises to read
-    artifacts of its own and older releases only)."""
+    (converters.targets). A runtime without a Python package (Core ML): the iOS deployment target the
+    artifact was converted for (a split package is multifunction: 18). Else the exporter's own
+    release line (a runtime promises to read artifacts of its own and older releases only)."""
     record = T.find(target, backend)
-    if record.runtime == "coreml":
+    if record.runtime_package is None:
         version = record.split_min_ios if split else record.min_ios
     else:
         version = _version(record.runtime_package)

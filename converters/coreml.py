@@ -19,7 +19,7 @@ from mobile_vmoe.fileio import to_json
 
 from . import targets
 from .programs import export_each, input_names, merge_audits, output_names
-from .runner import Runner, first_line
+from .runner import Runner, first_line, take
 
 _T = targets.find("coreml")
 EXT, PRECISIONS = _T.suffix, _T.precisions
@@ -78,9 +78,10 @@ def convert_split(progs: dict, path: Path, table: dict, *, precision: str, backe
     return merge_audits(audits)
 
 
-def load_split_runner(path: Path, threads: int | None = None, max_tails: int | None = None, loader: str = "mmap"):
+def load_split_runner(path: Path, threads: int | None = None, **options):
     """Core ML prediction needs macOS: -> (None, why) here (the multifunction package is converted
     here, not run)."""
+    take(options, "the Core ML split runner", max_tails=None)
     return None, "Core ML prediction needs macOS (the multifunction package is converted here, not run)"
 
 
@@ -103,10 +104,13 @@ def audit(spec, precision: str) -> dict:
             "compute_precision": precision}
 
 
-def load_runner(path: Path, threads: int | None = None, compute_units: str = "cpu"):
+def load_runner(path: Path, threads: int | None = None, **options):
     """-> (Runner, None) on macOS, else (None, why). ``compute_units``: cpu (parity: the most
     reproducible numbers) or all (CPU, GPU and Neural Engine, as an app would run it)."""
-    if platform.system() != "Darwin":
+    compute_units = take(options, "the Core ML runner", compute_units="cpu")["compute_units"]
+    if compute_units not in ("cpu", "all"):
+        raise MvmoeError(f"compute_units {compute_units!r}: expected cpu or all")
+    if platform.system() != _T.runs_on:
         return None, "Core ML prediction needs macOS"
     import coremltools as ct
 

@@ -8,6 +8,9 @@ delegate and how many stay on portable kernels.
 
 from __future__ import annotations
 
+import re
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ from mobile_vmoe.errors import MvmoeError
 from . import targets
 from .prepare import as_args, pt2e_quantize
 from .programs import export_each, merge_audits
-from .runner import Runner, SplitChain, first_line
+from .runner import Runner, SplitChain, first_line, take
 
 _TS = [t for t in targets.TARGETS if t.name == "executorch"]
 PRECISIONS = {t.backend: t.precisions for t in _TS}
@@ -55,7 +58,7 @@ def partitioners(backend: str, precision: str) -> list:
 
 
 def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, backend: str | None = "xnnpack",
-            calibration: torch.Tensor | None = None) -> dict:
+            calibration: torch.Tensor | None = None, metadata: dict | None = None) -> dict:
     """Lower ``ep`` (or its int8 version) for ``backend``, write ``path`` and return the audit."""
     from executorch.exir import to_edge_transform_and_lower
 
@@ -115,20 +118,21 @@ def set_threads(threads: int | None) -> int:
     return int(portable_lib._threadpool_get_thread_count())
 
 
-def load_runner(path: Path, threads: int | None = None, per_op: bool = False, loader: str = "mmap"):
-    """-> (Runner, None), or (None, reason) for Core ML-delegated programs (Apple only).
-    ``per_op`` loads the program with ETDump event tracing (see mobile_vmoe.profile.latency).
-    ``loader``: mmap (the runtime maps the file) or file (the whole file read into memory first;
-    the program keeps the bytes)."""
+def load_runner(path: Path, threads: int | None = None, **options):
+    """-> (Runner, None), or (None, reason) for Core ML-delegated programs (Apple only). Options:
+    ``per_op`` loads the program with ETDump event tracing (the Runner's ``per_op()`` summarises
+    it, etdump_per_op); ``loader``: mmap (the runtime maps the file) or file (the whole file read
+    into memory first; the program keeps the bytes)."""
+    opt = take(options, "the ExecuTorch runner", loader="mmap", per_op=False)
     if "-coreml_" in Path(path).name:
         return None, "the Core ML delegate runs only on Apple devices (lowered here, not run)"
     from executorch.runtime import Runtime
 
     name = Path(path).name
-    kw = {"enable_etdump": True, "debug_buffer_size": 0} if per_op else {}
+    kw = {"enable_etdump": True, "debug_buffer_size": 0} if opt["per_op"] else {}
     threads = set_threads(threads)  # before loading: a delegate keeps the pool it was loaded with
     try:
-        program = Runtime.get().load_program(Path(path) if loader == "mmap" else Path(path).read_bytes(), **kw)
+        program = Runtime.get().load_program(Path(path) if opt["loader"] == "mmap" else Path(path).read_bytes(), **kw)
         method = program.load_method("forward")
     except (RuntimeError, ValueError) as e:
         raise MvmoeError(f"{name}: the ExecuTorch runtime cannot load it ({first_line(e)})") from None
@@ -140,16 +144,53 @@ def load_runner(path: Path, threads: int | None = None, per_op: bool = False, lo
     def run(x):
         return [o.numpy() for o in method.execute([torch.from_numpy(x)])]
 
-    return Runner(run, "executorch", shape, "float32", threads, program), None
+    per_op = (lambda: etdump_per_op(program, Path(path))) if opt["per_op"] else None
+    return Runner(run, "executorch", shape, "float32", threads, program, per_op=per_op), None
 
 
-def load_split_runner(path: Path, threads: int | None = None, max_tails: int | None = None, loader: str = "mmap"):
+def etdump_per_op(program, path: Path, out_dir: Path | None = None, top: int = 25) -> list[dict]:
+    """Per-op mean time per inference from the program's ETDump, largest first.
+
+    The ETDump holds one event per op call per execute (warmup included: every run of the same op
+    averages the same). Delegated ops (XNNPACK's own names, e.g. "Fully Connected (NC, F32) GEMM")
+    come with `delegated: true`; "DELEGATE_CALL" / "OPERATOR_CALL" wrappers and the whole-method
+    "Method::execute" event are dropped because they contain the ops listed. `ms` = sum over the op's calls in one inference of their mean time.
+    """
+    from executorch.devtools import Inspector
+
+    out_dir = Path(out_dir or tempfile.mkdtemp(prefix="mvmoe-etdump-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    etdp = out_dir / (path.stem + ".etdp")
+    program.write_etdump_result_to_file(str(etdp), str(out_dir / (path.stem + ".debug.bin")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inspector = Inspector(etdump_path=str(etdp))
+    agg: dict[str, dict] = {}
+    for block in inspector.event_blocks:
+        if block.name != "Execute":
+            continue
+        for ev in block.events:
+            if ev.name in ("DELEGATE_CALL", "OPERATOR_CALL") or ev.name.startswith("Method::") or ev.perf_data is None:
+                continue
+            name = re.sub(r" #\d+$", "", ev.name).removeprefix("native_call_")
+            a = agg.setdefault(name, {"op": name, "delegated": bool(ev.is_delegated_op), "calls": 0, "ms": 0.0})
+            a["calls"] += 1
+            a["ms"] += float(np.mean(ev.perf_data.raw))
+    rows = sorted(agg.values(), key=lambda r: -r["ms"])[:top]
+    for r in rows:
+        r["ms"] = round(r["ms"], 5)
+    return rows
+
+
+def load_split_runner(path: Path, threads: int | None = None, **options):
     """-> (Runner over a SplitChain, None): ``trunk`` loaded now, ``tail_<e>`` on first use.
     ``loader="mmap"``: every tail is loaded from its own Program over the mapped file (as an app
     keeps one Module per tail), so evicting it frees its packed weights: a Method dropped from a
     shared Program leaves them in memory (measured: +4 MiB per tail at vmoe-12x192-p32).
     ``loader="file"``: the whole file is read into memory once and every method comes from that
-    one Program."""
+    one Program. ``max_tails``: the tails kept loaded (None: all)."""
+    opt = take(options, "the ExecuTorch split runner", max_tails=None, loader="mmap")
+    loader, max_tails = opt["loader"], opt["max_tails"]
     from executorch.runtime import Runtime
 
     set_threads(threads)

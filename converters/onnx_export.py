@@ -11,11 +11,11 @@ import torch
 
 from mobile_vmoe.errors import MvmoeError
 
-from .runner import Runner, first_line
+from .runner import Runner, first_line, take
 
 
 def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, backend: str | None = None,
-            calibration: torch.Tensor | None = None) -> dict:
+            calibration: torch.Tensor | None = None, metadata: dict | None = None) -> dict:
     """Write ``path`` (.onnx, weights embedded) and return the op audit: ONNX node types."""
     import onnx
 
@@ -38,8 +38,10 @@ def audit(model) -> dict:
             "checker": "passed"}
 
 
-def load_runner(path: Path, threads: int | None = None):
-    """-> (Runner, None) with onnxruntime on CPU; ``threads`` intra-op threads (one inter-op)."""
+def load_runner(path: Path, threads: int | None = None, **options):
+    """-> (Runner, None) with onnxruntime on CPU; ``threads`` intra-op threads (one inter-op). It
+    takes no options: the session reads the whole file."""
+    take(options, "the ONNX Runtime runner")
     import onnxruntime as ort
 
     so = ort.SessionOptions()

@@ -2,13 +2,8 @@
 temporary folder, run the artifact for parity, write the metadata .json, and only then move both
 into place with os.replace. A failed conversion or parity check, or Ctrl-C, leaves nothing behind.
 
-Every target module has the same small interface (its facts are its record in converters.targets)::
-
-    convert(wrapper, ep, example, path, *, precision, backend, calibration) -> op audit dict
-    load_runner(path, threads=None) -> (Runner, None) or (None, why not)   (see converters.runner)
-    convert_split(progs, path, table, *, precision, backend, calibration, metadata) -> op audit dict
-    load_split_runner(path, threads, max_tails, loader) -> (Runner, None) or (None, why not)
-    (the last two where the record has split programs; see converters.split)
+Every target module has the same small interface (converters.target_modules); its facts are its
+record in converters.targets.
 """
 
 from __future__ import annotations
@@ -39,6 +34,7 @@ from .app_metadata import app_metadata
 from .interrupt import check, held, sigint_guard
 from .quiet import loud, quiet, ticking
 from .split import check_splittable, choose_layout, unsupported
+from .target_modules import load_runner, module_of
 
 
 def precisions_of(target: str, backend: str | None) -> tuple[str, ...]:
@@ -79,13 +75,13 @@ def plan(target: str, backend: str | None, precision: str, experts: str = "auto"
     if target not in (*T.TARGET_NAMES, "all"):
         raise MvmoeError(f"--target {target!r}: expected one of {', '.join(T.TARGET_NAMES)}, all"
                          + did_you_mean(target, (*T.TARGET_NAMES, "all")))
-    if precision not in ("fp32", "fp16", "int8"):
-        raise MvmoeError(f"--precision {precision!r}: expected fp32, fp16 or int8" + did_you_mean(precision, ("fp32", "fp16", "int8")))
+    if precision not in T.PRECISIONS:
+        raise MvmoeError(f"--precision {precision!r}: expected {T.choices(T.PRECISIONS)}"
+                         + did_you_mean(precision, T.PRECISIONS))
     if backend is not None and backend not in T.BACKENDS:
-        raise MvmoeError(f"--backend {backend!r}: expected {', '.join(T.BACKENDS[:-1])} or {T.BACKENDS[-1]}"
-                         + did_you_mean(backend, T.BACKENDS))
-    if backend is not None and target not in ("executorch", "all"):
-        raise MvmoeError(f"--backend applies to --target executorch only (got --target {target})")
+        raise MvmoeError(f"--backend {backend!r}: expected {T.choices(T.BACKENDS)}" + did_you_mean(backend, T.BACKENDS))
+    if backend is not None and target not in (*T.BACKEND_TARGETS, "all"):
+        raise MvmoeError(f"--backend applies to --target {T.choices(T.BACKEND_TARGETS)} only (got --target {target})")
     jobs, skipped = [], []
     for t in T.TARGET_NAMES if target == "all" else (target,):
         b = (backend or T.DEFAULT_BACKEND[t]) if t in T.DEFAULT_BACKEND else None
@@ -100,9 +96,9 @@ def plan(target: str, backend: str | None, precision: str, experts: str = "auto"
         elif precision in precisions_of(t, b):
             jobs.append(ExportJob(t, b, precision, experts))
         elif target == "all":
-            skipped.append(f"{t}{'-' + b if b else ''} has no {precision} export (it has {', '.join(precisions_of(t, b))})")
+            skipped.append(f"{T.label(t, b)} has no {precision} export (it has {', '.join(precisions_of(t, b))})")
         else:
-            raise MvmoeError(f"{t}{'-' + b if b else ''} exports {', '.join(precisions_of(t, b))}, not {precision}")
+            raise MvmoeError(f"{T.label(t, b)} exports {', '.join(precisions_of(t, b))}, not {precision}")
     return jobs, skipped
 
 
@@ -166,7 +162,7 @@ def require_real_images(images: P.EvalImages, jobs: list[ExportJob]) -> None:
 
 
 def artifact_path(out_dir: Path, model_name: str, job: ExportJob, dispatch: str) -> Path:
-    """``dispatch="split"``: the split programs, whose LiteRT artifact is a folder (no suffix)."""
+    """``dispatch="split"``: the split programs, with the record's split suffix ("": a folder)."""
     record = T.find(job.target, job.backend)
     ext = record.split_suffix if dispatch == "split" else record.suffix
     return out_dir / (artifact_stem(model_name, job.target, job.backend, job.precision, dispatch) + ext)
@@ -271,9 +267,8 @@ def convert_one(src: Source, job: ExportJob, path: Path, meta: dict, layer_norm:
         with torch.no_grad():
             ops = split.convert(job.target, src.wrapper, example, path, precision=job.precision, backend=job.backend,
                                 metadata=meta, calibration=src.calibration)
-        return ops, split.load_runner(job.target, path)
-    kw = {"metadata": meta} if job.target == "coreml" else {}
-    mod = T.module_of(job.target)
+        return ops, load_runner(T.find(job.target, job.backend), path, split=True)
+    mod = module_of(job.target)
     wrapper, ep = src.wrapper, src.ep
     if layer_norm == "decomposed" and P.layernorm_option_applies(job.target, job.backend, job.precision):
         # parity is still against the native-LayerNorm reference
@@ -282,8 +277,8 @@ def convert_one(src: Source, job: ExportJob, path: Path, meta: dict, layer_norm:
     meta["layer_norm"] = "decomposed" if wrapper is not src.wrapper else "native"
     with torch.no_grad():
         ops = mod.convert(wrapper, ep, example, path, precision=job.precision, backend=job.backend,
-                          calibration=src.calibration, **kw)
-    return ops, mod.load_runner(path)
+                          calibration=src.calibration, metadata=meta)
+    return ops, load_runner(T.find(job.target, job.backend), path)
 
 
 def export_job(src: Source, job: ExportJob, out_dir: Path, path: Path, *, say, verbose: bool, **kw) -> ExportResult:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.metadata as md
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from mobile_vmoe.checkpoint import config_from_checkpoint
 from mobile_vmoe.data import build_data
 from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.fileio import file_sha256
+from mobile_vmoe.provenance import versions
 from mobile_vmoe.models.vit import layer_norm_by_means
 
 from . import targets as T
@@ -375,17 +375,6 @@ def check_parity(p: dict, precision: str, fp32_tol: float = 1e-4, max_top1_drop:
 
 
 # -------------------------------------------------------------------------------------- metadata
-def versions() -> dict:
-    out = {}
-    for name in ("mvmoe", "torch", "executorch", "coremltools", "litert-torch", "ai-edge-litert", "onnx",
-                 "onnxruntime", "onnxscript"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def tree_sha256(path: str | Path) -> tuple[int, str]:
     """(size in bytes, sha256) of a file, or of a folder (.mlpackage) as its files' relative
     paths and contents in sorted order."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from mobile_vmoe.errors import MvmoeError
-from mobile_vmoe.models.programs import split_programs
+from mobile_vmoe.models.programs import trunk_and_tails
 
 from . import targets as T
 from .prepare import audit_static
@@ -28,7 +28,7 @@ Programs = dict[str, tuple[nn.Module, tuple]]  # name -> (module, example args)
 
 def programs(wrapper, example: torch.Tensor) -> Programs:
     """The export wrapper's model as ``trunk`` (behind the wrapper's preprocessing) and ``tail_<e>``."""
-    return split_programs(wrapper.model, example, wrapper.preprocess)
+    return trunk_and_tails(wrapper.model, example, wrapper.preprocess)
 
 
 def input_names(name: str) -> list[str]:

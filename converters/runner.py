@@ -1,9 +1,10 @@
-"""An opened artifact, the same for every runtime: parity (pipeline) and `mvmoe profile latency`
-both get theirs from the target module's ``load_runner`` (``load_split_runner`` for split programs,
-whose Runner wraps a SplitChain).
+"""An opened artifact, the same for every runtime: parity (pipeline), `mvmoe profile latency` and
+`profile memory` get theirs from the target module's ``load_runner`` (``load_split_runner`` for
+split programs, whose Runner wraps a SplitChain), through converters.target_modules.load_runner.
 
-``load_runner(path, threads=None)`` returns ``(Runner, None)``, or ``(None, why not)`` where the
-runtime cannot run here (Core ML off macOS). A file the runtime cannot read is an MvmoeError.
+``load_runner(path, threads=None, **options)`` returns ``(Runner, None)``, or ``(None, why not)``
+where the runtime cannot run here (Core ML off macOS). A file the runtime cannot read is an
+MvmoeError; so is an option the module does not take (``take``).
 """
 
 from __future__ import annotations
@@ -24,15 +25,25 @@ class Runner:
     (logits first)."""
 
     fn: Callable[[np.ndarray], list[np.ndarray]]
-    runtime: str  # executorch | litert | onnxruntime | coreml
+    runtime: str  # the record's runtime (converters.targets)
     input_shape: list[int]  # what the runtime's input signature says
     input_dtype: str  # numpy dtype name
     threads: int | None  # the thread count in effect; None: the runtime decides
     native: Any = None  # the runtime's own object (program, interpreter, session, model)
     extra: dict = field(default_factory=dict)  # runtime facts worth recording (e.g. providers)
+    per_op: Callable[[], list[dict]] | None = None  # per-op times of the runs so far (runner option per_op)
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         return self.fn(x)
+
+
+def take(options: dict, what: str, **defaults) -> dict:
+    """``options`` over ``defaults``; an option not among them is a one-line MvmoeError naming those
+    the runner takes (``what``: "the ExecuTorch runner")."""
+    unknown = [k for k in options if k not in defaults]
+    if unknown:
+        raise MvmoeError(f"{what} takes no option {unknown[0]!r} (it takes {', '.join(defaults) or 'none'})")
+    return {**defaults, **options}
 
 
 def first_line(e: BaseException) -> str:

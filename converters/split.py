@@ -24,8 +24,9 @@ The metadata .json lists the programs and how to chain them (``program_table``, 
 
 Who does what: the programs are built by the model package (mobile_vmoe.models.programs), the
 shared steps are in converters.programs, each target's module converts them (``convert_split``)
-and runs them (``load_split_runner``, a SplitChain of converters.runner); this module holds the
-support matrix, the layout choice and the dispatch through the target table.
+and runs them (``load_split_runner``, a SplitChain of converters.runner, opened through
+converters.target_modules.load_runner with ``split=True``); this module holds the support matrix,
+the layout choice and the conversion through the target table.
 
 int8 (ExecuTorch XNNPACK, LiteRT): every program is pt2e-quantized on its own, the trunk on the
 calibration images, every tail on the fp32 trunk's streams of them (``calibration_sets``); each
@@ -42,6 +43,7 @@ from mobile_vmoe.errors import MvmoeError
 
 from . import targets as T
 from .programs import program_table, programs
+from .target_modules import module_of
 
 def unsupported(target: str, backend: str | None, precision: str) -> str | None:
     """Why the split path does not export this target, backend and precision (None: it does);
@@ -51,7 +53,7 @@ def unsupported(target: str, backend: str | None, precision: str) -> str | None:
     rec = T.find(target, backend)
     if rec is None or not rec.split_precisions:
         ok = [t.backend for t in T.TARGETS if t.name == target and t.split_precisions]
-        return f"--experts split: {target}-{backend} is not supported ({' or '.join(ok)})"
+        return f"--experts split: {T.label(target, backend)} is not supported ({' or '.join(ok)})"
     if precision not in rec.split_precisions:
         return f"--experts split on {rec.label} exports {', '.join(rec.split_precisions)}, not {precision}"
     return None
@@ -102,12 +104,6 @@ def convert(target: str, wrapper, example: torch.Tensor, path: Path, *, precisio
     table = program_table(progs, target, Path(path).name)
     if metadata is not None:
         metadata["programs"] = table
-    return T.module_of(target).convert_split(progs, Path(path), table, precision=precision, backend=backend,
+    return module_of(target).convert_split(progs, Path(path), table, precision=precision, backend=backend,
                                              calibration=calibration, metadata=metadata)
 
-
-def load_runner(target: str, path: Path, threads: int | None = None, max_tails: int | None = None,
-                loader: str = "mmap"):
-    """-> (Runner over a SplitChain, None), or (None, why) where the runtime cannot run here (Core ML
-    off macOS). The runner's ``native`` is the SplitChain (its tail_loads and switch_ms)."""
-    return T.module_of(target).load_split_runner(Path(path), threads, max_tails, loader)

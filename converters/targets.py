@@ -1,23 +1,15 @@
 """The export targets: one record per --target / --backend pair, every per-target fact in one place.
 
-    target      backend    module       suffix      runtime      precisions       split programs
-    coreml      -          coreml       .mlpackage  coreml       fp32 fp16        fp32 fp16 (one multifunction package)
-    executorch  xnnpack    executorch   .pte        executorch   fp32 int8        fp32 int8 (one .pte, a method each)
-    executorch  coreml     executorch   .pte        executorch   fp32 fp16        -
-    executorch  portable   executorch   .pte        executorch   fp32             fp32
-    tflite      -          tflite       .tflite     litert       fp32 fp16 int8   fp32 fp16 int8 (a folder, a file each)
-    onnx        -          onnx_export  .onnx       onnxruntime  fp32             -
-
-``module`` (in this package) converts the target and loads its runner (``convert``,
-``load_runner``, and where it has split programs ``convert_split``, ``load_split_runner``);
-``loaders`` are the ways `mvmoe profile memory` can load the artifact; ``apps`` the demo apps that
-run it; ``platforms``, ``runtime_package`` and ``min_ios`` what the .json tells an app it needs.
-Adding a target is one record here and one converter module.
+The table is ``TARGETS`` below; each field's comment says what it decides, and the modules that act
+per target read it (the CLI's choices and help, the planner, the split matrix, the runners'
+options, the profilers, the apps' runtime requirement, the recorded package versions). Each record
+names its converter module (``module``, in this package), which converts the target and opens its
+artifacts; converters.target_modules imports it by that name. Adding a target is one record here
+and one converter module (docs/architecture.md). This module imports nothing of the project.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,31 +32,54 @@ class ExportTarget:
     min_ios: str | None = None  # the iOS deployment target a Core ML conversion asks for
     split_min_ios: str | None = None  # the same for split programs (multifunction packages: 18)
     decomposed_layernorm: tuple[str, ...] = ()  # precisions where --layer-norm decomposed applies
+    packages: tuple[str, ...] = ()  # the Python packages that convert and run it (their versions are recorded)
+    runtime_module: str | None = None  # the runtime's Python module (imported first: profile memory's baseline)
+    runner_options: tuple[str, ...] = ()  # the keyword options its module's load_runner takes (loader:
+    #   profile memory's --loader; per_op: `profile latency --per-op` times from the runner's per_op())
+    split_runner_options: tuple[str, ...] = ()  # the same for load_split_runner
+    latency_options: tuple[tuple[str, object], ...] = ()  # runner options `profile latency` adds (as an app runs it)
+    android_tool: str | None = None  # the Android benchmark binary that runs it (profile.android); None: not on Android
+    is_folder: bool = False  # the artifact is a folder (a package), not a file
+    runs_on: str | None = None  # the platform.system() its runner needs here (OS_NAMES); None: any
 
     @property
     def label(self) -> str:
         """``executorch-xnnpack``, ``tflite``: how messages name it."""
-        return f"{self.name}-{self.backend}" if self.backend else self.name
+        return label(self.name, self.backend)
 
+
+# what the ExecuTorch records share: the runtime, its loaders and runner options, its Android tool
+_EXECUTORCH = dict(loaders=("mmap", "file"), runtime_package="executorch", packages=("executorch",),
+                   runtime_module="executorch.runtime", runner_options=("loader", "per_op"),
+                   split_runner_options=("max_tails", "loader"), android_tool="executor_runner")
+# Core ML predicts on macOS only; `profile latency` times it on every compute unit, as an app runs it
+_COREML = dict(packages=("coremltools",), runtime_module="coremltools", runner_options=("compute_units",),
+               split_runner_options=("max_tails",), latency_options=(("compute_units", "all"),), is_folder=True,
+               runs_on="Darwin")
+OS_NAMES = {"Darwin": "macOS", "Linux": "Linux", "Windows": "Windows"}  # platform.system() -> what messages say
 
 TARGETS = (
     ExportTarget("coreml", None, "coreml", ".mlpackage", "coreml", ("fp32", "fp16"),
                  split_precisions=("fp32", "fp16"), split_suffix=".mlpackage", apps=("ios",), platforms=("ios",),
-                 min_ios="17.0", split_min_ios="18.0"),
+                 min_ios="17.0", split_min_ios="18.0", **_COREML),
     ExportTarget("executorch", "xnnpack", "executorch", ".pte", "executorch", ("fp32", "int8"),
-                 split_precisions=("fp32", "int8"), split_suffix=".pte", loaders=("mmap", "file"), apps=("android",),
-                 auto_split=True, platforms=("android", "ios"), runtime_package="executorch",
-                 decomposed_layernorm=("fp32",)),
-    ExportTarget("executorch", "coreml", "executorch", ".pte", "executorch", ("fp32", "fp16"), loaders=("mmap", "file"),
-                 platforms=("ios",), runtime_package="executorch", min_ios="17.0"),
+                 split_precisions=("fp32", "int8"), split_suffix=".pte", apps=("android",),
+                 auto_split=True, platforms=("android", "ios"), decomposed_layernorm=("fp32",), **_EXECUTORCH),
+    ExportTarget("executorch", "coreml", "executorch", ".pte", "executorch", ("fp32", "fp16"),
+                 platforms=("ios",), min_ios="17.0", **{**_EXECUTORCH, "packages": ("executorch", "coremltools"),
+                                                         "android_tool": None}),
     ExportTarget("executorch", "portable", "executorch", ".pte", "executorch", ("fp32",),
-                 split_precisions=("fp32",), split_suffix=".pte", loaders=("mmap", "file"), apps=("android",),
-                 platforms=("android", "ios"), runtime_package="executorch"),
+                 split_precisions=("fp32",), split_suffix=".pte", apps=("android",),
+                 platforms=("android", "ios"), **_EXECUTORCH),
     ExportTarget("tflite", None, "tflite", ".tflite", "litert", ("fp32", "fp16", "int8"),
                  split_precisions=("fp32", "fp16", "int8"), split_suffix="", loaders=("mmap", "file"),
-                 apps=("android",), auto_split=True, platforms=("android",), runtime_package="ai-edge-litert"),
+                 apps=("android",), auto_split=True, platforms=("android",), runtime_package="ai-edge-litert",
+                 packages=("litert-torch", "ai-edge-litert"), runtime_module="ai_edge_litert.interpreter",
+                 runner_options=("loader",), split_runner_options=("max_tails", "loader"),
+                 android_tool="benchmark_model"),
     ExportTarget("onnx", None, "onnx_export", ".onnx", "onnxruntime", ("fp32",), loaders=("file",),
-                 runtime_package="onnxruntime"),
+                 runtime_package="onnxruntime", packages=("onnx", "onnxscript", "onnxruntime"),
+                 runtime_module="onnxruntime"),
 )
 # The demo apps: where each looks for models (copy_to_app); which artifacts it runs is each record's ``apps``.
 APP_DIRS = {"android": Path("apps/android_demo/app/src/main/assets/mvmoe"),
@@ -79,17 +94,17 @@ def derived(targets: tuple[ExportTarget, ...]) -> dict:
     return {
         "TARGET_NAMES": tuple(dict.fromkeys(t.name for t in targets)),  # coreml, executorch, tflite, onnx
         "BACKENDS": tuple(t.backend for t in targets if t.backend),
-        "RUNTIME_OF_SUFFIX": {t.suffix: t.runtime for t in targets},  # .pte -> executorch, ...
         "ARTIFACT_SUFFIXES": tuple(dict.fromkeys(t.suffix for t in targets)),
-        "LOADERS": {t.runtime: t.loaders for t in targets if t.loaders},  # runtime -> profile memory loaders
-        "TARGET_OF_RUNTIME": {t.runtime: t.name for t in targets},  # litert -> tflite, ...
+        "BACKEND_TARGETS": tuple(dict.fromkeys(t.name for t in targets if t.backend)),  # where --backend applies
+        "PRECISIONS": tuple(dict.fromkeys(p for t in targets for p in t.precisions)),  # fp32, fp16, int8
+        "PACKAGES": tuple(dict.fromkeys(p for t in targets for p in t.packages)),  # recorded versions
     }
 
 
 _TABLES = derived(TARGETS)
 TARGET_NAMES, BACKENDS = _TABLES["TARGET_NAMES"], _TABLES["BACKENDS"]
-RUNTIME_OF_SUFFIX, ARTIFACT_SUFFIXES = _TABLES["RUNTIME_OF_SUFFIX"], _TABLES["ARTIFACT_SUFFIXES"]
-LOADERS, TARGET_OF_RUNTIME = _TABLES["LOADERS"], _TABLES["TARGET_OF_RUNTIME"]
+ARTIFACT_SUFFIXES = _TABLES["ARTIFACT_SUFFIXES"]
+BACKEND_TARGETS, PRECISIONS, PACKAGES = _TABLES["BACKEND_TARGETS"], _TABLES["PRECISIONS"], _TABLES["PACKAGES"]
 
 
 def find(name: str, backend: str | None = None) -> ExportTarget | None:
@@ -103,12 +118,32 @@ def split_names() -> tuple[str, ...]:
     return tuple(dict.fromkeys(t.name for t in TARGETS if t.split_precisions))
 
 
-def module_of(name: str):
-    """The converter module of ``--target name`` (its record's ``module``, in this package)."""
-    record = find(name)
-    if record is None:
-        raise KeyError(name)
-    return importlib.import_module(f"{__package__}.{record.module}")
+def of_artifact(suffix: str, target: str | None = None, backend: str | None = None) -> ExportTarget | None:
+    """The record of an artifact: by the target and backend its .json names, else the first record
+    with its suffix (the records of one suffix share module and runtime); None when neither is known."""
+    if target is not None:
+        return find(target, backend)
+    return next((t for t in TARGETS if t.suffix == suffix), None)
+
+
+def from_dict(d: dict) -> ExportTarget:
+    """A record from its JSON form (dataclasses.asdict, lists back to tuples): how a child process
+    gets the record its parent resolved."""
+    def tup(v):
+        return tuple(tup(x) for x in v) if isinstance(v, list) else v
+
+    return ExportTarget(**{k: tup(v) for k, v in d.items()})
+
+
+def label(target: str, backend: str | None) -> str:
+    """``executorch-xnnpack``, ``tflite``: ExportTarget.label of a pair that may have no record."""
+    return f"{target}-{backend}" if backend else target
+
+
+def choices(names, last: str = "or") -> str:
+    """("a", "b", "c") -> "a, b or c": the table's names in a message or a help text."""
+    names = list(names)
+    return f"{', '.join(names[:-1])} {last} {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 def ios_target(ct, version: str):

@@ -18,7 +18,7 @@ from . import targets
 from .interrupt import check
 from .prepare import as_args, pt2e_quantize
 from .programs import calibration_sets, merge_audits
-from .runner import Runner, SplitChain, first_line
+from .runner import Runner, SplitChain, first_line, take
 
 _T = targets.find("tflite")
 EXT, PRECISIONS = _T.suffix, _T.precisions
@@ -115,7 +115,7 @@ def to_tflite(module, example, precision: str, calibration=None) -> tuple[bytes,
 
 
 def convert(wrapper, ep, example: torch.Tensor, path: Path, *, precision: str, backend: str | None = None,
-            calibration: torch.Tensor | None = None) -> dict:
+            calibration: torch.Tensor | None = None, metadata: dict | None = None) -> dict:
     if precision not in PRECISIONS:
         raise MvmoeError(f"tflite supports {', '.join(PRECISIONS)}, not {precision}")
     content, scheme = to_tflite(wrapper, example, precision, calibration)
@@ -191,9 +191,10 @@ def io_quantization(interp) -> dict:
     return {"inputs": ends(sig.get_input_details(), "args"), "outputs": ends(sig.get_output_details(), "output")}
 
 
-def load_runner(path: Path, threads: int | None = None, loader: str = "mmap"):
+def load_runner(path: Path, threads: int | None = None, **options):
     """-> (Runner, None); outputs are reordered to the wrapper's order (logits first) by name.
     ``loader``: mmap (the interpreter maps the file) or file (its bytes, ``model_content``)."""
+    loader = take(options, "the LiteRT runner", loader="mmap")["loader"]
     from ai_edge_litert.interpreter import Interpreter
 
     try:
@@ -234,13 +235,14 @@ def dequantize_output(y, det):
     return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
-def load_split_runner(path: Path, threads: int | None = None, max_tails: int | None = None, loader: str = "mmap"):
+def load_split_runner(path: Path, threads: int | None = None, **options):
     """-> (Runner over a SplitChain, None): one interpreter per .tflite of the folder, the trunk now,
-    tails on first use, each run through its serving signature (inputs args_0, args_1, ... and
-    outputs output_0, ... in program order)."""
+    tails on first use (``max_tails`` kept loaded, None: all), each run through its serving
+    signature (inputs args_0, args_1, ... and outputs output_0, ... in program order)."""
+    opt = take(options, "the LiteRT split runner", max_tails=None, loader="mmap")
     from ai_edge_litert.interpreter import Interpreter
 
-    if loader != "mmap":
+    if opt["loader"] != "mmap":
         raise MvmoeError("a split LiteRT artifact loads with mmap only (one file per program)")
     folder = Path(path)
 
@@ -264,6 +266,6 @@ def load_split_runner(path: Path, threads: int | None = None, max_tails: int | N
         return lambda s, g: run(s, g)[0]
 
     trunk = open_file("trunk")
-    chain = SplitChain(trunk, load_tail, len(list(folder.glob(f"tail_*{EXT}"))), max_tails)
+    chain = SplitChain(trunk, load_tail, len(list(folder.glob(f"tail_*{EXT}"))), opt["max_tails"])
     chain.input_shape = trunk.input_shape
     return chain.runner("litert", threads), None

@@ -10,10 +10,12 @@ never replaces the gather one. ``converters.pipeline`` names artifacts with ``ar
 
 from __future__ import annotations
 
+from converters.targets import label
+
 
 def artifact_stem(model_name: str, target: str, backend: str | None, precision: str, dispatch: str = "gather") -> str:
     """``<model>_<target>[-<backend>]_<precision>[-<dispatch>]`` (no suffix)."""
-    return f"{model_name}_{target}{'-' + backend if backend else ''}_{precision}{'' if dispatch == 'gather' else '-' + dispatch}"
+    return f"{model_name}_{label(target, backend)}_{precision}{'' if dispatch == 'gather' else '-' + dispatch}"
 
 
 def parse_artifact_name(name: str) -> dict:

@@ -5,7 +5,7 @@
     {"commit": "40-hex" | None,   # git HEAD of the checkout the package was imported from; None outside git
      "dirty": bool | None,        # uncommitted changes to tracked files (None when commit is None)
      "command": "mvmoe train ...",# the command line of this process
-     "versions": {"python", "torch", "torchvision", "mvmoe", ...},
+     "versions": {"python", "torch", "torchvision", "mvmoe", ...},  # VERSIONED, where installed
      "host": "name"}              # platform.node()
 
 Training writes it into run.json (``provenance``) and the commit alone into summary.json
@@ -22,9 +22,11 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from converters.targets import PACKAGES
+
 PACKAGE_DIR = Path(__file__).resolve().parent
-VERSIONED = ("mvmoe", "torch", "torchvision", "numpy", "scikit-learn", "executorch", "coremltools", "litert-torch",
-             "onnxruntime")  # reported when installed
+# reported when installed: the training stack, and every package that converts or runs an export target
+VERSIONED = ("mvmoe", "torch", "torchvision", "numpy", "scikit-learn", *PACKAGES)
 
 
 def _git(args: list[str], cwd: Path) -> str | None:

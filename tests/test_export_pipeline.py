@@ -21,6 +21,7 @@ import torch
 from helpers import DIGITS, tiny_checkpoint
 from converters import pipeline
 from converters import prepare as P
+from converters import target_modules
 from converters import targets as T
 from mobile_vmoe.errors import MvmoeError
 
@@ -36,7 +37,7 @@ class FakeTarget:
         self.during_convert = during_convert
         self.converted: list[str] = []
 
-    def convert(self, wrapper, ep, example, path, *, precision, backend=None, calibration=None):
+    def convert(self, wrapper, ep, example, path, *, precision, backend=None, calibration=None, metadata=None):
         self.wrapper = wrapper
         self.converted.append(Path(path).name)
         if self.during_convert:
@@ -44,7 +45,7 @@ class FakeTarget:
         Path(path).write_bytes(b"fake " + precision.encode())
         return {"kind": "fake", "nodes": 1, "ops": {}}
 
-    def load_runner(self, path, threads=None):
+    def load_runner(self, path, threads=None, **options):
         w = self.wrapper
         return (lambda x: [w(torch.from_numpy(x))[0].detach().numpy()]), None
 
@@ -55,8 +56,8 @@ def fake(monkeypatch):
     target = FakeTarget()
     record = dataclasses.replace(T.find("onnx"), precisions=FakeTarget.PRECISIONS)
     monkeypatch.setattr(T, "TARGETS", tuple(record if t.name == "onnx" else t for t in T.TARGETS))
-    real = T.module_of
-    monkeypatch.setattr(T, "module_of", lambda name: target if name == "onnx" else real(name))
+    real = target_modules.module_for
+    monkeypatch.setattr(target_modules, "module_for", lambda record: target if record.name == "onnx" else real(record))
     return target
 
 
@@ -187,7 +188,7 @@ def test_cli_app_copies_what_the_app_runs_and_says_where(fake, tmp_path, monkeyp
 
     from mobile_vmoe.cli import app
 
-    monkeypatch.setattr(T, "module_of", lambda name: fake)  # tflite through the fake converter
+    monkeypatch.setattr(target_modules, "module_for", lambda record: fake)  # tflite through the fake converter
     monkeypatch.setattr(pipeline, "project_root", lambda: tmp_path / "checkout")
     ckpt = tiny_checkpoint(tmp_path / "a.pt")
     r = CliRunner().invoke(app, ["export", str(ckpt), "--target", "tflite", "--out", str(tmp_path / "out"),
@@ -209,7 +210,7 @@ def _ctrl_c_swallowed():
 
 def test_ctrl_c_inside_a_converter_that_swallows_it_stops_the_export(monkeypatch, tmp_path):
     target = FakeTarget(during_convert=_ctrl_c_swallowed)
-    monkeypatch.setattr(T, "module_of", lambda name: target)  # every target of "all"
+    monkeypatch.setattr(target_modules, "module_for", lambda record: target)  # every target of "all"
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         pipeline.export_checkpoint(tiny_checkpoint(tmp_path / "a.pt"), "all", None, "fp32", out, parity_images=4,
@@ -225,7 +226,7 @@ def test_cli_ctrl_c_is_one_line_and_exit_130(monkeypatch, tmp_path):
     from mobile_vmoe.cli import app
 
     target = FakeTarget(during_convert=_ctrl_c_swallowed)
-    monkeypatch.setattr(T, "module_of", lambda name: target)
+    monkeypatch.setattr(target_modules, "module_for", lambda record: target)
     ckpt = tiny_checkpoint(tmp_path / "a.pt")
     r = CliRunner().invoke(app, ["export", str(ckpt), "--target", "onnx", "--out", str(tmp_path / "out"),
                                  "--parity-images", "4"])
@@ -264,7 +265,7 @@ def test_full_filesystem_during_conversion_is_one_line(monkeypatch, tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     target = FakeTarget(during_convert=full)
-    monkeypatch.setattr(T, "module_of", lambda name: target)
+    monkeypatch.setattr(target_modules, "module_for", lambda record: target)
     with pytest.raises(MvmoeError, match="cannot write to .*out: No space left on device"):
         export(tiny_checkpoint(tmp_path / "a.pt"), tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []

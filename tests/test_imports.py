@@ -8,6 +8,8 @@ target table), and each command imports the rest inside its body when it runs.""
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,7 +33,7 @@ LAYER_OF = {
 }
 # Layer -> the layers it may import (besides itself).
 MAY_IMPORT = {
-    "base": set(),
+    "base": {"targets"},  # provenance lists the versions of the packages the target table names
     "targets": set(),
     "models": {"base"},
     "data": {"base"},
@@ -49,6 +51,15 @@ LAZY = {"executorch", "coremltools", "litert_torch", "ai_edge_litert", "onnxrunt
 # packages (besides the standard library); anything may be imported inside their functions.
 LAZY_LAYERS = {"cli": {"base", "targets", "cli"}}
 LIGHT_PACKAGES = {"typer", "click"}
+# Modules that import by a computed name (importlib / __import__), each with its reason: an import
+# the AST cannot follow is an import the layer check cannot see.
+DYNAMIC_IMPORTS = {
+    "mobile_vmoe": "PEP 562: the public names' submodules on first use (the same imports stand under TYPE_CHECKING)",
+    "mobile_vmoe.cli": "registers every cmd_* module of the package (each a cli module, checked here)",
+    "converters.target_modules": "a target's converter module by its record's name: the table imports no converter",
+    "mobile_vmoe.profile.memory": "the runtime module a record names, imported for the memory baseline",
+}
+NOQA = re.compile(r"#\s*noqa(?::\s*[A-Z]+[0-9]+(?:\s*,\s*[A-Z]+[0-9]+)*)?(?P<rest>.*)$")
 
 
 def layer(module: str) -> str | None:
@@ -103,6 +114,35 @@ def check(module: str, source: str, is_package: bool = False) -> list[str]:
     return bad
 
 
+def dynamic_imports(module: str, source: str) -> list[str]:
+    """importlib.import_module / importlib.util / __import__ in ``source``, unless DYNAMIC_IMPORTS
+    gives the module a reason."""
+    if module in DYNAMIC_IMPORTS:
+        return []
+    bad = []
+    for node in ast.walk(ast.parse(source)):
+        name = None
+        if isinstance(node, ast.Name) and node.id == "__import__":
+            name = "__import__"
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "importlib" \
+                and node.attr in ("import_module", "util", "__import__"):
+            name = f"importlib.{node.attr}"
+        if name:
+            bad.append(f"{module}:{node.lineno}: {name} imports by a computed name (add the module to "
+                       "DYNAMIC_IMPORTS with its reason, or import it by name)")
+    return bad
+
+
+def bare_noqa(module: str, source: str) -> list[str]:
+    """``# noqa`` comments without a reason: ``# noqa: X123 - why`` (or ``# noqa: X123  why``)."""
+    bad = []
+    for i, line in enumerate(source.splitlines(), 1):
+        m = NOQA.search(line)
+        if m and not re.match(r"\s*(?:[-–:]\s*)?\w", m.group("rest")):
+            bad.append(f"{module}:{i}: a noqa without a reason (write `# noqa: CODE - why`)")
+    return bad
+
+
 def light_at_top(name: str, layers: set[str]) -> bool:
     """May a lazily importing layer import ``name`` at module top? Its allowed project layers, the
     standard library and LIGHT_PACKAGES."""
@@ -134,6 +174,39 @@ def test_every_module_has_a_layer():
 def test_the_project_keeps_its_import_rules():
     bad = [b for m, src, pkg in sources() for b in check(m, src, pkg)]
     assert bad == [], "\n".join(bad)
+
+
+def test_imports_by_computed_name_and_noqa_comments_say_why():
+    bad = [b for m, src, _ in sources() for b in (*dynamic_imports(m, src), *bare_noqa(m, src))]
+    assert bad == [], "\n".join(bad)
+    assert all(m in {name for name, _, _ in sources()} for m in DYNAMIC_IMPORTS)  # no stale reason
+
+
+@pytest.mark.parametrize("source, message", [
+    ("import importlib\nm = importlib.import_module('converters.tflite')\n", "importlib.import_module imports"),
+    ("m = __import__('converters.tflite')\n", "__import__ imports"),
+    ("import importlib.util\nspec = importlib.util.find_spec('x')\n", "importlib.util imports"),
+    ("import os  # noqa\n", "a noqa without a reason"),
+    ("import os  # noqa: F401\n", "a noqa without a reason"),
+])
+def test_a_computed_import_or_a_bare_noqa_is_caught(source, message):
+    bad = [*dynamic_imports("converters.pipeline", source), *bare_noqa("converters.pipeline", source)]
+    assert any(message in b for b in bad), bad
+
+
+def test_reasoned_noqa_and_importlib_metadata_pass():
+    src = ("from importlib import metadata\nimport importlib.metadata as md\nv = md.version('torch')\n"
+           "import os  # noqa: F401 - re-exported\nimport sys  # noqa: F401  the baseline\n")
+    assert dynamic_imports("converters.pipeline", src) == [] and bare_noqa("converters.pipeline", src) == []
+
+
+def test_the_base_layer_loads_no_torch():
+    """``import mobile_vmoe.errors`` (and the rest of the base layer, with the target table) in a
+    fresh process leaves torch unloaded: the package __init__ serves its names lazily."""
+    code = ("import sys, mobile_vmoe.errors, mobile_vmoe.provenance, mobile_vmoe.artifact_name, converters.targets; "
+            "print(sorted(m for m in ('torch', 'numpy', 'converters.target_modules') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["[]"], out
 
 
 @pytest.mark.parametrize("module, source, message", [

@@ -20,7 +20,7 @@ from mobile_vmoe.cli import app
 from mobile_vmoe.config import ModelConfig, TrainConfig
 from mobile_vmoe.data.synthetic import build_synthetic
 from mobile_vmoe.errors import MvmoeError
-from mobile_vmoe.models.programs import split_programs
+from mobile_vmoe.models.programs import trunk_and_tails
 from mobile_vmoe.models.registry import dense_twin
 from mobile_vmoe.models.routing import topk_gates
 from mobile_vmoe.models.weights import (fit_state, load_pretrained, read_weights, resample_pos_embed,
@@ -219,7 +219,7 @@ def test_upcycled_moe_through_the_split_programs_computes_the_dense_logits():
     """Every tail, whichever expert the router picked, gives the dense logits (fp32)."""
     dense, moe = _dense_and_upcycled(1)
     x = torch.randn(4, 3, 16, 16)
-    programs = split_programs(moe, x)
+    programs = trunk_and_tails(moe, x)
     trunk = programs["trunk"][0]
     with torch.no_grad():
         stream, index, gate, _ = trunk(x)

@@ -73,13 +73,13 @@ def test_latency_opens_artifacts_with_the_converters_runner(artifacts, monkeypat
 
     opened = []
 
-    def load_runner(path, threads=None):
-        opened.append((path.name, threads))
+    def load_runner(path, threads=None, **options):
+        opened.append((path.name, threads, options))
         return Runner(lambda x: [np.zeros((1, 5), np.float32)], "fake-ort", [1, 3, 16, 16], "float32", threads), None
 
     monkeypatch.setattr(onnx_export, "load_runner", load_runner)
     d = profile_latency(artifacts["onnx"], warmup=1, runs=3, threads=3)
-    assert opened == [("tiny_onnx_fp32.onnx", 3)] and d["runtime"] == "fake-ort" and d["threads"] == 3
+    assert opened == [("tiny_onnx_fp32.onnx", 3, {})] and d["runtime"] == "fake-ort" and d["threads"] == 3
 
 
 def test_timing_helper_interleaves_and_warms_up():
@@ -147,7 +147,7 @@ def test_bad_inputs(artifacts, tmp_path):
     assert parse_device("android:R58M") == ("android", "R58M") and parse_device("ios") == ("ios", None)
     if sys.platform != "darwin":
         (tmp_path / "m.mlpackage").mkdir()
-        with pytest.raises(MvmoeError, match="Core ML models run only on macOS/iOS"):
+        with pytest.raises(MvmoeError, match=r"m.mlpackage: coreml runs only on macOS \(this is Linux\)"):
             profile_latency(tmp_path / "m.mlpackage", runs=1, verify=False)
 
 

@@ -14,6 +14,8 @@ from helpers import tiny_checkpoint, tiny_moe
 from mobile_vmoe import create_model
 from converters import programs as PR
 from converters import split
+from converters import targets as T
+from converters.target_modules import load_runner
 from converters.runner import SplitChain
 from converters.prepare import prepare_for_export
 from mobile_vmoe.errors import MvmoeError
@@ -141,9 +143,8 @@ def test_split_export_matches_the_single_program_export(tmp_path, target):
     if target == "tflite":
         assert res.artifact.is_dir() and sorted(p.name for p in res.artifact.iterdir()) == \
             ["tail_0.tflite", "tail_1.tflite", "trunk.tflite"]
-    mod = __import__(f"converters.{target}", fromlist=["load_runner"])
-    single, _ = mod.load_runner(one.artifact)
-    chain, _ = split.load_runner(target, res.artifact)
+    single, _ = load_runner(T.find(target), one.artifact)
+    chain, _ = load_runner(T.find(target), res.artifact, split=True)
     images = eval_images(torch.load(ckpt, weights_only=False), count=32, spec="digits").inputs(False)
     np.testing.assert_allclose(run_all(chain, images), run_all(single, images), atol=1e-5, rtol=0)
     lat = profile_latency(res.artifact, warmup=1, runs=3, threads=1)

@@ -54,10 +54,10 @@ def test_the_derived_patch_is_said_once_the_run_goes_ahead_and_not_before_an_err
 
 
 def test_profile_memory_defaults_to_a_loader_the_runtime_has_and_wants_images(tmp_path):
+    from converters import targets as T
     from mobile_vmoe.profile.memory import default_loader
 
-    assert (default_loader("onnxruntime"), default_loader("executorch"), default_loader("litert")) == \
-        ("file", "mmap", "mmap")
+    assert [default_loader(T.find(t)) for t in ("onnx", "executorch", "tflite")] == ["file", "mmap", "mmap"]
     (tmp_path / "m.pte").write_bytes(b"x")
     code, _, err = mvmoe("profile", "memory", tmp_path / "m.pte", "--images", "0")
     one_line_error(code, err, "--images 0", ">= 1")
@@ -69,7 +69,8 @@ def test_per_op_is_never_dropped_without_a_word(tmp_path):
     (tmp_path / "m.pte").write_bytes(b"x")
     assert per_op_unavailable(tmp_path / "m.pte", "local") is None
     assert "--device local" in per_op_unavailable(tmp_path / "m.pte", "android")
-    assert ".pte only" in per_op_unavailable(tmp_path / "m.tflite", "local")
+    assert "runners of executorch-xnnpack, executorch-coreml, executorch-portable only" in \
+        per_op_unavailable(tmp_path / "m.tflite", "local")
     (tmp_path / "s.pte").write_bytes(b"x")
     (tmp_path / "s.json").write_text(json.dumps({"artifact": "s.pte", "programs": {"trunk": {"name": "trunk"}}}))
     assert "--experts fused" in per_op_unavailable(tmp_path / "s.pte", "local")

@@ -1,4 +1,4 @@
-"""`mvmoe export`: checkpoint -> Core ML / ExecuTorch / TFLite / ONNX artifacts with parity."""
+"""`mvmoe export`: checkpoint -> an artifact per target of converters.targets, each checked for parity."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from converters import targets as T
 from converters.targets import TARGET_NAMES
 
 from ..errors import MvmoeError
@@ -15,25 +16,33 @@ from . import app
 # the converters (torch, the export backends) and rich are imported inside the command: `--help` stays fast
 DEFAULT_TARGET = "all"  # every target this installation converts, each checked (docs/export.md)
 
+# help texts from the target table
+BACKENDS = " | ".join(f"{b} (default)" if b == T.DEFAULT_BACKEND.get(t) else b for t in T.BACKEND_TARGETS
+                      for b in T.BACKENDS if T.find(t, b))
+AUTO_SPLIT = ", ".join(t.label for t in T.TARGETS if t.auto_split)
+SPLIT = ", ".join(t.label for t in T.TARGETS if t.split_precisions)
+SPLIT_INT8 = ", ".join(t.label for t in T.TARGETS if "int8" in t.split_precisions)
+DECOMPOSED = ", ".join(f"{t.label} {'/'.join(t.decomposed_layernorm)}" for t in T.TARGETS if t.decomposed_layernorm)
+
 
 @app.command("export")
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="a checkpoint written by `mvmoe train` (model.pt)"),
     target: str = typer.Option(DEFAULT_TARGET, "--target", "-t", help=f"{' | '.join(TARGET_NAMES)} | all (all: every "
                                "format, each checked against PyTorch, so one run shows what works)"),
-    backend: Optional[str] = typer.Option(None, help="executorch only: xnnpack (default) | coreml | portable"),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (int8 calibrated on eval images)"),
+    backend: Optional[str] = typer.Option(None, help=f"{' | '.join(T.BACKEND_TARGETS)} only: {BACKENDS}"),
+    precision: str = typer.Option("fp32", help=f"{' | '.join(T.PRECISIONS)} (int8 calibrated on eval images)"),
     out: Path = typer.Option(Path("exports"), "--out", "-o", help="output folder"),
     app_: Optional[str] = typer.Option(None, "--app", help="also copy into a demo app: ios | android"),
     dispatch: str = typer.Option("gather", help="gather (static top-k expert gather) | dense (all experts)"),
-    experts: str = typer.Option("auto", "--experts", help="auto (default: split on ExecuTorch XNNPACK and LiteRT where it applies, fused elsewhere) | "
-                                "fused (one program, all experts) | split (a trunk and one program per expert, so an "
-                                "app keeps only the experts it uses in memory; per-image MoE with k = 1; executorch "
-                                "xnnpack/portable, tflite, coreml; int8 on executorch-xnnpack and tflite)"),
+    experts: str = typer.Option("auto", "--experts", help=f"auto (default: split on {AUTO_SPLIT} where it applies, "
+                                "fused elsewhere) | fused (one program, all experts) | split (a trunk and one program "
+                                "per expert, so an app keeps only the experts it uses in memory; per-image MoE with "
+                                f"k = 1; {SPLIT}; int8 on {SPLIT_INT8})"),
     bake_preprocessing: bool = typer.Option(False, help="input raw RGB [0,255]; normalisation inside the model"),
     fused_attention: bool = typer.Option(False, help="export attention as one SDPA op instead of matmul-softmax-matmul"),
-    layer_norm: str = typer.Option("native", "--layer-norm", help="executorch xnnpack fp32: native | decomposed "
-                                   "(LayerNorm from delegated ops: one XNNPACK subgraph; measure, see docs/export.md)"),
+    layer_norm: str = typer.Option("native", "--layer-norm", help=f"{DECOMPOSED}: native | decomposed "
+                                   "(LayerNorm from delegated ops: one delegated subgraph; measure, see docs/export.md)"),
     parity_images: int = typer.Option(256, help="eval images for parity (evenly spaced over the eval split)"),
     parity_data: Optional[str] = typer.Option(None, "--parity-data", help="images for parity and int8 calibration: "
                                               "PATH (ImageFolder) | digits | synthetic (default: the checkpoint's dataset)"),
@@ -84,11 +93,11 @@ def results_table(results, out: Path):
         t.add_column(col, overflow="fold")
     for r in results:
         if not r.ok:
-            t.add_row(f"{r.job.target}{'-' + r.job.backend if r.job.backend else ''} {r.job.precision}",
+            t.add_row(f"{T.label(r.job.target, r.job.backend)} {r.job.precision}",
                       "[red]FAILED[/red]", "-", "-", "-", r.error)
             continue
         p, ops = r.metadata["parity"], r.metadata["ops"]
-        if ops.get("kind") == "executorch delegation":
+        if "delegated_nodes" in ops and "portable_nodes" in ops:  # a delegation audit
             op_text = f"{ops['delegated_nodes']} delegated / {ops['portable_nodes']} portable"
         else:
             op_text = f"{ops.get('nodes')} nodes, {len(ops.get('ops', {}))} op types"

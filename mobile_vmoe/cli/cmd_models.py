@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from converters.targets import ARTIFACT_SUFFIXES as TARGET_SUFFIXES
+from converters import targets as T
+from converters.targets import label
 
 from ..config import ModelConfig, parse_overrides
 from ..errors import MvmoeError
@@ -63,9 +64,6 @@ def models_cmd(
     Console(width=140).print(t)
 
 
-ARTIFACT_SUFFIXES = (*TARGET_SUFFIXES, ".json")
-
-
 def artifact_metadata(path: Path) -> dict:
     """The metadata .json of an exported artifact (the artifact itself or its .json), checked
     against the artifact's size and sha256 recorded at export."""
@@ -77,7 +75,7 @@ def artifact_metadata(path: Path) -> dict:
 @profile_app.command("flops")
 def flops_cmd(
     checkpoint: Optional[Path] = typer.Argument(None, help="a checkpoint (model.pt / last.pt) or an exported artifact "
-                                                "(.pte/.tflite/.onnx/.mlpackage or its .json)", show_default=False),
+                                                f"({'/'.join(T.ARTIFACT_SUFFIXES)} or its .json)", show_default=False),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="a preset name (see `mvmoe models`)"),
     set_: list[str] = typer.Option([], "--set", help="override a ModelConfig field, KEY=VALUE (repeatable)"),
     dispatch: Optional[str] = typer.Option(None, help="gather (export default: active experts only) | dense (all "
@@ -106,7 +104,7 @@ def flops_cmd(
     artifact = None
     if model is not None:
         cfg = get_config(model, **overrides)
-    elif checkpoint.suffix in ARTIFACT_SUFFIXES or checkpoint.is_dir():  # a folder: a split LiteRT artifact
+    elif checkpoint.suffix in (*T.ARTIFACT_SUFFIXES, ".json") or checkpoint.is_dir():  # a folder: a split artifact
         meta = artifact_metadata(checkpoint)
         try:
             cfg = ModelConfig.from_dict(meta["model_config"])
@@ -129,7 +127,7 @@ def flops_cmd(
     if as_json:
         typer.echo(to_json(d))
         return
-    where = f"{artifact['target']}{'-' + artifact['backend'] if artifact['backend'] else ''} {artifact['precision']}: " if artifact else ""
+    where = f"{label(artifact['target'], artifact['backend'])} {artifact['precision']}: " if artifact else ""
     typer.echo(f"{where}{cfg.name}: {_human(report.macs)} MACs ({_human(report.flops)} FLOPs) per image, "
                f"params {_human(report.params)} total / {_human(report.active_params)} active, dispatch {report.dispatch}")
     t = Table()

@@ -7,10 +7,18 @@ from typing import Optional
 
 import typer
 
+from converters import targets as T
+
 from ..fileio import atomic_write_json, to_json
 from . import profile_app
 
 # the profilers, their runtimes and rich are imported inside the commands: `--help` stays fast
+
+# help texts from the target table
+SUFFIXES = " / ".join(T.ARTIFACT_SUFFIXES)
+MEMORY_SUFFIXES = " / ".join(dict.fromkeys(t.suffix for t in T.TARGETS if t.loaders))
+PER_OP = ", ".join(t.label for t in T.TARGETS if "per_op" in t.runner_options)
+ANDROID_TOOLS = ", ".join(dict.fromkeys(f"{t.android_tool} ({t.suffix})" for t in T.TARGETS if t.android_tool))
 
 
 def _print_latency(d: dict, as_json: bool) -> None:
@@ -53,7 +61,7 @@ def _say_unverified(d: dict) -> None:
 
 
 def _quiet_runtimes(verbose: bool):
-    """The runtimes' own chatter (torch pytree warnings, cpuinfo, LiteRT INFO) hidden unless --verbose."""
+    """The runtimes' own chatter (torch pytree warnings, cpuinfo, INFO lines) hidden unless --verbose."""
     from converters.quiet import quiet
 
     return quiet(verbose)
@@ -61,19 +69,19 @@ def _quiet_runtimes(verbose: bool):
 
 @profile_app.command("latency")
 def latency_cmd(
-    artifact: Path = typer.Argument(..., help="an exported .pte / .tflite / .onnx / .mlpackage"),
+    artifact: Path = typer.Argument(..., help=f"an exported {SUFFIXES}, or a split artifact"),
     device: str = typer.Option("local", "--device", "-d", help="local | android[:SERIAL] | ios[:UDID]"),
     warmup: int = typer.Option(10, help="untimed runs first"),
     runs: int = typer.Option(50, help="timed runs"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (LiteRT num_threads, ONNX Runtime intra-op, "
-                                           "ExecuTorch threadpool size)"),
-    per_op: bool = typer.Option(False, "--per-op", help="per-op times from ExecuTorch ETDump (.pte, local)"),
-    binary: Optional[Path] = typer.Option(None, help="android: benchmark_model (.tflite) or executor_runner (.pte) built for the phone"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (the runtime's own setting: interpreter threads, "
+                                           "intra-op threads or threadpool size)"),
+    per_op: bool = typer.Option(False, "--per-op", help=f"per-op times where the runner gives them ({PER_OP}; local)"),
+    binary: Optional[Path] = typer.Option(None, help=f"android: the benchmark binary built for the phone: {ANDROID_TOOLS}"),
     adb_port: int = typer.Option(5037, help="android: adb server port on 127.0.0.1"),
     out: Optional[Path] = typer.Option(None, help="also write the JSON here (for `mvmoe report --latency`)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     no_verify: bool = NO_VERIFY,
-    verbose: bool = typer.Option(False, "--verbose", help="show the runtimes' own output (cpuinfo, LiteRT INFO, ...)"),
+    verbose: bool = typer.Option(False, "--verbose", help="show the runtimes' own output (cpuinfo, INFO lines, ...)"),
 ) -> None:
     """Latency of one artifact: min / median / p90 / mean over timed runs, batch 1. The artifact
     must match the size and sha256 its .json recorded at export (else one line, exit 1)."""
@@ -104,9 +112,9 @@ def ingest_cmd(
 
 @profile_app.command("memory")
 def memory_cmd(
-    artifact: Path = typer.Argument(..., help="an exported .pte / .tflite / .onnx, or a split artifact"),
+    artifact: Path = typer.Argument(..., help=f"an exported {MEMORY_SUFFIXES}, or a split artifact"),
     loader: Optional[str] = typer.Option(None, help="mmap (the runtime maps the file) | file (read whole into "
-                                         "memory); default: mmap where the runtime maps files, else file (ONNX Runtime)"),
+                                         "memory); default: mmap where the runtime maps files, else file"),
     images: int = typer.Option(20, help="batch-1 runs after loading (seeded noise, one per image; at least 1)"),
     threads: Optional[int] = typer.Option(None, help="CPU threads of the runtime"),
     max_tails: int = typer.Option(1, help="split artifacts: expert tails kept loaded (LRU)"),

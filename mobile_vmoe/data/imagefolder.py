@@ -31,7 +31,7 @@ from .bundle import DataBundle, check_classes
 from .class_names import class_names_of
 from .decode import to_rgb8
 from .imagenet_val import find_label_files, label_flat_files, val_labels
-from .index import IMG_EXTENSIONS, FolderIndex, is_image_file, list_folder, load_or_build, nested_images, scan_classes  # noqa: F401
+from .index import IMG_EXTENSIONS, FolderIndex, is_image_file, list_folder, load_or_build, nested_images, scan_classes  # noqa: F401 - re-exported
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,

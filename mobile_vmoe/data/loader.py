@@ -29,7 +29,7 @@ from .sampler import SeededSamples, ShardedBatchSampler
 
 def dali_available() -> bool:
     try:
-        import nvidia.dali  # noqa: F401
+        import nvidia.dali  # noqa: F401 - only whether it imports
     except ImportError:
         return False
     return True

@@ -67,7 +67,7 @@ def generate(labels: torch.Tensor, num_classes: int, num_superclasses: int, img_
     b = labels.shape[0]
     s = labels % num_superclasses  # (B,) superclass
     j = labels // num_superclasses  # (B,) rank inside the superclass
-    u = lambda: torch.rand(b, generator=generator)  # noqa: E731
+    u = lambda: torch.rand(b, generator=generator)  # noqa: E731 - a one-line draw, used three times below
     theta = s.float() * (math.pi / num_superclasses) + (2 * u() - 1) * ORIENT_JITTER  # (B,)
     freq = BASE_FREQ + FREQ_STEP * s.float()  # cycles per image
     per_super = math.ceil(num_classes / num_superclasses) if num_classes else 1

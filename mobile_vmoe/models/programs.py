@@ -85,8 +85,8 @@ def _block_with_mlp(block: nn.Module, mlp: nn.Module) -> nn.Module:
     return new
 
 
-def split_programs(model: MobileVMoE, example: torch.Tensor, preprocess: nn.Module | None = None
-                   ) -> dict[str, tuple[nn.Module, tuple]]:
+def trunk_and_tails(model: MobileVMoE, example: torch.Tensor, preprocess: nn.Module | None = None
+                    ) -> dict[str, tuple[nn.Module, tuple]]:
     """{name: (module, example args)}: ``trunk`` on ``example`` and ``tail_<e>`` on its stream."""
     trunk = Trunk(model, preprocess).eval()
     with torch.no_grad():

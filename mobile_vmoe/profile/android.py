@@ -1,7 +1,8 @@
 """Android latency over adb (adbutils): push the model and a benchmark binary, run, parse, clean up.
 
-The user brings the benchmark binary built for the phone's ABI (we ship none):
-- LiteRT `benchmark_model` (tensorflow/lite/tools/benchmark) for .tflite. Run as
+The user brings the benchmark binary built for the phone's ABI (we ship none); which one runs an
+artifact is its record's ``android_tool`` (converters.targets). The tools (``TOOLS``):
+- LiteRT `benchmark_model` (tensorflow/lite/tools/benchmark). Run as
   `benchmark_model --graph=M --num_threads=T --warmup_runs=W --num_runs=R --report_peak_memory_footprint=true`.
   It prints per-phase stats in microseconds, e.g.
       count=50 first=14730 curr=14382 min=14206 max=15283 avg=14575.2 std=232 p5=14231 median=14512 p95=15001
@@ -9,8 +10,8 @@ The user brings the benchmark binary built for the phone's ABI (we ship none):
       Overall peak memory footprint (MB) via periodic monitoring: 13.3281
   It does not print single runs: min / mean (avg) come from its last `count=` line, median when it
   prints one (newer builds print p5/median/p95); p90 is null and p95 is reported instead when present.
-- ExecuTorch `executor_runner` (examples/portable/executor_runner, built with the XNNPACK backend) for
-  .pte. Run as `executor_runner --model_path=M --num_executions=K`; it prints
+- ExecuTorch `executor_runner` (examples/portable/executor_runner, built with the XNNPACK backend).
+  Run as `executor_runner --model_path=M --num_executions=K`; it prints
       Model executed successfully K time(s) in 123.456000 ms.
   i.e. only the total. We run it `samples` times (one process each, K executions each, after one
   untimed warmup process when warmup > 0); one sample = total / K. Its threadpool is its own.
@@ -28,6 +29,8 @@ import shlex
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from converters import targets as T
 
 from ..errors import MvmoeError
 from .timing import percentile
@@ -164,16 +167,58 @@ def _run(dev, cmd: str, what: str, timeout: float = 600) -> str:
 
 # ------------------------------------------------------------------------------------------- run
 
+def run_benchmark_model(dev, r_bin: str, r_model: str, run: dict) -> dict:
+    """LiteRT benchmark_model: one process, its own warmup and timed runs; -> AndroidResult fields."""
+    cmd = (f"{r_bin} --graph={r_model} --warmup_runs={run['warmup']} --num_runs={run['runs']} "
+           f"--min_secs=0 --report_peak_memory_footprint=true")
+    if run["threads"]:
+        cmd += f" --num_threads={run['threads']}"
+    out = parse_benchmark_model(_run(dev, cmd, "benchmark_model"))
+    return {"runs": out.pop("runs"), "min_ms": out.pop("min_ms"), "median_ms": out.pop("median_ms"),
+            "p90_ms": out.pop("p90_ms"), "mean_ms": out.pop("mean_ms"), "threads": run["threads"], "extra": out}
+
+
+def run_executor_runner(dev, r_bin: str, r_model: str, run: dict) -> dict:
+    """ExecuTorch executor_runner: an untimed warmup process, then samples of K executions each."""
+    k = max(1, min(run["executions_per_sample"], run["runs"]))
+    samples = max(1, run["runs"] // k)
+    if run["warmup"] > 0:
+        _run(dev, f"{r_bin} --model_path={r_model} --num_executions={run['warmup']}", "executor_runner (warmup)")
+    per_sample = []
+    for _ in range(samples):
+        n, total = parse_executor_runner(
+            _run(dev, f"{r_bin} --model_path={r_model} --num_executions={k}", "executor_runner"))
+        per_sample.append(total / n)
+    return {"runs": len(per_sample), "min_ms": min(per_sample), "median_ms": percentile(per_sample, 50),
+            "p90_ms": percentile(per_sample, 90), "mean_ms": sum(per_sample) / len(per_sample), "threads": None,
+            "extra": {"executions_per_sample": k, "runs_ms": per_sample,
+                      "note": "one sample = mean of executions_per_sample executions in one process"}}
+
+
+# a record's ``android_tool`` -> how it is run and read
+TOOLS = {"benchmark_model": run_benchmark_model, "executor_runner": run_executor_runner}
+
+
+def android_tool(artifact: Path, record: T.ExportTarget | None) -> str:
+    """The benchmark binary the artifact's record names; a one-line error where it names none."""
+    if record is None or record.android_tool not in TOOLS:
+        have = ", ".join(dict.fromkeys(f"{t.suffix} ({t.runtime} {t.android_tool})" for t in T.TARGETS
+                                       if t.android_tool in TOOLS))
+        what = f"{record.label} artifacts have no Android benchmark tool" if record else "no export target makes it"
+        raise MvmoeError(f"{artifact.name}: {what}; on Android we benchmark {have}")
+    return record.android_tool
+
+
 def profile_android(artifact: Path, binary: str | Path | None, serial: str | None = None, *,
                     warmup: int = 10, runs: int = 50, threads: int | None = None,
-                    host: str = "127.0.0.1", port: int = 5037, executions_per_sample: int = 10) -> AndroidResult:
-    """Push `artifact` + `binary` to the phone, run the benchmark, parse it, clean up."""
+                    host: str = "127.0.0.1", port: int = 5037, executions_per_sample: int = 10,
+                    record: T.ExportTarget | None = None) -> AndroidResult:
+    """Push `artifact` + `binary` to the phone, run the benchmark its record names (``record``:
+    default, the record of its suffix), parse it, clean up."""
     artifact = Path(artifact)
-    if artifact.suffix not in (".tflite", ".pte"):
-        raise MvmoeError(f"{artifact.name}: on Android we benchmark .tflite (LiteRT benchmark_model) or .pte "
-                         "(ExecuTorch executor_runner)")
+    record = record or T.of_artifact(artifact.suffix)
+    tool = android_tool(artifact, record)
     if binary is None:
-        tool = "benchmark_model" if artifact.suffix == ".tflite" else "executor_runner"
         raise MvmoeError(f"--device android needs --binary PATH: the {tool} binary built for the phone")
     binary = Path(binary)
     if not binary.is_file():
@@ -181,38 +226,18 @@ def profile_android(artifact: Path, binary: str | Path | None, serial: str | Non
     dev, model_tag = connect_device(serial, host, port)
     label = device_label(dev, model_tag)
     remote_dir = f"{REMOTE_ROOT}/mvmoe-{os.getpid()}"
-    r_model = f"{remote_dir}/{artifact.name}"
-    r_bin = f"{remote_dir}/{binary.name}"
+    r_model, r_bin = f"{remote_dir}/{artifact.name}", f"{remote_dir}/{binary.name}"
     q = shlex.quote
     try:
         _run(dev, f"mkdir -p {q(remote_dir)}", "mkdir")
         dev.sync.push(artifact, r_model, mode=0o644)
         dev.sync.push(binary, r_bin, mode=0o755)
         _run(dev, f"chmod 755 {q(r_bin)}", "chmod")
-        if artifact.suffix == ".tflite":
-            cmd = (f"{q(r_bin)} --graph={q(r_model)} --warmup_runs={warmup} --num_runs={runs} "
-                   f"--min_secs=0 --report_peak_memory_footprint=true")
-            if threads:
-                cmd += f" --num_threads={threads}"
-            out = parse_benchmark_model(_run(dev, cmd, "benchmark_model"))
-            runs_done = out.pop("runs")
-            return AndroidResult(artifact.name, label, "litert benchmark_model", runs_done, out.pop("min_ms"),
-                                 out.pop("median_ms"), out.pop("p90_ms"), out.pop("mean_ms"), threads, warmup,
-                                 {"serial": dev.serial, **out})
-        k = max(1, min(executions_per_sample, runs))
-        samples = max(1, runs // k)
-        if warmup > 0:
-            _run(dev, f"{q(r_bin)} --model_path={q(r_model)} --num_executions={warmup}", "executor_runner (warmup)")
-        per_sample = []
-        for _ in range(samples):
-            n, total = parse_executor_runner(
-                _run(dev, f"{q(r_bin)} --model_path={q(r_model)} --num_executions={k}", "executor_runner"))
-            per_sample.append(total / n)
-        return AndroidResult(artifact.name, label, "executorch executor_runner", len(per_sample), min(per_sample),
-                             percentile(per_sample, 50), percentile(per_sample, 90),
-                             sum(per_sample) / len(per_sample), None, warmup,
-                             {"serial": dev.serial, "executions_per_sample": k, "runs_ms": per_sample,
-                              "note": "one sample = mean of executions_per_sample executions in one process"})
+        got = TOOLS[tool](dev, q(r_bin), q(r_model), {"warmup": warmup, "runs": runs, "threads": threads,
+                                                       "executions_per_sample": executions_per_sample})
+        return AndroidResult(artifact.name, label, f"{record.runtime} {tool}", got["runs"], got["min_ms"],
+                             got["median_ms"], got["p90_ms"], got["mean_ms"], got["threads"], warmup,
+                             {"serial": dev.serial, **got["extra"]})
     finally:
         try:
             dev.shell2(f"rm -rf {q(remote_dir)}", timeout=30)

@@ -1,7 +1,8 @@
 """Core ML latency: what coremltools can run, and where it cannot.
 
 - On macOS, `profile latency` opens the .mlpackage with converters.coreml.load_runner
-  (`coremltools.models.MLModel(path, compute_units=ComputeUnit.ALL)`) and times
+  (`coremltools.models.MLModel(path, compute_units=ComputeUnit.ALL)`, the record's
+  latency_options; elsewhere profile.latency.check_runs_here refuses it) and times
   `MLModel.predict({input: array})` on the Mac itself (Core ML on the Mac's CPU/GPU/Neural Engine;
   it says nothing about a phone). Not run here: this machine is Linux, where coremltools can
   convert but cannot predict.
@@ -15,7 +16,6 @@
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 
 from ..errors import MvmoeError
@@ -23,13 +23,6 @@ from .timing import LatencyResult
 
 IOS_HOWTO = ("run the iOS demo app's Benchmark screen (apps/ios_demo) on the phone, share its JSON, then "
              "`mvmoe profile ingest FILE.json`; or use Xcode's Core ML performance report")
-
-
-def check_macos(path: Path) -> None:
-    """Core ML predicts only on Apple systems: a one-line error saying what to do elsewhere."""
-    if platform.system() != "Darwin":
-        raise MvmoeError(f"{path.name}: Core ML models run only on macOS/iOS (this is {platform.system()}); "
-                         f"on a Mac run the same command, for an iPhone {IOS_HOWTO}")
 
 
 def profile_ios(path: Path, udid: str | None, warmup: int, runs: int) -> LatencyResult:

@@ -5,17 +5,14 @@ outputs read back), timed by mobile_vmoe.profile.timing. The first `warmup` runs
 `mvmoe profile latency --json` prints (format: docs/formats.md)
 
     {"artifact", "device", "runtime", "runs", "min_ms", "median_ms", "p90_ms", "mean_ms"}
-    + "threads", "warmup", "runs_ms", "input_shape", "per_op" (ExecuTorch ETDump), and from the
-    artifact's .json: "model", "target", "backend", "precision", "dispatch", "macs", "checkpoint_sha256"
+    + "threads", "warmup", "runs_ms", "input_shape", "per_op" (where the runner gives per-op times),
+    and from the artifact's .json: "model", "target", "backend", "precision", "dispatch", "macs",
+    "checkpoint_sha256"
 
 Runners: the converters' own ``load_runner`` (the one export's parity check uses), so an artifact
-is opened the same way everywhere:
-- .pte     executorch.runtime (XNNPACK and portable kernels). `threads` sizes the runtime's
-           process-wide threadpool; the JSON records the count in effect. `per_op=True` loads the
-           program with ETDump event tracing and summarises it with executorch.devtools.Inspector.
-- .tflite  ai_edge_litert Interpreter(num_threads=threads) (XNNPACK delegate by default).
-- .onnx    onnxruntime.InferenceSession, CPUExecutionProvider, intra_op_num_threads=threads.
-- .mlpackage  coremltools MLModel.predict: macOS only (see ios.py).
+is opened the same way everywhere; which module opens it, with which options (``latency_options``,
+``per_op``), where it runs (``runs_on``) and which Android tool benchmarks it are its record in
+converters.targets, and each converter module's ``load_runner`` says what ``threads`` sets.
 
 The input shape comes from the artifact's metadata .json (input.shape) when it sits beside the
 artifact, checked against the runtime's own input signature.
@@ -25,21 +22,19 @@ from __future__ import annotations
 
 import os
 import platform
-import re
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from converters.prepare import tree_sha256
-from converters.split import load_runner
+from converters.target_modules import load_runner
 from converters import targets as T
 
 from ..errors import MvmoeError
 from ..fileio import read_json_object
 from .android import profile_android
-from .ios import check_macos, profile_ios
+from .ios import IOS_HOWTO, profile_ios
 from .timing import LatencyResult, time_ms
 
 # carried from the artifact's .json into the latency JSON; the checkpoint hash lets `mvmoe report`
@@ -101,7 +96,7 @@ def measured_meta(path: Path, verify: bool) -> tuple[dict | None, dict]:
     if verify:
         meta = verify_artifact(path)
     else:
-        meta = artifact_meta(path) if path.is_file() or path.suffix == ".mlpackage" or split_programs(path) else None
+        meta = artifact_meta(path)
     keys = {k: meta.get(k) for k in META_KEYS if k in meta} if meta else {}
     if verify:
         keys.update(verified=True, artifact_sha256=meta["artifact_sha256"])
@@ -123,12 +118,32 @@ def check_artifact(path: str | Path) -> Path:
     if not path.exists():
         raise MvmoeError(f"artifact not found: {path}")
     split = split_programs(path) is not None
-    if path.is_dir() and path.suffix != ".mlpackage" and not split:
-        raise MvmoeError(f"{path.name}: a folder that is neither a .mlpackage nor a split LiteRT artifact "
-                         "(its .json beside it has no \"programs\")")
-    if path.suffix not in T.RUNTIME_OF_SUFFIX and not split:
-        raise MvmoeError(f"{path.name}: unknown artifact type {path.suffix!r}; expected one of {', '.join(T.RUNTIME_OF_SUFFIX)}")
+    folders = tuple(dict.fromkeys(t.suffix for t in T.TARGETS if t.is_folder))
+    if path.is_dir() and path.suffix not in folders and not split:
+        raise MvmoeError(f"{path.name}: a folder that is neither a {' or '.join(folders) or 'package'} nor a split "
+                         "artifact (its .json beside it has no \"programs\")")
+    if path.suffix not in T.ARTIFACT_SUFFIXES and not split:
+        raise MvmoeError(f"{path.name}: unknown artifact type {path.suffix!r}; expected one of {', '.join(T.ARTIFACT_SUFFIXES)}")
     return path
+
+
+def artifact_record(path: Path) -> T.ExportTarget:
+    """The target record of an artifact: the target and backend its .json names, else its suffix's."""
+    meta = artifact_meta(path) or {}
+    record = T.of_artifact(path.suffix, meta.get("target"), meta.get("backend"))
+    if record is None:
+        raise MvmoeError(f"{path.name}: no export target makes it (its .json names target {meta.get('target')!r}, "
+                         f"backend {meta.get('backend')!r}; targets: {', '.join(t.label for t in T.TARGETS)})")
+    return record
+
+
+def check_runs_here(path: Path, record: T.ExportTarget) -> None:
+    """A runtime bound to one system (the record's ``runs_on``): a one-line error elsewhere."""
+    here = platform.system()
+    if record.runs_on and here != record.runs_on:
+        howto = f"for an iPhone {IOS_HOWTO}" if "ios" in record.platforms else "measure it on the device"
+        raise MvmoeError(f"{path.name}: {record.label} runs only on {T.OS_NAMES.get(record.runs_on, record.runs_on)} "
+                         f"(this is {T.OS_NAMES.get(here, here)}); there run the same command, {howto}")
 
 
 def example_input(shape, dtype: str = "float32", seed: int = 0) -> np.ndarray:
@@ -147,23 +162,18 @@ def _meta_shape(meta: dict | None) -> tuple[list[int] | None, str]:
 
 
 # -------------------------------------------------------------------------------------- runners
-
-
-
-def open_runner(path: Path, threads: int | None, per_op: bool = False):
+def open_runner(path: Path, record: T.ExportTarget, threads: int | None, per_op: bool = False):
     """The artifact opened by its converter's ``load_runner`` (the same runner export's parity
-    uses); MvmoeError where it cannot run here."""
-    kw = {"per_op": True} if per_op else {}
+    uses), with the record's ``latency_options``, and ``per_op`` where the runner takes it (a
+    single program); MvmoeError where it cannot run here."""
+    check_runs_here(path, record)
     if split_programs(path) is not None:
-        runner, why = load_runner(artifact_meta(path).get("target"), path, threads=threads)
-        if runner is None:
-            raise MvmoeError(f"{path.name}: cannot run here: {why}")
-        return runner
-    if path.suffix == ".mlpackage":
-        check_macos(path)
-        kw = {"compute_units": "all"}
-    target = T.TARGET_OF_RUNTIME[T.RUNTIME_OF_SUFFIX[path.suffix]]
-    runner, why = T.module_of(target).load_runner(path, threads=threads, **kw)
+        runner, why = load_runner(record, path, threads, split=True)
+    else:
+        options = dict(record.latency_options)
+        if per_op and "per_op" in record.runner_options:
+            options["per_op"] = True
+        runner, why = load_runner(record, path, threads, **options)
     if runner is None:
         raise MvmoeError(f"{path.name}: cannot run here: {why}")
     return runner
@@ -180,16 +190,17 @@ def run_local(path: Path, warmup: int, runs: int, threads: int | None, shape=Non
               per_op: bool = False) -> LatencyResult:
     """Time ``runs`` calls of the artifact's runner on this machine, after ``warmup`` untimed ones."""
     split = split_programs(path) is not None
-    runner = open_runner(path, threads, per_op=per_op and path.suffix == ".pte" and not split)
+    record = artifact_record(path)
+    runner = open_runner(path, record, threads, per_op=per_op)
     check_shape(path, shape, runner.input_shape)
     x = example_input(runner.input_shape, runner.input_dtype)
     times = time_ms(lambda: runner(x), runs, warmup)
-    device = local_device() if runner.runtime != "coreml" else f"local ({platform.platform()})"
+    device = local_device() if not record.runs_on else f"local ({platform.platform()})"
     extra: dict = {"input_shape": runner.input_shape, **runner.extra}
     if split:
         extra.update(cold_tail_switches(runner.native, x))
-    elif per_op and path.suffix == ".pte":
-        extra["per_op"] = etdump_per_op(runner.native, path)
+    elif runner.per_op is not None:
+        extra["per_op"] = runner.per_op()
     return LatencyResult(path.name, device, runner.runtime, times, runner.threads, warmup, extra)
 
 
@@ -212,40 +223,6 @@ def cold_tail_switches(chain, x: np.ndarray) -> dict:
             "tail_load_run_ms": [round(v, 4) for v in first], "tails": chain.num_tails}
 
 
-def etdump_per_op(program, path: Path, out_dir: Path | None = None, top: int = 25) -> list[dict]:
-    """Per-op mean time per inference from the program's ETDump, largest first.
-
-    The ETDump holds one event per op call per execute (warmup included: every run of the same op
-    averages the same). Delegated ops (XNNPACK's own names, e.g. "Fully Connected (NC, F32) GEMM")
-    come with `delegated: true`; "DELEGATE_CALL" / "OPERATOR_CALL" wrappers and the whole-method
-    "Method::execute" event are dropped because they contain the ops listed. `ms` = sum over the op's calls in one inference of their mean time.
-    """
-    from executorch.devtools import Inspector
-
-    out_dir = Path(out_dir or tempfile.mkdtemp(prefix="mvmoe-etdump-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    etdp = out_dir / (path.stem + ".etdp")
-    program.write_etdump_result_to_file(str(etdp), str(out_dir / (path.stem + ".debug.bin")))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        inspector = Inspector(etdump_path=str(etdp))
-    agg: dict[str, dict] = {}
-    for block in inspector.event_blocks:
-        if block.name != "Execute":
-            continue
-        for ev in block.events:
-            if ev.name in ("DELEGATE_CALL", "OPERATOR_CALL") or ev.name.startswith("Method::") or ev.perf_data is None:
-                continue
-            name = re.sub(r" #\d+$", "", ev.name).removeprefix("native_call_")
-            a = agg.setdefault(name, {"op": name, "delegated": bool(ev.is_delegated_op), "calls": 0, "ms": 0.0})
-            a["calls"] += 1
-            a["ms"] += float(np.mean(ev.perf_data.raw))
-    rows = sorted(agg.values(), key=lambda r: -r["ms"])[:top]
-    for r in rows:
-        r["ms"] = round(r["ms"], 5)
-    return rows
-
-
 # --------------------------------------------------------------------------------------- device
 
 def local_device() -> str:
@@ -254,11 +231,12 @@ def local_device() -> str:
 
 def per_op_unavailable(path: Path, kind: str) -> str | None:
     """Why ``--per-op`` gives no per-op times for this artifact and device, or None when it does."""
-    if path.suffix != ".pte":
-        return "per-op: not measured; per-op times come from ExecuTorch ETDump: .pte only"
+    if "per_op" not in artifact_record(path).runner_options:
+        givers = ", ".join(t.label for t in T.TARGETS if "per_op" in t.runner_options)
+        return f"per-op: not measured; per-op times come from the runners of {givers} only"
     if split_programs(path) is not None:
-        return ("per-op: not measured for a split .pte (trunk and expert tails are separate methods); export the "
-                "single program with --experts fused for per-op times")
+        return ("per-op: not measured for split programs (trunk and expert tails are separate programs); export "
+                "the single program with --experts fused for per-op times")
     if kind != "local":
         return "per-op: not measured; ETDump per-op times are read on this machine only (--device local)"
     return None
@@ -297,7 +275,7 @@ def profile_latency(artifact: str | Path, device: str = "local", *, warmup: int 
     shape, _ = _meta_shape(meta)
     if kind == "android":
         res = profile_android(path, binary=binary, serial=ident, warmup=warmup, runs=runs, threads=threads,
-                              host=adb_host, port=adb_port)
+                              host=adb_host, port=adb_port, record=artifact_record(path))
     elif kind == "ios":
         res = profile_ios(path, udid=ident, warmup=warmup, runs=runs)
     else:

@@ -13,14 +13,10 @@ last ("run"). Every figure is in MiB over the baseline:
     file_mib      RssFile: file-backed pages (a memory-mapped artifact's pages that were touched)
     peak_rss_mib  VmHWM: the peak of VmRSS since the process started, less the baseline RSS
 
-Loaders:
-    executorch  file  the whole .pte read into memory (``Runtime.load_program(bytes)``)
-                mmap  ``Runtime.load_program(path)``: the binding's MmapDataLoader, which mlocks
-                      each segment it loads (so a segment's pages are resident once loaded; an
-                      app's Module LOAD_MODE_MMAP maps without mlock, which this cannot measure)
-    litert      mmap  ``Interpreter(model_path=...)`` maps the file; file: ``model_content`` bytes
-    onnxruntime file  ``InferenceSession(path)`` reads the model into memory
-    coreml      runs only on macOS
+Loaders: the artifact's record (converters.targets) lists them (``loaders``; none: not measured
+here) and names the runtime's module imported before the baseline (``runtime_module``); with
+several loaders its runner takes the ``loader`` option, whose meaning each converter module's
+``load_runner`` documents (mmap: the runtime maps the file; file: the whole file read into memory).
 Split artifacts (``--experts split``) run their chain: the trunk, then the tail each image routes
 to, loaded on first use and kept in an LRU of ``max_tails`` (default 1: an app with one tail in
 memory); ``tails_loaded`` counts tail loads.
@@ -28,6 +24,8 @@ memory); ``tails_loaded`` counts tail loads.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import subprocess
 import sys
@@ -35,12 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.split import load_runner
 from converters import targets as T
+from converters.target_modules import adopt_module, load_runner, module_file
 
 from ..errors import MvmoeError
 from ..fileio import to_json
-from .latency import artifact_meta, check_artifact, local_device, measured_meta, split_programs, warn_threads
+from .latency import artifact_record, check_artifact, local_device, measured_meta, split_programs, warn_threads
 
 STATUS = {"VmRSS": "rss_mib", "RssAnon": "heap_mib", "RssFile": "file_mib", "VmHWM": "peak_rss_mib"}
 
@@ -72,16 +70,24 @@ def over(now: dict, base: dict) -> dict:
 
 # ------------------------------------------------------------------------------------ the child
 def open_artifact(spec: dict):
-    """In the child: -> (run(x) -> outputs, input shape, chain or None). Imports the runtime."""
-    runtime, loader, path, threads = spec["runtime"], spec["loader"], Path(spec["artifact"]), spec["threads"]
+    """In the child: -> (run(x) -> outputs, input shape, chain or None), opened by the runner export's
+    parity and `profile latency` use, with the loader asked for where the runner takes one."""
+    record, path, threads = T.from_dict(spec["record"]), Path(spec["artifact"]), spec["threads"]
     if spec["split"]:
-        runner, _ = load_runner(T.TARGET_OF_RUNTIME[runtime], path, threads, spec["max_tails"], loader)
-        return runner.native, runner.input_shape, runner.native
-    # the runners export's parity and `profile latency` use, with the loader asked for
-    target = T.TARGET_OF_RUNTIME[runtime]
-    kw = {} if runtime == "onnxruntime" else {"loader": loader}
-    runner, _ = T.module_of(target).load_runner(path, threads=threads, **kw)
-    return runner, runner.input_shape, None
+        runner, why = load_runner(record, path, threads, split=True, max_tails=spec["max_tails"],
+                                  **loader_option(record, spec["loader"], "split_runner_options"))
+        chain = runner.native if runner is not None else None
+    else:
+        runner, why = load_runner(record, path, threads, **loader_option(record, spec["loader"], "runner_options"))
+        chain = None
+    if runner is None:
+        raise MvmoeError(f"{path.name}: cannot run here: {why}")
+    return (chain or runner), runner.input_shape, chain
+
+
+def loader_option(record: T.ExportTarget, loader: str, options: str) -> dict:
+    """{"loader": loader} where the record's runner takes it (a runtime with one loader takes none)."""
+    return {"loader": loader} if "loader" in getattr(record, options) else {}
 
 
 def child(spec: dict) -> dict:
@@ -89,14 +95,12 @@ def child(spec: dict) -> dict:
     import torch  # noqa: F401 - part of the baseline: every runtime here is used next to torch
 
     import converters.pipeline  # noqa: F401 - the runners' code, also in the baseline
-    import converters.split  # noqa: F401
+    import converters.split  # noqa: F401 - the split runners' code, also in the baseline
 
-    if spec["runtime"] == "executorch":
-        import executorch.runtime  # noqa: F401
-    elif spec["runtime"] == "litert":
-        import ai_edge_litert.interpreter  # noqa: F401
-    else:
-        import onnxruntime  # noqa: F401
+    record = T.from_dict(spec["record"])
+    adopt_module(record, spec["module_file"])
+    if record.runtime_module:
+        importlib.import_module(record.runtime_module)  # the runtime the record names, part of the baseline
     base = read_status()
     run, shape, chain = open_artifact(spec)
     loaded = read_status()
@@ -114,11 +118,14 @@ def child(spec: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------ the parent
-def check_options(path: Path, runtime: str, loader: str, images: int, threads: int | None, max_tails: int) -> None:
-    if runtime == "coreml":
-        raise MvmoeError(f"{path.name}: Core ML runs only on macOS; measure it on the device (Xcode Instruments)")
-    if loader not in T.LOADERS[runtime]:
-        raise MvmoeError(f"--loader {loader}: {runtime} loads with {' or '.join(T.LOADERS[runtime])} here")
+def check_options(path: Path, record: T.ExportTarget, loader: str, images: int, threads: int | None,
+                  max_tails: int) -> None:
+    if not record.loaders:
+        where = f" (it runs only on {T.OS_NAMES.get(record.runs_on, record.runs_on)})" if record.runs_on else ""
+        raise MvmoeError(f"{path.name}: profile memory does not measure {record.label} artifacts here{where}; "
+                         "measure it on the device")
+    if loader not in record.loaders:
+        raise MvmoeError(f"--loader {loader}: {record.runtime} loads with {' or '.join(record.loaders)} here")
     if images < 1:
         raise MvmoeError(f"--images {images}: must be >= 1 (the load alone is always measured too: after.load)")
     if threads is not None and threads < 1:
@@ -128,9 +135,9 @@ def check_options(path: Path, runtime: str, loader: str, images: int, threads: i
         raise MvmoeError(f"--max-tails {max_tails}: must be >= 1")
 
 
-def default_loader(runtime: str) -> str:
+def default_loader(record: T.ExportTarget) -> str:
     """The loader ``--loader`` defaults to: mmap where the runtime maps files, else what it supports."""
-    loaders = T.LOADERS.get(runtime) or ("mmap",)
+    loaders = record.loaders or ("mmap",)
     return "mmap" if "mmap" in loaders else loaders[0]
 
 
@@ -141,12 +148,13 @@ def profile_memory(artifact: str | Path, loader: str | None = None, *, images: i
     ``verify``: refuse an artifact whose size or sha256 differ from its .json's (latency.measured_meta)."""
     path = check_artifact(artifact)
     split = split_programs(path) is not None
-    runtime = T.RUNTIME_OF_SUFFIX[path.suffix] if not split else T.find(artifact_meta(path)["target"]).runtime
-    loader = loader or default_loader(runtime)
-    check_options(path, runtime, loader, images, threads, max_tails)
+    record = artifact_record(path)
+    runtime = record.runtime
+    loader = loader or default_loader(record)
+    check_options(path, record, loader, images, threads, max_tails)
     _, carried = measured_meta(path, verify)
-    spec = {"artifact": str(path.resolve()), "runtime": runtime, "loader": loader, "images": images,
-            "threads": threads, "split": split, "max_tails": max_tails}
+    spec = {"artifact": str(path.resolve()), "record": dataclasses.asdict(record), "module_file": module_file(record),
+            "loader": loader, "images": images, "threads": threads, "split": split, "max_tails": max_tails}
     proc = subprocess.run([sys.executable, "-m", "mobile_vmoe.profile.memory", json.dumps(spec)],
                           capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]

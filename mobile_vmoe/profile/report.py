@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from converters.targets import label
+
 from ..artifact_name import parse_artifact_name
 from ..errors import MvmoeError
 from ..fileio import atomic_write_bytes, atomic_write_text, file_sha256, read_json_object, writable_dir
@@ -223,7 +225,7 @@ def is_memory(d: dict) -> bool:
 def latency_column(lat: dict) -> str:
     """The column label of a latency ("... (ms)") or memory ("... <loader> (MiB)") file's JSON."""
     a = parse_artifact_name(lat["artifact"])
-    target = a["target"] + (f"-{a['backend']}" if a["backend"] else "")
+    target = label(a["target"], a["backend"])
     dispatch = lat.get("dispatch") or a["dispatch"]
     what = f"{target} {a['precision']}{'' if dispatch == 'gather' else ' ' + dispatch}"
     if is_memory(lat):

@@ -70,7 +70,7 @@ class LatencyResult:
 
     artifact: str  # file name
     device: str  # "local (Linux x86_64)", "Pixel 8 (Android 15)", ...
-    runtime: str  # executorch | litert | onnxruntime | coreml | <binary name>
+    runtime: str  # the record's runtime (converters.targets), or "<runtime> <Android tool>"
     runs_ms: list[float]
     threads: int | None = None
     warmup: int = 0
