@@ -102,10 +102,11 @@ def plan(target: str, backend: str | None, precision: str, experts: str = "auto"
     return jobs, skipped
 
 
-def resolve_layouts(jobs: list[ExportJob], cfg, dispatch: str, layer_norm: str) -> list[ExportJob]:
-    """Each ``auto`` job as fused or split for this model (converters.split.choose_layout)."""
+def resolve_layouts(jobs: list[ExportJob], cfg, macs: int, dispatch: str, layer_norm: str) -> list[ExportJob]:
+    """Each ``auto`` job as fused or split for this model of ``macs`` active MACs per image
+    (converters.split.choose_layout)."""
     return [dataclasses.replace(j, experts=choose_layout(
-        j.experts, cfg, j.target, j.backend, j.precision, dispatch=dispatch,
+        j.experts, cfg, j.target, j.backend, j.precision, macs=macs, dispatch=dispatch,
         decomposed_layernorm=layer_norm == "decomposed" and P.layernorm_option_applies(j.target, j.backend, j.precision)))
         for j in jobs]
 
@@ -352,7 +353,7 @@ def export_checkpoint(checkpoint, target: str = "all", backend: str | None = Non
         say(f"eval images: {src.images.source}")
         if src.images.is_random:
             say("warning: parity runs on random pixels, not real images (give --parity-data to use a dataset)")
-        jobs = resolve_layouts(jobs, src.model.cfg, dispatch, layer_norm)
+        jobs = resolve_layouts(jobs, src.model.cfg, src.macs, dispatch, layer_norm)
         make_out_dir(out_dir)
         paths = [artifact_path(out_dir, src.model.cfg.name, j, name_dispatch(j, dispatch, src.wrapper.per_image_moe))
                  for j in jobs]

@@ -59,24 +59,24 @@ def unsupported(target: str, backend: str | None, precision: str) -> str | None:
     return None
 
 
-def choose_layout(experts: str, cfg, target: str, backend: str | None, precision: str, *,
+def choose_layout(experts: str, cfg, target: str, backend: str | None, precision: str, *, macs: int,
                   dispatch: str = "gather", decomposed_layernorm: bool = False) -> str:
     """--experts auto | fused | split for one export job -> "fused" or "split".
 
-    ``auto`` picks split where this job can be split and the target's record says split was
-    measured faster (``auto_split``: ExecuTorch XNNPACK and LiteRT): a per-image MoE with k = 1,
-    the gather dispatch, a precision the split path exports, and no decomposed LayerNorm (the
-    split programs keep the native op). Measured at vmoe-12x192-p32, one thread, split programs
-    run at 1.00-1.04x the dense twin on XNNPACK and LiteRT in fp32 and int8, the fused gather at
-    1.02-1.07x in fp32 and 1.21x (XNNPACK) / 1.40x (LiteRT) in int8 (docs/export.md). Everywhere
-    else (dense and per-token models, k = 2, ONNX, ExecuTorch Core ML and portable, Core ML: its
-    split package needs iOS 18 and was never timed) auto picks fused and never refuses. An explicit ``fused`` or ``split`` is returned as given (split is checked by
-    check_splittable).
+    ``auto`` picks split where this job can be split (a per-image MoE with k = 1, the gather
+    dispatch, a precision the split path exports, no decomposed LayerNorm: the split programs keep
+    the native op) and the target's record says split was measured faster at this precision and
+    size (``auto_split_from``: the active MACs per image from which it splits; the figures behind
+    it are beside the table). Everywhere else (dense and per-token models, k = 2, ONNX, ExecuTorch
+    Core ML and portable, Core ML: its split package needs iOS 18 and was never timed) auto picks
+    fused and never refuses. An explicit ``fused`` or ``split`` is returned as given (split is
+    checked by check_splittable).
     """
     if experts != "auto":
         return experts
     record = T.find(target, backend)
-    splittable = (record is not None and record.auto_split and cfg.is_per_image and cfg.top_k == 1
+    from_macs = dict(record.auto_split_from).get(precision) if record is not None else None
+    splittable = (from_macs is not None and macs >= from_macs and cfg.is_per_image and cfg.top_k == 1
                   and dispatch == "gather" and not decomposed_layernorm and unsupported(target, backend, precision) is None)
     return "split" if splittable else "fused"
 

@@ -26,7 +26,8 @@ class ExportTarget:
     split_suffix: str | None = None  # the split artifact's suffix ("" = a folder)
     loaders: tuple[str, ...] = ()  # `profile memory --loader` choices; () = not measured
     apps: tuple[str, ...] = ()  # demo apps that run the artifact
-    auto_split: bool = False  # --experts auto picks split programs here (where they were measured faster)
+    auto_split_from: tuple[tuple[str, int], ...] = ()  # --experts auto: (precision, active MACs per image
+    #   from which split programs were measured faster than the fused gather); a precision not listed stays fused
     platforms: tuple[str, ...] = ()  # phone OSes whose runtime loads the artifact
     runtime_package: str | None = None  # the Python package whose release is the app's minimum runtime
     min_ios: str | None = None  # the iOS deployment target a Core ML conversion asks for
@@ -56,6 +57,16 @@ _EXECUTORCH = dict(loaders=("mmap", "file"), runtime_package="executorch", packa
 _COREML = dict(packages=("coremltools",), runtime_module="coremltools", runner_options=("compute_units",),
                split_runner_options=("max_tails",), latency_options=(("compute_units", "all"),), is_folder=True,
                runs_on="Darwin")
+# Where --experts auto splits: bench/bench_export.py --split, one thread, batch 1, MoE latency over its dense
+# twin's (docs/export.md, "Which layout auto picks"). Split programs pay a fixed cost per image (a second
+# program call, the trunk's output handed over) and save the fused gather's reads of stacked expert
+# weights, which grow with the model. vmoe-6x96-p32 (50.6M MACs) fp32: fused 1.05x, split 1.11x on
+# XNNPACK; fused 1.09x, split 1.06x on LiteRT. vmoe-12x192-p32 (fp32 and int8): split 1.00-1.04x against
+# fused 1.02-1.07x (fp32), 1.21x (XNNPACK int8), 1.40x (LiteRT int8). So XNNPACK fp32 splits from 100M MACs
+# (between the two measured sizes: faster above, slower below), the others at every size (LiteRT fp16 as
+# fp32: its CPU kernels compute fp16 weights in fp32).
+AUTO_SPLIT_FROM = {"executorch-xnnpack": (("fp32", 100_000_000), ("int8", 0)),
+                   "tflite": (("fp32", 0), ("fp16", 0), ("int8", 0))}
 OS_NAMES = {"Darwin": "macOS", "Linux": "Linux", "Windows": "Windows"}  # platform.system() -> what messages say
 
 TARGETS = (
@@ -64,7 +75,8 @@ TARGETS = (
                  min_ios="17.0", split_min_ios="18.0", **_COREML),
     ExportTarget("executorch", "xnnpack", "executorch", ".pte", "executorch", ("fp32", "int8"),
                  split_precisions=("fp32", "int8"), split_suffix=".pte", apps=("android",),
-                 auto_split=True, platforms=("android", "ios"), decomposed_layernorm=("fp32",), **_EXECUTORCH),
+                 auto_split_from=AUTO_SPLIT_FROM["executorch-xnnpack"], platforms=("android", "ios"),
+                 decomposed_layernorm=("fp32",), **_EXECUTORCH),
     ExportTarget("executorch", "coreml", "executorch", ".pte", "executorch", ("fp32", "fp16"),
                  platforms=("ios",), min_ios="17.0", **{**_EXECUTORCH, "packages": ("executorch", "coremltools"),
                                                          "android_tool": None}),
@@ -73,7 +85,8 @@ TARGETS = (
                  platforms=("android", "ios"), **_EXECUTORCH),
     ExportTarget("tflite", None, "tflite", ".tflite", "litert", ("fp32", "fp16", "int8"),
                  split_precisions=("fp32", "fp16", "int8"), split_suffix="", loaders=("mmap", "file"),
-                 apps=("android",), auto_split=True, platforms=("android",), runtime_package="ai-edge-litert",
+                 apps=("android",), auto_split_from=AUTO_SPLIT_FROM["tflite"], platforms=("android",),
+                 runtime_package="ai-edge-litert",
                  packages=("litert-torch", "ai-edge-litert"), runtime_module="ai_edge_litert.interpreter",
                  runner_options=("loader",), split_runner_options=("max_tails", "loader"),
                  android_tool="benchmark_model"),

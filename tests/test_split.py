@@ -135,7 +135,7 @@ def test_split_export_matches_the_single_program_export(tmp_path, target):
     (one,) = export_checkpoint(ckpt, target, out_dir=tmp_path / "one", parity_images=32, parity_data="digits",
                                experts="fused")
     (res,) = export_checkpoint(ckpt, target, out_dir=tmp_path / "split", parity_images=32,
-                               parity_data="digits")  # the default, auto: split for this per-image k = 1 MoE
+                               parity_data="digits", experts="split")
     assert one.ok and res.ok, (one.error, res.error)
     meta = json.loads(res.artifact.with_suffix(".json").read_text())
     assert meta["dispatch"] == "split" and meta["expert_layout"] == "split" and meta["parity"]["max_abs_diff"] < 1e-5
@@ -246,7 +246,18 @@ def _cfg(**kw):
                                               ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8")])
 def test_auto_splits_a_per_image_k1_moe_where_the_target_can(target, precision):
     target, _, backend = target.partition("-")
-    assert split.choose_layout("auto", _cfg(), target, backend or None, precision) == "split"
+    assert split.choose_layout("auto", _cfg(), target, backend or None, precision, macs=300_000_000) == "split"
+
+
+def test_auto_follows_the_measured_size_rule():
+    """XNNPACK fp32: split was slower at 50.6M MACs, faster at vmoe-12x192-p32; LiteRT faster at both."""
+    from converters import targets as T
+
+    start = dict(T.find("executorch").auto_split_from)["fp32"]
+    assert 50_600_000 < start
+    for macs, want in ((50_600_000, "fused"), (start - 1, "fused"), (start, "split")):
+        assert split.choose_layout("auto", _cfg(), "executorch", "xnnpack", "fp32", macs=macs) == want
+    assert split.choose_layout("auto", _cfg(), "tflite", None, "fp32", macs=50_600_000) == "split"
 
 
 @pytest.mark.parametrize("cfg,target,precision,kw", [
@@ -264,12 +275,12 @@ def test_auto_splits_a_per_image_k1_moe_where_the_target_can(target, precision):
 ])
 def test_auto_falls_back_to_fused_and_never_refuses(cfg, target, precision, kw):
     target, _, backend = target.partition("-")
-    assert split.choose_layout("auto", _cfg(**cfg), target, backend or None, precision, **kw) == "fused"
+    assert split.choose_layout("auto", _cfg(**cfg), target, backend or None, precision, macs=300_000_000, **kw) == "fused"
 
 
 def test_an_explicit_layout_is_kept():
-    assert split.choose_layout("fused", _cfg(), "tflite", None, "fp32") == "fused"
-    assert split.choose_layout("split", _cfg(top_k=2), "onnx", None, "fp32") == "split"  # check_splittable refuses it
+    assert split.choose_layout("fused", _cfg(), "tflite", None, "fp32", macs=0) == "fused"
+    assert split.choose_layout("split", _cfg(top_k=2), "onnx", None, "fp32", macs=0) == "split"  # check_splittable refuses it
 
 
 def test_auto_jobs_resolve_per_target():
@@ -277,11 +288,14 @@ def test_auto_jobs_resolve_per_target():
 
     jobs, skipped = plan("all", None, "fp32")  # auto: planned as fused, nothing skipped
     assert skipped == [] and {j.experts for j in jobs} == {"auto"}
-    layouts = {j.target: j.experts for j in resolve_layouts(jobs, _cfg(), "gather", "native")}
+    big, small = 300_000_000, 1_000_000  # active MACs per image
+    layouts = {j.target: j.experts for j in resolve_layouts(jobs, _cfg(), big, "gather", "native")}
     assert layouts == {"coreml": "fused", "executorch": "split", "tflite": "split", "onnx": "fused"}
-    token = resolve_layouts(jobs, _cfg(routing="token"), "gather", "native")
+    layouts = {j.target: j.experts for j in resolve_layouts(jobs, _cfg(), small, "gather", "native")}
+    assert layouts == {"coreml": "fused", "executorch": "fused", "tflite": "split", "onnx": "fused"}
+    token = resolve_layouts(jobs, _cfg(routing="token"), big, "gather", "native")
     assert {j.experts for j in token} == {"fused"}
-    decomposed = {j.target: j.experts for j in resolve_layouts(jobs, _cfg(), "gather", "decomposed")}
+    decomposed = {j.target: j.experts for j in resolve_layouts(jobs, _cfg(), big, "gather", "decomposed")}
     assert decomposed["executorch"] == "fused" and decomposed["tflite"] == "split"  # the option applies to XNNPACK only
     with pytest.raises(MvmoeError, match="expected auto"):
         plan("onnx", None, "fp32", "automatic")

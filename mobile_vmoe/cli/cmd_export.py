@@ -19,7 +19,7 @@ DEFAULT_TARGET = "all"  # every target this installation converts, each checked 
 # help texts from the target table
 BACKENDS = " | ".join(f"{b} (default)" if b == T.DEFAULT_BACKEND.get(t) else b for t in T.BACKEND_TARGETS
                       for b in T.BACKENDS if T.find(t, b))
-AUTO_SPLIT = ", ".join(t.label for t in T.TARGETS if t.auto_split)
+AUTO_SPLIT = ", ".join(t.label for t in T.TARGETS if t.auto_split_from)
 SPLIT = ", ".join(t.label for t in T.TARGETS if t.split_precisions)
 SPLIT_INT8 = ", ".join(t.label for t in T.TARGETS if "int8" in t.split_precisions)
 DECOMPOSED = ", ".join(f"{t.label} {'/'.join(t.decomposed_layernorm)}" for t in T.TARGETS if t.decomposed_layernorm)
