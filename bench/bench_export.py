@@ -10,7 +10,7 @@ rounds and ratios of medians. Random weights (latency does not depend on trainin
 
 ``xnnpack`` lowers the model as written (native LayerNorm, on the portable kernel);
 ``--runtimes eager,xnnpack,xnnpack-ln-decomposed`` adds the LayerNorm rewrite of
-`mvmoe export --layer-norm decomposed` (converters.prepare.decompose_layernorm), side by side.
+`mvmoe export --layer-norm decomposed` (converters.layernorm.decompose_layernorm), side by side.
 ``xnnpack-int8`` and ``litert-int8`` are the int8 exports (pt2e static int8 for XNNPACK; LiteRT
 static int8, or dynamic-range where LiteRT cannot allocate static, as `mvmoe export` does),
 calibrated on random images here (latency does not depend on the calibration). ``--split`` adds
@@ -37,7 +37,9 @@ import torch
 
 from converters import executorch as et
 from converters import onnx_export, tflite
-from converters.prepare import decompose_layernorm, export_static, prepare_for_export
+from converters.layernorm import decompose_layernorm
+from converters.static_export import export_static
+from converters.wrapper import prepare_for_export
 from mobile_vmoe import create_model, dense_twin
 from mobile_vmoe.models.flops import profile_flops
 from mobile_vmoe.profile.timing import time_interleaved

@@ -84,7 +84,7 @@ def write_tiny_onnx(m: TinyConvNet, path) -> None:
 
 def write_artifact_meta(path: Path, **keys) -> Path:
     """The .json `mvmoe export` writes beside an artifact: at least its name, size and sha256."""
-    from converters.prepare import tree_sha256
+    from mobile_vmoe.artifact import tree_sha256
 
     size, sha = tree_sha256(path)
     path.with_suffix(".json").write_text(json.dumps({"artifact": path.name, "artifact_size": size,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import tiny_checkpoint
 
-from converters import pipeline
+from converters import apps, pipeline
 from converters import targets as T
 from converters.programs import export_each
 from converters.runner import Runner, SplitChain
@@ -32,7 +32,7 @@ def test_derived_tables():
     assert T.LOADERS == {"executorch": ("mmap", "file"), "litert": ("mmap", "file"), "onnxruntime": ("file",)}
     assert {t.name: t.split_suffix for t in T.TARGETS if t.split_precisions} == {
         "coreml": ".mlpackage", "executorch": ".pte", "tflite": ""}
-    assert pipeline.APP_RUNS == {"ios": {("coreml", None)},
+    assert apps.APP_RUNS == {"ios": {("coreml", None)},
                                  "android": {("tflite", None), ("executorch", "xnnpack"), ("executorch", "portable")}}
 
 
