@@ -162,11 +162,6 @@ class ModelConfig:
         return int(self.width * (self.expert_mlp_ratio or self.mlp_ratio))
 
     @property
-    def router_classes(self) -> int:
-        """How many outputs the per-image router has: one logit per expert."""
-        return self.num_experts
-
-    @property
     def first_moe_block(self) -> int:
         """Index of the first MoE block (== depth for a dense model)."""
         return self.depth - self.moe_blocks if self.is_moe else self.depth
