@@ -35,14 +35,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from converters import executorch as et
-from converters import onnx_export, tflite
+from converters import targets as T
 from converters.layernorm import decompose_layernorm
 from converters.static_export import export_static
 from converters.wrapper import prepare_for_export
 from mobile_vmoe import create_model, dense_twin
 from mobile_vmoe.models.flops import profile_flops
 from mobile_vmoe.profile.timing import time_interleaved
+
+
+# --runtimes name -> the export target and backend that make its artifact
+RUNTIMES = {"xnnpack": ("executorch", "xnnpack"), "litert": ("tflite", None), "onnxruntime": ("onnx", None),
+            "xnnpack-ln-decomposed": ("executorch", "xnnpack"), "xnnpack-int8": ("executorch", "xnnpack"),
+            "litert-int8": ("tflite", None)}
 
 
 def build(variants: dict, runtimes: list[str], workdir: Path, threads: int, fused: bool) -> dict:
@@ -61,14 +66,13 @@ def build(variants: dict, runtimes: list[str], workdir: Path, threads: int, fuse
 
         if "eager" in runtimes:
             runs[(vname, "eager")] = run_eager
-        for rt, mod, kw in (("xnnpack", et, {"backend": "xnnpack"}), ("litert", tflite, {}), ("onnxruntime", onnx_export, {}),
-                            ("xnnpack-ln-decomposed", et, {"backend": "xnnpack"}),
-                            ("xnnpack-int8", et, {"backend": "xnnpack"}), ("litert-int8", tflite, {})):
+        for rt, (target, backend) in RUNTIMES.items():
+            mod, kw = T.module_of(target), ({"backend": backend} if backend else {})
             if rt not in runtimes or (dispatch == "split" and rt not in ("xnnpack", "litert", "xnnpack-int8", "litert-int8")):
                 continue
             if rt.endswith("-int8") and dispatch == "dense":
                 continue  # the all-experts fallback's one-hot gate does not take int8 on LiteRT; not timed in int8
-            path = workdir / f"{model.cfg.name}-{vname}_{rt}{mod.EXT}"
+            path = workdir / f"{model.cfg.name}-{vname}_{rt}{T.find(target, backend).suffix}"
             t0 = time.perf_counter()
             if dispatch == "split":
                 runs[(vname, rt)] = build_split(model, w, x, rt, workdir / f"{model.cfg.name}-{vname}_{rt}", threads, audits)
@@ -100,10 +104,10 @@ def random_calibration(model) -> torch.Tensor:
 def build_split(model, w, x, rt: str, stem: Path, threads: int, audits: dict):
     """The MoE as split programs for ``rt`` (converted, or reused from ``stem``), every tail loaded:
     the timed runs are warm."""
-    from converters import split, targets
+    from converters import split
 
     target = "executorch" if rt.startswith("xnnpack") else "tflite"
-    path = stem.with_name(stem.name + targets.find(target).split_suffix)
+    path = stem.with_name(stem.name + T.find(target).split_suffix)
     precision = "int8" if rt.endswith("-int8") else "fp32"
     if path.exists():
         print(f"  reusing {path.name}", flush=True)
