@@ -9,7 +9,6 @@ tests/test_capacity_study.py) are started here with --help only (that they start
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from helpers import default_run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
@@ -53,7 +54,7 @@ CASES = [
     Case("readme_numbers.py", ("--run", "{tmp}/run", "--root", "{tmp}/docs"),
          "rewrote: README.md, docs/training.md, docs/export.md"),
     # started only; their tiny runs are the tests COVERED names
-    *(Case(s, ("--help",), "usage:", slow=True) for s in ("routing_study.py", "distill_study.py", "study_gpu.py",
+    *(Case(s, ("--help",), "usage:") for s in ("routing_study.py", "distill_study.py", "study_gpu.py",
                                                          "capacity_study.py", "capacity_gpu.py")),
 ]
 # script -> the test that runs it at tiny settings (in process)
@@ -77,14 +78,8 @@ def test_every_bench_script_is_run_somewhere():
 
 
 def fake_default_run(tmp: Path) -> None:
-    """What readme_numbers reads of a finished default run, and copies of the docs it rewrites."""
-    run = tmp / "run"
-    (run / "dense").mkdir(parents=True)
-    (run / "summary.json").write_text(json.dumps({
-        "model": "vmoe-6x64-p8-e5", "top1": 95.5, "top5": 100.0, "router_superclass_top1": 95.0,
-        "superclass_names": ["sc0: 0/5", "sc1: 1/8"], "superclass_sizes": [2, 2], "expert_counts": [180, 180],
-        "expert_entropy": 0.6931, "expert_entropy_max": 0.6931, "num_experts": 2}))
-    (run / "dense" / "summary.json").write_text(json.dumps({"model": "vit-6x64-p8", "top1": 80.5}))
+    """A finished default run's summaries, and copies of the docs readme_numbers rewrites."""
+    default_run_folder(tmp / "run")
     for name in ("README.md", "docs/training.md", "docs/export.md"):
         (tmp / "docs" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / "docs" / name).write_text((ROOT / name).read_text())
