@@ -52,7 +52,7 @@ class ModelConfig:
     expert_mlp_ratio: float = 0.0  # hidden size of one expert / width; 0 = same as mlp_ratio
     routing: str = "image"  # image | token
     router_input: str = "cls"  # per-image router reads the class token or the mean patch token
-    dispatch: str = "auto"  # auto | gather | dense | grouped (see models/experts.py)
+    dispatch: str = "auto"  # auto | gather | dense | grouped (see models/dispatch.py)
     # read by nothing (the router has one output per expert, and training needs one superclass per
     # expert); kept so that configs that set it still load
     num_superclasses: int = 0
