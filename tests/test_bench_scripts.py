@@ -32,10 +32,13 @@ class Case:
 
 
 TINY_EXPORT = ("--model", "vmoe-6x64-p32", "--img-size", "32", "--rounds", "1", "--inner", "1", "--threads", "1")
+SMALL_MOE = ("--set", "depth=3", "width=32", "heads=2", "num_experts=2")  # 3 split programs, small graphs to convert
 CASES = [
     Case("bench_export.py", (*TINY_EXPORT, "--runtimes", "eager"), "| eager |"),
-    Case("bench_export.py", (*TINY_EXPORT, "--runtimes", "eager,xnnpack,litert,onnxruntime,xnnpack-int8,litert-int8",
-                             "--split"), "| xnnpack |", slow=True),
+    Case("bench_export.py", (*TINY_EXPORT, *SMALL_MOE, "--runtimes", "xnnpack,litert,onnxruntime,xnnpack-int8,litert-int8"),
+         "| litert-int8 |", slow=True),
+    Case("bench_export.py", (*TINY_EXPORT, *SMALL_MOE, "--runtimes", "xnnpack,litert,xnnpack-int8,litert-int8", "--split"),
+         "int8 split / int8 dense", slow=True),
     Case("bench_delegation.py", ("--model", "vmoe-6x64-p32", "--layer-norms", "native,decomposed"),
          "| none | decomposed |", slow=True),
     Case("bench_moe.py", ("--model", "vmoe-6x64-p32", "--runs", "2", "--train-runs", "1", "--train-batch", "4",
@@ -85,8 +88,8 @@ def fake_default_run(tmp: Path) -> None:
         (tmp / "docs" / name).write_text((ROOT / name).read_text())
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=f"{c.script} {' '.join(c.args[:2])}",
-                                               marks=[pytest.mark.slow] if c.slow else []) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=f"{c.script}-{i}",
+                                               marks=[pytest.mark.slow] if c.slow else []) for i, c in enumerate(CASES)])
 def test_bench_script_runs_at_tiny_settings(case, tmp_path):
     if case.script == "readme_numbers.py":
         fake_default_run(tmp_path)
