@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 
 from converters import executorch as et
-from converters.prepare import decompose_layernorm, export_static, prepare_for_export
+from converters.layernorm import decompose_layernorm
+from converters.static_export import export_static
+from converters.wrapper import prepare_for_export
 from mobile_vmoe import create_model
 from mobile_vmoe.config import parse_overrides
 

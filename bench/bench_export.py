@@ -10,7 +10,7 @@ rounds and ratios of medians. Random weights (latency does not depend on trainin
 
 ``xnnpack`` lowers the model as written (native LayerNorm, on the portable kernel);
 ``--runtimes eager,xnnpack,xnnpack-ln-decomposed`` adds the LayerNorm rewrite of
-`mvmoe export --layer-norm decomposed` (converters.prepare.decompose_layernorm), side by side.
+`mvmoe export --layer-norm decomposed` (converters.layernorm.decompose_layernorm), side by side.
 ``xnnpack-int8`` and ``litert-int8`` are the int8 exports (pt2e static int8 for XNNPACK; LiteRT
 static int8, or dynamic-range where LiteRT cannot allocate static, as `mvmoe export` does),
 calibrated on random images here (latency does not depend on the calibration). ``--split`` adds
@@ -35,12 +35,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from converters import executorch as et
-from converters import onnx_export, tflite
-from converters.prepare import decompose_layernorm, export_static, prepare_for_export
+from converters import targets as T
+from converters.target_modules import module_of
+from converters.layernorm import decompose_layernorm
+from converters.static_export import export_static
+from converters.wrapper import prepare_for_export
 from mobile_vmoe import create_model, dense_twin
 from mobile_vmoe.models.flops import profile_flops
 from mobile_vmoe.profile.timing import time_interleaved
+
+
+# --runtimes name -> the export target and backend that make its artifact
+RUNTIMES = {"xnnpack": ("executorch", "xnnpack"), "litert": ("tflite", None), "onnxruntime": ("onnx", None),
+            "xnnpack-ln-decomposed": ("executorch", "xnnpack"), "xnnpack-int8": ("executorch", "xnnpack"),
+            "litert-int8": ("tflite", None)}
 
 
 def build(variants: dict, runtimes: list[str], workdir: Path, threads: int, fused: bool) -> dict:
@@ -59,14 +67,13 @@ def build(variants: dict, runtimes: list[str], workdir: Path, threads: int, fuse
 
         if "eager" in runtimes:
             runs[(vname, "eager")] = run_eager
-        for rt, mod, kw in (("xnnpack", et, {"backend": "xnnpack"}), ("litert", tflite, {}), ("onnxruntime", onnx_export, {}),
-                            ("xnnpack-ln-decomposed", et, {"backend": "xnnpack"}),
-                            ("xnnpack-int8", et, {"backend": "xnnpack"}), ("litert-int8", tflite, {})):
+        for rt, (target, backend) in RUNTIMES.items():
+            mod, kw = module_of(target), ({"backend": backend} if backend else {})
             if rt not in runtimes or (dispatch == "split" and rt not in ("xnnpack", "litert", "xnnpack-int8", "litert-int8")):
                 continue
             if rt.endswith("-int8") and dispatch == "dense":
                 continue  # the all-experts fallback's one-hot gate does not take int8 on LiteRT; not timed in int8
-            path = workdir / f"{model.cfg.name}-{vname}_{rt}{mod.EXT}"
+            path = workdir / f"{model.cfg.name}-{vname}_{rt}{T.find(target, backend).suffix}"
             t0 = time.perf_counter()
             if dispatch == "split":
                 runs[(vname, rt)] = build_split(model, w, x, rt, workdir / f"{model.cfg.name}-{vname}_{rt}", threads, audits)
@@ -98,11 +105,11 @@ def random_calibration(model) -> torch.Tensor:
 def build_split(model, w, x, rt: str, stem: Path, threads: int, audits: dict):
     """The MoE as split programs for ``rt`` (converted, or reused from ``stem``), every tail loaded:
     the timed runs are warm."""
-    from converters import split, targets
+    from converters import split
     from converters.target_modules import load_runner
 
     target = "executorch" if rt.startswith("xnnpack") else "tflite"
-    path = stem.with_name(stem.name + targets.find(target).split_suffix)
+    path = stem.with_name(stem.name + T.find(target).split_suffix)
     precision = "int8" if rt.endswith("-int8") else "fp32"
     if path.exists():
         print(f"  reusing {path.name}", flush=True)
@@ -112,7 +119,7 @@ def build_split(model, w, x, rt: str, stem: Path, threads: int, audits: dict):
                                calibration=calib)
         if precision == "int8":
             audits[f"moe-split int8 ({rt})"] = ops
-    run, _ = load_runner(targets.find(target), path, threads, split=True)
+    run, _ = load_runner(T.find(target), path, threads, split=True)
     for e in range(model.cfg.num_experts):
         run.native.tail(e)
     return run

@@ -167,8 +167,9 @@ def bench_index(n: int, sources: list[Path], rounds: int = 2) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mvmoe-index-"))
     try:
         t0 = time.perf_counter()
-        make_links(tmp / "train", n, sources)
-        print(f"\nindexing: {n} hard links in 1000 class folders made in {time.perf_counter() - t0:.0f} s")
+        classes = min(1000, n)  # every class folder gets at least one file (an empty one is refused)
+        make_links(tmp / "train", n, sources, classes)
+        print(f"\nindexing: {n} hard links in {classes} class folders made in {time.perf_counter() - t0:.0f} s")
         times = {"torchvision ImageFolder": [], "mvmoe scan": [], "mvmoe cached index": []}
         cache = tmp / "index.npz"
         folder = tmp / "train"

@@ -2,6 +2,7 @@
 
     uv run python bench/options_study.py --out runs/study-options          # the study (see docs/results.md)
     uv run python bench/options_study.py --summarize --out runs/study-options
+    uv run python bench/options_study.py --quick --out /tmp/options-quick    # SMOKE CHECK only
 
 Design (fixed before any run): the shapes data, the student is the per-image Mobile V-MoE at 6x64
 (patch 8, E = 10, k = 1, the last 2 MLPs MoE, the paper's superclass recipe), 30 epochs, batch 64,
@@ -45,7 +46,11 @@ KEYS = ("model", "top1", "top5", "router_superclass_top1", "macs", "active_param
         "commit")
 
 
-def run_one(arm: str, seed: int, epochs: int, out: Path) -> dict:
+# --quick: the study's steps on tiny data and models (it checks that the script runs, not the claim)
+QUICK = {"data": "shapes:20:4", "student": "3x32", "teacher": "3x64"}
+
+
+def run_one(arm: str, seed: int, epochs: int, out: Path, quick: bool = False) -> dict:
     """Train one run in a worker process (one thread); returns its result row."""
     import torch
 
@@ -54,17 +59,18 @@ def run_one(arm: str, seed: int, epochs: int, out: Path) -> dict:
     torch.set_num_threads(1)
     t0 = time.time()
     if arm in TEACHERS:
-        settings = {**size_settings(TEACHER), **STUDY_SETTINGS, **TEACHERS[arm]}
-        tcfg, bundle = resolve("vit-6x64-p32", DATA, settings, epochs=epochs, seed=seed)
+        settings = {**size_settings(QUICK["teacher"] if quick else TEACHER), **STUDY_SETTINGS, **TEACHERS[arm]}
+        tcfg, bundle = resolve("vit-6x64-p32", QUICK["data"] if quick else DATA, settings, epochs=epochs, seed=seed)
         where = out / arm
         s = train_or_continue(tcfg, bundle, where, "none")
     else:
         where = out / f"seed{seed}" / arm
-        settings = {**size_settings(STUDENT), **STUDY_SETTINGS, "num_experts": EXPERTS, **ARMS[arm]}
+        settings = {**size_settings(QUICK["student"] if quick else STUDENT), **STUDY_SETTINGS, "num_experts": EXPERTS,
+                    **ARMS[arm]}
         if arm in ARM_TEACHER:
             settings["teacher"] = str(out / ARM_TEACHER[arm] / "model.pt")
         sc = "auto" if arm == "base" else str(out / f"seed{seed}" / "base" / "superclasses.json")
-        tcfg, bundle = resolve("vmoe-6x64-p32", DATA, settings, epochs=epochs, seed=seed)
+        tcfg, bundle = resolve("vmoe-6x64-p32", QUICK["data"] if quick else DATA, settings, epochs=epochs, seed=seed)
         s = train_or_continue(tcfg, bundle, where, sc)
     return {"arm": arm, "seed": seed, "epochs": epochs, **{k: s.get(k) for k in KEYS},
             "wall_seconds": round(time.time() - t0, 1), "dir": str(where)}
@@ -94,7 +100,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/study-options"))
     ap.add_argument("--summarize", action="store_true", help="only print the table from OUT/results.json")
     ap.add_argument("--mixed-commits", action="store_true", help="with --summarize: pool runs of different commits")
+    ap.add_argument("--quick", action="store_true", help="SMOKE CHECK: tiny data and models, 1 seed, 1 epoch")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.seeds, a.epochs = 1, 1
+        print("SMOKE CHECK (--quick): tiny data and models, 1 seed, 1 epoch; it checks that the study runs, not the claim")
     res_path = a.out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else []
     if a.summarize:
@@ -110,7 +120,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=max(1, a.jobs)) as pool:
         for phase in phases:
-            futures = [pool.submit(run_one, arm, seed, a.epochs, a.out) for arm, seed in phase if (arm, seed) not in done]
+            futures = [pool.submit(run_one, arm, seed, a.epochs, a.out, a.quick) for arm, seed in phase
+                       if (arm, seed) not in done]
             for f in as_completed(futures):
                 row = f.result()
                 results.append(row)

@@ -84,12 +84,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, help="a finished default run folder (default: train one now)")
     ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if a doc is stale")
+    ap.add_argument("--root", type=Path, default=ROOT, help="the folder holding the docs to rewrite (default: this "
+                    "checkout; another one is for a smoke check on copies)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         vals = values(args.run or train_default(Path(tmp)))
     used, stale = set(), []
     for name in DOCS:
-        path = ROOT / name
+        path = args.root / name
         text = path.read_text()
         used |= {m.group(1) for m in SPAN.finditer(text)}
         new = rewrite(text, vals, name)

@@ -31,7 +31,9 @@ from mobile_vmoe.data.transforms import PREPROCESS
 from mobile_vmoe.errors import MvmoeError
 
 from . import targets as T
-from .prepare import RESIZE, SCALE, EvalImages, spread
+from .images import EvalImages, spread
+from .metadata import RESIZE
+from .wrapper import SCALE
 
 PARITY_SET_IMAGES = 8
 # Largest |logit difference| an app accepts for the parity set; None: top-1 agreement only.

@@ -19,7 +19,7 @@ import torch
 from mobile_vmoe.errors import MvmoeError
 
 from . import targets
-from .prepare import as_args, pt2e_quantize
+from .quantize import as_args, pt2e_quantize
 from .programs import export_each, merge_audits
 from .runner import Runner, SplitChain, first_line, take
 
@@ -29,7 +29,7 @@ PRECISIONS = {t.backend: t.precisions for t in _TS}
 
 def quantize_int8_xnnpack(wrapper, example, calibration) -> torch.export.ExportedProgram:
     """pt2e static int8 (per-channel weights, per-tensor activations), calibrated one call at a time
-    (``example``: a tensor or a tuple of them; ``calibration``: as ``prepare.calibration_args`` takes)."""
+    (``example``: a tensor or a tuple of them; ``calibration``: as ``quantize.calibration_args`` takes)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,

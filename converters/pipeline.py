@@ -21,13 +21,19 @@ from pathlib import Path
 
 import torch
 
+from mobile_vmoe.artifact import tree_sha256
 from mobile_vmoe.artifact_name import artifact_stem
 from mobile_vmoe.checkpoint import load_checkpoint, model_from_checkpoint
 from mobile_vmoe.errors import MvmoeError, did_you_mean
-from mobile_vmoe.fileio import read_json_object, to_json, writable_dir
+from mobile_vmoe.fileio import move_into_place, to_json, writable_dir
 from mobile_vmoe.models.flops import profile_flops
 
-from . import prepare as P
+from .images import EvalImages, eval_images, spread
+from .layernorm import decompose_layernorm, layernorm_option_applies
+from .metadata import build_metadata, checkpoint_identity
+from .parity import check_parity, not_run, parity, reference_logits, run_all
+from .static_export import export_static
+from .wrapper import ExportWrapper, prepare_for_export
 from . import split
 from . import targets as T
 from .app_metadata import app_metadata
@@ -107,7 +113,7 @@ def resolve_layouts(jobs: list[ExportJob], cfg, macs: int, dispatch: str, layer_
     (converters.split.choose_layout)."""
     return [dataclasses.replace(j, experts=choose_layout(
         j.experts, cfg, j.target, j.backend, j.precision, macs=macs, dispatch=dispatch,
-        decomposed_layernorm=layer_norm == "decomposed" and P.layernorm_option_applies(j.target, j.backend, j.precision)))
+        decomposed_layernorm=layer_norm == "decomposed" and layernorm_option_applies(j.target, j.backend, j.precision)))
         for j in jobs]
 
 
@@ -117,9 +123,9 @@ class Source:
 
     ckpt: dict
     model: object
-    wrapper: P.ExportWrapper
+    wrapper: ExportWrapper
     ep: object  # the static ExportedProgram of ``wrapper``
-    images: P.EvalImages
+    images: EvalImages
     inputs: object  # (N, C, H, W) what the artifact is fed for parity
     calibration: object  # (n, C, H, W) int8 calibration images, spread over the split
     reference: object  # (N, classes) PyTorch logits
@@ -153,7 +159,7 @@ def make_out_dir(out_dir: Path) -> None:
     writable_dir(out_dir, "--out")
 
 
-def require_real_images(images: P.EvalImages, jobs: list[ExportJob]) -> None:
+def require_real_images(images: EvalImages, jobs: list[ExportJob]) -> None:
     """fp16/int8 are judged (and int8 calibrated) on real images only; random pixels would pass
     any quantization."""
     lossy = sorted({j.precision for j in jobs if j.precision != "fp32"})
@@ -197,7 +203,7 @@ def check_overwrite(paths: list[Path], identity: dict, force: bool) -> None:
                              "or --out another folder")
 
 
-def early_checks(cfg, images: P.EvalImages, jobs: list[ExportJob], parity_data: str | None, say) -> None:
+def early_checks(cfg, images: EvalImages, jobs: list[ExportJob], parity_data: str | None, say) -> None:
     """What can refuse the export from the model's config and the images alone, before any
     export or conversion work: split layouts, real images for fp16/int8, calibration classes."""
     for j in jobs:
@@ -216,44 +222,44 @@ def load_source(checkpoint, dispatch: str, fused_attention: bool, bake_preproces
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model, ckpt = model_from_checkpoint(ckpt)
     data = ckpt.get("data") or {}
-    wrapper = P.prepare_for_export(model, dispatch=dispatch, fused_attention=fused_attention,
-                                   bake_preprocessing=bake_preprocessing, mean=data.get("mean"), std=data.get("std"))
-    images = P.eval_images(ckpt, count=count, spec=parity_data)
+    wrapper = prepare_for_export(model, dispatch=dispatch, fused_attention=fused_attention,
+                                 bake_preprocessing=bake_preprocessing, mean=data.get("mean"), std=data.get("std"))
+    images = eval_images(ckpt, count=count, spec=parity_data)
     if early is not None:
         early(model.cfg, images)
     check()
     inputs = images.inputs(bake_preprocessing)  # (N, C, H, W)
-    ep = P.export_static(wrapper, inputs[:1].clone())  # raises MvmoeError if anything is dynamic
+    ep = export_static(wrapper, inputs[:1].clone())  # raises MvmoeError if anything is dynamic
     check()
-    reference = P.reference_logits(wrapper, inputs[:parity_images])
+    reference = reference_logits(wrapper, inputs[:parity_images])
     check()
-    return Source(ckpt, model, wrapper, ep, images, inputs[:parity_images], inputs[P.spread(len(inputs), calibration_images)],
-                  reference, profile_flops(model, dispatch=dispatch).macs, P.checkpoint_identity(checkpoint))
+    return Source(ckpt, model, wrapper, ep, images, inputs[:parity_images], inputs[spread(len(inputs), calibration_images)],
+                  reference, profile_flops(model, dispatch=dispatch).macs, checkpoint_identity(checkpoint))
 
 
 def convert_and_check(src: Source, job: ExportJob, path: Path, *, dispatch: str, layer_norm: str, fp32_tol: float,
                       max_top1_drop: float | None, say) -> dict:
     """Convert one job into ``path`` (inside a temporary folder), run parity; -> the metadata."""
     experts = job.experts
-    meta = P.build_metadata(src.ckpt, src.wrapper, target=job.target, backend=job.backend, precision=job.precision,
-                            artifact=path.name, dispatch="split" if experts == "split" else dispatch, macs=src.macs,
-                            parity_result=P.not_run("not run yet"), ops={}, source=src.identity)
+    meta = build_metadata(src.ckpt, src.wrapper, target=job.target, backend=job.backend, precision=job.precision,
+                          artifact=path.name, dispatch="split" if experts == "split" else dispatch, macs=src.macs,
+                          parity_result=not_run("not run yet"), ops={}, source=src.identity)
     meta["expert_layout"] = experts if src.wrapper.per_image_moe else None
     ops, (run, why) = convert_one(src, job, path, meta, layer_norm)
     check()  # a library that swallowed Ctrl-C has returned: stop now
     if run is None:
-        par = P.not_run(why, images=0)
+        par = not_run(why, images=0)
     else:
         say(f"{path.stem}: parity on {len(src.reference)} images")
         labels = src.images.labels[: len(src.reference)] if src.images.labels is not None else None
-        par = P.parity(src.reference, P.run_all(run, src.inputs), labels)
+        par = parity(src.reference, run_all(run, src.inputs), labels)
         if experts == "split":
             par["tails_used"] = run.native.tail_loads  # distinct experts the parity images chose
     par.update(images_source=src.images.source, data=src.images.data)
-    size, digest = P.tree_sha256(path)
+    size, digest = tree_sha256(path)
     meta.update(parity=par, ops=ops, artifact_size=size, artifact_sha256=digest)
     meta.update(app_metadata(src.ckpt, src.wrapper, src.images, meta))  # parity set, preprocessing, runtime
-    failure = P.check_parity(par, job.precision, fp32_tol, max_top1_drop)
+    failure = check_parity(par, job.precision, fp32_tol, max_top1_drop)
     if failure:
         raise MvmoeError(f"parity failed: {failure}")
     return meta
@@ -271,10 +277,10 @@ def convert_one(src: Source, job: ExportJob, path: Path, meta: dict, layer_norm:
         return ops, load_runner(T.find(job.target, job.backend), path, split=True)
     mod = module_of(job.target)
     wrapper, ep = src.wrapper, src.ep
-    if layer_norm == "decomposed" and P.layernorm_option_applies(job.target, job.backend, job.precision):
+    if layer_norm == "decomposed" and layernorm_option_applies(job.target, job.backend, job.precision):
         # parity is still against the native-LayerNorm reference
-        wrapper = P.decompose_layernorm(copy.deepcopy(src.wrapper))
-        ep = P.export_static(wrapper, example)
+        wrapper = decompose_layernorm(copy.deepcopy(src.wrapper))
+        ep = export_static(wrapper, example)
     meta["layer_norm"] = "decomposed" if wrapper is not src.wrapper else "native"
     with torch.no_grad():
         ops = mod.convert(wrapper, ep, example, path, precision=job.precision, backend=job.backend,
@@ -293,8 +299,8 @@ def export_job(src: Source, job: ExportJob, out_dir: Path, path: Path, *, say, v
             meta = convert_and_check(src, job, tmp / path.name, say=say, **kw)
         with held():  # both files or neither
             (tmp / f"{path.stem}.json").write_text(to_json(meta, indent=1, what=f"{path.stem}.json"))
-            _install(tmp / path.name, path)
-            _install(tmp / f"{path.stem}.json", path.with_suffix(".json"))
+            move_into_place(tmp / path.name, path)
+            move_into_place(tmp / f"{path.stem}.json", path.with_suffix(".json"))
         res.artifact, res.metadata = path, meta
     except MvmoeError as e:
         res.error = str(e)
@@ -328,7 +334,7 @@ def export_checkpoint(checkpoint, target: str = "all", backend: str | None = Non
     """Export one checkpoint to the chosen targets. Keeps going after a target fails; each
     result carries its error. ``progress(str)`` is called with one line per step if given.
     ``layer_norm="decomposed"`` rewrites LayerNorm for ExecuTorch XNNPACK fp32 jobs (see
-    converters.prepare.decompose_layernorm); other jobs keep the native op. ``parity_data``: a
+    converters.layernorm.decompose_layernorm); other jobs keep the native op. ``parity_data``: a
     dataset for parity and calibration (build_data spec) instead of the checkpoint's own.
     An existing artifact from another checkpoint is replaced only with ``force``. Libraries'
     own output is hidden unless ``verbose``. Ctrl-C raises KeyboardInterrupt and leaves no files.
@@ -364,66 +370,3 @@ def export_checkpoint(checkpoint, target: str = "all", backend: str | None = Non
     for s in skipped:
         say(f"skipped: {s}")
     return results
-
-
-# ------------------------------------------------------------------------------------- install
-def _install(src: Path, dst: Path) -> None:
-    """Move ``src`` (file or .mlpackage folder) onto ``dst`` atomically; an old ``dst`` is replaced."""
-    if src.is_dir() and dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-
-
-# -------------------------------------------------------------------------------------- demo apps
-# What each demo app runs (apps/*/README.md), from the target records' ``apps``; where it looks
-# for models is converters.targets.APP_DIRS.
-APP_RUNS = {app: {(t.name, t.backend) for t in T.TARGETS if app in t.apps} for app in T.APP_DIRS}
-
-
-def app_runs_text(app: str) -> str:
-    """"the iOS demo app runs coreml (.mlpackage) artifacts only", from the target table."""
-    labels = [f"{t.label} ({t.suffix})" for t in T.TARGETS if app in t.apps]
-    return f"the {T.APP_NAMES[app]} demo app runs {', '.join(labels)} artifacts only"
-
-
-def check_app(app: str) -> None:
-    if app not in T.APP_DIRS:
-        raise MvmoeError(f"--app {app!r}: expected ios or android")
-
-
-def app_runs(app: str, target: str, backend: str | None) -> bool:
-    check_app(app)
-    return (target, backend) in APP_RUNS[app]
-
-
-def project_root() -> Path:
-    """The source checkout this package lives in (the folder holding apps/), whatever the cwd."""
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "apps" / "ios_demo").is_dir() and (parent / "apps" / "android_demo").is_dir():
-            return parent
-    raise MvmoeError(f"--app needs the demo apps of a source checkout; none is around {Path(__file__).resolve().parent}")
-
-
-def copy_to_app(artifact: Path, app: str, root: Path | None = None) -> Path:
-    """Copy an artifact and its .json into a demo app's model folder, atomically; only what the
-    app runs (by the .json's target and backend). ``root``: the project folder (default: the
-    checkout this package lives in). Returns the folder."""
-    check_app(app)
-    artifact = Path(artifact)
-    meta_path = artifact.with_suffix(".json")
-    if not meta_path.is_file():
-        raise MvmoeError(f"{meta_path} not found: an app needs the .json beside {artifact.name}")
-    meta = read_json_object(meta_path)
-    if not app_runs(app, meta.get("target"), meta.get("backend")):
-        raise MvmoeError(f"not copying {artifact.name}: {app_runs_text(app)}")
-    dest = (root if root is not None else project_root()) / T.APP_DIRS[app]
-    dest.mkdir(parents=True, exist_ok=True)
-    for src in (artifact, meta_path):
-        tmp = dest / f".{src.name}.tmp-{os.getpid()}"
-        shutil.copytree(src, tmp) if src.is_dir() else shutil.copyfile(src, tmp)
-        _install(tmp, dest / src.name)
-    return dest

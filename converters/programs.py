@@ -1,5 +1,6 @@
 """What every target's split conversion shares: the programs of a wrapper, their int8 calibration
-sets, exporting them one by one, the .json's program table and one audit for all programs.
+sets, exporting them one by one, the .json's program table (its format is in mobile_vmoe.artifact)
+and one audit for all programs.
 
 The programs themselves (trunk and per-expert tails) are built by the model package
 (mobile_vmoe.models.programs); each target module converts them (``convert_split``) and runs them
@@ -13,15 +14,12 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from mobile_vmoe.artifact import TAIL_INPUTS, TRUNK_OUTPUTS, make_program_table
 from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.models.programs import trunk_and_tails
 
 from . import targets as T
-from .prepare import audit_static
-
-TRUNK_OUTPUTS = ["stream", "expert_index", "gate", "expert_probs"]
-TAIL_INPUTS = ["stream", "gate"]
-CHAIN = "trunk(image) -> stream, expert_index, gate, expert_probs; tail_<expert_index>(stream, gate) -> logits"
+from .static_export import audit_static
 
 Programs = dict[str, tuple[nn.Module, tuple]]  # name -> (module, example args)
 
@@ -68,11 +66,8 @@ def export_each(progs: Programs, quantize: Callable | None = None, calibration: 
 
 
 def program_table(progs: Programs, target: str, artifact: str) -> dict:
-    """The .json's "programs": names, files, inputs and outputs with shapes, and the chain. Where the
-    target's split artifact is a folder (split suffix ""), each program is its own file."""
-    def shapes(ts):
-        return [list(t.shape) for t in ts]
-
+    """The .json's "programs" (mobile_vmoe.artifact.make_program_table) with the shapes of ``progs``.
+    Where the target's split artifact is a folder (split suffix ""), each program is its own file."""
     record = T.find(target)
     folder = record is not None and record.split_suffix == ""
     file_of = (lambda n: f"{n}{record.suffix}") if folder else (lambda n: artifact)
@@ -80,13 +75,10 @@ def program_table(progs: Programs, target: str, artifact: str) -> dict:
     with torch.no_grad():
         outs = trunk(image)
         tail, (stream, gate) = progs["tail_0"]
-        logits_shape = list(tail(stream, gate).shape)
-    tails = [{"expert": int(name.split("_")[1]), "name": name, "file": file_of(name), "inputs": TAIL_INPUTS,
-              "outputs": ["logits"]} for name in progs if name.startswith("tail_")]
-    return {"chain": CHAIN,
-            "trunk": {"name": "trunk", "file": file_of("trunk"), "inputs": ["image"], "outputs": TRUNK_OUTPUTS,
-                      "input_shapes": [list(image.shape)], "output_shapes": shapes(outs)},
-            "tail_input_shapes": shapes((stream, gate)), "tail_output_shapes": [logits_shape], "tails": tails}
+        logits = tail(stream, gate)
+    experts = [int(name.split("_")[1]) for name in progs if name.startswith("tail_")]
+    return make_program_table(file_of, experts, list(image.shape), [list(t.shape) for t in outs],
+                              [list(stream.shape), list(gate.shape)], list(logits.shape))
 
 
 def merge_audits(audits: dict[str, dict]) -> dict:

@@ -16,7 +16,7 @@ from mobile_vmoe.errors import MvmoeError
 
 from . import targets
 from .interrupt import check
-from .prepare import as_args, pt2e_quantize
+from .quantize import as_args, pt2e_quantize
 from .programs import calibration_sets, merge_audits
 from .runner import Runner, SplitChain, first_line, take
 

@@ -5,7 +5,8 @@
 
 The dispatch appears only when it is not the default ``gather``, so a ``--dispatch dense`` export
 never replaces the gather one. ``converters.pipeline`` names artifacts with ``artifact_stem``;
-``profile.report`` reads names back with ``parse_artifact_name``.
+``profile.report`` reads a name back with ``parse_artifact_name`` only for a measurement that carries
+no keys from the artifact's .json (an app's benchmark file).
 """
 
 from __future__ import annotations

@@ -52,8 +52,10 @@ class ModelConfig:
     expert_mlp_ratio: float = 0.0  # hidden size of one expert / width; 0 = same as mlp_ratio
     routing: str = "image"  # image | token
     router_input: str = "cls"  # per-image router reads the class token or the mean patch token
-    dispatch: str = "auto"  # auto | gather | dense | grouped (see models/experts.py)
-    num_superclasses: int = 0  # router targets; 0 = num_experts (one superclass per expert)
+    dispatch: str = "auto"  # auto | gather | dense | grouped (see models/dispatch.py)
+    # read by nothing (the router has one output per expert, and training needs one superclass per
+    # expert); kept so that configs that set it still load
+    num_superclasses: int = 0
     # prob: a k=1 gate is the router's probability (V-MoE, Switch); unit: the chosen gates sum to 1
     # for every k (k=1: value 1, gradient of log p), so an upcycled MoE starts as its dense model
     gate: str = "prob"
@@ -160,11 +162,6 @@ class ModelConfig:
     @property
     def expert_hidden(self) -> int:
         return int(self.width * (self.expert_mlp_ratio or self.mlp_ratio))
-
-    @property
-    def router_classes(self) -> int:
-        """How many outputs the per-image router has: one logit per expert."""
-        return self.num_experts
 
     @property
     def first_moe_block(self) -> int:

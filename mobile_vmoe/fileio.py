@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,19 @@ def writable_dir(path: str | os.PathLike, what: str = "--out", create: bool = Tr
     except OSError as e:
         raise MvmoeError(f"{what} {path}: cannot write there ({e.strerror or e})") from None
     return path
+
+
+def move_into_place(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Move ``src`` (a file or a folder such as an .mlpackage) onto ``dst`` atomically, on one file
+    system; an old ``dst`` is replaced (a folder: renamed aside, then removed)."""
+    src, dst = Path(src), Path(dst)
+    if src.is_dir() and dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -84,7 +84,7 @@ def write_tiny_onnx(m: TinyConvNet, path) -> None:
 
 def write_artifact_meta(path: Path, **keys) -> Path:
     """The .json `mvmoe export` writes beside an artifact: at least its name, size and sha256."""
-    from converters.prepare import tree_sha256
+    from mobile_vmoe.artifact import tree_sha256
 
     size, sha = tree_sha256(path)
     path.with_suffix(".json").write_text(json.dumps({"artifact": path.name, "artifact_size": size,
@@ -138,3 +138,14 @@ def decode_rgb8(entry: dict, height: int, width: int) -> np.ndarray:
     raw = base64.b64decode(entry["rgb"])
     assert len(raw) == height * width * 3, f"parity_set image has {len(raw)} bytes, expected {height}x{width}x3"
     return np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+
+
+def default_run_folder(run: Path) -> Path:
+    """What bench/readme_numbers.py reads of a finished default run: summary.json and dense/summary.json."""
+    (run / "dense").mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({
+        "model": "vmoe-6x64-p8-e5", "top1": 95.5555, "top5": 100.0, "router_superclass_top1": 95.8333,
+        "superclass_names": ["sc0: 0/5", "sc1: 1/8"], "superclass_sizes": [2, 2], "expert_counts": [180, 180],
+        "expert_entropy": 0.6931, "expert_entropy_max": 0.6931, "num_experts": 2}))
+    (run / "dense" / "summary.json").write_text(json.dumps({"model": "vit-6x64-p8", "top1": 80.8333}))
+    return run

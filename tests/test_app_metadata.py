@@ -11,7 +11,8 @@ import torch
 
 from helpers import decode_rgb8, save_tiny_checkpoint, tiny_moe
 from converters import app_metadata as A
-from converters import prepare as P
+from converters.images import EvalImages
+from converters.wrapper import prepare_for_export
 
 MEAN, STD = [0.5, 0.25, 0.125], [0.25, 0.5, 1.0]
 
@@ -75,16 +76,16 @@ def test_model_input_by_hand():
 
 @pytest.mark.parametrize("baked", [False, True])
 def test_parity_set_logits_are_the_wrappers_on_the_stored_bytes(baked):
-    wrapper = P.prepare_for_export(tiny_moe(4, 3, seed=0), bake_preprocessing=baked, mean=MEAN, std=STD)
+    wrapper = prepare_for_export(tiny_moe(4, 3, seed=0), bake_preprocessing=baked, mean=MEAN, std=STD)
     g = torch.Generator().manual_seed(3)
     raw = torch.rand(20, 3, 16, 16, generator=g) * 255  # not integers: the set stores rounded bytes
-    images = P.EvalImages((raw / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1),
+    images = EvalImages((raw / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1),
                           raw, torch.arange(20) % 4, "test")
     ps = A.parity_set(wrapper, images, meta_input(baked), "fp32", count=5)
     ps = json.loads(json.dumps(ps))  # what the app reads
     assert (ps["encoding"], ps["height"], ps["width"], ps["max_abs_diff_tol"]) == ("rgb8-base64", 16, 16, 1e-3)
     assert [e["label"] for e in ps["images"]] == [0, 1, 2, 2, 3]  # spread(20, 5) = 0, 5, 10, 14, 19 (mod 4)
-    plain = P.prepare_for_export(tiny_moe(4, 3, seed=0), mean=MEAN, std=STD)
+    plain = prepare_for_export(tiny_moe(4, 3, seed=0), mean=MEAN, std=STD)
     for e in ps["images"]:
         rgb = decode_rgb8(e, 16, 16)  # (16, 16, 3)
         x = (torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) \
@@ -136,7 +137,7 @@ def test_exported_json_parity_set_matches_pytorch_and_the_artifact(tmp_path):
     ps = meta["parity_set"]
     assert len(ps["images"]) == 8 and ps["source"].startswith("digits val split")
     torch_model, _ = model_from_checkpoint(str(ckpt))
-    wrapper = P.prepare_for_export(torch_model, mean=data.mean, std=data.std)
+    wrapper = prepare_for_export(torch_model, mean=data.mean, std=data.std)
     sess = ort.InferenceSession(str(r.artifact), providers=["CPUExecutionProvider"])
     for e in ps["images"]:
         x = A.model_input(decode_rgb8(e, 16, 16)[None], data.mean, data.std, baked=False)  # (1, 3, 16, 16)

@@ -290,7 +290,9 @@ def test_kotlin_pipeline_on_a_real_model_and_export_metadata(kotlin_build, tmp_p
     (ExportWrapper, in torch) -> Kotlin decoding: what the app shows is what the model says."""
     from helpers import tiny_moe
 
-    from converters.prepare import build_metadata, not_run, prepare_for_export
+    from converters.metadata import build_metadata
+    from converters.parity import not_run
+    from converters.wrapper import prepare_for_export
 
     model = tiny_moe(10, 3, img_size=32).eval()
     labels = [f"digit {i}, the number" for i in range(10)]  # human names (data.labels) beside the folder ids
@@ -500,7 +502,7 @@ def test_sample_check_is_the_wrapper_on_the_app_preprocessing(baked):
     from PIL import Image
 
     from converters import app_metadata as A
-    from converters.prepare import prepare_for_export
+    from converters.wrapper import prepare_for_export
 
     model = tiny_moe(7, 3, seed=0).eval()
     wrapper = prepare_for_export(model, bake_preprocessing=baked, mean=mg.MEAN, std=mg.STD)

@@ -129,7 +129,8 @@ def test_train_with_a_wrong_count_is_one_line(tmp_path):
 
 def test_export_metadata_labels_and_ids(tmp_path):
     """The .json's labels are the checkpoint's names when it has them, label_ids its class ids."""
-    from converters.prepare import build_metadata, prepare_for_export
+    from converters.metadata import build_metadata
+    from converters.wrapper import prepare_for_export
     from helpers import tiny_moe
 
     model = tiny_moe(3, 2)

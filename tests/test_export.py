@@ -14,7 +14,11 @@ import torch
 import torch.nn as nn
 
 from helpers import tiny_moe
-from converters import prepare as P
+from converters.layernorm import DecomposedLayerNorm, decompose_layernorm
+from converters.parity import check_parity, not_run, parity
+from converters.quantize import pt2e_quantize
+from converters.static_export import audit_static
+from converters.wrapper import prepare_for_export
 from converters.pipeline import export_checkpoint, plan
 from mobile_vmoe import create_model
 from mobile_vmoe.artifact_name import artifact_stem
@@ -64,13 +68,13 @@ def exported(tiny_ckpt, tmp_path_factory):
 def test_baked_preprocessing_hand_numbers():
     """mean 0.5, std 0.25: pixel 255 -> (1 - 0.5) / 0.25 = 2, pixel 0 -> -2, pixel 51 -> (0.2-0.5)/0.25 = -1.2."""
     model = tiny_moe(3, 2)
-    w = P.prepare_for_export(model, bake_preprocessing=True, mean=[0.5] * 3, std=[0.25] * 3)
+    w = prepare_for_export(model, bake_preprocessing=True, mean=[0.5] * 3, std=[0.25] * 3)
     raw = torch.tensor([255.0, 0.0, 51.0]).view(1, 3, 1, 1)
     got = w.preprocess(raw)
     assert torch.allclose(got.flatten(), torch.tensor([2.0, -2.0, -1.2]), atol=1e-6)
     # The wrapped copy gives the model's numbers; the original keeps its dispatch and attention.
     x = torch.rand(1, 3, 16, 16) * 255
-    plain = P.prepare_for_export(model)
+    plain = prepare_for_export(model)
     with torch.no_grad():
         assert torch.allclose(w(x)[0], plain((x / 255 - 0.5) / 0.25)[0], atol=1e-5)
         assert torch.allclose(plain((x / 255 - 0.5) / 0.25)[0], model.eval()((x / 255 - 0.5) / 0.25), atol=1e-5)
@@ -80,7 +84,7 @@ def test_baked_preprocessing_hand_numbers():
 
 def test_expert_probs_are_router_softmax():
     model = tiny_moe(3, 4).eval()
-    w = P.prepare_for_export(model)
+    w = prepare_for_export(model)
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         logits, probs = w(x)
@@ -93,7 +97,7 @@ def test_expert_probs_are_router_softmax():
 def test_decomposed_layernorm_hand_numbers_and_equality():
     """x = [1, 2, 3, 4]: mean 2.5, variance 1.25, so (x - 2.5) / sqrt(1.25) = [-1.3416, -0.4472, 0.4472, 1.3416]."""
     ln = nn.LayerNorm(4, eps=0.0)
-    d = P.DecomposedLayerNorm(ln)
+    d = DecomposedLayerNorm(ln)
     x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     assert torch.allclose(d(x), torch.tensor([[-1.3416, -0.4472, 0.4472, 1.3416]]), atol=1e-4)
     with torch.no_grad():
@@ -101,8 +105,8 @@ def test_decomposed_layernorm_hand_numbers_and_equality():
         ln.bias.fill_(0.5)
     assert torch.allclose(d(x), torch.tensor([[-0.8416, -0.3944, 0.9472, 1.8416]]), atol=1e-4)
     model = tiny_moe(3, 2).eval()
-    w = P.prepare_for_export(model)
-    wd = P.decompose_layernorm(P.prepare_for_export(model))
+    w = prepare_for_export(model)
+    wd = decompose_layernorm(prepare_for_export(model))
     assert not any(isinstance(m, nn.LayerNorm) for m in wd.modules())  # the router's LayerNorm (B, D) too
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
@@ -117,17 +121,17 @@ class _Branchy(nn.Module):
 def test_audit_rejects_data_dependent_control_flow():
     ep = torch.export.export(_Branchy(), (torch.randn(1, 4),), strict=False)
     with pytest.raises(MvmoeError, match="data-dependent control flow"):
-        P.audit_static(ep)
+        audit_static(ep)
 
 
 def test_audit_rejects_symbolic_batch_and_accepts_the_moe():
     model = tiny_moe(3, 2)
-    w = P.prepare_for_export(model)
+    w = prepare_for_export(model)
     x = torch.randn(2, 3, 16, 16)
     dyn = torch.export.export(w, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=8)},), strict=False)
     with pytest.raises(MvmoeError, match="symbolic shape"):
-        P.audit_static(dyn)
-    audit = P.audit_static(torch.export.export(w, (x[:1],), strict=False))
+        audit_static(dyn)
+    audit = audit_static(torch.export.export(w, (x[:1],), strict=False))
     assert audit["aten_ops"]["topk.default"] == 1  # the router, once per image
     assert audit["aten_ops"]["index_select.default"] == 8  # 4 stacked tensors x 2 MoE blocks
 
@@ -135,14 +139,14 @@ def test_audit_rejects_symbolic_batch_and_accepts_the_moe():
 def test_parity_hand_numbers():
     ref = np.array([[1.0, 0.0], [0.0, 1.0], [3.0, 2.0]], dtype=np.float32)
     got = np.array([[0.5, 0.0], [1.0, 0.9], [3.0, 2.0]], dtype=np.float32)
-    p = P.parity(ref, got, torch.tensor([0, 0, 1]))
+    p = parity(ref, got, torch.tensor([0, 0, 1]))
     assert p["max_abs_diff"] == 1.0
     assert p["top1_agreement"] == pytest.approx(2 / 3)
     assert p["reference_top1"] == pytest.approx(1 / 3) and p["artifact_top1"] == pytest.approx(2 / 3)
-    assert P.check_parity(p, "fp32") is not None  # 1.0 > 1e-4
-    assert P.check_parity(p, "int8", max_top1_drop=0.34) is None  # 66.7% >= 66%
-    assert "66.7%" in P.check_parity(p, "int8", max_top1_drop=0.2)
-    assert P.check_parity(P.not_run("no macOS"), "fp32") is None
+    assert check_parity(p, "fp32") is not None  # 1.0 > 1e-4
+    assert check_parity(p, "int8", max_top1_drop=0.34) is None  # 66.7% >= 66%
+    assert "66.7%" in check_parity(p, "int8", max_top1_drop=0.2)
+    assert check_parity(not_run("no macOS"), "fp32") is None
 
 
 def test_plan_names_and_bad_combinations():
@@ -178,7 +182,7 @@ def test_every_target_exports_with_parity(exported):
         assert r.ok, (key, r.error, r.notes)
         p = r.metadata["parity"]
         if key[0] == "coreml":
-            assert p == {**P.not_run("Core ML prediction needs macOS"), "images_source": p["images_source"], "data": "digits"}
+            assert p == {**not_run("Core ML prediction needs macOS"), "images_source": p["images_source"], "data": "digits"}
         else:
             assert p["ran"] and p["images"] == 16 and p["max_abs_diff"] < 1e-4 and p["top1_agreement"] == 1.0
             assert p["images_source"].startswith("digits val split") and p["data"] == "digits"
@@ -280,7 +284,7 @@ def test_failed_parity_leaves_nothing_behind(tiny_ckpt, tmp_path):
 
 
 def test_copy_to_app_puts_artifact_and_json_where_the_apps_look(tmp_path):
-    from converters.pipeline import copy_to_app
+    from converters.apps import copy_to_app
     from converters.targets import APP_DIRS
 
     src = tmp_path / "exports"
@@ -340,13 +344,13 @@ def test_pt2e_quantize_calibrates_one_image_at_a_time(monkeypatch):
     net = nn.Sequential(nn.Linear(8, 4)).eval()
     calib = torch.randn(6, 8)
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    q = P.pt2e_quantize(net, calib[:1], calib, quantizer)
+    q = pt2e_quantize(net, calib[:1], calib, quantizer)
     assert seen == [(1, 8)] * 6
     with torch.no_grad():
         assert torch.allclose(q(calib[2:3]), net(calib[2:3]), atol=0.05)
     from converters import executorch, tflite
 
-    assert executorch.pt2e_quantize is P.pt2e_quantize and tflite.pt2e_quantize is P.pt2e_quantize
+    assert executorch.pt2e_quantize is pt2e_quantize and tflite.pt2e_quantize is pt2e_quantize
 
 
 def test_litert_int8_io_is_fed_and_read_as_float():

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from helpers import DIGITS, tiny_checkpoint
-from converters import pipeline
-from converters import prepare as P
+from converters import apps, pipeline
 from converters import target_modules
+from converters.images import eval_images
 from converters import targets as T
 from mobile_vmoe.errors import MvmoeError
 
@@ -104,7 +104,7 @@ def test_parity_data_replaces_the_missing_dataset(fake, tmp_path):
 def test_parity_data_images_are_fed_with_the_checkpoint_normalisation(tmp_path):
     """digits normalises with its own mean/std; the model expects the checkpoint's (0.5, 0.5 here)."""
     ckpt = torch.load(tiny_checkpoint(tmp_path / "a.pt"), weights_only=True)
-    imgs = P.eval_images(ckpt, count=5, spec="digits")
+    imgs = eval_images(ckpt, count=5, spec="digits")
     assert imgs.data == "digits" and imgs.labels is not None and len(imgs.labels) == 5
     assert torch.allclose(imgs.normalised, (imgs.raw / 255 - 0.5) / 0.5, atol=1e-5)
     assert 0 <= float(imgs.raw.min()) and float(imgs.raw.max()) <= 255
@@ -157,21 +157,21 @@ def test_app_copies_only_what_the_app_runs(tmp_path):
     et_coreml = _artifact(ex, "m_executorch-coreml_fp16.pte", "executorch", "coreml")
     et_xnn = _artifact(ex, "m_executorch-xnnpack_fp32.pte", "executorch", "xnnpack")
     with pytest.raises(MvmoeError, match=r"iOS demo app runs coreml \(\.mlpackage\) artifacts only"):
-        pipeline.copy_to_app(onnx, "ios", root=tmp_path)
+        apps.copy_to_app(onnx, "ios", root=tmp_path)
     for art in (onnx, et_coreml):
         with pytest.raises(MvmoeError, match="Android demo app runs"):
-            pipeline.copy_to_app(art, "android", root=tmp_path)
-    dest = pipeline.copy_to_app(et_xnn, "android", root=tmp_path)
+            apps.copy_to_app(art, "android", root=tmp_path)
+    dest = apps.copy_to_app(et_xnn, "android", root=tmp_path)
     assert sorted(p.name for p in dest.iterdir()) == ["m_executorch-xnnpack_fp32.json", "m_executorch-xnnpack_fp32.pte"]
 
 
 def test_app_folder_is_this_checkout_whatever_the_cwd(tmp_path, monkeypatch):
-    repo = Path(pipeline.__file__).resolve().parents[1]
+    repo = Path(apps.__file__).resolve().parents[1]
     monkeypatch.chdir(tmp_path)
-    assert pipeline.project_root() == repo
-    monkeypatch.setattr(pipeline, "project_root", lambda: tmp_path / "checkout")
+    assert apps.project_root() == repo
+    monkeypatch.setattr(apps, "project_root", lambda: tmp_path / "checkout")
     art = _artifact(tmp_path / "exports", "m_tflite_fp32.tflite", "tflite")
-    assert pipeline.copy_to_app(art, "android") == tmp_path / "checkout" / T.APP_DIRS["android"]
+    assert apps.copy_to_app(art, "android") == tmp_path / "checkout" / T.APP_DIRS["android"]
     assert not (tmp_path / "apps").exists()
 
 
@@ -189,7 +189,7 @@ def test_cli_app_copies_what_the_app_runs_and_says_where(fake, tmp_path, monkeyp
     from mobile_vmoe.cli import app
 
     monkeypatch.setattr(target_modules, "module_for", lambda record: fake)  # tflite through the fake converter
-    monkeypatch.setattr(pipeline, "project_root", lambda: tmp_path / "checkout")
+    monkeypatch.setattr(apps, "project_root", lambda: tmp_path / "checkout")
     ckpt = tiny_checkpoint(tmp_path / "a.pt")
     r = CliRunner().invoke(app, ["export", str(ckpt), "--target", "tflite", "--out", str(tmp_path / "out"),
                                  "--parity-images", "4", "--app", "android", "--experts", "fused"])
@@ -294,7 +294,7 @@ def test_quiet_hides_library_output_but_not_ours(verbose, tmp_path):
     """In a real process (fd 1 and 2 are the terminal's, not a test runner's capture)."""
     import subprocess
 
-    repo = Path(pipeline.__file__).resolve().parents[1]
+    repo = Path(apps.__file__).resolve().parents[1]
     log = tmp_path / "library.log"
     r = subprocess.run([sys.executable, "-c", QUIET_SCRIPT, "verbose" if verbose else "quiet", str(log)], cwd=repo,
                        capture_output=True, text=True, timeout=60)
@@ -336,7 +336,7 @@ def test_loud_blocks_of_two_threads_take_turns(tmp_path):
     while the other is writing (its line would land in the log)."""
     import subprocess
 
-    repo = Path(pipeline.__file__).resolve().parents[1]
+    repo = Path(apps.__file__).resolve().parents[1]
     log = tmp_path / "library.log"
     r = subprocess.run([sys.executable, "-c", TWO_THREADS_SCRIPT, str(log)], cwd=repo, capture_output=True,
                        text=True, timeout=60)

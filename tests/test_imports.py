@@ -22,6 +22,7 @@ LAYER_OF = {
     "mobile_vmoe": "api",  # the package's own __init__: the public names
     "mobile_vmoe.errors": "base", "mobile_vmoe.fileio": "base", "mobile_vmoe.config": "base",
     "mobile_vmoe.artifact_name": "base", "mobile_vmoe.provenance": "base", "mobile_vmoe.runlock": "base",
+    "mobile_vmoe.artifact": "base",
     "mobile_vmoe.models": "models",
     "mobile_vmoe.data": "data",
     "mobile_vmoe.checkpoint": "checkpoint",

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
 
+from helpers import default_run_folder
 from mobile_vmoe.errors import MvmoeError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,14 +21,7 @@ def _module():
 
 
 def _run(tmp_path):
-    run = tmp_path / "run"
-    (run / "dense").mkdir(parents=True)
-    (run / "summary.json").write_text(json.dumps({
-        "model": "vmoe-6x64-p8-e5", "top1": 95.5555, "top5": 100.0, "router_superclass_top1": 95.8333,
-        "superclass_names": ["sc0: 0/5", "sc1: 1/8"], "superclass_sizes": [2, 2], "expert_counts": [180, 180],
-        "expert_entropy": 0.6931, "expert_entropy_max": 0.6931, "num_experts": 2}))
-    (run / "dense" / "summary.json").write_text(json.dumps({"model": "vit-6x64-p8", "top1": 80.8333}))
-    return run
+    return default_run_folder(tmp_path / "run")
 
 
 def test_spans_are_rewritten_and_the_rest_is_kept(tmp_path):

@@ -54,16 +54,16 @@ def test_metrics_log_writes_strict_json(tmp_path):
 
 
 def test_parity_fails_on_nonfinite_logits():
-    from converters import prepare as P
+    from converters.parity import check_parity, parity
 
     ref = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
     got = np.array([[np.nan, np.nan], [np.nan, np.nan]], dtype=np.float32)
-    p = P.parity(ref, got)
+    p = parity(ref, got)
     assert p["max_abs_diff"] is None and p["nonfinite"] == {"reference": 0, "artifact": 4}
     for precision in ("fp32", "fp16", "int8"):
-        assert "non-finite" in P.check_parity(p, precision, max_top1_drop=1.0)
-    inf_ref = P.parity(np.array([[np.inf, 0.0]], dtype=np.float32), np.array([[1.0, 0.0]], dtype=np.float32))
-    assert "1 from PyTorch" in P.check_parity(inf_ref, "int8", max_top1_drop=1.0)
+        assert "non-finite" in check_parity(p, precision, max_top1_drop=1.0)
+    inf_ref = parity(np.array([[np.inf, 0.0]], dtype=np.float32), np.array([[1.0, 0.0]], dtype=np.float32))
+    assert "1 from PyTorch" in check_parity(inf_ref, "int8", max_top1_drop=1.0)
     json.loads(to_json(p))  # strict JSON
 
 

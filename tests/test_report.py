@@ -90,6 +90,48 @@ def test_latency_goes_to_the_run_whose_checkpoint_made_the_artifact(tmp_path):
         make_report([rows["run_a"][0]], [wrong], tmp_path / "rep3", published=False)
 
 
+def test_column_reads_the_carried_metadata_not_the_file_name():
+    """A renamed artifact: its latency file still carries target, backend and precision from the
+    .json, so the column says what ran (the name would say onnx fp32, or nothing at all)."""
+    carried = {"device": "local", "target": "executorch", "backend": "xnnpack", "precision": "int8", "dispatch": "gather"}
+    assert latency_column({"artifact": "renamed.pte", **carried}) == "executorch-xnnpack int8 @ local (ms)"
+    assert latency_column({"artifact": "m_onnx_fp32.onnx", **carried}) == "executorch-xnnpack int8 @ local (ms)"
+    split = {**carried, "target": "tflite", "backend": None, "precision": "fp32", "dispatch": "split"}
+    assert latency_column({"artifact": "m", **split, "rss_mib": 9.0, "loader": "mmap"}) == "tflite fp32 split mmap @ local (MiB)"
+
+
+def test_run_hash_comes_from_summary_json_and_an_old_summary_is_hashed_once(tmp_path, monkeypatch):
+    """summary.json's checkpoint_sha256 matches the latency file without reading model.pt; a summary
+    without the key (an older run) has its model.pt hashed, once for all the files that ask."""
+    import hashlib
+
+    from mobile_vmoe.profile import report
+
+    new, old = tmp_path / "new", tmp_path / "old"
+    for d, weights in ((new, b"new weights"), (old, b"old weights")):
+        d.mkdir()
+        (d / "model.pt").write_bytes(weights)
+    sha_new, sha_old = hashlib.sha256(b"new weights").hexdigest(), hashlib.sha256(b"old weights").hexdigest()
+    (new / "summary.json").write_text(json.dumps(run_summary(checkpoint=str(new / "model.pt"), checkpoint_sha256=sha_new)))
+    (old / "summary.json").write_text(json.dumps(run_summary(checkpoint=str(old / "model.pt"))))
+    hashed = []
+    real = report.file_sha256
+    monkeypatch.setattr(report, "file_sha256", lambda p: hashed.append(p) or real(p))
+    files = []
+    for i, (sha, device) in enumerate([(sha_new, "a"), (sha_old, "a"), (sha_new, "b"), (sha_old, "b")]):
+        f = tmp_path / f"lat{i}.json"
+        f.write_text(json.dumps({"artifact": "vmoe-6x64-p8-e5_onnx_fp32.onnx", "device": device, "median_ms": 1.0 + i,
+                                 "checkpoint_sha256": sha}))
+        files.append(f)
+    paths = make_report([new, old], files, tmp_path / "rep", published=False)
+    by_run = {r["source"].split("/")[-1]: r for r in csv.DictReader(paths["table.csv"].open())}
+    assert float(by_run["new"]["latency_ms onnx fp32 @ a (ms)"]) == 1.0
+    assert float(by_run["old"]["latency_ms onnx fp32 @ a (ms)"]) == 2.0
+    assert float(by_run["new"]["latency_ms onnx fp32 @ b (ms)"]) == 3.0
+    assert float(by_run["old"]["latency_ms onnx fp32 @ b (ms)"]) == 4.0
+    assert hashed == [old / "model.pt"]  # new's hash came from its summary.json
+
+
 @pytest.mark.parametrize("key,value", [("median_ms", -5.0), ("median_ms", 0), ("median_ms", float("nan")),
                                        ("median_ms", float("inf")), ("median_ms", "1.0"), ("p90_ms", -1.0),
                                        ("median_ms", None)])

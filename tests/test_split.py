@@ -12,12 +12,13 @@ import torch
 from conftest import mvmoe
 from helpers import tiny_checkpoint, tiny_moe
 from mobile_vmoe import create_model
+from mobile_vmoe.artifact import CHAIN
 from converters import programs as PR
 from converters import split
 from converters import targets as T
 from converters.target_modules import load_runner
 from converters.runner import SplitChain
-from converters.prepare import prepare_for_export
+from converters.wrapper import prepare_for_export
 from mobile_vmoe.errors import MvmoeError
 from mobile_vmoe.models.programs import OneExpert
 from mobile_vmoe.models.routing import ImageRoute
@@ -128,7 +129,8 @@ def test_split_export_matches_the_single_program_export(tmp_path, target):
     the single-program artifact within 1e-5; the .json describes the programs; latency reports
     the cold tail switches apart."""
     from converters.pipeline import export_checkpoint
-    from converters.prepare import eval_images, run_all
+    from converters.images import eval_images
+    from converters.parity import run_all
     from mobile_vmoe.profile.latency import profile_latency
 
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
@@ -231,7 +233,7 @@ def test_coreml_split_is_one_multifunction_package(tmp_path):
     spec = ct.utils.load_spec(str(res.artifact))
     assert sorted(f.name for f in spec.description.functions) == ["tail_0", "tail_1", "trunk"]
     assert spec.description.defaultFunctionName == "trunk"
-    assert json.loads(spec.description.metadata.userDefined["mvmoe"])["programs"]["chain"] == PR.CHAIN
+    assert json.loads(spec.description.metadata.userDefined["mvmoe"])["programs"]["chain"] == CHAIN
 
 
 # ------------------------------------------------------------------------------ --experts auto

@@ -14,7 +14,7 @@ from conftest import mvmoe
 from helpers import run_summary, tiny_checkpoint
 from test_android import BENCHMARK_MODEL_OUT, adb  # noqa: F401 - the fake adb server's fixture
 
-from converters import pipeline
+from converters import apps, pipeline
 from converters import targets as T
 from converters.target_modules import load_runner, module_of
 from mobile_vmoe.errors import MvmoeError
@@ -41,7 +41,7 @@ def test_derived_tables():
     assert T.of_artifact(".bin") is None and T.from_dict(dataclasses.asdict(T.TARGETS[0])) == T.TARGETS[0]
     assert {t.name: t.split_suffix for t in T.TARGETS if t.split_precisions} == {
         "coreml": ".mlpackage", "executorch": ".pte", "tflite": ""}
-    assert pipeline.APP_RUNS == {"ios": {("coreml", None)},
+    assert apps.APP_RUNS == {"ios": {("coreml", None)},
                                  "android": {("tflite", None), ("executorch", "xnnpack"), ("executorch", "portable")}}
 
 

@@ -13,7 +13,8 @@ TINY = dict(depth=2, width=32, heads=2, num_experts=2, moe_blocks=1, img_size=16
 
 
 def test_token_model_exports_without_scatter_or_asserts():
-    from converters.prepare import export_static, prepare_for_export
+    from converters.static_export import export_static
+    from converters.wrapper import prepare_for_export
 
     model = create_model("vmoe-6x64-p32", **TINY).eval()
     wrapper = prepare_for_export(model)

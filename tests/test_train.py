@@ -3,6 +3,7 @@ an end-to-end run on a generated ImageFolder tree (all three stages)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -283,6 +284,9 @@ def test_token_run_records_tokens_per_expert(tmp_path):
     bundle = _tiny_bundle()
     cfg = ModelConfig(name="t", img_size=16, num_classes=4, num_experts=2, moe_blocks=1, routing="token", **TINY)
     s = fit(TrainConfig(model=cfg, epochs=1, batch_size=16, ema_decay=0.0), bundle, tmp_path, quiet=True)
+    # summary.json names its checkpoint by sha256 (what `mvmoe report` matches latency files by)
+    assert s["checkpoint_sha256"] == hashlib.sha256((tmp_path / "model.pt").read_bytes()).hexdigest()
+    assert json.loads((tmp_path / "summary.json").read_text())["checkpoint_sha256"] == s["checkpoint_sha256"]
     # 16 val images x 17 tokens x 1 MoE block, k=1: kept + dropped token choices = 272
     kept = sum(s["expert_counts"])
     assert s["expert_usage_unit"] == "tokens" and 0 < kept <= 272

@@ -305,17 +305,19 @@ def test_static_export_of_every_option(option):
 def test_decomposed_layernorm_export_form_with_all_options(fused):
     """`--layer-norm decomposed` swaps every LayerNorm, QK-norm's too (fed a strided slice of qkv
     when attention is fused), and gives the same numbers."""
-    from converters import prepare as P
+    from converters.layernorm import decompose_layernorm
+    from converters.static_export import export_static
+    from converters.wrapper import prepare_for_export
 
     model = randomize(tiny("all_three", "image"), std=0.2).eval()
-    w = P.prepare_for_export(model, fused_attention=fused)
-    wd = P.decompose_layernorm(P.prepare_for_export(model, fused_attention=fused))
+    w = prepare_for_export(model, fused_attention=fused)
+    wd = decompose_layernorm(prepare_for_export(model, fused_attention=fused))
     assert not any(isinstance(m, nn.LayerNorm) for m in wd.modules())
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         for a, b in zip(w(x), wd(x)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    P.export_static(wd, x)  # static shapes with the decomposed norms too
+    export_static(wd, x)  # static shapes with the decomposed norms too
 
 
 def test_cli_profile_flops_with_options():

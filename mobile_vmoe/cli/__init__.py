@@ -73,12 +73,6 @@ def name_too_long(e: OSError) -> str:
             f"allows (255 bytes per name): shorten it (--out, or the path given)")
 
 
-def fail(message: str, code: int = 1) -> "typer.Exit":
-    """Print one line to stderr and exit non-zero."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def _load_commands() -> None:
     for mod in pkgutil.iter_modules(__path__):
         if mod.name.startswith("cmd_"):

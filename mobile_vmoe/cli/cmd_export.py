@@ -55,7 +55,8 @@ def export_cmd(
     """Export a checkpoint, check each artifact against PyTorch, write <stem>.json beside it."""
     from rich.console import Console
 
-    from converters.pipeline import app_runs, app_runs_text, check_app, export_checkpoint, plan, project_root
+    from converters.apps import app_runs, app_runs_text, check_app, project_root
+    from converters.pipeline import export_checkpoint, plan
 
     jobs, _ = plan(target, backend, precision, experts)  # bad combinations fail before the checkpoint is read
     if app_ is not None:
@@ -112,7 +113,7 @@ def results_table(results, out: Path):
 
 def copy_results(results, app: str) -> None:
     """Copy what the app runs into its folder (in this checkout), say where; name what is not copied."""
-    from converters.pipeline import app_runs, app_runs_text, copy_to_app
+    from converters.apps import app_runs, app_runs_text, copy_to_app
 
     for r in results:
         if not r.ok:

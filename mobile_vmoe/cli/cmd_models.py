@@ -67,7 +67,7 @@ def models_cmd(
 def artifact_metadata(path: Path) -> dict:
     """The metadata .json of an exported artifact (the artifact itself or its .json), checked
     against the artifact's size and sha256 recorded at export."""
-    from ..profile.latency import verified_metadata
+    from ..artifact import verified_metadata
 
     return verified_metadata(path)
 
@@ -94,7 +94,7 @@ def flops_cmd(
     from ..models import MobileVMoE
     from ..models.flops import profile_flops
     from ..models.registry import get_config
-    from ..profile.latency import VERIFIED
+    from ..artifact import VERIFIED
 
     if (checkpoint is None) == (model is None):
         raise MvmoeError("give exactly one of --model NAME or a CHECKPOINT file")

@@ -30,7 +30,7 @@ def layer_norm_by_means(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     The export form of QK-norm: XNNPACK has no LayerNorm kernel, so a native LayerNorm between
     the qkv projection and the attention matmuls would split the delegated attention in two. The
     mean over the last dim is a 4-D mean over dims (2, 3), which XNNPACK takes. Also every LayerNorm
-    of an export with ``--layer-norm decomposed`` (converters.prepare.DecomposedLayerNorm).
+    of an export with ``--layer-norm decomposed`` (converters.layernorm.DecomposedLayerNorm).
     x (..., d) -> (..., d).
     """
     lead, d = x.shape[:-1], x.shape[-1]

@@ -27,97 +27,22 @@ from pathlib import Path
 
 import numpy as np
 
-from converters.prepare import tree_sha256
 from converters.target_modules import load_runner
 from converters import targets as T
 
+from ..artifact import artifact_meta, measured_meta, read_program_table
 from ..errors import MvmoeError
-from ..fileio import read_json_object
 from .android import profile_android
 from .ios import IOS_HOWTO, profile_ios
 from .timing import LatencyResult, time_ms
 
-# carried from the artifact's .json into the latency JSON; the checkpoint hash lets `mvmoe report`
-# put the latency on the run that made the artifact, not on every run of the same model name
-META_KEYS = ("model", "target", "backend", "precision", "dispatch", "macs", "checkpoint", "checkpoint_sha256")
-
-
-# ---------------------------------------------------------------------------------------- stats
-
 # ------------------------------------------------------------------------------------ artifacts
-
-def artifact_meta(path: Path) -> dict | None:
-    """The metadata `<stem>.json` beside the artifact (docs/formats.md), or None if there is none."""
-    meta_path = path.with_suffix(".json")
-    if not meta_path.is_file():
-        return None
-    return read_json_object(meta_path)
-
-
-VERIFIED = "the artifact's .json (model_config), which matches the artifact's size and sha256 recorded at export"
-SKIP = "or give --no-verify to measure it unchecked"
-
-
-def verify_artifact(path: str | Path) -> dict:
-    """The .json of an exported artifact (given the artifact or the .json), after checking that it
-    belongs to the artifact: size and sha256 as recorded at export. MvmoeError otherwise. Every
-    command that reads an artifact calls this (profile flops, latency, memory)."""
-    meta_path = Path(path).with_suffix(".json")
-    meta = artifact_meta(Path(path))
-    if meta is None:
-        raise MvmoeError(f"{meta_path} not found, so the artifact cannot be checked: `mvmoe export` writes it "
-                         f"beside the artifact ({SKIP})")
-    if not meta.get("artifact_sha256") or not meta.get("artifact"):
-        raise MvmoeError(f"{meta_path} records no artifact sha256, so it cannot be checked against the artifact: "
-                         f"re-export it with this version of `mvmoe export` ({SKIP})")
-    artifact = meta_path.parent / str(meta["artifact"])
-    if not artifact.exists():
-        raise MvmoeError(f"{artifact} not found: {meta_path.name} describes it")
-    size, digest = tree_sha256(artifact)
-    if (size, digest) != (meta.get("artifact_size"), meta["artifact_sha256"]):
-        raise MvmoeError(f"{artifact.name} is not the file {meta_path.name} was written for (size or sha256 differ: "
-                         f"modified or replaced after export; re-export it, {SKIP})")
-    return meta
-
-
-def verified_metadata(path: str | Path) -> dict:
-    """verify_artifact's .json, which must also hold the model_config (what `profile flops` counts)."""
-    meta = artifact_meta(Path(path))
-    if meta is not None and not isinstance(meta.get("model_config"), dict):
-        raise MvmoeError(f"{Path(path).with_suffix('.json')} has no model_config: re-export it with this version of "
-                         "`mvmoe export`")
-    return verify_artifact(path)
-
-
-def measured_meta(path: Path, verify: bool) -> tuple[dict | None, dict]:
-    """-> (the artifact's .json or None, the keys a measurement carries from it). ``verify``: the
-    .json must match the artifact (verify_artifact), and "verified": true. Unverified: the .json as
-    found, "verified": false, and no checkpoint keys (the file may not be the checkpoint's export)."""
-    if verify:
-        meta = verify_artifact(path)
-    else:
-        meta = artifact_meta(path)
-    keys = {k: meta.get(k) for k in META_KEYS if k in meta} if meta else {}
-    if verify:
-        keys.update(verified=True, artifact_sha256=meta["artifact_sha256"])
-    else:
-        keys = {k: v for k, v in keys.items() if k not in ("checkpoint", "checkpoint_sha256")}
-        keys["verified"] = False
-    return meta, keys
-
-
-def split_programs(path: Path) -> dict | None:
-    """The .json's "programs" when ``path`` is a split artifact (converters.split), else None."""
-    meta = artifact_meta(path) if path.with_suffix(".json").is_file() else None
-    progs = (meta or {}).get("programs")
-    return progs if isinstance(progs, dict) else None
-
 
 def check_artifact(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise MvmoeError(f"artifact not found: {path}")
-    split = split_programs(path) is not None
+    split = read_program_table(path) is not None
     folders = tuple(dict.fromkeys(t.suffix for t in T.TARGETS if t.is_folder))
     if path.is_dir() and path.suffix not in folders and not split:
         raise MvmoeError(f"{path.name}: a folder that is neither a {' or '.join(folders) or 'package'} nor a split "
@@ -167,7 +92,7 @@ def open_runner(path: Path, record: T.ExportTarget, threads: int | None, per_op:
     uses), with the record's ``latency_options``, and ``per_op`` where the runner takes it (a
     single program); MvmoeError where it cannot run here."""
     check_runs_here(path, record)
-    if split_programs(path) is not None:
+    if read_program_table(path) is not None:
         runner, why = load_runner(record, path, threads, split=True)
     else:
         options = dict(record.latency_options)
@@ -189,7 +114,7 @@ def check_shape(path: Path, meta_shape: list[int] | None, native: list[int]) -> 
 def run_local(path: Path, warmup: int, runs: int, threads: int | None, shape=None,
               per_op: bool = False) -> LatencyResult:
     """Time ``runs`` calls of the artifact's runner on this machine, after ``warmup`` untimed ones."""
-    split = split_programs(path) is not None
+    split = read_program_table(path) is not None
     record = artifact_record(path)
     runner = open_runner(path, record, threads, per_op=per_op)
     check_shape(path, shape, runner.input_shape)
@@ -234,7 +159,7 @@ def per_op_unavailable(path: Path, kind: str) -> str | None:
     if "per_op" not in artifact_record(path).runner_options:
         givers = ", ".join(t.label for t in T.TARGETS if "per_op" in t.runner_options)
         return f"per-op: not measured; per-op times come from the runners of {givers} only"
-    if split_programs(path) is not None:
+    if read_program_table(path) is not None:
         return ("per-op: not measured for split programs (trunk and expert tails are separate programs); export "
                 "the single program with --experts fused for per-op times")
     if kind != "local":

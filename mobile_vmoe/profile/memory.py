@@ -36,9 +36,10 @@ import numpy as np
 from converters import targets as T
 from converters.target_modules import adopt_module, load_runner, module_file
 
+from ..artifact import artifact_meta, measured_meta, read_program_table
 from ..errors import MvmoeError
 from ..fileio import to_json
-from .latency import artifact_record, check_artifact, local_device, measured_meta, split_programs, warn_threads
+from .latency import artifact_record, check_artifact, local_device, warn_threads
 
 STATUS = {"VmRSS": "rss_mib", "RssAnon": "heap_mib", "RssFile": "file_mib", "VmHWM": "peak_rss_mib"}
 
@@ -145,9 +146,9 @@ def profile_memory(artifact: str | Path, loader: str | None = None, *, images: i
                    max_tails: int = 1, verify: bool = True) -> dict:
     """Resident memory of ``artifact`` loaded with ``loader`` (None: ``default_loader`` of its runtime)
     and after ``images`` runs, measured in a fresh process; the memory JSON (docs/formats.md).
-    ``verify``: refuse an artifact whose size or sha256 differ from its .json's (latency.measured_meta)."""
+    ``verify``: refuse an artifact whose size or sha256 differ from its .json's (mobile_vmoe.artifact.measured_meta)."""
     path = check_artifact(artifact)
-    split = split_programs(path) is not None
+    split = read_program_table(path) is not None
     record = artifact_record(path)
     runtime = record.runtime
     loader = loader or default_loader(record)

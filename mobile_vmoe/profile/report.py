@@ -13,8 +13,11 @@ Inputs (formats: docs/formats.md)
   labelled with its arm, data and epochs.
 - latency JSON files (`mvmoe profile latency --out F`, `mvmoe profile ingest --out F`): matched to
   the run whose checkpoint made the artifact (``checkpoint_sha256``, carried from the artifact's
-  .json), else, for files without it, by the model name in the artifact name
-  `<model>_<target>[-<backend>]_<precision>[-<dispatch>].<ext>`; each distinct (target,
+  .json; a run's own hash is summary.json's ``checkpoint_sha256``, or its model.pt hashed once for
+  an older summary without it), else, for files without it, by the model name. Model, target,
+  backend, precision and dispatch are the keys carried from the artifact's .json; a file without
+  them (an app's benchmark) has them read from the artifact name
+  `<model>_<target>[-<backend>]_<precision>[-<dispatch>].<ext>`. Each distinct (target,
   precision, dispatch, device) becomes one column holding the median in ms. Refused, in one line
   naming the files or runs involved: two files for one run and column (never last-wins), a file
   whose checkpoint is none of the runs given, a file whose model disagrees with the run its
@@ -104,6 +107,7 @@ class Row:
     expert_usage: list | None = None
     superclass_names: list | None = None
     checkpoint: Path | None = None  # the run's model.pt, to match latency files by checkpoint_sha256
+    checkpoint_sha256: str | None = None  # summary.json's; None for an older summary (model.pt is hashed)
     epochs: int | None = None
     arm: str = "dense"  # dense | moe-sc | moe-e2e | token | superclass-source | a peer's name
     seed: int | None = None
@@ -148,7 +152,8 @@ def _row_from_summary(s: dict, source: str, superclass_source: bool = False) -> 
     return Row(str(s["model"]), str(s.get("dataset", "?")), routing, s.get("macs"), s.get("params"),
                s.get("active_params"), s.get("top1"), s.get("top5"), s.get("router_superclass_top1"), source,
                expert_usage=s.get("expert_usage"), superclass_names=s.get("superclass_names"),
-               checkpoint=_run_checkpoint(s, Path(source)), epochs=s.get("epochs"),
+               checkpoint=_run_checkpoint(s, Path(source)), checkpoint_sha256=s.get("checkpoint_sha256"),
+               epochs=s.get("epochs"),
                arm=arm_of(s, superclass_source), seed=s.get("seed"),
                top_k=int(s.get("top_k") or 0) if routing != "none" else 0)
 
@@ -222,9 +227,19 @@ def is_memory(d: dict) -> bool:
     return "rss_mib" in d and "median_ms" not in d
 
 
+def artifact_fields(lat: dict) -> dict:
+    """target, backend, precision and dispatch of the measured artifact: those its .json carried into
+    the file (``profile latency`` / ``profile memory``), else read from the artifact's name (an app's
+    benchmark file, or an artifact measured without its .json)."""
+    if lat.get("target") and lat.get("precision"):
+        return {"target": lat["target"], "backend": lat.get("backend"), "precision": lat["precision"],
+                "dispatch": lat.get("dispatch") or "gather"}
+    return parse_artifact_name(lat["artifact"])
+
+
 def latency_column(lat: dict) -> str:
     """The column label of a latency ("... (ms)") or memory ("... <loader> (MiB)") file's JSON."""
-    a = parse_artifact_name(lat["artifact"])
+    a = artifact_fields(lat)
     target = label(a["target"], a["backend"])
     dispatch = lat.get("dispatch") or a["dispatch"]
     what = f"{target} {a['precision']}{'' if dispatch == 'gather' else ' ' + dispatch}"
@@ -238,14 +253,17 @@ def _rows_of(m: Measurement, rows: list[Row], hashes: dict) -> list[Row]:
     says which (checkpoint_sha256), else every run of the model name."""
     ours = [r for r in rows if not r.published]
     if m.checkpoint_sha256:
-        return [r for r in ours if r.checkpoint is not None and _sha256(r.checkpoint, hashes) == m.checkpoint_sha256]
+        return [r for r in ours if _sha256(r, hashes) == m.checkpoint_sha256]
     return [r for r in ours if r.model == m.model]
 
 
-def _sha256(path: Path, cache: dict) -> str:
-    if path not in cache:
-        cache[path] = file_sha256(path)
-    return cache[path]
+def _sha256(row: Row, cache: dict) -> str | None:
+    """The run's checkpoint sha256: summary.json's, else (an older summary) its model.pt hashed once."""
+    if row.checkpoint_sha256 or row.checkpoint is None:
+        return row.checkpoint_sha256
+    if row.checkpoint not in cache:
+        cache[row.checkpoint] = file_sha256(row.checkpoint)
+    return cache[row.checkpoint]
 
 
 def attach_latency(rows: list[Row], measurements: list[Measurement]) -> list[Column]:

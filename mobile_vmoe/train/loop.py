@@ -47,7 +47,7 @@ from ..data.loader import (
     skipped_images,
 )
 from ..errors import MvmoeError
-from ..fileio import atomic_write_json, read_json_object
+from ..fileio import atomic_write_json, file_sha256, read_json_object
 from ..models import MobileVMoE
 from ..models.flops import profile_flops
 from ..models.weights import load_pretrained, save_pretrained
@@ -626,7 +626,10 @@ def make_summary(stage: Stage, state: TrainState) -> dict:
         "superclass_names": list(sc["names"]) if sc else None,
         "expert_usage": ev.get("expert_usage") if cfg.is_per_image else None,
         **({k: ev.get(k) for k in USAGE_KEYS if k in ev} if cfg.is_moe else {}),
-        "checkpoint": str(stage.out / "model.pt"), "skipped_images": skipped_images(stage.bundle, stage.info),
+        "checkpoint": str(stage.out / "model.pt"),
+        # rank 0 wrote model.pt (save_state); `mvmoe report` matches latency files by this hash
+        "checkpoint_sha256": file_sha256(stage.out / "model.pt") if stage.info.is_main else None,
+        "skipped_images": skipped_images(stage.bundle, stage.info),
         "eval_weights": ev.get("weights"), "val_images": ev.get("images"),
         "train_seconds": round(state.seconds, 2), "world_size": stage.info.world_size,
         "model_config": cfg.to_dict(), "train_config": tcfg.to_dict(),

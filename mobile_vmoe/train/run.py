@@ -41,7 +41,8 @@ from ..data import build_data
 from ..data.bundle import check_classes
 from ..data.holdout import HOLDOUT_SPLIT, split_for_superclasses
 from ..data.loader import ignore_stop_signals
-from ..data.superclasses import confusion_matrix, load_superclasses, save_superclasses, superclasses_from_confusion
+from ..data.superclasses import (confusion_matrix, load_superclasses, planted_ari, save_superclasses,
+                                 superclasses_from_confusion)
 from ..errors import MvmoeError
 from ..fileio import atomic_write_json, file_sha256, read_json_object
 from ..models import MobileVMoE
@@ -373,9 +374,7 @@ def superclass_stage(tcfg: TrainConfig, bundle, out: Path, superclasses: str, in
     extra = {"superclasses_file": str(path), "superclass_sizes": sc.get("sizes"), "dense": {k: dense.get(k) for k in
                                                      ("model", "top1", "top5", "macs", "params", "epochs", "checkpoint")}}
     if bundle.planted_superclasses is not None:
-        from sklearn.metrics import adjusted_rand_score
-
-        extra["superclass_ari"] = float(adjusted_rand_score(bundle.planted_superclasses, sc["class_to_superclass"]))
+        extra["superclass_ari"] = planted_ari(list(bundle.planted_superclasses), list(sc["class_to_superclass"]))
     return sc, extra
 
 
