@@ -57,14 +57,13 @@ _EXECUTORCH = dict(loaders=("mmap", "file"), runtime_package="executorch", packa
 _COREML = dict(packages=("coremltools",), runtime_module="coremltools", runner_options=("compute_units",),
                split_runner_options=("max_tails",), latency_options=(("compute_units", "all"),), is_folder=True,
                runs_on="Darwin")
-# Where --experts auto splits: bench/bench_export.py --split, one thread, batch 1, MoE latency over its dense
-# twin's (docs/export.md, "Which layout auto picks"). Split programs pay a fixed cost per image (a second
-# program call, the trunk's output handed over) and save the fused gather's reads of stacked expert
-# weights, which grow with the model. vmoe-6x96-p32 (50.6M MACs) fp32: fused 1.05x, split 1.11x on
-# XNNPACK; fused 1.09x, split 1.06x on LiteRT. vmoe-12x192-p32 (fp32 and int8): split 1.00-1.04x against
-# fused 1.02-1.07x (fp32), 1.21x (XNNPACK int8), 1.40x (LiteRT int8). So XNNPACK fp32 splits from 100M MACs
-# (between the two measured sizes: faster above, slower below), the others at every size (LiteRT fp16 as
-# fp32: its CPU kernels compute fp16 weights in fp32).
+# Where --experts auto splits (docs/export.md, the table under `--experts auto`, from bench/bench_export.py
+# --split: one thread, batch 1, MoE latency over its dense twin's, 2 to 4 runs per cell): split unless the
+# fused gather was faster on the mean of the runs at that size by more than 2 % (split keeps one expert
+# resident: a tie goes to split). Fused faster by: vmoe-6x96-p32 (50.6M MACs) XNNPACK fp32 3.1 %, int8
+# -1.0 %, LiteRT fp32 -5.2 %, int8 -6.4 %; vmoe-12x192-p32 (306M MACs) XNNPACK -2.7 % / -6.0 %, LiteRT
+# -5.1 % / -17.3 %. So XNNPACK fp32 splits from 100M MACs (a choice between the two sizes measured), the
+# rest at every size (LiteRT fp16 as fp32: its CPU kernels compute fp16 weights in fp32).
 AUTO_SPLIT_FROM = {"executorch-xnnpack": (("fp32", 100_000_000), ("int8", 0)),
                    "tflite": (("fp32", 0), ("fp16", 0), ("int8", 0))}
 OS_NAMES = {"Darwin": "macOS", "Linux": "Linux", "Windows": "Windows"}  # platform.system() -> what messages say
