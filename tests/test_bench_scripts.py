@@ -35,10 +35,9 @@ TINY_EXPORT = ("--model", "vmoe-6x64-p32", "--img-size", "32", "--rounds", "1", 
 SMALL_MOE = ("--set", "depth=3", "width=32", "heads=2", "num_experts=2")  # 3 split programs, small graphs to convert
 CASES = [
     Case("bench_export.py", (*TINY_EXPORT, "--runtimes", "eager"), "| eager |"),
-    Case("bench_export.py", (*TINY_EXPORT, *SMALL_MOE, "--runtimes", "xnnpack,litert,onnxruntime,xnnpack-int8,litert-int8"),
-         "| litert-int8 |", slow=True),
-    Case("bench_export.py", (*TINY_EXPORT, *SMALL_MOE, "--runtimes", "xnnpack,litert,xnnpack-int8,litert-int8", "--split"),
-         "int8 split / int8 dense", slow=True),
+    Case("bench_export.py", (*TINY_EXPORT, *SMALL_MOE, "--runtimes", "xnnpack,litert,onnxruntime,litert-int8",
+                             "--split"), "int8 split / int8 dense", slow=True),  # every runtime kind and split in one
+    # run; XNNPACK int8 (minutes of conversion) is left to tests/test_split.py and tests/test_export.py
     Case("bench_delegation.py", ("--model", "vmoe-6x64-p32", "--layer-norms", "native,decomposed"),
          "| none | decomposed |", slow=True),
     Case("bench_moe.py", ("--model", "vmoe-6x64-p32", "--runs", "2", "--train-runs", "1", "--train-batch", "4",

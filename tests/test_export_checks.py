@@ -19,7 +19,7 @@ def no_export(monkeypatch):
     def refuse(*a, **kw):
         raise Reached
 
-    monkeypatch.setattr(pipeline.P, "export_static", refuse)
+    monkeypatch.setattr(pipeline, "export_static", refuse)
 
 
 def _ckpt(tmp_path, class_names=None, **cfg):
