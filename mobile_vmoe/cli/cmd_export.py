@@ -35,8 +35,8 @@ def export_cmd(
     out: Path = typer.Option(Path("exports"), "--out", "-o", help="output folder"),
     app_: Optional[str] = typer.Option(None, "--app", help="also copy into a demo app: ios | android"),
     dispatch: str = typer.Option("gather", help="gather (static top-k expert gather) | dense (all experts)"),
-    experts: str = typer.Option("auto", "--experts", help=f"auto (default: split on {AUTO_SPLIT} where it applies, "
-                                "fused elsewhere) | fused (one program, all experts) | split (a trunk and one program "
+    experts: str = typer.Option("auto", "--experts", help=f"auto (default: split on {AUTO_SPLIT} where it applies "
+                                "and was measured faster for the precision and model size, fused elsewhere) | fused (one program, all experts) | split (a trunk and one program "
                                 "per expert, so an app keeps only the experts it uses in memory; per-image MoE with "
                                 f"k = 1; {SPLIT}; int8 on {SPLIT_INT8})"),
     bake_preprocessing: bool = typer.Option(False, help="input raw RGB [0,255]; normalisation inside the model"),
