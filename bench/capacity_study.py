@@ -577,17 +577,19 @@ def new_results(a) -> dict:
 
 
 def step(res: dict, name: str, save):
-    """Context: record the step's start and end (UTC) in the results."""
+    """Context: record the step's start and end (UTC) in the results. A step a stopped study had
+    finished keeps its times (a continuing study passes through it without work)."""
     import contextlib
 
     @contextlib.contextmanager
     def cm():
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        res["steps"].setdefault(name, {"started": now})
+        rec = res["steps"].setdefault(name, {"started": now})
         save()
         yield
-        res["steps"][name]["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        save()
+        if "finished" not in rec:
+            rec["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            save()
 
     return cm()
 

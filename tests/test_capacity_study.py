@@ -187,3 +187,14 @@ def test_gpu_variant_dry_run_plans_on_cpu(tmp_path):
     assert capacity_gpu.main(["--dry", "--out", str(tmp_path)]) == 0
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert "graded:500:10:300" in plan["capacity_study_args"] and "6x32/moe-all" in plan["checked"]
+
+
+def test_a_continuing_study_keeps_the_times_of_the_steps_it_had_finished(monkeypatch):
+    res = {"steps": {}}
+    clock = iter(["2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z", "2026-01-02T00:00:00Z", "2026-01-02T00:00:05Z"])
+    monkeypatch.setattr(cs.time, "strftime", lambda fmt, t=None: next(clock))
+    with cs.step(res, "1-calibration", lambda: None):
+        pass
+    with cs.step(res, "1-calibration", lambda: None):  # the next invocation passes through it
+        pass
+    assert res["steps"]["1-calibration"] == {"started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T01:00:00Z"}
