@@ -200,7 +200,8 @@ def stage_scores(tcfg, bundle, where: Path, s: dict, dense_stage: bool, router: 
 
     n, b = len(bundle.train), tcfg.batch_size
     out = {"train_macs": train_macs(s["macs"], tcfg.epochs, n, b), "train_seconds": s["train_seconds"]}
-    rest, holdout = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
+    if dense_stage or router:
+        rest, holdout = split_for_superclasses(bundle, tcfg.superclass_holdout, tcfg.seed)
     if dense_stage:
         out["train_macs"] += train_macs(s["dense"]["macs"], s["dense"]["epochs"], len(rest.train), b)
         out["train_seconds"] += json.loads((where / "dense" / "summary.json").read_text())["train_seconds"]
